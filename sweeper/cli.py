@@ -1,0 +1,79 @@
+"""The `sweeper` command: one subcommand per job, each a thin door to the module that does it.
+
+Every subcommand takes Hydra overrides as positional arguments (`model=cnn shape.pct_start=0.3`)
+and `--config-dir DIR` for a config directory of the user's. A bad setting stops the command
+before any work starts, with one message that names the setting and the fix, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> module in sweeper.commands; each module has HELP, add_arguments(parser) and run(args).
+# Modules are imported only when their command runs, so `sweeper schedule` starts fast.
+COMMANDS = {
+    "schedule": "Print and plot the per-step lr of every layer group for a slice and a cycle shape.",
+    "train": "Run one trial (one training run) from Hydra overrides.",
+    "lr-find": "fastai's learning-rate range test for a model and data.",
+    "sweep": "Run (or resume) a sweep: Optuna over slices and cycle shapes, on every device.",
+    "worker": "Join an existing sweep from this machine or shell.",
+    "report": "Write the comparison of slice strategies and shapes for a sweep.",
+    "confirm": "Rerun the best config of each strategy with several seeds.",
+    "rerun": "Rerun one trial exactly from its MLflow run (or output directory).",
+}
+
+EXIT_BAD_INPUT = 2
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"sweeper.commands.{name.replace('-', '_')}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s own arguments are loaded (all of them for --help)."""
+    parser = argparse.ArgumentParser(prog="sweeper", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--config-dir",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="a config directory of yours, searched before sweeper's (repeatable)",
+        )
+        if command in (None, name):
+            _command_module(name).add_arguments(sub)
+        sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=cnn lr.high=3e-3")
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the input is wrong (not the program): reported in one line, exit 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sweeper.config import ConfigError
+    from sweeper.groups import GroupError
+    from sweeper.shapes import ShapeError
+    from sweeper.slices import SliceError
+
+    return (ConfigError, SliceError, ShapeError, GroupError, HydraException, OmegaConfBaseException)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    args = build_parser(command).parse_args(argv)
+    try:
+        return int(_command_module(args.command).run(args) or 0)
+    except user_errors() as error:
+        print(f"sweeper {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

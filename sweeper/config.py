@@ -1,0 +1,88 @@
+"""Hydra configs: where they are, how they are composed, and how a shape is built from one.
+
+The config tree ships inside the package (`sweeper/conf` in a wheel) and lives at `conf/` in a
+checkout; both are found. Users add config directories of their own (their models, data and
+experiments) with `--config-dir DIR` on any command or the SWEEPER_CONFIG_PATH variable
+(directories separated by `os.pathsep`); theirs are searched before ours, so they can also shadow
+one of our options.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper.shapes import Shape, ShapeError
+
+__all__ = ["ConfigError", "build_shape", "compose_config", "config_dir", "user_config_dirs"]
+
+CONFIG_PATH_VARIABLE = "SWEEPER_CONFIG_PATH"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the setting, the value and the fix."""
+
+
+def config_dir() -> Path:
+    """Our config tree: packaged beside the code in a wheel, at the repository root in a checkout."""
+    packaged = Path(__file__).parent / "conf"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def user_config_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """Config directories of the user's: `extra` first, then SWEEPER_CONFIG_PATH."""
+    from_env = [p for p in os.environ.get(CONFIG_PATH_VARIABLE, "").split(os.pathsep) if p]
+    dirs = [Path(p).expanduser().resolve() for p in [*extra, *from_env]]
+    for path in dirs:
+        if not path.is_dir():
+            raise ConfigError(
+                f"--config-dir: {str(path)!r} is not a directory; give a folder laid out like "
+                f"conf/ (model/, data/, experiment/, ...)."
+            )
+    return dirs
+
+
+def compose_config(
+    overrides: Iterable[str] = (), config_dirs: Iterable[str | os.PathLike] = ()
+) -> DictConfig:
+    """Compose the root config with Hydra overrides, searching the user's directories first."""
+    overrides = list(overrides)
+    search = [f"file://{d}" for d in user_config_dirs(config_dirs)]
+    if search:
+        overrides.append(f"hydra.searchpath=[{','.join(search)}]")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="sweeper"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def build_shape(node: Mapping | DictConfig) -> Shape:
+    """Build a cycle shape from its config node (`_target_` plus the shape's settings)."""
+    settings = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    target = settings.pop("_target_", None)
+    if target is None:
+        raise ConfigError("shape: the config has no _target_; pick one with shape=<name>.")
+    try:
+        factory = get_object(target)
+    except Exception:
+        raise ConfigError(
+            f"shape._target_: cannot import {target!r}; name a shape class in sweeper.shapes or "
+            f"an importable class or function of yours."
+        ) from None
+    try:
+        shape = factory(**settings)
+    except TypeError as error:
+        raise ConfigError(f"shape: {target} does not take these settings {sorted(settings)}: {error}") from None
+    except ShapeError:
+        raise
+    if not (callable(getattr(shape, "lr", None)) and callable(getattr(shape, "momentum", None))):
+        raise ConfigError(
+            f"shape._target_: {target!r} built {shape!r}, which is not a shape; a shape has "
+            f"lr(peak, step, total) and momentum(step, total)."
+        )
+    return shape

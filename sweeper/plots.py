@@ -1,0 +1,43 @@
+"""Plots written as PNG files (matplotlib's Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from sweeper.shapes import Schedule  # noqa: E402
+
+__all__ = ["plot_schedule"]
+
+
+def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path:
+    """The lr of every layer group (log scale) and the momentum over the training batches."""
+    rows = schedule.rows()
+    steps = [row["step"] for row in rows]
+    momenta = [row["momentum"] for row in rows]
+    has_momentum = momenta[0] is not None
+    figure, axes = plt.subplots(
+        2 if has_momentum else 1, 1, figsize=(8, 6 if has_momentum else 4), sharex=True, squeeze=False
+    )
+    lr_axis = axes[0][0]
+    for group in range(len(schedule.peaks)):
+        label = f"group {group}" + (" (head)" if group == len(schedule.peaks) - 1 else "")
+        lr_axis.plot(steps, [row[f"lr_{group}"] for row in rows], label=label)
+    lr_axis.set_yscale("log")
+    lr_axis.set_ylabel("learning rate")
+    lr_axis.legend(loc="best", fontsize="small")
+    lr_axis.set_title(title or f"{schedule.shape.name}: {len(schedule.peaks)} groups, {schedule.total} steps")
+    if has_momentum:
+        axes[1][0].plot(steps, momenta, color="tab:gray")
+        axes[1][0].set_ylabel("momentum / beta1")
+    axes[-1][0].set_xlabel("training batch")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

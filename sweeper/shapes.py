@@ -1,0 +1,412 @@
+"""Cycle shapes: how the learning rate (and momentum) moves over training time.
+
+A shape is a small frozen dataclass, so it pickles across worker processes and prints as its own
+config. `shape.lr(peak, step, total)` is the learning rate of a group whose peak is `peak` at
+training batch `step` of `total` (0-based, over all epochs); `shape.momentum(step, total)` is the
+SGD momentum or Adam beta1 for that batch, or None where the shape leaves momentum alone.
+
+- `FastaiOneCycle` is fastai's `fit_one_cycle` (batch k uses pos = k / total).
+- `TorchOneCycle` is `torch.optim.lr_scheduler.OneCycleLR` (its peak lands on step
+  pct_start * total - 1 and its last step reaches the minimum exactly).
+- The other shapes start at their first value on step 0 and reach their last value on the final
+  step: `Constant`, `Triangular`, `WarmupCosine`, `WarmupStableDecay`, `Points`, `FunctionShape`.
+
+A `Schedule` joins a shape with the peak lr of every group: the per-step table `sweeper schedule`
+prints and the trainer applies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+__all__ = [
+    "Constant",
+    "FastaiOneCycle",
+    "FunctionShape",
+    "Points",
+    "Schedule",
+    "Shape",
+    "ShapeError",
+    "TorchOneCycle",
+    "Triangular",
+    "linear_decay",
+    "WarmupCosine",
+    "WarmupStableDecay",
+    "sched_cos",
+    "sched_lin",
+]
+
+
+class ShapeError(ValueError):
+    """A cycle-shape setting that cannot work; the message names the setting and the fix."""
+
+
+class Shape(Protocol):
+    name: ClassVar[str]
+
+    def lr(self, peak: float, step: int, total: int) -> float: ...
+
+    def momentum(self, step: int, total: int) -> float | None: ...
+
+
+def sched_cos(start: float, end: float, pos: float) -> float:
+    """fastai's cosine annealing from start (pos 0) to end (pos 1)."""
+    return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
+
+
+def sched_lin(start: float, end: float, pos: float) -> float:
+    return start + pos * (end - start)
+
+
+_ANNEALS: dict[str, Callable[[float, float, float], float]] = {"cos": sched_cos, "linear": sched_lin}
+
+
+def _check_anneal(setting: str, value: str) -> None:
+    if value not in _ANNEALS:
+        raise ShapeError(f"{setting}: {value!r} is not an anneal; choose one of {list(_ANNEALS)}.")
+
+
+def _check_fraction(setting: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 < value < 1):
+        raise ShapeError(
+            f"{setting}: {value!r} is outside (0, 1); it is the fraction of training spent in "
+            f"that phase, e.g. {setting}=0.25."
+        )
+
+
+def _check_divisor(setting: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ShapeError(
+            f"{setting}: {value!r} must be a positive, finite divisor of the peak lr "
+            f"(e.g. {setting}=25); the lr it sets is peak / {setting}."
+        )
+
+
+def _end_pos(step: int, total: int) -> float:
+    """Position in [0, 1] that reaches 1 on the last step (for shapes that must end exactly)."""
+    return step / (total - 1) if total > 1 else 1.0
+
+
+@dataclass(frozen=True)
+class FastaiOneCycle:
+    """fastai's one-cycle: `combined_cos(pct_start, peak/div, peak, peak/div_final)`."""
+
+    name: ClassVar[str] = "fastai_one_cycle"
+    pct_start: float = 0.25
+    div: float = 25.0
+    div_final: float = 1e5
+    moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95)
+    anneal: str = "cos"
+
+    def __post_init__(self) -> None:
+        _check_fraction("shape.pct_start", self.pct_start)
+        _check_divisor("shape.div", self.div)
+        _check_divisor("shape.div_final", self.div_final)
+        _check_anneal("shape.anneal", self.anneal)
+        if self.moms is not None:
+            object.__setattr__(self, "moms", _momentum_triple("shape.moms", self.moms))
+
+    def _combined(self, start: float, middle: float, end: float, pos: float) -> float:
+        anneal = _ANNEALS[self.anneal]
+        if pos < self.pct_start:
+            return anneal(start, middle, pos / self.pct_start)
+        return anneal(middle, end, (pos - self.pct_start) / (1 - self.pct_start))
+
+    def lr(self, peak: float, step: int, total: int) -> float:
+        return self._combined(peak / self.div, peak, peak / self.div_final, step / total)
+
+    def momentum(self, step: int, total: int) -> float | None:
+        if self.moms is None:
+            return None
+        return self._combined(*self.moms, step / total)
+
+
+@dataclass(frozen=True)
+class TorchOneCycle:
+    """`torch.optim.lr_scheduler.OneCycleLR`, step for step (same defaults and names)."""
+
+    name: ClassVar[str] = "torch_one_cycle"
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    three_phase: bool = False
+    anneal_strategy: str = "cos"
+    cycle_momentum: bool = True
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+
+    def __post_init__(self) -> None:
+        _check_fraction("shape.pct_start", self.pct_start)
+        _check_divisor("shape.div_factor", self.div_factor)
+        _check_divisor("shape.final_div_factor", self.final_div_factor)
+        _check_anneal("shape.anneal_strategy", self.anneal_strategy)
+        _momentum_triple("shape.base_momentum/max_momentum", (self.max_momentum, self.base_momentum, self.max_momentum))
+
+    def _phases(self, total: int) -> list[tuple[float, int, int]]:
+        """(end step, start key, end key) per phase; keys index (initial, max, min) values."""
+        initial, top, low = 0, 1, 2
+        if self.three_phase:
+            return [
+                (float(self.pct_start * total) - 1, initial, top),
+                (float(2 * self.pct_start * total) - 2, top, initial),
+                (total - 1, initial, low),
+            ]
+        return [(float(self.pct_start * total) - 1, initial, top), (total - 1, top, low)]
+
+    def _value(self, values: tuple[float, float, float], step: int, total: int) -> float:
+        anneal = _torch_cos if self.anneal_strategy == "cos" else _torch_linear
+        start_step = 0.0
+        phases = self._phases(total)
+        for i, (end_step, start_key, end_key) in enumerate(phases):
+            if step <= end_step or i == len(phases) - 1:
+                span = end_step - start_step
+                pct = (step - start_step) / span if span > 0 else 1.0
+                return anneal(values[start_key], values[end_key], pct)
+            start_step = end_step
+        raise AssertionError("unreachable: the last phase always matches")
+
+    def lr(self, peak: float, step: int, total: int) -> float:
+        initial = peak / self.div_factor
+        return self._value((initial, peak, initial / self.final_div_factor), step, total)
+
+    def momentum(self, step: int, total: int) -> float | None:
+        if not self.cycle_momentum:
+            return None
+        # Momentum runs opposite to the lr: max at the start and end, base at the lr's peak.
+        return self._value((self.max_momentum, self.base_momentum, self.max_momentum), step, total)
+
+
+def _torch_cos(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def _torch_linear(start: float, end: float, pct: float) -> float:
+    return (end - start) * pct + start
+
+
+@dataclass(frozen=True)
+class Constant:
+    """The peak lr at every step; momentum left to the optimizer."""
+
+    name: ClassVar[str] = "constant"
+
+    def lr(self, peak: float, step: int, total: int) -> float:
+        return peak
+
+    def momentum(self, step: int, total: int) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Triangular:
+    """Linear up from peak/div to the peak at pct_start, then linear down to peak/div_final."""
+
+    name: ClassVar[str] = "triangular"
+    pct_start: float = 0.5
+    div: float = 25.0
+    div_final: float = 1e4
+
+    def __post_init__(self) -> None:
+        _check_fraction("shape.pct_start", self.pct_start)
+        _check_divisor("shape.div", self.div)
+        _check_divisor("shape.div_final", self.div_final)
+
+    def lr(self, peak: float, step: int, total: int) -> float:
+        pos = _end_pos(step, total)
+        if pos < self.pct_start:
+            return sched_lin(peak / self.div, peak, pos / self.pct_start)
+        return sched_lin(peak, peak / self.div_final, (pos - self.pct_start) / (1 - self.pct_start))
+
+    def momentum(self, step: int, total: int) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """Linear warm-up from peak/div over warmup_pct of training, then cosine to peak/div_final."""
+
+    name: ClassVar[str] = "warmup_cosine"
+    warmup_pct: float = 0.1
+    div: float = 25.0
+    div_final: float = 1e4
+
+    def __post_init__(self) -> None:
+        _check_fraction("shape.warmup_pct", self.warmup_pct)
+        _check_divisor("shape.div", self.div)
+        _check_divisor("shape.div_final", self.div_final)
+
+    def lr(self, peak: float, step: int, total: int) -> float:
+        pos = _end_pos(step, total)
+        if pos < self.warmup_pct:
+            return sched_lin(peak / self.div, peak, pos / self.warmup_pct)
+        return sched_cos(peak, peak / self.div_final, (pos - self.warmup_pct) / (1 - self.warmup_pct))
+
+    def momentum(self, step: int, total: int) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class WarmupStableDecay:
+    """Warm-up, a long stable phase at the peak, then a short decay (the "WSD" schedule)."""
+
+    name: ClassVar[str] = "warmup_stable_decay"
+    warmup_pct: float = 0.05
+    decay_pct: float = 0.2
+    div: float = 25.0
+    div_final: float = 1e4
+    decay: str = "linear"
+
+    def __post_init__(self) -> None:
+        _check_fraction("shape.warmup_pct", self.warmup_pct)
+        _check_fraction("shape.decay_pct", self.decay_pct)
+        if self.warmup_pct + self.decay_pct >= 1:
+            raise ShapeError(
+                f"shape.warmup_pct + shape.decay_pct = {self.warmup_pct + self.decay_pct:g} leaves "
+                f"no stable phase; keep their sum below 1 (e.g. warmup_pct=0.05 decay_pct=0.2)."
+            )
+        _check_divisor("shape.div", self.div)
+        _check_divisor("shape.div_final", self.div_final)
+        _check_anneal("shape.decay", self.decay)
+
+    def lr(self, peak: float, step: int, total: int) -> float:
+        pos = _end_pos(step, total)
+        decay_start = 1 - self.decay_pct
+        if pos < self.warmup_pct:
+            return sched_lin(peak / self.div, peak, pos / self.warmup_pct)
+        if pos < decay_start:
+            return peak
+        return _ANNEALS[self.decay](peak, peak / self.div_final, (pos - decay_start) / self.decay_pct)
+
+    def momentum(self, step: int, total: int) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Points:
+    """A custom shape: (position, multiplier of the peak) points joined by straight lines.
+
+    Positions run from 0 (first step) to 1 (last step), strictly increasing.
+    """
+
+    name: ClassVar[str] = "points"
+    points: tuple[tuple[float, float], ...] = ((0.0, 0.04), (0.3, 1.0), (1.0, 1e-4))
+
+    def __post_init__(self) -> None:
+        try:
+            points = tuple((float(p), float(m)) for p, m in self.points)
+        except (TypeError, ValueError):
+            raise ShapeError(
+                f"shape.points: {self.points!r} must be a list of [position, multiplier] pairs, "
+                f"e.g. [[0, 0.04], [0.3, 1.0], [1, 1e-4]]."
+            ) from None
+        positions = [p for p, _ in points]
+        if len(points) < 2 or positions[0] != 0.0 or positions[-1] != 1.0:
+            raise ShapeError(
+                f"shape.points: positions {positions} must start at 0 and end at 1 (at least two "
+                f"points), e.g. [[0, 0.04], [0.3, 1.0], [1, 1e-4]]."
+            )
+        if any(b <= a for a, b in zip(positions, positions[1:])):
+            raise ShapeError(f"shape.points: positions {positions} must be strictly increasing.")
+        if any(not math.isfinite(m) or m < 0 for _, m in points):
+            raise ShapeError(f"shape.points: multipliers must be finite and >= 0, got {points}.")
+        object.__setattr__(self, "points", points)
+
+    def multiplier(self, pos: float) -> float:
+        for (p0, m0), (p1, m1) in zip(self.points, self.points[1:]):
+            if pos <= p1:
+                return sched_lin(m0, m1, (pos - p0) / (p1 - p0))
+        return self.points[-1][1]
+
+    def lr(self, peak: float, step: int, total: int) -> float:
+        return peak * self.multiplier(_end_pos(step, total))
+
+    def momentum(self, step: int, total: int) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class FunctionShape:
+    """A custom shape from a function `f(pos) -> multiplier of the peak`, pos in [0, 1].
+
+    `fn` is the function's dotted import path (e.g. "mypkg.schedules.sqrt_decay"): a string keeps
+    the shape picklable and lets the config record exactly which function ran.
+    """
+
+    name: ClassVar[str] = "function"
+    fn: str = "math.cos"
+    _resolved: Callable[[float], float] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        module_name, _, attr = self.fn.rpartition(".")
+        try:
+            function = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError):
+            raise ShapeError(
+                f"shape.fn: cannot import {self.fn!r}; give the dotted path of a function "
+                f"pos -> multiplier that is importable here (e.g. mypkg.schedules.my_shape)."
+            ) from None
+        if not callable(function):
+            raise ShapeError(f"shape.fn: {self.fn!r} is not callable.")
+        object.__setattr__(self, "_resolved", function)
+
+    def __getstate__(self) -> dict:
+        return {"fn": self.fn}
+
+    def __setstate__(self, state: dict) -> None:
+        object.__setattr__(self, "fn", state["fn"])
+        self.__post_init__()
+
+    def lr(self, peak: float, step: int, total: int) -> float:
+        return peak * float(self._resolved(_end_pos(step, total)))
+
+    def momentum(self, step: int, total: int) -> float | None:
+        return None
+
+
+def linear_decay(pos: float) -> float:
+    """An example for `FunctionShape`: from the peak straight down to 0 at the last step."""
+    return 1.0 - pos
+
+
+def _momentum_triple(setting: str, moms: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(m) for m in moms)
+    if len(values) != 3 or not all(0 <= m < 1 for m in values):
+        raise ShapeError(
+            f"{setting}: {list(moms)!r} must be three momenta in [0, 1) (start, middle, end), "
+            f"e.g. [0.95, 0.85, 0.95]."
+        )
+    return values
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The peak lr of every layer group run through one shape over `total` training batches."""
+
+    peaks: tuple[float, ...]
+    shape: Shape
+    total: int
+
+    def __post_init__(self) -> None:
+        if self.total < 1:
+            raise ShapeError(f"steps: {self.total} must be at least 1 training batch.")
+        object.__setattr__(self, "peaks", tuple(float(p) for p in self.peaks))
+
+    def at(self, step: int) -> tuple[list[float], float | None]:
+        """The lr of every group and the momentum for training batch `step`."""
+        lrs = [self.shape.lr(peak, step, self.total) for peak in self.peaks]
+        return lrs, self.shape.momentum(step, self.total)
+
+    def rows(self) -> list[dict[str, float | int | None]]:
+        """One row per step: {"step", "lr_0", ..., "lr_{n-1}", "momentum"}."""
+        rows = []
+        for step in range(self.total):
+            lrs, momentum = self.at(step)
+            row: dict[str, float | int | None] = {"step": step}
+            row.update({f"lr_{g}": lr for g, lr in enumerate(lrs)})
+            row["momentum"] = momentum
+            rows.append(row)
+        return rows
