@@ -43,7 +43,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="DIR",
-            help="a config directory of yours, searched before sweeper's (repeatable)",
+            help="a config directory of yours; its options join sweeper's (repeatable)",
         )
         if command in (None, name):
             _command_module(name).add_arguments(sub)

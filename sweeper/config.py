@@ -3,8 +3,8 @@
 The config tree ships inside the package (`sweeper/conf` in a wheel) and lives at `conf/` in a
 checkout; both are found. Users add config directories of their own (their models, data and
 experiments) with `--config-dir DIR` on any command or the SWEEPER_CONFIG_PATH variable
-(directories separated by `os.pathsep`); theirs are searched before ours, so they can also shadow
-one of our options.
+(directories separated by `os.pathsep`). Their options join ours in every group; give them new
+names (Hydra searches our tree first, so an option named like one of ours is ours).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def user_config_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
 def compose_config(
     overrides: Iterable[str] = (), config_dirs: Iterable[str | os.PathLike] = ()
 ) -> DictConfig:
-    """Compose the root config with Hydra overrides, searching the user's directories first."""
+    """Compose the root config with Hydra overrides, the user's config directories added."""
     overrides = list(overrides)
     search = [f"file://{d}" for d in user_config_dirs(config_dirs)]
     if search:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+import numpy as np
+
 __all__ = [
     "Constant",
     "FastaiOneCycle",
@@ -33,6 +35,7 @@ __all__ = [
     "ShapeError",
     "TorchOneCycle",
     "Triangular",
+    "combined_cos",
     "linear_decay",
     "WarmupCosine",
     "WarmupStableDecay",
@@ -63,6 +66,22 @@ def sched_lin(start: float, end: float, pos: float) -> float:
 
 
 _ANNEALS: dict[str, Callable[[float, float, float], float]] = {"cos": sched_cos, "linear": sched_lin}
+
+
+def combined_cos(
+    pct: float, start: float, middle: float, end: float, pos: float, anneal=sched_cos
+) -> float:
+    """fastai's `combined_cos`: start -> middle over [0, pct), then middle -> end over [pct, 1].
+
+    fastai (`combine_scheds`) keeps the phase boundaries in a float32 tensor, so the position
+    within a phase is computed in float32; doing the same keeps us equal to fastai to ~1e-7
+    even near the end of training, where the lr is tiny and float64 would drift by ~1e-5.
+    """
+    bounds = np.cumsum(np.array([0.0, pct, 1 - pct], dtype=np.float32))
+    here = np.float32(pos)
+    phase = 0 if here < bounds[1] else 1
+    phase_pos = float((here - bounds[phase]) / (bounds[phase + 1] - bounds[phase]))
+    return anneal(start, middle, phase_pos) if phase == 0 else anneal(middle, end, phase_pos)
 
 
 def _check_anneal(setting: str, value: str) -> None:
@@ -110,19 +129,14 @@ class FastaiOneCycle:
         if self.moms is not None:
             object.__setattr__(self, "moms", _momentum_triple("shape.moms", self.moms))
 
-    def _combined(self, start: float, middle: float, end: float, pos: float) -> float:
-        anneal = _ANNEALS[self.anneal]
-        if pos < self.pct_start:
-            return anneal(start, middle, pos / self.pct_start)
-        return anneal(middle, end, (pos - self.pct_start) / (1 - self.pct_start))
-
     def lr(self, peak: float, step: int, total: int) -> float:
-        return self._combined(peak / self.div, peak, peak / self.div_final, step / total)
+        ends = (peak / self.div, peak, peak / self.div_final)
+        return combined_cos(self.pct_start, *ends, step / total, _ANNEALS[self.anneal])
 
     def momentum(self, step: int, total: int) -> float | None:
         if self.moms is None:
             return None
-        return self._combined(*self.moms, step / total)
+        return combined_cos(self.pct_start, *self.moms, step / total, _ANNEALS[self.anneal])
 
 
 @dataclass(frozen=True)

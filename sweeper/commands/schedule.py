@@ -77,7 +77,9 @@ def _print_table(lr_text: str, schedule: Schedule, rows: list[dict]) -> None:
 
     n_groups = len(schedule.peaks)
     peaks = ", ".join(f"{p:.4g}" for p in schedule.peaks)
-    table = Table(title=f"lr={lr_text} -> peaks [{peaks}]; {schedule.shape}; {schedule.total} steps")
+    table = Table(
+        title=f"lr={lr_text} -> peaks [{peaks}], {schedule.total} steps", caption=str(schedule.shape)
+    )
     table.add_column("step", justify="right")
     for group in range(n_groups):
         table.add_column(f"lr group {group}" + (" (head)" if group == n_groups - 1 else ""), justify="right")

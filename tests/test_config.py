@@ -1,0 +1,97 @@
+"""The config tree: every option of every group composes, and users can add their own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from sweeper.config import ConfigError, build_shape, compose_config, config_dir
+
+GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((config_dir() / group).glob("*.yaml"))]
+
+# Configs that read a URL from the environment compose with these set (as a user would).
+ENVIRONMENT = {
+    "SWEEPER_STORAGE_URL": "postgresql://sweeper:secret@127.0.0.1:5432/sweeper",
+    "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+}
+
+
+def test_the_tree_has_the_groups_the_root_config_lists():
+    root = OmegaConf.load(config_dir() / "config.yaml")
+    listed = {next(iter(item)) for item in root.defaults if isinstance(item, dict)}
+    assert listed <= set(GROUPS), listed - set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_resolves(group, option, monkeypatch):
+    for name, value in ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    cfg = compose_config([f"{group}={option}"])
+    container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert container["train"]["epochs"] >= 1
+    if group == "shape":
+        shape = build_shape(cfg.shape)
+        assert shape.name == option or option == "fastai_fine_tune", (option, shape.name)
+
+
+def test_default_config_is_a_runnable_slice_and_shape():
+    cfg = compose_config()
+    assert cfg.lr.strategy in ("single", "fastai", "geometric", "explicit")
+    assert build_shape(cfg.shape).name == "fastai_one_cycle"
+
+
+def test_user_config_dir_adds_options_beside_ours(tmp_path, monkeypatch):
+    (tmp_path / "shape").mkdir()
+    (tmp_path / "shape" / "gentle.yaml").write_text("_target_: sweeper.shapes.Triangular\npct_start: 0.1\n")
+    (tmp_path / "lr").mkdir()
+    (tmp_path / "lr" / "wide.yaml").write_text("strategy: geometric\nlow: 1e-6\nhigh: 1e-2\n")
+    cfg = compose_config(["shape=gentle", "lr=wide"], config_dirs=[tmp_path])
+    assert build_shape(cfg.shape).pct_start == 0.1  # new options of theirs, in our groups
+    assert cfg.lr.low == 1e-6
+    assert compose_config(["shape=triangular"], config_dirs=[tmp_path]).shape.pct_start == 0.5  # ours remain
+    monkeypatch.setenv("SWEEPER_CONFIG_PATH", str(tmp_path))
+    assert compose_config(["shape=gentle"]).shape.pct_start == 0.1  # the same from the environment
+
+
+def test_missing_user_config_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a directory"):
+        compose_config([], config_dirs=[tmp_path / "nope"])
+
+
+@pytest.mark.parametrize(
+    ("node", "fragment"),
+    [
+        ({"pct_start": 0.3}, "no _target_"),
+        ({"_target_": "sweeper.shapes.NoSuchShape"}, "cannot import"),
+        ({"_target_": "sweeper.shapes.Constant", "pct_start": 0.3}, "does not take"),
+        ({"_target_": "builtins.dict"}, "not a shape"),
+    ],
+)
+def test_bad_shape_node_is_a_clear_error(node, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        build_shape(node)
+
+
+def test_configs_ship_inside_the_wheel_and_are_found_there(tmp_path):
+    root = Path(__file__).parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, root],
+        check=True,
+    )
+    wheel = next(tmp_path.glob("sweeper-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        assert "sweeper/conf/config.yaml" in archive.namelist()
+        archive.extractall(tmp_path / "site")
+    found = subprocess.run(
+        [sys.executable, "-c", "from sweeper.config import config_dir, compose_config; "
+         "print(config_dir()); print(compose_config(['shape=constant']).shape._target_)"],
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert found == [str(tmp_path / "site" / "sweeper" / "conf"), "sweeper.shapes.Constant"]

@@ -1,0 +1,106 @@
+"""`sweeper schedule`: the table, the JSON and the plot a user sees before any training."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweeper.cli import main
+from sweeper.shapes import FastaiOneCycle, Schedule
+
+
+def run_schedule(capsys, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["schedule", *args, f"results_dir={tmp_path / 'results'}"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_has_every_step_of_every_group(capsys, tmp_path):
+    code, out, _ = run_schedule(capsys, tmp_path, "--lr", "slice(1e-5,1e-3)", "--groups", "3", "--steps", "40", "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["peaks"] == pytest.approx([1e-5, 1e-4, 1e-3])
+    assert document["strategy"] == "geometric" and document["shape"]["name"] == "fastai_one_cycle"
+    expected = Schedule((1e-5, 1e-4, 1e-3), FastaiOneCycle(), 40)
+    assert len(document["rows"]) == 40
+    for row in document["rows"]:
+        lrs, momentum = expected.at(row["step"])
+        assert [row["lr_0"], row["lr_1"], row["lr_2"]] == lrs and row["momentum"] == momentum
+    assert Path(document["plot"]).stat().st_size > 0  # the plot was written under results/
+
+
+def test_shape_and_its_settings_come_from_overrides(capsys, tmp_path):
+    code, out, _ = run_schedule(
+        capsys, tmp_path, "--lr", "1e-2", "--groups", "2", "--steps", "20", "--json", "--no-plot",
+        "shape=torch_one_cycle", "shape.pct_start=0.25", "shape.three_phase=true",
+    )
+    assert code == 0
+    rows = json.loads(out)["rows"]
+    optimizer = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(2)], lr=1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=20, pct_start=0.25, three_phase=True)
+    for row in rows:  # the printed values are OneCycleLR's own
+        assert math.isclose(row["lr_1"], optimizer.param_groups[1]["lr"], rel_tol=1e-12)
+        assert math.isclose(row["momentum"], optimizer.param_groups[0]["momentum"], rel_tol=1e-12)
+        optimizer.step()
+        scheduler.step()
+    assert not (tmp_path / "results").exists()  # --no-plot writes nothing
+
+
+def test_table_shows_groups_and_every_nth_step(capsys, tmp_path):
+    code, out, _ = run_schedule(capsys, tmp_path, "--lr", "slice(1e-3)", "--groups", "2", "--steps", "10", "--every", "4")
+    assert code == 0
+    assert "lr group 1 (head)" in out and "momentum" in out
+    steps = [line.split()[1] for line in out.splitlines() if line.startswith("│")]
+    assert steps == ["0", "4", "8", "9"]  # every 4th step and the last one
+    assert (tmp_path / "results" / "schedule-fastai_one_cycle.png").stat().st_size > 0
+
+
+def test_the_config_lr_is_the_default(capsys, tmp_path):
+    code, out, _ = run_schedule(capsys, tmp_path, "--json", "--no-plot", "--steps", "5", "lr=fastai", "lr.high=3e-3")
+    assert code == 0
+    assert json.loads(out)["peaks"] == pytest.approx([3e-4, 3e-4, 3e-3])
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--lr", "slice(1e-5,1e-3,1e-2)"], ["three arguments", "cycle shape"]),
+        (["--lr", "slice(1e-3,1e-5)"], ["low > high"]),
+        (["--lr", "-1"], ["positive"]),
+        (["--lr", "nan"], ["positive, finite"]),
+        (["--lr", "[1e-4,1e-3]", "--groups", "3"], ["2 learning rates", "3 layer groups"]),
+        (["shape.pct_start=1.5"], ["shape.pct_start", "outside (0, 1)"]),
+        (["shape=torch_one_cycle", "shape.pct_start=0"], ["shape.pct_start"]),
+        (["shape.div=0"], ["shape.div", "positive"]),
+        (["shape=torch_one_cycle", "shape.div_factor=-1"], ["shape.div_factor"]),
+        (["shape=nope"], ["shape/nope", "Available options", "torch_one_cycle"]),
+        (["shape.warp=3"], ["warp"]),
+        (["--groups", "0"], ["--groups"]),
+        (["--steps", "0"], ["--steps"]),
+        (["lr.strategy=cyclic"], ["lr.strategy"]),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message_and_writes_nothing(capsys, tmp_path, args, fragments):
+    code, out, err = run_schedule(capsys, tmp_path, *args)
+    assert code == 2, (out, err)
+    assert out == ""
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not (tmp_path / "results").exists()
+
+
+def test_console_command_runs(tmp_path):
+    script = Path(sys.executable).with_name("sweeper")
+    done = subprocess.run(
+        [script, "schedule", "--lr", "slice(1e-5,1e-3)", "--steps", "3", "--json", "--no-plot"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ},
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["rows"]) == 3
