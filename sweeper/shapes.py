@@ -202,8 +202,15 @@ def _torch_linear(start: float, end: float, pct: float) -> float:
     return (end - start) * pct + start
 
 
+class _LeavesMomentum:
+    """For shapes that move only the lr: the optimizer keeps its own momentum / beta1."""
+
+    def momentum(self, step: int, total: int) -> float | None:
+        return None
+
+
 @dataclass(frozen=True)
-class Constant:
+class Constant(_LeavesMomentum):
     """The peak lr at every step; momentum left to the optimizer."""
 
     name: ClassVar[str] = "constant"
@@ -211,39 +218,13 @@ class Constant:
     def lr(self, peak: float, step: int, total: int) -> float:
         return peak
 
-    def momentum(self, step: int, total: int) -> float | None:
-        return None
-
 
 @dataclass(frozen=True)
-class Triangular:
-    """Linear up from peak/div to the peak at pct_start, then linear down to peak/div_final."""
-
-    name: ClassVar[str] = "triangular"
-    pct_start: float = 0.5
-    div: float = 25.0
-    div_final: float = 1e4
-
-    def __post_init__(self) -> None:
-        _check_fraction("shape.pct_start", self.pct_start)
-        _check_divisor("shape.div", self.div)
-        _check_divisor("shape.div_final", self.div_final)
-
-    def lr(self, peak: float, step: int, total: int) -> float:
-        pos = _end_pos(step, total)
-        if pos < self.pct_start:
-            return sched_lin(peak / self.div, peak, pos / self.pct_start)
-        return sched_lin(peak, peak / self.div_final, (pos - self.pct_start) / (1 - self.pct_start))
-
-    def momentum(self, step: int, total: int) -> float | None:
-        return None
-
-
-@dataclass(frozen=True)
-class WarmupCosine:
+class WarmupCosine(_LeavesMomentum):
     """Linear warm-up from peak/div over warmup_pct of training, then cosine to peak/div_final."""
 
     name: ClassVar[str] = "warmup_cosine"
+    anneal: ClassVar[Callable[[float, float, float], float]] = staticmethod(sched_cos)
     warmup_pct: float = 0.1
     div: float = 25.0
     div_final: float = 1e4
@@ -257,14 +238,20 @@ class WarmupCosine:
         pos = _end_pos(step, total)
         if pos < self.warmup_pct:
             return sched_lin(peak / self.div, peak, pos / self.warmup_pct)
-        return sched_cos(peak, peak / self.div_final, (pos - self.warmup_pct) / (1 - self.warmup_pct))
-
-    def momentum(self, step: int, total: int) -> float | None:
-        return None
+        return self.anneal(peak, peak / self.div_final, (pos - self.warmup_pct) / (1 - self.warmup_pct))
 
 
 @dataclass(frozen=True)
-class WarmupStableDecay:
+class Triangular(WarmupCosine):
+    """Linear up from peak/div to the peak at warmup_pct, then linear down to peak/div_final."""
+
+    name: ClassVar[str] = "triangular"
+    anneal: ClassVar[Callable[[float, float, float], float]] = staticmethod(sched_lin)
+    warmup_pct: float = 0.5
+
+
+@dataclass(frozen=True)
+class WarmupStableDecay(_LeavesMomentum):
     """Warm-up, a long stable phase at the peak, then a short decay (the "WSD" schedule)."""
 
     name: ClassVar[str] = "warmup_stable_decay"
@@ -295,12 +282,9 @@ class WarmupStableDecay:
             return peak
         return _ANNEALS[self.decay](peak, peak / self.div_final, (pos - decay_start) / self.decay_pct)
 
-    def momentum(self, step: int, total: int) -> float | None:
-        return None
-
 
 @dataclass(frozen=True)
-class Points:
+class Points(_LeavesMomentum):
     """A custom shape: (position, multiplier of the peak) points joined by straight lines.
 
     Positions run from 0 (first step) to 1 (last step), strictly increasing.
@@ -338,12 +322,9 @@ class Points:
     def lr(self, peak: float, step: int, total: int) -> float:
         return peak * self.multiplier(_end_pos(step, total))
 
-    def momentum(self, step: int, total: int) -> float | None:
-        return None
-
 
 @dataclass(frozen=True)
-class FunctionShape:
+class FunctionShape(_LeavesMomentum):
     """A custom shape from a function `f(pos) -> multiplier of the peak`, pos in [0, 1].
 
     `fn` is the function's dotted import path (e.g. "mypkg.schedules.sqrt_decay"): a string keeps
@@ -376,9 +357,6 @@ class FunctionShape:
 
     def lr(self, peak: float, step: int, total: int) -> float:
         return peak * float(self._resolved(_end_pos(step, total)))
-
-    def momentum(self, step: int, total: int) -> float | None:
-        return None
 
 
 def linear_decay(pos: float) -> float:

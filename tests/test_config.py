@@ -48,15 +48,15 @@ def test_default_config_is_a_runnable_slice_and_shape():
 
 def test_user_config_dir_adds_options_beside_ours(tmp_path, monkeypatch):
     (tmp_path / "shape").mkdir()
-    (tmp_path / "shape" / "gentle.yaml").write_text("_target_: sweeper.shapes.Triangular\npct_start: 0.1\n")
+    (tmp_path / "shape" / "gentle.yaml").write_text("_target_: sweeper.shapes.Triangular\nwarmup_pct: 0.1\n")
     (tmp_path / "lr").mkdir()
     (tmp_path / "lr" / "wide.yaml").write_text("strategy: geometric\nlow: 1e-6\nhigh: 1e-2\n")
     cfg = compose_config(["shape=gentle", "lr=wide"], config_dirs=[tmp_path])
-    assert build_shape(cfg.shape).pct_start == 0.1  # new options of theirs, in our groups
+    assert build_shape(cfg.shape).warmup_pct == 0.1  # new options of theirs, in our groups
     assert cfg.lr.low == 1e-6
-    assert compose_config(["shape=triangular"], config_dirs=[tmp_path]).shape.pct_start == 0.5  # ours remain
+    assert compose_config(["shape=triangular"], config_dirs=[tmp_path]).shape.warmup_pct == 0.5  # ours remain
     monkeypatch.setenv("SWEEPER_CONFIG_PATH", str(tmp_path))
-    assert compose_config(["shape=gentle"]).shape.pct_start == 0.1  # the same from the environment
+    assert compose_config(["shape=gentle"]).shape.warmup_pct == 0.1  # the same from the environment
 
 
 def test_missing_user_config_dir_is_a_clear_error(tmp_path):

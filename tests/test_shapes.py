@@ -107,7 +107,7 @@ def test_torch_one_cycle_reaches_its_minimum_on_the_last_step():
     ("shape", "first", "last"),
     [
         (Constant(), 1.0, 1.0),
-        (Triangular(pct_start=0.5, div=10, div_final=100), 0.1, 0.01),
+        (Triangular(warmup_pct=0.5, div=10, div_final=100), 0.1, 0.01),
         (WarmupCosine(warmup_pct=0.1, div=10, div_final=100), 0.1, 0.01),
         (WarmupStableDecay(warmup_pct=0.1, decay_pct=0.2, div=10, div_final=100), 0.1, 0.01),
         (Points(points=((0, 0.5), (0.5, 1.0), (1, 0.25))), 0.5, 0.25),
@@ -170,7 +170,7 @@ def test_shapes_pickle_to_equal_values(shape):
         (lambda: TorchOneCycle(div_factor=0), ["shape.div_factor"]),
         (lambda: TorchOneCycle(final_div_factor=-1), ["shape.final_div_factor"]),
         (lambda: TorchOneCycle(anneal_strategy="step"), ["shape.anneal_strategy"]),
-        (lambda: Triangular(pct_start=0), ["shape.pct_start"]),
+        (lambda: Triangular(warmup_pct=0), ["shape.warmup_pct"]),
         (lambda: WarmupCosine(warmup_pct=1), ["shape.warmup_pct"]),
         (lambda: WarmupStableDecay(warmup_pct=0.5, decay_pct=0.5), ["no stable phase"]),
         (lambda: Points(points=((0.1, 1.0), (1, 0.1))), ["start at 0"]),
