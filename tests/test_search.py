@@ -1,0 +1,224 @@
+"""The search space: Hydra's sweep grammar read into Optuna distributions, and the slice-aware layer."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from sweeper.config import ConfigError, build_shape, compose_config
+from sweeper.search import SearchSpace, build_space, parse_dimension, split_overrides, validate_space
+from sweeper.slices import parse_lr
+
+BELOW = math.nextafter  # the largest float under an exclusive end
+
+
+def dimension(text: str):
+    return parse_dimension("search.params.x", "x", "x", text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("interval(0.1, 0.5)", FloatDistribution(0.1, BELOW(0.5, 0))),
+        ("tag(log, interval(1e-4, 1e-2))", FloatDistribution(1e-4, BELOW(1e-2, 0), log=True)),
+        ("int(interval(1, 5))", IntDistribution(1, 4)),
+        ("tag(log, int(interval(1, 100)))", IntDistribution(1, 99, log=True)),
+        ("range(1, 5)", IntDistribution(1, 4)),
+        ("range(0, 10, 3)", IntDistribution(0, 9, step=3)),
+        ("range(0, 9, 3)", IntDistribution(0, 6, step=3)),  # 9 itself is excluded
+        ("range(0, 1, 0.25)", FloatDistribution(0.0, 0.75, step=0.25)),
+        ("range(5, 1, -1)", IntDistribution(2, 5)),  # Hydra lists 5, 4, 3, 2
+        ("choice(32, 64)", CategoricalDistribution([32, 64])),
+        ("choice(cos, linear)", CategoricalDistribution(["cos", "linear"])),
+        ("shuffle(range(1, 4))", IntDistribution(1, 3)),  # order means nothing to a sampler
+    ],
+)
+def test_grammar_reads_into_the_distribution(text, expected):
+    assert dimension(text).distribution == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["range(1, 5)", "range(0, 10, 3)", "range(0, 9, 3)", "range(0, 1, 0.25)", "range(5, 1, -1)", "range(0, 1, 0.1)"]
+)
+def test_range_samples_exactly_the_values_hydra_lists(text):
+    hydra_values = sorted(OverridesParser.create().parse_override(f"x={text}").sweep_iterator())
+    dim = dimension(text)
+    assert dim.grid() == pytest.approx(hydra_values)  # float steps: up to rounding in Hydra's sums
+    dist = dim.distribution
+    assert not dist._contains(dist.to_internal_repr(dist.high + dist.step))  # the stop is never drawn
+
+
+@pytest.mark.parametrize(("text", "end"), [("interval(0.1, 0.5)", 0.5), ("int(interval(1, 3))", 3)])
+def test_interval_end_is_exclusive_as_in_hydra(text, end):
+    dim = dimension(text)
+    assert not dim.distribution._contains(dim.distribution.to_internal_repr(end))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [dim.suggest(study.ask()) for _ in range(200)]
+    assert max(drawn) < end
+    assert dim.distribution.low in drawn or isinstance(end, float)  # int: the low end is reachable
+
+
+def test_plain_value_is_a_fixed_override():
+    assert parse_dimension("search.params.train.epochs", "train.epochs", "train.epochs", 3) == "train.epochs=3"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("interval(5, 1)", "swap them"),
+        ("interval(1, 1)", "empty"),
+        ("int(interval(3, 3))", "empty"),
+        ("range(1, 5, 0)", "step 0"),
+        ("range(5, 1)", "lists no values"),
+        ("tag(log, interval(0, 1))", "positive start"),
+        ("tag(log, range(1, 5))", "stepped and log"),
+        ("tag(fast, interval(0, 1))", "only tag\\(log"),
+        ("tag(log, choice(1, 2))", "no meaning"),
+        ("choice(1, 1)", "twice"),
+        ("interval(0.1", "cannot read"),
+        ([1, 2], "choice\\(a, b"),
+    ],
+)
+def test_bad_grammar_is_a_config_error_naming_the_setting(text, fragment):
+    with pytest.raises(ConfigError, match=fragment) as caught:
+        dimension(text)
+    assert str(caught.value).startswith("search.params.x: ")
+
+
+def draw(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[dict, list[str]]]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    draws = []
+    for _ in range(n):
+        trial = study.ask()
+        overrides = space.suggest(trial)
+        draws.append((trial.params, overrides))
+        study.tell(trial, 0.0)
+    return draws
+
+
+def test_default_space_is_slices_and_shapes():
+    space = build_space(compose_config())
+    assert space.strategy.distribution.choices == ("single", "fastai", "geometric")
+    assert space.high.distribution.log and space.low_ratio.distribution.log
+    assert "fastai_one_cycle" in space.shape.distribution.choices
+    assert space.shape_settings["constant"] == ()
+
+
+def test_low_ratio_and_shape_settings_are_drawn_only_where_they_apply():
+    space = build_space(compose_config())
+    for params, _ in draw(space, 60):
+        assert ("lr.low_ratio" in params) == (params["lr"] == "geometric"), params
+        shape_params = {name.split(".")[0] for name in params if not name.startswith("lr")} - {"shape"}
+        assert shape_params <= {params["shape"]}, params
+
+
+def test_trial_overrides_reproduce_the_sampled_config():
+    space = build_space(compose_config())
+    for params, overrides in draw(space, 20, seed=1):
+        cfg = compose_config(overrides)
+        spec = parse_lr(OmegaConf.to_container(cfg.lr))
+        assert spec.strategy == params["lr"]
+        assert spec.high == params["lr.high"]
+        if spec.strategy == "geometric":
+            assert spec.low == pytest.approx(params["lr.high"] * params["lr.low_ratio"])
+            assert spec.low <= spec.high
+        assert build_shape(cfg.shape).name == params["shape"]
+        for name, value in params.items():
+            if name.startswith(params["shape"] + "."):
+                assert cfg.shape[name.split(".", 1)[1]] == value
+
+
+@pytest.mark.parametrize("option", ["slices", "shapes", "slices_and_shapes"])
+def test_ready_made_searches_validate(option):
+    cfg = compose_config([f"search={option}"])
+    space = build_space(cfg)
+    validate_space(space)  # every edge composes into a runnable slice and shape
+    assert not space.is_empty()
+    assert (space.shape is None) == (option == "slices")
+    assert (space.strategy is None) == (option == "shapes")
+
+
+def test_cover_draws_every_strategy_and_shape():
+    space = build_space(compose_config())
+    cover = space.cover()
+    assert {c["lr"] for c in cover} == set(space.strategy.distribution.choices)
+    assert {c["shape"] for c in cover} == set(space.shape.distribution.choices)
+    assert len(cover) == max(len(space.strategy.distribution.choices), len(space.shape.distribution.choices))
+
+
+def test_sweep_overrides_on_the_command_line_join_the_space():
+    plain, sweeps = split_overrides(["train.epochs=2", "optimizer.weight_decay=tag(log, interval(1e-4, 1e-1))"])
+    assert plain == ["train.epochs=2"]
+    space = build_space(compose_config(plain), sweeps)
+    (dim,) = space.params
+    assert dim.key == "optimizer.weight_decay" and dim.distribution.log
+    validate_space(space, plain)
+
+
+def test_grid_lists_every_value_of_a_discrete_space():
+    cfg = compose_config(["search=slices"])
+    cfg.search.lr.high = "choice(1e-3, 3e-3)"
+    cfg.search.lr.low_ratio = "choice(0.01, 0.1)"
+    cfg.search.params = {"train.batch_size": "range(32, 129, 32)"}
+    grid = build_space(cfg).grid()
+    assert grid["train.batch_size"] == [32, 64, 96, 128]
+    assert grid["lr.high"] == [1e-3, 3e-3]
+    with pytest.raises(ConfigError, match="search.lr.high: sampler=grid needs"):
+        build_space(compose_config(["search=slices"])).grid()
+
+
+def space_with(search_node: dict, overrides=()) -> SearchSpace:
+    cfg = compose_config(overrides)
+    cfg.search = search_node
+    return build_space(cfg)
+
+
+@pytest.mark.parametrize(
+    ("search_node", "fragment"),
+    [
+        ({}, "the space is empty"),
+        ({"lr": {"strategies": ["single"]}}, "the space is empty"),  # one choice: nothing to draw
+        ({"lr": {"strategies": ["single", "explicit"]}}, "explicit has no range"),
+        ({"lr": {"strategies": ["single", "steep"]}}, "search.lr.strategies"),
+        ({"lr": {"high": "tag(log, interval(1e-4, 1e-2))"}}, "search.lr.low_ratio: the geometric"),
+        ({"lr": {"low_ratio": "interval(0.01, 0.5)"}}, "search.lr.high must be sampled"),
+        ({"lr": {"high": "tag(log, interval(1e-4, 1e-2))", "low_ratio": "interval(0.1, 2)"}}, "low > high"),
+        ({"lr": {"high": "choice(fast, slow)", "low_ratio": "interval(0.1, 0.5)"}}, "positive learning rates"),
+        ({"lr": {"high": "interval(0, 1e-2)", "low_ratio": "interval(0.1, 0.5)"}}, "positive learning rates"),
+        ({"lr": {"high": 1e-3, "low_ratio": "interval(0.1, 0.5)"}}, "positive learning rates"),
+        ({"lr": {"hgh": "interval(1e-4, 1e-2)"}}, "unknown key"),
+        ({"shapes": {"constant": {}}}, "unknown key"),
+        ({"shape": []}, "must map shape names"),
+        ({"params": {"lr.high": "interval(1e-4, 1e-2)"}}, "search.lr and search.shape"),
+    ],
+)
+def test_bad_space_is_a_config_error(search_node, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        space_with(search_node)
+
+
+@pytest.mark.parametrize(
+    ("search_node", "fragment"),
+    [
+        ({"params": {"optimizer.nope": "interval(0.1, 0.5)"}}, "search.params.optimizer.nope"),
+        ({"params": {"model": "choice(mlp, no_such_model)"}}, "search.params.model"),
+        ({"shape": {"no_such_shape": {}, "constant": {}}}, "search.shape.no_such_shape"),
+        ({"shape": {"triangular": {"pct_start": "interval(0.1, 0.5)"}, "constant": {}}}, "search.shape.triangular"),
+        ({"shape": {"triangular": {"warmup_pct": "interval(0.5, 1.5)"}, "constant": {}}}, "outside \\(0, 1\\)"),
+    ],
+)
+def test_unknown_keys_and_unusable_values_fail_validation(search_node, fragment):
+    space = space_with(search_node)
+    with pytest.raises(ConfigError, match=fragment):
+        validate_space(space)
+
+
+def test_searching_a_key_also_set_on_the_command_line_is_a_clash():
+    space = build_space(compose_config())
+    with pytest.raises(ConfigError, match=r"\['shape'\] are set on the command line and searched"):
+        validate_space(space, ["shape=triangular"])
