@@ -353,11 +353,20 @@ def split_overrides(overrides: Iterable[str]) -> tuple[list[str], dict[str, str]
             override = parser.parse_override(text)
         except HydraException as error:
             raise ConfigError(f"override {text!r}: {error_line(error)}") from None
-        if override.is_sweep_override() and not override.is_delete():
-            sweeps[override.get_key_element()] = text.split("=", 1)[1]
-        else:
+        key, value = override.get_key_element(), text.split("=", 1)[1]  # key keeps a + prefix
+        if not override.is_sweep_override() or override.is_delete():
             plain.append(text)
+        elif override.key_or_group.startswith("search."):
+            # A setting of the search node itself (search.lr.high=interval(...)): keep it as the
+            # string the search config holds, quoted so Hydra does not read it as a sweep.
+            plain.append(f"{key}='{_quoted(value)}'")
+        else:
+            sweeps[key] = value
     return plain, sweeps
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def build_space(cfg: DictConfig, extra_params: Mapping[str, str] = ()) -> SearchSpace:

@@ -160,6 +160,14 @@ def test_sweep_overrides_on_the_command_line_join_the_space():
     validate_space(space, plain)
 
 
+def test_sweep_overrides_of_search_settings_set_them():
+    plain, sweeps = split_overrides(["search.lr.high=tag(log, interval(1e-3, 1e-1))", "+search.params.x=choice('a b', c)"])
+    assert sweeps == {}
+    cfg = compose_config(plain)
+    assert cfg.search.lr.high == "tag(log, interval(1e-3, 1e-1))"
+    assert cfg.search.params.x == "choice('a b', c)"
+
+
 def test_grid_lists_every_value_of_a_discrete_space():
     cfg = compose_config(["search=slices"])
     cfg.search.lr.high = "choice(1e-3, 3e-3)"

@@ -1,0 +1,96 @@
+"""`sweeper sweep`: run or resume a sweep over slices and cycle shapes, on every device here.
+
+    sweeper sweep                                       # digits, CPU (or GPU) workers, results/
+    sweeper sweep search=slices sampler=random pruner=hyperband sweep.n_trials=40
+    sweeper sweep optimizer.weight_decay='tag(log, interval(1e-4, 1e-1))'   # one more key to search
+    SWEEPER_STORAGE_URL=postgresql://... sweeper sweep storage=postgres    # on every machine that joins
+    sweeper sweep launcher=slurm launcher.jobs=8        # workers as SLURM jobs
+
+Everything is checked first (a bad setting creates no study). The study is then created, or
+resumed if it exists (sweep.n_trials counts its finished trials, whoever ran them); workers start
+(one per device slot here, or cluster jobs) and a live view follows them until the sweep has
+sweep.n_trials finished trials or sweep.timeout passes. The command ends by printing where to
+look at the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeper.launchers import WorkerHandle, launch_workers
+from sweeper.live import LiveView, read_progress, sampled
+from sweeper.study import SweepPlan, count_trials, open_study, plan_sweep
+from sweeper.workers import tracking_module
+
+EXIT_INCOMPLETE = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="check everything and print the space; create nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_sweep(args.overrides, args.config_dir)
+    if args.dry_run:
+        print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
+        print("\n".join(f"  {line}" for line in plan.space.describe()))
+        return 0
+    study = open_study(plan, create=True)
+    folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
+    if count_trials(study).finished < plan.n_trials:
+        _run_workers(study, plan, folder)
+    return _summarise(study, plan, folder)
+
+
+def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path) -> None:
+    tracking = tracking_module(plan.cfg)
+    if tracking is not None:
+        tracking.prepare_sweep(plan.cfg, plan.name)
+    deadline = time.time() + plan.timeout if plan.timeout else None
+    workers = launch_workers(plan, folder, deadline)
+    try:
+        _watch(study, plan, workers)
+    finally:
+        for worker in workers:  # on Ctrl-C, or if watching failed: leave no orphans
+            worker.stop()
+
+
+def _watch(study: optuna.Study, plan: SweepPlan, workers: list[WorkerHandle]) -> None:
+    with LiveView(f"sweep {plan.name}", plan.cfg.sweep.live) as view:
+        while True:
+            done = all(w.poll() is not None for w in workers)  # read before the study: no update lost
+            view.show(read_progress(study, plan, workers))
+            if done:
+                return
+            time.sleep(float(plan.cfg.sweep.poll))
+
+
+def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path) -> int:
+    counts = count_trials(study)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = folder / "trials.csv"
+    study.trials_dataframe().to_csv(table, index=False)
+    print(
+        f"\nsweep {plan.name}: {counts.finished}/{plan.n_trials} finished ({counts.complete} complete, "
+        f"{counts.pruned} pruned), {counts.failed} failed"
+    )
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    best = study.best_trials if plan.objectives.several else [study.best_trial] if complete else []
+    for trial in best:
+        values = ", ".join(f"{n} {v:.4g}" for n, v in zip(plan.objectives.names, trial.values))
+        print(f"best: trial {trial.number}, {values}: {sampled(trial, plan)}")
+        print(f"  rerun it: sweeper train {shlex.join(trial.user_attrs.get('overrides', []))}")
+    print(f"study: {plan.name} in {plan.storage.label()}")
+    print(f"trials table: {table}")
+    print(f"worker logs: {folder}/")
+    print(f"browse it: optuna-dashboard {shlex.quote(plan.storage.label())}  (pip install optuna-dashboard)")
+    if counts.finished < plan.n_trials and plan.timeout is None:
+        print(f"the workers stopped before {plan.n_trials} finished trials: see their logs; run again to resume.")
+        return EXIT_INCOMPLETE
+    return 0

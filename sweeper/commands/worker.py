@@ -1,0 +1,33 @@
+"""`sweeper worker`: join a running sweep from another shell or machine with one worker.
+
+    sweeper worker storage=postgres search=slices      # the same overrides as the sweep's
+
+The worker recomposes the sweep's config from the same overrides, so it finds the same study
+and space; it runs trials on the devices it sees (set CUDA_VISIBLE_DEVICES to pick a GPU) until
+the sweep has sweep.n_trials finished trials. To bring every device of another machine in at
+once, run `sweeper sweep` there with the same overrides instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from sweeper.study import plan_sweep
+from sweeper.workers import run_worker
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", type=int, default=0, help="worker index: offsets the sampler's seed (default 0)")
+    parser.add_argument("--deadline", type=float, help="start no trial after this time.time() (default: now + sweep.timeout)")
+    parser.add_argument("--no-validate", action="store_true", help="skip the checks `sweeper sweep` already ran")
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
+    deadline = args.deadline
+    if deadline is None and plan.timeout is not None:
+        deadline = time.time() + plan.timeout
+    ran = run_worker(plan, index=args.index, deadline=deadline)
+    print(f"worker {args.index}: ran {ran} trial(s) of sweep {plan.name}")
+    return 0

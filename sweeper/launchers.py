@@ -1,0 +1,129 @@
+"""Where a sweep's workers run: processes on this machine, or jobs on a SLURM cluster.
+
+Both start the same worker (`sweeper worker`, or its function in a job) with the sweep's
+command line, so a worker recomposes exactly the parent's config. A launcher returns handles
+the parent watches: `poll()` is None while the worker runs, then its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper.config import ConfigError
+from sweeper.study import SweepPlan, plan_sweep
+from sweeper.workers import Slot, plan_slots, run_worker, usable_cores, visible_gpus
+
+__all__ = ["WorkerHandle", "launch_workers", "worker_command"]
+
+
+class WorkerHandle(Protocol):
+    label: str
+    log: Path
+
+    def poll(self) -> int | None: ...
+
+    def stop(self) -> None: ...
+
+
+def worker_command(plan: SweepPlan, index: int, deadline: float | None) -> list[str]:
+    """`sweeper worker` for one slot: the sweep's own command line, already validated."""
+    command = [sys.executable, "-m", "sweeper.cli", "worker", "--index", str(index), "--no-validate"]
+    if deadline is not None:
+        command += ["--deadline", repr(deadline)]
+    for folder in plan.config_dirs:
+        command += ["--config-dir", folder]
+    return [*command, *plan.command_line]
+
+
+@dataclass
+class LocalWorker:
+    label: str
+    log: Path
+    process: subprocess.Popen
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+
+
+@dataclass
+class JobWorker:
+    label: str
+    log: Path
+    job: Any  # submitit.Job
+
+    def poll(self) -> int | None:
+        if not self.job.done():
+            return None
+        return 1 if self.job.exception() is not None else 0
+
+    def stop(self) -> None:
+        if not self.job.done():
+            self.job.cancel(check=False)
+
+
+def launch_workers(plan: SweepPlan, logs: Path, deadline: float | None) -> list[WorkerHandle]:
+    """Start the sweep's workers as `launcher.name` says."""
+    name = plan.cfg.launcher.name
+    if name == "local":
+        return _launch_local(plan, plan_slots(plan.cfg.sweep, visible_gpus(), usable_cores()), logs, deadline)
+    if name == "slurm":
+        return _launch_jobs(plan, plan.cfg.launcher, deadline)
+    raise ConfigError(f"launcher.name: {name!r} is not a launcher; use launcher=local or launcher=slurm.")
+
+
+def _launch_local(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: float | None) -> list[WorkerHandle]:
+    logs.mkdir(parents=True, exist_ok=True)
+    workers: list[WorkerHandle] = []
+    for slot in slots:
+        log = logs / f"worker-{slot.index}.log"
+        with open(log, "ab") as out:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                worker_command(plan, slot.index, deadline),
+                env={**os.environ, **slot.env()},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        workers.append(LocalWorker(f"worker {slot.index} ({slot.label})", log, process))
+    return workers
+
+
+def _launch_jobs(plan: SweepPlan, launcher: DictConfig, deadline: float | None) -> list[WorkerHandle]:
+    import submitit
+
+    jobs = launcher.jobs
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"launcher.jobs: {jobs!r} must be a whole number of worker jobs >= 1.")
+    executor = submitit.AutoExecutor(folder=launcher.folder, cluster=launcher.cluster)
+    executor.update_parameters(
+        name=f"sweeper-{plan.name}",
+        timeout_min=launcher.timeout_min,
+        gpus_per_node=launcher.gpus_per_node,
+        cpus_per_task=launcher.cpus_per_task,
+        mem_gb=launcher.mem_gb,
+        slurm_partition=launcher.partition,
+        slurm_setup=list(launcher.setup),
+        slurm_additional_parameters=OmegaConf.to_container(launcher.additional_parameters),
+    )
+    submitted = [
+        executor.submit(run_job, list(plan.command_line), list(plan.config_dirs), index, deadline)
+        for index in range(jobs)
+    ]
+    return [JobWorker(f"job {job.job_id}", Path(job.paths.stdout), job) for job in submitted]
+
+
+def run_job(command_line: list[str], config_dirs: list[str], index: int, deadline: float | None) -> int:
+    """A cluster job's body: one worker on whatever devices the scheduler gave the job."""
+    return run_worker(plan_sweep(command_line, config_dirs, validate=False), index=index, deadline=deadline)

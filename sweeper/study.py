@@ -1,0 +1,465 @@
+"""The sweep's Optuna study: what it optimises, where it lives, how it samples and prunes, and
+how many trials it runs.
+
+- Objectives come from `train.objective` / `train.direction`, or several at once from
+  `sweep.objectives`; each must be a metric the trainer reports (`available_metrics(cfg)`).
+- Storage (`storage.url`): SQLite under results/ by default, `journal:PATH` for Optuna's journal
+  file, or a database URL (PostgreSQL for sweeps across machines). Heartbeats, on RDB storages
+  only, fail the trial of a worker that died and queue it again (`sweep.retries` times).
+- Resume: a study of the same name in the same storage is continued, and `sweep.n_trials`
+  counts its finished (complete + pruned) trials, whoever ran them. A claim lock makes "count,
+  then start a trial" atomic among workers, so a sweep ends at exactly n_trials.
+
+`plan_sweep` validates all of it, the search space included, before anything is created.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.config import ConfigError, compose_config
+from sweeper.events import EpochEvent, Reporter, TrialResult
+from sweeper.search import SearchSpace, build_space, error_line, split_overrides, validate_space
+from sweeper.secrets import mask_text, mask_url
+
+__all__ = [
+    "ClaimLock",
+    "Counts",
+    "Objectives",
+    "PruningReporter",
+    "StorageSpec",
+    "SweepPlan",
+    "count_trials",
+    "fail_stale_trials",
+    "load_trainer",
+    "make_pruner",
+    "make_sampler",
+    "next_move",
+    "open_study",
+    "plan_sweep",
+]
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+
+@contextmanager
+def _experimental_features_on_purpose() -> Iterator[None]:
+    """Heartbeats, their retry callback and TPE's group option are "experimental" in Optuna;
+    we rely on them knowingly, so their warnings would only be noise in every worker's log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+# --- objectives -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objectives:
+    names: tuple[str, ...]
+    directions: tuple[str, ...]
+
+    @property
+    def several(self) -> bool:
+        return len(self.names) > 1
+
+    def values(self, result: TrialResult) -> float | list[float]:
+        """The value(s) Optuna is told: the last epoch's metrics."""
+        if not self.several:
+            return float(result.objective)
+        metrics = result.epochs[-1].metrics
+        return [float(metrics[name]) for name in self.names]
+
+
+def objectives_of(cfg: DictConfig) -> Objectives:
+    several = cfg.sweep.get("objectives")
+    if several is None:
+        pairs = [(cfg.train.objective, cfg.train.direction)]
+        setting = "train.direction"
+    else:
+        if not OmegaConf.is_dict(several) or not several:
+            raise ConfigError(
+                f"sweep.objectives: {several!r} must map metric names to directions, e.g. "
+                f"{{accuracy: maximize, loss: minimize}}; null uses train.objective."
+            )
+        pairs = list(several.items())
+        setting = "sweep.objectives"
+    for name, direction in pairs:
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"{setting}: {direction!r} (for {name}) must be one of {list(DIRECTIONS)}.")
+    return Objectives(tuple(str(n) for n, _ in pairs), tuple(str(d) for _, d in pairs))
+
+
+def load_trainer(cfg: DictConfig) -> Any:
+    """What `sweep.trainer` names: a module (or object) with train(cfg, reporters) and
+    available_metrics(cfg)."""
+    name = cfg.sweep.trainer
+    try:
+        trainer = get_object(name)
+    except Exception as error:  # noqa: BLE001 - Hydra raises ImportError or a wrapped one
+        raise ConfigError(
+            f"sweep.trainer: cannot import {name!r} ({error_line(error)}); name a module with "
+            f"train(cfg, reporters) and available_metrics(cfg), e.g. sweeper.trainer."
+        ) from None
+    missing = [f for f in ("train", "available_metrics") if not callable(getattr(trainer, f, None))]
+    if missing:
+        raise ConfigError(f"sweep.trainer: {name!r} has no {' or '.join(missing)}; it needs both.")
+    return trainer
+
+
+def check_objectives(objectives: Objectives, available: Sequence[str], setting: str) -> None:
+    unknown = [n for n in objectives.names if n not in available]
+    if unknown:
+        raise ConfigError(
+            f"{setting}: {unknown} not reported by the trainer for this config; choose among "
+            f"{list(available)}."
+        )
+
+
+# --- storage ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    url: str
+    heartbeat_interval: int | None = None
+    grace_period: int | None = None
+    retries: int = 1
+
+    @property
+    def kind(self) -> str:
+        if self.url.startswith("journal:"):
+            return "journal"
+        if self.url.startswith("sqlite:"):
+            return "sqlite"
+        return "postgresql" if self.url.startswith("postgres") else "rdb"
+
+    @property
+    def path(self) -> Path | None:
+        """The file behind an embedded storage."""
+        if self.kind == "journal":
+            return Path(self.url.removeprefix("journal:"))
+        if self.kind == "sqlite":
+            return Path(self.url.removeprefix("sqlite:///"))
+        return None
+
+    def label(self) -> str:
+        """The URL as it may be shown and recorded: password masked."""
+        return mask_url(self.url)
+
+    def open(self) -> optuna.storages.BaseStorage:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.kind == "journal":
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(str(self.path)))
+        heartbeat = {}
+        if self.heartbeat_interval is not None:
+            with _experimental_features_on_purpose():
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.retries)
+            heartbeat = {
+                "heartbeat_interval": self.heartbeat_interval,
+                "grace_period": self.grace_period,
+                "heartbeat_stale_trial_callback": retry,
+            }
+        # SQLite: wait for the writer lock instead of failing (see results/bench/storage.md).
+        engine = {"connect_args": {"timeout": 60}} if self.kind == "sqlite" else {"pool_pre_ping": True}
+        try:
+            with _experimental_features_on_purpose():
+                return optuna.storages.RDBStorage(self.url, engine_kwargs=engine, **heartbeat)
+        except Exception as error:  # noqa: BLE001 - any driver error means the same to the user
+            raise ConfigError(
+                f"storage.url: cannot open {self.label()}: {mask_text(error_line(error))}; check the "
+                f"server is up and the URL (user, password, host, database) is right."
+            ) from None
+
+    def claim(self, study_name: str) -> ClaimLock:
+        return ClaimLock(self, study_name)
+
+
+def storage_of(cfg: DictConfig) -> StorageSpec:
+    try:
+        url = cfg.storage.url
+    except InterpolationResolutionError as error:
+        raise ConfigError(
+            f"storage.url: {error_line(error)}; export it first, e.g. "
+            f"export SWEEPER_STORAGE_URL=postgresql://user:password@host:5432/sweeps"
+        ) from None
+    if not url:
+        raise ConfigError("storage.url: empty; give sqlite:///PATH, journal:PATH or a database URL.")
+    url = str(url)
+    interval, grace = cfg.storage.get("heartbeat_interval"), cfg.storage.get("grace_period")
+    retries = cfg.sweep.retries
+    if not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"sweep.retries: {retries!r} must be an integer >= 0.")
+    spec = StorageSpec(url, interval, grace, retries)
+    if interval is None:
+        return spec
+    if spec.kind == "journal":
+        raise ConfigError(
+            f"storage.heartbeat_interval: {interval} is set, but journal storages have no heartbeats; "
+            f"set it (and storage.grace_period) to null, or use storage=local (SQLite)."
+        )
+    if not isinstance(interval, int) or interval < 1:
+        raise ConfigError(f"storage.heartbeat_interval: {interval!r} must be whole seconds >= 1, or null.")
+    if not isinstance(grace, int) or grace <= interval:
+        raise ConfigError(
+            f"storage.grace_period: {grace!r} must be whole seconds above storage.heartbeat_interval "
+            f"({interval}), e.g. {interval * 3}; a live trial must not look dead between two heartbeats."
+        )
+    return spec
+
+
+class ClaimLock:
+    """Makes "count the trials, then start one" atomic among all workers of a sweep.
+
+    Embedded storages live on one machine (or one shared disk): a file lock beside the file.
+    PostgreSQL: a session advisory lock, released by the server if the worker dies. Other
+    databases get no lock, and a sweep there may overshoot n_trials by up to workers - 1.
+    """
+
+    def __init__(self, storage: StorageSpec, study_name: str) -> None:
+        self.storage = storage
+        self.key = zlib.crc32(study_name.encode())  # the advisory lock's id: same for every worker
+        self._held: Any = None
+
+    def __enter__(self) -> ClaimLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        path = self.storage.path
+        if path is not None:
+            handle = open(f"{path}.claim.lock", "a")  # noqa: SIM115 - closed in release()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._held = handle
+        elif self.storage.kind == "postgresql":
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(self.storage.url, poolclass=sqlalchemy.pool.NullPool)
+            connection = engine.connect()
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+            self._held = connection
+
+    def release(self) -> None:
+        """Release (idempotent: the trial releases it once it has been asked for)."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if self.storage.path is not None:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        else:
+            import sqlalchemy
+
+            held.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+        held.close()
+
+
+# --- counting ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    @classmethod
+    def of(cls, trials: Iterable[FrozenTrial]) -> Counts:
+        states = [t.state for t in trials]
+        return cls(
+            complete=states.count(TrialState.COMPLETE),
+            pruned=states.count(TrialState.PRUNED),
+            failed=states.count(TrialState.FAIL),
+            running=states.count(TrialState.RUNNING),
+            waiting=states.count(TrialState.WAITING),
+        )
+
+
+def count_trials(study: optuna.Study) -> Counts:
+    return Counts.of(study.get_trials(deepcopy=False))
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and queue again) the trials of workers whose heartbeat stopped; RDB storages only."""
+    with _experimental_features_on_purpose():
+        optuna.storages.fail_stale_trials(study)
+
+
+def next_move(counts: Counts, n_trials: int, out_of_time: bool) -> str:
+    """"run" a trial, "wait" for running ones (one may fail and need redoing), or "stop"."""
+    if counts.finished >= n_trials or out_of_time:
+        return "stop"
+    if counts.finished + counts.running < n_trials:
+        return "run"
+    return "wait"
+
+
+# --- sampler, pruner, reporter ----------------------------------------------------------------
+
+
+def make_sampler(cfg: DictConfig, space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler; worker k draws with seed + k so parallel workers differ."""
+    node = OmegaConf.to_container(cfg.sampler, resolve=True)
+    if node.get("seed") is not None:
+        node["seed"] = int(node["seed"]) + worker
+    sampler = _instantiate("sampler", node)
+    if isinstance(sampler, functools.partial):  # the grid sampler, completed with the space's grid
+        sampler = sampler(search_space=space.grid())
+    return sampler
+
+
+def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
+    return _instantiate("pruner", OmegaConf.to_container(cfg.pruner, resolve=True))
+
+
+def _instantiate(group: str, node: dict) -> Any:
+    try:
+        with _experimental_features_on_purpose():
+            return instantiate(node)
+    except Exception as error:  # noqa: BLE001 - Hydra wraps the real cause; show it in one line
+        cause = error.__cause__ or error
+        raise ConfigError(f"{group}: cannot build {node.get('_target_')}: {error_line(cause)}") from None
+
+
+class PruningReporter(Reporter):
+    """Reports the objective to Optuna after every epoch; True (stop) when the pruner says so.
+
+    The step is the number of epochs trained, so pruner settings read in epochs.
+    """
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_epoch(self, event: EpochEvent) -> bool:
+        self.trial.report(event.objective, event.epoch + 1)
+        return bool(self.trial.should_prune())  # pruners may answer with a numpy bool
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated sweep: everything a worker needs, derived from overrides alone."""
+
+    cfg: DictConfig
+    command_line: tuple[str, ...]       # the overrides as given (workers start from these)
+    overrides: tuple[str, ...]          # the base config's overrides (sweep overrides taken out)
+    config_dirs: tuple[str, ...]
+    space: SearchSpace
+    objectives: Objectives
+    storage: StorageSpec
+    name: str
+    n_trials: int
+    timeout: float | None
+
+
+def plan_sweep(
+    overrides: Iterable[str] = (),
+    config_dirs: Iterable[str | os.PathLike] = (),
+    *,
+    validate: bool = True,
+) -> SweepPlan:
+    """Read and check a sweep from its command line; nothing is created.
+
+    `validate=False` skips composing the edges of the space and asking the trainer for its
+    metrics (a worker joining a sweep that `sweeper sweep` has already checked).
+    """
+    command_line = tuple(overrides)
+    base, sweeps = split_overrides(command_line)
+    config_dirs = tuple(str(d) for d in config_dirs)
+    cfg = compose_config(base, config_dirs)
+    space = build_space(cfg, sweeps)
+    objectives = objectives_of(cfg)
+    storage = storage_of(cfg)
+    n_trials, timeout = cfg.sweep.n_trials, cfg.sweep.timeout
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"sweep.n_trials: {n_trials!r} must be a whole number of trials >= 1.")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ConfigError(f"sweep.timeout: {timeout!r} must be seconds > 0, or null for none.")
+    plan = SweepPlan(
+        cfg, command_line, tuple(base), config_dirs, space, objectives, storage, str(cfg.sweep.name), n_trials, timeout
+    )
+    if validate:  # the quick checks first; composing the space's edges takes a second or two
+        make_sampler(cfg, space)
+        make_pruner(cfg)
+        setting = "sweep.objectives" if objectives.several else "train.objective"
+        check_objectives(objectives, tuple(load_trainer(cfg).available_metrics(cfg)), setting)
+        validate_space(space, base, config_dirs)
+    return plan
+
+
+def open_study(plan: SweepPlan, *, create: bool, worker: int = 0) -> optuna.Study:
+    """The sweep's study: created (or resumed) by `sweeper sweep`, joined by workers."""
+    storage = plan.storage.open()
+    sampler, pruner = make_sampler(plan.cfg, plan.space, worker), make_pruner(plan.cfg)
+    if not create:
+        try:
+            return optuna.load_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner)
+        except KeyError:
+            raise ConfigError(
+                f"sweep.name: no sweep {plan.name!r} in {plan.storage.label()}; start it with "
+                f"`sweeper sweep` (same overrides), then join it."
+            ) from None
+    with plan.storage.claim(plan.name):
+        study = optuna.create_study(
+            study_name=plan.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            directions=list(plan.objectives.directions),
+            load_if_exists=True,
+        )
+        _check_resumable(study, plan)
+        if not study.trials:
+            _start(study, plan)
+    return study
+
+
+def _check_resumable(study: optuna.Study, plan: SweepPlan) -> None:
+    directions = tuple(d.name.lower() for d in study.directions)
+    names = tuple(study.user_attrs.get("objectives", plan.objectives.names))
+    if directions != plan.objectives.directions or names != plan.objectives.names:
+        raise ConfigError(
+            f"sweep.name: the sweep {plan.name!r} in {plan.storage.label()} optimises "
+            f"{dict(zip(names, directions))}, not {dict(zip(plan.objectives.names, plan.objectives.directions))}; "
+            f"give this one another name (sweep.name=...)."
+        )
+
+
+def _start(study: optuna.Study, plan: SweepPlan) -> None:
+    """A new study: record what it is, and queue the covering trials."""
+    study.set_user_attr("objectives", list(plan.objectives.names))
+    study.set_user_attr("overrides", [mask_text(o) for o in plan.overrides])
+    study.set_user_attr("space", plan.space.describe())
+    if plan.cfg.sweep.cover:
+        for params in plan.space.cover()[: plan.n_trials]:
+            study.enqueue_trial(params, skip_if_exists=True)

@@ -1,0 +1,226 @@
+"""Sweep workers: device slots, and the ask -> train -> tell loop each worker process runs.
+
+A slot is one worker process: a GPU (or a share of one, `sweep.workers_per_device`), or a few CPU
+cores where there is no GPU. A worker's GPU is chosen by CUDA_VISIBLE_DEVICES in its environment,
+set before the process starts, so torch in it sees that GPU alone (as cuda:0).
+
+Each worker loops with no barrier between trials: under the sweep's claim lock it counts the
+finished and running trials, starts one if the sweep still needs it (`study.optimize` for one
+trial, which keeps the trial's heartbeat beating), and otherwise waits for running trials (one
+of them may fail and need redoing) or stops. A trial that raises or diverges fails alone, its
+reason kept in the trial's `reason` attribute.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from sweeper.config import ConfigError, compose_config
+from sweeper.events import EpochEvent, Reporter, StartEvent, TrialResult
+from sweeper.secrets import mask_text
+from sweeper.study import (
+    PruningReporter,
+    SweepPlan,
+    count_trials,
+    fail_stale_trials,
+    load_trainer,
+    next_move,
+    open_study,
+)
+
+__all__ = [
+    "ProgressReporter",
+    "Slot",
+    "TrialFailed",
+    "plan_slots",
+    "reporters_for",
+    "run_trial",
+    "run_worker",
+    "tracking_module",
+    "usable_cores",
+    "visible_gpus",
+]
+
+TrainFn = Callable[[DictConfig, Sequence[Reporter]], TrialResult]
+MAX_AUTO_CPU_WORKERS = 8  # beyond this, CPU workers mostly add memory (a torch process each)
+
+
+# --- slots ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    gpu: str | None = None          # the CUDA device this worker sees alone; None: a CPU slot
+    threads: int | None = None      # torch threads (CPU slots)
+
+    @property
+    def label(self) -> str:
+        return f"gpu {self.gpu}" if self.gpu is not None else f"cpu x{self.threads}"
+
+    def env(self) -> dict[str, str]:
+        """Environment of the worker process (set before torch is imported in it)."""
+        if self.gpu is not None:
+            return {"CUDA_VISIBLE_DEVICES": self.gpu}
+        threads = str(self.threads)
+        return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES's entries, else every GPU torch sees."""
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        # "" and "-1" hide every GPU; entries may be indices, GPU-UUIDs or MIG ids.
+        entries = [e.strip() for e in listed.split(",") if e.strip()]
+        return [] if entries[:1] == ["-1"] else entries
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def plan_slots(sweep: DictConfig | Mapping, gpus: Sequence[str], cores: int) -> list[Slot]:
+    """Worker slots for this machine from `sweep.workers`, `workers_per_device`, `cpu_threads`."""
+    per_device = sweep["workers_per_device"]
+    if not isinstance(per_device, int) or per_device < 1:
+        raise ConfigError(f"sweep.workers_per_device: {per_device!r} must be a whole number >= 1.")
+    workers = sweep["workers"]
+    if workers != "auto" and not (isinstance(workers, int) and workers >= 1):
+        raise ConfigError(f"sweep.workers: {workers!r} must be auto or a whole number >= 1.")
+    if gpus:
+        count = len(gpus) * per_device if workers == "auto" else workers
+        # Round-robin, so a count below the number of GPUs still spreads over them.
+        return [Slot(i, gpu=gpus[i % len(gpus)]) for i in range(count)]
+    threads = sweep["cpu_threads"]
+    if threads != "auto" and not (isinstance(threads, int) and threads >= 1):
+        raise ConfigError(f"sweep.cpu_threads: {threads!r} must be auto or a whole number >= 1.")
+    if workers == "auto":
+        workers = max(1, min(MAX_AUTO_CPU_WORKERS, cores // (1 if threads == "auto" else threads)))
+    if threads == "auto":
+        threads = max(1, cores // workers)
+    return [Slot(i, threads=threads) for i in range(workers)]
+
+
+# --- one trial --------------------------------------------------------------------------------
+
+
+class TrialFailed(RuntimeError):
+    """A trial that ended without a result (diverged, or failed inside the trainer)."""
+
+
+class ProgressReporter(Reporter):
+    """Keeps the trial's device and epochs done in the study, for the live view."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_start(self, event: StartEvent) -> None:
+        self.trial.set_user_attr("device", event.device)
+
+    def on_epoch(self, event: EpochEvent) -> None:
+        self.trial.set_user_attr("epochs", event.epoch + 1)
+
+
+def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan) -> list[Reporter]:
+    """Everything that listens to one trial. The one place to add a listener."""
+    reporters: list[Reporter] = [ProgressReporter(trial)]
+    if not plan.objectives.several:  # Optuna cannot prune multi-objective studies
+        reporters.append(PruningReporter(trial))
+    tracking = tracking_module(trial_cfg)
+    if tracking is not None:
+        reporters.append(tracking.trial_reporter(trial_cfg, study_name=plan.name, trial_number=trial.number))
+    return reporters
+
+
+def tracking_module(cfg: DictConfig) -> Any:
+    """sweeper.tracking when tracking is on and the module is there, else None."""
+    if not cfg.get("tracking") or not cfg.tracking.get("enabled", False):
+        return None
+    try:
+        from sweeper import tracking
+    except ImportError:
+        return None
+    return tracking
+
+
+def run_trial(trial: optuna.Trial, plan: SweepPlan, train: TrainFn) -> float | list[float]:
+    """The objective: compose the trial's config from its overrides, train it, return its value(s)."""
+    overrides = [*plan.overrides, *plan.space.suggest(trial)]
+    trial.set_user_attr("overrides", [mask_text(o) for o in overrides])
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    try:
+        trial_cfg = compose_config(overrides, plan.config_dirs)
+        result = train(trial_cfg, reporters_for(trial, trial_cfg, plan))
+    except Exception as error:
+        trial.set_user_attr("reason", _reason(f"{type(error).__name__}: {error}"))
+        raise
+    trial.set_user_attr("status", result.status)
+    trial.set_user_attr("seconds", round(result.seconds, 3))
+    if result.status == "pruned":
+        raise optuna.TrialPruned(f"pruned after {len(result.epochs)} epoch(s)")
+    if result.status != "finished":
+        reason = _reason(result.reason or result.status)
+        trial.set_user_attr("reason", reason)
+        raise TrialFailed(reason)
+    return plan.objectives.values(result)
+
+
+def _reason(text: str) -> str:
+    return mask_text(text)[:1000]  # user attrs are stored with every trial: keep them short
+
+
+# --- the worker loop --------------------------------------------------------------------------
+
+
+def run_worker(
+    plan: SweepPlan,
+    *,
+    index: int = 0,
+    deadline: float | None = None,
+    train: TrainFn | None = None,
+) -> int:
+    """Run trials until the sweep has n_trials finished ones (or the deadline); return how many ran.
+
+    `index` offsets the sampler's seed so parallel workers draw differently; `deadline` is a
+    time.time() after which no trial starts.
+    """
+    train = train or load_trainer(plan.cfg).train
+    study = open_study(plan, create=False, worker=index)
+    claim = plan.storage.claim(plan.name)
+    poll = float(plan.cfg.sweep.poll)
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
+        claim.release()  # the trial exists now: others may count it and start theirs
+        return run_trial(trial, plan, train)
+
+    ran = 0
+    while True:
+        with claim:
+            out_of_time = deadline is not None and time.time() >= deadline
+            move = next_move(count_trials(study), plan.n_trials, out_of_time)
+            if move == "run":
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+                ran += 1
+        if move == "stop":
+            return ran
+        if move == "wait":
+            # A dead worker's trial counts as running until its heartbeat goes stale: look for
+            # those here too, or waiting workers would wait on it for ever.
+            fail_stale_trials(study)
+            time.sleep(poll)

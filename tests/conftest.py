@@ -1,0 +1,79 @@
+"""Fixtures shared by the test files."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeper.events import EpochEvent, StartEvent, TrialResult
+
+TESTS = Path(__file__).parent
+
+
+class StandInTrainer:
+    """A fast, deterministic stand-in for sweeper.trainer with the same interface.
+
+    Sweep workers are separate processes, so they load it by name (`sweep.trainer=
+    conftest.StandInTrainer`, with tests/ on PYTHONPATH). Its accuracy rises with the epochs and
+    peaks at lr.high = 3e-3, so pruners see clearly better and worse trials. Environment knobs:
+    STAND_IN_EPOCH_SECONDS (sleep per epoch), STAND_IN_RAISE_SHAPE (raise for that shape),
+    STAND_IN_DIVERGE_SHAPE (end as "diverged" for that shape). It reports as its device the
+    CUDA_VISIBLE_DEVICES it was started with, which is what torch would see.
+    """
+
+    @staticmethod
+    def available_metrics(cfg) -> tuple[str, ...]:
+        return ("accuracy", "loss")
+
+    @staticmethod
+    def train(cfg, reporters=()) -> TrialResult:
+        start = time.time()
+        shape = cfg.shape._target_.rsplit(".", 1)[-1]
+        if os.environ.get("STAND_IN_RAISE_SHAPE") == shape:
+            raise RuntimeError(f"stand-in failure for {shape}")
+        for reporter in reporters:
+            device = os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu"
+            reporter.on_start(StartEvent({}, (cfg.lr.get("high", 1e-3),), 1, cfg.train.epochs, device))
+        result = TrialResult("finished", None, cfg.train.objective)
+        for epoch in range(cfg.train.epochs):
+            time.sleep(float(os.environ.get("STAND_IN_EPOCH_SECONDS", "0")))
+            if os.environ.get("STAND_IN_DIVERGE_SHAPE") == shape:
+                result.status, result.reason = "diverged", f"loss became nan at epoch {epoch}"
+                break
+            distance = abs(math.log10(cfg.lr.get("high", 1e-3)) - math.log10(3e-3))
+            accuracy = (1 - distance / 3) * (epoch + 1) / cfg.train.epochs
+            metrics = {"accuracy": accuracy, "loss": 1 - accuracy}
+            event = EpochEvent(epoch, epoch, 1 - accuracy, 1 - accuracy, metrics, metrics[cfg.train.objective])
+            result.epochs.append(event)
+            result.objective = event.objective
+            if any([reporter.on_epoch(event) for reporter in reporters]):
+                result.status = "pruned"
+                break
+        result.seconds = time.time() - start
+        for reporter in reporters:
+            reporter.on_end(result)
+        return result
+
+
+@pytest.fixture
+def stand_in_trainer(monkeypatch) -> str:
+    """`sweep.trainer` value naming StandInTrainer, importable in worker processes too."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    return "conftest.StandInTrainer"
+
+
+@pytest.fixture
+def sweeper_cli(tmp_path):
+    """Run `sweeper ...` in tmp_path (so results/ lands there); returns the finished process."""
+
+    def run(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "sweeper.cli", *args]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+
+    return run

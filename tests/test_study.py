@@ -1,0 +1,225 @@
+"""The study: objectives, storage, samplers and pruners, resume, and the exact trial count."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeper.config import ConfigError, compose_config, config_dir
+from sweeper.events import EpochEvent
+from sweeper.search import build_space
+from sweeper.study import (
+    Counts,
+    PruningReporter,
+    StorageSpec,
+    make_pruner,
+    make_sampler,
+    next_move,
+    objectives_of,
+    open_study,
+    plan_sweep,
+    storage_of,
+)
+
+SAMPLERS = sorted(p.stem for p in (config_dir() / "sampler").glob("*.yaml"))
+PRUNERS = sorted(p.stem for p in (config_dir() / "pruner").glob("*.yaml"))
+DISCRETE = [  # a space the grid sampler can walk
+    "search=slices",
+    "search.lr.high='choice(1e-3,3e-3)'",
+    "search.lr.low_ratio='choice(0.01,0.1)'",
+]
+
+
+@pytest.fixture
+def sweep_args(tmp_path, stand_in_trainer) -> list[str]:
+    """Overrides for a small sweep whose storage lives in tmp_path."""
+    return [f"results_dir={tmp_path}", f"sweep.trainer={stand_in_trainer}", "sweep.n_trials=4"]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_config_builds(sampler):
+    overrides = [f"sampler={sampler}", *(DISCRETE if sampler == "grid" else [])]
+    cfg = compose_config(overrides)
+    built = make_sampler(cfg, build_space(cfg), worker=1)
+    assert isinstance(built, optuna.samplers.BaseSampler)
+
+
+def test_workers_draw_with_different_seeds():
+    cfg = compose_config(["sampler=random", "sampler.seed=7"])
+    space = build_space(cfg)
+
+    def first_draw(worker: int) -> dict:
+        study = optuna.create_study(sampler=make_sampler(cfg, space, worker))
+        trial = study.ask()
+        space.suggest(trial)
+        return trial.params
+
+    assert first_draw(0) == first_draw(0)  # a seed reproduces
+    assert first_draw(0) != first_draw(1)  # parallel workers do not propose the same point
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_every_pruner_config_builds(pruner):
+    assert isinstance(make_pruner(compose_config([f"pruner={pruner}"])), optuna.pruners.BasePruner)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names", "directions"),
+    [
+        ([], ("accuracy",), ("maximize",)),
+        (["train.objective=loss", "train.direction=minimize"], ("loss",), ("minimize",)),
+        (["+sweep.objectives={accuracy: maximize, loss: minimize}"], ("accuracy", "loss"), ("maximize", "minimize")),
+    ],
+)
+def test_objectives_come_from_config(overrides, names, directions):
+    overrides = [o.replace("+sweep", "sweep") for o in overrides]
+    objectives = objectives_of(compose_config(overrides))
+    assert (objectives.names, objectives.directions) == (names, directions)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["train.direction=up"], "train.direction: 'up'"),
+        (["sweep.objectives={accuracy: best}"], "sweep.objectives: 'best'"),
+        (["train.objective=f1"], "train.objective: \\['f1'\\] not reported"),
+        (["sweep.objectives={accuracy: maximize, f1: maximize}"], "sweep.objectives: \\['f1'\\]"),
+    ],
+)
+def test_bad_objective_fails_before_any_study(sweep_args, tmp_path, overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        plan_sweep([*sweep_args, *overrides])
+    assert not (tmp_path / "studies.db").exists()  # nothing was created
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kind"),
+    [([], "sqlite"), (["storage=journal"], "journal"), (["storage=postgres"], "postgresql")],
+)
+def test_storage_kinds(monkeypatch, overrides, kind):
+    monkeypatch.setenv("SWEEPER_STORAGE_URL", "postgresql://sweeper:hunter2@127.0.0.1:5432/sweeps")
+    spec = storage_of(compose_config(overrides))
+    assert spec.kind == kind
+    assert "hunter2" not in spec.label()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["storage=postgres"], "export SWEEPER_STORAGE_URL"),
+        (["storage=journal", "storage.heartbeat_interval=5"], "journal storages have no heartbeats"),
+        (["storage.grace_period=5", "storage.heartbeat_interval=5"], "storage.grace_period: 5 must be"),
+        (["storage.heartbeat_interval=0.5"], "whole seconds >= 1"),
+        (["sweep.retries=-1"], "sweep.retries"),
+    ],
+)
+def test_bad_storage_settings(monkeypatch, overrides, fragment):
+    monkeypatch.delenv("SWEEPER_STORAGE_URL", raising=False)
+    with pytest.raises(ConfigError, match=fragment):
+        storage_of(compose_config(overrides))
+
+
+def test_unreachable_database_error_hides_the_password():
+    spec = StorageSpec("postgresql://sweeper:hunter2@127.0.0.1:9/sweeps")  # nothing listens on port 9
+    with pytest.raises(ConfigError) as caught:
+        spec.open()
+    assert "storage.url: cannot open postgresql://sweeper:***@127.0.0.1:9/sweeps" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("counts", "out_of_time", "move"),
+    [
+        (Counts(), False, "run"),
+        (Counts(complete=3, running=0), False, "run"),
+        (Counts(complete=3, running=1), False, "wait"),  # the running one may still fail
+        (Counts(complete=2, pruned=1, failed=5, running=0), False, "run"),  # failures do not count
+        (Counts(complete=3, pruned=1), False, "stop"),
+        (Counts(complete=9), False, "stop"),
+        (Counts(complete=1), True, "stop"),
+    ],
+)
+def test_next_move_counts_finished_and_running_trials(counts, out_of_time, move):
+    assert next_move(counts, n_trials=4, out_of_time=out_of_time) == move
+
+
+@pytest.mark.parametrize("storage", ["local", "journal"])
+def test_claim_lock_excludes_other_holders(tmp_path, storage):
+    spec = storage_of(compose_config([f"storage={storage}", f"results_dir={tmp_path}"]))
+    spec.path.parent.mkdir(parents=True, exist_ok=True)
+    order = []
+    first, second = spec.claim("s"), spec.claim("s")
+
+    def contend():
+        with second:
+            order.append("second")
+
+    with first:
+        thread = threading.Thread(target=contend)
+        thread.start()
+        time.sleep(0.2)
+        order.append("first")  # the other holder is still waiting here
+    thread.join(5)
+    assert order == ["first", "second"]
+
+
+def test_new_study_queues_covering_trials_once_and_resumes(sweep_args):
+    plan = plan_sweep([*sweep_args, "sweep.n_trials=20"], validate=False)
+    study = open_study(plan, create=True)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == len(plan.space.cover())  # one per shape (the longer list)
+    assert study.user_attrs["objectives"] == ["accuracy"]
+    again = open_study(plan, create=True)  # a second `sweeper sweep` resumes, queueing nothing more
+    assert again._study_id == study._study_id
+    assert len(again.get_trials(states=(TrialState.WAITING,))) == len(waiting)
+
+
+def test_cover_is_cut_to_n_trials(sweep_args):
+    study = open_study(plan_sweep([*sweep_args, "sweep.n_trials=2"], validate=False), create=True)
+    assert len(study.trials) == 2
+
+
+def test_resuming_with_other_objectives_is_refused(sweep_args):
+    open_study(plan_sweep(sweep_args, validate=False), create=True)
+    other = plan_sweep([*sweep_args, "train.objective=loss", "train.direction=minimize"], validate=False)
+    with pytest.raises(ConfigError, match="give this one another name"):
+        open_study(other, create=True)
+
+
+def test_joining_a_missing_sweep_is_a_clear_error(sweep_args):
+    with pytest.raises(ConfigError, match="no sweep 'mlp-digits'.*start it with `sweeper sweep`"):
+        open_study(plan_sweep(sweep_args, validate=False), create=False)
+
+
+def test_pruning_reporter_reports_each_epoch_and_relays_the_pruner():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    for value in (0.8, 0.9):
+        study.add_trial(optuna.create_trial(value=value, intermediate_values={1: value}))
+    good, bad = (PruningReporter(study.ask()) for _ in range(2))
+    event = lambda accuracy: EpochEvent(0, 10, 0.5, 0.5, {"accuracy": accuracy}, accuracy)  # noqa: E731
+    assert good.on_epoch(event(0.95)) is False
+    assert bad.on_epoch(event(0.1)) is True  # below the median at epoch 1
+    assert bad.trial.study.trials[-1].intermediate_values == {1: 0.1}  # step = epochs trained
+
+
+def test_grid_sampler_needs_a_discrete_space(sweep_args):
+    with pytest.raises(ConfigError, match="sampler=grid needs a finite set"):
+        plan_sweep([*sweep_args, "sampler=grid"])
+    plan_sweep([*sweep_args, "sampler=grid", *DISCRETE])
+
+
+def test_plan_checks_n_trials_and_timeout(sweep_args):
+    with pytest.raises(ConfigError, match="sweep.n_trials"):
+        plan_sweep([*sweep_args, "sweep.n_trials=0"], validate=False)
+    with pytest.raises(ConfigError, match="sweep.timeout"):
+        plan_sweep([*sweep_args, "sweep.timeout=-5"], validate=False)
+
+
+def test_storage_file_lands_under_results_dir(sweep_args, tmp_path):
+    open_study(plan_sweep(sweep_args, validate=False), create=True)
+    assert Path(tmp_path / "studies.db").is_file()

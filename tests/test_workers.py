@@ -1,0 +1,215 @@
+"""Workers: device slots, the ask -> train -> tell loop, failures, dead workers, launchers.
+
+The trainer is the stand-in of conftest.py (fast and deterministic), so these tests are about
+the workers alone; tests/test_sweep_e2e.py runs the real trainer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import optuna
+import pytest
+from conftest import StandInTrainer
+from optuna.trial import TrialState
+
+from sweeper.config import ConfigError
+from sweeper import workers
+from sweeper.study import Counts, count_trials, open_study, plan_sweep
+from sweeper.workers import Slot, plan_slots, run_worker, visible_gpus
+
+SWEEP = {"workers": "auto", "workers_per_device": 1, "cpu_threads": "auto"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "gpus", "cores", "expected"),
+    [
+        ({}, ["0", "1"], 16, [Slot(0, gpu="0"), Slot(1, gpu="1")]),  # one worker per GPU
+        ({"workers_per_device": 2}, ["3"], 16, [Slot(0, gpu="3"), Slot(1, gpu="3")]),
+        ({"workers": 3}, ["0", "1"], 16, [Slot(0, gpu="0"), Slot(1, gpu="1"), Slot(2, gpu="0")]),
+        ({}, [], 2, [Slot(0, threads=1), Slot(1, threads=1)]),  # no GPU: a worker per core
+        ({}, [], 64, [Slot(i, threads=8) for i in range(8)]),  # at most 8, the cores shared out
+        ({"workers": 2}, [], 16, [Slot(0, threads=8), Slot(1, threads=8)]),
+        ({"cpu_threads": 4}, [], 16, [Slot(i, threads=4) for i in range(4)]),
+        ({"workers": 3, "cpu_threads": 2}, [], 2, [Slot(i, threads=2) for i in range(3)]),
+    ],
+)
+def test_slots_for_the_machine(settings, gpus, cores, expected):
+    assert plan_slots({**SWEEP, **settings}, gpus, cores) == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [({"workers": 0}, "sweep.workers"), ({"workers_per_device": 0}, "sweep.workers_per_device"), ({"cpu_threads": "many"}, "sweep.cpu_threads")],
+)
+def test_bad_slot_settings(settings, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        plan_slots({**SWEEP, **settings}, [], 2)
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [("0,2", ["0", "2"]), ("GPU-8f1c,GPU-77aa", ["GPU-8f1c", "GPU-77aa"]), ("", []), ("-1", [])],
+)
+def test_visible_gpus_respect_cuda_visible_devices(variable, expected):
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": variable}) == expected
+
+
+def test_slot_environment_picks_the_device_before_torch_starts():
+    assert Slot(0, gpu="2").env() == {"CUDA_VISIBLE_DEVICES": "2"}
+    assert Slot(1, threads=3).env() == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
+
+
+@pytest.fixture
+def plan_args(tmp_path, stand_in_trainer):
+    return [f"results_dir={tmp_path}", f"sweep.trainer={stand_in_trainer}", "sweep.poll=0.2"]
+
+
+def test_worker_runs_exactly_n_trials_and_failures_stay_alone(plan_args, monkeypatch):
+    monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "Constant")
+    monkeypatch.setenv("STAND_IN_DIVERGE_SHAPE", "Triangular")
+    plan = plan_sweep([*plan_args, "sweep.n_trials=8", "pruner=none"], validate=False)
+    study = open_study(plan, create=True)  # its first trials cover every shape, constant included
+    ran = run_worker(plan, train=StandInTrainer.train)
+    counts = count_trials(study)
+    assert counts.finished == 8 and counts.running == 0
+    assert ran == counts.finished + counts.failed  # failed trials were replaced, not counted
+    reasons = {t.params["shape"]: t.user_attrs["reason"] for t in study.trials if t.state == TrialState.FAIL}
+    assert reasons["constant"] == "RuntimeError: stand-in failure for Constant"
+    assert reasons["triangular"] == "loss became nan at epoch 0"
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert all(t.user_attrs["overrides"][: len(plan.overrides)] == list(plan.overrides) for t in finished)
+
+
+def test_racing_workers_never_overshoot_n_trials(plan_args, monkeypatch):
+    # Widen the gap between "count the trials" and "start one": without the claim lock, every
+    # worker that counted a free slot would start a trial for it.
+    decide = workers.next_move
+
+    def slow_decision(*args):
+        move = decide(*args)
+        time.sleep(0.3 if move == "run" else 0)
+        return move
+
+    monkeypatch.setattr(workers, "next_move", slow_decision)
+    plan = plan_sweep([*plan_args, "sweep.n_trials=4", "pruner=none", "sweep.cover=false"], validate=False)
+    study = open_study(plan, create=True)
+    racers = [
+        threading.Thread(target=run_worker, args=(plan,), kwargs={"index": i, "train": StandInTrainer.train})
+        for i in range(3)
+    ]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(60)
+    assert count_trials(study) == Counts(complete=4)
+
+
+def test_worker_stops_at_the_deadline(plan_args):
+    plan = plan_sweep([*plan_args, "sweep.n_trials=50"], validate=False)
+    open_study(plan, create=True)
+    assert run_worker(plan, train=StandInTrainer.train, deadline=time.time() - 1) == 0
+
+
+def test_multi_objective_sweep_reports_without_pruning(plan_args):
+    plan = plan_sweep(
+        [*plan_args, "sweep.n_trials=5", "sampler=nsgaii", "sweep.objectives={accuracy: maximize, loss: minimize}"],
+        validate=False,
+    )
+    study = open_study(plan, create=True)
+    run_worker(plan, train=StandInTrainer.train)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 5  # nothing pruned: Optuna cannot prune several objectives
+    assert all(len(t.values) == 2 and t.intermediate_values == {} for t in complete)
+
+
+@pytest.mark.slow
+def test_parallel_workers_end_at_exactly_n_trials(sweeper_cli, stand_in_trainer, tmp_path):
+    # Instant trials and three workers racing for the last ones: only the claim lock keeps the
+    # count exact.
+    done = sweeper_cli("sweep", f"sweep.trainer={stand_in_trainer}", "sweep.workers=3", "sweep.n_trials=10", "sweep.poll=0.1")
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{tmp_path}/results/studies.db")
+    counts = count_trials(study)
+    assert counts.finished == 10 and counts.running == counts.waiting == counts.failed == 0
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 3  # all three took part
+    assert "sweep mlp-digits: 10/10 finished" in done.stdout
+    assert "worker logs:" in done.stdout and "trials table:" in done.stdout
+
+
+@pytest.mark.slow
+def test_each_worker_gets_its_own_visible_gpu(sweeper_cli, stand_in_trainer, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the stand-in reports what it was given
+    monkeypatch.setenv("STAND_IN_EPOCH_SECONDS", "0.1")
+    done = sweeper_cli("sweep", f"sweep.trainer={stand_in_trainer}", "sweep.n_trials=8", "pruner=none", "sweep.poll=0.2")
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{tmp_path}/results/studies.db")
+    by_worker = {}
+    for trial in study.trials:
+        by_worker.setdefault(trial.user_attrs["worker"], set()).add(trial.user_attrs["device"])
+    assert sorted(device for devices in by_worker.values() for device in devices) == ["3", "5"]
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_fails_and_is_retried(stand_in_trainer, tmp_path, monkeypatch):
+    monkeypatch.setenv("STAND_IN_EPOCH_SECONDS", "0.7")
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.cli", "sweep", f"sweep.trainer={stand_in_trainer}", "sweep.workers=2",
+         "sweep.n_trials=4", "sweep.poll=0.2", "pruner=none", "train.epochs=3",
+         "storage.heartbeat_interval=1", "storage.grace_period=3"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    storage = f"sqlite:///{tmp_path}/results/studies.db"
+    victim = _first_running_trial(storage, sweep)
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)  # mid-trial
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 0, err
+    study = optuna.load_study(study_name="mlp-digits", storage=storage)
+    assert study.trials[victim.number].state == TrialState.FAIL  # its heartbeat went stale
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params  # same point, run again
+    assert count_trials(study).finished == 4
+    assert "exited -9" in out or "1 failed" in out
+
+
+def _first_running_trial(storage: str, sweep: subprocess.Popen) -> optuna.trial.FrozenTrial:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        assert sweep.poll() is None, sweep.communicate()
+        try:
+            trials = optuna.load_study(study_name="mlp-digits", storage=storage).trials
+        except (KeyError, Exception):  # noqa: BLE001 - the study may not exist yet
+            trials = []
+        running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+        if running:
+            return running[0]
+        time.sleep(0.1)
+    raise AssertionError("no trial started within 60 s")
+
+
+@pytest.mark.slow
+def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_trainer, tmp_path):
+    done = sweeper_cli(
+        "sweep", f"sweep.trainer={stand_in_trainer}", "launcher=slurm", "launcher.cluster=local",
+        "launcher.jobs=2", "launcher.gpus_per_node=0", "sweep.n_trials=6", "sweep.poll=0.2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{tmp_path}/results/studies.db")
+    assert count_trials(study).finished == 6
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # two jobs, two worker processes
+    assert list((tmp_path / "results" / "slurm" / "mlp-digits").glob("*_log.out"))  # submitit's job logs
+
+
+@pytest.mark.slow
+def test_bad_input_exits_2_and_creates_no_study(sweeper_cli, stand_in_trainer, tmp_path):
+    done = sweeper_cli("sweep", f"sweep.trainer={stand_in_trainer}", "search.lr.strategies=[steep]")
+    assert done.returncode == 2
+    assert done.stderr.startswith("sweeper sweep: error: search.lr.strategies")
+    assert not (tmp_path / "results").exists()
+    joined = sweeper_cli("worker", f"sweep.trainer={stand_in_trainer}")
+    assert joined.returncode == 2 and "start it with `sweeper sweep`" in joined.stderr
