@@ -164,6 +164,13 @@ class StorageSpec:
         """The URL as it may be shown and recorded: password masked."""
         return mask_url(self.url)
 
+    @property
+    def driver_url(self) -> str:
+        """The URL SQLAlchemy opens. A bare postgresql:// means psycopg 3 to SQLAlchemy 2.1, but
+        the driver we install is psycopg2, so name it (an explicit +driver is kept)."""
+        scheme, _, rest = self.url.partition("://")
+        return f"postgresql+psycopg2://{rest}" if scheme in ("postgres", "postgresql") else self.url
+
     def open(self) -> optuna.storages.BaseStorage:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +191,7 @@ class StorageSpec:
         engine = {"connect_args": {"timeout": 60}} if self.kind == "sqlite" else {"pool_pre_ping": True}
         try:
             with _experimental_features_on_purpose():
-                return optuna.storages.RDBStorage(self.url, engine_kwargs=engine, **heartbeat)
+                return optuna.storages.RDBStorage(self.driver_url, engine_kwargs=engine, **heartbeat)
         except Exception as error:  # noqa: BLE001 - any driver error means the same to the user
             raise ConfigError(
                 f"storage.url: cannot open {self.label()}: {mask_text(error_line(error))}; check the "
@@ -257,7 +264,7 @@ class ClaimLock:
         elif self.storage.kind == "postgresql":
             import sqlalchemy
 
-            engine = sqlalchemy.create_engine(self.storage.url, poolclass=sqlalchemy.pool.NullPool)
+            engine = sqlalchemy.create_engine(self.storage.driver_url, poolclass=sqlalchemy.pool.NullPool)
             connection = engine.connect()
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
             self._held = connection

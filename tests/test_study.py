@@ -124,6 +124,19 @@ def test_bad_storage_settings(monkeypatch, overrides, fragment):
         storage_of(compose_config(overrides))
 
 
+@pytest.mark.parametrize(
+    ("url", "driver_url"),
+    [
+        ("postgresql://u:p@h/db", "postgresql+psycopg2://u:p@h/db"),  # the driver we install
+        ("postgres://u:p@h/db", "postgresql+psycopg2://u:p@h/db"),
+        ("postgresql+psycopg://u:p@h/db", "postgresql+psycopg://u:p@h/db"),  # a chosen driver stays
+        ("sqlite:///results/studies.db", "sqlite:///results/studies.db"),
+    ],
+)
+def test_driver_url(url, driver_url):
+    assert StorageSpec(url).driver_url == driver_url
+
+
 def test_unreachable_database_error_hides_the_password():
     spec = StorageSpec("postgresql://sweeper:hunter2@127.0.0.1:9/sweeps")  # nothing listens on port 9
     with pytest.raises(ConfigError) as caught:
