@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,3 +78,20 @@ def sweeper_cli(tmp_path):
         return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+def claim_order(first, second) -> list[str]:
+    """Hold `first` while another thread takes `second`: who got through in which order."""
+    order = []
+
+    def contend():
+        with second:
+            order.append("second")
+
+    with first:
+        thread = threading.Thread(target=contend)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first")  # a working lock keeps the other holder waiting until here
+    thread.join(10)
+    return order

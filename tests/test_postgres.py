@@ -7,13 +7,12 @@ Needs a server: `export "$(bash scripts/start_postgres.sh | grep '^SWEEPER_TEST_
 from __future__ import annotations
 
 import os
-import threading
-import time
 import uuid
 from urllib.parse import urlsplit
 
 import optuna
 import pytest
+from conftest import claim_order
 
 from sweeper.study import StorageSpec, count_trials
 
@@ -66,16 +65,4 @@ def test_two_workers_and_a_joining_one_share_the_study(sweeper_cli, stand_in_tra
 
 def test_advisory_claim_lock_excludes_workers_on_other_connections(sweep_name):
     first, second = StorageSpec(URL).claim(sweep_name), StorageSpec(URL).claim(sweep_name)
-    order = []
-
-    def contend():
-        with second:
-            order.append("second")
-
-    with first:
-        thread = threading.Thread(target=contend)
-        thread.start()
-        time.sleep(0.3)
-        order.append("first")  # the other worker still waits on the server's lock
-    thread.join(10)
-    assert order == ["first", "second"]
+    assert claim_order(first, second) == ["first", "second"]  # the second waits on the server's lock

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import claim_order
 from optuna.trial import TrialState
 
 from sweeper.config import ConfigError, compose_config, config_dir
@@ -165,20 +164,7 @@ def test_next_move_counts_finished_and_running_trials(counts, out_of_time, move)
 def test_claim_lock_excludes_other_holders(tmp_path, storage):
     spec = storage_of(compose_config([f"storage={storage}", f"results_dir={tmp_path}"]))
     spec.path.parent.mkdir(parents=True, exist_ok=True)
-    order = []
-    first, second = spec.claim("s"), spec.claim("s")
-
-    def contend():
-        with second:
-            order.append("second")
-
-    with first:
-        thread = threading.Thread(target=contend)
-        thread.start()
-        time.sleep(0.2)
-        order.append("first")  # the other holder is still waiting here
-    thread.join(5)
-    assert order == ["first", "second"]
+    assert claim_order(spec.claim("s"), spec.claim("s")) == ["first", "second"]
 
 
 def test_new_study_queues_covering_trials_once_and_resumes(sweep_args):
