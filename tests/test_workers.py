@@ -17,8 +17,10 @@ import optuna
 import pytest
 from conftest import StandInTrainer
 from optuna.trial import TrialState
+from rich.console import Console
 
 from sweeper.config import ConfigError
+from sweeper.live import LiveView, read_progress
 from sweeper import workers
 from sweeper.study import Counts, count_trials, open_study, plan_sweep
 from sweeper.workers import Slot, plan_slots, run_worker, visible_gpus
@@ -213,3 +215,20 @@ def test_bad_input_exits_2_and_creates_no_study(sweeper_cli, stand_in_trainer, t
     assert not (tmp_path / "results").exists()
     joined = sweeper_cli("worker", f"sweep.trainer={stand_in_trainer}")
     assert joined.returncode == 2 and "start it with `sweeper sweep`" in joined.stderr
+
+
+def test_live_view_shows_counts_best_and_running_trials(plan_args):
+    plan = plan_sweep([*plan_args, "sweep.n_trials=3", "pruner=none", "storage.heartbeat_interval=null"], validate=False)
+    study = open_study(plan, create=True)
+    run_worker(plan, train=StandInTrainer.train)
+    running = study.ask()
+    running.set_user_attr("worker", "host:42")
+    running.report(0.5, 1)
+    console = Console(record=True, width=160)
+    with LiveView("sweep test", enabled=True, console=console) as view:
+        view.show(read_progress(study, plan))
+    shown = console.export_text()
+    assert "3/3 finished (3 complete, 0 pruned), 0 failed, 1 running" in shown
+    best = max(t.value for t in study.trials if t.value is not None)
+    assert f"best accuracy {best:.4g}" in shown
+    assert "host:42" in shown and "0.5" in shown  # the running trial, its worker and last report

@@ -29,6 +29,7 @@ from sweeper.study import SweepPlan, count_trials, open_study, plan_sweep
 from sweeper.workers import tracking_module
 
 EXIT_INCOMPLETE = 1
+EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
     study = open_study(plan, create=True)
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
     if count_trials(study).finished < plan.n_trials:
-        _run_workers(study, plan, folder)
+        try:
+            _run_workers(study, plan, folder)
+        except KeyboardInterrupt:
+            print(f"\nsweep {plan.name}: interrupted; run the same command again to resume it.")
+            return EXIT_INTERRUPTED
     return _summarise(study, plan, folder)
 
 
