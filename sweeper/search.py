@@ -133,7 +133,8 @@ class SearchSpace:
         return [*self.params, *lr, *shapes, *settings]
 
     def is_empty(self) -> bool:
-        return not any(not d.distribution.single() for d in self.dimensions())
+        """Nothing to draw: every dimension has a single value."""
+        return all(d.distribution.single() for d in self.dimensions())
 
     def keys(self) -> set[str]:
         """Every config key the sampled overrides may set (to catch clashes with the base)."""
@@ -201,7 +202,7 @@ class SearchSpace:
                 yield dim.setting, [*self.fixed, dim.override(value)]
 
     def describe(self) -> list[str]:
-        """One line per dimension, in the grammar it was written in (for logs and reports)."""
+        """One line per dimension: its Optuna name and the values it takes (for logs and the study)."""
         return [f"{d.name}: {_describe(d.distribution)}" for d in self.dimensions()]
 
 
