@@ -1,0 +1,46 @@
+"""A real sweep, end to end: `sweeper sweep` on the digits transfer task with two CPU workers,
+the real trainer and the median pruner; then the study is checked, and resumed."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeper.study import count_trials, plan_sweep
+
+pytest.importorskip("sweeper.trainer", reason="the real trainer (sweeper/trainer.py) is not there yet")
+
+SWEEP = ["experiment=digits_transfer", "sweep.workers=2", "sweep.cpu_threads=1", "pruner=median", "sweep.poll=0.5"]
+
+
+@pytest.mark.slow
+def test_digits_transfer_sweep_runs_exactly_n_trials_inside_the_space(sweeper_cli, tmp_path):
+    done = sweeper_cli("sweep", *SWEEP, "sweep.n_trials=12", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = plan_sweep(SWEEP, validate=False)
+    study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{tmp_path}/results/studies.db")
+    counts = count_trials(study)
+    assert counts.finished == 12 and counts.running == 0  # exactly n_trials, with two workers
+    assert counts.pruned > 0  # the pruner stopped some trials early
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+
+    dimensions = {d.name: d.distribution for d in plan.space.dimensions()}
+    for trial in study.trials:
+        for name, value in trial.params.items():
+            dist = dimensions[name]
+            assert trial.distributions[name] == dist
+            assert dist._contains(dist.to_internal_repr(value)), (trial.number, name, value)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert {t.params["lr"] for t in finished} == set(plan.space.strategy.distribution.choices)
+    assert {t.params["shape"] for t in finished} == set(plan.space.shape.distribution.choices)
+    assert all(t.user_attrs["status"] in ("finished", "pruned") for t in finished)
+
+    assert f"sweep {plan.name}: 12/12 finished" in done.stdout
+    assert "rerun it: sweeper train experiment=digits_transfer" in done.stdout
+    assert (tmp_path / "results" / "sweeps" / plan.name / "trials.csv").is_file()
+
+    # Running it again with a larger budget resumes it: n_trials counts across runs.
+    resumed = sweeper_cli("sweep", *SWEEP, "sweep.n_trials=14", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert count_trials(study).finished == 14
