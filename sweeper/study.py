@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import importlib
 import os
 import warnings
 import zlib
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from optuna.exceptions import ExperimentalWarning
@@ -108,20 +109,34 @@ def objectives_of(cfg: DictConfig) -> Objectives:
 
 
 def load_trainer(cfg: DictConfig) -> Any:
-    """What `sweep.trainer` names: a module (or object) with train(cfg, reporters) and
+    """What `sweep.trainer` names: a module (or an object in one) with train(cfg, reporters) and
     available_metrics(cfg)."""
     name = cfg.sweep.trainer
     try:
-        trainer = get_object(name)
-    except Exception as error:  # noqa: BLE001 - Hydra raises ImportError or a wrapped one
+        trainer = _import(name)
+    except (ImportError, AttributeError, ValueError) as error:
         raise ConfigError(
-            f"sweep.trainer: cannot import {name!r} ({error_line(error)}); name a module with "
+            f"sweep.trainer: cannot import {name!r} ({error}); name a module with "
             f"train(cfg, reporters) and available_metrics(cfg), e.g. sweeper.trainer."
         ) from None
     missing = [f for f in ("train", "available_metrics") if not callable(getattr(trainer, f, None))]
     if missing:
         raise ConfigError(f"sweep.trainer: {name!r} has no {' or '.join(missing)}; it needs both.")
     return trainer
+
+
+def _import(name: str) -> Any:
+    """A module by its dotted name, or else an attribute of its parent module."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as missing:
+        parent, _, attribute = name.rpartition(".")
+        if not parent or missing.name != name:
+            raise
+        found = getattr(importlib.import_module(parent), attribute, None)
+        if found is None:
+            raise missing from None
+        return found
 
 
 def check_objectives(objectives: Objectives, available: Sequence[str], setting: str) -> None:

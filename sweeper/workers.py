@@ -60,18 +60,17 @@ MAX_AUTO_CPU_WORKERS = 8  # beyond this, CPU workers mostly add memory (a torch 
 class Slot:
     index: int
     gpu: str | None = None          # the CUDA device this worker sees alone; None: a CPU slot
-    threads: int | None = None      # torch threads (CPU slots)
+    threads: int = 1                # its share of the CPU cores: torch's intra-op threads
 
     @property
     def label(self) -> str:
         return f"gpu {self.gpu}" if self.gpu is not None else f"cpu x{self.threads}"
 
     def env(self) -> dict[str, str]:
-        """Environment of the worker process (set before torch is imported in it)."""
-        if self.gpu is not None:
-            return {"CUDA_VISIBLE_DEVICES": self.gpu}
+        """Environment of the worker process, in place before torch is imported in it."""
         threads = str(self.threads)
-        return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        # An empty CUDA_VISIBLE_DEVICES hides every GPU from a CPU worker.
+        return {"CUDA_VISIBLE_DEVICES": self.gpu or "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
@@ -103,13 +102,15 @@ def plan_slots(sweep: DictConfig | Mapping, gpus: Sequence[str], cores: int) -> 
     workers = sweep["workers"]
     if workers != "auto" and not (isinstance(workers, int) and workers >= 1):
         raise ConfigError(f"sweep.workers: {workers!r} must be auto or a whole number >= 1.")
-    if gpus:
-        count = len(gpus) * per_device if workers == "auto" else workers
-        # Round-robin, so a count below the number of GPUs still spreads over them.
-        return [Slot(i, gpu=gpus[i % len(gpus)]) for i in range(count)]
     threads = sweep["cpu_threads"]
     if threads != "auto" and not (isinstance(threads, int) and threads >= 1):
         raise ConfigError(f"sweep.cpu_threads: {threads!r} must be auto or a whole number >= 1.")
+    if gpus:
+        count = len(gpus) * per_device if workers == "auto" else workers
+        # GPU workers share the cores too (data loading, the optimizer on small models).
+        threads = max(1, cores // count) if threads == "auto" else threads
+        # Round-robin, so a count below the number of GPUs still spreads over them.
+        return [Slot(i, gpu=gpus[i % len(gpus)], threads=threads) for i in range(count)]
     if workers == "auto":
         workers = max(1, min(MAX_AUTO_CPU_WORKERS, cores // (1 if threads == "auto" else threads)))
     if threads == "auto":

@@ -222,3 +222,16 @@ def test_plan_checks_n_trials_and_timeout(sweep_args):
 def test_storage_file_lands_under_results_dir(sweep_args, tmp_path):
     open_study(plan_sweep(sweep_args, validate=False), create=True)
     assert Path(tmp_path / "studies.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("trainer", "fragment"),
+    [
+        ("no_such_package.trainer", "No module named 'no_such_package'"),
+        ("sweeper.no_such_trainer", "No module named 'sweeper.no_such_trainer'"),
+        ("sweeper.slices", "has no train or available_metrics"),
+    ],
+)
+def test_trainer_that_cannot_serve_is_a_config_error(sweep_args, trainer, fragment):
+    with pytest.raises(ConfigError, match=f"sweep.trainer: .*{fragment}"):
+        plan_sweep([*sweep_args, f"sweep.trainer={trainer}"])

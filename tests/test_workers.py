@@ -31,9 +31,10 @@ SWEEP = {"workers": "auto", "workers_per_device": 1, "cpu_threads": "auto"}
 @pytest.mark.parametrize(
     ("settings", "gpus", "cores", "expected"),
     [
-        ({}, ["0", "1"], 16, [Slot(0, gpu="0"), Slot(1, gpu="1")]),  # one worker per GPU
-        ({"workers_per_device": 2}, ["3"], 16, [Slot(0, gpu="3"), Slot(1, gpu="3")]),
-        ({"workers": 3}, ["0", "1"], 16, [Slot(0, gpu="0"), Slot(1, gpu="1"), Slot(2, gpu="0")]),
+        ({}, ["0", "1"], 16, [Slot(0, "0", 8), Slot(1, "1", 8)]),  # one worker per GPU, cores shared
+        ({"workers_per_device": 2}, ["3"], 16, [Slot(0, "3", 8), Slot(1, "3", 8)]),
+        ({"workers": 3}, ["0", "1"], 16, [Slot(0, "0", 5), Slot(1, "1", 5), Slot(2, "0", 5)]),
+        ({"cpu_threads": 2}, ["0"], 16, [Slot(0, "0", 2)]),
         ({}, [], 2, [Slot(0, threads=1), Slot(1, threads=1)]),  # no GPU: a worker per core
         ({}, [], 64, [Slot(i, threads=8) for i in range(8)]),  # at most 8, the cores shared out
         ({"workers": 2}, [], 16, [Slot(0, threads=8), Slot(1, threads=8)]),
@@ -63,7 +64,7 @@ def test_visible_gpus_respect_cuda_visible_devices(variable, expected):
 
 
 def test_slot_environment_picks_the_device_before_torch_starts():
-    assert Slot(0, gpu="2").env() == {"CUDA_VISIBLE_DEVICES": "2"}
+    assert Slot(0, gpu="2", threads=4).env() == {"CUDA_VISIBLE_DEVICES": "2", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
     assert Slot(1, threads=3).env() == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
 
 
