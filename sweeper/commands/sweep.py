@@ -44,12 +44,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     study = open_study(plan, create=True)
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
-    if count_trials(study).finished < plan.n_trials:
-        try:
-            _run_workers(study, plan, folder)
-        except KeyboardInterrupt:
-            print(f"\nsweep {plan.name}: interrupted; run the same command again to resume it.")
-            return EXIT_INTERRUPTED
+    finished = count_trials(study).finished
+    if finished >= plan.n_trials:
+        print(f"sweep {plan.name} already has {finished} finished trials; raise sweep.n_trials to run more.")
+        return _summarise(study, plan, folder)
+    try:
+        _run_workers(study, plan, folder)
+    except KeyboardInterrupt:
+        print(f"\nsweep {plan.name}: interrupted; run the same command again to resume it.")
+        return EXIT_INTERRUPTED
     return _summarise(study, plan, folder)
 
 
