@@ -427,6 +427,9 @@ def plan_sweep(
         raise ConfigError(f"sweep.n_trials: {n_trials!r} must be a whole number of trials >= 1.")
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ConfigError(f"sweep.timeout: {timeout!r} must be seconds > 0, or null for none.")
+    poll = cfg.sweep.poll
+    if not (isinstance(poll, (int, float)) and poll > 0):
+        raise ConfigError(f"sweep.poll: {poll!r} must be seconds > 0, e.g. 2.")
     plan = SweepPlan(
         cfg, command_line, tuple(base), config_dirs, space, objectives, storage, str(cfg.sweep.name), n_trials, timeout
     )
