@@ -14,12 +14,20 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_object
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.shapes import Shape, ShapeError
 
-__all__ = ["ConfigError", "build_shape", "compose_config", "config_dir", "user_config_dirs"]
+__all__ = [
+    "ConfigError",
+    "build_shape",
+    "compose_config",
+    "config_dir",
+    "instantiate_node",
+    "user_config_dirs",
+]
 
 CONFIG_PATH_VARIABLE = "SWEEPER_CONFIG_PATH"
 
@@ -86,3 +94,20 @@ def build_shape(node: Mapping | DictConfig) -> Shape:
             f"lr(peak, step, total) and momentum(step, total)."
         )
     return shape
+
+
+def instantiate_node(node: DictConfig, setting: str) -> object:
+    """`hydra.utils.instantiate`, with a failure reported as the config error it is.
+
+    Hydra wraps whatever the target raised; a ValueError of ours (a missing data path, a bad
+    setting) already says what to fix, so it surfaces unchanged, and anything else is reported
+    with the setting that named the target.
+    """
+    try:
+        return instantiate(node)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, ValueError) and type(cause).__module__.startswith("sweeper."):
+            raise cause from None
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        raise ConfigError(f"{setting}: cannot build {target}: {cause or error}") from None

@@ -32,11 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sweeper.config import ConfigError, build_shape
+from sweeper.config import ConfigError, build_shape, instantiate_node
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 from sweeper.groups import LayerGroups, split_groups
 from sweeper.shapes import FastaiOneCycle, Schedule
@@ -133,8 +132,8 @@ def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> Tria
     if settings.get("threads"):
         torch.set_num_threads(int(settings.threads))
     generator = seed_everything(int(settings.seed), bool(settings.deterministic))
-    data = instantiate(cfg.data.source).to(device)
-    model = instantiate(cfg.model.net).to(device)
+    data = instantiate_node(cfg.data.source, "data.source").to(device)
+    model = instantiate_node(cfg.model.net, "model.net").to(device)
     groups = split_groups(model, _plain(cfg.model.get("groups")))
     peaks = parse_lr(_plain(cfg.lr)).peaks(len(groups))
     shape = build_shape(cfg.shape)
@@ -235,7 +234,7 @@ def _build_optimizer(
     Unless `decay_norm_and_bias`, norm weights and biases get no weight decay (fastai's
     `wd_bn_bias=False`): each layer group then becomes a decayed and an undecayed param group.
     """
-    factory = instantiate(optimizer_cfg)
+    factory = instantiate_node(optimizer_cfg, "optimizer")
     param_groups: list[dict] = []
     owners: list[int] = []
     for index, (group, peak) in enumerate(zip(groups, peaks)):

@@ -16,6 +16,11 @@ GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((config_dir() / group).glob("*.yaml"))]
 
 # Configs that read a URL from the environment compose with these set (as a user would).
+# Options that need the user's own values (marked ??? in them) compose with these given.
+REQUIRED = {
+    ("data", "tensors"): ["data.shape=[4]", "data.num_classes=2"],
+    ("data", "image_folder"): ["data.num_classes=2"],
+}
 ENVIRONMENT = {
     "SWEEPER_STORAGE_URL": "postgresql://sweeper:secret@127.0.0.1:5432/sweeper",
     "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
@@ -32,7 +37,7 @@ def test_the_tree_has_the_groups_the_root_config_lists():
 def test_every_option_composes_and_resolves(group, option, monkeypatch):
     for name, value in ENVIRONMENT.items():
         monkeypatch.setenv(name, value)
-    cfg = compose_config([f"{group}={option}"])
+    cfg = compose_config([f"{group}={option}", *REQUIRED.get((group, option), [])])
     container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert container["train"]["epochs"] >= 1
     if group == "shape":
