@@ -131,11 +131,11 @@ def _from_slice(start: object, stop: object, step: object = None) -> SliceSpec:
         )
     if stop is None:
         raise SliceError("lr: a slice needs its high end: slice(hi) or slice(lo, hi).")
-    high = _positive("lr high", stop)
+    high = _positive("lr.high", stop)
     # fastai treats a falsy start (None or 0) as slice(hi).
     if start is None or start == 0:
         return SliceSpec("fastai", high=high)
-    low = _positive("lr low", start)
+    low = _positive("lr.low", start)
     if low > high:
         raise SliceError(
             f"lr: slice({low:g}, {high:g}) has low > high; the low end is the first layer group's "

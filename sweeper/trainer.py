@@ -41,7 +41,17 @@ from sweeper.groups import LayerGroups, split_groups
 from sweeper.shapes import FastaiOneCycle, Schedule
 from sweeper.slices import parse_lr
 
-__all__ = ["Phase", "available_metrics", "plan_phases", "resolve_device", "seed_everything", "train"]
+__all__ = [
+    "Phase",
+    "TrialParts",
+    "available_metrics",
+    "build_parts",
+    "evaluate",
+    "plan_phases",
+    "resolve_device",
+    "seed_everything",
+    "train",
+]
 
 METRICS = ("accuracy", "loss")  # what evaluation measures (classification)
 VALID_BATCH = 1024  # evaluation batches: no gradients, so larger is faster
@@ -115,6 +125,43 @@ def seed_everything(seed: int, deterministic: bool) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@dataclass
+class TrialParts:
+    """Everything a trial trains with, built and checked from its config."""
+
+    device: torch.device
+    generator: torch.Generator      # the data order
+    data: object                    # TensorData or LoaderData
+    model: nn.Module
+    groups: LayerGroups
+    peaks: list[float]              # peak lr per layer group
+    shape: object                   # the cycle shape
+    optimizer: torch.optim.Optimizer
+    owners: list[int]               # the layer group of each optimizer param group
+
+
+def build_parts(cfg: DictConfig) -> TrialParts:
+    """Device, seeds, data, model, layer groups and optimizer; bad settings raise here."""
+    settings = cfg.train
+    device = resolve_device(str(settings.device))
+    if settings.get("threads"):
+        torch.set_num_threads(int(settings.threads))
+    generator = seed_everything(int(settings.seed), bool(settings.deterministic))
+    data = instantiate_node(cfg.data.source, "data.source").to(device)
+    model = instantiate_node(cfg.model.net, "model.net").to(device)
+    groups = split_groups(model, _plain(cfg.model.get("groups")))
+    peaks = parse_lr(_plain(cfg.lr)).peaks(len(groups))
+    shape = build_shape(cfg.shape)
+    decay_all = bool(settings.get("decay_norm_and_bias", False))
+    optimizer, owners = _build_optimizer(cfg.optimizer, groups, peaks, decay_all)
+    if shape.momentum(0, 1) is not None and not {"betas", "momentum"} & optimizer.defaults.keys():
+        raise ConfigError(
+            f"optimizer: {type(optimizer).__name__} has neither momentum nor betas for the shape "
+            f"{shape.name} to move; use optimizer=adamw, adam or sgd, or a shape without momentum."
+        )
+    return TrialParts(device, generator, data, model, groups, peaks, shape, optimizer, owners)
+
+
 def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> TrialResult:
     """Run one trial. Bad settings raise ConfigError (and friends) before any training."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
@@ -126,25 +173,13 @@ def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> Tria
             f"of {list(available_metrics(cfg))}."
         )
     started = time.perf_counter()
-
-    # --- build: device, seeds, data, model, layer groups, optimizer, phases -------------------
-    device = resolve_device(str(settings.device))
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings.threads))
-    generator = seed_everything(int(settings.seed), bool(settings.deterministic))
-    data = instantiate_node(cfg.data.source, "data.source").to(device)
-    model = instantiate_node(cfg.model.net, "model.net").to(device)
-    groups = split_groups(model, _plain(cfg.model.get("groups")))
-    peaks = parse_lr(_plain(cfg.lr)).peaks(len(groups))
-    shape = build_shape(cfg.shape)
-    optimizer, owners = _build_optimizer(cfg.optimizer, groups, peaks, bool(settings.get("decay_norm_and_bias", False)))
+    parts = build_parts(cfg)
+    device, data, model, groups, optimizer, owners = (
+        parts.device, parts.data, parts.model, parts.groups, parts.optimizer, parts.owners
+    )
+    shape, peaks, generator = parts.shape, parts.peaks, parts.generator
     batch_size = int(settings.batch_size)
     phases = plan_phases(settings, peaks, shape, data.n_train_batches(batch_size))
-    if shape.momentum(0, 1) is not None and not {"betas", "momentum"} & optimizer.defaults.keys():
-        raise ConfigError(
-            f"optimizer: {type(optimizer).__name__} has neither momentum nor betas for the shape "
-            f"{shape.name} to move; use optimizer=adamw, adam or sgd, or a shape without momentum."
-        )
     amp = bool(settings.amp) and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     result = TrialResult(status="finished", objective=None, objective_name=objective_name, device=str(device))

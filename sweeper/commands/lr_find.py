@@ -1,0 +1,34 @@
+"""`sweeper lr-find`: fastai's learning-rate range test for a model and data.
+
+    sweeper lr-find model=cnn data=digits
+
+Prints the suggestions (valley, minimum, steep) and writes the loss-vs-lr plot under results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sweeper.config import compose_config
+from sweeper.lr_find import lr_find, plot_lr_find
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start-lr", type=float, default=1e-7)
+    parser.add_argument("--end-lr", type=float, default=10.0)
+    parser.add_argument("--num-it", type=int, default=100, help="batches in the test (default 100)")
+    parser.add_argument("--plot", type=Path, help="plot path (default results/lr_find-<model>-<data>.png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = compose_config(args.overrides, args.config_dir)
+    result = lr_find(cfg, args.start_lr, args.end_lr, args.num_it)
+    print(f"lr_find over {len(result.lrs)} batches, lr {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}")
+    if not result.suggestions:
+        print("too few batches before the loss diverged to suggest an lr; lower --end-lr.")
+    for name, lr in result.suggestions.items():
+        print(f"  {name:8s} {lr:.3e}")
+    plot = args.plot or Path(cfg.results_dir) / f"lr_find-{cfg.model.name}-{cfg.data.name}.png"
+    print(f"plot: {plot_lr_find(result, plot)}")
+    return 0
