@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RUN_STATUS",
+    "TRIAL_NODES",
     "MlflowRecorder",
     "SweepTracking",
     "TrackingSettings",
@@ -664,12 +665,23 @@ class SweepTracking:
         extra_tags: Mapping[str, Any] | None = None,
     ) -> Reporter:
         """The Reporter that records one trial as a child run of the sweep's run."""
+        tags = {"trial": str(trial_number), **(extra_tags or {})}
+        return self.run_reporter(trial_cfg, TRIAL_KIND, f"trial {trial_number}", tags, overrides)
+
+    def run_reporter(
+        self,
+        cfg: DictConfig | Mapping,
+        kind: str,
+        run_name: str,
+        tags: Mapping[str, Any] | None = None,
+        overrides: Sequence[str] = (),
+    ) -> Reporter:
+        """A Reporter recording a run of `kind` (trial, confirm) under the sweep's run, in the
+        sweep's store (wherever `cfg` itself would record)."""
         if self.settings is None:
             return Reporter()
-        tags = {"sweeper.kind": TRIAL_KIND, "sweep": self.sweep, "trial": str(trial_number), **(extra_tags or {})}
-        return MlflowRecorder(
-            self.settings, trial_cfg, self.locate, run_name=f"trial {trial_number}", tags=tags, overrides=overrides
-        )
+        tags = {"sweeper.kind": kind, "sweep": self.sweep, **(tags or {})}
+        return MlflowRecorder(self.settings, cfg, self.locate, run_name=run_name, tags=tags, overrides=overrides)
 
     def locate(self, client: MlflowClient) -> tuple[str, str | None]:
         """(experiment id, parent run id) of the sweep, asked of the store once per process."""
@@ -706,21 +718,34 @@ class SweepTracking:
     def attach_report(self, report: Report, end_status: str | None = None) -> None:
         """Attach a written report to the sweep's run (under report/); its summary becomes the
         run's description. `end_status` also ends the run. A store that is down only warns."""
+        tags = {"mlflow.note.content": report.summary, "trials": str(len(report.trials))}
+        if end_status is not None:
+            tags["status"] = end_status.lower()
+        self.attach_files(report.files, "report", tags, end_status)
+
+    def attach_files(
+        self,
+        files: Iterable[Path],
+        artifact_path: str,
+        tags: Mapping[str, str] | None = None,
+        end_status: str | None = None,
+    ) -> None:
+        """Attach files (and set tags) to the sweep's run; `end_status` also ends it."""
         if self.settings is None or self.parent_run_id is None:
             return
         try:
             with _quick_requests(self.settings):
                 client = _client(self.settings.uri)
-                client.log_artifacts(self.parent_run_id, str(report.folder), artifact_path="report")
-                client.set_tag(self.parent_run_id, "mlflow.note.content", mask_text(report.summary)[:MAX_TAG_LENGTH])
-                client.set_tag(self.parent_run_id, "trials", str(len(report.trials)))
+                for path in files:
+                    client.log_artifact(self.parent_run_id, str(path), artifact_path=artifact_path)
+                for key, value in (tags or {}).items():
+                    client.set_tag(self.parent_run_id, key, mask_text(value)[:MAX_TAG_LENGTH])
                 if end_status is not None:
-                    client.set_tag(self.parent_run_id, "status", end_status.lower())
                     client.set_terminated(self.parent_run_id, status=end_status)
-        except Exception as error:  # noqa: BLE001 - the report is on disk; the record is a copy
+        except Exception as error:  # noqa: BLE001 - the files are on disk; the record is a copy
             logger.warning(
-                "sweeper: could not attach the report to MLflow run %s at %s (%s); it is in %s.",
-                self.parent_run_id, self.settings.label, _one_line(error), report.folder,
+                "sweeper: could not attach files to MLflow run %s at %s (%s); they are on disk.",
+                self.parent_run_id, self.settings.label, _one_line(error),
             )
 
 

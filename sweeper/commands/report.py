@@ -1,0 +1,36 @@
+"""`sweeper report`: compare the slice strategies and cycle shapes of a sweep.
+
+    sweeper report                          # the config's sweep (sweep.name), in results/
+    sweeper report mlp-digits               # a sweep by name
+    sweeper report mlp-digits storage=postgres tracking=server   # where the sweep lives
+
+writes results/sweeps/<name>/ (trials.csv, by_strategy.csv, by_shape.csv, plots, report.md) from
+the Optuna study, with the curves MLflow recorded, and attaches it to the sweep's MLflow run.
+The sweep itself writes the same report when it ends; this brings it up to date at any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sweeper.config import compose_config
+from sweeper.report import load_sweep_study, split_sweep_name, write_report
+from sweeper.tracking import open_sweep, sweep_folder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (parser.description or "") + " Positional: [SWEEP_NAME] [overrides]."
+
+
+def run(args: argparse.Namespace) -> int:
+    name, overrides = split_sweep_name(args.overrides)
+    cfg = compose_config(overrides, args.config_dir)
+    study = load_sweep_study(cfg, name)
+    tracking = open_sweep(cfg, study.study_name)
+    report = write_report(study, sweep_folder(cfg, study.study_name), tracking)
+    tracking.attach_report(report)
+    print(report.summary)
+    print(f"report: {report.folder / 'report.md'}")
+    if tracking.parent_run_id:
+        print(f"MLflow run: {tracking.parent_run_id} in {tracking.settings.label} (attached under report/)")
+    return 0

@@ -1,0 +1,54 @@
+"""`sweeper rerun`: train a recorded trial again, exactly, and show how far its curves moved.
+
+    sweeper rerun 3f2a9c...                     # an MLflow run id (from the UI), in tracking.uri's store
+    sweeper rerun results/train/20260101-120000 # a folder with config.yaml (and result.json)
+    sweeper rerun 3f2a9c... --allow-module mypkg tracking=server
+
+First lists every piece of code the recorded config imports and refuses any outside torch,
+torchvision, sweeper and the modules you allow (--allow-module, or tracking.allow_modules in your
+own config). Then trains with the recorded config and seed, records a new run tagged
+sweeper.rerun_of, writes it to results/reruns/<time>/ and prints the largest absolute difference
+between the two runs' step and epoch curves: 0 on CPU with train.deterministic on.
+Overrides (key=value) set where to record and what to allow; they never change the recorded config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from sweeper.config import compose_config
+from sweeper.rerun import allowed_modules, check_imports, describe_imports, find_imports, load_source, rerun
+
+EXIT_DIFFERENT = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="an MLflow run id, or a folder holding config.yaml (e.g. results/train/<time>)")
+    parser.add_argument(
+        "--allow-module", action="append", default=[], metavar="MODULE", help="also allow _target_s in MODULE (repeatable)"
+    )
+    parser.add_argument("--name", help="folder name under results/reruns/ (default: the start time)")
+    parser.add_argument("--dry-run", action="store_true", help="list what the config imports; run nothing")
+    parser.add_argument("--strict", action="store_true", help=f"exit {EXIT_DIFFERENT} unless every curve is bitwise equal")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = compose_config(args.overrides, args.config_dir)  # the user's own settings, not the recorded ones
+    source = load_source(args.source, cfg)
+    print(f"rerun of {source.label}; the recorded config imports:")
+    print("\n".join(f"  {line}" for line in describe_imports(find_imports(source.config))))
+    check_imports(source.config, allowed_modules(cfg, args.allow_module))
+    if args.dry_run:
+        return 0
+    folder = Path(cfg.results_dir) / "reruns" / (args.name or time.strftime("%Y%m%d-%H%M%S"))
+    outcome = rerun(source, cfg, folder, args.allow_module)
+    for note in outcome.comparison.notes:
+        print(f"  {note}")
+    print(f"{outcome.result.status}; {outcome.comparison.summary()}")
+    if len(outcome.comparison.table) and not outcome.comparison.exact:
+        worst = outcome.comparison.table.sort_values("max_abs_diff", ascending=False).head(5)
+        print(worst.to_string(index=False))
+    print(f"rerun: {folder}" + (f"; MLflow run {outcome.run_id}" if outcome.run_id else ""))
+    return EXIT_DIFFERENT if args.strict and not outcome.comparison.exact else 0

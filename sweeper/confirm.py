@@ -1,0 +1,168 @@
+"""Is the difference real? Rerun each slice strategy's best config with fresh seeds.
+
+A sweep picks each strategy's best trial on one seed, and the best of many noisy draws is
+optimistic. `confirm` trains each strategy's best config again with `seeds` new seeds (the
+trial's seed + 1, + 2, ...), so the spread across seeds shows whether the winner's lead is
+larger than the noise: per strategy the mean, standard deviation, min and max, and a Welch
+t-test of the leader against each other strategy.
+
+Writes confirm.csv (one row per run), confirm_summary.csv and confirm.md into the sweep's folder;
+every run is recorded in MLflow (nested under the sweep's run, tagged `sweeper.kind=confirm`).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from omegaconf import DictConfig
+
+from sweeper.config import ConfigError, compose_config
+from sweeper.events import Reporter, TrialResult
+from sweeper.report import best_by, markdown_table, objective_columns, trials_table
+from sweeper.tracking import SweepTracking
+
+__all__ = ["Confirmation", "confirm_strategies", "summarize_seeds"]
+
+TrainFn = Callable[[DictConfig, Sequence[Reporter]], TrialResult]
+SIGNIFICANCE = 0.05  # below this p-value a lead is called real
+
+
+@dataclass
+class Confirmation:
+    runs: pd.DataFrame              # strategy, trial, seed, status, objective, MLflow run id
+    summary: pd.DataFrame           # per strategy: runs, mean, std, min, max, p-value vs the leader
+    verdict: str
+    markdown: str
+    folder: Path
+
+
+def confirm_strategies(
+    study: optuna.Study,
+    train: TrainFn,
+    *,
+    seeds: int,
+    folder: str | Path,
+    tracking: SweepTracking | None = None,
+    config_dirs: Sequence[str] = (),
+    strategies: Sequence[str] | None = None,
+) -> Confirmation:
+    """Train each strategy's best trial again with `seeds` fresh seeds; write and return the result."""
+    if seeds < 2:
+        raise ConfigError(f"--seeds: {seeds} gives no spread; use at least 2 (5 or more tells noise better).")
+    (objective, direction), *_ = objective_columns(study)
+    best = best_by(trials_table(study), "strategy", objective, direction)
+    if strategies:
+        unknown = sorted(set(strategies) - set(best))
+        if unknown:
+            raise ConfigError(f"--strategy: {unknown} have no complete trial in this sweep; choose among {sorted(best)}.")
+        best = {s: row for s, row in best.items() if s in strategies}
+    if not best:
+        raise ConfigError(f"sweep {study.study_name!r} has no complete trial yet; let it run, then confirm.")
+
+    rows = []
+    for strategy, trial in best.items():
+        overrides = shlex.split(trial["overrides"])
+        first_seed = int(compose_config(overrides, config_dirs).train.seed) + 1
+        for seed in range(first_seed, first_seed + seeds):
+            cfg = compose_config([*overrides, f"train.seed={seed}"], config_dirs)
+            recorder = _recorder(tracking, cfg, strategy, int(trial["trial"]), seed)
+            result = train(cfg, [recorder])
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "trial": int(trial["trial"]),
+                    "seed": seed,
+                    "status": result.status,
+                    objective: result.objective if result.status == "finished" else math.nan,
+                    "sweep_value": trial[objective],
+                    "mlflow_run_id": getattr(recorder, "run_id", None) or "",
+                }
+            )
+    runs = pd.DataFrame(rows)
+    summary = summarize_seeds(runs, objective, direction)
+    verdict = _verdict(summary, objective, seeds)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(folder / "confirm.csv", index=False)
+    summary.to_csv(folder / "confirm_summary.csv", index=False)
+    markdown = "\n".join(
+        [
+            f"# Confirmation of sweep {study.study_name}",
+            "",
+            f"Each strategy's best trial, trained again with {seeds} fresh seeds; {objective} ({direction}).",
+            "",
+            markdown_table(summary),
+            "",
+            verdict,
+            "",
+            "## Runs",
+            "",
+            markdown_table(runs),
+            "",
+        ]
+    )
+    (folder / "confirm.md").write_text(markdown)
+    return Confirmation(runs, summary, verdict, markdown, folder)
+
+
+def _recorder(tracking: SweepTracking | None, cfg: DictConfig, strategy: str, trial: int, seed: int) -> Reporter:
+    if tracking is None:
+        return Reporter()
+    return tracking.run_reporter(cfg, "confirm", f"confirm {strategy} seed {seed}", {"confirms_trial": str(trial)})
+
+
+def summarize_seeds(runs: pd.DataFrame, objective: str, direction: str) -> pd.DataFrame:
+    """Per strategy: runs, failed, mean, std, min, max; leader first; p-value of the leader
+    against each other strategy (Welch's t-test; NaN where there is no spread to test)."""
+    from scipy import stats
+
+    rows = []
+    for strategy, group in runs.groupby("strategy"):
+        values = group[objective].dropna()
+        rows.append(
+            {
+                "strategy": strategy,
+                "runs": len(group),
+                "failed": int(group[objective].isna().sum()),
+                "mean": values.mean(),
+                "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                "min": values.min(),
+                "max": values.max(),
+                "sweep_value": group["sweep_value"].iloc[0],
+            }
+        )
+    summary = pd.DataFrame(rows).sort_values("mean", ascending=direction != "maximize", na_position="last")
+    summary = summary.reset_index(drop=True)
+    leader = runs[runs["strategy"] == summary.loc[0, "strategy"]][objective].dropna()
+    p_values = []
+    for strategy in summary["strategy"]:
+        other = runs[runs["strategy"] == strategy][objective].dropna()
+        spread = leader.std(ddof=1) + other.std(ddof=1) if len(leader) > 1 and len(other) > 1 else 0
+        same = strategy == summary.loc[0, "strategy"]
+        p_values.append(math.nan if same or not spread > 0 else float(stats.ttest_ind(leader, other, equal_var=False).pvalue))
+    summary["p_vs_leader"] = p_values
+    return summary
+
+
+def _verdict(summary: pd.DataFrame, objective: str, seeds: int) -> str:
+    leader = summary.loc[0]
+    if len(summary) == 1:
+        return f"Only {leader['strategy']} was confirmed: mean {objective} {leader['mean']:.4g} ± {leader['std']:.2g} (std)."
+    lines = [f"**{leader['strategy']}** leads with mean {objective} {leader['mean']:.4g} ± {leader['std']:.2g} (std, {seeds} seeds)."]
+    for _, other in summary.iloc[1:].iterrows():
+        gap = abs(leader["mean"] - other["mean"])
+        p = other["p_vs_leader"]
+        if math.isnan(p):
+            judged = "no spread to test against (identical results across seeds)"
+        elif p < SIGNIFICANCE:
+            judged = f"p = {p:.3g}: larger than the noise, likely real"
+        else:
+            judged = f"p = {p:.3g}: within the noise, not a real difference at {seeds} seeds"
+        lines.append(f"- vs {other['strategy']} (mean {other['mean']:.4g} ± {other['std']:.2g}): gap {gap:.3g}; {judged}.")
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""The comparison report and the multi-seed confirmation, on a study made here with the names
+the sweep uses (params `lr`, `lr.high`, `lr.low_ratio`, `shape`, `<shape>.<setting>`; trial user
+attrs `overrides`, `status`, `reason`)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pandas as pd
+import pytest
+from conftest import feed_trial
+from mlflow import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from sweeper.config import ConfigError
+from sweeper.confirm import confirm_strategies
+from sweeper.events import TrialResult
+from sweeper.report import split_sweep_name, summarize, trials_table, write_report
+from sweeper.tracking import plain_config, prepare_sweep, sweep_folder
+
+STRATEGIES = ["single", "fastai", "geometric"]
+SHAPES = ["fastai_one_cycle", "constant"]
+DISTRIBUTIONS = {
+    "lr": CategoricalDistribution(STRATEGIES),
+    "lr.high": FloatDistribution(3e-4, 3e-2, log=True),
+    "lr.low_ratio": FloatDistribution(1e-3, 0.5, log=True),
+    "shape": CategoricalDistribution(SHAPES),
+    "fastai_one_cycle.pct_start": FloatDistribution(0.1, 0.5),
+}
+# number: (strategy, shape, state, accuracy)
+TRIALS = [
+    ("single", "fastai_one_cycle", TrialState.COMPLETE, 0.80),
+    ("fastai", "constant", TrialState.COMPLETE, 0.85),
+    ("geometric", "fastai_one_cycle", TrialState.COMPLETE, 0.90),
+    ("geometric", "constant", TrialState.COMPLETE, 0.70),
+    ("single", "constant", TrialState.PRUNED, None),
+    ("fastai", "fastai_one_cycle", TrialState.FAIL, None),
+    ("single", "fastai_one_cycle", TrialState.COMPLETE, 0.82),
+]
+
+
+def sweep_trial(strategy: str, shape: str, state: TrialState, value: float | None) -> optuna.trial.FrozenTrial:
+    params = {"lr": strategy, "lr.high": 3e-3, "shape": shape}
+    overrides = ["train.epochs=2", f"lr={strategy}", "lr.high=0.003"]
+    if strategy == "geometric":
+        params["lr.low_ratio"] = 0.01
+        overrides.append("lr.low=3e-05")
+    overrides.append(f"shape={shape}")
+    if shape == "fastai_one_cycle":
+        params["fastai_one_cycle.pct_start"] = 0.3
+        overrides.append("shape.pct_start=0.3")
+    status = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[state]
+    attrs = {"overrides": overrides, "status": status}
+    if state == TrialState.FAIL:
+        attrs["reason"] = "RuntimeError: out of memory"
+    curve = {1: 0.3} if state == TrialState.PRUNED else {1: value - 0.1, 2: value} if value else {}
+    return create_trial(
+        params=params,
+        distributions={name: DISTRIBUTIONS[name] for name in params},
+        value=value,
+        intermediate_values=curve,
+        user_attrs=attrs,
+        state=state,
+    )
+
+
+@pytest.fixture
+def study() -> optuna.Study:
+    study = optuna.create_study(study_name="demo", direction="maximize")
+    study.set_user_attr("objectives", ["accuracy"])
+    study.set_user_attr("overrides", ["train.epochs=2"])
+    for spec in TRIALS:
+        study.add_trial(sweep_trial(*spec))
+    return study
+
+
+def test_trials_table_has_one_row_per_trial_with_strategy_shape_and_state(study):
+    table = trials_table(study)
+    assert list(table["trial"]) == list(range(len(TRIALS)))
+    assert list(table["strategy"]) == [t[0] for t in TRIALS]
+    assert list(table["shape"]) == [t[1] for t in TRIALS]
+    assert list(table["state"]) == ["complete"] * 4 + ["pruned", "failed", "complete"]
+    assert table.loc[5, "reason"] == "RuntimeError: out of memory"
+    assert table.loc[2, "param:lr.low_ratio"] == 0.01 and math.isnan(table.loc[0, "param:lr.low_ratio"])
+    assert table.loc[2, "overrides"].startswith("train.epochs=2 lr=geometric")
+
+
+def test_summary_per_strategy_counts_and_ranks(study):
+    summary = summarize(trials_table(study), "strategy", "accuracy", "maximize").set_index("strategy")
+    assert list(summary.index) == ["geometric", "fastai", "single"]  # best first
+    assert summary.loc["geometric", ["trials", "complete", "pruned", "failed"]].tolist() == [2, 2, 0, 0]
+    assert summary.loc["single", ["trials", "complete", "pruned", "failed"]].tolist() == [3, 2, 1, 0]
+    assert summary.loc["fastai", "failed"] == 1
+    assert summary.loc["geometric", "best"] == 0.90 and summary.loc["geometric", "median"] == pytest.approx(0.80)
+    assert summary.loc["single", "median"] == pytest.approx(0.81)  # complete trials only
+    assert summary.loc["geometric", "best_trial"] == 2
+    by_shape = summarize(trials_table(study), "shape", "accuracy", "maximize").set_index("shape")
+    assert by_shape.loc["constant", "pruned"] == 1 and by_shape.loc["fastai_one_cycle", "best"] == 0.90
+
+
+def test_minimizing_ranks_the_lowest_first(study):
+    table = trials_table(study)
+    summary = summarize(table, "strategy", "accuracy", "minimize")
+    assert summary.loc[0, "strategy"] == "geometric" and summary.loc[0, "best"] == 0.70
+
+
+def test_a_strategy_not_drawn_comes_from_the_overrides_or_the_base_config():
+    study = optuna.create_study(study_name="shapes-only", direction="maximize")
+    study.set_user_attr("overrides", ["lr=fastai"])
+    trial = create_trial(
+        params={"shape": "constant"}, distributions={"shape": DISTRIBUTIONS["shape"]}, value=0.5,
+        user_attrs={"overrides": ["lr=single", "shape=constant"]},
+    )
+    study.add_trial(trial)
+    study.add_trial(create_trial(params={"shape": "constant"}, distributions={"shape": DISTRIBUTIONS["shape"]}, value=0.4))
+    table = trials_table(study)
+    assert list(table["strategy"]) == ["single", "fastai"]  # its override; else the sweep's base config
+
+
+def test_write_report_writes_tables_plots_and_markdown(study, tmp_path):
+    report = write_report(study, tmp_path / "demo")
+    names = {p.name for p in report.files}
+    assert {"trials.csv", "by_strategy.csv", "by_shape.csv", "report.md"} <= names
+    assert {"best_curves.png", "schedules.png", "importance.png", "parallel_coordinate.png"} <= names
+    assert all(p.stat().st_size > 0 for p in report.files)
+    assert len(pd.read_csv(tmp_path / "demo" / "trials.csv")) == len(TRIALS)
+    markdown = (tmp_path / "demo" / "report.md").read_text()
+    assert "### By slice strategy" in markdown and "| geometric | 2 | 2 | 0 | 0 | 0.9 | 0.8 | 2 |" in markdown
+    assert "Best: trial 2 (accuracy 0.9, geometric, fastai_one_cycle)" in markdown
+    assert "![schedules](schedules.png)" in markdown and "sweeper confirm" in markdown
+
+
+def test_an_empty_sweep_still_gets_a_report(tmp_path):
+    study = optuna.create_study(study_name="empty", direction="minimize")
+    report = write_report(study, tmp_path / "empty")
+    assert "0 trials" in report.markdown and "not drawn" in report.markdown
+
+
+def test_finish_attaches_the_report_to_the_sweep_run_with_mlflow_curves(study, tracked_config):
+    cfg = tracked_config("train.epochs=2")
+    tracking = prepare_sweep(cfg, "demo")
+    for number, (strategy, shape, state, _) in enumerate(TRIALS):
+        if state == TrialState.COMPLETE:
+            feed_trial(tracking.trial_reporter(number, cfg), plain_config(cfg), seed=number)
+    folder = tracking.finish(study)
+    assert folder == sweep_folder(cfg, "demo")
+
+    table = pd.read_csv(folder / "trials.csv")
+    complete = table[table["state"] == "complete"]
+    assert complete["mlflow_run_id"].notna().all()  # joined by the runs' trial tags
+    client = MlflowClient(tracking.settings.uri)
+    parent = client.get_run(tracking.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert "By slice strategy" in parent.data.tags["mlflow.note.content"]  # the run's description
+    attached = {a.path for a in client.list_artifacts(tracking.parent_run_id, "report")}
+    assert {"report/report.md", "report/trials.csv", "report/best_curves.png"} <= attached
+
+
+def fake_train(cfg, reporters=()) -> TrialResult:
+    """Accuracy set by the strategy, plus seed noise of at most 0.009."""
+    accuracy = {"single": 0.80, "fastai": 0.85, "geometric": 0.90}[cfg.lr.strategy] + (cfg.train.seed * 7 % 10) / 1000
+    result = TrialResult("finished", accuracy, "accuracy")
+    for reporter in reporters:
+        reporter.on_end(result)
+    return result
+
+
+def test_confirm_reruns_each_strategy_with_fresh_seeds_and_judges_the_gap(study, tmp_path):
+    confirmation = confirm_strategies(study, fake_train, seeds=3, folder=tmp_path)
+    runs = confirmation.runs
+    assert sorted(runs["strategy"].unique()) == sorted(STRATEGIES)
+    assert sorted(runs[runs["strategy"] == "geometric"]["seed"]) == [1, 2, 3]  # fresh: the sweep used seed 0
+    assert set(runs[runs["strategy"] == "geometric"]["trial"]) == {2}  # the strategy's best trial
+    summary = confirmation.summary.set_index("strategy")
+    assert list(summary.index) == ["geometric", "fastai", "single"]
+    assert summary.loc["geometric", "mean"] == pytest.approx(0.90 + (7 + 4 + 1) / 3000)
+    assert summary.loc["fastai", "p_vs_leader"] < 0.05  # a gap of 0.05 against noise of 0.01
+    assert "geometric** leads" in confirmation.verdict and "likely real" in confirmation.verdict
+    assert (tmp_path / "confirm.md").read_text().startswith("# Confirmation of sweep demo")
+
+
+def test_confirm_records_its_runs_under_the_sweep_run(study, tracked_config, tmp_path):
+    cfg = tracked_config()
+    tracking = prepare_sweep(cfg, "demo")
+    confirmation = confirm_strategies(study, fake_train, seeds=2, folder=tmp_path, tracking=tracking, strategies=["fastai"])
+    client = MlflowClient(tracking.settings.uri)
+    for run_id in confirmation.runs["mlflow_run_id"]:
+        tags = client.get_run(run_id).data.tags
+        assert tags["mlflow.parentRunId"] == tracking.parent_run_id and tags["sweeper.kind"] == "confirm"
+
+
+def test_confirm_needs_two_seeds_and_known_strategies(study, tmp_path):
+    with pytest.raises(ConfigError, match="--seeds: 1"):
+        confirm_strategies(study, fake_train, seeds=1, folder=tmp_path)
+    with pytest.raises(ConfigError, match="--strategy: \\['explicit'\\]"):
+        confirm_strategies(study, fake_train, seeds=2, folder=tmp_path, strategies=["explicit"])
+
+
+def test_the_sweep_name_is_the_word_without_an_equals_sign():
+    assert split_sweep_name(["mlp-digits", "storage=postgres"]) == ("mlp-digits", ["storage=postgres"])
+    assert split_sweep_name(["train.epochs=2"]) == (None, ["train.epochs=2"])
+    with pytest.raises(ConfigError, match="several names"):
+        split_sweep_name(["a", "b"])

@@ -1,0 +1,138 @@
+"""Exact reruns: what a recorded config may import, the curve comparison, and bitwise-equal
+reruns of real trainings on CPU (from an MLflow run and from a `sweeper train` folder)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from sweeper.config import ConfigError
+from sweeper.rerun import ALLOWED_MODULES, Import, check_imports, compare_curves, find_imports, load_source, rerun
+from sweeper.tracking import read_curves, record_run
+
+# A small real training: digits, one epoch, on CPU, deterministic.
+QUICK = ["train.epochs=2", "train.device=cpu", "train.deterministic=true", "train.batch_size=128", "train.threads=1"]
+
+
+def recorded(**changes) -> dict:
+    """A recorded config; `model__net___target_="x"` sets model.net._target_."""
+    config = OmegaConf.create(
+        {
+            "model": {"net": {"_target_": "sweeper.models.MLP", "hidden": [8]}, "groups": ["body.0", "head"]},
+            "data": {"source": {"_target_": "sweeper.data.digits"}},
+            "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True},
+            "shape": {"_target_": "sweeper.shapes.FastaiOneCycle"},
+            "sweep": {"trainer": "sweeper.trainer"},
+        }
+    )
+    for dotted, value in changes.items():
+        OmegaConf.update(config, dotted.replace("__", "."), value, force_add=True)
+    return OmegaConf.to_container(config)
+
+
+def test_every_imported_name_is_found():
+    config = recorded(shape__fn="mypkg.shapes.sqrt", model__groups="mypkg.split", data__extra=[{"_target_": "x.y.Z"}])
+    config["sampler"] = {"_target_": "optuna.samplers.TPESampler"}  # the sweep's: a rerun builds no sampler
+    assert find_imports(config) == [
+        Import("shape._target_", "sweeper.shapes.FastaiOneCycle"),
+        Import("model.net._target_", "sweeper.models.MLP"),
+        Import("data.source._target_", "sweeper.data.digits"),
+        Import("data.extra[0]._target_", "x.y.Z"),
+        Import("optimizer._target_", "torch.optim.AdamW"),
+        Import("shape.fn", "mypkg.shapes.sqrt"),
+        Import("model.groups", "mypkg.split"),
+        Import("sweep.trainer", "sweeper.trainer"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "name"),
+    [
+        ("model.net._target_", "os.system"),
+        ("optimizer._target_", "builtins.eval"),
+        ("data.source._target_", "torch.hub.load"),  # inside torch, but it fetches and runs code
+        ("shape.fn", "subprocess.call"),
+        ("sweep.trainer", "conftest.StandInTrainer"),
+        ("model.net._target_", "sweeperx.evil"),  # a prefix of a name is not its module
+    ],
+)
+def test_a_disallowed_import_is_refused_with_the_fix(setting, name):
+    config = recorded(**{setting.replace(".", "__"): name})
+    with pytest.raises(ConfigError, match=rf"{setting}={name}.*Nothing was run.*--allow-module"):
+        check_imports(config, ALLOWED_MODULES)
+
+
+def test_a_module_the_user_allows_is_accepted():
+    config = recorded(model__net___target_="mypkg.nets.Tiny")
+    with pytest.raises(ConfigError):
+        check_imports(config, ALLOWED_MODULES)
+    assert Import("model.net._target_", "mypkg.nets.Tiny") in check_imports(config, (*ALLOWED_MODULES, "mypkg"))
+
+
+def test_a_refused_rerun_runs_nothing(tracked_config, tmp_path, monkeypatch):
+    folder = tmp_path / "source"
+    folder.mkdir()
+    OmegaConf.save(OmegaConf.create(recorded(model__net___target_="os.system")), folder / "config.yaml")
+    import sweeper.rerun
+
+    monkeypatch.setattr(sweeper.rerun, "load_trainer", lambda cfg: pytest.fail("a refused config reached the trainer"))
+    with pytest.raises(ConfigError, match="os.system"):
+        rerun(load_source(str(folder), tracked_config()), tracked_config(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_curves_reports_the_largest_difference_and_missing_steps():
+    same = compare_curves({"loss": [(0, 1.0), (1, 0.5)]}, {"loss": [(0, 1.0), (1, 0.5)]})
+    assert same.exact and same.max_abs_diff == 0
+    moved = compare_curves({"loss": [(0, 1.0), (1, 0.5)], "lr_0": [(0, 1e-3)]}, {"loss": [(0, 1.0), (1, 0.25)], "lr_0": [(0, 1e-3)]})
+    assert not moved.exact and moved.max_abs_diff == 0.25
+    short = compare_curves({"loss": [(0, 1.0), (1, 0.5)]}, {"loss": [(0, 1.0)]})
+    assert math.isinf(short.max_abs_diff) and short.notes == ["loss: recorded 2 values, the rerun 1"]
+    nan = compare_curves({"loss": [(0, math.nan)]}, {"loss": [(0, math.nan)]})
+    assert nan.exact  # a diverged value reproduced is reproduced
+
+
+def test_an_unknown_run_id_is_a_clear_error(tracked_config):
+    with pytest.raises(ConfigError, match="no MLflow run 'deadbeef'"):
+        load_source("deadbeef", tracked_config())
+    with pytest.raises(ConfigError, match="tracking is off"):
+        load_source("deadbeef", tracked_config("tracking=none"))
+
+
+def test_a_rerun_of_an_mlflow_run_is_bitwise_equal_on_cpu(tracked_config, tmp_path):
+    trainer = pytest.importorskip("sweeper.trainer")
+    cfg = tracked_config(*QUICK, "lr=geometric", "shape=torch_one_cycle")
+    source_reporter = record_run(cfg)
+    trainer.train(cfg, [source_reporter])
+
+    outcome = rerun(load_source(source_reporter.run_id, cfg), cfg, tmp_path / "rerun")
+    assert outcome.result.status == "finished"
+    assert outcome.comparison.exact and outcome.comparison.max_abs_diff == 0.0
+    assert {"loss", "lr_0", "momentum", "valid_loss", "objective"} <= set(outcome.comparison.table["metric"])
+
+    # The new run is in the store, tagged with its source, and its recorded curves are the same.
+    settings = source_reporter.settings
+    run = MlflowClient(settings.uri).get_run(outcome.run_id)
+    assert run.data.tags["sweeper.rerun_of"] == source_reporter.run_id and run.data.tags["rerun_exact"] == "true"
+    assert read_curves(settings, outcome.run_id, run.data.metrics) == read_curves(settings, source_reporter.run_id, run.data.metrics)
+
+
+@pytest.mark.slow
+def test_sweeper_rerun_of_a_train_folder_is_exact_and_refuses_foreign_code(sweeper_cli, tmp_path):
+    pytest.importorskip("sweeper.trainer")
+    trained = sweeper_cli("train", "--name", "source", "--quiet", *QUICK, "tracking=none")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    again = sweeper_cli("rerun", "--strict", "--name", "again", "results/train/source", "tracking=none")
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert "model.net._target_: sweeper.models.MLP" in again.stdout  # listed before it ran
+    assert "(bitwise equal)" in again.stdout
+    assert (tmp_path / "results" / "reruns" / "again" / "result.json").is_file()
+
+    config = tmp_path / "results" / "train" / "source" / "config.yaml"
+    config.write_text(config.read_text().replace("sweeper.models.MLP", "mypkg.models.MLP"))
+    refused = sweeper_cli("rerun", "results/train/source", "tracking=none")
+    assert refused.returncode == 2 and "model.net._target_=mypkg.models.MLP" in refused.stderr
+    assert "--allow-module mypkg" in refused.stderr
