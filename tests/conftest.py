@@ -20,9 +20,9 @@ TESTS = Path(__file__).parent
 class StandInTrainer:
     """A fast, deterministic stand-in for sweeper.trainer with the same interface.
 
-    Sweep workers are separate processes, so they load it by name (`sweep.trainer=
-    conftest.StandInTrainer`, with tests/ on PYTHONPATH). Its accuracy rises with the epochs and
-    peaks at lr.high = 3e-3, so pruners see clearly better and worse trials. Environment knobs:
+    Sweep workers are separate processes, so they load it by name (the stand_in_sweep fixture).
+    Its accuracy rises with the epochs and peaks at lr.high = 3e-3, so pruners see clearly
+    better and worse trials. Environment knobs:
     STAND_IN_EPOCH_SECONDS (sleep per epoch), STAND_IN_RAISE_SHAPE (raise for that shape),
     STAND_IN_DIVERGE_SHAPE (end as "diverged" for that shape). It reports as its device the
     CUDA_VISIBLE_DEVICES it was started with, which is what torch would see.
@@ -63,10 +63,11 @@ class StandInTrainer:
 
 
 @pytest.fixture
-def stand_in_trainer(monkeypatch) -> str:
-    """`sweep.trainer` value naming StandInTrainer, importable in worker processes too."""
+def stand_in_sweep(monkeypatch) -> tuple[str, ...]:
+    """Overrides that run a sweep's trials on StandInTrainer (importable in worker processes too,
+    tests/ on their PYTHONPATH) with MLflow off: the tests of the sweep machinery alone."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-    return "conftest.StandInTrainer"
+    return ("sweep.trainer=conftest.StandInTrainer", "tracking=none")
 
 
 @pytest.fixture
