@@ -138,21 +138,28 @@ class ProgressReporter(Reporter):
         self.trial.set_user_attr("epochs", event.epoch + 1)
 
 
-def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan) -> list[Reporter]:
+def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan, overrides: Sequence[str]) -> list[Reporter]:
     """Everything that listens to one trial. The one place to add a listener."""
     reporters: list[Reporter] = [ProgressReporter(trial)]
     if not plan.objectives.several:  # Optuna cannot prune multi-objective studies
         reporters.append(PruningReporter(trial))
-    tracking = tracking_module(trial_cfg)
-    if tracking is not None:
-        reporters.append(tracking.trial_reporter(trial_cfg, study_name=plan.name, trial_number=trial.number))
+    tracking = tracking_module()
+    if tracking is not None:  # MLflow: a child run of the sweep's run
+        reporters.append(
+            tracking.trial_reporter(
+                trial_cfg,
+                study_name=plan.name,
+                trial_number=trial.number,
+                overrides=overrides,
+                extra_tags={"worker": trial.user_attrs["worker"]},
+            )
+        )
     return reporters
 
 
-def tracking_module(cfg: DictConfig) -> Any:
-    """sweeper.tracking when tracking is on and the module is there, else None."""
-    if not cfg.get("tracking") or not cfg.tracking.get("enabled", False):
-        return None
+def tracking_module() -> Any:
+    """sweeper.tracking, or None where this installation has none. It keeps the MLflow records
+    (each of its entry points a no-op under tracking.enabled=false) and writes the sweep's report."""
     try:
         from sweeper import tracking
     except ImportError:
@@ -163,11 +170,12 @@ def tracking_module(cfg: DictConfig) -> Any:
 def run_trial(trial: optuna.Trial, plan: SweepPlan, train: TrainFn) -> float | list[float]:
     """The objective: compose the trial's config from its overrides, train it, return its value(s)."""
     overrides = [*plan.overrides, *plan.space.suggest(trial)]
-    trial.set_user_attr("overrides", [mask_text(o) for o in overrides])
+    recorded = [mask_text(o) for o in overrides]
+    trial.set_user_attr("overrides", recorded)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     try:
         trial_cfg = compose_config(overrides, plan.config_dirs)
-        result = train(trial_cfg, reporters_for(trial, trial_cfg, plan))
+        result = train(trial_cfg, reporters_for(trial, trial_cfg, plan, recorded))
     except Exception as error:
         trial.set_user_attr("reason", _reason(f"{type(error).__name__}: {error}"))
         raise

@@ -39,10 +39,10 @@ def sweep_name():
         pass  # the test failed before creating it
 
 
-def test_two_workers_and_a_joining_one_share_the_study(sweeper_cli, stand_in_trainer, sweep_name, monkeypatch, tmp_path):
+def test_two_workers_and_a_joining_one_share_the_study(sweeper_cli, stand_in_sweep, sweep_name, monkeypatch, tmp_path):
     monkeypatch.setenv("SWEEPER_STORAGE_URL", URL)  # as storage=postgres reads it
     monkeypatch.setenv("STAND_IN_EPOCH_SECONDS", "0.05")
-    common = ["storage=postgres", f"sweep.name={sweep_name}", f"sweep.trainer={stand_in_trainer}", "sweep.poll=0.2"]
+    common = ["storage=postgres", f"sweep.name={sweep_name}", *stand_in_sweep, "sweep.poll=0.2"]
     done = sweeper_cli("sweep", *common, "sweep.workers=2", "sweep.n_trials=8")
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name=sweep_name, storage=StorageSpec(URL).open())

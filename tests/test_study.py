@@ -35,9 +35,9 @@ DISCRETE = [  # a space the grid sampler can walk
 
 
 @pytest.fixture
-def sweep_args(tmp_path, stand_in_trainer) -> list[str]:
+def sweep_args(tmp_path, stand_in_sweep) -> list[str]:
     """Overrides for a small sweep whose storage lives in tmp_path."""
-    return [f"results_dir={tmp_path}", f"sweep.trainer={stand_in_trainer}", "sweep.n_trials=4"]
+    return [f"results_dir={tmp_path}", *stand_in_sweep, "sweep.n_trials=4"]
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

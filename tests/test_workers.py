@@ -69,8 +69,8 @@ def test_slot_environment_picks_the_device_before_torch_starts():
 
 
 @pytest.fixture
-def plan_args(tmp_path, stand_in_trainer):
-    return [f"results_dir={tmp_path}", f"sweep.trainer={stand_in_trainer}", "sweep.poll=0.2"]
+def plan_args(tmp_path, stand_in_sweep):
+    return [f"results_dir={tmp_path}", *stand_in_sweep, "sweep.poll=0.2"]
 
 
 def test_worker_runs_exactly_n_trials_and_failures_stay_alone(plan_args, monkeypatch):
@@ -132,37 +132,30 @@ def test_multi_objective_sweep_reports_without_pruning(plan_args):
 
 
 @pytest.mark.slow
-def test_parallel_workers_end_at_exactly_n_trials(sweeper_cli, stand_in_trainer, tmp_path):
+def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu(sweeper_cli, stand_in_sweep, tmp_path, monkeypatch):
     # Instant trials and three workers racing for the last ones: only the claim lock keeps the
-    # count exact.
-    done = sweeper_cli("sweep", f"sweep.trainer={stand_in_trainer}", "sweep.workers=3", "sweep.n_trials=10", "sweep.poll=0.1")
+    # count exact. Two GPUs are "visible": the stand-in reports the CUDA_VISIBLE_DEVICES it got.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    done = sweeper_cli("sweep", *stand_in_sweep, "sweep.workers=3", "sweep.n_trials=10", "sweep.poll=0.1")
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{tmp_path}/results/studies.db")
     counts = count_trials(study)
     assert counts.finished == 10 and counts.running == counts.waiting == counts.failed == 0
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 3  # all three took part
-    assert "sweep mlp-digits: 10/10 finished" in done.stdout
-    assert "worker logs:" in done.stdout and "trials table:" in done.stdout
-
-
-@pytest.mark.slow
-def test_each_worker_gets_its_own_visible_gpu(sweeper_cli, stand_in_trainer, tmp_path, monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the stand-in reports what it was given
-    monkeypatch.setenv("STAND_IN_EPOCH_SECONDS", "0.1")
-    done = sweeper_cli("sweep", f"sweep.trainer={stand_in_trainer}", "sweep.n_trials=8", "pruner=none", "sweep.poll=0.2")
-    assert done.returncode == 0, done.stderr
-    study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{tmp_path}/results/studies.db")
-    by_worker = {}
+    devices = {}
     for trial in study.trials:
-        by_worker.setdefault(trial.user_attrs["worker"], set()).add(trial.user_attrs["device"])
-    assert sorted(device for devices in by_worker.values() for device in devices) == ["3", "5"]
+        devices.setdefault(trial.user_attrs["worker"], set()).add(trial.user_attrs["device"])
+    assert len(devices) == 3  # all three workers took part
+    assert sorted(d for seen in devices.values() for d in seen) == ["3", "3", "5"]  # one GPU each, round-robin
+    assert "sweep mlp-digits: 10/10 finished" in done.stdout
+    assert "worker logs:" in done.stdout
+    assert (tmp_path / "results" / "sweeps" / "mlp-digits" / "report.md").is_file()  # the comparison
 
 
 @pytest.mark.slow
-def test_killed_worker_trial_fails_and_is_retried(stand_in_trainer, tmp_path, monkeypatch):
+def test_killed_worker_trial_fails_and_is_retried(stand_in_sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("STAND_IN_EPOCH_SECONDS", "0.7")
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "sweeper.cli", "sweep", f"sweep.trainer={stand_in_trainer}", "sweep.workers=2",
+        [sys.executable, "-m", "sweeper.cli", "sweep", *stand_in_sweep, "sweep.workers=2",
          "sweep.n_trials=4", "sweep.poll=0.2", "pruner=none", "train.epochs=3",
          "storage.heartbeat_interval=1", "storage.grace_period=3"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -196,9 +189,9 @@ def _first_running_trial(storage: str, sweep: subprocess.Popen) -> optuna.trial.
 
 
 @pytest.mark.slow
-def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_trainer, tmp_path):
+def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_sweep, tmp_path):
     done = sweeper_cli(
-        "sweep", f"sweep.trainer={stand_in_trainer}", "launcher=slurm", "launcher.cluster=local",
+        "sweep", *stand_in_sweep, "launcher=slurm", "launcher.cluster=local",
         "launcher.jobs=2", "launcher.gpus_per_node=0", "sweep.n_trials=6", "sweep.poll=0.2",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -209,12 +202,12 @@ def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_trai
 
 
 @pytest.mark.slow
-def test_bad_input_exits_2_and_creates_no_study(sweeper_cli, stand_in_trainer, tmp_path):
-    done = sweeper_cli("sweep", f"sweep.trainer={stand_in_trainer}", "search.lr.strategies=[steep]")
+def test_bad_input_exits_2_and_creates_no_study(sweeper_cli, stand_in_sweep, tmp_path):
+    done = sweeper_cli("sweep", *stand_in_sweep, "search.lr.strategies=[steep]")
     assert done.returncode == 2
     assert done.stderr.startswith("sweeper sweep: error: search.lr.strategies")
     assert not (tmp_path / "results").exists()
-    joined = sweeper_cli("worker", f"sweep.trainer={stand_in_trainer}")
+    joined = sweeper_cli("worker", *stand_in_sweep)
     assert joined.returncode == 2 and "start it with `sweeper sweep`" in joined.stderr
 
 

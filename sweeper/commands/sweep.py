@@ -19,6 +19,7 @@ import argparse
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -42,24 +43,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in plan.space.describe()))
         return 0
+    tracking = tracking_module()
+    # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
+    records = tracking.prepare_sweep(plan.cfg, plan.name) if tracking else None
     study = open_study(plan, create=True)
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
     finished = count_trials(study).finished
+    interrupted = False
     if finished >= plan.n_trials:
         print(f"sweep {plan.name} already has {finished} finished trials; raise sweep.n_trials to run more.")
-        return _summarise(study, plan, folder)
-    try:
-        _run_workers(study, plan, folder)
-    except KeyboardInterrupt:
-        print(f"\nsweep {plan.name}: interrupted; run the same command again to resume it.")
+    else:
+        try:
+            _run_workers(study, plan, folder)
+        except KeyboardInterrupt:
+            interrupted = True
+    report = records.finish(study, "KILLED" if interrupted else "FINISHED") if records else None
+    code = _summarise(study, plan, folder, records, report)
+    if interrupted:
+        print(f"sweep {plan.name}: interrupted; run the same command again to resume it.")
         return EXIT_INTERRUPTED
-    return _summarise(study, plan, folder)
+    return code
 
 
 def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path) -> None:
-    tracking = tracking_module(plan.cfg)
-    if tracking is not None:
-        tracking.prepare_sweep(plan.cfg, plan.name)
     deadline = time.time() + plan.timeout if plan.timeout else None
     workers = launch_workers(plan, folder, deadline)
     try:
@@ -79,25 +85,28 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list[WorkerHandle]) ->
             time.sleep(float(plan.cfg.sweep.poll))
 
 
-def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path) -> int:
+def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any, report: Any) -> int:
+    """The outcome, and where to look at it."""
     counts = count_trials(study)
-    folder.mkdir(parents=True, exist_ok=True)
-    table = folder / "trials.csv"
-    study.trials_dataframe().to_csv(table, index=False)
     print(
         f"\nsweep {plan.name}: {counts.finished}/{plan.n_trials} finished ({counts.complete} complete, "
         f"{counts.pruned} pruned), {counts.failed} failed"
     )
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = study.best_trials if plan.objectives.several else [study.best_trial] if complete else []
     for trial in best:
         values = ", ".join(f"{n} {v:.4g}" for n, v in zip(plan.objectives.names, trial.values))
         print(f"best: trial {trial.number}, {values}: {sampled(trial, plan)}")
         print(f"  rerun it: sweeper train {shlex.join(trial.user_attrs.get('overrides', []))}")
     print(f"study: {plan.name} in {plan.storage.label()}")
-    print(f"trials table: {table}")
+    if report is not None:
+        print(f"report: {report / 'report.md'} (tables and plots beside it)")
+    if records is not None and records.settings is not None:
+        settings = records.settings
+        browse = settings.label if settings.is_server else f"mlflow ui --backend-store-uri {settings.label}"
+        print(f"MLflow: {browse}  (experiment {settings.experiment})")
     print(f"worker logs: {folder}/")
-    print(f"browse it: optuna-dashboard {shlex.quote(plan.storage.label())}  (pip install optuna-dashboard)")
+    print(f"Optuna: optuna-dashboard {shlex.quote(plan.storage.label())}  (pip install optuna-dashboard)")
     if counts.finished < plan.n_trials and plan.timeout is None:
         print(f"the workers stopped before {plan.n_trials} finished trials: see their logs; run again to resume.")
         return EXIT_INCOMPLETE
