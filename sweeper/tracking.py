@@ -176,10 +176,12 @@ def _client(uri: str) -> MlflowClient:
 
 
 @contextmanager
-def _quick_requests(settings: TrackingSettings) -> Iterator[None]:
-    """MLflow retries a failed HTTP request for about four minutes by default; a trial must not
-    stall that long on a server that is down (its records are kept and sent later anyway).
-    A user's own MLFLOW_HTTP_REQUEST_* settings win."""
+def _mlflow_calls(settings: TrackingSettings) -> Iterator[None]:
+    """Around every call to MLflow. Its HTTP client retries a failed request for about four
+    minutes by default; a trial must not stall that long on a server that is down (its records
+    are kept and sent later anyway), so requests here are quick (a user's own
+    MLFLOW_HTTP_REQUEST_* settings win). And MLflow prints a link to each run it ends, built
+    from the tracking URL, password included: that printing is off."""
     limits = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.request_retries),
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.request_timeout),
@@ -187,6 +189,8 @@ def _quick_requests(settings: TrackingSettings) -> Iterator[None]:
     }
     added = [name for name in limits if name not in os.environ]
     os.environ.update({name: limits[name] for name in added})
+    printing = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     # urllib3 logs every retry; one warning of ours says it better.
     retries_log = logging.getLogger("urllib3.connectionpool")
     level = retries_log.level
@@ -197,6 +201,10 @@ def _quick_requests(settings: TrackingSettings) -> Iterator[None]:
         retries_log.setLevel(level)
         for name in added:
             os.environ.pop(name, None)
+        if printing is None:
+            os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+        else:
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = printing
 
 
 def connect(settings: TrackingSettings) -> tuple[MlflowClient, str]:
@@ -205,7 +213,7 @@ def connect(settings: TrackingSettings) -> tuple[MlflowClient, str]:
     if settings.uri.startswith("sqlite:///"):
         Path(settings.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _quick_requests(settings):
+        with _mlflow_calls(settings):
             client = _client(settings.uri)
             return client, _experiment_id(client, settings)
     except ConfigError:
@@ -224,7 +232,9 @@ def _experiment_id(client: MlflowClient, settings: TrackingSettings) -> str:
     found = client.get_experiment_by_name(settings.experiment)
     if found is None:
         try:
-            return client.create_experiment(settings.experiment, artifact_location=settings.artifacts)
+            # The kind makes the MLflow UI open the experiment on its runs (training), not on traces.
+            tags = {"mlflow.experimentKind": "custom_model_development"}
+            return client.create_experiment(settings.experiment, artifact_location=settings.artifacts, tags=tags)
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another process won the race
                 raise
@@ -507,7 +517,7 @@ class MlflowRecorder(Reporter):
 
     def send(self) -> None:
         """Send everything queued now; raises if the store fails (flush() keeps it for later)."""
-        with _quick_requests(self.settings):
+        with _mlflow_calls(self.settings):
             self._send(_client(self.settings.uri))
 
     def _send(self, client: MlflowClient) -> None:
@@ -699,7 +709,7 @@ class SweepTracking:
         """Trial number -> MLflow run id of this sweep's trials (a retried number: its newest run)."""
         if self.settings is None:
             return {}
-        with _quick_requests(self.settings):
+        with _mlflow_calls(self.settings):
             client = _client(self.settings.uri)
             experiment_id, _ = self.locate(client)
             runs = _search_all(client, experiment_id, f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{self.sweep}'")
@@ -734,7 +744,7 @@ class SweepTracking:
         if self.settings is None or self.parent_run_id is None:
             return
         try:
-            with _quick_requests(self.settings):
+            with _mlflow_calls(self.settings):
                 client = _client(self.settings.uri)
                 for path in files:
                     client.log_artifact(self.parent_run_id, str(path), artifact_path=artifact_path)
@@ -756,7 +766,7 @@ def open_sweep(cfg: DictConfig, sweep: str) -> SweepTracking:
     if settings is None:
         return SweepTracking(None, sweep, results_dir=results_dir)
     client, experiment_id = connect(settings)
-    with _quick_requests(settings):
+    with _mlflow_calls(settings):
         run = find_sweep_run(client, experiment_id, sweep)
     return SweepTracking(settings, sweep, experiment_id, run.info.run_id if run else None, results_dir)
 
@@ -783,7 +793,7 @@ def prepare_sweep(cfg: DictConfig, study_name: str) -> SweepTracking:
     client, experiment_id = connect(settings)
     config = plain_config(cfg)
     try:
-        with _quick_requests(settings):
+        with _mlflow_calls(settings):
             run = find_sweep_run(client, experiment_id, study_name)
             if run is None:
                 run = client.create_run(experiment_id, run_name=study_name)
@@ -871,7 +881,7 @@ def read_curves(
 ) -> dict[str, list[tuple[int, float]]]:
     """The metric histories of a recorded run, key -> [(step, value)] (every metric it has,
     unless `keys` are named)."""
-    with _quick_requests(settings):
+    with _mlflow_calls(settings):
         client = _client(settings.uri)
         keys = list(client.get_run(run_id).data.metrics) if keys is None else list(keys)
         histories = {key: client.get_metric_history(run_id, key) for key in keys}

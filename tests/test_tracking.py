@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 
 import pytest
-from conftest import feed_trial
+from conftest import feed_trial, free_port
 from mlflow import MlflowClient
 
 from sweeper.config import ConfigError
@@ -143,14 +142,8 @@ def test_a_password_in_a_url_never_reaches_params_tags_or_artifacts(tracked_conf
                 assert SECRET not in open(client.download_artifacts(run_id, artifact.path)).read()
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_an_unreachable_server_is_a_clear_error_at_prepare_time(tracked_config, tmp_path):
-    cfg = tracked_config(f"tracking.uri=http://me:{SECRET}@127.0.0.1:{closed_port()}")
+    cfg = tracked_config(f"tracking.uri=http://me:{SECRET}@127.0.0.1:{free_port()}")
     started = time.time()
     with pytest.raises(ConfigError, match=r"tracking.uri: cannot reach MLflow at http://me:\*\*\*@") as error:
         prepare_sweep(cfg, "down")

@@ -1,0 +1,68 @@
+"""The MLflow UI, opened for real: Chromium (Debian's, through Playwright) on a real `mlflow
+server` over a small recorded sweep finds the sweep's run and, expanded, its trial runs.
+A screenshot is kept at results/browser/mlflow-experiment.png.
+
+Needs /usr/bin/chromium (scripts/install_browser.sh installs it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import feed_trial
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import create_trial
+
+from sweeper.tracking import plain_config, prepare_sweep
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SCREENSHOT = Path(__file__).resolve().parents[1] / "results" / "browser" / "mlflow-experiment.png"
+STRATEGIES = ["single", "fastai", "geometric"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: run scripts/install_browser.sh"),
+]
+
+
+def recorded_sweep(cfg, name: str):
+    """A finished three-trial sweep: one trial per strategy, recorded and reported."""
+    tracking = prepare_sweep(cfg, name)
+    study = optuna.create_study(study_name=name, direction="maximize")
+    study.set_user_attr("objectives", ["accuracy"])
+    for number, strategy in enumerate(STRATEGIES):
+        trial_cfg = cfg.copy()
+        trial_cfg.lr = {"strategy": strategy, "low": 1e-5, "high": 1e-3}
+        result = feed_trial(tracking.trial_reporter(number, trial_cfg), plain_config(trial_cfg), seed=number)
+        distributions = {"lr": CategoricalDistribution(STRATEGIES)}
+        study.add_trial(create_trial(params={"lr": strategy}, distributions=distributions, value=result.objective))
+    tracking.finish(study)
+    return tracking
+
+
+def test_the_mlflow_ui_shows_the_sweep_and_its_trial_runs(tracked_config, mlflow_server, monkeypatch):
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    tracking = recorded_sweep(tracked_config("tracking=server"), "ui-sweep")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 800})
+            page.goto(f"{mlflow_server.url}/#/experiments/{tracking.experiment_id}/runs", wait_until="domcontentloaded")
+            sweep_row = page.locator("[role=row]", has_text="ui-sweep").first
+            sweep_row.wait_for(timeout=60_000)  # the sweep's run, its trials folded under it
+            sweep_row.locator("button[data-component-id*='runnamecellrenderer']").click()
+            for number in range(len(STRATEGIES)):
+                page.get_by_text(f"trial {number}", exact=True).first.wait_for(timeout=30_000)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 10_000  # a real page, not a blank one
