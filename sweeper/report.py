@@ -32,6 +32,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.exceptions import ExperimentalWarning  # noqa: E402
@@ -169,12 +170,15 @@ def trials_table(study: optuna.Study, run_ids: Mapping[int, str] | None = None) 
             "epochs": len(trial.intermediate_values),
             "seconds": trial.duration.total_seconds() if trial.duration else math.nan,
         }
-        row.update({f"param:{name}": value for name, value in trial.params.items()})
-        row["reason"] = trial.user_attrs.get("reason", "")
         row["mlflow_run_id"] = trial.user_attrs.get("mlflow_run_id") or (run_ids or {}).get(trial.number, "")
+        row["reason"] = trial.user_attrs.get("reason", "")
         row["overrides"] = shlex.join(trial.user_attrs.get("overrides", []))
+        row.update({f"param:{name}": value for name, value in trial.params.items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # Trials draw different params (each shape its own settings): keep them last, in name order.
+    params = sorted(c for c in table.columns if c.startswith("param:"))
+    return table[[c for c in table.columns if not c.startswith("param:")] + params]
 
 
 def summarize(trials: pd.DataFrame, by: str, objective: str, direction: str) -> pd.DataFrame:
@@ -261,6 +265,7 @@ def plot_best_curves(
             loss = curves(row["mlflow_run_id"], "loss")
             axes[0][1].plot([s for s, _ in loss], [v for _, v in loss], linewidth=0.8, label=label)
     axes[0][0].set(xlabel="epoch", ylabel=objective, title=f"{objective} of each strategy's best trial")
+    axes[0][0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].legend(fontsize="small")
     if with_loss:
         axes[0][1].set(xlabel="training batch", ylabel="training loss", yscale="log", title="training loss per batch")
@@ -316,15 +321,29 @@ def plot_optuna(study: optuna.Study, kind: str, objective: str, path: Path) -> P
     """Optuna's importance or parallel-coordinate plot (matplotlib; no plotly needed)."""
     from optuna.visualization import matplotlib as optuna_plots
 
-    plot = {"importance": optuna_plots.plot_param_importances, "parallel_coordinate": optuna_plots.plot_parallel_coordinate}[kind]
-    target = {} if len(study.directions) == 1 else {"target": lambda t: t.values[0]}
-    # Optuna marks these plots experimental and sets its own style: keep both to this plot.
+    options: dict[str, Any] = {} if len(study.directions) == 1 else {"target": lambda t: t.values[0]}
+    if kind == "importance":
+        plot = optuna_plots.plot_param_importances
+    else:
+        plot = optuna_plots.plot_parallel_coordinate
+        # A shape's own settings exist only in its trials: an axis of mostly "None" says nothing.
+        options["params"] = _shared_params(study) or None
+    # Optuna marks these plots experimental, warns of small samples, and sets its own style:
+    # keep all of it to this plot.
     with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore", ExperimentalWarning)
-        axis = plot(study, target_name=objective, **target)
+        warnings.simplefilter("ignore", UserWarning)
+        axis = plot(study, target_name=objective, **options)
         figure = axis.figure if hasattr(axis, "figure") else axis.flat[0].figure
         figure.set_size_inches(10, 5)
         return _save(figure, path)
+
+
+def _shared_params(study: optuna.Study) -> list[str]:
+    """Params every complete trial drew (the strategy, lr.high, the shape, ...)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    shared = set.intersection(*(set(t.params) for t in complete)) if complete else set()
+    return sorted(shared) if len(shared) > 1 else []
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -428,14 +447,17 @@ def _report_markdown(
         lines += ["", *notes]
     if len(trials):
         shown = trials.sort_values(objective, ascending=direction != "maximize", na_position="last").head(TRIALS_SHOWN)
-        columns = [c for c in shown.columns if c not in ("overrides", "reason")]
+        # The lr params here; each shape's own settings are in trials.csv.
+        columns = [c for c in shown.columns if not c.startswith("param:") or c.startswith("param:lr.")]
+        columns = [c for c in columns if c not in ("overrides", "reason")]
         lines += ["", f"## Trials (best {len(shown)} of {len(trials)}; all in trials.csv)", "", markdown_table(shown[columns])]
+    confirm = shlex.join(["sweeper", "confirm", "--seeds", "5", study.study_name, *study.user_attrs.get("overrides", [])])
     lines += [
         "",
         "## Is the difference real?",
         "",
-        "One trial per configuration says little about noise. Rerun each strategy's best config with",
-        "several seeds: `sweeper confirm --seeds 5 <the sweep's overrides>` (writes confirm.md here).",
+        "Each strategy's best was picked on one seed. Rerun each one's best config with fresh seeds",
+        f"to see whether the lead is larger than the noise (writes confirm.md here): `{confirm}`",
         "",
     ]
     return "\n".join(lines)

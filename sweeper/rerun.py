@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,16 @@ from sweeper.config import ConfigError
 from sweeper.events import EpochEvent, StepEvent, TrialResult
 from sweeper.secrets import mask_text
 from sweeper.study import load_trainer
-from sweeper.tracking import TRIAL_NODES, MlflowRecorder, TrackingSettings, connect, read_curves, result_curves, tracking_settings
+from sweeper.tracking import (
+    TRIAL_NODES,
+    MlflowRecorder,
+    TrackingSettings,
+    connect,
+    read_artifact,
+    read_curves,
+    result_curves,
+    tracking_settings,
+)
 
 __all__ = [
     "ALLOWED_MODULES",
@@ -185,21 +193,13 @@ def _from_mlflow(run_id: str, settings: TrackingSettings) -> RerunSource:
             f"rerun: no MLflow run {run_id!r} in {settings.label}; copy a run id from the MLflow UI, "
             f"give the store that holds it (tracking.uri=...), or a folder with config.yaml."
         ) from None
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
-        except Exception:  # noqa: BLE001
-            raise ConfigError(f"rerun: MLflow run {run_id} has no config.yaml artifact; it was not recorded by sweeper.") from None
-        threads = _recorded_threads(client, run_id, folder)
-    return RerunSource(run_id, config, read_curves(settings, run_id), run_id, run.info.experiment_id, threads)
-
-
-def _recorded_threads(client: Any, run_id: str, folder: str) -> int | None:
-    try:
-        environment = json.loads(Path(client.download_artifacts(run_id, "environment.json", folder)).read_text())
-    except Exception:  # noqa: BLE001 - older runs: the rerun uses torch's default
-        return None
-    return (environment.get("torch") or {}).get("threads")
+    config = read_artifact(settings, run_id, "config.yaml")
+    if config is None:
+        raise ConfigError(f"rerun: MLflow run {run_id} has no config.yaml artifact; it was not recorded by sweeper.")
+    environment = json.loads(read_artifact(settings, run_id, "environment.json") or "{}")
+    # Torch's thread count sets the summation order on CPU: the rerun uses the recorded one.
+    threads = (environment.get("torch") or {}).get("threads")
+    return RerunSource(run_id, OmegaConf.create(config), read_curves(settings, run_id), run_id, run.info.experiment_id, threads)
 
 
 # --- the comparison ---------------------------------------------------------------------------

@@ -65,6 +65,7 @@ __all__ = [
     "find_sweep_run",
     "open_sweep",
     "prepare_sweep",
+    "read_artifact",
     "read_curves",
     "record_run",
     "result_curves",
@@ -181,16 +182,16 @@ def _mlflow_calls(settings: TrackingSettings) -> Iterator[None]:
     minutes by default; a trial must not stall that long on a server that is down (its records
     are kept and sent later anyway), so requests here are quick (a user's own
     MLFLOW_HTTP_REQUEST_* settings win). And MLflow prints a link to each run it ends, built
-    from the tracking URL, password included: that printing is off."""
-    limits = {
+    from the tracking URL, password included, and progress bars for downloads: both are off."""
+    quick = {  # defaults: a user's own settings win
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.request_retries),
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.request_timeout),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     }
-    added = [name for name in limits if name not in os.environ]
-    os.environ.update({name: limits[name] for name in added})
-    printing = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    quiet = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    saved = {name: os.environ.get(name) for name in (*quick, *quiet)}
+    os.environ.update({name: value for name, value in quick.items() if saved[name] is None})
+    os.environ.update(quiet)
     # urllib3 logs every retry; one warning of ours says it better.
     retries_log = logging.getLogger("urllib3.connectionpool")
     level = retries_log.level
@@ -199,12 +200,11 @@ def _mlflow_calls(settings: TrackingSettings) -> Iterator[None]:
         yield
     finally:
         retries_log.setLevel(level)
-        for name in added:
-            os.environ.pop(name, None)
-        if printing is None:
-            os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
-        else:
-            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = printing
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def connect(settings: TrackingSettings) -> tuple[MlflowClient, str]:
@@ -874,6 +874,15 @@ def record_run(
         tags={"sweeper.kind": kind, **(tags or {})},
         overrides=list(overrides),
     )
+
+
+def read_artifact(settings: TrackingSettings, run_id: str, path: str) -> str | None:
+    """A text artifact of a recorded run (config.yaml, environment.json), or None if it has none."""
+    with _mlflow_calls(settings), tempfile.TemporaryDirectory() as folder:
+        try:
+            return Path(_client(settings.uri).download_artifacts(run_id, path, folder)).read_text()
+        except Exception:  # noqa: BLE001 - MLflow reports a missing file in several ways
+            return None
 
 
 def read_curves(

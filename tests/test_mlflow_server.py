@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import requests
-from conftest import feed_trial
+from conftest import MlflowServer, feed_trial
 
 from sweeper.events import Reporter
 from sweeper.tracking import plain_config, prepare_sweep, result_curves
@@ -101,3 +101,38 @@ def test_a_server_that_stops_mid_sweep_loses_no_record(mlflow_server, server_con
     assert {r["info"]["run_id"]: r["info"]["status"] for r in runs} == {first.run_id: "FINISHED", second.run_id: "FINISHED"}
     for key, curve in result_curves(result).items():
         assert metric_history(mlflow_server, first.run_id, key) == curve, key
+
+
+def test_a_real_sweep_reads_back_through_the_server_and_its_trials_rerun_exactly(sweeper_cli, tmp_path, monkeypatch):
+    pytest.importorskip("sweeper.trainer", reason="the real trainer is not there yet")
+    sweep = ["sweep.name=real", "sweep.n_trials=3", "sweep.workers=1", "sweep.cpu_threads=1", "sweep.poll=0.5",
+             "sweep.live=false", "train.epochs=1", "train.threads=1", "pruner=none"]  # fmt: skip
+    done = sweeper_cli("sweep", *sweep, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    server = MlflowServer(tmp_path / "results").start()  # the sweep's own store, results/mlflow.db
+    try:
+        experiment = requests.get(f"{server.url}{API}/experiments/get-by-name", params={"experiment_name": "real"}, timeout=30)
+        experiment_id = experiment.json()["experiment"]["experiment_id"]
+        (parent,) = search_runs(server, experiment_id, "tags.`sweeper.kind` = 'sweep'")
+        parent_id = parent["info"]["run_id"]
+        assert parent["info"]["status"] == "FINISHED"
+        children = search_runs(server, experiment_id, f"tags.mlflow.parentRunId = '{parent_id}'")
+        assert sorted(int(as_dict(c["data"]["tags"])["trial"]) for c in children) == [0, 1, 2]
+        for child in children:
+            steps = int(as_dict(child["data"]["params"])["total_steps"])
+            assert len(metric_history(server, child["info"]["run_id"], "lr_0")) == steps  # every training batch
+            assert len(metric_history(server, child["info"]["run_id"], "valid_accuracy")) == 1
+        listed = requests.get(f"{server.url}{API}/artifacts/list", params={"run_id": parent_id, "path": "report"}, timeout=30)
+        assert "report/report.md" in {f["path"] for f in listed.json()["files"]}
+
+        # Any trial reruns from its run id, through the server, bitwise equal on CPU.
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        trial = children[0]["info"]["run_id"]
+        again = sweeper_cli("rerun", "--strict", trial, "tracking=server", "tracking.experiment=real")
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert "(bitwise equal)" in again.stdout
+        reruns = search_runs(server, experiment_id, f"tags.`sweeper.rerun_of` = '{trial}'")
+        assert len(reruns) == 1 and as_dict(reruns[0]["data"]["tags"])["rerun_exact"] == "true"
+    finally:
+        server.stop()
