@@ -86,7 +86,7 @@ MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
 # Config nodes that describe one trial (its params), and those that describe the sweep around it.
 TRIAL_NODES = ("lr", "shape", "model", "data", "optimizer", "train")
-SWEEP_NODES = ("search", "sampler", "pruner", "storage", "objectives")
+SWEEP_NODES = ("search", "sampler", "pruner", "storage")
 SWEEP_KIND, TRIAL_KIND = "sweep", "trial"
 
 
