@@ -32,23 +32,37 @@ def _command_module(name: str):
     return importlib.import_module(f"sweeper.commands.{name.replace('-', '_')}")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only `command`'s own arguments are loaded (all of them for --help)."""
+def _add_command_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(
+        "--config-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a config directory of yours; its options join sweeper's (repeatable)",
+    )
+    _command_module(name).add_arguments(parser)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=cnn lr.high=3e-3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, every subcommand with its arguments (for --help)."""
     parser = argparse.ArgumentParser(prog="sweeper", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "--config-dir",
-            action="append",
-            default=[],
-            metavar="DIR",
-            help="a config directory of yours; its options join sweeper's (repeatable)",
-        )
-        if command in (None, name):
-            _command_module(name).add_arguments(sub)
-        sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=cnn lr.high=3e-3")
+        _add_command_arguments(subparsers.add_parser(name, help=help_text, description=help_text), name)
     return parser
+
+
+def parse_command(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse `sweeper COMMAND ...`; options may stand before or after the overrides."""
+    if not argv or argv[0] not in COMMANDS:
+        return build_parser().parse_args(argv)  # prints usage or help, and exits
+    name = argv[0]
+    parser = argparse.ArgumentParser(prog=f"sweeper {name}", description=COMMANDS[name])
+    _add_command_arguments(parser, name)
+    args = parser.parse_intermixed_args(argv[1:])
+    args.command = name
+    return args
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -65,9 +79,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in COMMANDS), None)
-    args = build_parser(command).parse_args(argv)
+    args = parse_command(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(_command_module(args.command).run(args) or 0)
     except user_errors() as error:
