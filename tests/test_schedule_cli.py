@@ -104,3 +104,9 @@ def test_console_command_runs(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["rows"]) == 3
+
+
+def test_options_may_follow_the_overrides(capsys, tmp_path):
+    code, out, _ = run_schedule(capsys, tmp_path, "shape=constant", "--steps", "2", "--json", "--no-plot")
+    assert code == 0
+    assert json.loads(out)["shape"]["name"] == "constant"
