@@ -1,22 +1,45 @@
 """The one-cycle trainer: one trial, from a resolved config to a result with its curves.
 
-    result = train(cfg, reporters=[...])
+    result = train(cfg, reporters=[...])   # cfg: the composed config, or a plain dict of it
 
-The story: seed everything, build the data, the model and its layer groups, one optimizer param
-group per layer group; then run the phases. Before every training batch the lr of every group
-and the momentum (SGD momentum or Adam beta1) are set by hand from the phase's `Schedule`, the
-very values `sweeper schedule` prints. After every epoch the model is evaluated and reporters
-hear of it; one of them may ask to stop (pruning).
+The story: `prepare` checks every setting and builds the trial (device, seeds, data, the model,
+its layer groups, an optimizer with a param group per layer group); `run` trains it phase by
+phase. Before every training batch the lr of every layer group and the momentum (SGD's
+momentum, Adam's beta1) are set by hand from the phase's `Schedule`: the very values
+`sweeper schedule` prints for the same settings. After every epoch the model is evaluated.
+Reporters hear of every step and epoch, and any of them may stop the trial after an epoch.
+
+Bad settings raise before any training (ConfigError, SliceError, ShapeError, GroupError). Once
+training starts a result always comes back, with one of these statuses:
+- finished: every epoch ran;
+- diverged: a training loss was not finite; `diverged_step` is that batch, `reason` says so;
+- failed: an exception ended it; `reason` is its type and message (Ctrl-C still propagates);
+- pruned: a reporter's `on_epoch` returned True.
 
 Phases:
-- `train.freeze_epochs == 0`: fastai's `fit_one_cycle(train.epochs, lr, shape)`.
-- `train.freeze_epochs > 0`: fastai's `fine_tune`. First every group but the head is frozen
-  (its parameters take no optimizer steps, batch norm included) and the head trains for
-  `freeze_epochs` with `fit_one_cycle(slice(base_lr), pct_start=0.99)`, base_lr = 2 x the
-  configured head peak; then everything unfreezes and trains `train.epochs` with the configured
-  slice and shape. So `train.freeze_epochs=F lr=geometric lr.low=L lr.high=H
-  shape=fastai_fine_tune` is fastai's `fine_tune(epochs, base_lr=2H, freeze_epochs=F,
-  lr_mult=H/L)`.
+- `train.freeze_epochs == 0`: fastai's `fit_one_cycle(train.epochs, lr)` with the configured
+  shape; phase "train".
+- `train.freeze_epochs > 0`: fastai's `fine_tune`. Phase "frozen": every layer group but the
+  head is frozen (its parameters take no optimizer step and stay bitwise unchanged), and the head
+  trains for `freeze_epochs` epochs of `fit_one_cycle(slice(base_lr), pct_start=0.99)`, with
+  base_lr = 2 x the configured head peak. As in fastai (`train_bn`, on by default), the
+  parameters of norm layers (BatchNorm, InstanceNorm, LayerNorm) in frozen groups still train,
+  at their group's lr, and batch-norm running statistics update everywhere; `train.train_bn=false`
+  freezes them too. Phase "unfrozen": every group trains for `train.epochs` epochs with the
+  configured slice and shape (`train.epochs=0` stops after the frozen phase: the head alone).
+  Each phase's schedule starts at step 0 of its own total; `StepEvent.step` counts over both.
+
+  So `train.freeze_epochs=F lr=geometric lr.low=L lr.high=H shape=fastai_fine_tune` is fastai's
+  `fine_tune(epochs, base_lr=2H, freeze_epochs=F, lr_mult=H/L)`.
+
+Weight decay skips norm parameters and biases (fastai's `wd_bn_bias=False`): each layer group
+becomes two param groups with the same lr, one without decay. `train.wd_bn_bias=true` decays
+everything (one param group per layer group).
+
+Speed: a step does nothing beyond setting the lrs and momentum, the forward and backward passes,
+the optimizer step and keeping the loss. Losses are read from the device every
+`train.sync_every` steps (a read waits for the GPU to catch up); a non-finite loss is still
+reported at its exact step, and steps taken after it are discarded with the trial.
 
 Nothing here knows of Optuna or MLflow: they listen through `sweeper.events.Reporter`.
 """
@@ -24,71 +47,178 @@ Nothing here knows of Optuna or MLflow: they listen through `sweeper.events.Repo
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sweeper.config import ConfigError, build_shape, instantiate_node
+from sweeper.data import TrialData
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 from sweeper.groups import LayerGroups, split_groups
-from sweeper.shapes import FastaiOneCycle, Schedule
-from sweeper.slices import parse_lr
+from sweeper.seeding import seed_everything, use_deterministic_algorithms
+from sweeper.shapes import FastaiOneCycle, Schedule, Shape
+from sweeper.slices import parse_lr, peak_lrs
 
 __all__ = [
     "Phase",
-    "TrialParts",
+    "Trial",
     "available_metrics",
-    "build_parts",
+    "build_optimizer",
     "evaluate",
+    "norm_parameters",
     "plan_phases",
+    "prepare",
     "resolve_device",
-    "seed_everything",
+    "run",
+    "set_hyperparameters",
     "train",
 ]
 
-METRICS = ("accuracy", "loss")  # what evaluation measures (classification)
-VALID_BATCH = 1024  # evaluation batches: no gradients, so larger is faster
+METRICS = ("accuracy", "loss")  # what evaluation measures (every built-in task is classification)
+VALID_BATCH = 1024  # evaluation batches: no gradients are kept, so larger is faster
+# fastai's `norm_types`: the layers whose parameters count as norm parameters.
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
 
 
 def available_metrics(cfg: DictConfig | Mapping) -> tuple[str, ...]:
-    """Validation metrics a trial of this config reports every epoch (objective candidates)."""
+    """The validation metrics every epoch of a trial of `cfg` reports (its possible objectives)."""
     return METRICS
+
+
+def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> TrialResult:
+    """Run one trial. Bad settings raise before any training; after that a result comes back."""
+    return run(prepare(cfg), reporters)
+
+
+# --- the plan: phases and their schedules -------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Phase:
-    name: str                        # "train", or "frozen" / "unfrozen" in fine_tune
+    name: str                       # "train", or "frozen" then "unfrozen" (fine_tune)
     epochs: int
-    schedule: Schedule               # over this phase's own training batches
-    trainable: tuple[bool, ...]      # per layer group
+    schedule: Schedule              # over this phase's own training batches, from its step 0
+    trainable: tuple[bool, ...]     # per layer group: does it take optimizer steps
 
 
-def plan_phases(train_cfg: Mapping, peaks: Sequence[float], shape, batches_per_epoch: int) -> list[Phase]:
-    """fit_one_cycle, or fine_tune's frozen then unfrozen phase (see the module docstring)."""
-    epochs, freeze_epochs = int(train_cfg["epochs"]), int(train_cfg.get("freeze_epochs", 0))
-    if epochs < 1 or freeze_epochs < 0:
+def plan_phases(
+    epochs: int, freeze_epochs: int, peaks: Sequence[float], shape: Shape, batches_per_epoch: int
+) -> list[Phase]:
+    """fit_one_cycle, or fine_tune's frozen and unfrozen phases (see the module docstring)."""
+    if epochs + freeze_epochs < 1:
         raise ConfigError(
-            f"train.epochs={epochs}, train.freeze_epochs={freeze_epochs}: train at least 1 epoch, "
-            f"and freeze for 0 or more."
+            f"train.epochs={epochs} with train.freeze_epochs={freeze_epochs} trains nothing; "
+            f"set train.epochs to 1 or more (train.epochs=0 is for a frozen phase alone)."
         )
     n_groups = len(peaks)
-    unfrozen = Schedule(tuple(peaks), shape, epochs * batches_per_epoch)
-    if freeze_epochs == 0:
-        return [Phase("train", epochs, unfrozen, (True,) * n_groups)]
-    base_lr = 2 * peaks[-1]  # fine_tune halves base_lr for the unfrozen phase
-    frozen_peaks = [base_lr / 10] * (n_groups - 1) + [base_lr]  # slice(base_lr)
-    frozen = Schedule(tuple(frozen_peaks), FastaiOneCycle(pct_start=0.99), freeze_epochs * batches_per_epoch)
-    return [
-        Phase("frozen", freeze_epochs, frozen, (False,) * (n_groups - 1) + (True,)),
-        Phase("unfrozen", epochs, unfrozen, (True,) * n_groups),
-    ]
+    phases = []
+    if freeze_epochs:
+        base_lr = 2 * peaks[-1]  # fine_tune halves base_lr when it unfreezes: the configured head peak
+        frozen = Schedule(
+            tuple(peak_lrs(slice(base_lr), n_groups)),
+            FastaiOneCycle(pct_start=0.99),
+            freeze_epochs * batches_per_epoch,
+        )
+        phases.append(Phase("frozen", freeze_epochs, frozen, (False,) * (n_groups - 1) + (True,)))
+    if epochs:
+        schedule = Schedule(tuple(peaks), shape, epochs * batches_per_epoch)
+        phases.append(Phase("unfrozen" if freeze_epochs else "train", epochs, schedule, (True,) * n_groups))
+    return phases
+
+
+# --- preparing a trial: every check, then every build ---------------------------------------------
+
+
+@dataclass
+class Trial:
+    """One trial, checked and built from its config, ready to `run`."""
+
+    config: DictConfig
+    started: float                  # time.perf_counter() when preparing began
+    device: torch.device
+    amp: bool                       # bf16 autocast
+    data: TrialData
+    generator: torch.Generator      # the order of the training batches
+    model: nn.Module
+    groups: LayerGroups
+    peaks: list[float]              # peak lr of each layer group
+    optimizer: torch.optim.Optimizer
+    owners: list[int]               # the layer group of each optimizer param group
+    phases: list[Phase]
+    batch_size: int
+    sync_every: int                 # steps between loss reads
+    train_in_frozen: set[int]       # ids of parameters that train in frozen groups (train_bn)
+
+    def set_trainable(self, trainable: Sequence[bool]) -> None:
+        """Freeze (no gradient, so no optimizer step) or unfreeze each layer group."""
+        for group, on in zip(self.groups, trainable):
+            for _, param in group:
+                param.requires_grad_(on or id(param) in self.train_in_frozen)
+
+
+def prepare(cfg: DictConfig | Mapping) -> Trial:
+    """Check every setting and build the trial; a bad setting raises here, before any training."""
+    started = time.perf_counter()
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    settings = cfg.train
+
+    # settings that need nothing built come first, so a typo fails in milliseconds
+    objective = settings.objective
+    if objective not in available_metrics(cfg):
+        raise ConfigError(
+            f"train.objective: {objective!r} is not a metric this trainer reports; choose one of "
+            f"{list(available_metrics(cfg))}."
+        )
+    device = resolve_device(str(settings.device))
+    epochs = _whole(settings, "epochs", 0)
+    freeze_epochs = _whole(settings, "freeze_epochs", 0, default=0)
+    batch_size = _whole(settings, "batch_size", 1)
+    sync_every = _whole(settings, "sync_every", 1, default=1)
+    lr_spec = parse_lr(_plain(cfg.lr))
+    shape = build_shape(cfg.shape)
+
+    # reproducibility first, then everything that draws random numbers
+    if settings.get("threads") is not None:
+        torch.set_num_threads(_whole(settings, "threads", 1))
+    use_deterministic_algorithms(bool(settings.deterministic))
+    generator = seed_everything(_whole(settings, "seed", 0))
+    data = _build(cfg.data.source, "data.source", TrialData).to(device)
+    model = _build(cfg.model.net, "model.net", nn.Module).to(device)
+    groups = split_groups(model, _plain(cfg.model.get("groups")))
+    peaks = lr_spec.peaks(len(groups))
+
+    # the optimizer: a param group per layer group (two where norms and biases skip weight decay)
+    norms = norm_parameters(model)
+    no_decay = set() if settings.get("wd_bn_bias", False) else norms | bias_parameters(model)
+    optimizer, owners = build_optimizer(cfg.optimizer, groups, peaks, no_decay)
+    if shape.momentum(0, 1) is not None and not {"betas", "momentum"} & optimizer.defaults.keys():
+        raise ConfigError(
+            f"optimizer: {type(optimizer).__name__} has neither momentum nor betas for the shape "
+            f"{shape.name} to move; use optimizer=adamw, adam or sgd, or a shape without momentum."
+        )
+    phases = plan_phases(epochs, freeze_epochs, peaks, shape, data.n_train_batches(batch_size))
+    return Trial(
+        config=cfg,
+        started=started,
+        device=device,
+        amp=bool(settings.amp) and device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        data=data,
+        generator=generator,
+        model=model,
+        groups=groups,
+        peaks=peaks,
+        optimizer=optimizer,
+        owners=owners,
+        phases=phases,
+        batch_size=batch_size,
+        sync_every=sync_every,
+        train_in_frozen=norms if settings.get("train_bn", True) else set(),
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,191 +237,120 @@ def resolve_device(name: str) -> torch.device:
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(
-                f"train.device: {name!r}, but only {torch.cuda.device_count()} GPU(s) are visible."
+                f"train.device: {name!r}, but only {torch.cuda.device_count()} GPU(s) are visible "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})."
             )
     return device
 
 
-def seed_everything(seed: int, deterministic: bool) -> torch.Generator:
-    """Seed Python, NumPy and torch; return the generator of the data order."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        # cuBLAS needs a fixed workspace for deterministic results; set before its first use.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(deterministic)
-    return torch.Generator().manual_seed(seed)
+def norm_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters of norm layers (fastai's `norm_bias_params(model, with_bias=False)`)."""
+    return {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
 
 
-@dataclass
-class TrialParts:
-    """Everything a trial trains with, built and checked from its config."""
-
-    device: torch.device
-    generator: torch.Generator      # the data order
-    data: object                    # TensorData or LoaderData
-    model: nn.Module
-    groups: LayerGroups
-    peaks: list[float]              # peak lr per layer group
-    shape: object                   # the cycle shape
-    optimizer: torch.optim.Optimizer
-    owners: list[int]               # the layer group of each optimizer param group
+def bias_parameters(model: nn.Module) -> set[int]:
+    """ids of every module's `bias` parameter."""
+    return {id(m.bias) for m in model.modules() if isinstance(getattr(m, "bias", None), nn.Parameter)}
 
 
-def build_parts(cfg: DictConfig) -> TrialParts:
-    """Device, seeds, data, model, layer groups and optimizer; bad settings raise here."""
-    settings = cfg.train
-    device = resolve_device(str(settings.device))
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings.threads))
-    generator = seed_everything(int(settings.seed), bool(settings.deterministic))
-    data = instantiate_node(cfg.data.source, "data.source").to(device)
-    model = instantiate_node(cfg.model.net, "model.net").to(device)
-    groups = split_groups(model, _plain(cfg.model.get("groups")))
-    peaks = parse_lr(_plain(cfg.lr)).peaks(len(groups))
-    shape = build_shape(cfg.shape)
-    decay_all = bool(settings.get("decay_norm_and_bias", False))
-    optimizer, owners = _build_optimizer(cfg.optimizer, groups, peaks, decay_all)
-    if shape.momentum(0, 1) is not None and not {"betas", "momentum"} & optimizer.defaults.keys():
-        raise ConfigError(
-            f"optimizer: {type(optimizer).__name__} has neither momentum nor betas for the shape "
-            f"{shape.name} to move; use optimizer=adamw, adam or sgd, or a shape without momentum."
-        )
-    return TrialParts(device, generator, data, model, groups, peaks, shape, optimizer, owners)
+def build_optimizer(
+    optimizer_cfg: DictConfig, groups: LayerGroups, peaks: Sequence[float], no_decay: set[int]
+) -> tuple[torch.optim.Optimizer, list[int]]:
+    """The configured optimizer over the layer groups; `owners[i]` is param group i's layer group.
+
+    The parameters whose ids are in `no_decay` go to a second param group of their layer group,
+    with the same lr and no weight decay.
+    """
+    factory = instantiate_node(optimizer_cfg, "optimizer")
+    if not callable(factory):
+        raise ConfigError("optimizer: the config must build a factory; add `_partial_: true` beside its _target_.")
+    param_groups: list[dict] = []
+    owners: list[int] = []
+    for index, (group, peak) in enumerate(zip(groups, peaks)):
+        decayed = [p for _, p in group if id(p) not in no_decay]
+        undecayed = [p for _, p in group if id(p) in no_decay]
+        for params, overrides in ((decayed, {}), (undecayed, {"weight_decay": 0.0})):
+            if params:
+                param_groups.append({"params": params, "lr": peak, **overrides})
+                owners.append(index)
+    return factory(param_groups), owners
 
 
-def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> TrialResult:
-    """Run one trial. Bad settings raise ConfigError (and friends) before any training."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    settings = cfg.train
-    objective_name = settings.objective
-    if objective_name not in available_metrics(cfg):
-        raise ConfigError(
-            f"train.objective: {objective_name!r} is not a metric this trainer reports; choose one "
-            f"of {list(available_metrics(cfg))}."
-        )
-    started = time.perf_counter()
-    parts = build_parts(cfg)
-    device, data, model, groups, optimizer, owners = (
-        parts.device, parts.data, parts.model, parts.groups, parts.optimizer, parts.owners
-    )
-    shape, peaks, generator = parts.shape, parts.peaks, parts.generator
-    batch_size = int(settings.batch_size)
-    phases = plan_phases(settings, peaks, shape, data.n_train_batches(batch_size))
-    amp = bool(settings.amp) and device.type == "cuda" and torch.cuda.is_bf16_supported()
+# --- running a trial ----------------------------------------------------------------------------
 
-    result = TrialResult(status="finished", objective=None, objective_name=objective_name, device=str(device))
+
+def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
+    """Train a prepared trial phase by phase; the result says how it ended (module docstring)."""
+    model, optimizer, data, device = trial.model, trial.optimizer, trial.data, trial.device
+    objective = trial.config.train.objective
+    result = TrialResult("finished", None, objective, device=str(device))
     start = StartEvent(
-        config=OmegaConf.to_container(cfg, resolve=True), peaks=tuple(peaks), n_groups=len(groups),
-        total_steps=sum(p.schedule.total for p in phases), device=str(device),
+        config=OmegaConf.to_container(trial.config, resolve=True),
+        peaks=tuple(trial.peaks),
+        n_groups=len(trial.groups),
+        total_steps=sum(phase.schedule.total for phase in trial.phases),
+        device=str(device),
     )
     for reporter in reporters:
         reporter.on_start(start)
-
-    # --- run the phases ----------------------------------------------------------------------
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if trial.amp else nullcontext()
+    unread: list[tuple[torch.Tensor, tuple]] = []  # (loss, step event fields) not reported yet
     step = epoch = 0
     try:
-        for phase in phases:
-            _set_trainable(groups, phase.trainable)
+        for phase in trial.phases:
+            trial.set_trainable(phase.trainable)
             phase_step = 0
             for _ in range(phase.epochs):
+                # --- train one epoch: the lrs and momentum set by hand before every batch ---
                 model.train()
-                losses = []
-                for x, y in data.train_batches(batch_size, generator):
+                epoch_start = step
+                for x, y in data.train_batches(trial.batch_size, trial.generator):
                     if result.first_step_seconds is None:
-                        result.first_step_seconds = time.perf_counter() - started
+                        result.first_step_seconds = time.perf_counter() - trial.started
                     lrs, momentum = phase.schedule.at(phase_step)
-                    _apply_hyperparameters(optimizer, owners, lrs, momentum)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    set_hyperparameters(optimizer, trial.owners, lrs, momentum)
+                    with autocast:
                         loss = nn.functional.cross_entropy(model(x), y)
-                    loss_value = loss.item()
-                    if not math.isfinite(loss_value):  # stop before a bad step touches the weights
-                        result.status, result.diverged_step = "diverged", step
-                        result.reason = f"loss became {loss_value} at step {step} (epoch {epoch})"
-                        return result
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    event = StepEvent(step, epoch, phase.name, tuple(lrs), momentum, loss_value)
-                    result.steps.append(event)
-                    for reporter in reporters:
-                        reporter.on_step(event)
-                    losses.append(loss_value)
+                    unread.append((loss.detach(), (step, epoch, phase.name, tuple(lrs), momentum)))
                     step += 1
                     phase_step += 1
+                    if len(unread) >= trial.sync_every and not _report_steps(unread, result, reporters):
+                        return result
+                if not _report_steps(unread, result, reporters):
+                    return result
 
-                metrics = evaluate(model, data, device, amp)
-                event = EpochEvent(epoch, step, sum(losses) / len(losses), metrics["loss"], metrics, metrics[objective_name])
+                # --- evaluate on the validation set ---
+                metrics = evaluate(model, data, device, trial.amp)
+                losses = [s.loss for s in result.steps[epoch_start:]]
+                event = EpochEvent(epoch, step, sum(losses) / len(losses), metrics["loss"], metrics, metrics[objective])
                 result.epochs.append(event)
                 result.objective = event.objective
                 epoch += 1
-                # every reporter hears of the epoch, then any of them may stop the trial
+
+                # --- report: every reporter hears of the epoch, then any of them may stop the trial ---
                 if any([reporter.on_epoch(event) for reporter in reporters]):
                     result.status, result.reason = "pruned", f"stopped by a reporter after epoch {event.epoch}"
                     return result
         return result
+    except KeyboardInterrupt:
+        result.status, result.reason = "failed", "interrupted (KeyboardInterrupt)"
+        raise
     except Exception as error:  # a trial that raises fails alone, with its reason
         result.status, result.reason = "failed", f"{type(error).__name__}: {error}"
         return result
     finally:
-        result.seconds = time.perf_counter() - started
+        result.seconds = time.perf_counter() - trial.started
         for reporter in reporters:
             reporter.on_end(result)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data, device: torch.device, amp: bool = False) -> dict[str, float]:
-    """Validation loss and accuracy over the whole validation set."""
-    model.eval()
-    total_loss = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
-    for x, y in data.valid_batches(VALID_BATCH):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == y).sum()
-        count += len(y)
-    return {"accuracy": correct.item() / count, "loss": total_loss.item() / count}
-
-
-def _plain(node: object) -> object:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
-def _build_optimizer(
-    optimizer_cfg: DictConfig, groups: LayerGroups, peaks: Sequence[float], decay_norm_and_bias: bool
-) -> tuple[torch.optim.Optimizer, list[int]]:
-    """The optimizer with param groups per layer group; `owners[i]` is param group i's layer group.
-
-    Unless `decay_norm_and_bias`, norm weights and biases get no weight decay (fastai's
-    `wd_bn_bias=False`): each layer group then becomes a decayed and an undecayed param group.
-    """
-    factory = instantiate_node(optimizer_cfg, "optimizer")
-    param_groups: list[dict] = []
-    owners: list[int] = []
-    for index, (group, peak) in enumerate(zip(groups, peaks)):
-        if decay_norm_and_bias:
-            parts = [[p for _, p in group]]
-        else:
-            # biases and norm weights are the one-dimensional parameters
-            parts = [[p for _, p in group if p.ndim > 1], [p for _, p in group if p.ndim <= 1]]
-        for part_index, params in enumerate(parts):
-            if not params:
-                continue
-            param_group = {"params": params, "lr": peak}
-            if part_index == 1:
-                param_group["weight_decay"] = 0.0
-            param_groups.append(param_group)
-            owners.append(index)
-    return factory(param_groups), owners
-
-
-def _apply_hyperparameters(
+def set_hyperparameters(
     optimizer: torch.optim.Optimizer, owners: Sequence[int], lrs: Sequence[float], momentum: float | None
 ) -> None:
+    """Every param group gets its layer group's lr, and the momentum (None: the optimizer's own)."""
     for param_group, owner in zip(optimizer.param_groups, owners):
         param_group["lr"] = lrs[owner]
         if momentum is None:
@@ -302,7 +361,62 @@ def _apply_hyperparameters(
             param_group["momentum"] = momentum
 
 
-def _set_trainable(groups: LayerGroups, trainable: Sequence[bool]) -> None:
-    for group, on in zip(groups, trainable):
-        for _, param in group:
-            param.requires_grad_(on)
+def _report_steps(unread: list[tuple[torch.Tensor, tuple]], result: TrialResult, reporters: Sequence[Reporter]) -> bool:
+    """Read the unread losses (one wait for the device) and report their steps in order.
+
+    False at the first loss that is not finite: the trial diverged at that step, and the steps
+    after it are dropped.
+    """
+    if not unread:
+        return True
+    losses = [unread[0][0].item()] if len(unread) == 1 else torch.stack([loss for loss, _ in unread]).tolist()
+    fields = [f for _, f in unread]
+    unread.clear()
+    for value, (step, epoch, *rest) in zip(losses, fields):
+        if not math.isfinite(value):
+            result.status, result.diverged_step = "diverged", step
+            result.reason = f"loss became {value} at step {step} (epoch {epoch})"
+            return False
+        event = StepEvent(step, epoch, *rest, value)
+        result.steps.append(event)
+        for reporter in reporters:
+            reporter.on_step(event)
+    return True
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TrialData, device: torch.device, amp: bool = False) -> dict[str, float]:
+    """Validation loss and accuracy over the whole validation set."""
+    model.eval()
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    for x, y in data.valid_batches(VALID_BATCH):
+        with autocast:
+            logits = model(x)
+        total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == y).sum()
+        count += len(y)
+    return {"accuracy": correct.item() / count, "loss": total_loss.item() / count}
+
+
+def _whole(settings: DictConfig, name: str, minimum: int, default: int | None = None) -> int:
+    value = settings.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"train.{name}: {value!r} must be a whole number >= {minimum}, e.g. train.{name}={max(minimum, 1)}.")
+    return value
+
+
+def _build(node: DictConfig, setting: str, kind: type) -> object:
+    built = instantiate_node(node, setting)
+    if not isinstance(built, kind):
+        raise ConfigError(
+            f"{setting}._target_: {node.get('_target_')!r} built a {type(built).__name__}, not a "
+            f"{kind.__name__}; point it at a function or class that returns one."
+        )
+    return built
+
+
+def _plain(node: object) -> object:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
