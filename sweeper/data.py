@@ -1,12 +1,14 @@
-"""Data sets a trial trains on. Nothing here downloads anything.
+"""Data sets a trial trains on. Nothing here downloads anything, ever.
 
-A data config names a builder by `_target_` (`data.source`); the builder returns either
-`TensorData` (small sets: kept whole on the trial's device and batched by indexing, no loader)
-or `LoaderData` (image folders and other large sets, through a DataLoader).
+A data config names a builder by `_target_` (`data.source`); the builder returns `TrialData`:
+- `TensorData` for small sets: kept whole on the trial's device, batched by indexing with a
+  seeded permutation (no DataLoader, no copies per batch);
+- `LoaderData` for image folders and other large sets, read through DataLoaders.
 
-Built in: scikit-learn's digits (real 8x8 images), a transfer split of digits (pre-train on some
-classes, fine-tune on the others), a generated synthetic task, tensors from a .pt file, and a
-torchvision ImageFolder for users' own images.
+Built in: scikit-learn's digits (real 8x8 images), a class subset of digits (the transfer task:
+pre-train on some digits, fine-tune on the others), a generated synthetic task, tensors from a
+.pt file, and a torchvision ImageFolder for your own images. A data path that is missing is a
+ConfigError naming the setting, raised before any training.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -23,6 +26,7 @@ from sweeper.config import ConfigError
 __all__ = [
     "LoaderData",
     "TensorData",
+    "TrialData",
     "digits",
     "digits_classes",
     "image_folder",
@@ -30,7 +34,25 @@ __all__ = [
     "tensors_file",
 ]
 
-Batch = tuple[Tensor, Tensor]
+Batch = tuple[Tensor, Tensor]  # inputs, integer class labels
+
+
+@runtime_checkable
+class TrialData(Protocol):
+    """What the trainer needs of a data set."""
+
+    def to(self, device: torch.device) -> TrialData: ...
+
+    def n_train_batches(self, batch_size: int) -> int: ...
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]: ...
+
+    def valid_batches(self, batch_size: int) -> Iterator[Batch]: ...
+
+
+def _n_full_batches(n_samples: int, batch_size: int) -> int:
+    # fastai drops the last, short training batch (it would be noisy); keep one if that is all.
+    return max(1, n_samples // batch_size)
 
 
 @dataclass
@@ -46,10 +68,10 @@ class TensorData:
         return TensorData(*(t.to(device) for t in (self.train_x, self.train_y, self.valid_x, self.valid_y)))
 
     def n_train_batches(self, batch_size: int) -> int:
-        # fastai drops the last, short training batch (it would be noisy); keep one if that is all.
-        return max(1, len(self.train_y) // batch_size)
+        return _n_full_batches(len(self.train_y), batch_size)
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        # the order is drawn on the CPU generator, so it is the same on every device
         order = torch.randperm(len(self.train_y), generator=generator).to(self.train_x.device)
         for i in range(self.n_train_batches(batch_size)):
             index = order[i * batch_size : (i + 1) * batch_size]
@@ -67,39 +89,42 @@ class LoaderData:
     train: torch.utils.data.Dataset
     valid: torch.utils.data.Dataset
     num_workers: int = 0
+    device: torch.device = torch.device("cpu")
 
     def to(self, device: torch.device) -> LoaderData:
-        self.device = device
-        return self
+        return LoaderData(self.train, self.valid, self.num_workers, device)
 
     def n_train_batches(self, batch_size: int) -> int:
-        return max(1, len(self.train) // batch_size)
+        return _n_full_batches(len(self.train), batch_size)
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        loader = torch.utils.data.DataLoader(
-            self.train, batch_size, shuffle=True, drop_last=len(self.train) > batch_size,
-            generator=generator, num_workers=self.num_workers,
-        )
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        drop_last = len(self.train) > batch_size
+        yield from self._batches(self.train, batch_size, shuffle=True, drop_last=drop_last, generator=generator)
 
     def valid_batches(self, batch_size: int) -> Iterator[Batch]:
-        for x, y in torch.utils.data.DataLoader(self.valid, batch_size, num_workers=self.num_workers):
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        yield from self._batches(self.valid, batch_size)
+
+    def _batches(self, dataset: torch.utils.data.Dataset, batch_size: int, **order) -> Iterator[Batch]:
+        on_gpu = self.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size, num_workers=self.num_workers, pin_memory=on_gpu, **order
+        )
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=on_gpu), y.to(self.device, non_blocking=on_gpu)
 
 
-def _split(x: Tensor, y: Tensor, val_fraction: float, seed: int) -> TensorData:
-    """A seeded, stratification-free random split (the same for every trial of a sweep)."""
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"data.source.val_fraction: {val_fraction!r} must be in (0, 1), e.g. 0.25.")
+def _split(x: Tensor, y: Tensor, val_fraction: float, seed: int, setting: str = "data.source.val_fraction") -> TensorData:
+    """A seeded random split into training and validation sets (the same for every trial)."""
+    if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
+        raise ConfigError(f"{setting}: {val_fraction!r} must be between 0 and 1, e.g. {setting}=0.25.")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_valid = max(1, int(round(len(y) * val_fraction)))
+    n_valid = max(1, round(len(y) * val_fraction))
     valid, train = order[:n_valid], order[n_valid:]
     return TensorData(x[train], y[train], x[valid], y[valid])
 
 
 def _digits_tensors() -> tuple[Tensor, Tensor]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # shipped inside scikit-learn: no download
 
     bunch = load_digits()
     # Pixel values run 0..16: scale to 0..1, shaped as 1-channel 8x8 images.
@@ -115,78 +140,118 @@ def digits(val_fraction: float = 0.25, split_seed: int = 0) -> TensorData:
 def digits_classes(
     classes: Sequence[int], train_per_class: int | None = None, val_fraction: float = 0.25, split_seed: int = 0
 ) -> TensorData:
-    """Digits of the given classes only, relabelled 0..len(classes)-1.
+    """Digits of the given classes only, relabelled 0..len(classes)-1 in the order given.
 
-    With `train_per_class`, the training set keeps only that many images per class (the rest
-    validate): a small fine-tuning set is where a pre-trained body and a good slice matter.
+    With `train_per_class`, the training set keeps that many images per class and every other
+    image validates: a small fine-tuning set is where a pre-trained body and a good slice matter.
     """
+    classes = list(classes)
+    if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
+        raise ConfigError(f"data.source.classes: {classes!r} must be distinct digits 0-9, e.g. [5, 6, 7, 8, 9].")
     x, y = _digits_tensors()
-    keep = torch.isin(y, torch.tensor(list(classes)))
+    keep = torch.isin(y, torch.tensor(classes))
     x, y = x[keep], y[keep]
-    relabel = {c: i for i, c in enumerate(classes)}
-    y = torch.tensor([relabel[int(label)] for label in y])
+    y = torch.tensor([classes.index(int(label)) for label in y])
     if train_per_class is None:
         return _split(x, y, val_fraction, split_seed)
+    if not (isinstance(train_per_class, int) and train_per_class >= 1):
+        raise ConfigError(f"data.source.train_per_class: {train_per_class!r} must be a whole number >= 1, or null.")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(split_seed))
-    train = torch.cat([order[y[order] == c][:train_per_class] for c in range(len(classes))])
+    train = torch.cat([order[y[order] == label][:train_per_class] for label in range(len(classes))])
     valid = order[~torch.isin(order, train)]
     return TensorData(x[train], y[train], x[valid], y[valid])
 
 
 def synthetic(
-    n_samples: int = 2000, n_features: int = 32, num_classes: int = 4, noise: float = 0.05,
-    val_fraction: float = 0.25, seed: int = 0,
+    n_samples: int = 2000,
+    n_features: int = 32,
+    num_classes: int = 4,
+    noise: float = 0.05,
+    val_fraction: float = 0.25,
+    seed: int = 0,
 ) -> TensorData:
     """A generated classification task (scikit-learn's make_classification), shaped [n, features]."""
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
-        n_samples=n_samples, n_features=n_features, n_informative=max(2, n_features // 2),
-        n_classes=num_classes, n_clusters_per_class=1, flip_y=noise, random_state=seed,
+        n_samples=n_samples,
+        n_features=n_features,
+        n_informative=max(2, n_features // 2),
+        n_classes=num_classes,
+        n_clusters_per_class=1,
+        flip_y=noise,
+        random_state=seed,
     )
     return _split(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long), val_fraction, seed)
 
 
-def _existing(setting: str, path: str | None) -> Path:
-    if path is None or not Path(path).expanduser().exists():
-        raise ConfigError(
-            f"{setting}: {path!r} does not exist; point it at your data, e.g. {setting}=/data/my_set."
-        )
-    return Path(path).expanduser()
+def _existing(setting: str, path: str | None, what: str) -> Path:
+    """The path, or a ConfigError that names the setting and how to fix it."""
+    if path is None:
+        raise ConfigError(f"{setting} is not set; point it at {what}: {setting}=/path/to/it.")
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise ConfigError(f"{setting}: {str(path)!r} does not exist; point it at {what}: {setting}=/path/to/it.")
+    return resolved
 
 
 def tensors_file(path: str | None = None, val_fraction: float = 0.2, split_seed: int = 0) -> TensorData:
     """Tensors saved with torch.save: {"x", "y"} (split here) or {"train_x", "train_y", "valid_x", "valid_y"}."""
-    saved = torch.load(_existing("data.source.path", path), weights_only=True)
-    if {"train_x", "train_y", "valid_x", "valid_y"} <= saved.keys():
-        return TensorData(saved["train_x"], saved["train_y"], saved["valid_x"], saved["valid_y"])
-    if {"x", "y"} <= saved.keys():
-        return _split(saved["x"], saved["y"].long(), val_fraction, split_seed)
+    file = _existing("data.source.path", path, "a .pt file saved with torch.save({'x': ..., 'y': ...})")
+    saved = torch.load(file, weights_only=True)
+    contents = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+    if isinstance(saved, dict) and {"train_x", "train_y", "valid_x", "valid_y"} <= saved.keys():
+        return TensorData(
+            *_inputs_and_labels(path, saved["train_x"], saved["train_y"]),
+            *_inputs_and_labels(path, saved["valid_x"], saved["valid_y"]),
+        )
+    if isinstance(saved, dict) and {"x", "y"} <= saved.keys():
+        return _split(*_inputs_and_labels(path, saved["x"], saved["y"]), val_fraction, split_seed)
     raise ConfigError(
-        f"data.source.path: {path} holds keys {sorted(saved)}; save a dict with x and y "
-        f"(or train_x, train_y, valid_x, valid_y)."
+        f"data.source.path: {path} holds {contents}; save a dict with x and y (or train_x, "
+        f"train_y, valid_x, valid_y)."
     )
 
 
+def _inputs_and_labels(path: str, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    if len(inputs) != len(labels) or labels.is_floating_point() or labels.ndim != 1:
+        raise ConfigError(
+            f"data.source.path: {path} needs as many inputs as labels, and labels as a 1-D integer "
+            f"tensor of class indices; got inputs {tuple(inputs.shape)}, labels "
+            f"{tuple(labels.shape)} {labels.dtype}."
+        )
+    return inputs.float(), labels.long()
+
+
 def image_folder(
-    root: str | None = None, image_size: int = 224, valid_dir: str = "valid", train_dir: str = "train",
+    root: str | None = None,
+    image_size: int = 224,
+    train_dir: str = "train",
+    valid_dir: str = "valid",
     num_workers: int = 2,
 ) -> LoaderData:
     """torchvision ImageFolder images under root/train/<class>/ and root/valid/<class>/."""
-    base = _existing("data.source.root", root)
+    base = _existing("data.source.root", root, "a folder with train/<class>/ and valid/<class>/ images")
     for sub in (train_dir, valid_dir):
-        _existing("data.source.root", str(base / sub))
+        if not (base / sub).is_dir():
+            raise ConfigError(
+                f"data.source.root: {root} has no {sub}/ folder; lay it out as {sub}/<class>/*.jpg "
+                f"(or set data.source.{'train' if sub == train_dir else 'valid'}_dir)."
+            )
     try:
         from torchvision import datasets, transforms
     except ImportError:
-        raise ConfigError(
-            "data=image_folder needs torchvision: pip install 'sweeper[vision]'."
-        ) from None
-    transform = transforms.Compose([
-        transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
+        raise ConfigError("data=image_folder needs torchvision: pip install 'sweeper[vision]'.") from None
+    transform = transforms.Compose(
+        [
+            transforms.Resize(image_size),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),  # ImageNet statistics
+        ]
+    )
     return LoaderData(
-        datasets.ImageFolder(base / train_dir, transform), datasets.ImageFolder(base / valid_dir, transform),
+        datasets.ImageFolder(base / train_dir, transform),
+        datasets.ImageFolder(base / valid_dir, transform),
         num_workers=num_workers,
     )

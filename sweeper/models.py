@@ -1,11 +1,13 @@
 """Models with a body/head split, so a slice has layer groups to spread over.
 
-- `MLP` and `SmallCNN`: `body` (a Sequential of blocks) then `head`; split by prefixes
-  `[body.0, body.1, head]`.
-- `resnet`: torchvision ResNets (an optional extra), split as fastai does into three groups
-  (`resnet_split`); pretrained weights only from a file or torchvision weights the user has.
-- `pretrained_on_digits`: a body pre-trained on some digit classes, cached on disk by its
-  config, with a fresh head for the classes it is fine-tuned on (the transfer task).
+- `MLP` and `SmallCNN`: `body` (a Sequential of blocks) then `head`; their configs split them
+  by prefixes `[body.0, body.1, head]`.
+- `resnet`: a torchvision ResNet (the optional `vision` extra), split as fastai splits it into
+  three groups (`resnet_split`); pretrained weights only from a file, or torchvision weights
+  the user names (torchvision's cache).
+- `pretrained_on_digits`: a model whose body is pre-trained on some digit classes (cached on
+  disk by a hash of its recipe), with a fresh head for the classes it is fine-tuned on: the
+  transfer task.
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ from sweeper.config import ConfigError
 
 __all__ = ["MLP", "SmallCNN", "pretrained_on_digits", "resnet", "resnet_split"]
 
+PRETRAIN_RECIPE_VERSION = 2  # part of the cache key: bump it when the pre-training loop changes
+
 
 class MLP(nn.Module):
     """Flatten, hidden layers with ReLU (the body, one block each), then a linear head."""
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 128)) -> None:
         super().__init__()
+        if not hidden:
+            raise ConfigError("model.net.hidden: give at least one hidden width, e.g. [256, 128].")
         sizes = [math.prod(in_shape), *hidden]
         blocks = [nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(sizes, sizes[1:])]
         blocks[0].insert(0, nn.Flatten())
@@ -41,40 +47,71 @@ class MLP(nn.Module):
         return self.head(self.body(x))
 
 
+class GlobalAvgPool(nn.Module):
+    """The mean over the spatial dimensions, flattened (AdaptiveAvgPool2d(1) has no
+    deterministic backward pass on CUDA; a mean has)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
 class SmallCNN(nn.Module):
-    """Conv blocks (conv, batch norm, ReLU) as the body; pooling and a linear head."""
+    """Conv blocks (conv, batch norm, ReLU) as the body; global average pooling and a linear head."""
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (32, 64)) -> None:
         super().__init__()
+        if len(in_shape) != 3:
+            raise ConfigError(f"model=cnn needs images shaped [channels, height, width]; data.shape is {list(in_shape)}.")
         widths = [in_shape[0], *channels]
-        self.body = nn.Sequential(*(
-            nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
-            for a, b in zip(widths, widths[1:])
-        ))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes))
+        self.body = nn.Sequential(
+            *(
+                nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
+                for a, b in zip(widths, widths[1:])
+            )
+        )
+        self.head = nn.Sequential(GlobalAvgPool(), nn.Linear(widths[-1], num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
 
-def resnet(arch: str = "resnet18", num_classes: int = 10, weights: str | None = None,
-           weights_path: str | None = None, **_: object) -> nn.Module:
-    """A torchvision ResNet with a new head; weights from torchvision's name or a local file."""
+def resnet(
+    arch: str = "resnet18",
+    num_classes: int = 10,
+    in_shape: Sequence[int] = (3, 224, 224),
+    weights: str | None = None,
+    weights_path: str | None = None,
+) -> nn.Module:
+    """A torchvision ResNet with a new head for `num_classes`.
+
+    Weights: `weights` names torchvision's (e.g. IMAGENET1K_V1; torchvision fetches them into
+    its cache if they are not there yet), `weights_path` a state_dict file of yours; neither
+    (the default) starts from random weights. Images with other than 3 channels get a fresh
+    first convolution.
+    """
     try:
         from torchvision import models
     except ImportError:
-        raise ConfigError("model=resnet18 needs torchvision: pip install 'sweeper[vision]'.") from None
+        raise ConfigError(f"model.net: {arch} needs torchvision: pip install 'sweeper[vision]'.") from None
+    if not hasattr(models, arch):
+        raise ConfigError(f"model.net.arch: {arch!r} is not a torchvision model, e.g. resnet18 or resnet50.")
     net = getattr(models, arch)(weights=weights)
     if weights_path is not None:
-        if not Path(weights_path).exists():
-            raise ConfigError(f"model.net.weights_path: {weights_path!r} does not exist; give a state_dict file.")
-        net.load_state_dict(torch.load(weights_path, weights_only=True))
+        if not Path(weights_path).expanduser().is_file():
+            raise ConfigError(
+                f"model.net.weights_path: {weights_path!r} does not exist; give a state_dict file "
+                f"saved with torch.save(model.state_dict(), path), or null."
+            )
+        net.load_state_dict(torch.load(Path(weights_path).expanduser(), weights_only=True))
+    if in_shape[0] != net.conv1.in_channels:
+        old = net.conv1
+        net.conv1 = nn.Conv2d(in_shape[0], old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
     net.fc = nn.Linear(net.fc.in_features, num_classes)
     return net
 
 
 def resnet_split(net: nn.Module) -> list[list[nn.Module]]:
-    """fastai's three ResNet groups: stem to layer2, layer3 and layer4, the head."""
+    """fastai's three ResNet groups: the stem to layer2, layer3 and layer4, the head."""
     return [[net.conv1, net.bn1, net.layer1, net.layer2], [net.layer3, net.layer4], [net.fc]]
 
 
@@ -86,13 +123,21 @@ def pretrained_on_digits(
     seed: int = 0,
     cache_dir: str = "results/cache",
 ) -> nn.Module:
-    """`net` with its body pre-trained on digits of `classes` (cached) and its head left fresh.
+    """`net` with its body pre-trained on the digits of `classes` and its own head left fresh.
 
-    `net` is built for the fine-tuning classes; pre-training swaps in a temporary head for
-    `classes`. The body's weights are cached under `cache_dir` by a hash of everything that
-    makes them, so every trial of a sweep shares one pre-training.
+    `net` (with `body` and `head`) is built for the classes it will be fine-tuned on; the
+    pre-training trains the body under a temporary head for `classes`. The body's weights depend
+    on the recipe alone (architecture, classes, epochs, lr, seed), not on the trial's seed, and
+    are cached under `cache_dir` by a hash of it: every trial of a sweep shares one pre-training.
     """
-    recipe = {"net": repr(net), "classes": list(classes), "epochs": epochs, "lr": lr, "seed": seed}
+    recipe = {
+        "net": repr(net),
+        "classes": list(classes),
+        "epochs": epochs,
+        "lr": lr,
+        "seed": seed,
+        "version": PRETRAIN_RECIPE_VERSION,
+    }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"digits-body-{key}.pt"
     if path.exists():
@@ -107,27 +152,34 @@ def pretrained_on_digits(
     return net
 
 
-def _pretrain_body(net: nn.Module, classes: list[int], epochs: int, lr: float, seed: int) -> dict:
+def _pretrain_body(net: nn.Module, classes: list[int], epochs: int, lr: float, seed: int) -> dict[str, torch.Tensor]:
     from sweeper.data import digits_classes
 
-    # A private RNG stream: whether the cache was warm must not change the trial's own seeding.
+    body = copy.deepcopy(net.body)
+    # A private random stream: the trial's own seeding is untouched, and the body starts from
+    # weights drawn from the recipe's seed (not from the trial's), so the cache is the same
+    # whichever trial fills it.
     with torch.random.fork_rng():
         torch.manual_seed(seed)
+        for module in body.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        model = nn.Sequential(body, _head_for(net.head, len(classes)))
         data = digits_classes(classes, split_seed=seed)
-        model = nn.Sequential(net.body, _head_for(net.head, len(classes)))
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-        generator = torch.Generator().manual_seed(seed)
+        order = torch.Generator().manual_seed(seed)
+        model.train()
         for _ in range(epochs):
-            for x, y in data.train_batches(32, generator):
+            for x, y in data.train_batches(32, order):
                 loss = nn.functional.cross_entropy(model(x), y)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-    return {name: value.detach().clone() for name, value in net.body.state_dict().items()}
+    return {name: value.detach().clone() for name, value in body.state_dict().items()}
 
 
 def _head_for(head: nn.Module, num_classes: int) -> nn.Module:
-    """A copy of `head` whose last linear layer has `num_classes` outputs."""
+    """A fresh copy of `head` whose last linear layer has `num_classes` outputs."""
     if isinstance(head, nn.Linear):
         return nn.Linear(head.in_features, num_classes)
     head = copy.deepcopy(head)
