@@ -1,20 +1,24 @@
-"""fastai's learning-rate range test (`Learner.lr_find`), and its suggestions.
+"""fastai's learning-rate range test (`Learner.lr_find`), its suggestions and its plot.
 
-Every batch raises the lr of all groups together, exponentially from `start_lr` to `end_lr` over
-`num_it` batches (`start * (end / start) ** (i / num_it)`); the loss is smoothed as fastai's
-Recorder does (an exponential moving average with beta 0.98, debiased). The test stops early once
-the smoothed loss exceeds 4x its best, and the model and optimizer are restored afterwards, so
-the test leaves no trace. Suggestions, as fastai computes them on the points between the first
-10% and the last five:
-- `valley` (default): the middle of the longest valley of the loss curve;
+Batch i of the test trains with lr `start_lr * (end_lr / start_lr) ** (i / num_it)`, the same
+for every layer group (as fastai sets it). The loss is smoothed as fastai's Recorder smooths it
+(a moving average with beta 0.98, debiased). The test stops after `num_it` batches, or once
+the smoothed loss exceeds 4x its best (or is no longer finite); afterwards the model and the
+optimizer are restored, so the test leaves no trace. With `train.freeze_epochs > 0` the test
+runs on what the first (frozen) phase trains, as fastai's does on a frozen learner.
+
+Suggestions, as fastai computes them, on the points between the first `num_it // 10` and the
+last five (cut at the first NaN):
+- `valley` (default): about halfway down the longest valley of the loss curve;
 - `minimum`: the lr of the lowest loss, divided by 10;
-- `steep`: the lr where the loss falls fastest.
+- `steep`: the lr where the loss falls fastest (steepest negative slope in log lr).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,102 +27,132 @@ from omegaconf import DictConfig
 from torch import nn
 
 from sweeper.config import ConfigError
-from sweeper.trainer import build_parts
+from sweeper.trainer import Trial, prepare
 
-__all__ = ["LrFindResult", "lr_find", "minimum", "plot_lr_find", "steep", "valley"]
+__all__ = ["LrFindResult", "SUGGESTIONS", "lr_find", "minimum", "plot_lr_find", "steep", "suggest", "valley"]
 
-SUGGESTIONS = ("valley", "minimum", "steep")
+BETA = 0.98  # fastai's AvgSmoothLoss
+DIVERGED = 4  # stop once the smoothed loss exceeds this many times its best
 
 
 @dataclass
 class LrFindResult:
-    lrs: list[float]
-    losses: list[float]                  # smoothed, as fastai plots them
-    suggestions: dict[str, float] = field(default_factory=dict)
+    lrs: list[float]                # the lr of every batch the test ran
+    losses: list[float]             # smoothed, as fastai plots them
+    suggestions: dict[str, float] = field(default_factory=dict)  # name -> suggested lr
 
 
-def lr_find(cfg: DictConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
-            stop_div: bool = True) -> LrFindResult:
+def lr_find(
+    cfg: DictConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True
+) -> LrFindResult:
+    """Run the range test on the config's model, data and optimizer; see the module docstring."""
     if not 0 < start_lr < end_lr:
-        raise ConfigError(f"lr_find: start_lr={start_lr} and end_lr={end_lr} need 0 < start_lr < end_lr.")
+        raise ConfigError(f"lr_find: start_lr={start_lr:g} and end_lr={end_lr:g} need 0 < start_lr < end_lr.")
     num_it = max(num_it, 6)  # as fastai
-    parts = build_parts(cfg)
-    model, optimizer = parts.model, parts.optimizer
+    trial = prepare(cfg)
+    model, optimizer = trial.model, trial.optimizer
     saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    lrs, losses = [], []
+    trial.set_trainable(trial.phases[0].trainable)
+
+    lrs: list[float] = []
+    losses: list[float] = []
     average, best = 0.0, math.inf
-    batch_size = int(cfg.train.batch_size)
     model.train()
     try:
-        while len(lrs) < num_it:
-            for x, y in parts.data.train_batches(batch_size, parts.generator):
-                lr = start_lr * (end_lr / start_lr) ** (len(lrs) / num_it)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = nn.functional.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                average = 0.98 * average + 0.02 * loss.item()
-                smooth = average / (1 - 0.98 ** (len(lrs) + 1))
-                lrs.append(lr)
-                losses.append(smooth)
-                best = min(best, smooth)
-                if len(lrs) >= num_it or (stop_div and (smooth > 4 * best or not math.isfinite(smooth))):
-                    raise StopIteration
-    except StopIteration:
-        pass
+        for i, (x, y) in enumerate(_batches(trial, num_it)):
+            lr = start_lr * (end_lr / start_lr) ** (i / num_it)
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            average = BETA * average + (1 - BETA) * loss.item()
+            smooth = average / (1 - BETA ** (i + 1))
+            lrs.append(lr)
+            losses.append(smooth)
+            best = min(best, smooth)
+            if stop_div and (smooth > DIVERGED * best or not math.isfinite(smooth)):
+                break
     finally:  # the test leaves no trace on the model or the optimizer
         model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_optimizer)
-    result = LrFindResult(lrs, losses)
-    lrs_kept, losses_kept = lrs[num_it // 10 : -5], losses[num_it // 10 : -5]
-    if losses_kept:
-        result.suggestions = {name: SUGGEST[name](lrs_kept, losses_kept) for name in SUGGESTIONS}
-    return result
+        trial.set_trainable([True] * len(trial.groups))
+    return LrFindResult(lrs, losses, suggest(lrs, losses, num_it))
 
 
-def valley(lrs: list[float], losses: list[float]) -> float:
-    """fastai's valley: the lr about halfway along the longest run of decreasing loss."""
+def _batches(trial: Trial, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` training batches, as many epochs as that takes."""
+    produced = 0
+    while True:
+        for batch in trial.data.train_batches(trial.batch_size, trial.generator):
+            if produced == count:
+                return
+            produced += 1
+            yield batch
+
+
+def suggest(lrs: Sequence[float], losses: Sequence[float], num_it: int) -> dict[str, float]:
+    """fastai's suggestions from a test's curve; empty when too few points remain to judge."""
+    lrs, losses = list(lrs[num_it // 10 : -5]), list(losses[num_it // 10 : -5])
+    nan = next((i for i, loss in enumerate(losses) if math.isnan(loss)), None)
+    if nan is not None:
+        lrs, losses = lrs[:nan], losses[:nan]
+    if len(lrs) < 2:
+        return {}
+    return {name: function(lrs, losses) for name, function in SUGGESTIONS.items()}
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai's valley: the longest run of decreasing losses, and the lr about halfway down it."""
     n = len(losses)
     max_start = max_end = 0
-    longest = [1] * n  # longest decreasing run ending at each point
+    run_length = [1] * n  # length of the longest decreasing sequence ending at each point
     for i in range(1, n):
         for j in range(i):
-            if losses[i] < losses[j] and longest[i] < longest[j] + 1:
-                longest[i] = longest[j] + 1
-            if longest[max_end] < longest[i]:
+            if losses[i] < losses[j] and run_length[i] < run_length[j] + 1:
+                run_length[i] = run_length[j] + 1
+            if run_length[max_end] < run_length[i]:
                 max_end = i
-                max_start = max_end - longest[max_end]
+                max_start = max_end - run_length[max_end]
     sections = (max_end - max_start) / 3
     return float(lrs[max_start + int(sections) + int(sections / 2)])
 
 
-def minimum(lrs: list[float], losses: list[float]) -> float:
+def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai's minimum: a tenth of the lr with the lowest loss."""
     return lrs[min(range(len(losses)), key=losses.__getitem__)] / 10
 
 
-def steep(lrs: list[float], losses: list[float]) -> float:
+def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai's steep: the lr where the loss falls fastest per unit of log lr."""
     slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(len(lrs) - 1)]
     return lrs[min(range(len(slopes)), key=slopes.__getitem__)]
 
 
-SUGGEST = {"valley": valley, "minimum": minimum, "steep": steep}
+SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
+    "valley": valley,
+    "minimum": minimum,
+    "steep": steep,
+}
 
 
-def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:
+def plot_lr_find(result: LrFindResult, path: str | Path, skip_end: int = 5) -> Path:
+    """The smoothed loss against the lr (log scale), the suggestions marked; a PNG at `path`."""
     from sweeper.plots import plt
 
+    lrs = result.lrs[:-skip_end] if len(result.lrs) > skip_end else result.lrs  # as fastai: the end is noise
+    losses = result.losses[: len(lrs)]
     figure, axis = plt.subplots(figsize=(7, 4))
-    axis.plot(result.lrs, result.losses)
+    axis.plot(lrs, losses)
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("loss (smoothed)")
     for (name, lr), marker in zip(result.suggestions.items(), "o^s"):
-        index = min(range(len(result.lrs)), key=lambda i: abs(math.log(result.lrs[i] / lr)))
-        axis.plot(lr, result.losses[index], marker, label=f"{name}: {lr:.2e}")
+        nearest = min(range(len(result.lrs)), key=lambda i: abs(math.log(result.lrs[i] / lr)))
+        axis.plot(lr, result.losses[nearest], marker, label=f"{name}: {lr:.2e}")
     if result.suggestions:
-        axis.legend()
+        axis.legend(loc="best")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,34 +1,72 @@
-"""A console reporter for a single trial: one line per epoch, one at the end."""
+"""Progress of one trial on the console: a line at the start, a bar over the steps (on a
+terminal), a line per epoch and a summary at the end. Per step it only advances a counter."""
 
 from __future__ import annotations
 
-import sys
-from typing import TextIO
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sweeper.events import EpochEvent, Reporter, StartEvent, TrialResult
+from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 
-__all__ = ["EpochPrinter"]
+__all__ = ["TrialProgress", "summary_lines"]
 
 
-class EpochPrinter(Reporter):
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+class TrialProgress(Reporter):
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.start: StartEvent | None = None
         self.total_epochs = 0
+        self.bar: Progress | None = None
+        self.task = None
 
     def on_start(self, event: StartEvent) -> None:
+        self.start = event
         train = event.config["train"]
         self.total_epochs = train["epochs"] + train.get("freeze_epochs", 0)
-        peaks = ", ".join(f"{p:.3g}" for p in event.peaks)
-        print(f"training on {event.device}: {event.n_groups} layer groups, peaks [{peaks}], "
-              f"{event.total_steps} steps", file=self.stream)
+        self._say(f"training on {event.device}: {event.n_groups} layer groups, peaks {_peaks(event.peaks)}, {event.total_steps} steps")
+        if self.console.is_terminal:  # a bar only where it can redraw itself; logs get the lines
+            self.bar = Progress(
+                TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                console=self.console, transient=True,
+            )
+            self.task = self.bar.add_task("train", total=event.total_steps)
+            self.bar.start()
+
+    def on_step(self, event: StepEvent) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
 
     def on_epoch(self, event: EpochEvent) -> None:
-        metrics = "  ".join(f"{name} {value:.4f}" for name, value in event.metrics.items())
-        print(f"epoch {event.epoch + 1}/{self.total_epochs}  train_loss {event.train_loss:.4f}  "
-              f"valid {metrics}", file=self.stream, flush=True)
+        metrics = "  ".join(f"{name} {value:.4f}" for name, value in event.metrics.items() if name != "loss")
+        self._say(
+            f"epoch {event.epoch + 1}/{self.total_epochs}  train_loss {event.train_loss:.4f}  "
+            f"valid_loss {event.valid_loss:.4f}  {metrics}"
+        )
 
     def on_end(self, result: TrialResult) -> None:
-        objective = "-" if result.objective is None else f"{result.objective:.4f}"
-        reason = f" ({result.reason})" if result.reason else ""
-        print(f"{result.status}{reason}: {result.objective_name} {objective} in {result.seconds:.1f}s",
-              file=self.stream, flush=True)
+        if self.bar is not None:
+            self.bar.stop()
+        for line in summary_lines(result, self.start):
+            self._say(line)
+
+    def _say(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def summary_lines(result: TrialResult, start: StartEvent | None = None) -> list[str]:
+    """Status, objective, time and device, and the peaks, in a few lines."""
+    objective = "-" if result.objective is None else f"{result.objective:.4f}"
+    first = "" if result.first_step_seconds is None else f" (first step after {result.first_step_seconds:.2f}s)"
+    lines = [
+        f"{result.status}: {result.objective_name} {objective} after {len(result.epochs)} epochs, "
+        f"{len(result.steps)} steps, {result.seconds:.2f}s{first} on {result.device}"
+    ]
+    if result.reason:
+        lines.append(f"  reason: {result.reason}")
+    if start is not None:
+        lines.append(f"  peak lr per layer group (head last): {_peaks(start.peaks)}")
+    return lines
+
+
+def _peaks(peaks: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{p:.3g}" for p in peaks) + "]"

@@ -1,6 +1,7 @@
 """`sweeper lr-find`: fastai's learning-rate range test for a model and data.
 
     sweeper lr-find model=cnn data=digits
+    sweeper lr-find experiment=digits_transfer      # frozen like the first fine_tune phase
 
 Prints the suggestions (valley, minimum, steep) and writes the loss-vs-lr plot under results/.
 """
@@ -11,24 +12,25 @@ import argparse
 from pathlib import Path
 
 from sweeper.config import compose_config
-from sweeper.lr_find import lr_find, plot_lr_find
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--start-lr", type=float, default=1e-7)
-    parser.add_argument("--end-lr", type=float, default=10.0)
+    parser.add_argument("--start-lr", type=float, default=1e-7, help="lr of the first batch (default 1e-7)")
+    parser.add_argument("--end-lr", type=float, default=10.0, help="lr the sweep heads for (default 10)")
     parser.add_argument("--num-it", type=int, default=100, help="batches in the test (default 100)")
     parser.add_argument("--plot", type=Path, help="plot path (default results/lr_find-<model>-<data>.png)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from sweeper.lr_find import lr_find, plot_lr_find  # torch loads only when the test runs
+
     cfg = compose_config(args.overrides, args.config_dir)
     result = lr_find(cfg, args.start_lr, args.end_lr, args.num_it)
     print(f"lr_find over {len(result.lrs)} batches, lr {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}")
     if not result.suggestions:
-        print("too few batches before the loss diverged to suggest an lr; lower --end-lr.")
+        print("too few batches before the loss diverged to suggest an lr; lower --start-lr or raise --num-it.")
     for name, lr in result.suggestions.items():
-        print(f"  {name:8s} {lr:.3e}")
+        print(f"  {name:8s} {lr:.3e}" + ("   (fastai's default)" if name == "valley" else ""))
     plot = args.plot or Path(cfg.results_dir) / f"lr_find-{cfg.model.name}-{cfg.data.name}.png"
     print(f"plot: {plot_lr_find(result, plot)}")
     return 0

@@ -1,10 +1,13 @@
 """`sweeper train`: run one trial from Hydra overrides and keep its result.
 
     sweeper train model=cnn lr=fastai lr.high=3e-3 shape=torch_one_cycle
+    sweeper train experiment=digits_transfer --name transfer
 
-Prints an epoch line as it trains and a summary at the end; writes the resolved config and the
-curves to results/train/<time>/ (config.yaml, result.json) and records an MLflow run when
-tracking is on. `sweeper rerun results/train/<time>` runs it again.
+Checks and builds everything first (a bad setting is one error, exit 2, and nothing is written),
+then trains with a progress display, prints a summary (status, objective, time, device, peaks)
+and writes the resolved config and the curves to results/train/<name or time>/ (config.yaml,
+result.json), which `sweeper rerun` reads. With tracking on, the run is recorded in MLflow too.
+Exit code: 0 when the trial finished, 1 when it diverged, failed or was stopped.
 """
 
 from __future__ import annotations
@@ -12,38 +15,72 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import compose_config
-from sweeper.events import Reporter
-from sweeper.progress import EpochPrinter
-from sweeper.trainer import train
+from sweeper.config import ConfigError, compose_config
+from sweeper.events import Reporter, TrialResult
+from sweeper.progress import TrialProgress
+
+EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="folder name under results/train/ (default: the start time)")
-    parser.add_argument("--quiet", action="store_true", help="no epoch lines")
-
-
-def reporters_for(cfg: DictConfig, quiet: bool) -> list[Reporter]:
-    """Everything that listens to the run: the console, and MLflow when tracking is on."""
-    reporters: list[Reporter] = [] if quiet else [EpochPrinter()]
-    if cfg.get("tracking") and cfg.tracking.get("enabled", False):
-        from sweeper import tracking
-
-        reporters.append(tracking.record_run(cfg))
-    return reporters
+    parser.add_argument("--quiet", action="store_true", help="no progress, only the summary's folder")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sweeper.trainer import prepare, run as run_trial  # torch loads only when a trial runs
+
     cfg = compose_config(args.overrides, args.config_dir)
-    result = train(cfg, reporters_for(cfg, args.quiet))
-    folder = Path(cfg.results_dir) / "train" / (args.name or time.strftime("%Y%m%d-%H%M%S"))
+    folder = output_folder(Path(cfg.results_dir) / "train", args.name)
+    if cfg.train.get("threads") is None:
+        cfg.train.threads = torch.get_num_threads()  # kept in config.yaml: a rerun sums in the same order
+    trial = prepare(cfg)  # every check and build: bad input stops here, before anything is written
+    try:
+        result = run_trial(trial, reporters_for(cfg, args.quiet, folder.name, args.overrides))
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing kept.")
+        return EXIT_INTERRUPTED
+    save_result(folder, trial.config, result)
+    print(f"result: {folder}")
+    return 0 if result.status == "finished" else 1
+
+
+def reporters_for(cfg: DictConfig, quiet: bool, name: str, overrides: Sequence[str]) -> list[Reporter]:
+    """Everything that listens to the run: the place to add a listener."""
+    reporters: list[Reporter] = [] if quiet else [TrialProgress()]
+    if cfg.get("tracking") and cfg.tracking.get("enabled", False):
+        from sweeper import tracking  # MLflow loads only when tracking is on
+
+        reporters.append(tracking.record_run(cfg, run_name=name, overrides=overrides))
+    return reporters
+
+
+def output_folder(parent: Path, name: str | None) -> Path:
+    """results/train/<name>: a name given must be new; the default (the time) is made unique."""
+    if name is not None:
+        if "/" in name or name in ("", ".", ".."):
+            raise ConfigError(f"--name: {name!r} must be a plain folder name, e.g. --name first-try.")
+        if (parent / name).exists():
+            raise ConfigError(f"--name: {parent / name} exists already; choose another --name.")
+        return parent / name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder, n = parent / stamp, 1
+    while folder.exists():
+        n += 1
+        folder = parent / f"{stamp}-{n}"
+    return folder
+
+
+def save_result(folder: Path, cfg: DictConfig, result: TrialResult) -> None:
+    """config.yaml (resolved: it reruns as it ran) and result.json (every step and epoch)."""
     folder.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
     (folder / "result.json").write_text(json.dumps(asdict(result), indent=1))
-    print(f"result: {folder}")
-    return 0 if result.status == "finished" else 1
