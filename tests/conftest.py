@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -205,3 +207,27 @@ def mlflow_server(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def trial_config(tmp_path):
+    """compose_config for trainer tests: results (the pre-trained body cache too) in
+    tmp_path/results, MLflow off."""
+    from sweeper.config import compose_config
+
+    def compose(*overrides: str):
+        return compose_config([f"results_dir={tmp_path}/results", "tracking=none", *overrides])
+
+    return compose
+
+
+@contextmanager
+def before_each_optimizer_step(record: Callable) -> Iterator[None]:
+    """Call `record(optimizer)` just before every optimizer step taken inside the block."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: record(optimizer))
+    try:
+        yield
+    finally:
+        handle.remove()

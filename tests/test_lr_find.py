@@ -1,4 +1,5 @@
-"""fastai's lr range test: the sweep, the early stop, the restore, and the suggestions."""
+"""fastai's lr range test: the sweep, the early stop, the restore, the smoothing, the
+suggestions and the command."""
 
 from __future__ import annotations
 
@@ -6,49 +7,66 @@ import math
 
 import pytest
 import torch
+from conftest import before_each_optimizer_step
 
 import sweeper.lr_find as lr_find_module
 from sweeper.cli import main
-from sweeper.config import compose_config
-from sweeper.lr_find import lr_find, minimum, steep, valley
+from sweeper.lr_find import lr_find, minimum, steep, suggest, valley
 
 
 @pytest.fixture
-def captured_parts(monkeypatch):
-    """The model and optimizer lr_find builds, with their state before the test."""
-    captured = {}
-    real = lr_find_module.build_parts
+def prepared(monkeypatch):
+    """The trial lr_find prepares, with its model's parameters and requires_grad before the test."""
+    seen = {}
+    real = lr_find_module.prepare
 
-    def capture(cfg):
-        parts = real(cfg)
-        captured["parts"] = parts
-        captured["model"] = {k: v.clone() for k, v in parts.model.state_dict().items()}
-        return parts
+    def spy(cfg):
+        trial = real(cfg)
+        seen["trial"] = trial
+        seen["params"] = {k: v.detach().clone() for k, v in trial.model.state_dict().items()}
+        seen["requires_grad"] = [p.requires_grad for p in trial.model.parameters()]
+        return trial
 
-    monkeypatch.setattr(lr_find_module, "build_parts", capture)
-    return captured
+    monkeypatch.setattr(lr_find_module, "prepare", spy)
+    return seen
 
 
-def test_lr_rises_exponentially_and_everything_is_restored(captured_parts):
-    result = lr_find(compose_config(["train.batch_size=32"]), start_lr=1e-6, end_lr=1e-2, num_it=30)
-    assert len(result.lrs) == 30  # no divergence below 1e-2: all batches run
+def test_lr_rises_exponentially_for_every_group_and_everything_is_restored(trial_config, prepared):
+    lrs_used = []
+    with before_each_optimizer_step(lambda opt: lrs_used.append({g["lr"] for g in opt.param_groups})):
+        result = lr_find(trial_config("train.batch_size=32"), start_lr=1e-6, end_lr=1e-2, num_it=30)
+    assert len(result.lrs) == 30  # no divergence below 1e-2: every batch runs
     for i, lr in enumerate(result.lrs):
-        assert math.isclose(lr, 1e-6 * (1e-2 / 1e-6) ** (i / 30), rel_tol=1e-12)
-    parts = captured_parts["parts"]
-    for name, value in parts.model.state_dict().items():
-        assert torch.equal(value, captured_parts["model"][name]), f"{name} was not restored"
-    assert parts.optimizer.state_dict()["state"] == {}  # the optimizer is back to untouched
+        assert math.isclose(lr, 1e-6 * (1e-2 / 1e-6) ** (i / 30), rel_tol=1e-12), i
+    assert lrs_used == [{lr} for lr in result.lrs]  # one lr for all groups, as fastai sets it
+    trial = prepared["trial"]
+    for name, value in trial.model.state_dict().items():
+        assert torch.equal(value, prepared["params"][name]), f"{name} was not restored"
+    assert trial.optimizer.state_dict()["state"] == {}  # the optimizer is back to untouched
     assert set(result.suggestions) == {"valley", "minimum", "steep"}
 
 
-def test_stops_once_the_smoothed_loss_passes_four_times_its_best():
-    result = lr_find(compose_config(["optimizer=sgd", "train.batch_size=32"]), end_lr=1e4, num_it=100)
+def test_a_fine_tune_config_is_tested_frozen_and_unfrozen_after(trial_config, prepared):
+    moved = []
+    with before_each_optimizer_step(lambda opt: moved.append([p.grad is not None for g in opt.param_groups for p in g["params"]])):
+        lr_find(trial_config("train.freeze_epochs=1", "train.batch_size=64"), end_lr=1e-3, num_it=10)
+    trial = prepared["trial"]
+    head = {id(p) for _, p in trial.groups[-1]}
+    with_grad = [id(p) for g in trial.optimizer.param_groups for p in g["params"]]
+    for step in moved:  # only the head has gradients while frozen
+        assert {pid for pid, has in zip(with_grad, step) if has} == head
+    assert all(p.requires_grad for p in trial.model.parameters())  # unfrozen afterwards
+
+
+def test_stops_once_the_smoothed_loss_passes_four_times_its_best(trial_config):
+    result = lr_find(trial_config("optimizer=sgd", "train.batch_size=32"), end_lr=1e4, num_it=100)
     assert len(result.lrs) < 100
-    assert result.losses[-1] > 4 * min(result.losses) or not math.isfinite(result.losses[-1])
+    last = result.losses[-1]
+    assert last > 4 * min(result.losses) or not math.isfinite(last)
     assert all(loss <= 4 * min(result.losses[: i + 1]) for i, loss in enumerate(result.losses[:-1]))
 
 
-def test_smoothing_is_fastai_debiased_moving_average(monkeypatch):
+def test_smoothing_is_fastais_debiased_moving_average(trial_config, monkeypatch):
     raw = []
     real = torch.nn.functional.cross_entropy
 
@@ -58,22 +76,25 @@ def test_smoothing_is_fastai_debiased_moving_average(monkeypatch):
         return loss
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", recording)
-    result = lr_find(compose_config(["train.batch_size=64"]), end_lr=1e-3, num_it=10)
+    result = lr_find(trial_config("train.batch_size=64"), end_lr=1e-3, num_it=10)
     average = 0.0
     for i, (value, smooth) in enumerate(zip(raw, result.losses)):
         average = average * 0.98 + value * 0.02
-        assert math.isclose(smooth, average / (1 - 0.98 ** (i + 1)), rel_tol=1e-12)
+        assert math.isclose(smooth, average / (1 - 0.98 ** (i + 1)), rel_tol=1e-12), i
 
 
-LRS = [10.0 ** (k / 2 - 6) for k in range(12)]
+LRS = [10.0 ** (k / 2 - 6) for k in range(12)]  # 1e-6 .. 10**-0.5, half a decade apart
 
 
 @pytest.mark.parametrize(
     ("losses", "expected"),
     [
-        # minimum: the lowest loss's lr over 10; steep: where the loss falls fastest
+        # the lowest loss is at 7; the biggest fall per step is from 3 to 4 (4 -> 2)
         ([5, 5, 4.9, 4, 2, 1.5, 1.4, 1.3, 1.35, 3, 6, 9], {"minimum": LRS[7] / 10, "steep": LRS[3]}),
+        # the lowest loss is at 9; the biggest fall is from 2 to 3 (2.8 -> 1)
         ([3, 2.9, 2.8, 1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 2, 8], {"minimum": LRS[9] / 10, "steep": LRS[2]}),
+        # equal minima: the first, as torch's argmin; the biggest fall is from 1 to 2
+        ([4, 3.5, 2, 1, 1, 2, 1, 1, 3, 4, 5, 6], {"minimum": LRS[3] / 10, "steep": LRS[1]}),
     ],
 )
 def test_minimum_and_steep(losses, expected):
@@ -81,19 +102,44 @@ def test_minimum_and_steep(losses, expected):
     assert steep(LRS, losses) == expected["steep"]
 
 
-def test_valley_takes_the_middle_of_the_longest_decline():
-    # the longest decreasing run is points 2..9 (8 points); fastai's index: start + 1/3 + 1/6 of it
-    losses = [1.0, 1.2, 1.1, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.9, 3.0]
-    run_end, run_length = 9, 9  # ends at 9; the run counts from point 0 (1.0 > 0.9 ... 0.4)
-    start = run_end - run_length
-    sections = (run_end - start) / 3
-    assert valley(LRS, losses) == LRS[start + int(sections) + int(sections / 2)]
-    assert LRS[2] <= valley(LRS, losses) <= LRS[8]  # inside the valley, not at an end
+@pytest.mark.parametrize(
+    ("losses", "index"),
+    [
+        # one long decline 0..9 (10 points): fastai's max_start is 9 - 10 = -1, so the index is
+        # -1 + int(10 / 3) + int(10 / 6) = 3
+        ([1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.9, 3.0], 3),
+        # a bump at 1: the longest decreasing sequence skips it (0, 2..9: 9 points), so
+        # max_start = 9 - 9 = 0 and the index is 0 + int(9 / 3) + int(9 / 6) = 4
+        ([1.0, 1.2, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.9, 3.0], 4),
+        # a short decline (0..2), a rise, then a longer one (3..10: 8 points): max_start is
+        # 10 - 8 = 2 and the index 2 + int(8 / 3) + int(8 / 6) = 5
+        ([1.0, 0.9, 0.8, 2.0, 1.9, 1.6, 1.4, 1.2, 1.0, 0.85, 0.82, 4.0], 5),
+    ],
+)
+def test_valley_is_fastais_longest_valley(losses, index):
+    assert valley(LRS, losses) == LRS[index]
+
+
+def test_suggestions_skip_the_ends_and_stop_at_a_nan():
+    lrs = [10.0 ** (i / 10 - 7) for i in range(40)]
+    losses = [3.0 - 0.05 * i for i in range(40)]
+    losses[20] = math.nan
+    kept = suggest(lrs, losses, num_it=40)
+    # points 4..19 remain (num_it // 10 skipped at the start, the NaN and all after it dropped)
+    assert kept["minimum"] == lrs[19] / 10
+    assert suggest(lrs[:8], losses[:8], num_it=40) == {}  # too few points: no suggestion
 
 
 def test_lr_find_command_prints_suggestions_and_writes_the_plot(tmp_path, capsys):
-    code = main(["lr-find", "--num-it", "40", f"results_dir={tmp_path}"])
+    code = main(["lr-find", "--num-it", "40", f"results_dir={tmp_path}", "tracking=none"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "valley" in out and "minimum" in out and "steep" in out
+    for name in ("valley", "minimum", "steep"):
+        assert name in out
     assert (tmp_path / "lr_find-mlp-digits.png").stat().st_size > 0
+
+
+def test_lr_find_command_rejects_a_bad_range(tmp_path, capsys):
+    assert main(["lr-find", "--start-lr", "1", "--end-lr", "0.1", f"results_dir={tmp_path}"]) == 2
+    assert "start_lr" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
