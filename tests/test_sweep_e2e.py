@@ -11,7 +11,7 @@ from sweeper.study import count_trials, plan_sweep
 
 pytest.importorskip("sweeper.trainer", reason="the real trainer (sweeper/trainer.py) is not there yet")
 
-SWEEP = ["experiment=digits_transfer", "sweep.workers=2", "sweep.cpu_threads=1", "pruner=median", "sweep.poll=0.5"]
+SWEEP = ["experiment=digits_transfer", "train.epochs=3", "sweep.workers=2", "sweep.cpu_threads=1", "pruner=median", "sweep.poll=0.5"]
 
 
 @pytest.mark.slow
