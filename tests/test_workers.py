@@ -132,7 +132,7 @@ def test_multi_objective_sweep_reports_without_pruning(plan_args):
 
 
 @pytest.mark.slow
-def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu(sweeper_cli, stand_in_sweep, tmp_path, monkeypatch):
+def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu_and_resume(sweeper_cli, stand_in_sweep, tmp_path, monkeypatch):
     # Instant trials and three workers racing for the last ones: only the claim lock keeps the
     # count exact. Two GPUs are "visible": the stand-in reports the CUDA_VISIBLE_DEVICES it got.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
@@ -149,6 +149,12 @@ def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu(sweeper_cli, s
     assert "sweep mlp-digits: 10/10 finished" in done.stdout
     assert "worker logs:" in done.stdout
     assert (tmp_path / "results" / "sweeps" / "mlp-digits" / "report.md").is_file()  # the comparison
+
+    # The same sweep again, with a larger budget, resumes it: n_trials counts across runs.
+    resumed = sweeper_cli("sweep", *stand_in_sweep, "sweep.workers=2", "sweep.n_trials=13", "sweep.poll=0.1")
+    assert resumed.returncode == 0, resumed.stderr
+    counts = count_trials(study)
+    assert counts.finished == 13 and counts.running == counts.failed == 0
 
 
 @pytest.mark.slow
