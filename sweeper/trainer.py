@@ -50,8 +50,9 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -100,21 +101,35 @@ def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> Tria
 
 @dataclass(frozen=True)
 class Phase:
+    """One fit_one_cycle: its schedule and which layer groups train.
+
+    The schedule is evaluated for every step when the phase is planned: in the middle of
+    training, a shape's arithmetic (several NumPy float32 operations per group) costs several
+    times what it costs in one go, and a lookup per step costs almost nothing. The values are the
+    very floats `schedule.at(step)` returns.
+    """
+
     name: str                       # "train", or "frozen" then "unfrozen" (fine_tune)
     epochs: int
     schedule: Schedule              # over this phase's own training batches, from its step 0
     trainable: tuple[bool, ...]     # per layer group: does it take optimizer steps
+    lrs: np.ndarray = field(init=False, repr=False, compare=False)           # [step, layer group]
+    momenta: list[float | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rows = [self.schedule.at(step) for step in range(self.schedule.total)]
+        object.__setattr__(self, "lrs", np.array([lrs for lrs, _ in rows], dtype=np.float64))
+        object.__setattr__(self, "momenta", [momentum for _, momentum in rows])
+
+    def at(self, step: int) -> tuple[list[float], float | None]:
+        """`schedule.at(step)`, looked up."""
+        return self.lrs[step].tolist(), self.momenta[step]
 
 
 def plan_phases(
     epochs: int, freeze_epochs: int, peaks: Sequence[float], shape: Shape, batches_per_epoch: int
 ) -> list[Phase]:
     """fit_one_cycle, or fine_tune's frozen and unfrozen phases (see the module docstring)."""
-    if epochs + freeze_epochs < 1:
-        raise ConfigError(
-            f"train.epochs={epochs} with train.freeze_epochs={freeze_epochs} trains nothing; "
-            f"set train.epochs to 1 or more (train.epochs=0 is for a frozen phase alone)."
-        )
     n_groups = len(peaks)
     phases = []
     if freeze_epochs:
@@ -177,8 +192,13 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     device = resolve_device(str(settings.device))
     epochs = _whole(settings, "epochs", 0)
     freeze_epochs = _whole(settings, "freeze_epochs", 0, default=0)
+    if epochs + freeze_epochs < 1:
+        raise ConfigError(
+            f"train.epochs={epochs} with train.freeze_epochs={freeze_epochs} trains nothing; "
+            f"set train.epochs to 1 or more (train.epochs=0 is for a frozen phase alone)."
+        )
     batch_size = _whole(settings, "batch_size", 1)
-    sync_every = _whole(settings, "sync_every", 1, default=1)
+    sync_every = _whole(settings, "sync_every", 1, default=16)
     lr_spec = parse_lr(_plain(cfg.lr))
     shape = build_shape(cfg.shape)
 
@@ -291,12 +311,12 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
         total_steps=sum(phase.schedule.total for phase in trial.phases),
         device=str(device),
     )
-    for reporter in reporters:
-        reporter.on_start(start)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if trial.amp else nullcontext()
     unread: list[tuple[torch.Tensor, tuple]] = []  # (loss, step event fields) not reported yet
     step = epoch = 0
     try:
+        for reporter in reporters:
+            reporter.on_start(start)
         for phase in trial.phases:
             trial.set_trainable(phase.trainable)
             phase_step = 0
@@ -307,7 +327,7 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
                 for x, y in data.train_batches(trial.batch_size, trial.generator):
                     if result.first_step_seconds is None:
                         result.first_step_seconds = time.perf_counter() - trial.started
-                    lrs, momentum = phase.schedule.at(phase_step)
+                    lrs, momentum = phase.at(phase_step)
                     set_hyperparameters(optimizer, trial.owners, lrs, momentum)
                     with autocast:
                         loss = nn.functional.cross_entropy(model(x), y)

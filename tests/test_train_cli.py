@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from sweeper.cli import main
 
-QUICK = ["train.epochs=2", "train.batch_size=128", "tracking=none"]
+QUICK = ["train.epochs=2", "train.batch_size=128", "train.device=cpu", "tracking=none"]
 
 
 def test_train_prints_progress_and_a_summary_and_keeps_config_and_curves(tmp_path, capsys):
