@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -65,8 +65,30 @@ def compose_config(
     search = [f"file://{d}" for d in user_config_dirs(config_dirs)]
     if search:
         overrides.append(f"hydra.searchpath=[{','.join(search)}]")
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="sweeper"):
-        return compose(config_name="config", overrides=overrides)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="sweeper"):
+            return compose(config_name="config", overrides=overrides)
+    except HydraException as error:
+        raise ConfigError(_composition_error(error)) from None
+
+
+def _composition_error(error: HydraException) -> str:
+    """Hydra's message for an override it cannot apply, as one line that says what to do."""
+    if isinstance(error, MissingConfigException) and "/" in (error.missing_cfg_file or ""):
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return (
+            f"{group}={option}: there is no such option. Available options in {group}: "
+            f"{', '.join(error.options)}; or add {error.missing_cfg_file}.yaml to a config directory "
+            f"of yours (--config-dir DIR)."
+        )
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines[0].startswith("Could not override") and "not in struct" in str(error.__cause__):
+        key = lines[0].removeprefix("Could not override ").strip("'.")
+        fix = lines[1].removeprefix("To append to your config use ") if len(lines) > 1 else f"+{key}=..."
+        return f"{key}: there is no such setting; check its spelling, or add it as a new key with {fix}."
+    text = " ".join(line for line in lines if not line.startswith(("Config search path", "provider=")))
+    override = getattr(error, "override", None)  # a parse error names the override it could not read
+    return f"override {override!r}: {text}" if override else text
 
 
 def build_shape(node: Mapping | DictConfig) -> Shape:
