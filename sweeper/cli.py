@@ -83,8 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_command_module(args.command).run(args) or 0)
     except user_errors() as error:
-        print(f"sweeper {args.command}: error: {error}", file=sys.stderr)
+        print(f"sweeper {args.command}: error: {one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def one_line(error: BaseException) -> str:
+    """A user error's message on one line. OmegaConf puts the setting on a later line
+    ("full_key: sweep.n_trials"): it goes first, as in our own messages."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    key = getattr(error, "full_key", None)
+    if key:
+        details = ("full_key:", "object_type=", "reference_type=")
+        lines = [f"{key}: {lines[0]}", *(line for line in lines[1:] if not line.startswith(details))]
+    return " ".join(lines)
 
 
 if __name__ == "__main__":
