@@ -367,8 +367,11 @@ def _instantiate(group: str, node: dict) -> Any:
         with _experimental_features_on_purpose():
             return instantiate(node)
     except Exception as error:  # noqa: BLE001 - Hydra wraps the real cause; show it in one line
-        cause = error.__cause__ or error
-        raise ConfigError(f"{group}: cannot build {node.get('_target_')}: {error_line(cause)}") from None
+        cause = " ".join(str(error.__cause__ or error).split())
+        raise ConfigError(
+            f"{group}: cannot build {node.get('_target_')}: {cause}; pick a ready-made one with "
+            f"{group}=<name> (conf/{group}/), or fix {group}._target_ and its settings."
+        ) from None
 
 
 class PruningReporter(Reporter):
