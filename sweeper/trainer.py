@@ -117,9 +117,13 @@ class Phase:
     momenta: list[float | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        rows = [self.schedule.at(step) for step in range(self.schedule.total)]
-        object.__setattr__(self, "lrs", np.array([lrs for lrs, _ in rows], dtype=np.float64))
-        object.__setattr__(self, "momenta", [momentum for _, momentum in rows])
+        lrs = np.empty((self.schedule.total, len(self.schedule.peaks)), dtype=np.float64)  # exact Python floats
+        momenta = []
+        for step in range(self.schedule.total):
+            lrs[step], momentum = self.schedule.at(step)
+            momenta.append(momentum)
+        object.__setattr__(self, "lrs", lrs)
+        object.__setattr__(self, "momenta", momenta)
 
     def at(self, step: int) -> tuple[list[float], float | None]:
         """`schedule.at(step)`, looked up."""
