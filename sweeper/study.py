@@ -442,6 +442,8 @@ def plan_sweep(
         setting = "sweep.objectives" if objectives.several else "train.objective"
         check_objectives(objectives, tuple(load_trainer(cfg).available_metrics(cfg)), setting)
         validate_space(space, base, config_dirs)
+        if storage.path is None:  # a database server: reachable now, before anything is recorded
+            storage.open()
     return plan
 
 
