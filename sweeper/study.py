@@ -46,6 +46,7 @@ __all__ = [
     "PruningReporter",
     "StorageSpec",
     "SweepPlan",
+    "check_trial",
     "count_trials",
     "fail_stale_trials",
     "load_trainer",
@@ -110,7 +111,8 @@ def objectives_of(cfg: DictConfig) -> Objectives:
 
 def load_trainer(cfg: DictConfig) -> Any:
     """What `sweep.trainer` names: a module (or an object in one) with train(cfg, reporters) and
-    available_metrics(cfg)."""
+    available_metrics(cfg); optionally prepare(cfg) and resolve_device(name), the checks
+    `check_trial` runs before a sweep starts."""
     name = cfg.sweep.trainer
     try:
         trainer = _import(name)
@@ -439,12 +441,32 @@ def plan_sweep(
     if validate:  # the quick checks first; composing the space's edges takes a second or two
         make_sampler(cfg, space)
         make_pruner(cfg)
+        trainer = load_trainer(cfg)
         setting = "sweep.objectives" if objectives.several else "train.objective"
-        check_objectives(objectives, tuple(load_trainer(cfg).available_metrics(cfg)), setting)
+        check_objectives(objectives, tuple(trainer.available_metrics(cfg)), setting)
         validate_space(space, base, config_dirs)
         if storage.path is None:  # a database server: reachable now, before anything is recorded
             storage.open()
+        check_trial(trainer, space, base, config_dirs)
     return plan
+
+
+def check_trial(trainer: Any, space: SearchSpace, base: Sequence[str], config_dirs: Sequence[str]) -> None:
+    """Build one trial of the sweep with the trainer's own checks, where it offers them
+    (`prepare(cfg)`, and `resolve_device(name)`): a setting that would fail every trial (data
+    that is not there, layer groups that do not cover the model, a list of lrs of the wrong
+    length, CUDA where there is none) stops the sweep before its study exists, instead of
+    failing trial after trial. It builds on the CPU, so this process holds no GPU memory."""
+    prepare = getattr(trainer, "prepare", None)
+    if not callable(prepare):
+        return
+    first = optuna.trial.FixedTrial({d.name: d.edges()[0] for d in space.dimensions()})
+    cfg = compose_config([*base, *space.suggest(first)], config_dirs)
+    resolve_device = getattr(trainer, "resolve_device", None)
+    if callable(resolve_device):
+        resolve_device(str(cfg.train.device))
+    cfg.train.device = "cpu"
+    prepare(cfg)
 
 
 def open_study(plan: SweepPlan, *, create: bool, worker: int = 0) -> optuna.Study:
