@@ -21,7 +21,7 @@ from sweeper.config import ConfigError
 from sweeper.study import SweepPlan, plan_sweep
 from sweeper.workers import Slot, plan_slots, run_worker, usable_cores, visible_gpus
 
-__all__ = ["WorkerHandle", "launch_workers", "worker_command"]
+__all__ = ["WorkerHandle", "check_launcher", "launch_workers", "worker_command"]
 
 
 class WorkerHandle(Protocol):
@@ -73,14 +73,35 @@ class JobWorker:
             self.job.cancel(check=False)
 
 
-def launch_workers(plan: SweepPlan, logs: Path, deadline: float | None) -> list[WorkerHandle]:
-    """Start the sweep's workers as `launcher.name` says."""
+def check_launcher(plan: SweepPlan) -> None:
+    """The launcher's settings (worker slots here, or cluster jobs), checked before anything
+    is created: a bad one must not leave a study or an MLflow run behind."""
     name = plan.cfg.launcher.name
     if name == "local":
-        return _launch_local(plan, plan_slots(plan.cfg.sweep, visible_gpus(), usable_cores()), logs, deadline)
-    if name == "slurm":
-        return _launch_jobs(plan, plan.cfg.launcher, deadline)
-    raise ConfigError(f"launcher.name: {name!r} is not a launcher; use launcher=local or launcher=slurm.")
+        _local_slots(plan)
+    elif name == "slurm":
+        _job_count(plan.cfg.launcher)
+    else:
+        raise ConfigError(f"launcher.name: {name!r} is not a launcher; use launcher=local or launcher=slurm.")
+
+
+def launch_workers(plan: SweepPlan, logs: Path, deadline: float | None) -> list[WorkerHandle]:
+    """Start the sweep's workers as `launcher.name` says."""
+    check_launcher(plan)
+    if plan.cfg.launcher.name == "local":
+        return _launch_local(plan, _local_slots(plan), logs, deadline)
+    return _launch_jobs(plan, plan.cfg.launcher, deadline)
+
+
+def _local_slots(plan: SweepPlan) -> list[Slot]:
+    return plan_slots(plan.cfg.sweep, visible_gpus(), usable_cores())
+
+
+def _job_count(launcher: DictConfig) -> int:
+    jobs = launcher.jobs
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"launcher.jobs: {jobs!r} must be a whole number of worker jobs >= 1.")
+    return jobs
 
 
 def _launch_local(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: float | None) -> list[WorkerHandle]:
@@ -103,9 +124,7 @@ def _launch_local(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: 
 def _launch_jobs(plan: SweepPlan, launcher: DictConfig, deadline: float | None) -> list[WorkerHandle]:
     import submitit
 
-    jobs = launcher.jobs
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"launcher.jobs: {jobs!r} must be a whole number of worker jobs >= 1.")
+    jobs = _job_count(launcher)
     executor = submitit.AutoExecutor(folder=launcher.folder, cluster=launcher.cluster)
     executor.update_parameters(
         name=f"sweeper-{plan.name}",

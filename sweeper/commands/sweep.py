@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeper.launchers import WorkerHandle, launch_workers
+from sweeper.launchers import WorkerHandle, check_launcher, launch_workers
 from sweeper.live import LiveView, read_progress, sampled
 from sweeper.study import SweepPlan, count_trials, open_study, plan_sweep
 from sweeper.workers import tracking_module
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     plan = plan_sweep(args.overrides, args.config_dir)
+    check_launcher(plan)
     if args.dry_run:
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in plan.space.describe()))
