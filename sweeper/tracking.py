@@ -221,8 +221,8 @@ def connect(settings: TrackingSettings) -> tuple[MlflowClient, str]:
     except Exception as error:  # noqa: BLE001 - any failure here means the store is not usable
         raise ConfigError(
             f"tracking.uri: cannot reach MLflow at {settings.label}: {_one_line(error)}; start the "
-            f"server (mlflow server --host 0.0.0.0 --port 5000 ...) and check the URL, or use "
-            f"tracking=local (embedded, under results/) or tracking=none."
+            f"server (mlflow server --port 5000 ...: loopback only, unless --host opens it to other "
+            f"machines) and check the URL, or use tracking=local (embedded, under results/) or tracking=none."
         ) from None
 
 
