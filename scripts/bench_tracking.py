@@ -1,0 +1,200 @@
+"""Recording overhead: a trial recorded to MLflow against the same trial unrecorded.
+
+    .venv/bin/python scripts/bench_tracking.py               # embedded SQLite and a local server
+
+A trial is recorded as a sweep records it: `sweeper.tracking.prepare_sweep` once per store (the
+sweep's parent run), then per trial the reporter `trial_reporter` gives, a nested child run with
+its params, tags, config and environment artifacts, step metrics (lr of each group, momentum,
+loss) sent in batches when each epoch ends, epoch metrics, and the schedule plot at the end.
+Stores: `sqlite` (tracking=local, the embedded default) and `server` (a `mlflow server` this
+script starts on a free port of 127.0.0.1 over its own SQLite file, stopped at the end).
+
+Rounds interleave the variants (unrecorded, sqlite, server, unrecorded, ...); a trial's time is
+its wall time in the worker (reporter made + train()). The recorder's own hooks are timed too,
+so the overhead splits into run start, per-step queueing, epoch flushes and the end (plot, flush).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import benchlib
+
+ROUNDS = 5
+TRIALS = {  # name -> overrides of the trial that is recorded
+    "mlp-digits": ("model=mlp",),   # the default sweep's trial: 6 epochs of 21 batches
+    "cnn-digits": ("model=cnn",),
+}
+HOOKS = ("on_start", "on_step", "on_epoch", "on_end")
+
+
+class Store:
+    """One way of running the trial: unrecorded, or recorded into one MLflow store."""
+
+    def __init__(self, name: str, cfg) -> None:
+        from sweeper import tracking
+
+        self.name, self.cfg, self.trials = name, cfg, 0
+        self.sweep = tracking.prepare_sweep(cfg, "bench") if name != "none" else None
+        self.hooks: list[dict[str, float]] = []
+
+    def trial(self) -> float:
+        from sweeper.trainer import train
+
+        started = time.perf_counter()
+        reporters = []
+        if self.sweep is not None:
+            self.trials += 1
+            clock = benchlib.HookClock(self.sweep.trial_reporter(self.trials, self.cfg))
+            reporters.append(clock)
+        result = train(self.cfg, reporters)
+        seconds = time.perf_counter() - started
+        if result.status != "finished":
+            raise RuntimeError(f"the trial ended {result.status}: {result.reason}")
+        if reporters:
+            self.hooks.append(dict(clock.seconds))
+        return seconds
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, timeout: float = 120) -> Iterator[str]:
+    """A local `mlflow server` (its own process group) for the block; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "server.log"
+    with open(log, "ab") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1", "--backend-store-uri", f"sqlite:///{folder}/server.db",
+                "--artifacts-destination", str(folder / "artifacts"),
+            ],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not _healthy(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start; its log:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def plot_seconds(cfg, folder: Path, repeats: int = 3) -> float:
+    """What drawing the trial's schedule plot costs (the recorder draws one at every trial's end)."""
+    from sweeper.plots import plot_schedule
+    from sweeper.trainer import prepare
+
+    schedule = prepare(cfg).phases[0].schedule
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        plot_schedule(schedule, folder / "schedule.png")
+        seconds.append(time.perf_counter() - started)
+    return benchlib.median(seconds)
+
+
+def measure(trial_name: str, stores: dict[str, Store], repeats: int, folder: Path) -> list[dict]:
+    samples = benchlib.interleave({name: store.trial for name, store in stores.items()}, repeats)
+    plain = samples["none"]
+    plot = plot_seconds(stores["none"].cfg, folder)
+    rows = []
+    for name, store in stores.items():
+        if name == "none":
+            continue
+        extra = [a - b for a, b in zip(samples[name], plain)]
+        hooks = store.hooks[-repeats:]  # the timed rounds
+        overhead = benchlib.median(extra)
+        rows.append({
+            "trial": trial_name,
+            "store": name,
+            "rounds": repeats,
+            "trial_s": benchlib.median(plain),
+            "recorded_s": benchlib.median(samples[name]),
+            "ratio": benchlib.median(benchlib.ratios(samples[name], plain)),
+            "overhead_ms": 1000 * overhead,
+            "hooks_ms": 1000 * benchlib.median(sum(h.values()) for h in hooks),
+            **{f"{hook.removeprefix('on_')}_ms": 1000 * benchlib.median(h.get(hook, 0.0) for h in hooks) for hook in HOOKS},
+            "plot_ms": 1000 * plot,
+            "trial_s_for_3pct": overhead / 0.03,
+        })
+    return rows
+
+
+def main() -> None:
+    parser = benchlib.parser(__doc__)
+    parser.add_argument("--trials", nargs="+", default=list(TRIALS), choices=list(TRIALS))
+    parser.add_argument("--stores", nargs="+", default=["sqlite", "server"], choices=["sqlite", "server"])
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per trial (the default config's 6)")
+    parser.add_argument("--repeats", type=int, default=ROUNDS, help="interleaved rounds (after one warm-up round)")
+    args = parser.parse_args()
+    if args.quick:
+        args.trials, args.epochs, args.repeats = args.trials[:1], 1, 1
+    from sweeper.config import compose_config
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        folder = Path(tmp)
+        choices = {"none": ["tracking=none"], "sqlite": ["tracking=local"]}
+        if "server" in args.stores:
+            choices["server"] = ["tracking=server", f"tracking.uri={stack.enter_context(mlflow_server(folder / 'server'))}"]
+        for trial_name in args.trials:
+            base = [*TRIALS[trial_name], f"train.epochs={args.epochs}", "train.device=cpu", f"results_dir={folder}"]
+            stores = {
+                name: Store(name, compose_config([*base, *overrides]))
+                for name, overrides in choices.items()
+                if name == "none" or name in args.stores
+            }
+            rows += measure(trial_name, stores, args.repeats, folder)
+    benchlib.publish(
+        args.out_dir,
+        "tracking",
+        "Recording overhead: MLflow on and off",
+        rows,
+        notes=[
+            f"Per trial ({args.epochs} epochs, CPU): `trial_s` unrecorded and `recorded_s` recorded "
+            "(medians), `ratio` = recorded / unrecorded round by round (median), `overhead_ms` = "
+            "recorded - unrecorded (median). Time inside the recorder's hooks over a trial (`hooks_ms`, "
+            "medians), split: `start_ms` (run created, params, tags, config and environment "
+            "artifacts), `step_ms` (every step queued), `epoch_ms` (every epoch's batch flush), "
+            "`end_ms` (schedule plot, last flush, run ended); `plot_ms`: drawing that schedule plot "
+            "alone (`sweeper.plots.plot_schedule`). `trial_s_for_3pct`: the trial length at which "
+            "`overhead_ms` is 3%."
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

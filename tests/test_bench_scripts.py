@@ -1,0 +1,106 @@
+"""Smoke tests of the benchmark scripts: each runs with --quick into a temporary folder, and the
+CSV and Markdown it writes must have the expected columns and positive figures. Nothing here is
+timed: how fast things are is what the scripts report, never what a test asserts."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Packages the scaling benchmark must do without under --no-tracking (a GPU machine may have only
+# hydra-core, omegaconf, optuna, sqlalchemy, torch, numpy, pandas and the repository).
+NOT_NEEDED = ("mlflow", "matplotlib", "sklearn", "scipy", "rich", "submitit", "psycopg2", "cmaes")
+# sitecustomize for the processes of that run: a None in sys.modules makes `import mlflow` fail as
+# if it were not installed, and importlib.util.find_spec answer None, as torch's probes expect.
+BLOCKER = f"import sys\nsys.modules.update(dict.fromkeys({NOT_NEEDED!r}))\n"
+
+
+def run_script(name: str, folder: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    command = [sys.executable, str(REPO / "scripts" / f"bench_{name}.py"), "--quick", "--out-dir", str(folder), *args]
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as table:
+        return list(csv.DictReader(table))
+
+
+def check_table(folder: Path, name: str, columns: set[str], positive: set[str]) -> list[dict[str, str]]:
+    rows = read_rows(folder / f"{name}.csv")
+    assert rows, f"{name}.csv has no rows"
+    assert columns <= set(rows[0]), f"{name}.csv lacks {columns - set(rows[0])}"
+    for row in rows:
+        for column in positive:
+            assert float(row[column]) > 0, (name, column, row)  # a measured time, count or ratio
+    return rows
+
+
+def check_markdown(folder: Path, name: str, script: str, columns: set[str]) -> str:
+    text = (folder / f"{name}.md").read_text()
+    assert "<!-- measured -->" in text  # where a hand-written analysis above is kept on rewrites
+    assert f"Reproduce: `.venv/bin/python scripts/bench_{script}.py --quick" in text  # the exact command
+    assert "Machine: " in text and "torch " in text
+    rows = [{cell.strip() for cell in line.strip().strip("|").split("|")} for line in text.splitlines() if line.startswith("| ")]
+    assert any(columns <= cells for cells in rows), f"{name}.md has no table with the columns {columns}"
+    return text
+
+
+def test_trainer_benchmark(tmp_path):
+    run_script("trainer", tmp_path)
+    columns = {"model", "device", "steps", "trainer_ms", "plain_ms", "onecycle_ms", "ratio", "overhead_us"}
+    rows = check_table(tmp_path, "trainer", columns, {"steps", "trainer_ms", "plain_ms", "onecycle_ms", "ratio"})
+    assert [row["model"] for row in rows] == ["mlp-tiny"] and rows[0]["device"] == "cpu"
+    check_markdown(tmp_path, "trainer", "trainer", {"model", "ratio"})
+
+
+@pytest.mark.slow
+def test_tracking_benchmark_records_to_sqlite_and_a_local_server(tmp_path):
+    run_script("tracking", tmp_path)
+    columns = {"trial", "store", "trial_s", "recorded_s", "ratio", "overhead_ms", "start_ms", "end_ms"}
+    rows = check_table(tmp_path, "tracking", columns, {"trial_s", "recorded_s", "ratio", "start_ms", "end_ms"})
+    assert {row["store"] for row in rows} == {"sqlite", "server"}
+    check_markdown(tmp_path, "tracking", "tracking", {"store", "ratio"})
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_against_the_batch_synchronous_baseline(tmp_path):
+    run_script("sweep", tmp_path)
+    positive = {"trials", "train_s", "ideal_s", "span_s", "wall_s", "efficiency_span", "efficiency_wall"}
+    rows = check_table(tmp_path, "sweep", {"variant", "workers", *positive}, positive)
+    assert {row["variant"] for row in rows} == {"sweeper", "batch-sync"}
+    assert len({row["train_s"] for row in rows}) == 2 and {row["trials"] for row in rows} == {"4"}  # the same 4 trials, twice
+    latency = {"ask_to_train_ms", "train_to_first_step_ms", "ask_to_first_step_ms"}
+    assert len(check_table(tmp_path, "sweep_latency", {"trial", "first_in_worker", *latency}, latency)) == 4
+    text = check_markdown(tmp_path, "sweep", "sweep", {"variant", "efficiency_wall"})
+    assert "Start latency" in text
+
+
+@pytest.mark.slow
+def test_pruning_benchmark_writes_its_plot(tmp_path):
+    run_script("pruning", tmp_path)
+    rows = check_table(tmp_path, "pruning", {"pruner", "seed", "pruned", "epochs", "best", "epochs_vs_none"}, {"epochs", "best", "sweep_s"})
+    assert {row["pruner"] for row in rows} == {"none", "median"}
+    check_table(tmp_path, "pruning_curves", {"pruner", "trial", "cumulative_epochs", "best_so_far"}, {"cumulative_epochs"})
+    assert (tmp_path / "pruning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](pruning.png)" in check_markdown(tmp_path, "pruning", "pruning", {"pruner", "best"})
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_needs_no_mlflow_under_no_tracking(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    # every process (the script and its sweep workers) starts with those packages unimportable
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))}
+    run_script("scaling", tmp_path, "--no-tracking", env=env)
+    positive = {"workers", "trials", "trial_s", "wall_s", "span_s", "trials_per_hour", "trials_per_hour_span"}
+    rows = check_table(tmp_path, "scaling", {"device", "failed", *positive}, positive)
+    assert [int(row["workers"]) for row in rows] == [1, 2]
+    check_markdown(tmp_path, "scaling", "scaling", {"workers", "trials_per_hour"})
