@@ -1,0 +1,161 @@
+"""Bad input through the real command line: exit code 2, one line on stderr that names the
+setting and the fix, and nothing made: no study, no MLflow store or run, no file under results/.
+
+Each case runs `sweeper.cli.main` in-process (fast), in an empty working directory, with the
+results under it; a few run the installed `sweeper` console script as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import free_port
+
+from sweeper.cli import main
+
+PORT = free_port()  # nothing listens here: an unreachable storage or tracking server
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: asking for CUDA is fine here")
+
+# (id, command line, fragments the one-line message must hold: the setting, then the fix)
+CASES = [
+    # the config tree: groups, options and keys that do not exist
+    ("unknown-model", ["sweep", "model=nosuch"], ["model=nosuch", "Available options in model", "mlp_pretrained"]),
+    ("unknown-experiment", ["train", "experiment=nope"], ["experiment=nope", "digits_transfer", "--config-dir"]),
+    ("unknown-setting", ["train", "train.epochz=3"], ["train.epochz", "+train.epochz=3"]),
+    ("unknown-sampler", ["sweep", "sampler=bogus"], ["sampler=bogus", "tpe"]),
+    ("unknown-pruner", ["sweep", "pruner=bogus"], ["pruner=bogus", "median"]),
+    ("unknown-sampler-class", ["sweep", "sampler._target_=optuna.samplers.Nope"], ["sampler", "optuna.samplers.Nope", "sampler=<name>"]),
+    # learning rates and slices
+    ("lr-zero", ["train", "lr=single", "lr.high=0"], ["lr.high: 0", "positive, finite"]),
+    ("lr-negative", ["sweep", "lr=fastai", "lr.high=-1e-3"], ["lr.high: -0.001", "positive, finite"]),
+    ("lr-nan", ["train", "lr=single", "lr.high=nan"], ["lr.high: nan", "positive, finite"]),
+    ("lr-inf", ["sweep", "lr.high=inf"], ["lr.high: inf", "positive, finite"]),
+    ("low-above-high", ["sweep", "lr.low=1e-2", "lr.high=1e-4"], ["low > high", "slice(0.0001, 0.01)"]),
+    ("slice-low-above-high", ["schedule", "--lr", "slice(1e-3,1e-5)"], ["low > high", "slice(1e-05, 0.001)"]),
+    ("three-argument-slice", ["schedule", "--lr", "slice(1e-5,1e-3,10)"], ["three arguments", "shape.pct_start"]),
+    ("list-wrong-length", ["train", "lr=explicit", "lr.values=[1e-3,1e-2]"], ["2 learning rates", "3 layer groups", "exactly 3"]),
+    (
+        "list-wrong-length-sweep",
+        ["sweep", "search=shapes", "search.lr.high=null", "search.lr.low_ratio=null", "lr=explicit", "lr.values=[1e-3,1e-2]"],
+        ["2 learning rates", "3 layer groups", "exactly 3"],
+    ),
+    # layer groups
+    ("prefix-matches-nothing", ["sweep", "model.groups=[body.0,body.1,neck]"], ["model.groups", "'neck' matches no parameter", "['body', 'head']"]),
+    ("prefixes-overlap", ["sweep", "model.groups=[body,body.1,head]"], ["model.groups", "more than one prefix", "disjoint"]),
+    ("prefixes-leave-out", ["train", "model.groups=[body.0,head]"], ["model.groups", "in no group", "add a prefix"]),
+    # cycle shapes
+    ("pct-start-one", ["train", "shape.pct_start=1.0"], ["shape.pct_start: 1.0 is outside (0, 1)", "shape.pct_start=0.25"]),
+    ("pct-start-zero-sweep", ["sweep", "search=slices", "shape=torch_one_cycle", "shape.pct_start=0"], ["shape.pct_start: 0", "outside (0, 1)"]),
+    (
+        "pct-start-searched-beyond-one",
+        ["sweep", "search.shape.fastai_one_cycle.pct_start=interval(0.5, 1.5)"],
+        ["search.shape.fastai_one_cycle", "shape.pct_start", "outside (0, 1)"],
+    ),
+    ("div-zero", ["train", "shape.div=0"], ["shape.div: 0", "positive, finite divisor"]),
+    ("div-negative-sweep", ["sweep", "search=slices", "shape.div=-5"], ["shape.div: -5", "positive, finite divisor"]),
+    # the search space, sampler, pruner and trial count
+    (
+        "empty-space",
+        ["sweep", "search=slices", "search.lr.strategies=null", "search.lr.high=null", "search.lr.low_ratio=null"],
+        ["search: the space is empty", "search=slices_and_shapes"],
+    ),
+    ("interval-low-above-high", ["sweep", "search.lr.high=tag(log, interval(1e-2, 1e-4))"], ["search.lr.high", "swap them"]),
+    ("range-lists-nothing", ["sweep", "train.batch_size=range(64, 16)"], ["search.params.train.batch_size", "lists no values"]),
+    ("unresolved-interpolation", ["sweep", "sweep.n_trials=${nope}"], ["sweep.n_trials: Interpolation key 'nope' not found"]),
+    ("n-trials-zero", ["sweep", "sweep.n_trials=0"], ["sweep.n_trials: 0", ">= 1"]),
+    ("n-trials-negative", ["sweep", "sweep.n_trials=-3"], ["sweep.n_trials: -3", ">= 1"]),
+    # where state lives
+    (
+        "storage-unreachable",
+        ["sweep", f"storage.url=postgresql://sweeper:pw@127.0.0.1:{PORT}/sweeps"],
+        ["storage.url: cannot open postgresql://sweeper:***@127.0.0.1", "check the server is up"],
+    ),
+    ("storage-variable-unset", ["sweep", "storage=postgres"], ["storage.url", "export SWEEPER_STORAGE_URL="]),
+    ("tracking-unreachable", ["sweep", f"tracking.uri=http://127.0.0.1:{PORT}"], ["tracking.uri: cannot reach MLflow", "tracking=local"]),
+    ("tracking-unreachable-train", ["train", f"tracking.uri=http://127.0.0.1:{PORT}"], ["tracking.uri: cannot reach MLflow", "tracking=none"]),
+    # what a trial needs: data, a metric to optimise, devices
+    (
+        "missing-data-path",
+        ["sweep", "data=tensors", "data.shape=[4]", "data.num_classes=2", "data.source.path=missing.pt"],
+        ["data.source.path", "does not exist", "data.source.path=/path/to/it"],
+    ),
+    ("objective-not-produced", ["sweep", "train.objective=f1"], ["train.objective", "['accuracy', 'loss']"]),
+    ("objective-not-produced-train", ["train", "train.objective=f1"], ["train.objective", "['accuracy', 'loss']"]),
+    ("workers-per-device-zero", ["sweep", "sweep.workers_per_device=0"], ["sweep.workers_per_device: 0", ">= 1"]),
+    ("launcher-jobs-zero", ["sweep", "launcher=slurm", "launcher.jobs=0"], ["launcher.jobs: 0", ">= 1"]),
+    ("workers-zero", ["sweep", "sweep.workers=0"], ["sweep.workers: 0", "auto or a whole number"]),
+    ("cuda-without-gpu", ["sweep", "train.device=cuda"], ["train.device: 'cuda'", "train.device=cpu"], NO_GPU),
+    ("cuda-without-gpu-train", ["train", "train.device=cuda:1"], ["train.device: 'cuda:1'", "train.device=auto"], NO_GPU),
+]
+
+TABLE = [pytest.param(argv, fragments, id=name, marks=marks) for name, argv, fragments, *marks in CASES]
+BY_ID = {name: (argv, fragments) for name, argv, fragments, *_ in CASES}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty working directory (anything written relative to it lands there), with none of
+    the variables that point sweeper at servers."""
+    for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def made_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def check_refusal(command: str, code: int, err: str, fragments: list[str], workdir: Path) -> None:
+    assert code == 2, err
+    lines = err.splitlines()
+    # One line, after any lines libraries log (none expected; tolerated only if they are not ours).
+    assert len(lines) == 1 and lines[0].startswith(f"sweeper {command}: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    # Nothing made: no results/ (no study storage, no MLflow store or run, no report, no plot),
+    # nor anything else in the working directory (mlruns/, outputs/, ...).
+    assert made_under(workdir) == []
+
+
+@pytest.mark.parametrize(("argv", "fragments"), TABLE)
+def test_bad_input_is_refused_before_any_work(argv, fragments, workdir, capsys):
+    code = main([*argv, "results_dir=results"])
+    out, err = capsys.readouterr()
+    check_refusal(argv[0], code, err, fragments, workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unknown-sampler", "lr-nan", "storage-unreachable", "list-wrong-length-sweep"])
+def test_the_console_script_refuses_bad_input_the_same_way(name, workdir):
+    argv, fragments = BY_ID[name]
+    script = Path(sys.executable).with_name("sweeper")
+    done = subprocess.run([str(script), *argv], cwd=workdir, capture_output=True, text=True, timeout=120)
+    check_refusal(argv[0], done.returncode, done.stderr, fragments, workdir)
+    assert done.stdout == ""
+
+
+POSTGRES = os.environ.get("SWEEPER_TEST_POSTGRES_URL")
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not POSTGRES, reason="SWEEPER_TEST_POSTGRES_URL is unset (scripts/start_postgres.sh starts a server)")
+@pytest.mark.parametrize("name", ["prefixes-overlap", "workers-per-device-zero", "cuda-without-gpu"])
+def test_bad_input_creates_no_study_in_a_database(name, workdir, monkeypatch, capsys):
+    if name == "cuda-without-gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible: asking for CUDA is fine here")
+    argv, fragments = BY_ID[name]
+    monkeypatch.setenv("SWEEPER_STORAGE_URL", POSTGRES)
+    sweep = f"bad-{uuid.uuid4().hex[:8]}"
+    code = main([*argv, "storage=postgres", f"sweep.name={sweep}", "results_dir=results"])
+    check_refusal("sweep", code, capsys.readouterr().err, fragments, workdir)
+    from sweeper.study import StorageSpec
+
+    assert sweep not in optuna.get_all_study_names(StorageSpec(POSTGRES).open())

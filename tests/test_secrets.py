@@ -1,0 +1,221 @@
+"""Passwords in storage and tracking URLs never reach MLflow params or tags, logs, the console or
+anything under results/; servers the project starts listen on loopback.
+
+The PostgreSQL cases need a server (SWEEPER_TEST_POSTGRES_URL, from scripts/start_postgres.sh)
+and are skipped without one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import optuna
+import pytest
+from conftest import MlflowServer, free_port
+from mlflow import MlflowClient
+
+from sweeper.cli import main
+from sweeper.secrets import mask_text, mask_url
+
+SECRET = "Sw33p-s3cret-Qx7"  # recognisable anywhere it might leak
+POSTGRES = os.environ.get("SWEEPER_TEST_POSTGRES_URL")
+NEEDS_POSTGRES = pytest.mark.skipif(
+    not POSTGRES, reason="SWEEPER_TEST_POSTGRES_URL is unset (scripts/start_postgres.sh starts a server)"
+)
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+# --- masking ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "hunter2",
+        "Zx9+/=ab",       # base64-like: a "/" (SQLAlchemy takes it unescaped)
+        "p@ss",           # an "@" before the host's
+        "p#ss?x",         # what would start a fragment or a query
+        "p:ss",
+        "p%2Fss",         # percent-escaped
+    ],
+)
+@pytest.mark.parametrize(
+    "template",
+    [
+        "postgresql://sweeper:{}@db.example.org:5432/sweeps",
+        "postgresql+psycopg2://sweeper:{}@10.0.0.7/sweeps?sslmode=require",
+        "https://sweeper:{}@mlflow.example.org",
+        "http://sweeper:{}@[::1]:5000/",
+    ],
+)
+def test_masking_hides_the_whole_password_and_keeps_the_rest(template, password):
+    url = template.format(password)
+    masked = template.format("***")
+    assert mask_url(url) == masked
+    # inside an error message, quoted or not, as drivers and HTTP clients write them
+    for text in (f"cannot open {url}: refused", f"request to '{url}' failed", f"({url})"):
+        assert mask_text(text) == text.replace(url, masked)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["http://127.0.0.1:5000/api/2.0/mlflow", "sqlite:////tmp/results/studies.db", "user@example.org", "see https://hydra.cc/docs/1.2/x"],
+)
+def test_masking_leaves_text_without_credentials_alone(text):
+    assert mask_text(text) == text
+
+
+def test_password_like_query_parameters_are_masked():
+    assert mask_text("https://h/x?token=abc&x=1&password=def") == "https://h/x?token=***&x=1&password=***"
+
+
+# --- a failing connection ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def everything_written(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def failing_commands() -> list:
+    port = free_port()  # nothing listens there
+    storage = f"storage.url=postgresql://sweeper:{SECRET}@127.0.0.1:{port}/sweeps"
+    tracking = f"tracking.uri=http://sweeper:{SECRET}@127.0.0.1:{port}"
+    commands = [
+        pytest.param(["sweep", storage], "storage.url", id="sweep-storage"),
+        pytest.param(["sweep", tracking], "tracking.uri", id="sweep-tracking"),
+        pytest.param(["train", tracking], "tracking.uri", id="train-tracking"),
+        pytest.param(["report", storage], "storage.url", id="report-storage"),
+    ]
+    if POSTGRES:  # a server that answers, and refuses the password
+        wrong = POSTGRES.replace(f":{urlsplit(POSTGRES).password}@", f":{SECRET}@")
+        commands.append(pytest.param(["sweep", f"storage.url={wrong}"], "storage.url", id="sweep-wrong-password"))
+    return commands
+
+
+@pytest.mark.parametrize(("argv", "setting"), failing_commands())
+def test_a_failing_connection_keeps_the_password_out(argv, setting, workdir, capfd, caplog):
+    code = main([*argv, "results_dir=results"])
+    out, err = capfd.readouterr()
+    assert code == 2 and f"error: {setting}: " in err
+    assert "sweeper:***@127.0.0.1" in err  # the URL is named, its password masked
+    for text in (out, err, caplog.text):
+        assert SECRET not in text
+    assert SECRET.encode() not in everything_written(workdir)
+
+
+# --- a whole sweep ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_server_for_module(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+def recorded_in_mlflow(server: MlflowServer, experiment: str) -> bytes:
+    """Every param, tag and artifact of every run of the experiment, read with MLflow's client."""
+    client = MlflowClient(server.url)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id])
+    assert runs
+    texts = [json.dumps([run.data.params, run.data.tags, run.info.run_name]).encode() for run in runs]
+    for run in runs:
+        folder = Path(client.download_artifacts(run.info.run_id, ""))
+        texts.append(everything_written(folder))
+    return b"".join(texts)
+
+
+def recorded_in_study(storage: str, name: str) -> str:
+    from sweeper.study import StorageSpec
+
+    study = optuna.load_study(study_name=name, storage=StorageSpec(storage).open())
+    attrs = [study.user_attrs, study.system_attrs] + [[t.user_attrs, t.system_attrs, t.params] for t in study.trials]
+    return repr(attrs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["embedded", pytest.param("postgres", marks=[NEEDS_POSTGRES, pytest.mark.postgres])])
+def test_a_sweep_keeps_passwords_out_of_records_logs_console_and_results(
+    storage, stand_in_sweep, mlflow_server_for_module, tmp_path
+):
+    server = mlflow_server_for_module
+    name = f"secret-{uuid.uuid4().hex[:8]}"
+    passwords = [SECRET]
+    tracking_url = server.url.replace("://", f"://sweeper:{SECRET}@")
+    overrides = [
+        stand_in_sweep[0], "tracking=server", f"sweep.name={name}", "sweep.n_trials=2", "sweep.workers=1",
+        "sweep.poll=0.2", "sweep.live=false", "train.epochs=2", "pruner=none",
+    ]  # fmt: skip
+    if storage == "postgres":
+        passwords.append(urlsplit(POSTGRES).password)
+        overrides.append(f"storage.url={POSTGRES}")  # on the command line: the way most likely to leak
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_url}
+    command = [sys.executable, "-m", "sweeper.cli", "sweep", *overrides]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2/2 finished" in done.stdout
+    assert "sweeper:***@127.0.0.1" in done.stdout  # the tracking URL is shown, masked
+
+    try:
+        places = {
+            "console": (done.stdout + done.stderr).encode(),
+            "results/ (study storage, worker logs, reports)": everything_written(tmp_path / "results"),
+            "MLflow params, tags and artifacts": recorded_in_mlflow(server, name),
+            "MLflow's own store": everything_written(server.folder),
+        }
+        if storage == "postgres":
+            places["the Optuna study"] = recorded_in_study(POSTGRES, name).encode()
+        assert b"sweeper:***@" in places["MLflow params, tags and artifacts"]  # recorded, masked
+        for password in passwords:
+            leaks = [place for place, data in places.items() if password.encode() in data]
+            assert leaks == [], f"a password reached {leaks}"
+    finally:
+        if storage == "postgres":
+            from sweeper.study import StorageSpec
+
+            optuna.delete_study(study_name=name, storage=StorageSpec(POSTGRES).open())
+
+
+# --- servers listen on loopback ---------------------------------------------------------------
+
+
+def test_nothing_tells_a_server_to_listen_on_every_interface():
+    # The code paths that start or describe servers: the package, its scripts and configs.
+    files = [p for folder in ("sweeper", "scripts", "conf") for p in (REPOSITORY / folder).rglob("*") if p.is_file()]
+    files = [p for p in files if p.suffix in (".py", ".sh", ".yaml")]
+    assert files
+    for path in files:
+        text = path.read_text()
+        for wildcard in ("0.0.0.0", "listen_addresses='*'", "listen_addresses=*"):
+            assert wildcard not in text, f"{path.relative_to(REPOSITORY)} says {wildcard}"
+    script = (REPOSITORY / "scripts" / "start_postgres.sh").read_text()
+    assert "listen_addresses=127.0.0.1" in script
+
+
+@NEEDS_POSTGRES
+@pytest.mark.postgres
+def test_the_test_postgres_server_listens_on_loopback_only():
+    import sqlalchemy
+
+    from sweeper.study import StorageSpec
+
+    engine = sqlalchemy.create_engine(StorageSpec(POSTGRES).driver_url)
+    with engine.connect() as connection:
+        listen = connection.execute(sqlalchemy.text("SHOW listen_addresses")).scalar()
+    engine.dispose()
+    assert listen in ("127.0.0.1", "localhost", "::1")
