@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 DIRECTIONS = ("minimize", "maximize")
+STORAGE_LOCK = "(storage)"  # the claim lock taken while a storage is opened (no study has this name)
 
 
 
@@ -207,7 +208,9 @@ class StorageSpec:
         # SQLite: wait for the writer lock instead of failing (see results/bench/storage.md).
         engine = {"connect_args": {"timeout": 60}} if self.kind == "sqlite" else {"pool_pre_ping": True}
         try:
-            with _experimental_features_on_purpose():
+            # One process at a time: opening a new storage creates its tables, and two processes
+            # doing so at once (two sweeps started together, a sweep and a joining worker) clash.
+            with self.claim(STORAGE_LOCK), _experimental_features_on_purpose():
                 return optuna.storages.RDBStorage(self.driver_url, engine_kwargs=engine, **heartbeat)
         except Exception as error:  # noqa: BLE001 - any driver error means the same to the user
             raise ConfigError(
