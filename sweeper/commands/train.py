@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeper.config import ConfigError, compose_config
 from sweeper.events import Reporter, TrialResult
 from sweeper.progress import TrialProgress
+from sweeper.secrets import mask_text
 
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 
@@ -80,7 +81,10 @@ def output_folder(parent: Path, name: str | None) -> Path:
 
 
 def save_result(folder: Path, cfg: DictConfig, result: TrialResult) -> None:
-    """config.yaml (resolved: it reruns as it ran) and result.json (every step and epoch)."""
+    """config.yaml (resolved: it reruns as it ran) and result.json (every step and epoch).
+
+    Passwords in URLs (a storage or tracking URL) are masked: a rerun needs neither.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
+    (folder / "config.yaml").write_text(mask_text(OmegaConf.to_yaml(cfg, resolve=True)))
     (folder / "result.json").write_text(json.dumps(asdict(result), indent=1))
