@@ -139,7 +139,7 @@ SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
 
 def plot_lr_find(result: LrFindResult, path: str | Path, skip_end: int = 5) -> Path:
     """The smoothed loss against the lr (log scale), the suggestions marked; a PNG at `path`."""
-    from sweeper.plots import plt
+    from sweeper.plots import plt, save_figure
 
     lrs = result.lrs[:-skip_end] if len(result.lrs) > skip_end else result.lrs  # as fastai: the end is noise
     losses = result.losses[: len(lrs)]
@@ -153,9 +153,4 @@ def plot_lr_find(result: LrFindResult, path: str | Path, skip_end: int = 5) -> P
         axis.plot(lr, result.losses[nearest], marker, label=f"{name}: {lr:.2e}")
     if result.suggestions:
         axis.legend(loc="best")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

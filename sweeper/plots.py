@@ -11,7 +11,17 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 
 from sweeper.shapes import Schedule  # noqa: E402
 
-__all__ = ["plot_schedule"]
+__all__ = ["plot_schedule", "save_figure"]
+
+
+def save_figure(figure: plt.Figure, path: str | Path) -> Path:
+    """Write `figure` as a PNG at `path` (folders made as needed) and free it."""
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path:
@@ -35,9 +45,4 @@ def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path
         axes[1][0].plot(steps, momenta, color="tab:gray")
         axes[1][0].set_ylabel("momentum / beta1")
     axes[-1][0].set_xlabel("training batch")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
