@@ -75,13 +75,13 @@ def sweep_round(base: list[str], args, folder: Path) -> tuple[tuple, list[dict],
         "sweep.trainer=bench_sweep.TimedTrainer", f"results_dir={folder}", "sweep.name=bench",
     ]
     run = benchlib.run_sweep(overrides, folder)
-    unmatched = [json.loads(line) for line in notes.read_text().splitlines()]
+    written = [json.loads(line) for line in notes.read_text().splitlines()]
     timings, latencies, lanes = [], [], {}
     for trial, seconds in sorted(zip(run.trials, run.train_seconds()), key=lambda pair: pair[0].datetime_start):
         asked, told = trial.datetime_start.timestamp(), trial.datetime_complete.timestamp()
         worker = trial.user_attrs["worker"]
         pid = int(worker.rsplit(":", 1)[1])
-        note = next(n for n in unmatched if n["pid"] == pid and asked <= n["called"] <= told)
+        note = next(n for n in written if n["pid"] == pid and asked <= n["called"] <= told)
         timings.append((asked, told, seconds, note["reporting"]))
         latencies.append({
             "trial": trial.number,

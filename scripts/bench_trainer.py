@@ -6,13 +6,16 @@
 Both train the same model on the same data with the same optimizer (AdamW, one param group per
 layer group, as the trainer's `prepare` builds them), the same steps, batch size and device:
 - `trainer`: `sweeper.trainer.train`, which before every batch sets each group's lr and the
-  momentum from the schedule, checks the loss is finite (`loss.item()`) and tells its reporters;
+  momentum from the schedule, and every `train.sync_every` steps (16, the config's default) reads
+  the losses, checks they are finite and tells its reporters;
 - `plain`: the minimal loop a practitioner writes: forward, loss, zero_grad, backward, step,
   `loss.item()` for the log; no schedule;
 - `plain+OneCycleLR`: the same with `torch.optim.lr_scheduler.OneCycleLR` stepped every batch,
   the scheduled loop most people would write instead (for context).
-Time per step is the training loop alone (one epoch; evaluation and set-up are outside it), in
-interleaved rounds; the ratio trainer / plain is taken round by round and its median reported.
+A step's time is the median over chunks of `train.sync_every` steps of a chunk's time (from
+where the loop has read the last loss of one chunk to the next; a read waits for the GPU), over
+its steps, so evaluation, set-up and moments when other work takes the core are left out. Rounds interleave the loops; the ratio
+trainer / plain is taken round by round and its median reported.
 """
 
 from __future__ import annotations
@@ -22,40 +25,37 @@ import time
 from pathlib import Path
 
 import benchlib
-from sweeper.events import Reporter, StartEvent, StepEvent
+from sweeper.events import Reporter, StepEvent
 
 ROUNDS = 5
 
 
 class StepClock(Reporter):
-    """Times the trainer's loop: from on_start (just before the first batch) to the last step's
-    on_step, where the GPU's queue is drained as the plain loop drains it at its end."""
+    """Notes the time each step is reported (the trainer reports its steps once it has read their losses)."""
 
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
-        self.total = self.started = self.ended = 0.0
-
-    def on_start(self, event: StartEvent) -> None:
-        self.total = event.total_steps
-        self.started = time.perf_counter()
+    def __init__(self) -> None:
+        self.ends: list[float] = []
 
     def on_step(self, event: StepEvent) -> None:
-        if event.step == self.total - 1:
-            if self.cuda:
-                import torch
+        self.ends.append(time.perf_counter())
 
-                torch.cuda.synchronize()
-            self.ended = time.perf_counter()
+
+def step_time(ends: list[float], every: int) -> float:
+    """A step's time: the median over chunks of `every` steps (the trainer reads its losses, and
+    reports its steps, that many at a time) of the time from one chunk's end to the next's, over
+    `every`. Medians leave out the moments other work on the machine takes the core away."""
+    marks = ends[every - 1 :: every]
+    return benchlib.median((b - a) / every for a, b in zip(marks, marks[1:]))
 
 
 def trainer_step(cfg) -> float:
     from sweeper.trainer import train
 
-    clock = StepClock(str(cfg.train.device))
+    clock = StepClock()
     result = train(cfg, [clock])
     if result.status != "finished":
         raise RuntimeError(f"the trainer's run ended {result.status}: {result.reason}")
-    return (clock.ended - clock.started) / clock.total
+    return step_time(clock.ends, int(cfg.train.sync_every))
 
 
 def plain_step(cfg, one_cycle: bool = False) -> float:
@@ -74,8 +74,7 @@ def plain_step(cfg, one_cycle: bool = False) -> float:
         peaks = [group["lr"] for group in optimizer.param_groups]
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps)
     model.train()
-    losses = []
-    started = time.perf_counter()
+    losses, ends = [], []
     order = torch.randperm(len(data.train_y), generator=trial.generator).to(data.train_x.device)
     for i in range(steps):
         index = order[i * batch_size : (i + 1) * batch_size]
@@ -86,9 +85,8 @@ def plain_step(cfg, one_cycle: bool = False) -> float:
         if scheduler is not None:
             scheduler.step()
         losses.append(loss.item())
-    if trial.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / steps
+        ends.append(time.perf_counter())
+    return step_time(ends, int(cfg.train.sync_every))
 
 
 def measure(size_name: str, args, folder: Path) -> dict:
@@ -138,7 +136,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=ROUNDS, help="interleaved rounds (after one warm-up round)")
     args = parser.parse_args()
     if args.quick:
-        args.models, args.steps, args.repeats = ["mlp-tiny"], args.steps or 20, 1
+        args.models, args.steps, args.repeats = ["mlp-tiny"], args.steps or 48, 1  # three chunks of 16
     with tempfile.TemporaryDirectory() as folder:
         rows = [measure(name, args, Path(folder)) for name in args.models]
     benchlib.publish(
@@ -148,7 +146,8 @@ def main() -> None:
         rows,
         device=args.device,
         notes=[
-            "Time per training step (ms, median of the rounds); `ratio` = trainer / plain loop, "
+            "Time per training step (ms: the median step of a run, then the median over the rounds); "
+            "`ratio` = trainer / plain loop, "
             "taken round by round (median, min, max); `overhead_us` = trainer - plain per step. "
             f"AdamW, 3 layer groups (6 param groups), fastai one-cycle shape, deterministic kernels "
             f"(the config's default), {args.threads} torch thread(s), for every loop alike."

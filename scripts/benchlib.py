@@ -216,9 +216,9 @@ MODEL_SIZES = {
     # the default model at digits' size: small enough that fixed per-step costs show most
     "mlp-tiny": ModelSize(("model=mlp",), (1, 8, 8), 600),
     # 6.3M parameters: matrix work dominates each step
-    "mlp-wide": ModelSize(("model=mlp", "model.net.hidden=[2048,2048]"), (3, 16, 16), 60),
+    "mlp-wide": ModelSize(("model=mlp", "model.net.hidden=[2048,2048]"), (3, 16, 16), 80),
     # two conv blocks with batch norm on 16x16 colour images
-    "cnn": ModelSize(("model=cnn",), (3, 16, 16), 60),
+    "cnn": ModelSize(("model=cnn",), (3, 16, 16), 80),
 }
 
 
