@@ -8,6 +8,7 @@ the parent watches: `poll()` is None while the worker runs, then its exit code.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from sweeper.study import SweepPlan, plan_sweep
 from sweeper.workers import Slot, plan_slots, run_worker, usable_cores, visible_gpus
 
 __all__ = ["WorkerHandle", "check_launcher", "launch_workers", "worker_command"]
+
+STOP_SECONDS = 15  # for a stopped worker to mark its trial failed and send its records
 
 
 class WorkerHandle(Protocol):
@@ -53,8 +56,17 @@ class LocalWorker:
         return self.process.poll()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
+        """Stop the worker as Ctrl-C does: it marks its running trial failed (so a resumed sweep
+        runs it again at once, instead of waiting for its heartbeat to go stale) and sends its
+        records. One still running after STOP_SECONDS is killed."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 @dataclass

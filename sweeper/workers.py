@@ -14,6 +14,7 @@ reason kept in the trial's `reason` attribute.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ import optuna
 from omegaconf import DictConfig
 
 from sweeper.config import ConfigError, compose_config
-from sweeper.events import EpochEvent, Reporter, StartEvent, TrialResult
+from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 from sweeper.secrets import mask_text
 from sweeper.study import (
     PruningReporter,
@@ -39,6 +40,7 @@ from sweeper.study import (
 __all__ = [
     "ProgressReporter",
     "Slot",
+    "StopRequest",
     "TrialFailed",
     "plan_slots",
     "reporters_for",
@@ -197,14 +199,49 @@ def _reason(text: str) -> str:
 # --- the worker loop --------------------------------------------------------------------------
 
 
+class StopRequest(Reporter):
+    """Ctrl-C in a worker process, acted on where it is safe.
+
+    It reaches a worker at any moment (from the terminal, and again from the sweep that stops its
+    workers), possibly inside a library holding a lock or inside Optuna's own bookkeeping, where
+    an exception could hang the worker or leave its trial running in the study. So the signal only
+    sets a flag. A running trial stops at its next reported step or epoch, from the trainer's own
+    loop (the trainer marks it failed, Optuna records it so, and a resumed sweep runs it again);
+    the worker starts no other trial.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._interrupt)
+
+    def _interrupt(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def check(self) -> None:
+        """Stop here (KeyboardInterrupt) if a stop was asked for."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def on_step(self, event: StepEvent) -> None:
+        self.check()
+
+    def on_epoch(self, event: EpochEvent) -> bool:
+        self.check()
+        return False
+
+
 def run_worker(
     plan: SweepPlan,
     *,
     index: int = 0,
     deadline: float | None = None,
     train: TrainFn | None = None,
+    stop: StopRequest | None = None,
 ) -> int:
-    """Run trials until the sweep has n_trials finished ones (or the deadline); return how many ran.
+    """Run trials until the sweep has n_trials finished ones (or the deadline, or a `stop`
+    request); return how many ran.
 
     `index` offsets the sampler's seed so parallel workers draw differently; `deadline` is a
     time.time() after which no trial starts.
@@ -213,13 +250,16 @@ def run_worker(
     study = open_study(plan, create=False, worker=index)
     claim = plan.storage.claim(plan.name)
     poll = float(plan.cfg.sweep.poll)
+    stop = stop or StopRequest()
 
     def objective(trial: optuna.Trial) -> float | list[float]:
         claim.release()  # the trial exists now: others may count it and start theirs
-        return run_trial(trial, plan, train)
+        stop.check()  # asked to stop while the trial was being made: it fails, to run again
+        # The stop request listens last, so the other reporters have recorded the step or epoch.
+        return run_trial(trial, plan, lambda cfg, reporters: train(cfg, [*reporters, stop]))
 
     ran = 0
-    while True:
+    while not stop.requested:
         with claim:
             out_of_time = deadline is not None and time.time() >= deadline
             move = next_move(count_trials(study), plan.n_trials, out_of_time)
@@ -227,9 +267,10 @@ def run_worker(
                 study.optimize(objective, n_trials=1, catch=(Exception,))
                 ran += 1
         if move == "stop":
-            return ran
+            break
         if move == "wait":
             # A dead worker's trial counts as running until its heartbeat goes stale: look for
             # those here too, or waiting workers would wait on it for ever.
             fail_stale_trials(study)
             time.sleep(poll)
+    return ran

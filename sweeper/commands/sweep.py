@@ -16,6 +16,7 @@ look at the results.
 from __future__ import annotations
 
 import argparse
+import gc
 import shlex
 import time
 from pathlib import Path
@@ -55,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep {plan.name} already has {finished} finished trials; raise sweep.n_trials to run more.")
     else:
         try:
-            _run_workers(study, plan, folder)
-        except KeyboardInterrupt:
+            interrupted = _run_workers(study, plan, folder)
+        except KeyboardInterrupt:  # a second Ctrl-C while the workers stop
             interrupted = True
     report = records.finish(study, "KILLED" if interrupted else "FINISHED") if records else None
     code = _summarise(study, plan, folder, records, report)
@@ -66,14 +67,29 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path) -> None:
+def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path) -> bool:
+    """Start the workers and follow them to the end; True when Ctrl-C stopped them early."""
     deadline = time.time() + plan.timeout if plan.timeout else None
     workers = launch_workers(plan, folder, deadline)
+    interrupted = False
     try:
         _watch(study, plan, workers)
-    finally:
-        for worker in workers:  # on Ctrl-C, or if watching failed: leave no orphans
-            worker.stop()
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException:
+        _stop(workers)  # watching failed: leave no orphans
+        raise
+    # Stopped only now, out of the except block: Ctrl-C may have cut a read of the study short,
+    # and until the exception (and the frames it keeps) is gone that read can hold the storage's
+    # lock, which stopping workers wait on to record their trials.
+    gc.collect()
+    _stop(workers)
+    return interrupted
+
+
+def _stop(workers: list[WorkerHandle]) -> None:
+    for worker in workers:
+        worker.stop()
 
 
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list[WorkerHandle]) -> None:

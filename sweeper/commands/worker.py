@@ -14,7 +14,9 @@ import argparse
 import time
 
 from sweeper.study import plan_sweep
-from sweeper.workers import run_worker
+from sweeper.workers import StopRequest, run_worker
+
+EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,15 @@ def run(args: argparse.Namespace) -> int:
     deadline = args.deadline
     if deadline is None and plan.timeout is not None:
         deadline = time.time() + plan.timeout
-    ran = run_worker(plan, index=args.index, deadline=deadline)
+    stop = StopRequest()
+    stop.install()
+    try:
+        ran = run_worker(plan, index=args.index, deadline=deadline, stop=stop)
+    except KeyboardInterrupt:  # from a trial's training: Optuna has marked the trial failed
+        ran = None
+    if stop.requested:
+        print(f"worker {args.index}: interrupted; a trial it had started runs again when the sweep resumes")
+        return EXIT_INTERRUPTED
     print(f"worker {args.index}: ran {ran} trial(s) of sweep {plan.name}")
     return 0
+
