@@ -20,7 +20,7 @@ from rich.table import Table
 
 from sweeper.study import Counts, SweepPlan
 
-__all__ = ["LiveView", "Progress", "read_progress", "sampled"]
+__all__ = ["LiveView", "Progress", "WorkerNotes", "read_progress", "sampled"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,10 @@ class LiveView:
             self.console.print(f"[{time.strftime('%H:%M:%S')}] {line}", highlight=False, soft_wrap=True)
             self._last_line = line
 
+    def say(self, text: str) -> None:
+        """A message above the progress, kept in the scrollback (a worker's warning)."""
+        self.console.print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, markup=False, soft_wrap=True)
+
     def _render(self, progress: Progress) -> Group:
         trials = Table(title=f"{self.title}: {progress.line()}", title_justify="left", expand=True)
         for column in ("trial", "worker", "device", "epochs", "objective", "sampled"):
@@ -119,3 +123,35 @@ class LiveView:
         for label, state in progress.workers:
             workers.add_row(label, state)
         return Group(trials, workers)
+
+
+class WorkerNotes:
+    """The warnings workers log (lines holding "sweeper: ", e.g. an MLflow server out of reach),
+    read from their log files as they grow, for the sweep's console: nobody watches the logs
+    while a sweep runs. The same note from several workers in a row is passed on once."""
+
+    MARK = "sweeper: "
+
+    def __init__(self, workers: Sequence) -> None:
+        self._read = {worker.label: (worker.log, 0) for worker in workers}
+        self._last = ""
+
+    def new(self) -> list[str]:
+        notes = []
+        for label, (log, offset) in self._read.items():
+            try:
+                with open(log, "rb") as file:
+                    file.seek(offset)
+                    chunk = file.read()
+            except OSError:  # not there yet
+                continue
+            whole = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
+            self._read[label] = (log, offset + len(whole))
+            for line in whole.decode(errors="replace").splitlines():
+                if self.MARK not in line:
+                    continue
+                note = line[line.index(self.MARK) + len(self.MARK) :]
+                if note != self._last:
+                    notes.append(f"{label}: {note}")
+                    self._last = note
+        return notes

@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.launchers import WorkerHandle, check_launcher, launch_workers
-from sweeper.live import LiveView, read_progress, sampled
+from sweeper.live import LiveView, WorkerNotes, read_progress, sampled
 from sweeper.study import SweepPlan, count_trials, open_study, plan_sweep
 from sweeper.workers import tracking_module
 
@@ -93,9 +93,12 @@ def _stop(workers: list[WorkerHandle]) -> None:
 
 
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list[WorkerHandle]) -> None:
+    notes = WorkerNotes(workers)
     with LiveView(f"sweep {plan.name}", plan.cfg.sweep.live) as view:
         while True:
             done = all(w.poll() is not None for w in workers)  # read before the study: no update lost
+            for note in notes.new():
+                view.say(note)
             view.show(read_progress(study, plan, workers))
             if done:
                 return
