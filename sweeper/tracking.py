@@ -84,6 +84,9 @@ MAX_ENTITIES_PER_CALL = 1000
 MAX_PARAMS_OR_TAGS_PER_CALL = 100
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
+# How long a process that ends with records unsent waits for the store to come back, and how often it tries.
+EXIT_WAIT_SECONDS = 60
+EXIT_RETRY_SECONDS = 2
 # Config nodes that describe one trial (its params), and those that describe the sweep around it.
 TRIAL_NODES = ("lr", "shape", "model", "data", "optimizer", "train")
 SWEEP_NODES = ("search", "sampler", "pruner", "storage")
@@ -621,6 +624,18 @@ class _Unsent:
     @classmethod
     def at_exit(cls) -> None:
         cls.retry()
+        if cls.recorders:
+            # A store that went down near the end of a sweep (a server restarting) would take
+            # these records with it: give it a while to come back before the process ends.
+            logger.warning(
+                "sweeper: MLflow at %s is out of reach with the records of %d run(s) unsent; "
+                "waiting up to %d s for it before this process ends.",
+                cls.recorders[0].settings.label, len(cls.recorders), EXIT_WAIT_SECONDS,
+            )
+            deadline = time.monotonic() + EXIT_WAIT_SECONDS
+            while cls.recorders and time.monotonic() < deadline:
+                time.sleep(EXIT_RETRY_SECONDS)
+                cls.retry()
         for recorder in cls.recorders:
             logger.warning(
                 "sweeper: MLflow at %s was not reachable before this process ended; run %s lost "
