@@ -1,15 +1,11 @@
-"""Workers: device slots, the ask -> train -> tell loop, failures, dead workers, launchers.
+"""Workers: device slots, the ask -> train -> tell loop, failures, launchers.
 
 The trainer is the stand-in of conftest.py (fast and deterministic), so these tests are about
-the workers alone; tests/test_sweep_e2e.py runs the real trainer.
+the workers alone; tests/test_sweep_e2e.py runs the real trainer, tests/test_faults.py kills workers.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -89,6 +85,17 @@ def test_worker_runs_exactly_n_trials_and_failures_stay_alone(plan_args, monkeyp
     assert all(t.user_attrs["overrides"][: len(plan.overrides)] == list(plan.overrides) for t in finished)
 
 
+def test_a_worker_whose_every_trial_fails_stops_at_max_failures_and_a_resume_starts_afresh(plan_args, monkeypatch):
+    monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "FastaiOneCycle")  # the only shape of search=slices
+    plan = plan_sweep([*plan_args, "search=slices", "sweep.n_trials=4", "sweep.max_failures=3"], validate=False)
+    study = open_study(plan, create=True)
+    assert run_worker(plan, train=StandInTrainer.train) == 3  # not for ever
+    assert count_trials(study) == Counts(failed=3)
+    # The same sweep again (its cause fixed, or not): failures count from the new start.
+    assert run_worker(plan, train=StandInTrainer.train) == 3
+    assert count_trials(study) == Counts(failed=6)
+
+
 def test_racing_workers_never_overshoot_n_trials(plan_args, monkeypatch):
     # Widen the gap between "count the trials" and "start one": without the claim lock, every
     # worker that counted a free slot would start a trial for it.
@@ -158,43 +165,6 @@ def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu_and_resume(swe
 
 
 @pytest.mark.slow
-def test_killed_worker_trial_fails_and_is_retried(stand_in_sweep, tmp_path, monkeypatch):
-    monkeypatch.setenv("STAND_IN_EPOCH_SECONDS", "0.7")
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "sweeper.cli", "sweep", *stand_in_sweep, "sweep.workers=2",
-         "sweep.n_trials=4", "sweep.poll=0.2", "pruner=none", "train.epochs=3",
-         "storage.heartbeat_interval=1", "storage.grace_period=3"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    storage = f"sqlite:///{tmp_path}/results/studies.db"
-    victim = _first_running_trial(storage, sweep)
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)  # mid-trial
-    out, err = sweep.communicate(timeout=120)
-    assert sweep.returncode == 0, err
-    study = optuna.load_study(study_name="mlp-digits", storage=storage)
-    assert study.trials[victim.number].state == TrialState.FAIL  # its heartbeat went stale
-    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert retry.state == TrialState.COMPLETE and retry.params == victim.params  # same point, run again
-    assert count_trials(study).finished == 4
-    assert "exited -9" in out or "1 failed" in out
-
-
-def _first_running_trial(storage: str, sweep: subprocess.Popen) -> optuna.trial.FrozenTrial:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        assert sweep.poll() is None, sweep.communicate()
-        try:
-            trials = optuna.load_study(study_name="mlp-digits", storage=storage).trials
-        except (KeyError, Exception):  # noqa: BLE001 - the study may not exist yet
-            trials = []
-        running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
-        if running:
-            return running[0]
-        time.sleep(0.1)
-    raise AssertionError("no trial started within 60 s")
-
-
-@pytest.mark.slow
 def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_sweep, tmp_path):
     done = sweeper_cli(
         "sweep", *stand_in_sweep, "launcher=slurm", "launcher.cluster=local",
@@ -205,6 +175,16 @@ def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_swee
     assert count_trials(study).finished == 6
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # two jobs, two worker processes
     assert list((tmp_path / "results" / "slurm" / "mlp-digits").glob("*_log.out"))  # submitit's job logs
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_trial_fails_ends_and_says_why(sweeper_cli, stand_in_sweep, monkeypatch):
+    monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "FastaiOneCycle")
+    done = sweeper_cli("sweep", *stand_in_sweep, "search=slices", "sweep.workers=2", "sweep.n_trials=3", "sweep.poll=0.1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "0/3 finished (0 complete, 0 pruned), " in done.stdout
+    assert "x: RuntimeError: stand-in failure for FastaiOneCycle" in done.stdout
+    assert "trials failed in this run (sweep.max_failures=3); fix the cause" in done.stdout
 
 
 @pytest.mark.slow

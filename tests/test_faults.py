@@ -1,0 +1,287 @@
+"""Faults during a sweep, with nothing lost: a worker killed mid-trial, a trial that diverges, one
+that raises, the sweep interrupted (Ctrl-C) and started again, the MLflow server gone for a while,
+eight workers writing to the embedded stores at once.
+
+Every test runs `sweeper sweep` as a real process and then reads both records back: the Optuna
+study, and the MLflow store through MLflow's own client. Nothing lost means every finished trial
+has exactly one MLflow run, nested under the sweep's run, holding every epoch's metrics (and,
+with the real trainer, every training step's), equal to what Optuna was told.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import MlflowServer
+from mlflow import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.study import count_trials
+
+pytestmark = pytest.mark.slow
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Small sweeps on the stand-in trainer (conftest.py): real worker processes and stores, trials
+# of a known length. The first six trials cover every shape (sweep.cover).
+STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=3", "sweep.cpu_threads=1"]
+# The real trainer, as small as it gets: a few batches of a generated task.
+REAL = [
+    "data=synthetic", "data.source.n_samples=300", "train.batch_size=32", "train.epochs=2", "train.threads=1",
+    "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none",
+]  # fmt: skip
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+def start_sweep(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+    """`sweeper sweep` in its own process group (the group a terminal's Ctrl-C reaches)."""
+    command = [sys.executable, "-m", "sweeper.cli", "sweep", *overrides]
+    sweep = subprocess.Popen(
+        command, cwd=tmp_path, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    _STARTED.append(sweep)
+    return sweep
+
+
+@pytest.fixture(autouse=True)
+def leave_no_sweep_behind():
+    """A test that fails half way must not leave a sweep and its workers running."""
+    yield
+    while _STARTED:
+        sweep = _STARTED.pop()
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait(30)
+
+
+def finish(sweep: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
+    out, err = sweep.communicate(timeout=timeout)
+    return sweep.returncode, out, err
+
+
+def storage_of(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/results/studies.db"
+
+
+def wait_for(sweep: subprocess.Popen, storage: str, name: str, what: Callable[[list[FrozenTrial]], object], timeout: float = 120):
+    """Poll the study until `what(trials)` is truthy; return it. The sweep must still be running."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert sweep.poll() is None, sweep.communicate()
+        found = None
+        # Workers start (their logs appear) once the study exists: only then look at it, or this
+        # process would be one more creating the storage's tables.
+        if (Path(storage.removeprefix("sqlite:///")).parent / "sweeps" / name).exists():
+            found = what(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"waited {timeout}s in vain")
+
+
+def finished(trials: list[FrozenTrial]) -> int:
+    return sum(t.state in FINISHED for t in trials)
+
+
+def check_nothing_lost(study: optuna.Study, tracking_uri: str, *, steps: bool = False) -> dict[int, object]:
+    """Every finished trial has exactly one MLflow run under the sweep's run, with every epoch's
+    objective equal to what Optuna was told (and every step's lr and loss, with `steps`).
+    Returns the runs by trial number."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study.study_name)
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`sweeper.kind` = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    runs = defaultdict(list)
+    for run in client.search_runs([experiment.experiment_id], "tags.`sweeper.kind` = 'trial'", max_results=1000):
+        runs[int(run.data.tags["trial"])].append(run)
+    done = [t for t in study.trials if t.state in FINISHED]
+    assert done
+    for trial in done:
+        assert len(runs[trial.number]) == 1, (trial.number, len(runs[trial.number]))  # exactly once
+        (run,) = runs[trial.number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == ("FINISHED" if trial.state == TrialState.COMPLETE else "KILLED")
+        objective = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "objective"))
+        assert objective == [(step - 1, value) for step, value in sorted(trial.intermediate_values.items())]
+        for key in ("valid_accuracy", "valid_loss", "train_loss"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == len(objective), key
+        if trial.state == TrialState.COMPLETE:
+            assert objective[-1][1] == trial.value
+        if steps:
+            total = int(run.data.params["total_steps"])
+            for key in ("lr_0", "lr_2", "loss"):
+                assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(total)), key
+    return {number: found for number, found in runs.items()}
+
+
+# --- a worker killed, a trial that diverges, a trial that raises: one sweep -------------------
+
+
+@pytest.fixture(scope="module")
+def faulty_sweep(tmp_path_factory):
+    """A two-worker sweep in which the constant shape raises, the triangular one diverges, and
+    one worker is killed (SIGKILL) in the middle of a trial that would have finished."""
+    tmp_path = tmp_path_factory.mktemp("faulty")
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+        "STAND_IN_EPOCH_SECONDS": "0.3",
+        "STAND_IN_RAISE_SHAPE": "Constant",
+        "STAND_IN_DIVERGE_SHAPE": "Triangular",
+    }
+    sweep = start_sweep(
+        tmp_path, "sweep.trainer=conftest.StandInTrainer", *STAND_IN, "sweep.workers=2", "sweep.n_trials=8",
+        "storage.heartbeat_interval=1", "storage.grace_period=3", env=env,
+    )  # fmt: skip
+    storage = storage_of(tmp_path)
+
+    def healthy_and_midway(trials):
+        for t in trials:
+            if t.state == TrialState.RUNNING and t.user_attrs.get("epochs", 0) >= 1 and t.params.get("shape") not in ("constant", "triangular"):
+                return t
+
+    victim = wait_for(sweep, storage, "mlp-digits", healthy_and_midway)
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    code, out, err = finish(sweep)
+    assert code == 0, out[-3000:] + err[-3000:]
+    study = optuna.load_study(study_name="mlp-digits", storage=storage)
+    return {"study": study, "victim": victim, "out": out, "tracking": f"sqlite:///{tmp_path}/results/mlflow.db"}
+
+
+def test_a_killed_worker_s_trial_fails_by_heartbeat_and_runs_again(faulty_sweep):
+    study, victim = faulty_sweep["study"], faulty_sweep["victim"]
+    assert study.trials[victim.number].state == TrialState.FAIL  # its heartbeat went stale
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params  # the same point, again
+    assert count_trials(study).finished == 8 and count_trials(study).running == 0
+    assert "exited -9" in faulty_sweep["out"] or "failed" in faulty_sweep["out"]
+
+
+def test_a_trial_that_diverges_fails_alone_and_its_run_says_so(faulty_sweep):
+    study = faulty_sweep["study"]
+    runs = check_nothing_lost(study, faulty_sweep["tracking"])
+    diverged = [t for t in study.trials if t.params.get("shape") == "triangular"]
+    assert diverged and all(t.state == TrialState.FAIL for t in diverged)
+    for trial in diverged:
+        assert trial.user_attrs["reason"] == "loss became nan at epoch 0"
+        (run,) = runs[trial.number]
+        assert run.info.status == "FAILED" and run.data.tags["diverged"] == "true"
+
+
+def test_a_trial_that_raises_fails_alone_with_its_reason(faulty_sweep):
+    study = faulty_sweep["study"]
+    raised = [t for t in study.trials if t.params.get("shape") == "constant"]
+    assert raised and all(t.state == TrialState.FAIL for t in raised)
+    assert {t.user_attrs["reason"] for t in raised} == {"RuntimeError: stand-in failure for Constant"}
+    # the sweep went on around it: the other shapes finished
+    shapes = {t.params["shape"] for t in study.trials if t.state in FINISHED}
+    assert len(shapes) >= 2 and not shapes & {"constant", "triangular"}
+
+
+def test_every_finished_trial_of_the_faulty_sweep_is_recorded_once(faulty_sweep):
+    runs = check_nothing_lost(faulty_sweep["study"], faulty_sweep["tracking"])
+    assert len(runs) >= 8
+
+
+# --- Ctrl-C, then the same command again ------------------------------------------------------
+
+
+def test_an_interrupted_sweep_resumes_to_exactly_n_trials(tmp_path, stand_in_sweep):
+    trainer = stand_in_sweep[0]  # the stand-in, with MLflow on
+    overrides = [trainer, *STAND_IN, "sweep.workers=2", "sweep.n_trials=6"]
+    env = {"STAND_IN_EPOCH_SECONDS": "0.3"}
+    # Ctrl-C in a terminal reaches the whole foreground process group: the sweep and its workers.
+    sweep = start_sweep(tmp_path, *overrides, env=env)
+    wait_for(sweep, storage_of(tmp_path), "mlp-digits", lambda trials: finished(trials) >= 2)
+    os.killpg(sweep.pid, signal.SIGINT)
+    code, out, err = finish(sweep, timeout=120)
+    assert code == 130, out[-3000:] + err[-3000:]
+    assert "interrupted; run the same command again to resume it" in out
+    study = optuna.load_study(study_name="mlp-digits", storage=storage_of(tmp_path))
+    before = count_trials(study)
+    assert 2 <= before.finished < 6 and before.running == 0  # nothing left running
+
+    code, out, err = finish(start_sweep(tmp_path, *overrides, env=env))
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert count_trials(study).finished == 6  # exactly n_trials, counted across both runs
+    check_nothing_lost(study, f"sqlite:///{tmp_path}/results/mlflow.db")
+
+
+# --- the MLflow server goes away and comes back -----------------------------------------------
+
+
+def test_a_sweep_goes_on_while_the_mlflow_server_is_down_and_records_everything(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    name = "mlp-synthetic"
+    try:
+        sweep = start_sweep(
+            tmp_path, *REAL, "tracking=server", "sweep.workers=2", "sweep.n_trials=8", "tracking.request_timeout=2",
+            "tracking.request_retries=0", env={"MLFLOW_TRACKING_URI": server.url},
+        )  # fmt: skip
+        storage = storage_of(tmp_path)
+        started = wait_for(sweep, storage, name, finished)
+        server.stop()
+        # Trials go on while it is down: at least two more finish.
+        wait_for(sweep, storage, name, lambda trials: finished(trials) >= started + 2)
+        server.start()  # back, on the same port and store
+        code, out, err = finish(sweep)
+        assert code == 0, out[-3000:] + err[-3000:]
+        logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / name).glob("worker-*.log"))
+        for text in (out + err, logs):  # said clearly, where the user looks
+            assert "cannot be reached" in text and "Training goes on" in text, text[-3000:]
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert count_trials(study).finished == 8
+        check_nothing_lost(study, server.url, steps=True)  # what was recorded late is recorded
+    finally:
+        server.stop()
+
+
+# --- eight workers, one embedded study and one embedded MLflow store --------------------------
+
+
+def test_eight_workers_share_the_embedded_stores_without_a_lock_error(tmp_path):
+    code, out, err = finish(start_sweep(tmp_path, *REAL, "sweep.workers=8", "sweep.n_trials=10", "train.epochs=1"), timeout=400)
+    assert code == 0, out[-3000:] + err[-3000:]
+    logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / "mlp-synthetic").glob("worker-*.log"))
+    assert logs.count("ran ") == 8  # every worker ran and ended well
+    for text in (out, err, logs):
+        assert "database is locked" not in text
+        assert "Traceback" not in text
+    study = optuna.load_study(study_name="mlp-synthetic", storage=storage_of(tmp_path))
+    counts = count_trials(study)
+    assert counts.finished == 10 and counts.failed == 0
+    assert len({t.user_attrs["worker"] for t in study.trials}) > 1
+    check_nothing_lost(study, f"sqlite:///{tmp_path}/results/mlflow.db", steps=True)
+
+
+# --- several processes opening a new embedded storage at the same moment ----------------------
+
+OPEN_AT = """
+import sys, time
+from sweeper.study import StorageSpec
+start = float(sys.argv[2])
+while time.time() < start:  # spin, so that all of them open within a millisecond
+    pass
+StorageSpec(sys.argv[1]).open()
+"""
+
+
+def test_processes_that_open_a_new_embedded_storage_at_once_all_get_it(tmp_path):
+    # Two `sweeper sweep` (or a sweep and a joining worker) started together on a fresh results/:
+    # each creates the storage's tables, and without a lock one of them fails half way.
+    url = f"sqlite:///{tmp_path}/results/studies.db"
+    start = time.time() + 5  # every process imported and waiting by then (if not, the test is only weaker)
+    openers = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, repr(start)], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [opener.communicate(timeout=120)[1] for opener in openers]
+    assert [opener.returncode for opener in openers] == [0] * 4, "\n".join(e[-500:] for e in errors)
+    assert optuna.get_all_study_names(url) == []  # one working storage, tables and all
