@@ -340,9 +340,9 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def next_move(counts: Counts, n_trials: int, out_of_time: bool) -> str:
+def next_move(counts: Counts, n_trials: int, out_of_time: bool, failed_too_often: bool = False) -> str:
     """"run" a trial, "wait" for running ones (one may fail and need redoing), or "stop"."""
-    if counts.finished >= n_trials or out_of_time:
+    if counts.finished >= n_trials or out_of_time or failed_too_often:
         return "stop"
     if counts.finished + counts.running < n_trials:
         return "run"
@@ -410,6 +410,7 @@ class SweepPlan:
     name: str
     n_trials: int
     timeout: float | None
+    max_failures: int                   # failed trials after which workers start no more
 
 
 def plan_sweep(
@@ -438,9 +439,15 @@ def plan_sweep(
     poll = cfg.sweep.poll
     if not (isinstance(poll, (int, float)) and poll > 0):
         raise ConfigError(f"sweep.poll: {poll!r} must be seconds > 0, e.g. 2.")
+    max_failures = cfg.sweep.get("max_failures")
+    if max_failures is None:
+        max_failures = n_trials
+    if not isinstance(max_failures, int) or max_failures < 1:
+        raise ConfigError(f"sweep.max_failures: {max_failures!r} must be a whole number >= 1, or null for sweep.n_trials.")
     plan = SweepPlan(
-        cfg, command_line, tuple(base), config_dirs, space, objectives, storage, str(cfg.sweep.name), n_trials, timeout
-    )
+        cfg, command_line, tuple(base), config_dirs, space, objectives, storage, str(cfg.sweep.name), n_trials,
+        timeout, max_failures,
+    )  # fmt: skip
     if validate:  # the quick checks first; composing the space's edges takes a second or two
         make_sampler(cfg, space)
         make_pruner(cfg)

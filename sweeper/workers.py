@@ -240,8 +240,8 @@ def run_worker(
     train: TrainFn | None = None,
     stop: StopRequest | None = None,
 ) -> int:
-    """Run trials until the sweep has n_trials finished ones (or the deadline, or a `stop`
-    request); return how many ran.
+    """Run trials until the sweep has n_trials finished ones (or the deadline, a `stop` request,
+    or sweep.max_failures failed trials since it started); return how many ran.
 
     `index` offsets the sampler's seed so parallel workers draw differently; `deadline` is a
     time.time() after which no trial starts.
@@ -258,11 +258,16 @@ def run_worker(
         # The stop request listens last, so the other reporters have recorded the step or epoch.
         return run_trial(trial, plan, lambda cfg, reporters: train(cfg, [*reporters, stop]))
 
+    # Failures count from this worker's start, so a sweep resumed after its cause was fixed
+    # (or after Ctrl-C, which fails the trials it stops) starts with a clean slate.
+    failed_before = count_trials(study).failed
     ran = 0
     while not stop.requested:
         with claim:
+            counts = count_trials(study)
             out_of_time = deadline is not None and time.time() >= deadline
-            move = next_move(count_trials(study), plan.n_trials, out_of_time)
+            failed_too_often = counts.failed - failed_before >= plan.max_failures
+            move = next_move(counts, plan.n_trials, out_of_time, failed_too_often)
             if move == "run":
                 study.optimize(objective, n_trials=1, catch=(Exception,))
                 ran += 1

@@ -212,13 +212,16 @@ def test_grid_sampler_needs_a_discrete_space(sweep_args):
     plan_sweep([*sweep_args, "sampler=grid", *DISCRETE])
 
 
-def test_plan_checks_n_trials_timeout_and_poll(sweep_args):
+def test_plan_checks_n_trials_timeout_poll_and_max_failures(sweep_args):
     with pytest.raises(ConfigError, match="sweep.n_trials"):
         plan_sweep([*sweep_args, "sweep.n_trials=0"], validate=False)
     with pytest.raises(ConfigError, match="sweep.timeout"):
         plan_sweep([*sweep_args, "sweep.timeout=-5"], validate=False)
     with pytest.raises(ConfigError, match="sweep.poll"):
         plan_sweep([*sweep_args, "sweep.poll=0"], validate=False)
+    with pytest.raises(ConfigError, match="sweep.max_failures: 0 must be a whole number >= 1"):
+        plan_sweep([*sweep_args, "sweep.max_failures=0"], validate=False)
+    assert plan_sweep([*sweep_args, "sweep.n_trials=7"], validate=False).max_failures == 7  # null: n_trials
 
 
 def test_storage_file_lands_under_results_dir(sweep_args, tmp_path):

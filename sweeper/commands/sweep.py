@@ -19,6 +19,7 @@ import argparse
 import gc
 import shlex
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     records = tracking.prepare_sweep(plan.cfg, plan.name) if tracking else None
     study = open_study(plan, create=True)
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
-    finished = count_trials(study).finished
+    before = count_trials(study)
+    finished = before.finished
     interrupted = False
     if finished >= plan.n_trials:
         print(f"sweep {plan.name} already has {finished} finished trials; raise sweep.n_trials to run more.")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:  # a second Ctrl-C while the workers stop
             interrupted = True
     report = records.finish(study, "KILLED" if interrupted else "FINISHED") if records else None
-    code = _summarise(study, plan, folder, records, report)
+    code = _summarise(study, plan, folder, records, report, failed_before=before.failed)
     if interrupted:
         print(f"sweep {plan.name}: interrupted; run the same command again to resume it.")
         return EXIT_INTERRUPTED
@@ -105,13 +107,15 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list[WorkerHandle]) ->
             time.sleep(float(plan.cfg.sweep.poll))
 
 
-def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any, report: Any) -> int:
+def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any, report: Any, failed_before: int) -> int:
     """The outcome, and where to look at it."""
     counts = count_trials(study)
     print(
         f"\nsweep {plan.name}: {counts.finished}/{plan.n_trials} finished ({counts.complete} complete, "
         f"{counts.pruned} pruned), {counts.failed} failed"
     )
+    for reason, times in _failure_reasons(study).most_common(3):
+        print(f"  failed {times}x: {reason}")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = study.best_trials if plan.objectives.several else [study.best_trial] if complete else []
     for trial in best:
@@ -127,7 +131,19 @@ def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any,
         print(f"MLflow: {browse}  (experiment {settings.experiment})")
     print(f"worker logs: {folder}/")
     print(f"Optuna: optuna-dashboard {shlex.quote(plan.storage.label())}  (pip install optuna-dashboard)")
+    if counts.finished < plan.n_trials and counts.failed - failed_before >= plan.max_failures:
+        print(
+            f"stopped: {counts.failed - failed_before} trials failed in this run (sweep.max_failures="
+            f"{plan.max_failures}); fix the cause above, then run the same command again to resume."
+        )
+        return EXIT_INCOMPLETE
     if counts.finished < plan.n_trials and plan.timeout is None:
         print(f"the workers stopped before {plan.n_trials} finished trials: see their logs; run again to resume.")
         return EXIT_INCOMPLETE
     return 0
+
+
+def _failure_reasons(study: optuna.Study) -> Counter[str]:
+    """Why trials failed, by reason: one line each, as the workers recorded it."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return Counter(t.user_attrs.get("reason", "no reason recorded (a worker died?)").splitlines()[0] for t in failed)
