@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ COMMANDS = {
 }
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # as a shell reports a reader that closed the pipe (128 + SIGPIPE)
 
 
 def _command_module(name: str):
@@ -85,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors() as error:
         print(f"sweeper {args.command}: error: {one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # The reader went away (`sweeper schedule --json | head`): not an error of ours. Point
+        # stdout at nothing, so that the interpreter's last flush does not fail on it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def one_line(error: BaseException) -> str:

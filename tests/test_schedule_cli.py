@@ -106,6 +106,17 @@ def test_console_command_runs(tmp_path):
     assert len(json.loads(done.stdout)["rows"]) == 3
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    # `sweeper schedule --json | head`: the reader closes the pipe long before the end.
+    command = [sys.executable, "-m", "sweeper.cli", "schedule", "--steps", "20000", "--json", "--no-plot"]
+    schedule = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert schedule.stdout.read(100).startswith(b"{")
+    schedule.stdout.close()
+    error = schedule.stderr.read().decode()
+    assert schedule.wait(60) == 141, error  # as a shell reports SIGPIPE
+    assert error == ""
+
+
 def test_options_may_follow_the_overrides(capsys, tmp_path):
     code, out, _ = run_schedule(capsys, tmp_path, "shape=constant", "--steps", "2", "--json", "--no-plot")
     assert code == 0
