@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.figure import Figure  # noqa: E402
 
 from sweeper.shapes import Schedule  # noqa: E402
 
-__all__ = ["plot_schedule", "save_figure"]
+__all__ = ["plot_schedule", "save_figure", "schedule_png"]
 
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
@@ -26,13 +28,23 @@ def save_figure(figure: plt.Figure, path: str | Path) -> Path:
 
 def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path:
     """The lr of every layer group (log scale) and the momentum over the training batches."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(schedule_png(schedule, title))
+    return path
+
+
+def schedule_png(schedule: Schedule, title: str = "") -> bytes:
+    """plot_schedule's PNG, as bytes. Every recorded trial draws one as it ends, so it is kept
+    cheap: a figure outside pyplot's registry, and fixed margins instead of tight_layout (which
+    costs as much as drawing the whole figure)."""
     rows = schedule.rows()
     steps = [row["step"] for row in rows]
     momenta = [row["momentum"] for row in rows]
     has_momentum = momenta[0] is not None
-    figure, axes = plt.subplots(
-        2 if has_momentum else 1, 1, figsize=(8, 6 if has_momentum else 4), sharex=True, squeeze=False
-    )
+    figure = Figure(figsize=(8, 6 if has_momentum else 4))
+    axes = figure.subplots(2 if has_momentum else 1, 1, sharex=True, squeeze=False)
+    figure.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.1 if has_momentum else 0.13, hspace=0.1)
     lr_axis = axes[0][0]
     for group in range(len(schedule.peaks)):
         label = f"group {group}" + (" (head)" if group == len(schedule.peaks) - 1 else "")
@@ -45,4 +57,6 @@ def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path
         axes[1][0].plot(steps, momenta, color="tab:gray")
         axes[1][0].set_ylabel("momentum / beta1")
     axes[-1][0].set_xlabel("training batch")
-    return save_figure(figure, path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
+    return png.getvalue()

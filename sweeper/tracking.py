@@ -592,13 +592,9 @@ class _RecordedSchedule:
 
 
 def _schedule_png(result: TrialResult) -> bytes:
-    from sweeper.plots import plot_schedule
+    from sweeper.plots import schedule_png
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = plot_schedule(
-            _RecordedSchedule(result.steps), Path(folder) / "schedule.png", title="lr of every layer group, as run"
-        )
-        return path.read_bytes()
+    return schedule_png(_RecordedSchedule(result.steps), title="lr of every layer group, as run")
 
 
 class _Unsent:
