@@ -387,10 +387,12 @@ class PruningReporter(Reporter):
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
+        # pruner=none never prunes: do not ask it (a storage round trip every epoch).
+        self.may_prune = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
 
     def on_epoch(self, event: EpochEvent) -> bool:
         self.trial.report(event.objective, event.epoch + 1)
-        return bool(self.trial.should_prune())  # pruners may answer with a numpy bool
+        return self.may_prune and bool(self.trial.should_prune())  # pruners may answer with a numpy bool
 
 
 # --- the plan ---------------------------------------------------------------------------------

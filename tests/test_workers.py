@@ -96,6 +96,18 @@ def test_a_worker_whose_every_trial_fails_stops_at_max_failures_and_a_resume_sta
     assert count_trials(study) == Counts(failed=6)
 
 
+def test_a_sweep_without_a_pruner_never_asks_one(plan_args, monkeypatch):
+    def should_prune(trial):
+        raise AssertionError("should_prune was asked under pruner=none")
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", should_prune)
+    plan = plan_sweep([*plan_args, "sweep.n_trials=2", "pruner=none"], validate=False)
+    study = open_study(plan, create=True)
+    run_worker(plan, train=StandInTrainer.train)
+    assert count_trials(study) == Counts(complete=2)  # each reported every epoch all the same
+    assert all(len(t.intermediate_values) == 6 for t in study.trials)
+
+
 def test_racing_workers_never_overshoot_n_trials(plan_args, monkeypatch):
     # Widen the gap between "count the trials" and "start one": without the claim lock, every
     # worker that counted a free slot would start a trial for it.
