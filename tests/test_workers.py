@@ -224,3 +224,26 @@ def test_live_view_shows_counts_best_and_running_trials(plan_args):
     best = max(t.value for t in study.trials if t.value is not None)
     assert f"best accuracy {best:.4g}" in shown
     assert "host:42" in shown and "0.5" in shown  # the running trial, its worker and last report
+
+
+class ExitsAfter:
+    """A worker handle that reports running for `polls` looks, then exit code 0."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    def poll(self) -> int | None:
+        self.polls -= 1
+        return None if self.polls >= 0 else 0
+
+
+def test_the_sweep_sees_its_last_worker_exit_without_waiting_out_the_poll(monkeypatch):
+    from sweeper.commands import sweep
+
+    slept = []
+    monkeypatch.setattr(sweep.time, "sleep", slept.append)
+    sweep._wait_for_exit([ExitsAfter(1), ExitsAfter(3)], seconds=30)
+    assert 0 < sum(slept) < 1  # woke at the exit, not after 30 s
+    slept.clear()
+    sweep._wait_for_exit([ExitsAfter(0)], seconds=30)
+    assert slept == []

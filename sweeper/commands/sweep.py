@@ -33,6 +33,7 @@ from sweeper.workers import tracking_module
 
 EXIT_INCOMPLETE = 1
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
+EXIT_CHECK_SECONDS = 0.1  # how soon the sweep sees its last worker exit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +105,18 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list[WorkerHandle]) ->
             view.show(read_progress(study, plan, workers))
             if done:
                 return
-            time.sleep(float(plan.cfg.sweep.poll))
+            _wait_for_exit(workers, float(plan.cfg.sweep.poll))
+
+
+def _wait_for_exit(workers: list[WorkerHandle], seconds: float) -> None:
+    """Sleep `seconds` (between looks at the study), or less once every worker has exited: the
+    sweep's report should not wait on a poll interval."""
+    deadline = time.monotonic() + seconds
+    while any(w.poll() is None for w in workers):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, EXIT_CHECK_SECONDS))
 
 
 def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any, report: Any, failed_before: int) -> int:
