@@ -76,6 +76,16 @@ def test_trials_are_nested_runs_with_params_tags_every_curve_and_artifacts(track
     assert environment["git"]["commit"] and "mlflow" in environment["packages"]
 
 
+def test_the_schedule_plot_can_be_left_out_and_the_schedule_is_still_recorded(tracked_config):
+    cfg = tracked_config("tracking.schedule_plot=false")
+    tracking = prepare_sweep(cfg, "no-plot")
+    result = feed_trial(tracking.trial_reporter(0, cfg), plain_config(cfg))
+    client = MlflowClient(tracking.settings.uri)
+    (run,) = children_of(client, tracking).values()
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "environment.json"}
+    assert history(client, run.info.run_id, "lr_0") == result_curves(result)["lr_0"]  # every step's lr
+
+
 def test_a_worker_finds_the_sweep_run_by_itself(tracked_config):
     cfg = tracked_config()
     tracking = prepare_sweep(cfg, "joined")
@@ -227,6 +237,7 @@ def test_a_recorder_never_raises_into_the_trial(tracked_config):
         ("tracking.request_timeout", "0", "tracking.request_timeout"),
         ("tracking.request_retries", "-1", "tracking.request_retries"),
         ("tracking.enabled", "yes", "tracking.enabled"),
+        ("tracking.schedule_plot", "maybe", "tracking.schedule_plot"),
     ],
 )
 def test_bad_settings_name_the_setting(tracked_config, setting, value, message):
