@@ -158,4 +158,4 @@ def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any,
 def _failure_reasons(study: optuna.Study) -> Counter[str]:
     """Why trials failed, by reason: one line each, as the workers recorded it."""
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return Counter(t.user_attrs.get("reason", "no reason recorded (a worker died?)").splitlines()[0] for t in failed)
+    return Counter(t.user_attrs.get("reason", "no reason recorded (its worker stopped or died)").splitlines()[0] for t in failed)
