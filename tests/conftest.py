@@ -17,6 +17,15 @@ import pytest
 from sweeper.events import EpochEvent, StartEvent, TrialResult
 
 TESTS = Path(__file__).parent
+# Test files that run at once (pytest -n auto). Many of them start sweeps of several worker
+# processes or servers, so more than a few at once buys little and costs memory.
+MAX_TEST_PROCESSES = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    from sweeper.workers import usable_cores
+
+    return max(1, min(MAX_TEST_PROCESSES, usable_cores()))
 
 
 class StandInTrainer:
