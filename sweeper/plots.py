@@ -14,7 +14,7 @@ from matplotlib.ticker import NullLocator  # noqa: E402
 
 from sweeper.shapes import Schedule  # noqa: E402
 
-__all__ = ["plot_schedule", "save_figure", "schedule_png"]
+__all__ = ["log_y", "plot_schedule", "save_figure", "schedule_png"]
 
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
@@ -25,6 +25,12 @@ def save_figure(figure: plt.Figure, path: str | Path) -> Path:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def log_y(axis: plt.Axes) -> None:
+    """A log-scale y axis without minor ticks: eight a decade cost more to draw than the curves."""
+    axis.set_yscale("log")
+    axis.yaxis.set_minor_locator(NullLocator())
 
 
 def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path:
@@ -50,8 +56,7 @@ def schedule_png(schedule: Schedule, title: str = "") -> bytes:
     for group in range(len(schedule.peaks)):
         label = f"group {group}" + (" (head)" if group == len(schedule.peaks) - 1 else "")
         lr_axis.plot(steps, [row[f"lr_{group}"] for row in rows], label=label)
-    lr_axis.set_yscale("log")
-    lr_axis.yaxis.set_minor_locator(NullLocator())  # eight ticks a decade cost more than the curves
+    log_y(lr_axis)
     lr_axis.set_ylabel("learning rate")
     lr_axis.legend(loc="best", fontsize="small")
     lr_axis.set_title(title or f"{schedule.shape.name}: {len(schedule.peaks)} groups, {schedule.total} steps")

@@ -38,6 +38,8 @@ import pandas as pd  # noqa: E402
 from optuna.exceptions import ExperimentalWarning  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from sweeper.plots import log_y  # noqa: E402
+
 if TYPE_CHECKING:
     from sweeper.tracking import SweepTracking
 
@@ -268,7 +270,8 @@ def plot_best_curves(
     axes[0][0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].legend(fontsize="small")
     if with_loss:
-        axes[0][1].set(xlabel="training batch", ylabel="training loss", yscale="log", title="training loss per batch")
+        axes[0][1].set(xlabel="training batch", ylabel="training loss", title="training loss per batch")
+        log_y(axes[0][1])
         axes[0][1].legend(fontsize="small")
     return _save(figure, path)
 
@@ -311,7 +314,8 @@ def plot_schedules(
         for group, values in enumerate(lrs):
             head = " (head)" if group == len(lrs) - 1 else ""
             axis.plot([i / max(1, len(values) - 1) for i in range(len(values))], values, label=f"group {group}{head}")
-        axis.set(title=f"{strategy}: trial {row['trial']}, {row['shape']}", xlabel="fraction of training", yscale="log")
+        axis.set(title=f"{strategy}: trial {row['trial']}, {row['shape']}", xlabel="fraction of training")
+        log_y(axis)
         axis.legend(fontsize="small")
     axes[0][0].set_ylabel("learning rate")
     return _save(figure, path)
