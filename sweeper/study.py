@@ -440,7 +440,7 @@ def plan_sweep(
         raise ConfigError(f"sweep.timeout: {timeout!r} must be seconds > 0, or null for none.")
     poll = cfg.sweep.poll
     if not (isinstance(poll, (int, float)) and poll > 0):
-        raise ConfigError(f"sweep.poll: {poll!r} must be seconds > 0, e.g. 2.")
+        raise ConfigError(f"sweep.poll: {poll!r} must be seconds > 0, e.g. 0.5.")
     max_failures = cfg.sweep.get("max_failures")
     if max_failures is None:
         max_failures = n_trials
