@@ -272,6 +272,12 @@ def run_worker(
                 study.optimize(objective, n_trials=1, catch=(Exception,))
                 ran += 1
         if move == "stop":
+            if failed_too_often and counts.finished < plan.n_trials:
+                print(
+                    f"worker {index}: stopped: {counts.failed - failed_before} trials failed since it started "
+                    f"(sweep.max_failures={plan.max_failures}); their reasons are in the study and above.",
+                    flush=True,
+                )
             break
         if move == "wait":
             # A dead worker's trial counts as running until its heartbeat goes stale: look for

@@ -85,12 +85,13 @@ def test_worker_runs_exactly_n_trials_and_failures_stay_alone(plan_args, monkeyp
     assert all(t.user_attrs["overrides"][: len(plan.overrides)] == list(plan.overrides) for t in finished)
 
 
-def test_a_worker_whose_every_trial_fails_stops_at_max_failures_and_a_resume_starts_afresh(plan_args, monkeypatch):
+def test_a_worker_whose_every_trial_fails_stops_at_max_failures_and_a_resume_starts_afresh(plan_args, monkeypatch, capsys):
     monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "FastaiOneCycle")  # the only shape of search=slices
     plan = plan_sweep([*plan_args, "search=slices", "sweep.n_trials=4", "sweep.max_failures=3"], validate=False)
     study = open_study(plan, create=True)
     assert run_worker(plan, train=StandInTrainer.train) == 3  # not for ever
     assert count_trials(study) == Counts(failed=3)
+    assert "worker 0: stopped: 3 trials failed since it started (sweep.max_failures=3)" in capsys.readouterr().out
     # The same sweep again (its cause fixed, or not): failures count from the new start.
     assert run_worker(plan, train=StandInTrainer.train) == 3
     assert count_trials(study) == Counts(failed=6)
