@@ -25,7 +25,7 @@ import benchlib
 PRUNERS = ("none", "median", "successive_halving")
 
 
-def run_sweep(job: tuple[str, int, int, int, str]) -> list[dict]:
+def run_pruned_sweep(job: tuple[str, int, int, int, str]) -> list[dict]:
     """One sweep; its trials as curve rows, in trial order."""
     import optuna
     from optuna.trial import TrialState
@@ -76,7 +76,8 @@ def summarise(curves: dict[tuple[str, int], list[dict]]) -> list[dict]:
             "pruned": sum(row["state"] == "pruned" for row in curve),
             "epochs": last["cumulative_epochs"],
             "best": last["best_so_far"],
-            "epochs_to_best": next(r["cumulative_epochs"] for r in curve if r["best_so_far"] == last["best_so_far"]),
+            # NaN (no complete trial) equals nothing: then there is no epoch of the best
+            "epochs_to_best": next((r["cumulative_epochs"] for r in curve if r["best_so_far"] == last["best_so_far"]), float("nan")),
             "none_best_at_same_epochs": best_at(unpruned, last["cumulative_epochs"]) if unpruned else float("nan"),
             "epochs_vs_none": last["cumulative_epochs"] / unpruned[-1]["cumulative_epochs"] if unpruned else float("nan"),
             "sweep_s": last["sweep_s"],
@@ -124,7 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         jobs = [(pruner, seed, args.trials, args.epochs, folder) for seed in args.seeds for pruner in args.pruners]
         with multiprocessing.get_context("spawn").Pool(min(len(jobs), usable_cores())) as pool:
-            curves = {(job[0], job[1]): rows for job, rows in zip(jobs, pool.map(run_sweep, jobs, chunksize=1))}
+            curves = {(job[0], job[1]): rows for job, rows in zip(jobs, pool.map(run_pruned_sweep, jobs, chunksize=1))}
     rows = summarise(curves)
     benchlib.write_csv(args.out_dir / "pruning_curves.csv", [row for curve in curves.values() for row in curve])
     plot(curves, args.out_dir / "pruning.png")

@@ -26,19 +26,21 @@ ROUNDS = 2
 
 
 def measure(workers: int, base: list[str], args, folder: Path) -> dict:
+    from sweeper.study import count_trials
+
     per_device = f"sweep.workers_per_device={workers}" if args.device.startswith("cuda") else f"sweep.workers={workers}"
     run = benchlib.run_sweep([*base, per_device, f"results_dir={folder}"], folder)
-    failed = sum(t.state.name == "FAIL" for t in run.study.trials)
+    span = run.span()
     return {
         "workers": workers,
         "device": args.device,
         "trials": len(run.trials),
-        "failed": failed,
+        "failed": count_trials(run.study).failed,
         "trial_s": benchlib.median(run.train_seconds()),
         "wall_s": run.seconds,
-        "span_s": run.span(),
+        "span_s": span,
         "trials_per_hour": 3600 * len(run.trials) / run.seconds,
-        "trials_per_hour_span": 3600 * len(run.trials) / run.span(),
+        "trials_per_hour_span": 3600 * len(run.trials) / span,
     }
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import benchlib
 from sweeper import trainer
 from sweeper.config import compose_config
-from sweeper.workers import usable_cores
+from sweeper.workers import plan_slots, usable_cores
 
 ROUNDS = 3
 LENGTHS = "choice(1,2,4,8)"  # epochs a trial draws
@@ -111,9 +111,7 @@ def batch_sync_round(trials: list[list[str]], workers: int) -> tuple[float, floa
 
 def _run_trial(overrides: list[str]) -> Timing:
     started = time.time()
-    result = trainer.train(compose_config(overrides))
-    if result.status != "finished":
-        raise RuntimeError(f"trial {overrides} ended {result.status}: {result.reason}")
+    result = benchlib.check_finished(trainer.train(compose_config(overrides)), f"trial {overrides}")
     return started, time.time(), result.seconds, 0.0
 
 
@@ -154,7 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.trials, args.epoch_steps, args.repeats = 4, 10, 1
-    args.threads = max(1, usable_cores() // args.workers)
+    # the threads a CPU worker of the sweep gets (sweep.cpu_threads=auto), for the baseline's too
+    args.threads = plan_slots({"workers": args.workers, "workers_per_device": 1, "cpu_threads": "auto"}, [], usable_cores())[0].threads
     # sweep workers import this module (the trainer wrapper) and benchlib from scripts/
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     rows, latencies = [], []
@@ -188,7 +187,7 @@ def main() -> None:
             "`outside_train_ms`, its time from start to end outside train() (sweeper: sampling, "
             "config composed, attributes stored, tell; batch-sync: config composed); "
             "`reporting_ms`, its time in the sweep's reporters inside train() (every epoch: the "
-            "pruning report and should_prune, the progress attribute: storage round trips); "
+            "objective reported (and should_prune, unless pruner=none), the progress attribute: storage round trips); "
             "`idle_ms`, the worker's wait after it before its next trial (sweeper: claim lock, "
             "count, ask; batch-sync: the barrier)."
         ],

@@ -17,14 +17,8 @@ so the overhead splits into run start, per-step queueing, epoch flushes and the 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,57 +53,20 @@ class Store:
             reporters.append(clock)
         result = train(self.cfg, reporters)
         seconds = time.perf_counter() - started
-        if result.status != "finished":
-            raise RuntimeError(f"the trial ended {result.status}: {result.reason}")
+        benchlib.check_finished(result, "the trial")
         if reporters:
             self.hooks.append(dict(clock.seconds))
         return seconds
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
-def mlflow_server(folder: Path, timeout: float = 120) -> Iterator[str]:
-    """A local `mlflow server` (its own process group) for the block; yields its URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / "server.log"
-    with open(log, "ab") as out:
-        server = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                "--workers", "1", "--backend-store-uri", f"sqlite:///{folder}/server.db",
-                "--artifacts-destination", str(folder / "artifacts"),
-            ],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """A local `mlflow server` for the block (the one the tests start); yields its URL."""
+    server = benchlib.MlflowServer(folder).start(timeout=120)
     try:
-        deadline = time.monotonic() + timeout
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start; its log:\n{log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url
+        yield server.url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
+        server.stop()
 
 
 def plot_seconds(cfg, folder: Path, repeats: int = 3) -> float:

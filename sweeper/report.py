@@ -38,6 +38,7 @@ import pandas as pd  # noqa: E402
 from optuna.exceptions import ExperimentalWarning  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from sweeper import tables  # noqa: E402
 from sweeper.plots import log_y  # noqa: E402
 
 if TYPE_CHECKING:
@@ -218,17 +219,8 @@ def best_by(trials: pd.DataFrame, by: str, objective: str, direction: str) -> di
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub Markdown table (pandas' to_markdown needs tabulate, which we do not ship)."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.{digits}g}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
+    """A DataFrame as a GitHub Markdown table."""
+    return tables.markdown_table(list(frame.columns), frame.itertuples(index=False), digits)
 
 
 def describe_trial(row: pd.Series, objective: str) -> str:

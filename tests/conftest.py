@@ -17,6 +17,15 @@ import pytest
 from sweeper.events import EpochEvent, StartEvent, TrialResult
 
 TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS.parent / "scripts"))  # benchlib: the MLflow server the benchmarks start too
+from benchlib import MlflowServer, free_port  # noqa: E402,F401  (used by the test files)
+# A PostgreSQL server for the tests that need one (scripts/start_postgres.sh starts it).
+POSTGRES = os.environ.get("SWEEPER_TEST_POSTGRES_URL")
+NEEDS_POSTGRES = pytest.mark.skipif(
+    not POSTGRES,
+    reason="SWEEPER_TEST_POSTGRES_URL is unset: start a server with "
+    "`export \"$(bash scripts/start_postgres.sh | grep '^SWEEPER_TEST_POSTGRES_URL=')\"`",
+)
 # Test files that run at once (pytest -n auto). Many of them start sweeps of several worker
 # processes or servers, so more than a few at once buys little and costs memory.
 MAX_TEST_PROCESSES = 4
@@ -73,12 +82,27 @@ class StandInTrainer:
         return result
 
 
+def with_tests_on_path() -> str:
+    """PYTHONPATH with tests/ in front: worker processes then import StandInTrainer by name."""
+    return os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+
+
 @pytest.fixture
 def stand_in_sweep(monkeypatch) -> tuple[str, ...]:
     """Overrides that run a sweep's trials on StandInTrainer (importable in worker processes too,
     tests/ on their PYTHONPATH) with MLflow off: the tests of the sweep machinery alone."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
     return ("sweep.trainer=conftest.StandInTrainer", "tracking=none")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty working directory (anything written relative to it lands there), with none of
+    the variables that point sweeper at servers or at config directories."""
+    for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture
@@ -151,63 +175,6 @@ def tracked_config(tmp_path):
         return compose_config([f"results_dir={tmp_path}/results", *overrides])
 
     return compose
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 over a SQLite store; stop() and start() again (same
-    port, same store) play a tracking server that goes away and comes back."""
-
-    def __init__(self, folder: Path, port: int | None = None) -> None:
-        self.folder, self.port = folder, port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> MlflowServer:
-        import urllib.request
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{self.folder}/mlflow.db", "--artifacts-destination", str(self.folder / "artifacts"),
-        ]
-        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server writes to it until stopped
-        # Its job runners (GenAI evaluation jobs, four more processes) are of no use here.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
-        )
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.folder / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer within {timeout}s")
-
-    def stop(self) -> None:
-        import signal
-
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and its worker processes
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self.process = None
 
 
 @pytest.fixture

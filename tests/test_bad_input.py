@@ -7,7 +7,6 @@ results under it; a few run the installed `sweeper` console script as a user wou
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -16,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import free_port
+from conftest import NEEDS_POSTGRES, POSTGRES, free_port
 
 from sweeper.cli import main
 
@@ -100,16 +99,6 @@ TABLE = [pytest.param(argv, fragments, id=name, marks=marks) for name, argv, fra
 BY_ID = {name: (argv, fragments) for name, argv, fragments, *_ in CASES}
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    """An empty working directory (anything written relative to it lands there), with none of
-    the variables that point sweeper at servers."""
-    for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def made_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
@@ -143,11 +132,8 @@ def test_the_console_script_refuses_bad_input_the_same_way(name, workdir):
     assert done.stdout == ""
 
 
-POSTGRES = os.environ.get("SWEEPER_TEST_POSTGRES_URL")
-
-
 @pytest.mark.postgres
-@pytest.mark.skipif(not POSTGRES, reason="SWEEPER_TEST_POSTGRES_URL is unset (scripts/start_postgres.sh starts a server)")
+@NEEDS_POSTGRES
 @pytest.mark.parametrize("name", ["workers-per-device-zero", "cuda-without-gpu"])
 def test_bad_input_creates_no_study_in_a_database(name, workdir, monkeypatch, capsys):
     if name == "cuda-without-gpu" and torch.cuda.is_available():

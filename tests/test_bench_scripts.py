@@ -23,7 +23,7 @@ BLOCKER = f"import sys\nsys.modules.update(dict.fromkeys({NOT_NEEDED!r}))\n"
 
 def run_script(name: str, folder: Path, *args: str, env: dict[str, str] | None = None) -> None:
     command = [sys.executable, str(REPO / "scripts" / f"bench_{name}.py"), "--quick", "--out-dir", str(folder), *args]
-    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=900, env=env)
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=280, env=env)  # within pytest's 300 s
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 

@@ -11,6 +11,7 @@ with the real trainer, every training step's), equal to what Optuna was told.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import MlflowServer
+from conftest import MlflowServer, with_tests_on_path
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
@@ -134,8 +135,8 @@ def faulty_sweep(tmp_path_factory):
     one worker is killed (SIGKILL) in the middle of a trial that would have finished."""
     tmp_path = tmp_path_factory.mktemp("faulty")
     env = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
-        "STAND_IN_EPOCH_SECONDS": "0.3",
+        "PYTHONPATH": with_tests_on_path(),
+        "STAND_IN_EPOCH_SECONDS": "0.6",  # the victim is killed with 1.2 s of its trial to go
         "STAND_IN_RAISE_SHAPE": "Constant",
         "STAND_IN_DIVERGE_SHAPE": "Triangular",
     }
@@ -147,7 +148,7 @@ def faulty_sweep(tmp_path_factory):
 
     def healthy_and_midway(trials):
         for t in trials:
-            if t.state == TrialState.RUNNING and t.user_attrs.get("epochs", 0) >= 1 and t.params.get("shape") not in ("constant", "triangular"):
+            if t.state == TrialState.RUNNING and t.user_attrs.get("epochs") == 1 and t.params.get("shape") not in ("constant", "triangular"):
                 return t
 
     victim = wait_for(sweep, storage, "mlp-digits", healthy_and_midway)
@@ -164,7 +165,8 @@ def test_a_killed_worker_s_trial_fails_by_heartbeat_and_runs_again(faulty_sweep)
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.state == TrialState.COMPLETE and retry.params == victim.params  # the same point, again
     assert count_trials(study).finished == 8 and count_trials(study).running == 0
-    assert "exited -9" in faulty_sweep["out"] or "failed" in faulty_sweep["out"]
+    # the one failure without a reason of its own: its worker could not record one
+    assert "failed 1x: no reason recorded (its worker stopped or died)" in faulty_sweep["out"]
 
 
 def test_a_trial_that_diverges_fails_alone_and_its_run_says_so(faulty_sweep):
@@ -189,8 +191,11 @@ def test_a_trial_that_raises_fails_alone_with_its_reason(faulty_sweep):
 
 
 def test_every_finished_trial_of_the_faulty_sweep_is_recorded_once(faulty_sweep):
-    runs = check_nothing_lost(faulty_sweep["study"], faulty_sweep["tracking"])
-    assert len(runs) >= 8
+    study = faulty_sweep["study"]
+    runs = check_nothing_lost(study, faulty_sweep["tracking"])
+    # a run for every trial that started training (finished, diverged, killed): the raising
+    # shape fails before its trial starts
+    assert set(runs) == {t.number for t in study.trials if t.params["shape"] != "constant"}
 
 
 # --- Ctrl-C, then the same command again ------------------------------------------------------
@@ -249,11 +254,13 @@ def test_a_sweep_goes_on_while_the_mlflow_server_is_down_and_records_everything(
 # --- eight workers, one embedded study and one embedded MLflow store --------------------------
 
 
+@pytest.mark.timeout(420)
 def test_eight_workers_share_the_embedded_stores_without_a_lock_error(tmp_path):
     code, out, err = finish(start_sweep(tmp_path, *REAL, "sweep.workers=8", "sweep.n_trials=8", "train.epochs=1"), timeout=400)
     assert code == 0, out[-3000:] + err[-3000:]
     logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / "mlp-synthetic").glob("worker-*.log"))
-    assert logs.count("ran ") == 8  # every worker ran and ended well
+    ran = [int(n) for n in re.findall(r"worker \d+: ran (\d+) trial", logs)]
+    assert len(ran) == 8 and sum(ran) == 8  # every worker ended well, and between them ran every trial
     for text in (out, err, logs):
         assert "database is locked" not in text
         assert "Traceback" not in text

@@ -53,6 +53,7 @@ def test_a_fine_tune_config_is_tested_frozen_and_unfrozen_after(trial_config, pr
     trial = prepared["trial"]
     head = {id(p) for _, p in trial.groups[-1]}
     with_grad = [id(p) for g in trial.optimizer.param_groups for p in g["params"]]
+    assert len(moved) == 10  # one optimizer step a batch of the test
     for step in moved:  # only the head has gradients while frozen
         assert {pid for pid, has in zip(with_grad, step) if has} == head
     assert all(p.requires_grad for p in trial.model.parameters())  # unfrozen afterwards

@@ -17,17 +17,13 @@ from urllib.parse import urlsplit
 
 import optuna
 import pytest
-from conftest import MlflowServer, free_port
+from conftest import NEEDS_POSTGRES, POSTGRES, MlflowServer, free_port, with_tests_on_path
 from mlflow import MlflowClient
 
 from sweeper.cli import main
 from sweeper.secrets import mask_text, mask_url
 
 SECRET = "Sw33p-s3cret-Qx7"  # recognisable anywhere it might leak
-POSTGRES = os.environ.get("SWEEPER_TEST_POSTGRES_URL")
-NEEDS_POSTGRES = pytest.mark.skipif(
-    not POSTGRES, reason="SWEEPER_TEST_POSTGRES_URL is unset (scripts/start_postgres.sh starts a server)"
-)
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
@@ -78,14 +74,6 @@ def test_password_like_query_parameters_are_masked():
 # --- a failing connection ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def everything_written(folder: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
 
@@ -120,13 +108,6 @@ def test_a_failing_connection_keeps_the_password_out(argv, setting, workdir, cap
 # --- a whole sweep ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mlflow_server_for_module(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
-    yield server
-    server.stop()
-
-
 def recorded_in_mlflow(server: MlflowServer, experiment: str) -> bytes:
     """Every param, tag and artifact of every run of the experiment, read with MLflow's client."""
     client = MlflowClient(server.url)
@@ -157,7 +138,6 @@ def secret_sweep(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("secret-sweep")
     server = MlflowServer(tmp_path / "server").start()
     name = f"secret-{uuid.uuid4().hex[:8]}"
-    tests = str(Path(__file__).parent)
     overrides = [
         "sweep.trainer=conftest.StandInTrainer", "tracking=server", f"sweep.name={name}", "sweep.n_trials=2",
         "sweep.workers=1", "sweep.poll=0.2", "sweep.live=false", "train.epochs=2", "pruner=none",
@@ -167,7 +147,7 @@ def secret_sweep(tmp_path_factory):
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": server.url.replace("://", f"://sweeper:{SECRET}@"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": with_tests_on_path(),
     }
     try:
         command = [sys.executable, "-m", "sweeper.cli", "sweep", *overrides]

@@ -10,12 +10,11 @@ from optuna.trial import TrialState
 
 from sweeper.study import count_trials, plan_sweep
 
-pytest.importorskip("sweeper.trainer", reason="the real trainer (sweeper/trainer.py) is not there yet")
-
 SWEEP = ["experiment=digits_transfer", "train.epochs=3", "sweep.workers=2", "sweep.cpu_threads=1", "pruner=median", "sweep.poll=0.5"]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # beyond the sweep's own limit below
 def test_digits_transfer_sweep_runs_exactly_n_trials_inside_the_space(sweeper_cli, tmp_path):
     done = sweeper_cli("sweep", *SWEEP, "sweep.n_trials=12", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

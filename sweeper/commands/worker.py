@@ -41,4 +41,3 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(f"worker {args.index}: ran {ran} trial(s) of sweep {plan.name}")
     return 0
-
