@@ -127,13 +127,14 @@ def _override_value(overrides: Sequence[str], key: str) -> str | None:
     return None
 
 
-def _drawn(trial: FrozenTrial, attr: str, param: str, base: Callable[[], Mapping[str, str]]) -> str:
-    """A trial's strategy or shape: recorded, drawn, overridden, else the sweep's base config's."""
+def _drawn(trial: FrozenTrial, attr: str, key: str, base: Callable[[], Mapping[str, str]]) -> str:
+    """A trial's strategy or shape (the Optuna param `attr`, the config group `key`): recorded,
+    drawn, overridden, else the sweep's base config's."""
     if trial.user_attrs.get(attr):
         return str(trial.user_attrs[attr])
-    if param in trial.params:
-        return str(trial.params[param])
-    return _override_value(trial.user_attrs.get("overrides", []), param) or base()[attr]
+    if attr in trial.params:
+        return str(trial.params[attr])
+    return _override_value(trial.user_attrs.get("overrides", []), key) or base()[attr]
 
 
 def _base_choices(study: optuna.Study) -> Callable[[], Mapping[str, str]]:

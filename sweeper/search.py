@@ -193,7 +193,7 @@ class SearchSpace:
         strategies = self.strategy.distribution.choices if self.strategy else (self.base_strategy,)
         for strategy in strategies:
             for end in (0, -1):
-                yield "search.lr", self._lr_overrides(_EdgeTrial(end, {"lr": strategy}))
+                yield "search.lr", self._lr_overrides(_EdgeTrial(end, {"strategy": strategy}))
         for name in self.shape.distribution.choices if self.shape else ():
             for end in (0, -1):
                 yield f"search.shape.{name}", self._shape_overrides(_EdgeTrial(end, {"shape": name}))
@@ -441,7 +441,8 @@ def _strategies(value: Any) -> Dimension | None:
         )
     if len(set(names)) != len(names):
         raise ConfigError(f"search.lr.strategies: {names!r} lists a strategy twice; list each once.")
-    return Dimension("search.lr.strategies", "lr", "lr", CategoricalDistribution(names), tuple(names))
+    # Named "strategy" so Optuna's plots and optuna-dashboard show it as what it is.
+    return Dimension("search.lr.strategies", "strategy", "lr", CategoricalDistribution(names), tuple(names))
 
 
 def _lr_range(node: Mapping, field_name: str, key: str) -> Dimension | None:

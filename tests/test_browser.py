@@ -40,8 +40,8 @@ def recorded_sweep(cfg, name: str):
         trial_cfg = cfg.copy()
         trial_cfg.lr = {"strategy": strategy, "low": 1e-5, "high": 1e-3}
         result = feed_trial(tracking.trial_reporter(number, trial_cfg), plain_config(trial_cfg), seed=number)
-        distributions = {"lr": CategoricalDistribution(STRATEGIES)}
-        study.add_trial(create_trial(params={"lr": strategy}, distributions=distributions, value=result.objective))
+        distributions = {"strategy": CategoricalDistribution(STRATEGIES)}
+        study.add_trial(create_trial(params={"strategy": strategy}, distributions=distributions, value=result.objective))
     tracking.finish(study)
     return tracking
 

@@ -23,7 +23,7 @@ from sweeper.tracking import plain_config, prepare_sweep, sweep_folder
 STRATEGIES = ["single", "fastai", "geometric"]
 SHAPES = ["fastai_one_cycle", "constant"]
 DISTRIBUTIONS = {
-    "lr": CategoricalDistribution(STRATEGIES),
+    "strategy": CategoricalDistribution(STRATEGIES),
     "lr.high": FloatDistribution(3e-4, 3e-2, log=True),
     "lr.low_ratio": FloatDistribution(1e-3, 0.5, log=True),
     "shape": CategoricalDistribution(SHAPES),
@@ -42,7 +42,7 @@ TRIALS = [
 
 
 def sweep_trial(strategy: str, shape: str, state: TrialState, value: float | None) -> optuna.trial.FrozenTrial:
-    params = {"lr": strategy, "lr.high": 3e-3, "shape": shape}
+    params = {"strategy": strategy, "lr.high": 3e-3, "shape": shape}
     overrides = ["train.epochs=2", f"lr={strategy}", "lr.high=0.003"]
     if strategy == "geometric":
         params["lr.low_ratio"] = 0.01

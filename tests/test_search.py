@@ -112,8 +112,8 @@ def test_default_space_is_slices_and_shapes():
 def test_low_ratio_and_shape_settings_are_drawn_only_where_they_apply():
     space = build_space(compose_config())
     for params, _ in draw(space, 60):
-        assert ("lr.low_ratio" in params) == (params["lr"] == "geometric"), params
-        shape_params = {name.split(".")[0] for name in params if not name.startswith("lr")} - {"shape"}
+        assert ("lr.low_ratio" in params) == (params["strategy"] == "geometric"), params
+        shape_params = {name.split(".")[0] for name in params if not name.startswith("lr")} - {"shape", "strategy"}
         assert shape_params <= {params["shape"]}, params
 
 
@@ -122,7 +122,7 @@ def test_trial_overrides_reproduce_the_sampled_config():
     for params, overrides in draw(space, 20, seed=1):
         cfg = compose_config(overrides)
         spec = parse_lr(OmegaConf.to_container(cfg.lr))
-        assert spec.strategy == params["lr"]
+        assert spec.strategy == params["strategy"]
         assert spec.high == params["lr.high"]
         if spec.strategy == "geometric":
             assert spec.low == pytest.approx(params["lr.high"] * params["lr.low_ratio"])
@@ -146,7 +146,7 @@ def test_ready_made_searches_validate(option):
 def test_cover_draws_every_strategy_and_shape():
     space = build_space(compose_config())
     cover = space.cover()
-    assert {c["lr"] for c in cover} == set(space.strategy.distribution.choices)
+    assert {c["strategy"] for c in cover} == set(space.strategy.distribution.choices)
     assert {c["shape"] for c in cover} == set(space.shape.distribution.choices)
     assert len(cover) == max(len(space.strategy.distribution.choices), len(space.shape.distribution.choices))
 

@@ -32,7 +32,7 @@ def test_digits_transfer_sweep_runs_exactly_n_trials_inside_the_space(sweeper_cl
             assert trial.distributions[name] == dist
             assert dist._contains(dist.to_internal_repr(value)), (trial.number, name, value)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert {t.params["lr"] for t in finished} == set(plan.space.strategy.distribution.choices)
+    assert {t.params["strategy"] for t in finished} == set(plan.space.strategy.distribution.choices)
     assert {t.params["shape"] for t in finished} == set(plan.space.shape.distribution.choices)
     assert all(t.user_attrs["status"] in ("finished", "pruned") for t in finished)
 
