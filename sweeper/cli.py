@@ -24,6 +24,7 @@ COMMANDS = {
     "report": "Write the comparison of slice strategies and shapes for a sweep.",
     "confirm": "Rerun the best config of each strategy with several seeds.",
     "rerun": "Rerun one trial exactly from its MLflow run (or output directory).",
+    "ui": "Open the MLflow UI on a sweep's trials, grouped by slice strategy, as charts.",
 }
 
 EXIT_BAD_INPUT = 2

@@ -95,6 +95,7 @@ def build_shape(node: Mapping | DictConfig) -> Shape:
     """Build a cycle shape from its config node (`_target_` plus the shape's settings)."""
     settings = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     target = settings.pop("_target_", None)
+    settings.pop("name", None)  # the config option's label (fastai_fine_tune), not a setting of the class
     if target is None:
         raise ConfigError("shape: the config has no _target_; pick one with shape=<name>.")
     try:

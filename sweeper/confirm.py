@@ -25,9 +25,9 @@ from omegaconf import DictConfig
 from sweeper.config import ConfigError, compose_config
 from sweeper.events import Reporter, TrialResult
 from sweeper.report import best_by, markdown_table, objective_columns, trials_table
-from sweeper.tracking import SweepTracking
+from sweeper.tracking import CONFIRM_KIND, SweepTracking
 
-__all__ = ["Confirmation", "confirm_strategies", "summarize_seeds"]
+__all__ = ["Confirmation", "confirm_strategies", "summarize_seeds", "verdict"]
 
 TrainFn = Callable[[DictConfig, Sequence[Reporter]], TrialResult]
 SIGNIFICANCE = 0.05  # below this p-value a lead is called real
@@ -86,7 +86,7 @@ def confirm_strategies(
             )
     runs = pd.DataFrame(rows)
     summary = summarize_seeds(runs, objective, direction)
-    verdict = _verdict(summary, objective, seeds)
+    said = verdict(summary, objective, seeds)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     runs.to_csv(folder / "confirm.csv", index=False)
@@ -99,7 +99,7 @@ def confirm_strategies(
             "",
             markdown_table(summary),
             "",
-            verdict,
+            said,
             "",
             "## Runs",
             "",
@@ -108,26 +108,30 @@ def confirm_strategies(
         ]
     )
     (folder / "confirm.md").write_text(markdown)
-    return Confirmation(runs, summary, verdict, markdown, folder)
+    return Confirmation(runs, summary, said, markdown, folder)
 
 
 def _recorder(tracking: SweepTracking | None, cfg: DictConfig, strategy: str, trial: int, seed: int) -> Reporter:
     if tracking is None:
         return Reporter()
-    return tracking.run_reporter(cfg, "confirm", f"confirm {strategy} seed {seed}", {"confirms_trial": str(trial)})
+    return tracking.run_reporter(cfg, CONFIRM_KIND, f"confirm {strategy} seed {seed}", {"confirms_trial": str(trial)})
 
 
-def summarize_seeds(runs: pd.DataFrame, objective: str, direction: str) -> pd.DataFrame:
-    """Per strategy: runs, failed, mean, std, min, max; leader first; p-value of the leader
-    against each other strategy (Welch's t-test; NaN where there is no spread to test)."""
+def summarize_seeds(
+    runs: pd.DataFrame, objective: str, direction: str, by: str = "strategy", paired: bool = False
+) -> pd.DataFrame:
+    """Per value of `by` (a strategy, a shape): runs, failed, mean, std, min, max; leader first;
+    p-value of the leader against each other one: Welch's t-test, or with `paired` (the same
+    seeds for every value, all else equal) the paired t-test over the seeds both finished.
+    NaN where there is no spread to test."""
     from scipy import stats
 
     rows = []
-    for strategy, group in runs.groupby("strategy"):
+    for value, group in runs.groupby(by):
         values = group[objective].dropna()
         rows.append(
             {
-                "strategy": strategy,
+                by: value,
                 "runs": len(group),
                 "failed": int(group[objective].isna().sum()),
                 "mean": values.mean(),
@@ -139,22 +143,34 @@ def summarize_seeds(runs: pd.DataFrame, objective: str, direction: str) -> pd.Da
         )
     summary = pd.DataFrame(rows).sort_values("mean", ascending=direction != "maximize", na_position="last")
     summary = summary.reset_index(drop=True)
-    leader = runs[runs["strategy"] == summary.loc[0, "strategy"]][objective].dropna()
+    by_seed = runs.pivot_table(index="seed", columns=by, values=objective) if paired else None
+    leader_name = summary.loc[0, by]
+    leader = runs[runs[by] == leader_name][objective].dropna()
     p_values = []
-    for strategy in summary["strategy"]:
-        other = runs[runs["strategy"] == strategy][objective].dropna()
+    for value in summary[by]:
+        if value == leader_name:
+            p_values.append(math.nan)
+            continue
+        if paired:
+            both = by_seed[[leader_name, value]].dropna()
+            gaps = both[leader_name] - both[value]
+            tested = len(gaps) > 1 and gaps.std(ddof=1) > 0
+            p_values.append(float(stats.ttest_rel(both[leader_name], both[value]).pvalue) if tested else math.nan)
+            continue
+        other = runs[runs[by] == value][objective].dropna()
         spread = leader.std(ddof=1) + other.std(ddof=1) if len(leader) > 1 and len(other) > 1 else 0
-        same = strategy == summary.loc[0, "strategy"]
-        p_values.append(math.nan if same or not spread > 0 else float(stats.ttest_ind(leader, other, equal_var=False).pvalue))
+        p_values.append(float(stats.ttest_ind(leader, other, equal_var=False).pvalue) if spread > 0 else math.nan)
     summary["p_vs_leader"] = p_values
     return summary
 
 
-def _verdict(summary: pd.DataFrame, objective: str, seeds: int) -> str:
+def verdict(summary: pd.DataFrame, objective: str, seeds: int, by: str = "strategy") -> str:
+    """The comparison in words: the leader, and against each other one, whether the gap is
+    larger than the noise at this many seeds."""
     leader = summary.loc[0]
     if len(summary) == 1:
-        return f"Only {leader['strategy']} was confirmed: mean {objective} {leader['mean']:.4g} ± {leader['std']:.2g} (std)."
-    lines = [f"**{leader['strategy']}** leads with mean {objective} {leader['mean']:.4g} ± {leader['std']:.2g} (std, {seeds} seeds)."]
+        return f"Only {leader[by]} was confirmed: mean {objective} {leader['mean']:.4g} ± {leader['std']:.2g} (std)."
+    lines = [f"**{leader[by]}** leads with mean {objective} {leader['mean']:.4g} ± {leader['std']:.2g} (std, {seeds} seeds)."]
     for _, other in summary.iloc[1:].iterrows():
         gap = abs(leader["mean"] - other["mean"])
         p = other["p_vs_leader"]
@@ -164,5 +180,5 @@ def _verdict(summary: pd.DataFrame, objective: str, seeds: int) -> str:
             judged = f"p = {p:.3g}: larger than the noise, likely real"
         else:
             judged = f"p = {p:.3g}: within the noise, not a real difference at {seeds} seeds"
-        lines.append(f"- vs {other['strategy']} (mean {other['mean']:.4g} ± {other['std']:.2g}): gap {gap:.3g}; {judged}.")
+        lines.append(f"- vs {other[by]} (mean {other['mean']:.4g} ± {other['std']:.2g}): gap {gap:.3g}; {judged}.")
     return "\n".join(lines)

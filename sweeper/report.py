@@ -53,6 +53,8 @@ __all__ = [
     "objective_columns",
     "split_sweep_name",
     "summarize",
+    "sweep_config_dirs",
+    "sweep_trainer",
     "trials_table",
     "write_report",
 ]
@@ -70,6 +72,8 @@ class Report:
     summary: str                    # Markdown: the best trial and the two summaries
     markdown: str                   # the whole of report.md
     files: list[Path] = field(default_factory=list)
+    objective: str = "value"        # the (first) objective's name, and its direction
+    direction: str = "maximize"
 
 
 # --- which sweep ------------------------------------------------------------------------------
@@ -92,7 +96,9 @@ def load_sweep_study(cfg, name: str | None = None) -> optuna.Study:
     from sweeper.config import ConfigError
     from sweeper.study import storage_of
 
-    name = name or str(cfg.sweep.name)
+    from sweeper.identity import check_sweep_name
+
+    name = check_sweep_name(name, "sweep name") if name else str(cfg.sweep.name)
     spec = storage_of(cfg)
     if spec.path is not None and not spec.path.exists():
         raise ConfigError(f"storage.url: {spec.label()} does not exist; run `sweeper sweep` first, or point storage.url at the sweep's storage.")
@@ -105,6 +111,19 @@ def load_sweep_study(cfg, name: str | None = None) -> optuna.Study:
             f"sweep name: no sweep {name!r} in {spec.label()}; it holds {known or 'none'}. Give one of "
             f"them (sweeper report NAME), or the storage the sweep used (storage.url=...)."
         ) from None
+
+
+def sweep_config_dirs(study: optuna.Study, extra: Sequence[str] = ()) -> list[str]:
+    """The config directories the sweep was composed with (recorded), then `extra`."""
+    return [*study.user_attrs.get("config_dirs", []), *extra]
+
+
+def sweep_trainer(study: optuna.Study, default: str = "sweeper.trainer") -> str:
+    """The trainer module the sweep's trials ran (its recorded definition), e.g. sweeper.trainer."""
+    import json
+
+    recorded = (study.user_attrs.get("definition") or {}).get("trainer")
+    return json.loads(recorded) if recorded else default
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -148,7 +167,7 @@ def _base_choices(study: optuna.Study) -> Callable[[], Mapping[str, str]]:
                 from sweeper.config import compose_config
                 from sweeper.tracking import plain_config, shape_name_of, strategy_of
 
-                config = plain_config(compose_config(study.user_attrs.get("overrides", [])))
+                config = plain_config(compose_config(study.user_attrs.get("overrides", []), sweep_config_dirs(study)))
                 found.update(strategy=strategy_of(config), shape=shape_name_of(config))
             except Exception:  # noqa: BLE001 - a config dir of the user's may be missing here
                 pass
@@ -269,6 +288,24 @@ def plot_best_curves(
     return _save(figure, path)
 
 
+def plot_distributions(trials: pd.DataFrame, objective: str, path: Path) -> Path | None:
+    """The objective of every complete trial, per slice strategy and per cycle shape (each dot a
+    trial, the box its quartiles): the spread of all trials, not only each group's best."""
+    complete = trials[trials["state"] == "complete"].dropna(subset=[objective]) if len(trials) else trials
+    if not len(complete):
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
+    for axis, by in zip(axes[0], ("strategy", "shape")):
+        names = sorted(complete[by].unique())
+        values = [complete[complete[by] == name][objective].to_list() for name in names]
+        axis.boxplot(values, showfliers=False)
+        for position, group in enumerate(values, start=1):
+            axis.plot([position] * len(group), group, "o", alpha=0.6, markersize=4)
+        axis.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize="small")
+        axis.set(title=f"{objective} of every complete trial, by {by}", ylabel=objective)
+    return _save(figure, path)
+
+
 def _planned_schedule(overrides: Sequence[str], steps: int = 200) -> list[list[float]]:
     """lr per group at `steps` points of training, from the trial's config (its groups must be
     a list of prefixes or a number)."""
@@ -365,6 +402,7 @@ def write_report(study: optuna.Study, folder: str | Path, tracking: SweepTrackin
     makers = {
         "best_curves.png": lambda p: plot_best_curves(study, best, objective, curves, p) if best else None,
         "schedules.png": lambda p: plot_schedules(best, curves, p) if best else None,
+        "distribution.png": lambda p: plot_distributions(trials, objective, p),
         "importance.png": lambda p: plot_optuna(study, "importance", objective, p),
         "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),
     }
@@ -384,7 +422,7 @@ def write_report(study: optuna.Study, folder: str | Path, tracking: SweepTrackin
     markdown = _report_markdown(study, summary, trials, plots, notes, objective, direction)
     files += [*plots, folder / "report.md"]
     files[-1].write_text(markdown)
-    return Report(folder, trials, by_strategy, by_shape, summary, markdown, files)
+    return Report(folder, trials, by_strategy, by_shape, summary, markdown, files, objective, direction)
 
 
 def _mlflow_sources(tracking: SweepTracking | None) -> tuple[dict[int, str], Callable | None]:
@@ -448,13 +486,21 @@ def _report_markdown(
         columns = [c for c in shown.columns if not c.startswith("param:") or c.startswith("param:lr.")]
         columns = [c for c in columns if c not in ("overrides", "reason")]
         lines += ["", f"## Trials (best {len(shown)} of {len(trials)}; all in trials.csv)", "", markdown_table(shown[columns])]
-    confirm = shlex.join(["sweeper", "confirm", "--seeds", "5", study.study_name, *study.user_attrs.get("overrides", [])])
+    confirm = shlex.join(["sweeper", "confirm", "--seeds", "5", study.study_name])
+    ablate = shlex.join(["sweeper", "confirm", "--ablate", "slice", "--seeds", "5", study.study_name])
     lines += [
         "",
-        "## Is the difference real?",
+        "## What these comparisons hold equal",
         "",
-        "Each strategy's best was picked on one seed. Rerun each one's best config with fresh seeds",
-        f"to see whether the lead is larger than the noise (writes confirm.md here): `{confirm}`",
+        "- The tables by strategy and by shape, `distribution.png` and `best_curves.png` compare trials that",
+        "  differ in more than the strategy (or shape): each also drew its own shape, lrs and settings. A gap",
+        "  there is confounded: it may come from the other settings, not from the slice.",
+        "- Each strategy's best was picked on one seed, and the best of many noisy draws is optimistic.",
+        f"  `{confirm}` trains each one's best config again with fresh seeds (confirm.md): whether the lead",
+        "  is larger than the noise, but the configs still differ in more than the slice.",
+        f"- `{ablate}` (or `--ablate shape`) trains the best trial with each strategy, holding the shape,",
+        "  its settings, the head lr and the seeds equal, paired by seed (ablation_slice.md): the",
+        "  comparison that isolates the slice.",
         "",
     ]
     return "\n".join(lines)

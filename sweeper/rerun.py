@@ -34,6 +34,8 @@ from sweeper.events import EpochEvent, StepEvent, TrialResult
 from sweeper.secrets import mask_text
 from sweeper.study import load_trainer
 from sweeper.tracking import (
+    RERUN_KIND,
+    SWEEP_MEMBER_KINDS,
     TRIAL_NODES,
     MlflowRecorder,
     TrackingSettings,
@@ -82,6 +84,7 @@ class RerunSource:
     run_id: str | None = None       # the MLflow run, when the source is one
     experiment_id: str | None = None
     threads: int | None = None      # torch threads of the recorded run (summation order on CPU)
+    tags: Mapping[str, str] = field(default_factory=dict)  # the MLflow run's tags (its sweep, its parent)
 
 
 # --- what a config imports --------------------------------------------------------------------
@@ -199,7 +202,9 @@ def _from_mlflow(run_id: str, settings: TrackingSettings) -> RerunSource:
     environment = json.loads(read_artifact(settings, run_id, "environment.json") or "{}")
     # Torch's thread count sets the summation order on CPU: the rerun uses the recorded one.
     threads = (environment.get("torch") or {}).get("threads")
-    return RerunSource(run_id, OmegaConf.create(config), read_curves(settings, run_id), run_id, run.info.experiment_id, threads)
+    return RerunSource(
+        run_id, OmegaConf.create(config), read_curves(settings, run_id), run_id, run.info.experiment_id, threads, run.data.tags
+    )
 
 
 # --- the comparison ---------------------------------------------------------------------------
@@ -302,10 +307,14 @@ def _recorder(source: RerunSource, cfg: DictConfig) -> MlflowRecorder | None:
     if settings is None:
         return None
     experiment_id = source.experiment_id or connect(settings)[1]
+    # A rerun of a sweep's run is filed under that sweep's run, beside the run it repeats.
+    in_sweep = source.tags.get("sweeper.kind") in SWEEP_MEMBER_KINDS and source.tags.get("mlflow.parentRunId")
+    parent = source.tags["mlflow.parentRunId"] if in_sweep else None
+    sweep = {"sweep": source.tags["sweep"]} if in_sweep and source.tags.get("sweep") else {}
     return MlflowRecorder(
         settings,
         source.config,
-        lambda _: (experiment_id, None),
+        lambda _: (experiment_id, parent),
         run_name=f"rerun of {Path(source.label).name if source.run_id is None else source.label}",
-        tags={"sweeper.kind": "rerun", "sweeper.rerun_of": source.label},
+        tags={"sweeper.kind": RERUN_KIND, "sweeper.rerun_of": source.label, **sweep},
     )

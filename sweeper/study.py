@@ -35,7 +35,17 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.config import ConfigError, compose_config
+from sweeper.environment import git_state
 from sweeper.events import EpochEvent, Reporter, TrialResult
+from sweeper.identity import (
+    CHANGES_ATTR,
+    DEFINITION_ATTR,
+    change_record,
+    check_sweep_name,
+    definition_of,
+    describe_differences,
+    differences,
+)
 from sweeper.search import SearchSpace, build_space, error_line, split_overrides, validate_space
 from sweeper.secrets import mask_text, mask_url
 
@@ -48,6 +58,7 @@ __all__ = [
     "SweepPlan",
     "check_trial",
     "count_trials",
+    "existing_study",
     "fail_stale_trials",
     "load_trainer",
     "make_pruner",
@@ -278,6 +289,7 @@ class ClaimLock:
     def acquire(self) -> None:
         path = self.storage.path
         if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(f"{path}.claim.lock", "a")  # noqa: SIM115 - closed in release()
             fcntl.flock(handle, fcntl.LOCK_EX)
             self._held = handle
@@ -413,6 +425,8 @@ class SweepPlan:
     n_trials: int
     timeout: float | None
     max_failures: int                   # failed trials after which workers start no more
+    definition: dict[str, str]          # what the sweep is (sweeper.identity), compared on resume
+    allow_changes: bool                 # continue a sweep of this name under another definition
 
 
 def plan_sweep(
@@ -430,6 +444,10 @@ def plan_sweep(
     base, sweeps = split_overrides(command_line)
     config_dirs = tuple(str(d) for d in config_dirs)
     cfg = compose_config(base, config_dirs)
+    name = check_sweep_name(str(cfg.sweep.name))
+    allow_changes = cfg.sweep.get("allow_changes", False)
+    if not isinstance(allow_changes, bool):
+        raise ConfigError(f"sweep.allow_changes: {allow_changes!r} must be true or false.")
     space = build_space(cfg, sweeps)
     objectives = objectives_of(cfg)
     storage = storage_of(cfg)
@@ -446,9 +464,10 @@ def plan_sweep(
         max_failures = n_trials
     if not isinstance(max_failures, int) or max_failures < 1:
         raise ConfigError(f"sweep.max_failures: {max_failures!r} must be a whole number >= 1, or null for sweep.n_trials.")
+    definition = definition_of(cfg, space.describe(), space.fixed, dict(zip(objectives.names, objectives.directions)))
     plan = SweepPlan(
-        cfg, command_line, tuple(base), config_dirs, space, objectives, storage, str(cfg.sweep.name), n_trials,
-        timeout, max_failures,
+        cfg, command_line, tuple(base), config_dirs, space, objectives, storage, name, n_trials,
+        timeout, max_failures, definition, allow_changes,
     )  # fmt: skip
     if validate:  # the quick checks first; composing the space's edges takes a second or two
         make_sampler(cfg, space)
@@ -487,12 +506,14 @@ def open_study(plan: SweepPlan, *, create: bool, worker: int = 0) -> optuna.Stud
     sampler, pruner = make_sampler(plan.cfg, plan.space, worker), make_pruner(plan.cfg)
     if not create:
         try:
-            return optuna.load_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner)
+            study = optuna.load_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner)
         except KeyError:
             raise ConfigError(
                 f"sweep.name: no sweep {plan.name!r} in {plan.storage.label()}; start it with "
                 f"`sweeper sweep` (same overrides), then join it."
             ) from None
+        check_definition(study, plan)  # a worker with other overrides must not join
+        return study
     with plan.storage.claim(plan.name):
         study = optuna.create_study(
             study_name=plan.name,
@@ -502,10 +523,56 @@ def open_study(plan: SweepPlan, *, create: bool, worker: int = 0) -> optuna.Stud
             directions=list(plan.objectives.directions),
             load_if_exists=True,
         )
-        _check_resumable(study, plan)
-        if not study.trials:
+        if study.trials or DEFINITION_ATTR in study.user_attrs:
+            check_definition(study, plan, record=True)
+        else:
             _start(study, plan)
     return study
+
+
+def existing_study(plan: SweepPlan) -> optuna.Study | None:
+    """The sweep's study if its storage already holds one of this name; creates nothing (an
+    embedded storage that does not exist yet is not made)."""
+    if plan.storage.path is not None and not plan.storage.path.exists():
+        return None
+    try:
+        return optuna.load_study(study_name=plan.name, storage=plan.storage.open())
+    except KeyError:
+        return None
+
+
+def check_definition(study: optuna.Study, plan: SweepPlan, *, record: bool = False) -> None:
+    """Refuse to go on with a study whose recorded definition differs from the plan's, unless
+    sweep.allow_changes; `record` keeps an allowed change (and a definition the study lacked)."""
+    _check_resumable(study, plan)
+    recorded = study.user_attrs.get(DEFINITION_ATTR)
+    if recorded is None:  # a study from before definitions were recorded: it has one from now on
+        if record:
+            study.set_user_attr(DEFINITION_ATTR, plan.definition)
+        return
+    found = differences(recorded, plan.definition)
+    if not found:
+        return
+    if not plan.allow_changes:
+        raise ConfigError(
+            f"sweep.name: a sweep named {plan.name!r} already exists in {plan.storage.label()} with another "
+            f"definition ({describe_differences(found)}); nothing was changed. Give this sweep its own name "
+            f"(sweep.name={_free_name(study, plan)}), or continue the existing one with these settings anyway "
+            f"(sweep.allow_changes=true: the study records the change)."
+        )
+    if record:
+        changes = [*study.user_attrs.get(CHANGES_ATTR, []), change_record(found, git_state().code_version)]
+        study.set_user_attr(CHANGES_ATTR, changes)
+        study.set_user_attr(DEFINITION_ATTR, plan.definition)
+
+
+def _free_name(study: optuna.Study, plan: SweepPlan) -> str:
+    """A name no sweep in the storage has yet: the plan's, numbered."""
+    taken = {s.study_name for s in optuna.get_all_study_summaries(study._storage, include_best_trial=False)}
+    number = 2
+    while f"{plan.name}-{number}" in taken:
+        number += 1
+    return f"{plan.name}-{number}"
 
 
 def _check_resumable(study: optuna.Study, plan: SweepPlan) -> None:
@@ -522,8 +589,13 @@ def _check_resumable(study: optuna.Study, plan: SweepPlan) -> None:
 def _start(study: optuna.Study, plan: SweepPlan) -> None:
     """A new study: record what it is, and queue the covering trials."""
     study.set_user_attr("objectives", list(plan.objectives.names))
+    with _experimental_features_on_purpose():
+        study.set_metric_names(list(plan.objectives.names))  # Optuna's plots and dashboard name them
     study.set_user_attr("overrides", [mask_text(o) for o in plan.overrides])
+    study.set_user_attr("config_dirs", list(plan.config_dirs))
     study.set_user_attr("space", plan.space.describe())
+    study.set_user_attr(DEFINITION_ATTR, plan.definition)
+    study.set_user_attr("code_version", git_state().code_version)  # information: not part of the definition
     if plan.cfg.sweep.cover:
         for params in plan.space.cover()[: plan.n_trials]:
             study.enqueue_trial(params, skip_if_exists=True)

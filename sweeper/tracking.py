@@ -27,6 +27,7 @@ How it talks to MLflow, and why:
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import json
 import logging
@@ -36,7 +37,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 from sweeper.config import ConfigError
 from sweeper.environment import describe_environment, git_state
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
-from sweeper.secrets import mask_text, mask_url
+from sweeper.secrets import MASK, mask_text, mask_url
 
 if TYPE_CHECKING:
     import optuna
@@ -62,6 +63,8 @@ __all__ = [
     "TrackingSettings",
     "connect",
     "epoch_metrics",
+    "mlflow_calls",
+    "mlflow_client",
     "find_sweep_run",
     "open_sweep",
     "prepare_sweep",
@@ -77,8 +80,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# TrialResult.status -> MLflow run status. A pruned trial was stopped on purpose before its end.
-RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
+# TrialResult.status -> MLflow run status. A pruned trial was stopped on purpose, by the pruner:
+# it ended as planned (FINISHED, not a crash); its name and its `status` tag say it was pruned.
+RUN_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
+# Run kinds (tag sweeper.kind): a filter on it shows one kind alone, e.g. the trials of a sweep.
+SWEEP_KIND, TRIAL_KIND, CONFIRM_KIND, ABLATION_KIND, RERUN_KIND = "sweep", "trial", "confirm", "ablation", "rerun"
+# The kinds filed under a sweep's run.
+SWEEP_MEMBER_KINDS = (TRIAL_KIND, CONFIRM_KIND, ABLATION_KIND, RERUN_KIND)
 # MLflow's limits per log_batch call and per value.
 MAX_ENTITIES_PER_CALL = 1000
 MAX_PARAMS_OR_TAGS_PER_CALL = 100
@@ -90,7 +98,6 @@ EXIT_RETRY_SECONDS = 2
 # Config nodes that describe one trial (its params), and those that describe the sweep around it.
 TRIAL_NODES = ("lr", "shape", "model", "data", "optimizer", "train")
 SWEEP_NODES = ("search", "sampler", "pruner", "storage")
-SWEEP_KIND, TRIAL_KIND = "sweep", "trial"
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -178,14 +185,14 @@ def sweep_folder(holder: DictConfig | SweepTracking, sweep: str) -> Path:
 
 
 @functools.cache
-def _client(uri: str) -> MlflowClient:
+def mlflow_client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 
 
 @contextmanager
-def _mlflow_calls(settings: TrackingSettings) -> Iterator[None]:
+def mlflow_calls(settings: TrackingSettings) -> Iterator[None]:
     """Around every call to MLflow. Its HTTP client retries a failed request for about four
     minutes by default; a trial must not stall that long on a server that is down (its records
     are kept and sent later anyway), so requests here are quick (a user's own
@@ -215,15 +222,14 @@ def _mlflow_calls(settings: TrackingSettings) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def connect(settings: TrackingSettings) -> tuple[MlflowClient, str]:
-    """A client and the experiment's id, the experiment created if new. A store that cannot be
-    reached is a ConfigError, raised before anything is created elsewhere."""
-    if settings.uri.startswith("sqlite:///"):
-        Path(settings.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+def connect(settings: TrackingSettings, *, create: bool = True) -> tuple[MlflowClient, str]:
+    """A client and the experiment's id, the experiment (and an embedded store) created if new,
+    unless `create` is false (reading an existing sweep). A store that cannot be reached is a
+    ConfigError, raised before anything is created elsewhere."""
     try:
-        with _mlflow_calls(settings):
-            client = _client(settings.uri)
-            return client, _experiment_id(client, settings)
+        with _embedded_store_lock(settings, create), mlflow_calls(settings):
+            client = mlflow_client(settings.uri)
+            return client, _experiment_id(client, settings, create)
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 - any failure here means the store is not usable
@@ -234,10 +240,37 @@ def connect(settings: TrackingSettings) -> tuple[MlflowClient, str]:
         ) from None
 
 
-def _experiment_id(client: MlflowClient, settings: TrackingSettings) -> str:
+@contextmanager
+def _embedded_store_lock(settings: TrackingSettings, create: bool) -> Iterator[None]:
+    """An embedded SQLite store is created (schema migrations) by the first process that opens
+    it; two that do so at once fail. One at a time, under a file lock beside it."""
+    if not settings.uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(settings.uri.removeprefix("sqlite:///"))
+    if not create and not path.exists():
+        raise ConfigError(
+            f"tracking.uri: there is no MLflow store at {path}; run the command in the folder the sweep "
+            f"ran in, or point tracking.uri at its store."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _experiment_id(client: MlflowClient, settings: TrackingSettings, create: bool = True) -> str:
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(settings.experiment)
+    if found is None and not create:
+        raise ConfigError(
+            f"tracking.experiment: MLflow at {settings.label} has no experiment {settings.experiment!r}; "
+            f"point tracking.uri at the store the sweep recorded to."
+        )
     if found is None:
         try:
             # The kind makes the MLflow UI open the experiment on its runs (training), not on traces.
@@ -357,14 +390,28 @@ def strategy_of(config: Mapping) -> str:
 
 
 def shape_name_of(config: Mapping) -> str:
-    """The shape's name (`fastai_one_cycle`, ...): the class's `name`, else its class name."""
-    target = str((config.get("shape") or {}).get("_target_", "unknown"))
+    """The shape's name: its config's `name` (`fastai_fine_tune`, which is a FastaiOneCycle with
+    other settings), else the class's `name`, else its class name."""
+    node = config.get("shape") or {}
+    if node.get("name"):
+        return str(node["name"])
+    target = str(node.get("_target_", "unknown"))
     try:
         from hydra.utils import get_object
 
         return str(getattr(get_object(target), "name", target.rsplit(".", 1)[-1]))
     except Exception:  # noqa: BLE001 - a name for the record only; the trainer reports real errors
         return target.rsplit(".", 1)[-1]
+
+
+def run_label(prefix: str, cfg: DictConfig | Mapping) -> str:
+    """A run's name by what differs between trials: `trial 3 · geometric · warmup_cosine · 3.2e-03`."""
+    config = plain_config(cfg)
+    high = (config.get("lr") or {}).get("high")
+    parts = [prefix, strategy_of(config), shape_name_of(config)]
+    if isinstance(high, (int, float)):
+        parts.append(f"{high:.2g}")
+    return " · ".join(parts)
 
 
 def run_params(config: Mapping, event: StartEvent | None = None) -> dict[str, str]:
@@ -480,6 +527,9 @@ class MlflowRecorder(Reporter):
                     **({"diverged_step": str(result.diverged_step)} if result.diverged_step is not None else {}),
                 }
             )
+            if result.status != "finished" and self._run_name:
+                # Seen in the runs list at a glance: "trial 3 · geometric · ... · pruned".
+                self.queue_tags({"mlflow.runName": f"{self._run_name} · {result.status}"})
             if result.steps and self.settings.schedule_plot:
                 self._artifacts["schedule.png"] = _schedule_png(result)
             self._status = (RUN_STATUS.get(result.status, "FAILED"), _now_ms())
@@ -525,8 +575,8 @@ class MlflowRecorder(Reporter):
 
     def send(self) -> None:
         """Send everything queued now; raises if the store fails (flush() keeps it for later)."""
-        with _mlflow_calls(self.settings):
-            self._send(_client(self.settings.uri))
+        with mlflow_calls(self.settings):
+            self._send(mlflow_client(self.settings.uri))
 
     def _send(self, client: MlflowClient) -> None:
         from mlflow.entities import Param, RunTag
@@ -683,6 +733,18 @@ class SweepTracking:
     parent_run_id: str | None = None
     results_dir: str = "results"
 
+    def location(self) -> dict[str, str] | None:
+        """Where the sweep's runs are, as its study records it (the URL's password masked):
+        everything after the sweep (report, confirm, rerun, ui) files its runs there."""
+        if self.settings is None:
+            return None
+        return {
+            "uri": self.settings.label,
+            "experiment": self.settings.experiment,
+            "experiment_id": self.experiment_id or "",
+            "parent_run_id": self.parent_run_id or "",
+        }
+
     def trial_reporter(
         self,
         trial_number: int,
@@ -692,7 +754,7 @@ class SweepTracking:
     ) -> Reporter:
         """The Reporter that records one trial as a child run of the sweep's run."""
         tags = {"trial": str(trial_number), **(extra_tags or {})}
-        return self.run_reporter(trial_cfg, TRIAL_KIND, f"trial {trial_number}", tags, overrides)
+        return self.run_reporter(trial_cfg, TRIAL_KIND, run_label(f"trial {trial_number}", trial_cfg), tags, overrides)
 
     def run_reporter(
         self,
@@ -725,8 +787,8 @@ class SweepTracking:
         """Trial number -> MLflow run id of this sweep's trials (a retried number: its newest run)."""
         if self.settings is None:
             return {}
-        with _mlflow_calls(self.settings):
-            client = _client(self.settings.uri)
+        with mlflow_calls(self.settings):
+            client = mlflow_client(self.settings.uri)
             experiment_id, _ = self.locate(client)
             runs = _search_all(client, experiment_id, f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{self.sweep}'")
         ordered = sorted(runs, key=lambda run: run.info.start_time)
@@ -747,7 +809,7 @@ class SweepTracking:
         tags = {"mlflow.note.content": report.summary, "trials": str(len(report.trials))}
         if end_status is not None:
             tags["status"] = end_status.lower()
-        self.attach_files(report.files, "report", tags, end_status)
+        self.attach_files(report.files, "report", tags, end_status, sweep_metrics(report))
 
     def attach_files(
         self,
@@ -755,17 +817,24 @@ class SweepTracking:
         artifact_path: str,
         tags: Mapping[str, str] | None = None,
         end_status: str | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> None:
-        """Attach files (and set tags) to the sweep's run; `end_status` also ends it."""
+        """Attach files (and set tags and metrics) to the sweep's run; `end_status` also ends it."""
         if self.settings is None or self.parent_run_id is None:
             return
+        from mlflow.entities import Metric, RunTag
+
         try:
-            with _mlflow_calls(self.settings):
-                client = _client(self.settings.uri)
+            with mlflow_calls(self.settings):
+                client = mlflow_client(self.settings.uri)
                 for path in files:
                     client.log_artifact(self.parent_run_id, str(path), artifact_path=artifact_path)
-                for key, value in (tags or {}).items():
-                    client.set_tag(self.parent_run_id, key, mask_text(value)[:MAX_TAG_LENGTH])
+                now = _now_ms()
+                client.log_batch(
+                    self.parent_run_id,
+                    metrics=[Metric(key, float(value), now, 0) for key, value in (metrics or {}).items()],
+                    tags=[RunTag(key, mask_text(value)[:MAX_TAG_LENGTH]) for key, value in (tags or {}).items()],
+                )
                 if end_status is not None:
                     client.set_terminated(self.parent_run_id, status=end_status)
         except Exception as error:  # noqa: BLE001 - the files are on disk; the record is a copy
@@ -775,16 +844,69 @@ class SweepTracking:
             )
 
 
-def open_sweep(cfg: DictConfig, sweep: str) -> SweepTracking:
-    """The records of an existing sweep (for `sweeper report` and `sweeper confirm`)."""
+def sweep_metrics(report: Report) -> dict[str, float]:
+    """The sweep's outcome as metrics of its run, so the runs table shows it: trial counts, the
+    best objective overall, per slice strategy and per cycle shape (over complete trials)."""
+    counts = report.trials["state"].value_counts() if len(report.trials) else {}
+    metrics = {f"trials_{state}": float(counts.get(state, 0)) for state in ("complete", "pruned", "failed")}
+    objective = report.objective
+    for by, table in (("strategy", report.by_strategy), ("shape", report.by_shape)):
+        for _, row in table.iterrows() if len(table) else ():
+            if row["best"] == row["best"]:  # not NaN: the group has a complete trial
+                metrics[f"best_{objective}_{by}_{row[by]}"] = float(row["best"])
+    best = [value for key, value in metrics.items() if key.startswith(f"best_{objective}_strategy_")]
+    if best:
+        metrics[f"best_{objective}"] = max(best) if report.direction == "maximize" else min(best)
+    return metrics
+
+
+def open_sweep(cfg: DictConfig, study: optuna.Study) -> SweepTracking:
+    """The records of an existing sweep, where the sweep recorded them (its study says), not
+    where today's config would put a new one: `report`, `confirm` and `ui` of any sweep, run
+    from anywhere, find its experiment and file their runs under its parent run. `cfg` gives
+    what is not the sweep's: how to talk to the store, and the URL's password (a recorded URL
+    has it masked)."""
     results_dir = str(cfg.get("results_dir", "results"))
+    recorded = study.user_attrs.get("tracking", "unknown")
+    if recorded is None:  # the sweep ran with tracking off
+        return SweepTracking(None, study.study_name, results_dir=results_dir)
     settings = tracking_settings(cfg)
+    if isinstance(recorded, Mapping):
+        settings = _recorded_settings(recorded, settings, cfg)
+    elif settings is not None:  # a sweep from before locations were recorded: its experiment bore its name
+        settings = replace(settings, experiment=study.study_name)
     if settings is None:
-        return SweepTracking(None, sweep, results_dir=results_dir)
-    client, experiment_id = connect(settings)
-    with _mlflow_calls(settings):
-        run = find_sweep_run(client, experiment_id, sweep)
-    return SweepTracking(settings, sweep, experiment_id, run.info.run_id if run else None, results_dir)
+        return SweepTracking(None, study.study_name, results_dir=results_dir)
+    client, experiment_id = connect(settings, create=False)
+    parent = recorded.get("parent_run_id") if isinstance(recorded, Mapping) else None
+    if not parent:
+        with mlflow_calls(settings):
+            run = find_sweep_run(client, experiment_id, study.study_name)
+        parent = run.info.run_id if run else None
+    return SweepTracking(settings, study.study_name, experiment_id, parent or None, results_dir)
+
+
+def _recorded_settings(recorded: Mapping, current: TrackingSettings | None, cfg: DictConfig) -> TrackingSettings:
+    """The sweep's store and experiment. A recorded URL with a masked password is opened with
+    the user's own URL when it is the same one (same masked form)."""
+    uri = str(recorded["uri"])
+    if current is not None and current.label == uri:
+        uri = current.uri
+    elif MASK in uri:
+        raise ConfigError(
+            f"tracking.uri: the sweep was recorded in MLflow at {uri}, whose password is not kept; "
+            f"export MLFLOW_TRACKING_URI with that server's URL (password included) and add tracking=server."
+        )
+    node = cfg.get("tracking") or {}
+    return TrackingSettings(
+        uri=uri,
+        experiment=str(recorded["experiment"]),
+        artifacts=None,  # the experiment exists: its artifact location is its own
+        request_timeout=int(node.get("request_timeout", 10)),
+        request_retries=int(node.get("request_retries", 1)),
+        results_dir=str(cfg.get("results_dir", "results")),
+        schedule_plot=bool(node.get("schedule_plot", True)),
+    )
 
 
 def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
@@ -809,7 +931,7 @@ def prepare_sweep(cfg: DictConfig, study_name: str) -> SweepTracking:
     client, experiment_id = connect(settings)
     config = plain_config(cfg)
     try:
-        with _mlflow_calls(settings):
+        with mlflow_calls(settings):
             run = find_sweep_run(client, experiment_id, study_name)
             if run is None:
                 run = client.create_run(experiment_id, run_name=study_name)
@@ -856,10 +978,19 @@ def trial_reporter(
     trial_number: int,
     overrides: Sequence[str] = (),
     extra_tags: Mapping[str, Any] | None = None,
+    location: Mapping[str, str] | None = None,
 ) -> Reporter:
     """For a worker process that has the config but not the parent's SweepTracking: the sweep's
-    run is looked up by its tags (once per process), at the trial's first flush."""
-    sweep = SweepTracking(tracking_settings(trial_cfg), study_name, results_dir=str(trial_cfg.get("results_dir", "results")))
+    run is where the study's recorded `location` says, else looked up by its tags (once per
+    process) at the trial's first flush."""
+    location = location or {}
+    sweep = SweepTracking(
+        tracking_settings(trial_cfg),
+        study_name,
+        location.get("experiment_id") or None,
+        location.get("parent_run_id") or None,
+        results_dir=str(trial_cfg.get("results_dir", "results")),
+    )
     return sweep.trial_reporter(trial_number, trial_cfg, overrides, extra_tags)
 
 
@@ -894,9 +1025,9 @@ def record_run(
 
 def read_artifact(settings: TrackingSettings, run_id: str, path: str) -> str | None:
     """A text artifact of a recorded run (config.yaml, environment.json), or None if it has none."""
-    with _mlflow_calls(settings), tempfile.TemporaryDirectory() as folder:
+    with mlflow_calls(settings), tempfile.TemporaryDirectory() as folder:
         try:
-            return Path(_client(settings.uri).download_artifacts(run_id, path, folder)).read_text()
+            return Path(mlflow_client(settings.uri).download_artifacts(run_id, path, folder)).read_text()
         except Exception:  # noqa: BLE001 - MLflow reports a missing file in several ways
             return None
 
@@ -906,8 +1037,8 @@ def read_curves(
 ) -> dict[str, list[tuple[int, float]]]:
     """The metric histories of a recorded run, key -> [(step, value)] (every metric it has,
     unless `keys` are named)."""
-    with _mlflow_calls(settings):
-        client = _client(settings.uri)
+    with mlflow_calls(settings):
+        client = mlflow_client(settings.uri)
         keys = list(client.get_run(run_id).data.metrics) if keys is None else list(keys)
         histories = {key: client.get_metric_history(run_id, key) for key in keys}
     return {key: [(m.step, m.value) for m in sorted(h, key=lambda m: (m.step, m.timestamp))] for key, h in histories.items()}

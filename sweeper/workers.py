@@ -154,6 +154,7 @@ def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan, o
                 trial_number=trial.number,
                 overrides=overrides,
                 extra_tags={"worker": trial.user_attrs["worker"]},
+                location=trial.study.user_attrs.get("tracking"),
             )
         )
     return reporters

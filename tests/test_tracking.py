@@ -58,8 +58,11 @@ def test_trials_are_nested_runs_with_params_tags_every_curve_and_artifacts(track
     assert tags["trial"] == "0" and tags["worker"] == "w0" and tags["code_version"]
     assert tags["overrides"] == "lr=geometric lr.high=0.001"
     assert tags["status"] == "finished" and tags["pruned"] == "false" and run.info.status == "FINISHED"
+    assert run.info.run_name == "trial 0 · geometric · torch_one_cycle · 0.001"  # named by what differs
     pruned = children[1]
-    assert pruned.info.status == "KILLED" and pruned.data.tags["pruned"] == "true"
+    # Pruned on purpose, not a crash: FINISHED, and its name and tags say pruned.
+    assert pruned.info.status == "FINISHED" and pruned.data.tags["pruned"] == "true"
+    assert pruned.info.run_name == "trial 1 · geometric · torch_one_cycle · 0.001 · pruned"
 
     # Every step and epoch value, at its step, exactly as the trainer reported it.
     for number, child in children.items():

@@ -3,20 +3,25 @@
     sweeper confirm --seeds 5                          # the config's sweep (sweep.name)
     sweeper confirm mlp-digits --seeds 5               # a sweep by name
     sweeper confirm --seeds 8 --strategy fastai --strategy geometric experiment=digits_transfer
+    sweeper confirm mlp-digits --ablate slice --seeds 5   # all else equal: each strategy on the best trial
 
 Trains each strategy's best trial again with fresh seeds, here, one run after another, and
 prints the mean and spread per strategy with a t-test of the leader against each other one.
 Writes confirm.md, confirm.csv and confirm_summary.csv into results/sweeps/<name>/ and records
-every run in MLflow under the sweep's run.
+every run in MLflow under the sweep's run. `--ablate slice` (or `shape`) instead trains the best
+trial with each strategy (or shape), all else equal, paired by seed (sweeper.ablation).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from omegaconf import OmegaConf
+
 from sweeper.config import compose_config
+from sweeper.ablation import FACTORS, ablate
 from sweeper.confirm import confirm_strategies
-from sweeper.report import load_sweep_study, split_sweep_name
+from sweeper.report import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
 from sweeper.study import load_trainer
 from sweeper.tracking import open_sweep, sweep_folder
 
@@ -24,20 +29,42 @@ from sweeper.tracking import open_sweep, sweep_folder
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="fresh seeds per strategy (default 5)")
     parser.add_argument("--strategy", action="append", help="confirm only this strategy (repeatable; default all)")
+    parser.add_argument(
+        "--ablate",
+        choices=sorted(FACTORS),
+        help="all else equal: the best trial with each slice strategy (or each shape), paired by seed",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     name, overrides = split_sweep_name(args.overrides)
     cfg = compose_config(overrides, args.config_dir)
     study = load_sweep_study(cfg, name)
-    tracking = open_sweep(cfg, study.study_name)
+    tracking = open_sweep(cfg, study)
+    # What the sweep's trials ran, not today's config: its trainer and its config directories.
+    trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": sweep_trainer(study)}}))
+    if args.ablate:
+        ablation = ablate(
+            study,
+            trainer.train,
+            factor=args.ablate,
+            seeds=args.seeds,
+            folder=sweep_folder(cfg, study.study_name),
+            tracking=tracking,
+            config_dirs=sweep_config_dirs(study, args.config_dir),
+        )
+        names = [f"ablation_{args.ablate}.md", f"ablation_{args.ablate}.csv", f"ablation_{args.ablate}_summary.csv"]
+        tracking.attach_files([ablation.folder / n for n in names], "ablation")
+        print(ablation.verdict)
+        print(f"ablation: {ablation.folder / names[0]}")
+        return 0
     confirmation = confirm_strategies(
         study,
-        load_trainer(cfg).train,
+        trainer.train,
         seeds=args.seeds,
         folder=sweep_folder(cfg, study.study_name),
         tracking=tracking,
-        config_dirs=args.config_dir,
+        config_dirs=sweep_config_dirs(study, args.config_dir),
         strategies=args.strategy,
     )
     folder = confirmation.folder

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     name, overrides = split_sweep_name(args.overrides)
     cfg = compose_config(overrides, args.config_dir)
     study = load_sweep_study(cfg, name)
-    tracking = open_sweep(cfg, study.study_name)
+    tracking = open_sweep(cfg, study)
     report = write_report(study, sweep_folder(cfg, study.study_name), tracking)
     tracking.attach_report(report)
     print(report.summary)

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from sweeper.launchers import WorkerHandle, check_launcher, launch_workers
 from sweeper.live import LiveView, WorkerNotes, read_progress, sampled
-from sweeper.study import SweepPlan, count_trials, open_study, plan_sweep
+from sweeper.study import SweepPlan, check_definition, count_trials, existing_study, open_study, plan_sweep
 from sweeper.workers import tracking_module
 
 EXIT_INCOMPLETE = 1
@@ -47,10 +47,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in plan.space.describe()))
         return 0
+    # A sweep of this name with another definition is refused before anything is written.
+    existing = existing_study(plan)
+    if existing is not None:
+        check_definition(existing, plan)
     tracking = tracking_module()
     # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
-    records = tracking.prepare_sweep(plan.cfg, plan.name) if tracking else None
+    # Under the sweep's claim lock: two commands started at once must not make two parent runs.
+    with plan.storage.claim(plan.name):
+        records = tracking.prepare_sweep(plan.cfg, plan.name) if tracking else None
     study = open_study(plan, create=True)
+    # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
+    study.set_user_attr("tracking", records.location() if records else None)
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
     before = count_trials(study)
     finished = before.finished

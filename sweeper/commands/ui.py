@@ -1,0 +1,55 @@
+"""`sweeper ui`: the MLflow UI on a sweep's comparison, one click away.
+
+    sweeper ui                       # the config's sweep (sweep.name), from the folder it ran in
+    sweeper ui mlp-digits-shapes     # a sweep by name
+    sweeper ui mlp-digits --port 5001
+
+Starts the MLflow UI on 127.0.0.1 over the store the sweep recorded to (an embedded store; for a
+tracking server it only prints the link) and prints a link that opens the sweep's trials,
+grouped by slice strategy, in the chart view: each curve's mean and spread per strategy.
+Ctrl-C stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sweeper.config import ConfigError, compose_config
+from sweeper.report import load_sweep_study, objective_columns, split_sweep_name
+from sweeper.tracking import open_sweep, sweep_folder
+from sweeper.ui import MlflowUiServer, browsable_base, share_view, sweep_link
+
+DEFAULT_PORT = 5000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (parser.description or "") + " Positional: [SWEEP_NAME] [overrides]."
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port: {args.port} is not a port; give one in 1-65535, e.g. --port {DEFAULT_PORT}.")
+    name, overrides = split_sweep_name(args.overrides)
+    cfg = compose_config(overrides, args.config_dir)
+    study = load_sweep_study(cfg, name)
+    tracking = open_sweep(cfg, study)
+    if tracking.settings is None:
+        raise ConfigError(
+            f"tracking: sweep {study.study_name!r} ran with tracking off, so MLflow has no runs of it; "
+            f"its report is in {sweep_folder(cfg, study.study_name)}/ (sweeper report {study.study_name})."
+        )
+    (objective, _), *_ = objective_columns(study)
+    key = share_view(tracking, objective)
+    if tracking.settings.is_server:
+        print(f"sweep {study.study_name} in MLflow: {sweep_link(browsable_base(tracking.settings.uri), tracking.experiment_id, key)}")
+        return 0
+    log = sweep_folder(cfg, study.study_name) / "ui.log"
+    with MlflowUiServer(tracking.settings.uri, args.port, log) as server:
+        print(f"sweep {study.study_name} in MLflow: {sweep_link(server.url, tracking.experiment_id, key)}", flush=True)
+        print("the MLflow UI runs on 127.0.0.1 until Ctrl-C", flush=True)
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
