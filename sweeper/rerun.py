@@ -43,6 +43,7 @@ from sweeper.tracking import (
     read_artifact,
     read_curves,
     result_curves,
+    store_client,
     tracking_settings,
 )
 
@@ -188,7 +189,7 @@ def _read_result(path: Path) -> TrialResult:
 
 
 def _from_mlflow(run_id: str, settings: TrackingSettings) -> RerunSource:
-    client, _ = connect(settings)
+    client = store_client(settings)  # reading: no experiment is made in the user's store
     try:
         run = client.get_run(run_id)
     except Exception:  # noqa: BLE001 - MLflow says "not found" in several ways

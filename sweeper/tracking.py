@@ -65,6 +65,7 @@ __all__ = [
     "epoch_metrics",
     "mlflow_calls",
     "mlflow_client",
+    "store_client",
     "find_sweep_run",
     "open_sweep",
     "prepare_sweep",
@@ -226,10 +227,20 @@ def connect(settings: TrackingSettings, *, create: bool = True) -> tuple[MlflowC
     """A client and the experiment's id, the experiment (and an embedded store) created if new,
     unless `create` is false (reading an existing sweep). A store that cannot be reached is a
     ConfigError, raised before anything is created elsewhere."""
+    return _reach(settings, create, lambda client: _experiment_id(client, settings, create))
+
+
+def store_client(settings: TrackingSettings) -> MlflowClient:
+    """A client of an existing store, for reading a run by its id (no experiment is made)."""
+    client, _ = _reach(settings, False, lambda client: client.search_experiments(max_results=1))
+    return client
+
+
+def _reach(settings: TrackingSettings, create: bool, first_call: Callable[[MlflowClient], Any]) -> tuple[MlflowClient, Any]:
     try:
         with _embedded_store_lock(settings, create), mlflow_calls(settings):
             client = mlflow_client(settings.uri)
-            return client, _experiment_id(client, settings, create)
+            return client, first_call(client)
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 - any failure here means the store is not usable

@@ -6,11 +6,15 @@ Needs /usr/bin/chromium (scripts/install_browser.sh installs it)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import feed_trial
+from conftest import feed_trial, free_port, with_tests_on_path
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
@@ -66,3 +70,51 @@ def test_the_mlflow_ui_shows_the_sweep_and_its_trial_runs(tracked_config, mlflow
         finally:
             browser.close()
     assert SCREENSHOT.stat().st_size > 10_000  # a real page, not a blank one
+
+
+UI_SCREENSHOT = Path(__file__).resolve().parents[1] / "results" / "ui" / "sweep-by-strategy.png"
+
+
+def test_sweeper_ui_opens_the_trials_grouped_by_strategy_as_charts(tmp_path, monkeypatch):
+    """`sweeper ui NAME` over a real sweep's embedded store: the link it prints opens, in
+    Chromium, the sweep's trials grouped by strategy in the chart view, with a validation curve."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    env = {**os.environ, "PYTHONPATH": with_tests_on_path()}
+    for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
+        env.pop(variable, None)
+    sweep = [
+        sys.executable, "-m", "sweeper.cli", "sweep", "search=slices", "sweep.trainer=conftest.StandInTrainer",
+        "sweep.n_trials=6", "train.epochs=3", "sweep.live=false", "sweep.workers=2", "sweep.cpu_threads=1",
+        "sampler.seed=0", "pruner=none", "sweep.name=ui-sweep",
+    ]  # fmt: skip
+    done = subprocess.run(sweep, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.cli", "ui", "ui-sweep", "--port", str(free_port())],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        first = ui.stdout.readline()  # printed once the server answers (pytest's timeout bounds the wait)
+        assert first.startswith("sweep ui-sweep in MLflow: http://127.0.0.1:"), first + ui.stderr.read()
+        link = first.split(": ", 1)[1].strip()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 950})
+                page.goto(link, wait_until="domcontentloaded")
+                for strategy in STRATEGIES:  # one group per strategy, with its trials
+                    page.get_by_text(f"Group: {strategy}", exact=True).first.wait_for(timeout=60_000)
+                page.get_by_text("6 matching runs").first.wait_for(timeout=30_000)  # the trials alone
+                # The chart view, with the validation curve of each group.
+                page.get_by_text("valid_accuracy", exact=True).first.wait_for(timeout=30_000)
+                page.get_by_text("single (valid_accuracy)").first.wait_for(timeout=30_000)
+                UI_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(UI_SCREENSHOT))
+            finally:
+                browser.close()
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)  # as Ctrl-C: the command stops its server
+        ui.wait(30)
+    assert UI_SCREENSHOT.stat().st_size > 10_000
+    assert ui.returncode == 0
