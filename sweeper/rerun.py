@@ -1,42 +1,38 @@
 """Exact reruns: train a recorded trial again and show how far the new curves are from the old.
 
-    rerun = load_source("3f2a...", cfg)          # an MLflow run id, or a folder with config.yaml
-    check_imports(rerun.config, allowed)           # before anything runs: every _target_ allowed?
-    result = train(rerun.config, [recorder])       # same config, same seed
-    comparison = compare_curves(rerun.curves, result_curves(result))
+    source = load_source("3f2a...", cfg)         # an MLflow run id, or a folder with config.yaml
+    outcome = rerun(source, cfg, folder)         # checked, trained with the same seed, compared
+    outcome.comparison.summary()                 # "... 0 (bitwise equal)"
 
-A source is what was recorded: the resolved config (the MLflow run's `config.yaml` artifact, or
-a folder's `config.yaml`, as `sweeper train` writes under results/train/) and its curves (the
-run's metric histories, or the folder's `result.json`). On CPU with `train.deterministic` on, a
-rerun reproduces every step and epoch value bitwise: the largest difference is 0.
+A source is what was recorded: the config (the MLflow run's `config.yaml` artifact, or a folder's
+`config.yaml`, as `sweeper train` writes under results/train/) and its curves (the run's metric
+histories, or the folder's `result.json`). On CPU with `train.deterministic` on, a rerun
+reproduces every step and epoch value bitwise: the largest difference is 0.
 
-A recorded config names code to import (`_target_`s, a shape's `fn`, a splitter in
-`model.groups`, `sweep.trainer`). A run on a shared server must not become a way to run
-arbitrary code, so each name must lie in an allowed module (torch, torchvision, sweeper, and
-those the user allows: `--allow-module`, or `tracking.allow_modules` in the user's own config,
-never the recorded one's), and not in the parts of torch that fetch or compile code.
+A recorded config is untrusted input (run stores are shared): `rerun` builds only what
+`sweeper.untrusted.checked_config` returns, the recorded config resolved without resolvers and
+checked against sweeper's allow-list of callables (and the modules the user vouches for in
+their own config or with --allow-module). Everything a rerun writes lands in the user's own
+results: its folder, the user's MLflow store, the pre-training cache under results_dir/cache.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import ConfigError
 from sweeper.events import EpochEvent, StepEvent, TrialResult
-from sweeper.secrets import mask_text
 from sweeper.study import load_trainer
 from sweeper.tracking import (
     RERUN_KIND,
     SWEEP_MEMBER_KINDS,
-    TRIAL_NODES,
     MlflowRecorder,
     TrackingSettings,
     connect,
@@ -46,41 +42,24 @@ from sweeper.tracking import (
     store_client,
     tracking_settings,
 )
+from sweeper.untrusted import allowed_code, checked_config, read_recorded
 
 __all__ = [
-    "ALLOWED_MODULES",
     "Comparison",
-    "Import",
     "Rerun",
     "RerunSource",
-    "allowed_modules",
-    "check_imports",
     "compare_curves",
-    "describe_imports",
-    "find_imports",
     "load_source",
     "rerun",
 ]
 
-ALLOWED_MODULES = ("torch", "torchvision", "sweeper")
-# Inside allowed modules, these fetch, compile or load code at run time.
-DENIED_MODULES = ("torch.hub", "torch.package", "torch.utils.cpp_extension", "torch.ops.load_library")
-# Settings (besides _target_) whose string value is the dotted path of code to import.
-IMPORT_SETTINGS = ("shape.fn", "model.groups", "sweep.trainer")
-
 Curves = dict[str, list[tuple[int, float]]]
-
-
-@dataclass(frozen=True)
-class Import:
-    setting: str                    # where the name is written, e.g. model.net._target_
-    name: str                       # the dotted path it imports, e.g. sweeper.models.MLP
 
 
 @dataclass
 class RerunSource:
     label: str                      # the MLflow run id, or the folder
-    config: DictConfig              # the resolved config as recorded
+    config: DictConfig              # the config as recorded: untrusted, unresolved, unchecked
     curves: Curves | None           # the recorded curves (None: nothing to compare with)
     run_id: str | None = None       # the MLflow run, when the source is one
     experiment_id: str | None = None
@@ -88,73 +67,12 @@ class RerunSource:
     tags: Mapping[str, str] = field(default_factory=dict)  # the MLflow run's tags (its sweep, its parent)
 
 
-# --- what a config imports --------------------------------------------------------------------
-
-
-def find_imports(config: Mapping | DictConfig) -> list[Import]:
-    """Every dotted path a rerun of the config imports, in the order written: the _target_s of
-    the nodes a trial is built from (the sweep's sampler and pruner are not built by a rerun)
-    and the IMPORT_SETTINGS."""
-    plain = OmegaConf.to_container(config, resolve=False) if isinstance(config, DictConfig) else config
-    found = [i for key in TRIAL_NODES if key in plain for i in _targets(plain[key], key)]
-    for setting in IMPORT_SETTINGS:
-        value = _get(plain, setting)
-        if isinstance(value, str) and "." in value:
-            found.append(Import(setting, value))
-    return found
-
-
-def _targets(node: Any, path: str) -> Iterator[Import]:
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            where = f"{path}.{key}"
-            if key == "_target_" and isinstance(value, str):
-                yield Import(where, value)
-            else:
-                yield from _targets(value, where)
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _targets(value, f"{path}[{index}]")
-
-
-def _get(node: Any, dotted: str) -> Any:
-    for key in dotted.split("."):
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def _within(name: str, module: str) -> bool:
-    return name == module or name.startswith(module + ".")
-
-
-def check_imports(config: Mapping | DictConfig, allowed: Iterable[str]) -> list[Import]:
-    """The config's imports, or ConfigError naming every one outside `allowed` modules."""
-    allowed = tuple(allowed)
-    imports = find_imports(config)
-    refused = [
-        i for i in imports
-        if not any(_within(i.name, m) for m in allowed) or any(_within(i.name, m) for m in DENIED_MODULES)
-    ]
-    if refused:
-        listed = ", ".join(f"{i.setting}={i.name}" for i in refused)
-        roots = sorted({i.name.split(".")[0] for i in refused})
-        raise ConfigError(
-            f"rerun: the recorded config imports code outside the allowed modules {list(allowed)}: "
-            f"{listed}. Nothing was run. If you trust it, allow its module with "
-            f"--allow-module {roots[0]} (or tracking.allow_modules=[{','.join(roots)}] in your own "
-            f"config); {', '.join(DENIED_MODULES)} stay refused."
-        )
-    return imports
-
-
 # --- sources ----------------------------------------------------------------------------------
 
 
 def load_source(source: str, cfg: DictConfig) -> RerunSource:
     """A folder (or its config.yaml) if `source` is a path, else an MLflow run id looked up in
-    the store `cfg.tracking` names."""
+    the store `cfg.tracking` names. Whatever was recorded is read as data, never run."""
     path = Path(source)
     if path.exists():
         return _from_folder(path.parent if path.is_file() else path)
@@ -175,17 +93,28 @@ def _from_folder(folder: Path) -> RerunSource:
             f"rerun: {folder} has no config.yaml; give a folder that `sweeper train` (or a rerun) "
             f"wrote, e.g. results/train/<time>/, or an MLflow run id."
         )
+    try:
+        text = config_file.read_text(errors="replace")
+    except OSError as error:
+        raise ConfigError(f"rerun: cannot read {config_file} ({error.strerror}); give a folder you can read.") from None
+    config = read_recorded(text, str(config_file))
     result_file = folder / "result.json"
-    curves = result_curves(_read_result(result_file)) if result_file.is_file() else None
-    return RerunSource(str(folder), OmegaConf.load(config_file), curves)
+    curves = _read_curves(result_file) if result_file.is_file() else None
+    return RerunSource(str(folder), config, curves)
 
 
-def _read_result(path: Path) -> TrialResult:
-    """A TrialResult written as JSON (dataclasses.asdict)."""
-    data = json.loads(path.read_text())
-    steps = [StepEvent(**{**s, "lrs": tuple(s["lrs"])}) for s in data.pop("steps", [])]
-    epochs = [EpochEvent(**e) for e in data.pop("epochs", [])]
-    return TrialResult(**data, steps=steps, epochs=epochs)
+def _read_curves(path: Path) -> Curves:
+    """The curves of a TrialResult written as JSON (dataclasses.asdict)."""
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+        steps = [StepEvent(**{**s, "lrs": tuple(s["lrs"])}) for s in data.pop("steps", [])]
+        epochs = [EpochEvent(**e) for e in data.pop("epochs", [])]
+        curves = result_curves(TrialResult(**data, steps=steps, epochs=epochs))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ConfigError(f"{path}: not a result sweeper wrote ({error}); remove it to rerun without a comparison.") from None
+    if not all(isinstance(s, int) and isinstance(v, (int, float)) for points in curves.values() for s, v in points):
+        raise ConfigError(f"{path}: holds curve values that are not numbers; remove it to rerun without a comparison.")
+    return curves
 
 
 def _from_mlflow(run_id: str, settings: TrackingSettings) -> RerunSource:
@@ -197,15 +126,23 @@ def _from_mlflow(run_id: str, settings: TrackingSettings) -> RerunSource:
             f"rerun: no MLflow run {run_id!r} in {settings.label}; copy a run id from the MLflow UI, "
             f"give the store that holds it (tracking.uri=...), or a folder with config.yaml."
         ) from None
-    config = read_artifact(settings, run_id, "config.yaml")
-    if config is None:
+    text = read_artifact(settings, run_id, "config.yaml")
+    if text is None:
         raise ConfigError(f"rerun: MLflow run {run_id} has no config.yaml artifact; it was not recorded by sweeper.")
-    environment = json.loads(read_artifact(settings, run_id, "environment.json") or "{}")
-    # Torch's thread count sets the summation order on CPU: the rerun uses the recorded one.
-    threads = (environment.get("torch") or {}).get("threads")
+    config = read_recorded(text, f"MLflow run {run_id}'s config.yaml")
+    threads = _threads(read_artifact(settings, run_id, "environment.json"))
     return RerunSource(
-        run_id, OmegaConf.create(config), read_curves(settings, run_id), run_id, run.info.experiment_id, threads, run.data.tags
+        run_id, config, read_curves(settings, run_id), run_id, run.info.experiment_id, threads, run.data.tags
     )
+
+
+def _threads(environment: str | None) -> int | None:
+    """Torch's thread count in a recorded environment.json (None when it holds none)."""
+    try:
+        threads = json.loads(environment or "{}")["torch"]["threads"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
 
 
 # --- the comparison ---------------------------------------------------------------------------
@@ -255,10 +192,6 @@ def _difference(a: float | None, b: float | None) -> float:
     return abs(a - b)
 
 
-def describe_imports(imports: Sequence[Import]) -> list[str]:
-    return [f"{i.setting}: {mask_text(i.name)}" for i in imports]
-
-
 # --- the rerun --------------------------------------------------------------------------------
 
 
@@ -270,23 +203,19 @@ class Rerun:
     run_id: str | None              # its MLflow run, when tracking is on
 
 
-def allowed_modules(cfg: DictConfig, extra: Iterable[str] = ()) -> tuple[str, ...]:
-    """Ours, the user's config's tracking.allow_modules, and `extra` (--allow-module)."""
-    configured = OmegaConf.select(cfg, "tracking.allow_modules", default=None) or []
-    if isinstance(configured, str) or not all(isinstance(m, str) and m for m in configured):
-        raise ConfigError(f"tracking.allow_modules: {configured!r} must be a list of module names, e.g. [mypkg].")
-    return (*ALLOWED_MODULES, *configured, *extra)
-
-
 def rerun(source: RerunSource, cfg: DictConfig, folder: str | Path, allow_modules: Iterable[str] = ()) -> Rerun:
-    """Train `source` again (its imports checked first), record it as a new run tagged
-    sweeper.rerun_of, keep it in `folder` and compare its curves with the recorded ones."""
-    config = source.config
-    check_imports(config, allowed_modules(cfg, allow_modules))
+    """Train `source` again, record it as a new run tagged sweeper.rerun_of, keep it in `folder`
+    and compare its curves with the recorded ones.
+
+    Only the checked config is built (and recorded): the recorded one resolved without resolvers,
+    every import in it allowed (`allow_modules`: modules of the user's, as --allow-module), its
+    pre-training cache in the user's results_dir. A refusal raises before anything is written.
+    """
+    config = checked_config(source.config, allowed_code(cfg, allow_modules), Path(cfg.results_dir) / "cache")
     if source.threads and not OmegaConf.select(config, "train.threads"):
-        config.train.threads = source.threads  # the same CPU summation order as the recorded run
+        OmegaConf.update(config, "train.threads", source.threads)  # the recorded run's CPU summation order
     trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": OmegaConf.select(config, "sweep.trainer", default="sweeper.trainer")}}))
-    recorder = _recorder(source, cfg)
+    recorder = _recorder(source, config, cfg)
     result = trainer.train(config, [recorder] if recorder else [])
     comparison = compare_curves(source.curves, result_curves(result)) if source.curves is not None else Comparison(pd.DataFrame())
 
@@ -302,8 +231,9 @@ def rerun(source: RerunSource, cfg: DictConfig, folder: str | Path, allow_module
     return Rerun(result, comparison, folder, recorder.run_id if recorder else None)
 
 
-def _recorder(source: RerunSource, cfg: DictConfig) -> MlflowRecorder | None:
-    """The rerun's MLflow run: in the source run's experiment, else the user's config's."""
+def _recorder(source: RerunSource, config: DictConfig, cfg: DictConfig) -> MlflowRecorder | None:
+    """The rerun's MLflow run, of the checked `config`: in the source run's experiment, else in
+    the user's config's."""
     settings = tracking_settings(cfg)
     if settings is None:
         return None
@@ -314,7 +244,7 @@ def _recorder(source: RerunSource, cfg: DictConfig) -> MlflowRecorder | None:
     sweep = {"sweep": source.tags["sweep"]} if in_sweep and source.tags.get("sweep") else {}
     return MlflowRecorder(
         settings,
-        source.config,
+        config,
         lambda _: (experiment_id, parent),
         run_name=f"rerun of {Path(source.label).name if source.run_id is None else source.label}",
         tags={"sweeper.kind": RERUN_KIND, "sweeper.rerun_of": source.label, **sweep},

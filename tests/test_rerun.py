@@ -1,5 +1,6 @@
-"""Exact reruns: what a recorded config may import, the curve comparison, and bitwise-equal
-reruns of real trainings on CPU (from an MLflow run and from a `sweeper train` folder)."""
+"""Exact reruns: what a recorded config imports and may import, the curve comparison, and
+bitwise-equal reruns of real trainings on CPU (from an MLflow run and from a `sweeper train`
+folder). Payloads that try to run code are in test_rerun_security.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError
-from sweeper.rerun import ALLOWED_MODULES, Import, check_imports, compare_curves, find_imports, load_source, rerun
+from sweeper.rerun import compare_curves, load_source, rerun
 from sweeper.tracking import read_curves, record_run
+from sweeper.untrusted import Allowed, Import, check_config, find_imports
 
 # A small real training: digits, one epoch, on CPU, deterministic.
 QUICK = ["train.epochs=2", "train.device=cpu", "train.deterministic=true", "train.batch_size=128", "train.threads=1"]
@@ -34,42 +36,50 @@ def recorded(**changes) -> dict:
 
 
 def test_every_imported_name_is_found():
-    config = recorded(shape__fn="mypkg.shapes.sqrt", model__groups="mypkg.split", data__extra=[{"_target_": "x.y.Z"}])
-    config["sampler"] = {"_target_": "optuna.samplers.TPESampler"}  # the sweep's: a rerun builds no sampler
+    config = recorded(
+        shape___target_="sweeper.shapes.FunctionShape", shape__fn="mypkg.shapes.sqrt", model__groups="mypkg.split", data__extra=[{"_target_": "x.y.Z"}]
+    )
+    config["sampler"] = {"_target_": "optuna.samplers.TPESampler"}  # the sweep's: checked too, though a rerun builds none
     assert find_imports(config) == [
-        Import("shape._target_", "sweeper.shapes.FastaiOneCycle"),
         Import("model.net._target_", "sweeper.models.MLP"),
+        Import("model.groups", "mypkg.split"),
         Import("data.source._target_", "sweeper.data.digits"),
         Import("data.extra[0]._target_", "x.y.Z"),
         Import("optimizer._target_", "torch.optim.AdamW"),
+        Import("shape._target_", "sweeper.shapes.FunctionShape"),
         Import("shape.fn", "mypkg.shapes.sqrt"),
-        Import("model.groups", "mypkg.split"),
         Import("sweep.trainer", "sweeper.trainer"),
+        Import("sampler._target_", "optuna.samplers.TPESampler"),
+    ]
+    # Layer-group prefixes and a shape's other settings name no code.
+    assert [i.setting for i in find_imports(recorded(shape__fn="mypkg.shapes.sqrt"))] == [
+        "model.net._target_", "data.source._target_", "optimizer._target_", "shape._target_", "sweep.trainer"
     ]
 
 
 @pytest.mark.parametrize(
-    ("setting", "name"),
+    ("changes", "refused"),
     [
-        ("model.net._target_", "os.system"),
-        ("optimizer._target_", "builtins.eval"),
-        ("data.source._target_", "torch.hub.load"),  # inside torch, but it fetches and runs code
-        ("shape.fn", "subprocess.call"),
-        ("sweep.trainer", "conftest.StandInTrainer"),
-        ("model.net._target_", "sweeperx.evil"),  # a prefix of a name is not its module
+        ({"model__net___target_": "os.system"}, "model.net._target_=os.system"),
+        ({"optimizer___target_": "builtins.eval"}, "optimizer._target_=builtins.eval"),
+        ({"data__source___target_": "torch.hub.load"}, "data.source._target_=torch.hub.load"),  # in torch, but it fetches and runs code
+        ({"data__source___target_": "sweeper.models.os.system"}, "data.source._target_=sweeper.models.os.system"),  # os.system to Hydra
+        ({"shape___target_": "sweeper.shapes.FunctionShape", "shape__fn": "subprocess.call"}, "shape.fn=subprocess.call"),
+        ({"sweep__trainer": "conftest.StandInTrainer"}, "sweep.trainer=conftest.StandInTrainer"),
+        ({"sweep__trainer": "antigravity"}, "sweep.trainer=antigravity"),  # no dot: imported as a module
+        ({"model__net___target_": "sweeperx.evil"}, "model.net._target_=sweeperx.evil"),  # a prefix of a name is not its module
     ],
 )
-def test_a_disallowed_import_is_refused_with_the_fix(setting, name):
-    config = recorded(**{setting.replace(".", "__"): name})
-    with pytest.raises(ConfigError, match=rf"{setting}={name}.*Nothing was run.*--allow-module"):
-        check_imports(config, ALLOWED_MODULES)
+def test_a_disallowed_import_is_refused(changes, refused):
+    with pytest.raises(ConfigError, match=rf"{refused}\b.*Nothing was run"):
+        check_config(recorded(**changes), Allowed())
 
 
 def test_a_module_the_user_allows_is_accepted():
     config = recorded(model__net___target_="mypkg.nets.Tiny")
-    with pytest.raises(ConfigError):
-        check_imports(config, ALLOWED_MODULES)
-    assert Import("model.net._target_", "mypkg.nets.Tiny") in check_imports(config, (*ALLOWED_MODULES, "mypkg"))
+    with pytest.raises(ConfigError, match="--allow-module mypkg"):
+        check_config(config, Allowed())
+    assert Import("model.net._target_", "mypkg.nets.Tiny") in check_config(config, Allowed(("mypkg",)))
 
 
 def test_a_refused_rerun_runs_nothing(tracked_config, tmp_path, monkeypatch):
