@@ -24,11 +24,12 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from sweeper.config import ConfigError, compose_config
-from sweeper.confirm import TrainFn, summarize_seeds, verdict
+from sweeper.config import ConfigError
+from sweeper.confirm import TrainFn, compose_trial, summarize_seeds, verdict
 from sweeper.events import Reporter
 from sweeper.report import markdown_table, objective_columns, trials_table
 from sweeper.tracking import ABLATION_KIND, SweepTracking
+from sweeper.untrusted import Allowed
 
 __all__ = ["FACTORS", "Ablation", "ablate", "variants"]
 
@@ -100,6 +101,7 @@ def ablate(
     folder: str | Path,
     tracking: SweepTracking | None = None,
     config_dirs: Sequence[str] = (),
+    allowed: Allowed = Allowed(),
 ) -> Ablation:
     """Train the sweep's best trial with every value of `factor` on the same `seeds` fresh seeds."""
     if factor not in FACTORS:
@@ -119,11 +121,11 @@ def ablate(
             f"--ablate {factor}: sweep {study.study_name!r} drew one {FACTORS[factor]} only ({', '.join(found)}); "
             f"there is nothing to compare it with."
         )
-    first_seed = int(compose_config(shlex.split(best["overrides"]), config_dirs).train.seed) + 1
+    first_seed = int(compose_trial(shlex.split(best["overrides"]), config_dirs, allowed).train.seed) + 1
     rows = []
     for seed in range(first_seed, first_seed + seeds):  # seed by seed: pairs finish together
         for variant, overrides in found.items():
-            cfg = compose_config([*overrides, f"train.seed={seed}"], config_dirs)
+            cfg = compose_trial([*overrides, f"train.seed={seed}"], config_dirs, allowed)
             recorder = _recorder(tracking, cfg, factor, variant, int(best["trial"]), seed)
             result = train(cfg, [recorder])
             rows.append(

@@ -25,9 +25,10 @@ from omegaconf import DictConfig
 from sweeper.config import ConfigError, compose_config
 from sweeper.events import Reporter, TrialResult
 from sweeper.report import best_by, markdown_table, objective_columns, trials_table
-from sweeper.tracking import CONFIRM_KIND, SweepTracking
+from sweeper.tracking import CONFIRM_KIND, SweepTracking, plain_config
+from sweeper.untrusted import Allowed, check_config
 
-__all__ = ["Confirmation", "confirm_strategies", "summarize_seeds", "verdict"]
+__all__ = ["Confirmation", "compose_trial", "confirm_strategies", "summarize_seeds", "verdict"]
 
 TrainFn = Callable[[DictConfig, Sequence[Reporter]], TrialResult]
 SIGNIFICANCE = 0.05  # below this p-value a lead is called real
@@ -42,6 +43,15 @@ class Confirmation:
     folder: Path
 
 
+def compose_trial(overrides: Sequence[str], config_dirs: Sequence[str], allowed: Allowed) -> DictConfig:
+    """A trial's config from the overrides its study recorded. A study may be shared (a database
+    server): its overrides are untrusted input, so whatever code the config would build is
+    checked as a rerun checks a recorded config (sweeper.untrusted) before anything runs."""
+    cfg = compose_config(overrides, config_dirs)
+    check_config(plain_config(cfg), allowed)
+    return cfg
+
+
 def confirm_strategies(
     study: optuna.Study,
     train: TrainFn,
@@ -51,6 +61,7 @@ def confirm_strategies(
     tracking: SweepTracking | None = None,
     config_dirs: Sequence[str] = (),
     strategies: Sequence[str] | None = None,
+    allowed: Allowed = Allowed(),
 ) -> Confirmation:
     """Train each strategy's best trial again with `seeds` fresh seeds; write and return the result."""
     if seeds < 2:
@@ -68,9 +79,9 @@ def confirm_strategies(
     rows = []
     for strategy, trial in best.items():
         overrides = shlex.split(trial["overrides"])
-        first_seed = int(compose_config(overrides, config_dirs).train.seed) + 1
+        first_seed = int(compose_trial(overrides, config_dirs, allowed).train.seed) + 1
         for seed in range(first_seed, first_seed + seeds):
-            cfg = compose_config([*overrides, f"train.seed={seed}"], config_dirs)
+            cfg = compose_trial([*overrides, f"train.seed={seed}"], config_dirs, allowed)
             recorder = _recorder(tracking, cfg, strategy, int(trial["trial"]), seed)
             result = train(cfg, [recorder])
             rows.append(

@@ -261,8 +261,8 @@ def _embedded_store_lock(settings: TrackingSettings, create: bool) -> Iterator[N
     path = Path(settings.uri.removeprefix("sqlite:///"))
     if not create and not path.exists():
         raise ConfigError(
-            f"tracking.uri: there is no MLflow store at {path}; run the command in the folder the sweep "
-            f"ran in, or point tracking.uri at its store."
+            f"tracking.uri: there is no MLflow store at {path}; run the command in the folder the runs "
+            f"were recorded in, or point tracking.uri at their store."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "a") as handle:

@@ -5,6 +5,7 @@ folder). Payloads that try to run code are in test_rerun_security.py."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError
 from sweeper.rerun import compare_curves, load_source, rerun
-from sweeper.tracking import read_curves, record_run
+from sweeper.tracking import read_curves, record_run, tracking_settings
 from sweeper.untrusted import Allowed, Import, check_config, find_imports
 
 # A small real training: digits, one epoch, on CPU, deterministic.
@@ -106,6 +107,10 @@ def test_compare_curves_reports_the_largest_difference_and_missing_steps():
 
 
 def test_an_unknown_run_id_is_a_clear_error(tracked_config):
+    with pytest.raises(ConfigError, match="there is no MLflow store at"):  # and none is made
+        load_source("deadbeef", tracked_config())
+    assert not Path(tracking_settings(tracked_config()).uri.removeprefix("sqlite:///")).exists()
+    record_run(tracked_config())  # a store, without that run
     with pytest.raises(ConfigError, match="no MLflow run 'deadbeef'"):
         load_source("deadbeef", tracked_config())
     with pytest.raises(ConfigError, match="tracking is off"):

@@ -160,9 +160,12 @@ def test_report_of_another_sweep_uses_its_records(cnn_sweep, capsys):
 
 def test_confirm_ablation_and_rerun_are_filed_under_the_sweep(cnn_sweep, capsys):
     folder, client, parent = cnn_sweep
-    assert in_process(folder, "confirm", "cnn-digits", "--seeds", "2", "--strategy", "fastai", capsys=capsys)[0] == 0
-    code, out = in_process(folder, "confirm", "cnn-digits", "--ablate", "slice", "--seeds", "2", capsys=capsys)
+    assert in_process(folder, "confirm", "cnn-digits", "--seeds", "2", "--strategy", "fastai", "--allow-module", "conftest", capsys=capsys)[0] == 0
+    code, out = in_process(folder, "confirm", "cnn-digits", "--ablate", "slice", "--seeds", "2", "--allow-module", "conftest", capsys=capsys)
     assert code == 0 and "held equal: shape, shape settings, head lr and seeds" in out
+    # The study names code (the stand-in trainer) that is not sweeper's: refused until allowed.
+    code, _ = in_process(folder, "confirm", "cnn-digits", "--seeds", "2", capsys=capsys)
+    assert code == 2
     trial = runs_of(client, "cnn-digits", "trial")[0]
     assert in_process(folder, "rerun", trial.info.run_id, "--allow-module", "conftest", capsys=capsys)[0] == 0
 

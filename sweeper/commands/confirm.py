@@ -24,11 +24,16 @@ from sweeper.confirm import confirm_strategies
 from sweeper.report import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
 from sweeper.study import load_trainer
 from sweeper.tracking import open_sweep, sweep_folder
+from sweeper.untrusted import allowed_code, check_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="fresh seeds per strategy (default 5)")
     parser.add_argument("--strategy", action="append", help="confirm only this strategy (repeatable; default all)")
+    parser.add_argument(
+        "--allow-module", action="append", default=[], metavar="MODULE",
+        help="also build code in MODULE, a module of yours (repeatable; as sweeper rerun)",
+    )  # fmt: skip
     parser.add_argument(
         "--ablate",
         choices=sorted(FACTORS),
@@ -42,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     study = load_sweep_study(cfg, name)
     tracking = open_sweep(cfg, study)
     # What the sweep's trials ran, not today's config: its trainer and its config directories.
+    # A study may be shared: the code it names is checked as a rerun checks a recorded config.
+    allowed = allowed_code(cfg, args.allow_module)
+    check_config({"sweep": {"trainer": sweep_trainer(study)}}, allowed)
     trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": sweep_trainer(study)}}))
     if args.ablate:
         ablation = ablate(
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             folder=sweep_folder(cfg, study.study_name),
             tracking=tracking,
             config_dirs=sweep_config_dirs(study, args.config_dir),
+            allowed=allowed,
         )
         names = [f"ablation_{args.ablate}.md", f"ablation_{args.ablate}.csv", f"ablation_{args.ablate}_summary.csv"]
         tracking.attach_files([ablation.folder / n for n in names], "ablation")
@@ -66,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         tracking=tracking,
         config_dirs=sweep_config_dirs(study, args.config_dir),
         strategies=args.strategy,
+        allowed=allowed,
     )
     folder = confirmation.folder
     tracking.attach_files([folder / "confirm.md", folder / "confirm.csv", folder / "confirm_summary.csv"], "confirm")
