@@ -19,6 +19,7 @@ import fcntl
 import functools
 import importlib
 import os
+import threading
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -224,10 +225,13 @@ class StorageSpec:
             with self.claim(STORAGE_LOCK), _experimental_features_on_purpose():
                 return optuna.storages.RDBStorage(self.driver_url, engine_kwargs=engine, **heartbeat)
         except Exception as error:  # noqa: BLE001 - any driver error means the same to the user
-            raise ConfigError(
-                f"storage.url: cannot open {self.label()}: {mask_text(error_line(error))}; check the "
-                f"server is up and the URL (user, password, host, database) is right."
-            ) from None
+            fix = (
+                f"it is not a study storage sweeper can read (damaged, or another kind of file): move "
+                f"{self.path} aside to start afresh, or point storage.url at the sweep's storage"
+                if self.path is not None
+                else "check the server is up and the URL (user, password, host, database) is right"
+            )
+            raise ConfigError(f"storage.url: cannot open {self.label()}: {mask_text(error_line(error))}; {fix}.") from None
 
     def claim(self, study_name: str) -> ClaimLock:
         return ClaimLock(self, study_name)
@@ -272,12 +276,20 @@ class ClaimLock:
     Embedded storages live on one machine (or one shared disk): a file lock beside the file.
     PostgreSQL: a session advisory lock, released by the server if the worker dies. Other
     databases get no lock, and a sweep there may overshoot n_trials by up to workers - 1.
+
+    A thread that holds a claim may claim it again (the sweep creates its study and its MLflow
+    run under one claim, and opening the storage claims too): it holds the lock until the
+    outermost claim is released. Other threads and processes wait.
     """
+
+    # (thread, storage URL, key) -> [the held lock, claims taken]
+    _taken: dict[tuple[int, str, int], list[Any]] = {}
 
     def __init__(self, storage: StorageSpec, study_name: str) -> None:
         self.storage = storage
-        self.key = zlib.crc32(study_name.encode())  # the advisory lock's id: same for every worker
-        self._held: Any = None
+        # The advisory lock's id: same for every worker. A file lock covers the whole storage.
+        self.key = 0 if storage.path is not None else zlib.crc32(study_name.encode())
+        self._holding = False
 
     def __enter__(self) -> ClaimLock:
         self.acquire()
@@ -286,26 +298,50 @@ class ClaimLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    @property
+    def _slot(self) -> tuple[int, str, int]:
+        return (threading.get_ident(), self.storage.url, self.key)
+
     def acquire(self) -> None:
+        if self._holding:
+            return
+        taken = self._taken.get(self._slot)
+        if taken is not None:
+            taken[1] += 1
+        else:
+            held = self._lock()
+            if held is None:
+                return
+            self._taken[self._slot] = [held, 1]
+        self._holding = True
+
+    def _lock(self) -> Any:
         path = self.storage.path
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(f"{path}.claim.lock", "a")  # noqa: SIM115 - closed in release()
             fcntl.flock(handle, fcntl.LOCK_EX)
-            self._held = handle
-        elif self.storage.kind == "postgresql":
+            return handle
+        if self.storage.kind == "postgresql":
             import sqlalchemy
 
             engine = sqlalchemy.create_engine(self.storage.driver_url, poolclass=sqlalchemy.pool.NullPool)
             connection = engine.connect()
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
-            self._held = connection
+            return connection
+        return None
 
     def release(self) -> None:
         """Release (idempotent: the trial releases it once it has been asked for)."""
-        held, self._held = self._held, None
-        if held is None:
+        if not self._holding:
             return
+        self._holding = False
+        taken = self._taken[self._slot]
+        taken[1] -= 1
+        if taken[1]:
+            return
+        del self._taken[self._slot]
+        held = taken[0]
         if self.storage.path is not None:
             fcntl.flock(held, fcntl.LOCK_UN)
         else:

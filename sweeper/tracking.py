@@ -244,6 +244,11 @@ def _reach(settings: TrackingSettings, create: bool, first_call: Callable[[Mlflo
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 - any failure here means the store is not usable
+        if not settings.is_server:
+            raise ConfigError(
+                f"tracking.uri: cannot read the MLflow store {settings.label}: {_one_line(error)}; it is damaged "
+                f"or not an MLflow store: move it aside to start afresh, or point tracking.uri at the sweep's store."
+            ) from None
         raise ConfigError(
             f"tracking.uri: cannot reach MLflow at {settings.label}: {_one_line(error)}; start the "
             f"server (mlflow server --port 5000 ...: loopback only, unless --host opens it to other "
@@ -724,6 +729,27 @@ def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> Any 
     return runs[0] if runs else None
 
 
+@dataclass(frozen=True)
+class RecordsAudit:
+    """What a sweep's records lack at its end (SweepTracking.audit)."""
+
+    closed: Sequence[str] = ()      # runs left RUNNING by stopped workers, now ended (KILLED)
+    lost: Sequence[int] = ()        # finished trials without a finished MLflow run
+    unread: str | None = None       # why the store could not be checked
+
+    @property
+    def complete(self) -> bool:
+        return not self.lost and self.unread is None
+
+    def lines(self) -> list[str]:
+        found = [f"ended {len(self.closed)} run(s) left running by stopped workers: {', '.join(self.closed)}"] if self.closed else []
+        if self.lost:
+            found.append(f"MLflow lacks the records of finished trial(s) {', '.join(map(str, self.lost))}; see the worker logs")
+        if self.unread:
+            found.append(self.unread)
+        return found
+
+
 class _Parents:
     """Parent run ids found in this process, so each worker asks the store only once."""
 
@@ -805,6 +831,42 @@ class SweepTracking:
         ordered = sorted(runs, key=lambda run: run.info.start_time)
         return {int(run.data.tags["trial"]): run.info.run_id for run in ordered if run.data.tags.get("trial", "").isdigit()}
 
+    def audit(self, study: optuna.Study) -> RecordsAudit:
+        """After the workers: end the sweep's runs left RUNNING whose trial is no longer running
+        (a worker that died or was stopped mid-trial: KILLED), and find the finished trials
+        MLflow holds no finished run for (records lost)."""
+        if self.settings is None or self.parent_run_id is None:
+            return RecordsAudit()
+        try:
+            return self._audit(study)
+        except Exception as error:  # noqa: BLE001 - a store that cannot be read cannot show the records are there
+            return RecordsAudit(unread=f"MLflow at {self.settings.label} could not be read to check the records ({_one_line(error)})")
+
+    def _audit(self, study: optuna.Study) -> RecordsAudit:
+        from mlflow.entities import RunTag
+        from optuna.trial import TrialState
+
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        with mlflow_calls(self.settings):
+            client = mlflow_client(self.settings.uri)
+            runs = _search_all(client, self.experiment_id, f"tags.sweep = '{self.sweep}'")
+            closed = []
+            for run in runs:
+                trial = trials.get(int(run.data.tags.get("trial", -1))) if run.data.tags.get("sweeper.kind") == TRIAL_KIND else None
+                if run.info.status == "RUNNING" and run.info.run_id != self.parent_run_id and (
+                    trial is None or trial.state != TrialState.RUNNING
+                ):
+                    client.log_batch(run.info.run_id, tags=[RunTag("status", "killed")])
+                    client.set_terminated(run.info.run_id, status="KILLED")
+                    closed.append(run.data.tags.get("mlflow.runName", run.info.run_id))
+        recorded = {
+            int(run.data.tags["trial"])
+            for run in runs
+            if run.data.tags.get("sweeper.kind") == TRIAL_KIND and run.info.status == "FINISHED" and "objective" in run.data.metrics
+        }
+        finished = [n for n, t in trials.items() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        return RecordsAudit(closed, sorted(set(finished) - recorded))
+
     def finish(self, study: optuna.Study, status: str = "FINISHED") -> Path:
         """At the sweep's end: write the comparison report, attach it to the sweep's run and end
         that run (`status`: FINISHED, or KILLED for a sweep stopped early). Returns the folder."""
@@ -813,6 +875,10 @@ class SweepTracking:
         report = write_report(study, sweep_folder(self, self.sweep), tracking=self)
         self.attach_report(report, status)
         return report.folder
+
+    def end(self, status: str) -> None:
+        """End the sweep's run (FINISHED, KILLED) without a report."""
+        self.attach_files([], "report", {"status": status.lower()}, status)
 
     def attach_report(self, report: Report, end_status: str | None = None) -> None:
         """Attach a written report to the sweep's run (under report/); its summary becomes the
@@ -930,20 +996,27 @@ def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) ->
             return runs
 
 
-def prepare_sweep(cfg: DictConfig, study_name: str) -> SweepTracking:
+def prepare_sweep(cfg: DictConfig, study_name: str, study: optuna.Study | None = None) -> SweepTracking:
     """Once per sweep, in the parent process, before any worker starts: create the store and the
     experiment (several processes creating one SQLite store at once fail), start the sweep's
     parent run (or on resume find it again and mark it running), record the sweep's settings.
+
+    `study` is the sweep's study when it exists already. The two stores must agree on what the
+    sweep is: a study whose recorded run the MLflow store lacks (a store emptied or replaced), or
+    an MLflow sweep with trial runs but no study (a study storage emptied or replaced), is refused
+    before anything changes: continuing would file the trials of two sweeps as one.
     A store that cannot be reached raises ConfigError."""
     results_dir = str(cfg.get("results_dir", "results"))
     settings = tracking_settings(cfg)
     if settings is None:
         return SweepTracking(None, study_name, results_dir=results_dir)
-    client, experiment_id = connect(settings)
+    recorded = study.user_attrs.get("tracking") if study is not None else None
+    # A resumed sweep's records exist: none are made (no store, no experiment) if they are not there.
+    client, experiment_id = connect(settings, create=not (isinstance(recorded, Mapping) and recorded.get("parent_run_id")))
     config = plain_config(cfg)
     try:
         with mlflow_calls(settings):
-            run = find_sweep_run(client, experiment_id, study_name)
+            run = _sweep_run(client, settings, experiment_id, study_name, study, recorded)
             if run is None:
                 run = client.create_run(experiment_id, run_name=study_name)
                 recorder = MlflowRecorder(settings, None, _nowhere, run_id=run.info.run_id)
@@ -956,11 +1029,52 @@ def prepare_sweep(cfg: DictConfig, study_name: str) -> SweepTracking:
                 recorder = MlflowRecorder(settings, None, _nowhere, run_id=run.info.run_id)
             recorder.queue_tags(_sweep_tags(config, study_name))
             recorder.send()
+    except ConfigError:
+        raise
     except Exception as error:  # noqa: BLE001 - said in one line, before any study exists
         raise ConfigError(
             f"tracking.uri: MLflow at {settings.label} could not start the sweep's run: {_one_line(error)}"
         ) from None
     return SweepTracking(settings, study_name, experiment_id, run.info.run_id, results_dir)
+
+
+def _sweep_run(
+    client: MlflowClient,
+    settings: TrackingSettings,
+    experiment_id: str,
+    study_name: str,
+    study: optuna.Study | None,
+    recorded: Any,
+) -> Any | None:
+    """The sweep's parent run, if it has one already, checked against the study."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(recorded, Mapping) and recorded.get("parent_run_id"):
+        try:
+            run = client.get_run(recorded["parent_run_id"])
+        except MlflowException:
+            run = None
+        if run is None or run.info.experiment_id != experiment_id:
+            raise ConfigError(
+                f"tracking.uri: the study of sweep {study_name!r} records its MLflow run {recorded['parent_run_id']} "
+                f"in {recorded.get('uri')}, and MLflow at {settings.label} does not hold it (the store was emptied "
+                f"or replaced). Nothing was changed; point tracking.uri at the sweep's store, or give this sweep "
+                f"a new name (sweep.name=...)."
+            )
+        return run
+    run = find_sweep_run(client, experiment_id, study_name)
+    if run is not None and study is None:
+        trials = client.search_runs(
+            [experiment_id], f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{study_name}'", max_results=1
+        )
+        if trials:
+            raise ConfigError(
+                f"storage.url: MLflow at {settings.label} holds sweep {study_name!r} (run {run.info.run_id}, with "
+                f"trial runs), but the study storage has no study of that name (it was emptied or replaced). "
+                f"Nothing was changed; point storage.url at the sweep's storage, or give this sweep a new name "
+                f"(sweep.name=...)."
+            )
+    return run
 
 
 def _nowhere(client: MlflowClient) -> tuple[str, str | None]:

@@ -44,7 +44,8 @@ class StandInTrainer:
     Its accuracy rises with the epochs and peaks at lr.high = 3e-3, so pruners see clearly
     better and worse trials. Environment knobs:
     STAND_IN_EPOCH_SECONDS (sleep per epoch), STAND_IN_RAISE_SHAPE (raise for that shape),
-    STAND_IN_DIVERGE_SHAPE (end as "diverged" for that shape). It reports as its device the
+    STAND_IN_DIVERGE_SHAPE (end as "diverged" for that shape), STAND_IN_HOLD_FILE (after the
+    first epoch, wait until that file exists: a test holds trials mid-way). It reports as its device the
     CUDA_VISIBLE_DEVICES it was started with, which is what torch would see.
     """
 
@@ -76,6 +77,10 @@ class StandInTrainer:
             if any([reporter.on_epoch(event) for reporter in reporters]):
                 result.status = "pruned"
                 break
+            hold = os.environ.get("STAND_IN_HOLD_FILE")
+            deadline = time.monotonic() + 300
+            while hold and not os.path.exists(hold) and time.monotonic() < deadline:
+                time.sleep(0.05)
         result.seconds = time.time() - start
         for reporter in reporters:
             reporter.on_end(result)

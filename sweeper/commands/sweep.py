@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from sweeper.launchers import WorkerHandle, check_launcher, launch_workers
 from sweeper.live import LiveView, WorkerNotes, read_progress, sampled
+from sweeper.search import error_line
 from sweeper.study import SweepPlan, check_definition, count_trials, existing_study, open_study, plan_sweep
 from sweeper.workers import tracking_module
 
@@ -47,16 +48,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in plan.space.describe()))
         return 0
-    # A sweep of this name with another definition is refused before anything is written.
-    existing = existing_study(plan)
-    if existing is not None:
-        check_definition(existing, plan)
     tracking = tracking_module()
-    # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
-    # Under the sweep's claim lock: two commands started at once must not make two parent runs.
+    # Under the sweep's claim: two commands started at once make one study and one parent run.
     with plan.storage.claim(plan.name):
-        records = tracking.prepare_sweep(plan.cfg, plan.name) if tracking else None
-    study = open_study(plan, create=True)
+        # A sweep of this name with another definition is refused before anything is written.
+        existing = existing_study(plan)
+        if existing is not None:
+            check_definition(existing, plan)
+        # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
+        records = tracking.prepare_sweep(plan.cfg, plan.name, existing) if tracking else None
+        study = open_study(plan, create=True)
     # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
     study.set_user_attr("tracking", records.location() if records else None)
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
@@ -70,12 +71,31 @@ def run(args: argparse.Namespace) -> int:
             interrupted = _run_workers(study, plan, folder)
         except KeyboardInterrupt:  # a second Ctrl-C while the workers stop
             interrupted = True
-    report = records.finish(study, "KILLED" if interrupted else "FINISHED") if records else None
+    audit = records.audit(study)  # runs left RUNNING by stopped workers ended; lost records found
+    report = _finish(records, study, plan, "KILLED" if interrupted else "FINISHED")
     code = _summarise(study, plan, folder, records, report, failed_before=before.failed)
+    for line in audit.lines():
+        print(f"records: {line}")
+    if (not audit.complete or report is None) and code == 0:
+        code = EXIT_INCOMPLETE
     if interrupted:
         print(f"sweep {plan.name}: interrupted; run the same command again to resume it.")
         return EXIT_INTERRUPTED
     return code
+
+
+def _finish(records: Any, study: optuna.Study, plan: SweepPlan, status: str) -> Path | None:
+    """The report, and the sweep's run ended; None (said in one line) when the report could not
+    be written (a full disk, a folder that cannot be written): the run is ended all the same."""
+    try:
+        return records.finish(study, status)
+    except Exception as error:  # noqa: BLE001 - whatever failed, the sweep's run must not stay RUNNING
+        records.end(status)
+        print(
+            f"report: not written ({type(error).__name__}: {error_line(error)}); the study holds every trial, "
+            f"and `sweeper report {plan.name}` writes it again once that is fixed."
+        )
+        return None
 
 
 def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path) -> bool:

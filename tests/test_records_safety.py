@@ -1,0 +1,195 @@
+"""Nothing left half-made: the two stores agree on what a sweep is, and a sweep that lost
+anything says what and exits non-zero, with no run left RUNNING.
+
+Real `sweeper sweep` processes on the stand-in trainer (conftest.py) with the embedded stores,
+read back with Optuna and MLflow's own client:
+- a study storage emptied or replaced under an MLflow store that holds the sweep is refused, and
+  so is an MLflow store that lacks the run the study recorded; damaged stores get one line that
+  says so (not advice about servers), and nothing in either store changes;
+- a worker killed mid-trial leaves its MLflow run RUNNING: the sweep ends it (KILLED) and says so;
+- a report that cannot be written: the sweep says so, exits 1, and its run is ended anyway;
+- finished trials that MLflow holds no run for are named (the audit itself, on a real store);
+- two identical sweeps started together in a fresh folder make one study and one parent run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import feed_trial, with_tests_on_path
+from mlflow import MlflowClient
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from sweeper.tracking import plain_config, prepare_sweep
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["sweep.trainer=conftest.StandInTrainer", "sweep.n_trials=2", "train.epochs=2", "sweep.live=false",
+         "sweep.poll=0.2", "sweep.workers=1", "sweep.cpu_threads=1", "sampler.seed=0", "pruner=none"]  # fmt: skip
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": with_tests_on_path(), **extra}
+    for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
+        env.pop(variable, None)
+    return env
+
+
+def sweep(folder: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "sweeper.cli", "sweep", *SMALL, *overrides]
+    return subprocess.run(command, cwd=folder, env=environment(**env), capture_output=True, text=True, timeout=240)
+
+
+def mlflow_state(folder: Path) -> list[tuple[str, str, str]]:
+    client = MlflowClient(f"sqlite:///{folder}/results/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return sorted((r.info.run_id, r.info.status, r.info.run_name) for r in client.search_runs(experiments, max_results=1000))
+
+
+def one_line_refusal(done: subprocess.CompletedProcess, *words: str) -> str:
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished two-trial sweep (mlp-digits) with its study and MLflow store."""
+    folder = tmp_path_factory.mktemp("finished")
+    done = sweep(folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    subprocess.run(["cp", "-a", f"{folder}/results", f"{tmp_path}/results"], check=True)
+    return tmp_path
+
+
+def test_an_emptied_study_storage_is_refused(finished, tmp_path):
+    folder = copy_of(finished, tmp_path)
+    before = mlflow_state(folder)
+    (folder / "results" / "studies.db").write_bytes(b"")  # emptied
+    line = one_line_refusal(sweep(folder), "storage.url", "no study of that name", "sweep.name=")
+    assert "server" not in line
+    assert mlflow_state(folder) == before  # the finished parent run was not flipped to RUNNING
+    assert optuna.get_all_study_names(f"sqlite:///{folder}/results/studies.db") == []
+
+
+def test_a_replaced_mlflow_store_is_refused(finished, tmp_path):
+    folder = copy_of(finished, tmp_path)
+    study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{folder}/results/studies.db")
+    trials = len(study.trials)
+    (folder / "results" / "mlflow.db").unlink()
+    one_line_refusal(sweep(folder, "sweep.n_trials=3"), "tracking.uri", "no MLflow store")
+    assert not (folder / "results" / "mlflow.db").exists()  # none made
+    assert len(optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{folder}/results/studies.db").trials) == trials
+
+
+@pytest.mark.parametrize("store", ["studies.db", "mlflow.db"])
+def test_a_damaged_store_gets_one_line_that_says_so(finished, tmp_path, store):
+    folder = copy_of(finished, tmp_path)
+    damaged = folder / "results" / store
+    damaged.write_bytes(b"not a database " * 1000)
+    other = folder / "results" / ("mlflow.db" if store == "studies.db" else "studies.db")
+    before = other.read_bytes()
+    line = one_line_refusal(sweep(folder), "aside to start afresh")
+    assert "server" not in line and "password" not in line
+    assert damaged.read_bytes() == b"not a database " * 1000 and other.read_bytes() == before  # nothing changed
+
+
+def test_a_killed_workers_run_is_ended_and_the_sweep_says_so(tmp_path):
+    started = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.cli", "sweep", *SMALL, "sweep.workers=2", "storage.heartbeat_interval=1",
+         "storage.grace_period=3"],
+        cwd=tmp_path, env=environment(STAND_IN_HOLD_FILE=str(tmp_path / "go")), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        # Trials hold after their first epoch until the file "go" exists. Wait for one held
+        # there (its MLflow run exists, RUNNING), kill its worker, then let the rest go on. The stores exist
+        # once the workers' logs do, and are read only then (a reader must not race their creation).
+        log = tmp_path / "results" / "sweeps" / "mlp-digits" / "worker-0.log"
+        deadline = time.monotonic() + 180
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/results/studies.db")
+        victim = None
+        while victim is None and time.monotonic() < deadline:
+            trials = optuna.load_study(study_name="mlp-digits", storage=storage).get_trials(states=(TrialState.RUNNING,))
+            victim = next((t for t in trials if t.user_attrs.get("epochs")), None)
+            time.sleep(0.1)
+        assert victim is not None, "no trial started"
+        (victim_run,) = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("trial") == str(victim.number)]
+        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        (tmp_path / "go").touch()  # the other trials go on
+        out, err = started.communicate(timeout=240)
+    finally:
+        if started.poll() is None:
+            os.killpg(started.pid, signal.SIGKILL)
+    # The other worker failed the dead trial by its heartbeat and ran it again; the sweep ended its run.
+    assert "records: ended 1 run(s) left running by stopped workers" in out, out + err
+    runs = mlflow_runs(tmp_path)
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # nothing left RUNNING
+    (ended,) = [r for r in runs if r.info.run_id == victim_run.info.run_id]
+    assert ended.info.status == "KILLED" and ended.data.tags["status"] == "killed"
+
+
+def mlflow_runs(folder: Path) -> list:
+    if not (folder / "results" / "mlflow.db").exists():
+        return []
+    client = MlflowClient(f"sqlite:///{folder}/results/mlflow.db")
+    experiment = client.get_experiment_by_name("mlp-digits")
+    return client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
+
+
+def test_a_report_that_cannot_be_written_fails_the_sweep_and_ends_its_run(tmp_path):
+    (tmp_path / "results" / "sweeps" / "mlp-digits" / "report.md").mkdir(parents=True)  # not writable as a file
+    done = sweep(tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "report: not written (IsADirectoryError" in done.stdout and "Traceback" not in done.stderr
+    (parent,) = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("sweeper.kind") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    assert not [r for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING"]
+
+
+def test_the_audit_names_finished_trials_without_records(tracked_config):
+    cfg = tracked_config()
+    tracking = prepare_sweep(cfg, "audited")
+    study = optuna.create_study(study_name="audited", direction="maximize")
+    distribution = {"lr.high": FloatDistribution(1e-4, 1e-2)}
+    for number in range(3):
+        if number != 1:  # trial 1's records never reached MLflow
+            feed_trial(tracking.trial_reporter(number, cfg), plain_config(cfg), seed=number)
+        study.add_trial(create_trial(params={"lr.high": 1e-3}, distributions=distribution, value=0.5, state=TrialState.COMPLETE))
+    audit = tracking.audit(study)
+    assert audit.lost == [1] and not audit.complete
+    assert "finished trial(s) 1" in " ".join(audit.lines())
+
+
+def test_two_sweeps_started_together_make_one_study_and_one_parent_run(tmp_path):
+    command = [sys.executable, "-m", "sweeper.cli", "sweep", *SMALL, "sweep.n_trials=4"]
+    both = [
+        subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=300) for process in both]
+    for process, (out, err) in zip(both, outputs):
+        assert process.returncode == 0, out[-2000:] + err[-3000:]
+    runs = mlflow_runs(tmp_path)
+    assert len([r for r in runs if r.data.tags.get("sweeper.kind") == "sweep"]) == 1
+    study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{tmp_path}/results/studies.db")
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 4  # exactly n_trials across both
+    trial_runs = [r for r in runs if r.data.tags.get("sweeper.kind") == "trial"]
+    assert sorted(int(r.data.tags["trial"]) for r in trial_runs) == sorted(t.number for t in study.trials)
