@@ -17,17 +17,20 @@ Overrides are Hydra's, with two readings of ours (`hydra_overrides`), the same o
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sweeper.shapes import Shape, ShapeError
 from sweeper.slices import SliceSpec, parse_lr
@@ -85,6 +88,8 @@ def compose_config(
             return compose(config_name="config", overrides=overrides)
     except HydraException as error:
         raise ConfigError(_composition_error(error)) from None
+    except yaml.MarkedYAMLError as error:  # a config file of the user's that is not YAML
+        raise ConfigError(_yaml_error(error)) from None
 
 
 @functools.cache
@@ -179,6 +184,14 @@ def _composition_error(error: HydraException) -> str:
     return f"override {override!r}: {text}" if override else text
 
 
+def _yaml_error(error: yaml.MarkedYAMLError) -> str:
+    mark = error.problem_mark or error.context_mark
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+    problem = " ".join(str(p) for p in (error.context, error.problem) if p)
+    fix = "YAML indents with spaces, never tabs: replace the tab" if "'\\t'" in problem else "fix the YAML there"
+    return f"--config-dir: {where}: {problem}; {fix}."
+
+
 def build_shape(node: Mapping | DictConfig) -> Shape:
     """Build a cycle shape from its config node (`_target_` plus the shape's settings)."""
     settings = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
@@ -213,6 +226,7 @@ def instantiate_node(node: DictConfig, setting: str) -> object:
     setting) already says what to fix, so it surfaces unchanged, and anything else is reported
     with the setting that named the target.
     """
+    _check_numbers(node, setting)
     try:
         return instantiate(node)
     except InstantiationException as error:
@@ -222,3 +236,24 @@ def instantiate_node(node: DictConfig, setting: str) -> object:
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         raise ConfigError(f"{setting}: cannot build {target}: {cause or error}") from None
 
+
+def _check_numbers(node: DictConfig, setting: str) -> None:
+    """A string where the target takes a number (its default is one) fails deep inside it, e.g.
+    torch's optimizers raise TypeError on their first comparison: refuse it here instead."""
+    try:
+        parameters = inspect.signature(get_object(node._target_)).parameters
+    except Exception:  # noqa: BLE001 - no target, or none to inspect: instantiate reports it
+        return
+    for name, parameter in parameters.items():
+        default = parameter.default
+        if name not in node or not isinstance(default, (int, float)) or isinstance(default, bool):
+            continue
+        try:
+            value = node[name]
+        except OmegaConfBaseException:  # unresolvable: instantiate reports it as it always has
+            continue
+        if isinstance(value, str):
+            raise ConfigError(
+                f"{setting}.{name}: {value!r} is not a number, and {node._target_} takes a number "
+                f"there; give one, e.g. {setting}.{name}={default!r}."
+            )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sweeper.config import ConfigError, build_shape, compose_config, config_dir
+from sweeper.config import ConfigError, build_shape, compose_config, config_dir, instantiate_node
 from sweeper.slices import SliceError
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
@@ -128,6 +128,27 @@ def test_search_lr_given_whole_or_by_its_strategies_replaces_them():
     assert list(compose_config(["search.lr.strategies=[fastai]"]).search.lr.strategies) == ["fastai"]
     lr = compose_config(["search.lr={strategies: [fastai, single]}"]).search.lr
     assert OmegaConf.to_container(lr) == {"strategies": ["fastai", "single"]}  # high and low_ratio gone too
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("name: tabbed\nnet:\n\t_target_: x\n", "broken.yaml, line 3, column 1: .*never tabs: replace the tab"),
+        ("name: [broken\n", "broken.yaml, line 2, column 1: .*fix the YAML there"),
+    ],
+)
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_it(tmp_path, text, fragment):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "broken.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=f"--config-dir: {tmp_path}/model/{fragment}"):
+        compose_config(["model=broken"], config_dirs=[tmp_path])
+
+
+def test_a_string_where_the_target_takes_a_number_is_refused_before_it_is_built():
+    cfg = compose_config(["optimizer.weight_decay=abc"])
+    with pytest.raises(ConfigError, match="optimizer.weight_decay: 'abc' is not a number.*optimizer.weight_decay=0.01"):
+        instantiate_node(cfg.optimizer, "optimizer")
+    assert callable(instantiate_node(compose_config(["optimizer.weight_decay=0"]).optimizer, "optimizer"))
 
 
 @pytest.mark.parametrize(
