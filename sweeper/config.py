@@ -163,6 +163,13 @@ def _replaces_search_node(text: str) -> bool:
     return override.type == OverrideType.CHANGE and isinstance(override.value(), dict)
 
 
+# Hydra's words for a delete override (~key, ~key=value) it could not apply
+_DELETE_MISSING = re.compile(r"Could not delete from config\. '(?P<key>[^']+)' does not exist\.")
+_DELETE_OTHER_VALUE = re.compile(
+    r"Could not delete from config\. The value of '(?P<key>[^']+)' is (?P<value>.+) and not (?P<given>.+)\.$"
+)
+
+
 def _composition_error(error: HydraException) -> str:
     """Hydra's message for an override it cannot apply, as one line that says what to do."""
     if isinstance(error, MissingConfigException) and "/" in (error.missing_cfg_file or ""):
@@ -179,6 +186,15 @@ def _composition_error(error: HydraException) -> str:
         key = lines[0].removeprefix("Could not override ").strip("'.")
         fix = lines[1].removeprefix("To append to your config use ") if len(lines) > 1 else f"+{key}=..."
         return f"{key}: there is no such setting; check its spelling, or add it as a new key with {fix}."
+    missing = _DELETE_MISSING.match(lines[0])
+    if missing:
+        return f"~{missing['key']}: there is no such setting to delete; check its spelling."
+    other = _DELETE_OTHER_VALUE.match(lines[0])
+    if other:
+        return (
+            f"~{other['key']}={other['given']}: {other['key']} holds {other['value']}, not {other['given']}, "
+            f"so nothing was deleted; write ~{other['key']} to delete it whatever it holds."
+        )
     text = " ".join(line for line in lines if not line.startswith(("Config search path", "provider=")))
     override = getattr(error, "override", None)  # a parse error names the override it could not read
     return f"override {override!r}: {text}" if override else text

@@ -131,6 +131,19 @@ def test_search_lr_given_whole_or_by_its_strategies_replaces_them():
 
 
 @pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("~train.nope", "~train.nope: there is no such setting to delete; check its spelling."),
+        ("~train.seed=5", "~train.seed=5: train.seed holds 0, not 5, so nothing was deleted; write ~train.seed to delete it whatever it holds."),
+    ],
+)
+def test_a_delete_that_cannot_apply_says_why(override, message):
+    with pytest.raises(ConfigError) as refused:
+        compose_config([override])
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
     ("text", "fragment"),
     [
         ("name: tabbed\nnet:\n\t_target_: x\n", "broken.yaml, line 3, column 1: .*never tabs: replace the tab"),
