@@ -377,9 +377,11 @@ def _grammar_of(spec: Mapping) -> tuple[str, str]:
     low, high, step = number(spec["low"]), number(spec["high"]), spec.get("step")
     if step is not None and not spec.get("log"):
         step = number(step)
-        stop = _number_text(number(round(high + step, 12)))
-        grammar = f"range({_number_text(low)}, {stop}, {_number_text(step)})"
-        return grammar, f"the stop is exclusive, so one step past {high} keeps {high} in, as before"
+        # The stop is exclusive: one step past high for ints; half a step for floats, since
+        # Hydra sums float steps and a stop one step past could be listed too (0.1 * 11 < 1.1).
+        past = step if kind == "int" else step / 2
+        grammar = f"range({_number_text(low)}, {_number_text(round(high + past, 12))}, {_number_text(step)})"
+        return grammar, f"the stop is exclusive, so a stop past {high} keeps {high} in, as before"
     if kind == "int":
         grammar = f"int(interval({low}, {high + 1}))"
         note = f"the end is exclusive, so {high + 1} keeps {high} in, as before"

@@ -93,7 +93,8 @@ CONFIG_ENTRIES = [
     ({"type": "int", "low": 0, "high": 5}, "int(interval(0, 6))"),
     ({"type": "int", "low": 1, "high": 100, "log": True}, "tag(log, int(interval(1, 101)))"),
     ({"type": "float", "low": 0, "high": 1}, "interval(0.0, 1.0)"),
-    ({"type": "float", "low": 0, "high": 10, "step": 2}, "range(0.0, 12.0, 2.0)"),
+    ({"type": "float", "low": 0, "high": 10, "step": 2}, "range(0.0, 11.0, 2.0)"),
+    ({"type": "float", "low": 0, "high": 1, "step": 0.1}, "range(0.0, 1.05, 0.1)"),  # not 1.1: Hydra would list it
     ({"type": "float", "low": 1, "high": 100, "log": True}, "tag(log, interval(1.0, 100.0))"),
 ]
 
