@@ -5,27 +5,45 @@ checkout; both are found. Users add config directories of their own (their model
 experiments) with `--config-dir DIR` on any command or the SWEEPER_CONFIG_PATH variable
 (directories separated by `os.pathsep`). Their options join ours in every group; give them new
 names (Hydra searches our tree first, so an option named like one of ours is ours).
+
+Overrides are Hydra's, with two readings of ours (`hydra_overrides`), the same on every command:
+- `lr` given the fastai way (`lr=1e-3`, `lr='slice(1e-5,1e-3)'`, `lr='slice(None,1e-3)'`,
+  `lr='[1e-5,1e-4,1e-3]'`) sets the lr group: `lr=single lr.high=0.001`, and so on. Hydra alone
+  would take the value for the name of a config option, or fail to parse slice(...).
+- a mapping given for a node of the search space (`search.shape={constant: {}}`) replaces that
+  node: a space is what you write. Hydra would merge it into the default and keep every shape.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sweeper.shapes import Shape, ShapeError
+from sweeper.slices import SliceSpec, parse_lr
 
 __all__ = [
     "ConfigError",
     "build_shape",
     "compose_config",
     "config_dir",
+    "hydra_overrides",
     "instantiate_node",
+    "lr_given",
+    "parse_override",
     "user_config_dirs",
 ]
 
@@ -60,8 +78,8 @@ def user_config_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
 def compose_config(
     overrides: Iterable[str] = (), config_dirs: Iterable[str | os.PathLike] = ()
 ) -> DictConfig:
-    """Compose the root config with Hydra overrides, the user's config directories added."""
-    overrides = list(overrides)
+    """Compose the root config with overrides (`hydra_overrides`), the user's config directories added."""
+    overrides = hydra_overrides(overrides)
     search = [f"file://{d}" for d in user_config_dirs(config_dirs)]
     if search:
         overrides.append(f"hydra.searchpath=[{','.join(search)}]")
@@ -70,25 +88,124 @@ def compose_config(
             return compose(config_name="config", overrides=overrides)
     except HydraException as error:
         raise ConfigError(_composition_error(error)) from None
+    except yaml.MarkedYAMLError as error:  # a config file of the user's that is not YAML
+        raise ConfigError(_yaml_error(error)) from None
+
+
+@functools.cache
+def _parser() -> OverridesParser:
+    return OverridesParser.create()
+
+
+def parse_override(text: str) -> Override:
+    """One override read by Hydra's own parser; a ConfigError that names it if it cannot be read."""
+    try:
+        return _parser().parse_override(text)
+    except HydraException as error:
+        raise ConfigError(f"override {text!r}: {str(error).strip().splitlines()[0]}") from None
+
+
+# How config options are named (lr=fastai, lr=mine/wide): anything else given for lr is a value.
+_OPTION_NAME = re.compile(r"^[A-Za-z_][\w.-]*(/[\w.-]+)*$")
+
+
+def lr_given(text: str) -> SliceSpec | None:
+    """The slice an `lr=...` override gives the fastai way (a number, slice(...), a list), read
+    and checked by `parse_lr`; None for any other override (`lr=fastai` names a config option)."""
+    key, equals, value = text.partition("=")
+    if key.strip() != "lr" or not equals:
+        return None
+    try:
+        override = _parser().parse_override(text)
+    except HydraException:
+        # Hydra's grammar has no slice(); anything else it cannot read is its own error to report.
+        return parse_lr(value.strip()) if value.strip().startswith("slice") else None
+    given = override.value()
+    if override.is_sweep_override() or (isinstance(given, str) and _OPTION_NAME.match(given)):
+        return None
+    return parse_lr(given)
+
+
+def hydra_overrides(overrides: Iterable[str]) -> list[str]:
+    """The overrides as Hydra is to apply them: an lr given the fastai way becomes the lr
+    group's overrides, and a mapping given for a node under `search.` replaces the node."""
+    overrides = list(overrides)
+    result = []
+    for text in overrides:
+        spec = lr_given(text)
+        if spec is not None:
+            _check_lr_alone(text, overrides)
+            result += spec.overrides()
+        elif _replaces_search_node(text):
+            # Hydra merges a mapping into the node it overrides; set to null first, it is the node.
+            result += [f"{text.partition('=')[0]}=null", text]
+        else:
+            result.append(text)
+    return result
+
+
+def _check_lr_alone(lr: str, overrides: list[str]) -> None:
+    others = [o for o in overrides if o != lr and o.lstrip("+~").partition("=")[0].split(".")[0] == "lr"]
+    if others:
+        raise ConfigError(
+            f"lr: {lr!r} sets the whole slice, and {' '.join(others)} sets it again; give one: "
+            f"{lr}, or the lr group's own settings (lr=geometric lr.low=... lr.high=...)."
+        )
+
+
+def _replaces_search_node(text: str) -> bool:
+    if not text.startswith("search."):
+        return False
+    try:
+        override = _parser().parse_override(text)
+    except HydraException:
+        return False
+    return override.type == OverrideType.CHANGE and isinstance(override.value(), dict)
+
+
+# Hydra's words for a delete override (~key, ~key=value) it could not apply
+_DELETE_MISSING = re.compile(r"Could not delete from config\. '(?P<key>[^']+)' does not exist\.")
+_DELETE_OTHER_VALUE = re.compile(
+    r"Could not delete from config\. The value of '(?P<key>[^']+)' is (?P<value>.+) and not (?P<given>.+)\.$"
+)
 
 
 def _composition_error(error: HydraException) -> str:
     """Hydra's message for an override it cannot apply, as one line that says what to do."""
     if isinstance(error, MissingConfigException) and "/" in (error.missing_cfg_file or ""):
         group, _, option = error.missing_cfg_file.rpartition("/")
+        # lr takes values too; say so where a typo of one lands (lr=1e-3x, lr=abc)
+        values = " Or give the lr itself: lr=1e-3, lr='slice(1e-5,1e-3)' or lr='[1e-5,1e-4,1e-3]'."
         return (
             f"{group}={option}: there is no such option. Available options in {group}: "
             f"{', '.join(error.options)}; or add {error.missing_cfg_file}.yaml to a config directory "
-            f"of yours (--config-dir DIR)."
+            f"of yours (--config-dir DIR).{values if group == 'lr' else ''}"
         )
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if lines[0].startswith("Could not override") and "not in struct" in str(error.__cause__):
         key = lines[0].removeprefix("Could not override ").strip("'.")
         fix = lines[1].removeprefix("To append to your config use ") if len(lines) > 1 else f"+{key}=..."
         return f"{key}: there is no such setting; check its spelling, or add it as a new key with {fix}."
+    missing = _DELETE_MISSING.match(lines[0])
+    if missing:
+        return f"~{missing['key']}: there is no such setting to delete; check its spelling."
+    other = _DELETE_OTHER_VALUE.match(lines[0])
+    if other:
+        return (
+            f"~{other['key']}={other['given']}: {other['key']} holds {other['value']}, not {other['given']}, "
+            f"so nothing was deleted; write ~{other['key']} to delete it whatever it holds."
+        )
     text = " ".join(line for line in lines if not line.startswith(("Config search path", "provider=")))
     override = getattr(error, "override", None)  # a parse error names the override it could not read
     return f"override {override!r}: {text}" if override else text
+
+
+def _yaml_error(error: yaml.MarkedYAMLError) -> str:
+    mark = error.problem_mark or error.context_mark
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+    problem = " ".join(str(p) for p in (error.context, error.problem) if p)
+    fix = "YAML indents with spaces, never tabs: replace the tab" if "'\\t'" in problem else "fix the YAML there"
+    return f"--config-dir: {where}: {problem}; {fix}."
 
 
 def build_shape(node: Mapping | DictConfig) -> Shape:
@@ -126,6 +243,7 @@ def instantiate_node(node: DictConfig, setting: str) -> object:
     setting) already says what to fix, so it surfaces unchanged, and anything else is reported
     with the setting that named the target.
     """
+    _check_numbers(node, setting)
     try:
         return instantiate(node)
     except InstantiationException as error:
@@ -134,3 +252,25 @@ def instantiate_node(node: DictConfig, setting: str) -> object:
             raise cause from None
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         raise ConfigError(f"{setting}: cannot build {target}: {cause or error}") from None
+
+
+def _check_numbers(node: DictConfig, setting: str) -> None:
+    """A string where the target takes a number (its default is one) fails deep inside it, e.g.
+    torch's optimizers raise TypeError on their first comparison: refuse it here instead."""
+    try:
+        parameters = inspect.signature(get_object(node._target_)).parameters
+    except Exception:  # noqa: BLE001 - no target, or none to inspect: instantiate reports it
+        return
+    for name, parameter in parameters.items():
+        default = parameter.default
+        if name not in node or not isinstance(default, (int, float)) or isinstance(default, bool):
+            continue
+        try:
+            value = node[name]
+        except OmegaConfBaseException:  # unresolvable: instantiate reports it as it always has
+            continue
+        if isinstance(value, str):
+            raise ConfigError(
+                f"{setting}.{name}: {value!r} is not a number, and {node._target_} takes a number "
+                f"there; give one, e.g. {setting}.{name}={default!r}."
+            )

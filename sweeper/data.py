@@ -7,8 +7,13 @@ A data config names a builder by `_target_` (`data.source`); the builder returns
 
 Built in: scikit-learn's digits (real 8x8 images), a class subset of digits (the transfer task:
 pre-train on some digits, fine-tune on the others), a generated synthetic task, tensors from a
-.pt file, and a torchvision ImageFolder for your own images. A data path that is missing is a
-ConfigError naming the setting, raised before any training.
+.pt file, and a torchvision ImageFolder for your own images.
+
+Data that every trial would fail on is a ConfigError naming the setting, raised when the data is
+built (before any training, and when a sweep checks its first trial): a missing path, a file
+that torch.save did not write, image folders whose train and valid classes differ, inputs of
+another shape than `data.shape` or labels outside `data.num_classes` (the model is built from
+those two, so each builder is given them: `shape: ${data.shape}`), and a training set of one class.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from torch import Tensor
 
 from sweeper.config import ConfigError
+from sweeper.settings import whole
 
 __all__ = [
     "LoaderData",
@@ -132,13 +138,48 @@ def _digits_tensors() -> tuple[Tensor, Tensor]:
     return x, torch.tensor(bunch.target, dtype=torch.long)
 
 
-def digits(val_fraction: float = 0.25, split_seed: int = 0) -> TensorData:
+def _checked(data: TensorData, shape: Sequence[int] | None, num_classes: int | None, setting: str) -> TensorData:
+    """`data` if it fits the model the config builds (data.shape, data.num_classes) and can teach
+    that classifier something (two classes or more); `setting` is where the data came from. Each
+    check runs when its setting is given, as it is from a config."""
+    inputs = list(data.train_x.shape[1:])
+    if shape is not None and inputs != list(shape):
+        raise ConfigError(
+            f"data.shape: {list(shape)} does not match the data, whose inputs are shaped {inputs} "
+            f"(from {setting}); set data.shape=[{','.join(map(str, inputs))}]."
+        )
+    if num_classes is None:
+        return data
+    labels = torch.cat([data.train_y, data.valid_y])
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ConfigError(
+            f"data.num_classes: {num_classes}, but the labels run from {int(labels.min())} to "
+            f"{int(labels.max())} (from {setting}); labels are class indices 0..n-1: set "
+            f"data.num_classes={int(labels.max()) + 1}, or relabel the data."
+        )
+    present = data.train_y.unique().tolist()
+    if len(present) < 2:
+        raise ConfigError(
+            f"{setting}: the training set holds a single class ({present}); a classifier needs "
+            f"examples of two classes or more."
+        )
+    return data
+
+
+def digits(
+    val_fraction: float = 0.25, split_seed: int = 0, shape: Sequence[int] | None = None, num_classes: int | None = None
+) -> TensorData:
     """scikit-learn's 1,797 handwritten digits (ten classes), split train/valid."""
-    return _split(*_digits_tensors(), val_fraction, split_seed)
+    return _checked(_split(*_digits_tensors(), val_fraction, split_seed), shape, num_classes, "data=digits")
 
 
 def digits_classes(
-    classes: Sequence[int], train_per_class: int | None = None, val_fraction: float = 0.25, split_seed: int = 0
+    classes: Sequence[int],
+    train_per_class: int | None = None,
+    val_fraction: float = 0.25,
+    split_seed: int = 0,
+    shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
 ) -> TensorData:
     """Digits of the given classes only, relabelled 0..len(classes)-1 in the order given.
 
@@ -153,13 +194,12 @@ def digits_classes(
     x, y = x[keep], y[keep]
     y = torch.tensor([classes.index(int(label)) for label in y])
     if train_per_class is None:
-        return _split(x, y, val_fraction, split_seed)
-    if not (isinstance(train_per_class, int) and train_per_class >= 1):
-        raise ConfigError(f"data.source.train_per_class: {train_per_class!r} must be a whole number >= 1, or null.")
+        return _checked(_split(x, y, val_fraction, split_seed), shape, num_classes, "data.source.classes")
+    whole("data.source.train_per_class", train_per_class, 1, null="")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(split_seed))
     train = torch.cat([order[y[order] == label][:train_per_class] for label in range(len(classes))])
     valid = order[~torch.isin(order, train)]
-    return TensorData(x[train], y[train], x[valid], y[valid])
+    return _checked(TensorData(x[train], y[train], x[valid], y[valid]), shape, num_classes, "data.source.classes")
 
 
 def synthetic(
@@ -169,6 +209,7 @@ def synthetic(
     noise: float = 0.05,
     val_fraction: float = 0.25,
     seed: int = 0,
+    shape: Sequence[int] | None = None,
 ) -> TensorData:
     """A generated classification task (scikit-learn's make_classification), shaped [n, features]."""
     from sklearn.datasets import make_classification
@@ -182,7 +223,8 @@ def synthetic(
         flip_y=noise,
         random_state=seed,
     )
-    return _split(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long), val_fraction, seed)
+    data = _split(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long), val_fraction, seed)
+    return _checked(data, shape, num_classes, "data=synthetic")
 
 
 def _existing(setting: str, path: str | None, what: str) -> Path:
@@ -195,18 +237,32 @@ def _existing(setting: str, path: str | None, what: str) -> Path:
     return resolved
 
 
-def tensors_file(path: str | None = None, val_fraction: float = 0.2, split_seed: int = 0) -> TensorData:
+def tensors_file(
+    path: str | None = None,
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+) -> TensorData:
     """Tensors saved with torch.save: {"x", "y"} (split here) or {"train_x", "train_y", "valid_x", "valid_y"}."""
-    file = _existing("data.source.path", path, "a .pt file saved with torch.save({'x': ..., 'y': ...})")
-    saved = torch.load(file, weights_only=True)
+    what = "a .pt file saved with torch.save({'x': ..., 'y': ...})"
+    file = _existing("data.source.path", path, what)
+    try:
+        saved = torch.load(file, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever the unpickler trips on, it is not such a file
+        raise ConfigError(
+            f"data.source.path: {path} cannot be read as tensors ({type(error).__name__}); point it at {what}."
+        ) from None
     contents = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
     if isinstance(saved, dict) and {"train_x", "train_y", "valid_x", "valid_y"} <= saved.keys():
-        return TensorData(
+        data = TensorData(
             *_inputs_and_labels(path, saved["train_x"], saved["train_y"]),
             *_inputs_and_labels(path, saved["valid_x"], saved["valid_y"]),
         )
+        return _checked(data, shape, num_classes, "data.source.path")
     if isinstance(saved, dict) and {"x", "y"} <= saved.keys():
-        return _split(*_inputs_and_labels(path, saved["x"], saved["y"]), val_fraction, split_seed)
+        data = _split(*_inputs_and_labels(path, saved["x"], saved["y"]), val_fraction, split_seed)
+        return _checked(data, shape, num_classes, "data.source.path")
     raise ConfigError(
         f"data.source.path: {path} holds {contents}; save a dict with x and y (or train_x, "
         f"train_y, valid_x, valid_y)."
@@ -229,6 +285,8 @@ def image_folder(
     train_dir: str = "train",
     valid_dir: str = "valid",
     num_workers: int = 2,
+    shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
 ) -> LoaderData:
     """torchvision ImageFolder images under root/train/<class>/ and root/valid/<class>/."""
     base = _existing("data.source.root", root, "a folder with train/<class>/ and valid/<class>/ images")
@@ -250,8 +308,27 @@ def image_folder(
             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),  # ImageNet statistics
         ]
     )
-    return LoaderData(
-        datasets.ImageFolder(base / train_dir, transform),
-        datasets.ImageFolder(base / valid_dir, transform),
-        num_workers=num_workers,
-    )
+    try:
+        train, valid = (datasets.ImageFolder(base / sub, transform) for sub in (train_dir, valid_dir))
+    except (FileNotFoundError, RuntimeError) as error:  # a class folder without images, or none
+        raise ConfigError(f"data.source.root: {root}: {error}") from None
+    # ImageFolder numbers classes by their sorted folder names: both sides must list the same ones.
+    if train.classes != valid.classes:
+        raise ConfigError(
+            f"data.source.root: {train_dir}/ has classes {train.classes} but {valid_dir}/ has "
+            f"{valid.classes}; give both the same class folders (labels are numbered by name)."
+        )
+    if num_classes is not None and len(train.classes) != num_classes:
+        raise ConfigError(
+            f"data.num_classes: {num_classes}, but {root} has {len(train.classes)} classes "
+            f"{train.classes}; set data.num_classes={len(train.classes)}."
+        )
+    if num_classes is not None and len(train.classes) < 2:
+        raise ConfigError(f"data.source.root: {root} holds one class {train.classes}; a classifier needs two or more.")
+    inputs = list(train[0][0].shape)  # one image, decoded as every trial would
+    if shape is not None and inputs != list(shape):
+        raise ConfigError(
+            f"data.shape: {list(shape)} does not match the images of {root}, read as {inputs}; "
+            f"set data.shape=[{','.join(map(str, inputs))}]."
+        )
+    return LoaderData(train, valid, num_workers=num_workers)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import ConfigError
+from sweeper.settings import whole
 from sweeper.study import SweepPlan, plan_sweep
 from sweeper.workers import Slot, plan_slots, run_worker, usable_cores, visible_gpus
 
@@ -111,8 +112,7 @@ def _local_slots(plan: SweepPlan) -> list[Slot]:
 
 def _job_count(launcher: DictConfig) -> int:
     jobs = launcher.jobs
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"launcher.jobs: {jobs!r} must be a whole number of worker jobs >= 1.")
+    whole("launcher.jobs", jobs, 1, unit="a whole number of worker jobs")
     return jobs
 
 

@@ -20,6 +20,14 @@ Ends. In Hydra's grammar the end of `interval(a, b)` and `range(a, b)` is exclus
 - `int(interval(a, b))` -> IntDistribution(a, b - 1);
 - `range(a, b, step)` -> exactly the values Hydra lists (a, a + step, ... short of b), i.e.
   Int/FloatDistribution(first, last, step).
+`describe()` prints the first two half-open, `[a, b)`, and a range by its first and last values,
+`[a, last]`. hydra-optuna-sweeper passes both ends to Optuna as they are (inclusive); its older
+mapping form (`{type: float, low: 0, high: 1}`) is refused with the grammar that draws the same
+values (tests/test_hydra_optuna_sweeper_cases.py holds its cases, with the differences).
+
+`shuffle(...)` only reorders what Hydra's basic sweeper runs; to a sampler order means nothing, so
+it is a choice among its values, listed in their written order (every worker must build the same
+distribution), as hydra-optuna-sweeper reads it too.
 """
 
 from __future__ import annotations
@@ -27,10 +35,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -42,7 +49,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from sweeper.config import ConfigError, build_shape, compose_config
+from sweeper.config import ConfigError, build_shape, compose_config, hydra_overrides, lr_given, parse_override
+from sweeper.settings import is_number
 from sweeper.shapes import ShapeError
 from sweeper.slices import STRATEGIES, SliceError, parse_lr
 
@@ -73,6 +81,7 @@ class Dimension:
     key: str                                    # the config key it overrides
     distribution: BaseDistribution
     texts: tuple[str, ...] | None = None        # categorical: each choice as override text
+    end: float | None = None                    # interval: its exclusive end, as written
 
     def suggest(self, trial: Any) -> Any:
         """Draw this dimension through the public suggest API of `trial`."""
@@ -91,6 +100,17 @@ class Dimension:
             return self.texts[self.distribution.choices.index(value)]
         return _number_text(value)
 
+    def describe(self) -> str:
+        """The values drawn, as a Hydra user reads them: [a, b) where the end is exclusive."""
+        dist = self.distribution
+        if isinstance(dist, CategoricalDistribution):
+            return f"choice({', '.join(self.texts or map(str, dist.choices))})"
+        kind = f"{'log ' if dist.log else ''}{'int ' if isinstance(dist, IntDistribution) else ''}"
+        if self.end is not None:
+            return f"{kind}[{dist.low:g}, {self.end:g})"
+        step = f", step {dist.step:g}" if dist.step is not None else ""
+        return f"{kind}[{dist.low:g}, {dist.high:g}]{step}"
+
     def edges(self) -> tuple[Any, ...]:
         """The values that bound this dimension: every choice, or the two ends."""
         dist = self.distribution
@@ -106,7 +126,7 @@ class Dimension:
         if dist.step is None:
             raise ConfigError(
                 f"{self.setting}: sampler=grid needs a finite set of values, but this one is "
-                f"continuous ({_describe(dist)}); write range(a, b, step) or choice(...) for it, "
+                f"continuous ({self.describe()}); write range(a, b, step) or choice(...) for it, "
                 f"or pick another sampler."
             )
         count = int(round((dist.high - dist.low) / dist.step)) + 1
@@ -125,6 +145,7 @@ class SearchSpace:
     base_strategy: str = "geometric"
     shape: Dimension | None = None              # None: keep the config's own shape
     shape_settings: Mapping[str, tuple[Dimension, ...]] = field(default_factory=dict)
+    fixed_lr: str | None = None                 # the config's slice, when nothing of it is sampled
 
     def dimensions(self) -> list[Dimension]:
         lr = [d for d in (self.strategy, self.high, self.low_ratio) if d is not None]
@@ -203,7 +224,8 @@ class SearchSpace:
 
     def describe(self) -> list[str]:
         """One line per dimension: its Optuna name and the values it takes (for logs and the study)."""
-        return [f"{d.name}: {_describe(d.distribution)}" for d in self.dimensions()]
+        fixed = [f"lr: fixed at {self.fixed_lr}; search.lr is not sampled"] if self.fixed_lr else []
+        return [*fixed, *(f"{d.name}: {d.describe()}" for d in self.dimensions())]
 
 
 class _EdgeTrial:
@@ -228,6 +250,7 @@ class _EdgeTrial:
 
 def parse_dimension(setting: str, name: str, key: str, value: Any) -> Dimension | str:
     """One `key: value` of the search config as a Dimension, or as a plain override if fixed."""
+    _refuse_optuna_mapping(setting, value)
     if isinstance(value, (list, dict)) or OmegaConf.is_config(value):
         raise ConfigError(
             f"{setting}: {value!r} is a list or mapping; for a choice write choice(a, b, ...), "
@@ -235,15 +258,11 @@ def parse_dimension(setting: str, name: str, key: str, value: Any) -> Dimension 
         )
     text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
     try:
-        override = OverridesParser.create().parse_override(f"{key}={text}")
-    except HydraException as error:
-        raise ConfigError(f"{setting}: cannot read {text!r} ({error_line(error)}); {GRAMMAR_HINT}.") from None
+        override = parse_override(f"{key}={text}")
+    except ConfigError as error:
+        raise ConfigError(f"{setting}: cannot read {text!r} ({error}); {GRAMMAR_HINT}.") from None
     if not override.is_sweep_override():
         return f"{key}={override.get_value_element_as_str()}"
-    return Dimension(setting, name, key, *_distribution(setting, override))
-
-
-def _distribution(setting: str, override: Override) -> tuple[BaseDistribution, tuple[str, ...] | None]:
     sweep = override.value()
     unknown = set(sweep.tags) - {"log"}
     if unknown:
@@ -253,15 +272,18 @@ def _distribution(setting: str, override: Override) -> tuple[BaseDistribution, t
         )
     log = "log" in sweep.tags
     if override.is_interval_sweep():
-        return _interval(setting, sweep.start, sweep.end, log), None
+        return Dimension(setting, name, key, _interval(setting, sweep.start, sweep.end, log), end=sweep.end)
+    if getattr(sweep, "shuffle", False):  # a choice among its values, in written order (module notes)
+        override = replace(override, _value=replace(sweep, shuffle=False))
+        return Dimension(setting, name, key, *_choice(setting, override, log))
     if override.is_range_sweep():
         if log:
             raise ConfigError(
                 f"{setting}: tag(log, range(...)) cannot be both stepped and log-uniform; write "
                 f"tag(log, int(interval(a, b))) or tag(log, interval(a, b)) instead."
             )
-        return _range(setting, override), None
-    return _choice(setting, override, log)
+        return Dimension(setting, name, key, _range(setting, override))
+    return Dimension(setting, name, key, *_choice(setting, override, log))
 
 
 def _interval(setting: str, start: float, end: float, log: bool) -> BaseDistribution:
@@ -321,12 +343,55 @@ def _number_text(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def _describe(dist: BaseDistribution) -> str:
-    if isinstance(dist, CategoricalDistribution):
-        return f"choice({', '.join(map(str, dist.choices))})"
-    kind = "int " if isinstance(dist, IntDistribution) else ""
-    step = f", step {dist.step}" if dist.step is not None else ""
-    return f"{'log ' if dist.log else ''}{kind}[{dist.low:g}, {dist.high:g}]{step}"
+# hydra-optuna-sweeper's older search_space entries: {type: float, low: 0, high: 1, log: true}
+_OPTUNA_TYPES = {"float", "int", "categorical"}
+_OPTUNA_KEYS = {"type", "low", "high", "step", "log", "choices"}
+
+
+def _is_optuna_mapping(value: Any) -> bool:
+    return isinstance(value, Mapping) and value.get("type") in _OPTUNA_TYPES and set(value) <= _OPTUNA_KEYS
+
+
+def _refuse_optuna_mapping(setting: str, value: Any) -> None:
+    """The older hydra-optuna-sweeper form, refused with the grammar that draws the same values."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if not _is_optuna_mapping(value):
+        return
+    grammar, note = _grammar_of(value)
+    raise ConfigError(
+        f"{setting}: {value} is hydra-optuna-sweeper's older search_space form; write the sweep "
+        f"grammar instead: {setting}='{grammar}' ({note})."
+    )
+
+
+def _grammar_of(spec: Mapping) -> tuple[str, str]:
+    """(grammar, what to know about its end) for an older-form entry. Its `high` was inclusive,
+    as Optuna's is; the grammar's ends are exclusive."""
+    kind = spec["type"]
+    if kind == "categorical":
+        return f"choice({', '.join(map(str, spec.get('choices') or []))})", "the same choices"
+    if spec.get("low") is None or spec.get("high") is None:
+        return GRAMMAR_HINT.removeprefix("write "), f"a {kind} entry needs low and high"
+    number = int if kind == "int" else float
+    low, high, step = number(spec["low"]), number(spec["high"]), spec.get("step")
+    if step is not None and not spec.get("log"):
+        step = number(step)
+        # The stop is exclusive: one step past high for ints; half a step for floats, since
+        # Hydra sums float steps and a stop one step past could be listed too (0.1 * 11 < 1.1).
+        past = step if kind == "int" else step / 2
+        grammar = f"range({_number_text(low)}, {_number_text(round(high + past, 12))}, {_number_text(step)})"
+        return grammar, f"the stop is exclusive, so a stop past {high} keeps {high} in, as before"
+    if kind == "int":
+        grammar = f"int(interval({low}, {high + 1}))"
+        note = f"the end is exclusive, so {high + 1} keeps {high} in, as before"
+    else:
+        grammar = f"interval({_number_text(low)}, {_number_text(high)})"
+        note = (
+            f"the end is exclusive: {high} itself is never drawn, every value below it can be; "
+            f"to include an end, list the values: range(a, b + step, step) or choice(...)"
+        )
+    return (f"tag(log, {grammar})" if spec.get("log") else grammar), note
 
 
 def error_line(error: BaseException) -> str:
@@ -345,17 +410,18 @@ def split_overrides(overrides: Iterable[str]) -> tuple[list[str], dict[str, str]
     """Command-line overrides -> (plain overrides, sweep overrides keyed by config key).
 
     `optimizer.weight_decay='tag(log, interval(1e-4, 1e-1))'` on a sweep's command line adds
-    that key to the search space, as `--multirun` would in Hydra.
+    that key to the search space, as `--multirun` would in Hydra. An lr given the fastai way
+    (`lr=1e-3`, `lr='slice(1e-5,1e-3)'`) fixes the slice: it becomes the lr group's overrides
+    and `search.lr=null`, so no trial samples a strategy or an lr (`describe()` says so).
     """
-    parser = OverridesParser.create()
+    overrides = list(overrides)
+    fixed_lr = [text for text in overrides if lr_given(text)]
     plain, sweeps = [], {}
-    for text in overrides:
-        try:
-            override = parser.parse_override(text)
-        except HydraException as error:
-            raise ConfigError(f"override {text!r}: {error_line(error)}") from None
-        key, value = override.get_key_element(), text.split("=", 1)[1]  # key keeps a + prefix
-        if not override.is_sweep_override() or override.is_delete():
+    for text in hydra_overrides(overrides):
+        override = parse_override(text)
+        key, value = override.get_key_element(), text.partition("=")[2]  # key keeps a + or ~ prefix
+        if override.is_delete() or not override.is_sweep_override():
+            _refuse_optuna_mapping(key, override.value())
             plain.append(text)
         elif override.key_or_group.startswith("search."):
             # A setting of the search node itself (search.lr.high=interval(...)): keep it as the
@@ -363,6 +429,14 @@ def split_overrides(overrides: Iterable[str]) -> tuple[list[str], dict[str, str]
             plain.append(f"{key}='{_quoted(value)}'")
         else:
             sweeps[key] = value
+    if fixed_lr:
+        searched = [o for o in plain if o.lstrip("+~").startswith(("search.lr.", "search.lr="))]
+        if searched:
+            raise ConfigError(
+                f"lr: {fixed_lr[0]} fixes the slice, so {' '.join(searched)} has nothing to sample; "
+                f"drop one of them."
+            )
+        plain.append("search.lr=null")
     return plain, sweeps
 
 
@@ -378,19 +452,21 @@ def build_space(cfg: DictConfig, extra_params: Mapping[str, str] = ()) -> Search
     params, fixed = _params(search.get("params") or {}, dict(extra_params))
     lr = search.get("lr") or {}
     _check_keys("search.lr", lr, _LR_KEYS)
-    base_strategy = parse_lr(OmegaConf.to_container(cfg.lr, resolve=True)).strategy
+    base = parse_lr(OmegaConf.to_container(cfg.lr, resolve=True))
     strategy = _strategies(lr.get("strategies"))
     high = _lr_range(lr, "high", key="lr.high")
     low_ratio = _lr_range(lr, "low_ratio", key="lr.low")  # lr.low = lr.high * low_ratio
-    _check_lr(strategy, base_strategy, high, low_ratio)
+    _check_lr(strategy, base.strategy, high, low_ratio)
     shape, settings = _shapes(search.get("shape"))
-    space = SearchSpace(params, fixed, strategy, high, low_ratio, base_strategy, shape, settings)
+    fixed_lr = None if strategy or high else base.describe()
+    space = SearchSpace(params, fixed, strategy, high, low_ratio, base.strategy, shape, settings, fixed_lr)
     _check_unique(space)
+    _check_types(space, cfg)
     if space.is_empty():
         raise ConfigError(
-            "search: the space is empty (nothing to sample); pick a ready-made one "
-            "(search=slices, search=shapes, search=slices_and_shapes) or add values such as "
-            "search.lr.high='tag(log, interval(1e-4, 1e-2))'."
+            f"search: the space is empty (nothing to sample{f'; lr is fixed at {fixed_lr}' if fixed_lr else ''}); "
+            f"pick a ready-made one (search=slices, search=shapes, search=slices_and_shapes) or add "
+            f"values such as search.lr.high='tag(log, interval(1e-4, 1e-2))'."
         )
     return space
 
@@ -409,7 +485,7 @@ def _check_keys(setting: str, node: Any, known: set[str]) -> None:
 def _flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in node.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and not _is_optuna_mapping(value):  # that one is refused whole
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -451,7 +527,7 @@ def _lr_range(node: Mapping, field_name: str, key: str) -> Dimension | None:
     setting = f"search.lr.{field_name}"
     parsed = parse_dimension(setting, f"lr.{field_name}", key, node[field_name])
     values = parsed.edges() if isinstance(parsed, Dimension) else ()
-    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+    if not values or not all(is_number(v) and v > 0 for v in values):
         raise ConfigError(
             f"{setting}: {node[field_name]!r} must draw positive learning rates, e.g. "
             f"tag(log, interval(1e-4, 1e-2)) or choice(1e-3, 3e-3); to fix one, set it in the lr "
@@ -480,7 +556,7 @@ def _check_lr(strategy: Dimension | None, base: str, high: Dimension | None, rat
         )
     if ratio is not None and max(ratio.edges()) > 1:
         raise ConfigError(
-            f"search.lr.low_ratio: {_describe(ratio.distribution)} reaches above 1, which would put "
+            f"search.lr.low_ratio: {ratio.describe()} reaches above 1, which would put "
             f"the first group above the head (low > high); keep it within (0, 1]."
         )
 
@@ -513,6 +589,20 @@ def _shapes(node: Any) -> tuple[Dimension | None, dict[str, tuple[Dimension, ...
         settings[str(name)] = tuple(dims)
     names = list(settings)
     return Dimension("search.shape", "shape", "shape", CategoricalDistribution(names), tuple(names)), settings
+
+
+def _check_types(space: SearchSpace, cfg: DictConfig) -> None:
+    """Choices that are not numbers for a key that holds a number would fail in every trial."""
+    for dim in space.params:
+        base = OmegaConf.select(cfg, dim.key.lstrip("+"), default=None, throw_on_missing=False)
+        if not isinstance(dim.distribution, CategoricalDistribution) or not is_number(base):
+            continue
+        words = [t for t, c in zip(dim.texts, dim.distribution.choices) if not is_number(c)]
+        if words:
+            raise ConfigError(
+                f"{dim.setting}: {dim.describe()} gives {', '.join(words)} for {dim.key}, which "
+                f"holds a number ({base!r}); choose among numbers, e.g. choice({base!r}, ...)."
+            )
 
 
 def _check_unique(space: SearchSpace) -> None:

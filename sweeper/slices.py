@@ -12,8 +12,10 @@ semantics reproduced here:
 | a list of n values               | as given                                          |
 
 Every form a user types is accepted: a float, a list, a Python `slice`, the strings
-"slice(1e-3)" and "slice(1e-5,1e-3)", and a YAML mapping ({low: 1e-5, high: 1e-3}, {high: 1e-3},
-optionally with a `strategy` and `values`).
+"slice(1e-3)", "slice(None, 1e-3)" and "slice(1e-5,1e-3)", and a YAML mapping ({low: 1e-5,
+high: 1e-3}, {high: 1e-3}, optionally with a `strategy` and `values`). `SliceSpec.overrides()`
+writes a spec back as the `lr` config group's Hydra overrides, which is how `lr=slice(1e-5,1e-3)`
+on a command line reaches a config (see `sweeper.config`).
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ class SliceSpec:
             return f"slice({self.low:g}, {self.high:g})"
         return "[" + ", ".join(f"{v:g}" for v in self.values) + "]"
 
+    def overrides(self) -> list[str]:
+        """The spec as Hydra overrides of the `lr` config group, e.g. for slice(1e-5, 1e-3):
+        ["lr=geometric", "lr.low=1e-05", "lr.high=0.001"] (repr: floats read back exactly)."""
+        if self.strategy == "explicit":
+            return ["lr=explicit", f"lr.values=[{','.join(map(repr, self.values))}]"]
+        low = [f"lr.low={self.low!r}"] if self.strategy == "geometric" else []
+        return [f"lr={self.strategy}", *low, f"lr.high={self.high!r}"]
+
 
 def peak_lrs(lr: object, n_groups: int) -> list[float]:
     """The peak lr of each of `n_groups` layer groups for any accepted lr form."""
@@ -126,8 +136,8 @@ def parse_lr(lr: object) -> SliceSpec:
 def _from_slice(start: object, stop: object, step: object = None) -> SliceSpec:
     if step is not None:
         raise SliceError(
-            f"lr: slice({start}, {stop}, {step}) has three arguments; fastai ignores a slice's step "
-            f"and so does not sweeper. {_SLICE_VS_SHAPE}"
+            f"lr: slice({start}, {stop}, {step}) has three arguments; fastai ignores a slice's step, "
+            f"and sweeper refuses it rather than guess what it meant. {_SLICE_VS_SHAPE}"
         )
     if stop is None:
         raise SliceError("lr: a slice needs its high end: slice(hi) or slice(lo, hi).")
@@ -155,7 +165,7 @@ def _from_string(text: str) -> SliceSpec:
             args.pop()
         if not 1 <= len(args) <= 3:
             raise SliceError(f"lr: {text!r} must be slice(hi) or slice(lo, hi).")
-        numbers = [_number("lr", a, text) for a in args]
+        numbers = [None if a == "None" else _number("lr", a, text) for a in args]  # slice(None, hi)
         if len(numbers) == 1:
             return _from_slice(None, numbers[0])
         return _from_slice(*numbers)

@@ -49,6 +49,7 @@ from sweeper.identity import (
 )
 from sweeper.search import SearchSpace, build_space, error_line, split_overrides, validate_space
 from sweeper.secrets import mask_text, mask_url
+from sweeper.settings import seconds, whole
 
 __all__ = [
     "ClaimLock",
@@ -250,8 +251,7 @@ def storage_of(cfg: DictConfig) -> StorageSpec:
     url = str(url)
     interval, grace = cfg.storage.get("heartbeat_interval"), cfg.storage.get("grace_period")
     retries = cfg.sweep.retries
-    if not isinstance(retries, int) or retries < 0:
-        raise ConfigError(f"sweep.retries: {retries!r} must be an integer >= 0.")
+    whole("sweep.retries", retries, 0)
     spec = StorageSpec(url, interval, grace, retries)
     if interval is None:
         return spec
@@ -260,8 +260,7 @@ def storage_of(cfg: DictConfig) -> StorageSpec:
             f"storage.heartbeat_interval: {interval} is set, but journal storages have no heartbeats; "
             f"set it (and storage.grace_period) to null, or use storage=local (SQLite)."
         )
-    if not isinstance(interval, int) or interval < 1:
-        raise ConfigError(f"storage.heartbeat_interval: {interval!r} must be whole seconds >= 1, or null.")
+    whole("storage.heartbeat_interval", interval, 1, unit="whole seconds", null="")
     if not isinstance(grace, int) or grace <= interval:
         raise ConfigError(
             f"storage.grace_period: {grace!r} must be whole seconds above storage.heartbeat_interval "
@@ -488,18 +487,14 @@ def plan_sweep(
     objectives = objectives_of(cfg)
     storage = storage_of(cfg)
     n_trials, timeout = cfg.sweep.n_trials, cfg.sweep.timeout
-    if not isinstance(n_trials, int) or n_trials < 1:
-        raise ConfigError(f"sweep.n_trials: {n_trials!r} must be a whole number of trials >= 1.")
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ConfigError(f"sweep.timeout: {timeout!r} must be seconds > 0, or null for none.")
+    whole("sweep.n_trials", n_trials, 1, unit="a whole number of trials")
+    seconds("sweep.timeout", timeout, null="for none")
     poll = cfg.sweep.poll
-    if not (isinstance(poll, (int, float)) and poll > 0):
-        raise ConfigError(f"sweep.poll: {poll!r} must be seconds > 0, e.g. 0.5.")
+    seconds("sweep.poll", poll, example=0.5)
     max_failures = cfg.sweep.get("max_failures")
     if max_failures is None:
         max_failures = n_trials
-    if not isinstance(max_failures, int) or max_failures < 1:
-        raise ConfigError(f"sweep.max_failures: {max_failures!r} must be a whole number >= 1, or null for sweep.n_trials.")
+    whole("sweep.max_failures", max_failures, 1, null="for sweep.n_trials")
     definition = definition_of(cfg, space.describe(), space.fixed, dict(zip(objectives.names, objectives.directions)))
     plan = SweepPlan(
         cfg, command_line, tuple(base), config_dirs, space, objectives, storage, name, n_trials,

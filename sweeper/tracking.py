@@ -48,6 +48,7 @@ from sweeper.config import ConfigError
 from sweeper.environment import describe_environment, git_state
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 from sweeper.secrets import MASK, mask_text, mask_url
+from sweeper.settings import whole
 
 if TYPE_CHECKING:
     import optuna
@@ -148,10 +149,8 @@ def tracking_settings(cfg: DictConfig) -> TrackingSettings | None:
     if not experiment:
         raise ConfigError("tracking.experiment: empty; name the MLflow experiment, e.g. tracking.experiment=digits.")
     timeout, retries = node.get("request_timeout", 10), node.get("request_retries", 1)
-    if not isinstance(timeout, int) or timeout < 1:
-        raise ConfigError(f"tracking.request_timeout: {timeout!r} must be whole seconds >= 1, e.g. 10.")
-    if not isinstance(retries, int) or retries < 0:
-        raise ConfigError(f"tracking.request_retries: {retries!r} must be a whole number >= 0, e.g. 1.")
+    whole("tracking.request_timeout", timeout, 1, unit="whole seconds", example=10)
+    whole("tracking.request_retries", retries, 0, example=1)
     schedule_plot = node.get("schedule_plot", True)
     if not isinstance(schedule_plot, bool):
         raise ConfigError(f"tracking.schedule_plot: {schedule_plot!r} must be true or false.")

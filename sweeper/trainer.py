@@ -62,6 +62,7 @@ from sweeper.data import TrialData
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 from sweeper.groups import LayerGroups, split_groups
 from sweeper.seeding import seed_everything, use_deterministic_algorithms
+from sweeper.settings import whole
 from sweeper.shapes import FastaiOneCycle, Schedule, Shape
 from sweeper.slices import parse_lr, peak_lrs
 
@@ -426,10 +427,7 @@ def evaluate(model: nn.Module, data: TrialData, device: torch.device, amp: bool 
 
 
 def _whole(settings: DictConfig, name: str, minimum: int, default: int | None = None) -> int:
-    value = settings.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"train.{name}: {value!r} must be a whole number >= {minimum}, e.g. train.{name}={max(minimum, 1)}.")
-    return value
+    return whole(f"train.{name}", settings.get(name, default), minimum)
 
 
 def _build(node: DictConfig, setting: str, kind: type) -> object:

@@ -24,9 +24,10 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
-from sweeper.config import ConfigError, compose_config
+from sweeper.config import compose_config
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 from sweeper.secrets import mask_text
+from sweeper.settings import warn_oversubscribed, whole
 from sweeper.study import (
     PruningReporter,
     SweepPlan,
@@ -99,14 +100,11 @@ def usable_cores() -> int:
 def plan_slots(sweep: DictConfig | Mapping, gpus: Sequence[str], cores: int) -> list[Slot]:
     """Worker slots for this machine from `sweep.workers`, `workers_per_device`, `cpu_threads`."""
     per_device = sweep["workers_per_device"]
-    if not isinstance(per_device, int) or per_device < 1:
-        raise ConfigError(f"sweep.workers_per_device: {per_device!r} must be a whole number >= 1.")
+    whole("sweep.workers_per_device", per_device, 1)
     workers = sweep["workers"]
-    if workers != "auto" and not (isinstance(workers, int) and workers >= 1):
-        raise ConfigError(f"sweep.workers: {workers!r} must be auto or a whole number >= 1.")
+    warn_oversubscribed(whole("sweep.workers", workers, 1, auto=True), cores)
     threads = sweep["cpu_threads"]
-    if threads != "auto" and not (isinstance(threads, int) and threads >= 1):
-        raise ConfigError(f"sweep.cpu_threads: {threads!r} must be auto or a whole number >= 1.")
+    whole("sweep.cpu_threads", threads, 1, auto=True)
     if gpus:
         count = len(gpus) * per_device if workers == "auto" else workers
         # GPU workers share the cores too (data loading, the optimizer on small models).

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sweeper.config import ConfigError, build_shape, compose_config, config_dir
+from sweeper.config import ConfigError, build_shape, compose_config, config_dir, instantiate_node
+from sweeper.slices import SliceError
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((config_dir() / group).glob("*.yaml"))]
@@ -67,6 +68,100 @@ def test_user_config_dir_adds_options_beside_ours(tmp_path, monkeypatch):
 def test_missing_user_config_dir_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a directory"):
         compose_config([], config_dirs=[tmp_path / "nope"])
+
+
+# What the shell hands over: `lr='slice(1e-5,1e-3)'` arrives as lr=slice(1e-5,1e-3), and
+# "lr='slice(1e-5, 1e-3)'" as a string Hydra quotes; both mean the same.
+@pytest.mark.parametrize(
+    ("override", "lr"),
+    [
+        ("lr=1e-3", {"strategy": "single", "high": 1e-3}),
+        ("lr=2", {"strategy": "single", "high": 2.0}),
+        ("lr='3e-4'", {"strategy": "single", "high": 3e-4}),
+        ("lr=slice(1e-3)", {"strategy": "fastai", "high": 1e-3}),
+        ("lr=slice(None, 1e-3)", {"strategy": "fastai", "high": 1e-3}),
+        ("lr=slice(0,1e-3)", {"strategy": "fastai", "high": 1e-3}),  # fastai reads a falsy start as slice(hi)
+        ("lr=slice(1e-5,1e-3)", {"strategy": "geometric", "low": 1e-5, "high": 1e-3}),
+        ("lr='slice(1e-5, 1e-3)'", {"strategy": "geometric", "low": 1e-5, "high": 1e-3}),
+        ("lr=[1e-5,1e-4,1e-3]", {"strategy": "explicit", "values": [1e-5, 1e-4, 1e-3]}),
+        ("lr='[1e-5, 1e-4, 1e-3]'", {"strategy": "explicit", "values": [1e-5, 1e-4, 1e-3]}),
+        ("lr=fastai", {"strategy": "fastai", "high": 1e-2}),  # an option of the group, as before
+    ],
+)
+def test_lr_typed_the_fastai_way_sets_the_lr_group(override, lr):
+    assert OmegaConf.to_container(compose_config([override]).lr) == lr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["lr=slice(1,2,3)"], r"lr: slice\(1.0, 2.0, 3.0\) has three arguments"),
+        (["lr=-1"], "lr: -1 is not a usable learning rate"),
+        (["lr=nan"], "lr: nan is not a usable learning rate"),
+        (["lr=true"], "lr: True is not a learning rate"),
+        (["lr=slice(1e-3, 1e-5)"], "low > high"),
+        (["lr=[1e-3, abc]"], "lr\\[1\\]: 'abc' is not a number"),
+        (["lr=1e-3x"], "lr: '1e-3x' is not a learning rate; write a number"),
+        (["lr=abc"], "lr=abc: there is no such option.*Or give the lr itself: lr=1e-3"),
+        (["lr=1e-3", "lr.high=1e-2"], "lr: 'lr=1e-3' sets the whole slice, and lr.high=1e-2 sets it again"),
+    ],
+)
+def test_an_lr_that_cannot_be_read_names_lr_and_the_fix(overrides, fragment):
+    with pytest.raises((ConfigError, SliceError), match=fragment):
+        compose_config(overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["search=shapes", "search.shape={constant:{}}"],
+        ["search.shape={constant: {}}", "search=shapes"],  # Hydra picks groups before it sets values
+        ["search.shape={constant: {}}"],
+    ],
+)
+def test_a_mapping_for_a_search_node_replaces_it(overrides):
+    # Hydra would merge it into the default mapping and keep every shape there.
+    assert OmegaConf.to_container(compose_config(overrides).search.shape) == {"constant": {}}
+
+
+def test_search_lr_given_whole_or_by_its_strategies_replaces_them():
+    assert list(compose_config(["search.lr.strategies=[fastai]"]).search.lr.strategies) == ["fastai"]
+    lr = compose_config(["search.lr={strategies: [fastai, single]}"]).search.lr
+    assert OmegaConf.to_container(lr) == {"strategies": ["fastai", "single"]}  # high and low_ratio gone too
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("~train.nope", "~train.nope: there is no such setting to delete; check its spelling."),
+        ("~train.seed=5", "~train.seed=5: train.seed holds 0, not 5, so nothing was deleted; write ~train.seed to delete it whatever it holds."),
+    ],
+)
+def test_a_delete_that_cannot_apply_says_why(override, message):
+    with pytest.raises(ConfigError) as refused:
+        compose_config([override])
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("name: tabbed\nnet:\n\t_target_: x\n", "broken.yaml, line 3, column 1: .*never tabs: replace the tab"),
+        ("name: [broken\n", "broken.yaml, line 2, column 1: .*fix the YAML there"),
+    ],
+)
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_it(tmp_path, text, fragment):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "broken.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=f"--config-dir: {tmp_path}/model/{fragment}"):
+        compose_config(["model=broken"], config_dirs=[tmp_path])
+
+
+def test_a_string_where_the_target_takes_a_number_is_refused_before_it_is_built():
+    cfg = compose_config(["optimizer.weight_decay=abc"])
+    with pytest.raises(ConfigError, match="optimizer.weight_decay: 'abc' is not a number.*optimizer.weight_decay=0.01"):
+        instantiate_node(cfg.optimizer, "optimizer")
+    assert callable(instantiate_node(compose_config(["optimizer.weight_decay=0"]).optimizer, "optimizer"))
 
 
 @pytest.mark.parametrize(

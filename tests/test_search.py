@@ -35,11 +35,33 @@ def dimension(text: str):
         ("range(5, 1, -1)", IntDistribution(2, 5)),  # Hydra lists 5, 4, 3, 2
         ("choice(32, 64)", CategoricalDistribution([32, 64])),
         ("choice(cos, linear)", CategoricalDistribution(["cos", "linear"])),
-        ("shuffle(range(1, 4))", IntDistribution(1, 3)),  # order means nothing to a sampler
+        # shuffle only reorders Hydra's runs: a choice among its values, in written order
+        ("shuffle(range(1, 4))", CategoricalDistribution([1, 2, 3])),
+        ("shuffle(c, a, b)", CategoricalDistribution(["c", "a", "b"])),
     ],
 )
 def test_grammar_reads_into_the_distribution(text, expected):
     assert dimension(text).distribution == expected
+
+
+def test_shuffle_builds_the_same_distribution_in_every_worker():
+    # Hydra's own iterator shuffles at random; a worker with another order could not join the study.
+    assert {dimension("shuffle(a, b, c, d, e, f)").distribution.choices for _ in range(20)} == {tuple("abcdef")}
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("interval(1, 5)", "[1, 5)"),  # half-open: 5 is never drawn (Optuna's high is 4.999...)
+        ("tag(log, interval(1e-4, 1e-2))", "log [0.0001, 0.01)"),
+        ("int(interval(1, 5))", "int [1, 5)"),
+        ("range(0, 10, 3)", "int [0, 9], step 3"),  # a range by the values Hydra lists: 9 is one
+        ("range(0, 1, 0.25)", "[0, 0.75], step 0.25"),
+        ("choice(cos, linear)", "choice(cos, linear)"),
+    ],
+)
+def test_describe_writes_ends_as_they_are(text, shown):
+    assert dimension(text).describe() == shown
 
 
 @pytest.mark.parametrize(
@@ -160,6 +182,43 @@ def test_sweep_overrides_on_the_command_line_join_the_space():
     validate_space(space, plain)
 
 
+def test_delete_overrides_are_plain_overrides():
+    plain, sweeps = split_overrides(["~search.shape.constant", "~train.seed=0", "x=interval(0, 1)"])
+    assert plain == ["~search.shape.constant", "~train.seed=0"] and sweeps == {"x": "interval(0, 1)"}
+    cfg = compose_config(plain)
+    assert "constant" not in build_space(cfg).shape.distribution.choices
+    assert "seed" not in cfg.train
+
+
+@pytest.mark.parametrize(
+    ("lr", "expected"),
+    [
+        ("lr=1e-3", ["lr=single", "lr.high=0.001"]),
+        ("lr=slice(1e-3)", ["lr=fastai", "lr.high=0.001"]),
+        ("lr=slice(None, 1e-3)", ["lr=fastai", "lr.high=0.001"]),
+        ("lr=slice(1e-5,1e-3)", ["lr=geometric", "lr.low=1e-05", "lr.high=0.001"]),
+        ("lr=[1e-5,1e-4,1e-3]", ["lr=explicit", "lr.values=[1e-05,0.0001,0.001]"]),
+    ],
+)
+def test_a_fixed_lr_fixes_the_slice_of_every_trial(lr, expected):
+    plain, sweeps = split_overrides([lr, "search=shapes"])
+    assert plain == [*expected, "search=shapes", "search.lr=null"] and sweeps == {}
+    space = build_space(compose_config(plain))
+    assert space.strategy is None and space.high is None and space.low_ratio is None  # nothing of lr drawn
+    spec = parse_lr(lr.partition("=")[2])
+    assert space.describe()[0] == f"lr: fixed at {spec.describe()}; search.lr is not sampled"
+    for params, overrides in draw(space, 5):
+        assert not any(o.startswith("lr") for o in overrides), overrides
+        assert parse_lr(OmegaConf.to_container(compose_config([*plain, *overrides]).lr)) == spec
+
+
+def test_a_fixed_lr_and_a_sampled_one_are_refused_together():
+    with pytest.raises(ConfigError, match="lr: lr=1e-3 fixes the slice, so search.lr.high='interval"):
+        split_overrides(["lr=1e-3", "search.lr.high=interval(1e-3, 1e-2)"])
+    with pytest.raises(ConfigError, match="the space is empty .*lr is fixed at 0.001"):
+        build_space(compose_config(split_overrides(["lr=1e-3", "search=slices"])[0]))
+
+
 def test_sweep_overrides_of_search_settings_set_them():
     plain, sweeps = split_overrides(["search.lr.high=tag(log, interval(1e-3, 1e-1))", "+search.params.x=choice('a b', c)"])
     assert sweeps == {}
@@ -203,6 +262,17 @@ def space_with(search_node: dict, overrides=()) -> SearchSpace:
         ({"shapes": {"constant": {}}}, "unknown key"),
         ({"shape": []}, "must map shape names"),
         ({"params": {"lr.high": "interval(1e-4, 1e-2)"}}, "search.lr and search.shape"),
+        ({"params": {"optimizer.weight_decay": "choice(a, b)"}}, "gives a, b for optimizer.weight_decay, which holds a number"),
+        # hydra-optuna-sweeper's older form, wherever it is written: the grammar to write instead
+        ({"params": {"x": {"type": "float", "low": 0, "high": 1}}}, "search.params.x='interval\\(0.0, 1.0\\)'"),
+        (
+            {"shape": {"triangular": {"warmup_pct": {"type": "float", "low": 0.1, "high": 0.6}}}},
+            "search.shape.triangular.warmup_pct='interval\\(0.1, 0.6\\)'",
+        ),
+        (
+            {"lr": {"high": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}, "low_ratio": "interval(0.1, 0.5)"}},
+            "search.lr.high='tag\\(log, interval\\(0.0001, 0.01\\)\\)'",
+        ),
     ],
 )
 def test_bad_space_is_a_config_error(search_node, fragment):

@@ -54,6 +54,8 @@ def test_peak_lrs_match_fastai_set_hyper(case):
         ("slice(1e-3)", 3, [1e-4, 1e-4, 1e-3]),
         ("slice(1e-5,1e-3)", 3, [1e-5, 1e-4, 1e-3]),
         (" slice( 1e-5 , 1e-3 ) ", 3, [1e-5, 1e-4, 1e-3]),
+        ("slice(None, 1e-3)", 3, [1e-4, 1e-4, 1e-3]),  # as Python writes slice(1e-3)
+        ("slice(0, 1e-3)", 2, [1e-4, 1e-3]),
         ("3e-4", 2, [3e-4, 3e-4]),
         ("[1e-4, 1e-3]", 2, [1e-4, 1e-3]),
         ({"low": 1e-5, "high": 1e-3}, 3, [1e-5, 1e-4, 1e-3]),
@@ -85,6 +87,25 @@ def test_describe_reads_back_to_the_same_spec(lr):
 
 
 @pytest.mark.parametrize(
+    ("lr", "overrides"),
+    [
+        (3e-3, ["lr=single", "lr.high=0.003"]),
+        (slice(1e-3), ["lr=fastai", "lr.high=0.001"]),
+        (slice(1e-5, 1e-3), ["lr=geometric", "lr.low=1e-05", "lr.high=0.001"]),
+        ([1e-5, 1e-4, 1e-3], ["lr=explicit", "lr.values=[1e-05,0.0001,0.001]"]),
+    ],
+)
+def test_overrides_set_the_lr_group_to_the_spec(lr, overrides):
+    assert parse_lr(lr).overrides() == overrides
+    # what the overrides set reads back to the same spec (the lr group's nodes are such mappings)
+    node = {"strategy": overrides[0].removeprefix("lr=")}
+    for override in overrides[1:]:
+        key, _, value = override.removeprefix("lr.").partition("=")
+        node[key] = json.loads(value)
+    assert parse_lr(node) == parse_lr(lr)
+
+
+@pytest.mark.parametrize(
     ("lr", "n_groups", "fragments"),
     [
         (slice(1e-5, 1e-3, 2), 3, ["three arguments", "across layer groups", "cycle shape", "shape.pct_start"]),
@@ -96,6 +117,8 @@ def test_describe_reads_back_to_the_same_spec(lr):
         (float("nan"), 3, ["positive, finite"]),
         (float("inf"), 3, ["positive, finite"]),
         ("slice(abc)", 3, ["not a learning rate"]),
+        ("slice(None)", 3, ["high end"]),
+        ("slice(1,2,3)", 3, ["three arguments"]),
         ("fast", 3, ["not a learning rate"]),
         ([1e-4, 1e-3], 3, ["2 learning rates", "3 layer", "exactly 3"]),
         ([], 3, ["empty list"]),

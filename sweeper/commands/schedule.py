@@ -3,8 +3,9 @@
     sweeper schedule --lr "slice(1e-5,1e-3)" --groups 3 --steps 100 shape=torch_one_cycle
 
 prints the lr of every layer group and the momentum at every step (a table, or JSON with --json)
-and writes a plot to results/. The lr defaults to the config's `lr` node; the shape and its
-settings come from Hydra overrides (`shape=...`, `shape.pct_start=...`).
+and writes a plot to results/. The lr defaults to the config's `lr` node, which an override sets
+the same way on every command (`lr='slice(1e-5,1e-3)'`); the shape and its settings come from
+Hydra overrides (`shape=...`, `shape.pct_start=...`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from sweeper.slices import parse_lr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lr", help='a float, "slice(hi)", "slice(lo,hi)" or "[a,b,c]" (default: the config\'s lr)')
+    parser.add_argument(
+        "--lr", help='a float, "slice(hi)", "slice(lo,hi)" or "[a,b,c]" (default: the config\'s lr, which lr=... sets alike)'
+    )
     parser.add_argument("--groups", type=int, default=3, help="number of layer groups (default 3)")
     parser.add_argument("--steps", type=int, default=100, help="training batches over all epochs (default 100)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
