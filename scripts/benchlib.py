@@ -19,13 +19,11 @@ import math
 import os
 import platform
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper import tables
+from sweeper.ui import MlflowUiServer
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 
 REPO = Path(__file__).resolve().parent.parent
@@ -317,46 +316,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 over a SQLite store; stop() and start() again (same
-    port, same store) play a tracking server that goes away and comes back."""
+class MlflowServer(MlflowUiServer):
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store in `folder`; stop() and start()
+    again (same port, same store) play a tracking server that goes away and comes back."""
 
     def __init__(self, folder: Path, port: int | None = None) -> None:
-        self.folder, self.port = folder, port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> MlflowServer:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{self.folder}/mlflow.db", "--artifacts-destination", str(self.folder / "artifacts"),
-        ]
-        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server writes to it until stopped
-        # Its job runners (GenAI evaluation jobs, four more processes) are of no use here.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
-        )
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.folder / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer within {timeout}s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and its worker processes
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self.process = None
+        self.folder = folder
+        artifacts = ("--artifacts-destination", str(folder / "artifacts"))
+        super().__init__(f"sqlite:///{folder}/mlflow.db", port or free_port(), folder / "server.log", artifacts)

@@ -25,9 +25,9 @@ import optuna
 import pandas as pd
 
 from sweeper.config import ConfigError
-from sweeper.confirm import TrainFn, compose_trial, summarize_seeds, verdict
+from sweeper.confirm import TrainFn, compose_trial, summarize_seeds, verdict, write_seed_tables
 from sweeper.events import Reporter
-from sweeper.report import markdown_table, objective_columns, trials_table
+from sweeper.report import objective_columns, trials_table
 from sweeper.tracking import ABLATION_KIND, SweepTracking
 from sweeper.untrusted import Allowed
 
@@ -141,31 +141,14 @@ def ablate(
     runs = pd.DataFrame(rows)
     summary = summarize_seeds(runs, objective, direction, by=FACTORS[factor], paired=True)
     said = _verdict(summary, objective, seeds, factor, best)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(folder / f"ablation_{factor}.csv", index=False)
-    summary.to_csv(folder / f"ablation_{factor}_summary.csv", index=False)
-    (folder / f"ablation_{factor}.md").write_text(
-        "\n".join(
-            [
-                f"# Ablation of the {factor} in sweep {study.study_name}",
-                "",
-                f"The best trial ({best['trial']}: {best['strategy']}, {best['shape']}) trained again with each "
-                f"{FACTORS[factor]}, all else equal, on the same {seeds} seeds; {objective} ({direction}); "
-                "p-values from the paired t-test over seeds.",
-                "",
-                markdown_table(summary),
-                "",
-                said,
-                "",
-                "## Runs",
-                "",
-                markdown_table(runs),
-                "",
-            ]
-        )
+    intro = (
+        f"The best trial ({best['trial']}: {best['strategy']}, {best['shape']}) trained again with each "
+        f"{FACTORS[factor]}, all else equal, on the same {seeds} seeds; {objective} ({direction}); "
+        "p-values from the paired t-test over seeds."
     )
-    return Ablation(factor, runs, summary, said, folder)
+    title = f"Ablation of the {factor} in sweep {study.study_name}"
+    write_seed_tables(Path(folder), f"ablation_{factor}", title, intro, runs, summary, said)
+    return Ablation(factor, runs, summary, said, Path(folder))
 
 
 def _verdict(summary: pd.DataFrame, objective: str, seeds: int, factor: str, best: pd.Series) -> str:

@@ -28,7 +28,7 @@ from sweeper.report import best_by, markdown_table, objective_columns, trials_ta
 from sweeper.tracking import CONFIRM_KIND, SweepTracking, plain_config
 from sweeper.untrusted import Allowed, check_config
 
-__all__ = ["Confirmation", "compose_trial", "confirm_strategies", "summarize_seeds", "verdict"]
+__all__ = ["Confirmation", "compose_trial", "confirm_strategies", "summarize_seeds", "verdict", "write_seed_tables"]
 
 TrainFn = Callable[[DictConfig, Sequence[Reporter]], TrialResult]
 SIGNIFICANCE = 0.05  # below this p-value a lead is called real
@@ -98,28 +98,21 @@ def confirm_strategies(
     runs = pd.DataFrame(rows)
     summary = summarize_seeds(runs, objective, direction)
     said = verdict(summary, objective, seeds)
-    folder = Path(folder)
+    intro = f"Each strategy's best trial, trained again with {seeds} fresh seeds; {objective} ({direction})."
+    markdown = write_seed_tables(Path(folder), "confirm", f"Confirmation of sweep {study.study_name}", intro, runs, summary, said)
+    return Confirmation(runs, summary, said, markdown, Path(folder))
+
+
+def write_seed_tables(
+    folder: Path, stem: str, title: str, intro: str, runs: pd.DataFrame, summary: pd.DataFrame, said: str
+) -> str:
+    """<stem>.csv (one row per run), <stem>_summary.csv and <stem>.md into `folder`; returns the Markdown."""
     folder.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(folder / "confirm.csv", index=False)
-    summary.to_csv(folder / "confirm_summary.csv", index=False)
-    markdown = "\n".join(
-        [
-            f"# Confirmation of sweep {study.study_name}",
-            "",
-            f"Each strategy's best trial, trained again with {seeds} fresh seeds; {objective} ({direction}).",
-            "",
-            markdown_table(summary),
-            "",
-            said,
-            "",
-            "## Runs",
-            "",
-            markdown_table(runs),
-            "",
-        ]
-    )
-    (folder / "confirm.md").write_text(markdown)
-    return Confirmation(runs, summary, said, markdown, folder)
+    runs.to_csv(folder / f"{stem}.csv", index=False)
+    summary.to_csv(folder / f"{stem}_summary.csv", index=False)
+    markdown = "\n".join([f"# {title}", "", intro, "", markdown_table(summary), "", said, "", "## Runs", "", markdown_table(runs), ""])
+    (folder / f"{stem}.md").write_text(markdown)
+    return markdown
 
 
 def _recorder(tracking: SweepTracking | None, cfg: DictConfig, strategy: str, trial: int, seed: int) -> Reporter:

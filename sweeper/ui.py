@@ -148,6 +148,8 @@ class MlflowUiServer:
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        # As the server binds: a port whose last connections are closing (TIME_WAIT) is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
