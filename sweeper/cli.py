@@ -3,6 +3,7 @@
 Every subcommand takes Hydra overrides as positional arguments (`model=cnn shape.pct_start=0.3`)
 and `--config-dir DIR` for a config directory of the user's. A bad setting stops the command
 before any work starts, with one message that names the setting and the fix, and exit code 2.
+Whatever the command prints about an error goes through the password masker first.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
+
+from sweeper.secrets import mask_text, passwords_in
 
 # name -> module in sweeper.commands; each module has HELP, add_arguments(parser) and run(args).
 # Modules are imported only when their command runs, so `sweeper schedule` starts fast.
@@ -26,6 +30,7 @@ COMMANDS = {
     "rerun": "Rerun one trial exactly from its MLflow run (or output directory).",
 }
 
+EXIT_FAILED = 1  # an error of ours, or of a library's: its traceback is printed
 EXIT_BAD_INPUT = 2
 EXIT_BROKEN_PIPE = 141  # as a shell reports a reader that closed the pipe (128 + SIGPIPE)
 
@@ -81,17 +86,27 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_command(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_command(argv)
     try:
         return int(_command_module(args.command).run(args) or 0)
     except user_errors() as error:
-        print(f"sweeper {args.command}: error: {one_line(error)}", file=sys.stderr)
+        print(f"sweeper {args.command}: error: {_masked(one_line(error), argv, args)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:
         # The reader went away (`sweeper schedule --json | head`): not an error of ours. Point
         # stdout at nothing, so that the interpreter's last flush does not fail on it again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except Exception:  # noqa: BLE001 - any other error: its traceback, which may quote a URL
+        print(_masked(traceback.format_exc(), argv, args), end="", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _masked(text: str, argv: Sequence[str], args: argparse.Namespace) -> str:
+    """`text` without the passwords of the command line (`args` as the command completed it,
+    e.g. a worker's from its sweep) or of the environment, whole or in URLs."""
+    return mask_text(text, passwords_in([*argv, *getattr(args, "overrides", []), *os.environ.values()]))
 
 
 def one_line(error: BaseException) -> str:
