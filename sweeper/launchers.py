@@ -3,16 +3,20 @@
 Both start the same worker (`sweeper worker`, or its function in a job) with the sweep's
 command line, so a worker recomposes exactly the parent's config. A launcher returns handles
 the parent watches: `poll()` is None while the worker runs, then its exit code.
+
+A local worker gets that command line in its environment, not in its argv: any user of the
+machine can read any process's argv (`ps`), and an override may hold a password.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import MutableMapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,9 +26,16 @@ from sweeper.config import ConfigError
 from sweeper.study import SweepPlan, plan_sweep
 from sweeper.workers import Slot, plan_slots, run_worker, usable_cores, visible_gpus
 
-__all__ = ["WorkerHandle", "check_launcher", "launch_workers", "worker_command"]
+__all__ = [
+    "SweepArguments",
+    "WorkerHandle",
+    "check_launcher",
+    "launch_workers",
+    "worker_command",
+]
 
 STOP_SECONDS = 15  # for a stopped worker to mark its trial failed and send its records
+SWEEP_ARGUMENTS = "SWEEPER_SWEEP_ARGUMENTS"  # the environment variable that carries them
 
 
 class WorkerHandle(Protocol):
@@ -36,14 +47,35 @@ class WorkerHandle(Protocol):
     def stop(self) -> None: ...
 
 
-def worker_command(plan: SweepPlan, index: int, deadline: float | None) -> list[str]:
-    """`sweeper worker` for one slot: the sweep's own command line, already validated."""
+@dataclass(frozen=True)
+class SweepArguments:
+    """What a local worker needs of the sweep that starts it: the sweep's command line, already
+    validated."""
+
+    overrides: list[str]
+    config_dirs: list[str]
+
+    def environment(self) -> dict[str, str]:
+        """The worker's environment entry. A process's environment is readable by its owner alone
+        (/proc/PID/environ is mode 0400), unlike its argv."""
+        return {SWEEP_ARGUMENTS: json.dumps(asdict(self))}
+
+    @classmethod
+    def take(cls, environ: MutableMapping[str, str] = os.environ) -> SweepArguments | None:
+        """The arguments a sweep left in this worker's environment, taken out of it (the worker's
+        own children need not hold them); None in a worker started by hand."""
+        text = environ.pop(SWEEP_ARGUMENTS, None)
+        return None if text is None else cls(**json.loads(text))
+
+
+def worker_command(plan: SweepPlan, index: int, deadline: float | None) -> tuple[list[str], dict[str, str]]:
+    """`sweeper worker` for one slot: its argv, which holds nothing of the sweep's command line,
+    and the environment entries that carry that command line to it."""
     command = [sys.executable, "-m", "sweeper.cli", "worker", "--index", str(index), "--no-validate"]
     if deadline is not None:
         command += ["--deadline", repr(deadline)]
-    for folder in plan.config_dirs:
-        command += ["--config-dir", folder]
-    return [*command, *plan.command_line]
+    sweep = SweepArguments(list(plan.command_line), list(plan.config_dirs))
+    return command, sweep.environment()
 
 
 @dataclass
@@ -121,10 +153,11 @@ def _launch_local(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: 
     workers: list[WorkerHandle] = []
     for slot in slots:
         log = logs / f"worker-{slot.index}.log"
+        command, sweep = worker_command(plan, slot.index, deadline)
         with open(log, "ab") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
-                worker_command(plan, slot.index, deadline),
-                env={**os.environ, **slot.env()},
+                command,
+                env={**os.environ, **slot.env(), **sweep},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -6,6 +6,9 @@ The worker recomposes the sweep's config from the same overrides, so it finds th
 and space; it runs trials on the devices it sees (set CUDA_VISIBLE_DEVICES to pick a GPU) until
 the sweep has sweep.n_trials finished trials. To bring every device of another machine in at
 once, run `sweeper sweep` there with the same overrides instead.
+
+The workers `sweeper sweep` starts run this command too, with the sweep's command line in their
+environment rather than in their argv (see sweeper.launchers).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from sweeper.launchers import SweepArguments
 from sweeper.study import plan_sweep
 from sweeper.workers import StopRequest, run_worker
 
@@ -26,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    sweep = SweepArguments.take()
+    if sweep is not None:  # started by `sweeper sweep`; any arguments of its own come after its
+        args.overrides = [*sweep.overrides, *args.overrides]
+        args.config_dir = [*sweep.config_dirs, *args.config_dir]
     plan = plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
     deadline = args.deadline
     if deadline is None and plan.timeout is not None:

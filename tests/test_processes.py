@@ -1,0 +1,187 @@
+"""The sweep's processes: what other users can see of them, how they end, and what they do when
+something outside stops them.
+
+- Workers' argv (what `ps` shows every user) holds nothing of the sweep's command line.
+
+The sweeps here run GatedTrainer: the stand-in trainer (conftest.py) held at the start of each
+trial until the test opens the gate, so a test looks at workers that are surely mid-trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import StandInTrainer, with_tests_on_path
+
+from sweeper.cli import main
+from sweeper.events import StepEvent
+from sweeper.study import count_trials, open_study, plan_sweep
+
+SECRET = "Pr0c-s3cret-Vw4"  # recognisable anywhere it might leak
+GATE = "SWEEPER_TEST_GATE"  # the folder GatedTrainer signals through
+GATE_SECONDS = 120  # a gate never opened fails its trial: no worker waits for ever
+WAIT_SECONDS = 120  # for a condition the test waits on (generous: two shared cores)
+STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=1", "sweep.cpu_threads=1", "tracking=none"]
+
+
+class GatedTrainer:
+    """The stand-in trainer, held at the start of a trial until the gate opens (the file `open`
+    in the folder $SWEEPER_TEST_GATE). It says that it started with the file `started-PID` there,
+    PID being its worker's. While it waits it reports a step now and then, as the real trainer's
+    loop does, so a stop request reaches it at once."""
+
+    available_metrics = StandInTrainer.available_metrics
+
+    @staticmethod
+    def train(cfg, reporters=()):
+        gate = Path(os.environ[GATE])
+        (gate / f"started-{os.getpid()}").touch()
+        step = StepEvent(0, 0, "train", (1e-3,), None, 1.0)
+        deadline = time.monotonic() + GATE_SECONDS
+        while not (gate / "open").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nobody opened the gate in {GATE_SECONDS} s")
+            for reporter in reporters:
+                reporter.on_step(step)
+            time.sleep(0.05)
+        return StandInTrainer.train(cfg, reporters)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT_SECONDS):
+    """Poll `condition` until it is truthy; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"waited {timeout} s in vain for {what}")
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                found.add(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # ended meanwhile
+    return found
+
+
+class GatedSweep:
+    """`sweeper sweep` on GatedTrainer, in its own process group, in `folder`."""
+
+    def __init__(self, folder: Path, *overrides: str) -> None:
+        self.folder = folder
+        self.gate = folder / "gate"
+        self.gate.mkdir()
+        command = [
+            sys.executable, "-m", "sweeper.cli", "sweep", "sweep.trainer=test_processes.GatedTrainer", *STAND_IN,
+            *overrides,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": with_tests_on_path(), GATE: str(self.gate)}
+        self.process = subprocess.Popen(
+            command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def workers_in_trials(self, count: int) -> list[int]:
+        """Wait until `count` workers are inside a trial; their process ids."""
+
+        def started():
+            assert self.process.poll() is None, self.process.communicate()
+            pids = [int(p.name.removeprefix("started-")) for p in self.gate.glob("started-*")]
+            return pids if len(pids) >= count else None
+
+        return wait_until(started, f"{count} workers in a trial")
+
+    def open_gate(self) -> None:
+        (self.gate / "open").touch()
+
+    def finish(self, timeout: float = WAIT_SECONDS) -> tuple[int, str, str]:
+        out, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, out, err
+
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{self.folder}/results/studies.db")
+
+    def worker_logs(self) -> str:
+        return "".join(p.read_text() for p in sorted((self.folder / "results" / "sweeps" / "mlp-digits").glob("worker-*.log")))
+
+    def end(self) -> None:
+        """Leave nothing running: the sweep's process group, and any worker left outside it."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.communicate(timeout=30)
+        for started in self.gate.glob("started-*"):
+            pid = int(started.name.removeprefix("started-"))
+            try:
+                if alive(pid) and b"sweeper.cli" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+
+
+@pytest.fixture
+def gated_sweep(tmp_path):
+    """Start a GatedSweep with the given overrides; ended after the test, whatever happened."""
+    sweeps: list[GatedSweep] = []
+
+    def start(*overrides: str) -> GatedSweep:
+        sweeps.append(GatedSweep(tmp_path, *overrides))
+        return sweeps[-1]
+
+    yield start
+    for sweep in sweeps:
+        sweep.end()
+
+
+# --- what other users can see -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_no_worker_argv_holds_the_sweep_s_command_line(gated_sweep):
+    # A URL with a password on the command line (a setting nothing reads under tracking=none):
+    # `ps` shows every user every process's argv.
+    sweep = gated_sweep(f"+tracking.uri=http://sweeper:{SECRET}@127.0.0.1:9", "sweep.workers=2", "sweep.n_trials=2")
+    workers = sweep.workers_in_trials(2)
+    assert set(workers) == children_of(sweep.process.pid)  # every process the sweep started
+    for pid in workers:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert b"sweeper.cli\0worker\0" in argv
+        assert SECRET.encode() not in argv and b"tracking.uri" not in argv
+        # where the command line went instead: readable by the worker's owner alone
+        assert stat.S_IMODE(os.stat(f"/proc/{pid}/environ").st_mode) == 0o400
+    sweep.open_gate()
+    code, out, err = sweep.finish()
+    assert code == 0, out[-3000:] + err[-3000:]
+    # and it reached the workers whole: each trial's recorded overrides hold it (masked)
+    for trial in sweep.study().trials:
+        assert "+tracking.uri=http://sweeper:***@127.0.0.1:9" in trial.user_attrs["overrides"]
+
+
+def test_a_worker_joined_by_hand_takes_the_sweep_s_command_line_from_its_own(tmp_path, stand_in_sweep, capsys):
+    overrides = [f"results_dir={tmp_path}/results", *stand_in_sweep, *STAND_IN, "sweep.n_trials=2"]
+    study = open_study(plan_sweep(overrides, validate=False), create=True)
+    assert main(["worker", *overrides]) == 0
+    assert count_trials(study).complete == 2
+    assert "worker 0: ran 2 trial(s) of sweep mlp-digits" in capsys.readouterr().out
