@@ -5,16 +5,20 @@ command line, so a worker recomposes exactly the parent's config. A launcher ret
 the parent watches: `poll()` is None while the worker runs, then its exit code.
 
 A local worker gets that command line in its environment, not in its argv: any user of the
-machine can read any process's argv (`ps`), and an override may hold a password.
+machine can read any process's argv (`ps`), and an override may hold a password. A local worker
+also ends when the sweep that started it ends, however it ends (SIGKILL included).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import MutableMapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,12 +34,15 @@ __all__ = [
     "SweepArguments",
     "WorkerHandle",
     "check_launcher",
+    "end_with_parent",
     "launch_workers",
     "worker_command",
 ]
 
 STOP_SECONDS = 15  # for a stopped worker to mark its trial failed and send its records
 SWEEP_ARGUMENTS = "SWEEPER_SWEEP_ARGUMENTS"  # the environment variable that carries them
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
+PARENT_CHECK_SECONDS = 1.0  # where there is no prctl: how often a worker looks for its parent
 
 
 class WorkerHandle(Protocol):
@@ -50,10 +57,11 @@ class WorkerHandle(Protocol):
 @dataclass(frozen=True)
 class SweepArguments:
     """What a local worker needs of the sweep that starts it: the sweep's command line, already
-    validated."""
+    validated, and the sweep's process id (the worker ends when that process does)."""
 
     overrides: list[str]
     config_dirs: list[str]
+    parent: int
 
     def environment(self) -> dict[str, str]:
         """The worker's environment entry. A process's environment is readable by its owner alone
@@ -74,8 +82,32 @@ def worker_command(plan: SweepPlan, index: int, deadline: float | None) -> tuple
     command = [sys.executable, "-m", "sweeper.cli", "worker", "--index", str(index), "--no-validate"]
     if deadline is not None:
         command += ["--deadline", repr(deadline)]
-    sweep = SweepArguments(list(plan.command_line), list(plan.config_dirs))
+    sweep = SweepArguments(list(plan.command_line), list(plan.config_dirs), os.getpid())
     return command, sweep.environment()
+
+
+def end_with_parent(parent: int) -> None:
+    """SIGTERM to this process when `parent`, the sweep that started it, ends, however it ends: a
+    worker left behind by a killed sweep would go on taking trials that nobody watches. On Linux
+    the kernel sends it (prctl PR_SET_PDEATHSIG); elsewhere a thread looks for the parent every
+    PARENT_CHECK_SECONDS. A parent that ended before this was asked for has already left the
+    process to another parent: it is looked for once more, after asking."""
+    if not _parent_death_signal(signal.SIGTERM):
+        threading.Thread(target=_watch_parent, args=(parent,), name="parent watch", daemon=True).start()
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _parent_death_signal(signum: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass

@@ -200,24 +200,37 @@ def _reason(text: str) -> str:
 
 
 class StopRequest(Reporter):
-    """Ctrl-C in a worker process, acted on where it is safe.
+    """Ctrl-C (SIGINT) or SIGTERM in a worker process, acted on where it is safe.
 
-    It reaches a worker at any moment (from the terminal, and again from the sweep that stops its
-    workers), possibly inside a library holding a lock or inside Optuna's own bookkeeping, where
-    an exception could hang the worker or leave its trial running in the study. So the signal only
-    sets a flag. A running trial stops at its next reported step or epoch, from the trainer's own
-    loop (the trainer marks it failed, Optuna records it so, and a resumed sweep runs it again);
-    the worker starts no other trial.
+    SIGINT comes from the terminal, and from the sweep that stops its workers; SIGTERM from kill,
+    a scheduler, or the kernel when the sweep that started the worker dies. Either reaches a
+    worker at any moment, possibly inside a library holding a lock or inside Optuna's own
+    bookkeeping, where an exception could hang the worker or leave its trial running in the
+    study. So the signal only sets a flag. A running trial stops at its next reported step or
+    epoch, from the trainer's own loop (the trainer marks it failed, Optuna records it so, and a
+    resumed sweep runs it again); the worker starts no other trial.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the signal that asked
 
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self._interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._interrupt)
 
     def _interrupt(self, signum: int, frame: object) -> None:
         self.requested = True
+        self.signum = signum
+
+    @property
+    def what(self) -> str:
+        return "interrupted" if self.signum in (None, signal.SIGINT) else f"stopped by {signal.Signals(self.signum).name}"
+
+    @property
+    def exit_code(self) -> int:
+        """As a shell reports a process the signal ended: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + (self.signum or signal.SIGINT)
 
     def check(self) -> None:
         """Stop here (KeyboardInterrupt) if a stop was asked for."""

@@ -2,6 +2,7 @@
 something outside stops them.
 
 - Workers' argv (what `ps` shows every user) holds nothing of the sweep's command line.
+- Workers end with their sweep, even one killed with SIGKILL; SIGTERM stops a sweep as Ctrl-C.
 
 The sweeps here run GatedTrainer: the stand-in trainer (conftest.py) held at the start of each
 trial until the test opens the gate, so a test looks at workers that are surely mid-trial.
@@ -25,6 +26,7 @@ from conftest import StandInTrainer, with_tests_on_path
 from sweeper.cli import main
 from sweeper.events import StepEvent
 from sweeper.study import count_trials, open_study, plan_sweep
+from sweeper.workers import StopRequest
 
 SECRET = "Pr0c-s3cret-Vw4"  # recognisable anywhere it might leak
 GATE = "SWEEPER_TEST_GATE"  # the folder GatedTrainer signals through
@@ -182,6 +184,58 @@ def test_no_worker_argv_holds_the_sweep_s_command_line(gated_sweep):
 def test_a_worker_joined_by_hand_takes_the_sweep_s_command_line_from_its_own(tmp_path, stand_in_sweep, capsys):
     overrides = [f"results_dir={tmp_path}/results", *stand_in_sweep, *STAND_IN, "sweep.n_trials=2"]
     study = open_study(plan_sweep(overrides, validate=False), create=True)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     assert main(["worker", *overrides]) == 0
     assert count_trials(study).complete == 2
     assert "worker 0: ran 2 trial(s) of sweep mlp-digits" in capsys.readouterr().out
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the command's own, given back
+
+
+# --- how workers end --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_workers_end_when_their_sweep_is_killed(gated_sweep):
+    sweep = gated_sweep("sweep.workers=2", "sweep.n_trials=2")
+    workers = sweep.workers_in_trials(2)
+    os.kill(sweep.process.pid, signal.SIGKILL)  # no chance to stop them itself
+    sweep.finish()
+    wait_until(lambda: not any(alive(pid) for pid in workers), "the workers to end")
+    # Each stopped as on Ctrl-C: its trial marked failed at once (not a minute later by the
+    # heartbeat check), to run again when the sweep resumes.
+    counts = count_trials(sweep.study())
+    assert counts.running == 0 and counts.failed == 2
+    assert sweep.worker_logs().count("stopped by SIGTERM; a trial it had started runs again") == 2
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_as_ctrl_c_does(gated_sweep):
+    sweep = gated_sweep("sweep.workers=2", "sweep.n_trials=2")
+    workers = sweep.workers_in_trials(2)
+    os.kill(sweep.process.pid, signal.SIGTERM)  # the sweep alone, as kill or a scheduler sends it
+    code, out, err = sweep.finish()
+    assert code == 143, out[-3000:] + err[-3000:]  # 128 + SIGTERM, as a shell reports it
+    assert "sweep mlp-digits: 0/2 finished (0 complete, 0 pruned), 2 failed" in out
+    assert "interrupted; run the same command again to resume it" in out
+    assert not any(alive(pid) for pid in workers)  # stopped, and waited for, before the sweep ended
+    assert count_trials(sweep.study()).running == 0
+    assert sweep.worker_logs().count("interrupted; a trial it had started runs again") == 2
+
+
+def test_a_worker_hears_sigterm_as_ctrl_c():
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopRequest()
+
+    def unheard(signum, frame):
+        raise AssertionError("SIGTERM went past the stop request")  # instead of ending pytest
+
+    try:
+        signal.signal(signal.SIGTERM, unheard)
+        stop.install()
+        signal.raise_signal(signal.SIGTERM)  # handled before raise_signal returns
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert stop.requested and stop.what == "stopped by SIGTERM" and stop.exit_code == 143
+    with pytest.raises(KeyboardInterrupt):  # the running trial stops at its next step
+        stop.on_step(StepEvent(0, 0, "train", (1e-3,), None, 1.0))
