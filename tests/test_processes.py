@@ -3,6 +3,7 @@ something outside stops them.
 
 - Workers' argv (what `ps` shows every user) holds nothing of the sweep's command line.
 - Workers end with their sweep, even one killed with SIGKILL; SIGTERM stops a sweep as Ctrl-C.
+- A worker stopped (SIGSTOP) past the heartbeat grace finds its trial taken over, and goes on.
 
 The sweeps here run GatedTrainer: the stand-in trainer (conftest.py) held at the start of each
 trial until the test opens the gate, so a test looks at workers that are surely mid-trial.
@@ -22,11 +23,12 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import StandInTrainer, with_tests_on_path
+from optuna.trial import TrialState
 
 from sweeper.cli import main
 from sweeper.events import StepEvent
 from sweeper.study import count_trials, open_study, plan_sweep
-from sweeper.workers import StopRequest
+from sweeper.workers import ProgressReporter, StopRequest, run_worker
 
 SECRET = "Pr0c-s3cret-Vw4"  # recognisable anywhere it might leak
 GATE = "SWEEPER_TEST_GATE"  # the folder GatedTrainer signals through
@@ -239,3 +241,55 @@ def test_a_worker_hears_sigterm_as_ctrl_c():
     assert stop.requested and stop.what == "stopped by SIGTERM" and stop.exit_code == 143
     with pytest.raises(KeyboardInterrupt):  # the running trial stops at its next step
         stop.on_step(StepEvent(0, 0, "train", (1e-3,), None, 1.0))
+
+
+# --- a worker whose trial was taken over ------------------------------------------------------
+
+
+def fail_as_the_heartbeat_check_does(plan, number: int) -> None:
+    """What another worker's heartbeat check does to a trial whose worker has been stopped past
+    storage.grace_period: fail it, and queue it again (sweep.retries), through its own storage."""
+    storage = plan.storage.open()
+    study = optuna.load_study(study_name=plan.name, storage=storage)
+    trial_id = study.get_trials(deepcopy=False)[number]._trial_id
+    assert storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
+
+
+class FailsItsTrialAtFirstEpoch(ProgressReporter):
+    """Fails its trial as the heartbeat check does, when the trial's first epoch is reported."""
+
+    def __init__(self, trial, plan) -> None:
+        super().__init__(trial)
+        self.plan = plan
+
+    def on_epoch(self, event) -> None:
+        fail_as_the_heartbeat_check_does(self.plan, self.trial.number)
+
+
+@pytest.mark.parametrize("when", ["between two epochs", "after its last epoch, before it is told"])
+def test_a_worker_whose_trial_was_taken_over_says_so_and_goes_on(tmp_path, stand_in_sweep, capsys, when):
+    plan = plan_sweep([f"results_dir={tmp_path}/results", *stand_in_sweep, *STAND_IN, "train.epochs=2", "sweep.n_trials=2"])
+    study = open_study(plan, create=True)
+
+    # The worker's own trainer fails its first trial at the chosen point, in the worker's own
+    # thread: the takeover happens exactly there, with nothing left to chance.
+    def train(cfg, reporters):
+        (progress,) = [r for r in reporters if type(r) is ProgressReporter]
+        first = progress.trial.number == 0
+        if first and when == "between two epochs":
+            reporters = [FailsItsTrialAtFirstEpoch(progress.trial, plan), *reporters]
+        result = StandInTrainer.train(cfg, reporters)
+        if first and when == "after its last epoch, before it is told":
+            fail_as_the_heartbeat_check_does(plan, 0)
+        return result
+
+    assert run_worker(plan, train=train) == 3  # the trial taken over, its retry, and one more
+    taken, *others = study.trials
+    assert taken.state == TrialState.FAIL
+    (retry,) = [t for t in others if t.system_attrs.get("failed_trial") == 0]
+    assert retry.state == TrialState.COMPLETE and retry.params == taken.params
+    assert count_trials(study).complete == 2
+    out = capsys.readouterr().out
+    # one line, marked for the sweep's console ("sweeper: ", see sweeper.live.WorkerNotes)
+    assert out.count("sweeper: trial 0 was taken over: this worker was stopped or stalled") == 1
