@@ -4,6 +4,7 @@ something outside stops them.
 - Workers' argv (what `ps` shows every user) holds nothing of the sweep's command line.
 - Workers end with their sweep, even one killed with SIGKILL; SIGTERM stops a sweep as Ctrl-C.
 - A worker stopped (SIGSTOP) past the heartbeat grace finds its trial taken over, and goes on.
+- A results_dir that cannot be written stops a sweep in one line, before anything is written.
 
 The sweeps here run GatedTrainer: the stand-in trainer (conftest.py) held at the start of each
 trial until the test opens the gate, so a test looks at workers that are surely mid-trial.
@@ -293,3 +294,53 @@ def test_a_worker_whose_trial_was_taken_over_says_so_and_goes_on(tmp_path, stand
     out = capsys.readouterr().out
     # one line, marked for the sweep's console ("sweeper: ", see sweeper.live.WorkerNotes)
     assert out.count("sweeper: trial 0 was taken over: this worker was stopped or stalled") == 1
+
+
+# --- a results_dir that cannot be written -----------------------------------------------------
+
+
+def deny_writes(monkeypatch, folder: Path) -> None:
+    """`folder` read-only for this user: chmod, and where that does not bind (root may write
+    anywhere) os.access answering as it would for another user."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        access = os.access
+
+        def as_another_user(path, mode, **kwargs):
+            if Path(path).absolute() == folder and mode & os.W_OK:
+                return False
+            return access(path, mode, **kwargs)
+
+        monkeypatch.setattr(os, "access", as_another_user)
+
+
+@pytest.mark.parametrize(
+    ("command", "case", "results_dir", "problem"),
+    [
+        ("sweep", "a file where a folder above it should be", "taken/results", "taken is a file, not a folder"),
+        ("sweep", "a file where it should be", "taken", "taken is a file, not a folder"),
+        ("sweep", "a folder above it that is read-only", "locked/results", "locked is read-only for you"),
+        ("sweep", "a read-only working directory", "results", "locked is read-only for you"),
+        ("worker", "a read-only working directory", "results", "locked is read-only for you"),  # joined by hand
+    ],
+)
+def test_a_results_dir_that_cannot_be_written_stops_in_one_line_before_anything_is_written(
+    workdir, stand_in_sweep, monkeypatch, capfd, command, case, results_dir, problem
+):
+    tmp_path = workdir
+    (tmp_path / "taken").write_text("a file")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if case == "a read-only working directory":
+        monkeypatch.chdir(locked)
+    deny_writes(monkeypatch, locked)
+    before = sorted(tmp_path.rglob("*"))
+    try:
+        code = main([command, *stand_in_sweep, *STAND_IN, "search=slices", f"results_dir={results_dir}"])
+    finally:
+        locked.chmod(0o755)
+    err = capfd.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"sweeper {command}: error: results_dir: cannot write") and len(err.splitlines()) == 1, err
+    assert problem in err and "set results_dir=PATH" in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, not even a folder
