@@ -3,6 +3,8 @@
 Every subcommand takes Hydra overrides as positional arguments (`model=cnn shape.pct_start=0.3`)
 and `--config-dir DIR` for a config directory of the user's. A bad setting stops the command
 before any work starts, with one message that names the setting and the fix, and exit code 2.
+Whatever the command prints about an error goes through the password masker first. Ctrl-C and
+SIGTERM stop any command the same way, and it exits as a shell reports the signal (130, 143).
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
+
+from sweeper.secrets import mask_text, passwords_in
 
 # name -> module in sweeper.commands; each module has HELP, add_arguments(parser) and run(args).
 # Modules are imported only when their command runs, so `sweeper schedule` starts fast.
@@ -27,6 +34,7 @@ COMMANDS = {
     "ui": "Open the MLflow UI on a sweep's trials, grouped by slice strategy, as charts.",
 }
 
+EXIT_FAILED = 1  # an error of ours, or of a library's: its traceback is printed
 EXIT_BAD_INPUT = 2
 EXIT_BROKEN_PIPE = 141  # as a shell reports a reader that closed the pipe (128 + SIGPIPE)
 
@@ -82,17 +90,70 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_command(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return int(_command_module(args.command).run(args) or 0)
-    except user_errors() as error:
-        print(f"sweeper {args.command}: error: {one_line(error)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except BrokenPipeError:
-        # The reader went away (`sweeper schedule --json | head`): not an error of ours. Point
-        # stdout at nothing, so that the interpreter's last flush does not fail on it again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_command(argv)
+    with StopSignals() as stop:
+        try:
+            code = int(_command_module(args.command).run(args) or 0)
+        except KeyboardInterrupt:
+            print(f"sweeper {args.command}: {stop.what}", file=sys.stderr)
+            code = stop.exit_code
+        except user_errors() as error:
+            print(f"sweeper {args.command}: error: {_masked(one_line(error), argv, args)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except BrokenPipeError:
+            # The reader went away (`sweeper schedule --json | head`): not an error of ours. Point
+            # stdout at nothing, so that the interpreter's last flush does not fail on it again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
+        except Exception:  # noqa: BLE001 - any other error: its traceback, which may quote a URL
+            print(_masked(traceback.format_exc(), argv, args), end="", file=sys.stderr)
+            return EXIT_FAILED
+    # A command stopped by a signal did what it does on Ctrl-C (a sweep stops its workers and
+    # says how to resume); its exit code says which signal it was.
+    return stop.exit_code if stop.received else code
+
+
+def _masked(text: str, argv: Sequence[str], args: argparse.Namespace) -> str:
+    """`text` without the passwords of the command line (`args` as the command completed it,
+    e.g. a worker's from its sweep) or of the environment, whole or in URLs."""
+    return mask_text(text, passwords_in([*argv, *getattr(args, "overrides", []), *os.environ.values()]))
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (kill, a cluster scheduler, systemd) stop a command the same
+    way: KeyboardInterrupt in its main thread, which the commands handle (a sweep stops its
+    workers, who mark their trials failed and send their records; `sweeper train` ends its run).
+    The signal is kept for the exit code: 128 + its number, as a shell reports a process the
+    signal ended (130, 143), so a caller can tell Ctrl-C from a kill. A command may handle the
+    signals its own way while it runs (a worker only sets a flag); the handlers are restored
+    when it returns."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # the only thread signals reach
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _interrupt(self, signum: int, frame: object) -> None:
+        self.received = signum
+        raise KeyboardInterrupt
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.received or signal.SIGINT)
+
+    @property
+    def what(self) -> str:
+        return "interrupted" if self.received in (None, signal.SIGINT) else f"stopped by {signal.Signals(self.received).name}"
 
 
 def one_line(error: BaseException) -> str:

@@ -3,16 +3,24 @@
 Both start the same worker (`sweeper worker`, or its function in a job) with the sweep's
 command line, so a worker recomposes exactly the parent's config. A launcher returns handles
 the parent watches: `poll()` is None while the worker runs, then its exit code.
+
+A local worker gets that command line in its environment, not in its argv: any user of the
+machine can read any process's argv (`ps`), and an override may hold a password. A local worker
+also ends when the sweep that started it ends, however it ends (SIGKILL included).
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import MutableMapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,9 +31,20 @@ from sweeper.settings import whole
 from sweeper.study import SweepPlan, plan_sweep
 from sweeper.workers import Slot, plan_slots, run_worker, usable_cores, visible_gpus
 
-__all__ = ["WorkerHandle", "check_launcher", "launch_workers", "worker_command"]
+__all__ = [
+    "SweepArguments",
+    "WorkerHandle",
+    "check_launcher",
+    "check_results_dir",
+    "end_with_parent",
+    "launch_workers",
+    "worker_command",
+]
 
 STOP_SECONDS = 15  # for a stopped worker to mark its trial failed and send its records
+SWEEP_ARGUMENTS = "SWEEPER_SWEEP_ARGUMENTS"  # the environment variable that carries them
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
+PARENT_CHECK_SECONDS = 1.0  # where there is no prctl: how often a worker looks for its parent
 
 
 class WorkerHandle(Protocol):
@@ -37,14 +56,83 @@ class WorkerHandle(Protocol):
     def stop(self) -> None: ...
 
 
-def worker_command(plan: SweepPlan, index: int, deadline: float | None) -> list[str]:
-    """`sweeper worker` for one slot: the sweep's own command line, already validated."""
+@dataclass(frozen=True)
+class SweepArguments:
+    """What a local worker needs of the sweep that starts it: the sweep's command line, already
+    validated, and the sweep's process id (the worker ends when that process does)."""
+
+    overrides: list[str]
+    config_dirs: list[str]
+    parent: int
+
+    def environment(self) -> dict[str, str]:
+        """The worker's environment entry. A process's environment is readable by its owner alone
+        (/proc/PID/environ is mode 0400), unlike its argv."""
+        return {SWEEP_ARGUMENTS: json.dumps(asdict(self))}
+
+    @classmethod
+    def take(cls, environ: MutableMapping[str, str] = os.environ) -> SweepArguments | None:
+        """The arguments a sweep left in this worker's environment, taken out of it (the worker's
+        own children need not hold them); None in a worker started by hand."""
+        text = environ.pop(SWEEP_ARGUMENTS, None)
+        return None if text is None else cls(**json.loads(text))
+
+
+def worker_command(plan: SweepPlan, index: int, deadline: float | None) -> tuple[list[str], dict[str, str]]:
+    """`sweeper worker` for one slot: its argv, which holds nothing of the sweep's command line,
+    and the environment entries that carry that command line to it."""
     command = [sys.executable, "-m", "sweeper.cli", "worker", "--index", str(index), "--no-validate"]
     if deadline is not None:
         command += ["--deadline", repr(deadline)]
-    for folder in plan.config_dirs:
-        command += ["--config-dir", folder]
-    return [*command, *plan.command_line]
+    sweep = SweepArguments(list(plan.command_line), list(plan.config_dirs), os.getpid())
+    return command, sweep.environment()
+
+
+def end_with_parent(parent: int) -> None:
+    """SIGTERM to this process when `parent`, the sweep that started it, ends, however it ends: a
+    worker left behind by a killed sweep would go on taking trials that nobody watches. On Linux
+    the kernel sends it (prctl PR_SET_PDEATHSIG); elsewhere a thread looks for the parent every
+    PARENT_CHECK_SECONDS. A parent that ended before this was asked for has already left the
+    process to another parent: it is looked for once more, after asking."""
+    if not _parent_death_signal(signal.SIGTERM):
+        threading.Thread(target=_watch_parent, args=(parent,), name="parent watch", daemon=True).start()
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _parent_death_signal(signum: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def check_results_dir(results_dir: str) -> None:
+    """results_dir can be made and written, checked before anything is written there: a read-only
+    working directory (or results/) would otherwise fail deep inside the first store that opens
+    it, with a traceback or a hundred lines of MLflow's. Nothing is created here (a dry run
+    creates nothing): the folder itself, or the nearest existing one above it, must be a
+    folder the user may write to."""
+    path = Path(results_dir).expanduser().absolute()
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            problem = f"{existing} is a file, not a folder"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is read-only for you"
+        else:
+            return
+    except OSError as error:  # a folder above it that may not even be looked into
+        problem = f"{error.strerror}: {error.filename}"
+    raise ConfigError(
+        f"results_dir: cannot write the sweep's results to {path} ({problem}); set results_dir=PATH "
+        f"to a folder you may write to (a relative PATH starts from the working directory)."
+    )
 
 
 @dataclass
@@ -87,8 +175,10 @@ class JobWorker:
 
 
 def check_launcher(plan: SweepPlan) -> None:
-    """The launcher's settings (worker slots here, or cluster jobs), checked before anything
-    is created: a bad one must not leave a study or an MLflow run behind."""
+    """The launcher's settings (worker slots here, or cluster jobs), and the results_dir their
+    logs and the sweep's stores go to, checked before anything is created: a bad one must not
+    leave a study or an MLflow run behind."""
+    check_results_dir(plan.cfg.results_dir)
     name = plan.cfg.launcher.name
     if name == "local":
         _local_slots(plan)
@@ -121,10 +211,11 @@ def _launch_local(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: 
     workers: list[WorkerHandle] = []
     for slot in slots:
         log = logs / f"worker-{slot.index}.log"
+        command, sweep = worker_command(plan, slot.index, deadline)
         with open(log, "ab") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
-                worker_command(plan, slot.index, deadline),
-                env={**os.environ, **slot.env()},
+                command,
+                env={**os.environ, **slot.env(), **sweep},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -8,7 +8,9 @@ Each worker loops with no barrier between trials: under the sweep's claim lock i
 finished and running trials, starts one if the sweep still needs it (`study.optimize` for one
 trial, which keeps the trial's heartbeat beating), and otherwise waits for running trials (one
 of them may fail and need redoing) or stops. A trial that raises or diverges fails alone, its
-reason kept in the trial's `reason` attribute.
+reason kept in the trial's `reason` attribute. A worker stopped (SIGSTOP, a stalled machine) past
+storage.grace_period finds its trial failed by the others' heartbeat check and queued again when
+it wakes: it says so and goes on with the next one.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "Slot",
     "StopRequest",
     "TrialFailed",
+    "TrialTakenOver",
     "plan_slots",
     "reporters_for",
     "run_trial",
@@ -125,17 +128,33 @@ class TrialFailed(RuntimeError):
     """A trial that ended without a result (diverged, or failed inside the trainer)."""
 
 
+class TrialTakenOver(RuntimeError):
+    """The trial was failed while it ran, by the heartbeat check of another worker (this one was
+    stopped or stalled for longer than storage.grace_period), and queued again: it runs elsewhere,
+    and what this worker would record of it can no longer be recorded."""
+
+
+def _record(trial: optuna.Trial, key: str, value: Any) -> None:
+    """trial.set_user_attr, for a trial that may have been taken over meanwhile."""
+    try:
+        trial.set_user_attr(key, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise TrialTakenOver(f"trial {trial.number} was failed by the heartbeat check while it ran") from None
+
+
 class ProgressReporter(Reporter):
-    """Keeps the trial's device and epochs done in the study, for the live view."""
+    """Keeps the trial's device and epochs done in the study, for the live view. Being the first
+    reporter to write to the study at each epoch, it is the one that finds a trial taken over:
+    the trial stops there (TrialTakenOver) instead of training to its end for nothing."""
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
 
     def on_start(self, event: StartEvent) -> None:
-        self.trial.set_user_attr("device", event.device)
+        _record(self.trial, "device", event.device)
 
     def on_epoch(self, event: EpochEvent) -> None:
-        self.trial.set_user_attr("epochs", event.epoch + 1)
+        _record(self.trial, "epochs", event.epoch + 1)
 
 
 def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan, overrides: Sequence[str]) -> list[Reporter]:
@@ -172,21 +191,21 @@ def run_trial(trial: optuna.Trial, plan: SweepPlan, train: TrainFn) -> float | l
     """The objective: compose the trial's config from its overrides, train it, return its value(s)."""
     overrides = [*plan.overrides, *plan.space.suggest(trial)]
     recorded = [mask_text(o) for o in overrides]
-    trial.set_user_attr("overrides", recorded)
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    _record(trial, "overrides", recorded)
+    _record(trial, "worker", f"{socket.gethostname()}:{os.getpid()}")
     try:
         trial_cfg = compose_config(overrides, plan.config_dirs)
         result = train(trial_cfg, reporters_for(trial, trial_cfg, plan, recorded))
     except Exception as error:
-        trial.set_user_attr("reason", _reason(f"{type(error).__name__}: {error}"))
+        _record(trial, "reason", _reason(f"{type(error).__name__}: {error}"))
         raise
-    trial.set_user_attr("status", result.status)
-    trial.set_user_attr("seconds", round(result.seconds, 3))
+    _record(trial, "status", result.status)
+    _record(trial, "seconds", round(result.seconds, 3))
     if result.status == "pruned":
         raise optuna.TrialPruned(f"pruned after {len(result.epochs)} epoch(s)")
     if result.status != "finished":
         reason = _reason(result.reason or result.status)
-        trial.set_user_attr("reason", reason)
+        _record(trial, "reason", reason)
         raise TrialFailed(reason)
     return plan.objectives.values(result)
 
@@ -199,24 +218,37 @@ def _reason(text: str) -> str:
 
 
 class StopRequest(Reporter):
-    """Ctrl-C in a worker process, acted on where it is safe.
+    """Ctrl-C (SIGINT) or SIGTERM in a worker process, acted on where it is safe.
 
-    It reaches a worker at any moment (from the terminal, and again from the sweep that stops its
-    workers), possibly inside a library holding a lock or inside Optuna's own bookkeeping, where
-    an exception could hang the worker or leave its trial running in the study. So the signal only
-    sets a flag. A running trial stops at its next reported step or epoch, from the trainer's own
-    loop (the trainer marks it failed, Optuna records it so, and a resumed sweep runs it again);
-    the worker starts no other trial.
+    SIGINT comes from the terminal, and from the sweep that stops its workers; SIGTERM from kill,
+    a scheduler, or the kernel when the sweep that started the worker dies. Either reaches a
+    worker at any moment, possibly inside a library holding a lock or inside Optuna's own
+    bookkeeping, where an exception could hang the worker or leave its trial running in the
+    study. So the signal only sets a flag. A running trial stops at its next reported step or
+    epoch, from the trainer's own loop (the trainer marks it failed, Optuna records it so, and a
+    resumed sweep runs it again); the worker starts no other trial.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the signal that asked
 
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self._interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._interrupt)
 
     def _interrupt(self, signum: int, frame: object) -> None:
         self.requested = True
+        self.signum = signum
+
+    @property
+    def what(self) -> str:
+        return "interrupted" if self.signum in (None, signal.SIGINT) else f"stopped by {signal.Signals(self.signum).name}"
+
+    @property
+    def exit_code(self) -> int:
+        """As a shell reports a process the signal ended: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + (self.signum or signal.SIGINT)
 
     def check(self) -> None:
         """Stop here (KeyboardInterrupt) if a stop was asked for."""
@@ -250,8 +282,11 @@ def run_worker(
     claim = plan.storage.claim(plan.name)
     poll = float(plan.cfg.sweep.poll)
     stop = stop or StopRequest()
+    running: optuna.Trial | None = None
 
     def objective(trial: optuna.Trial) -> float | list[float]:
+        nonlocal running
+        running = trial
         claim.release()  # the trial exists now: others may count it and start theirs
         stop.check()  # asked to stop while the trial was being made: it fails, to run again
         # The stop request listens last, so the other reporters have recorded the step or epoch.
@@ -268,7 +303,20 @@ def run_worker(
             failed_too_often = counts.failed - failed_before >= plan.max_failures
             move = next_move(counts, plan.n_trials, out_of_time, failed_too_often)
             if move == "run":
-                study.optimize(objective, n_trials=1, catch=(Exception,))
+                running = None
+                try:
+                    study.optimize(objective, n_trials=1, catch=(Exception,))
+                except Exception:
+                    # Optuna cannot tell a trial that is already finished; one failed by the
+                    # heartbeat check has been queued again, and the sweep goes on without it.
+                    if running is None or not _finished_meanwhile(study, running):
+                        raise
+                    print(
+                        f"sweeper: trial {running.number} was taken over: this worker was stopped or stalled "
+                        f"for longer than storage.grace_period ({plan.storage.grace_period} s), so the sweep "
+                        f"failed the trial and queued it again; going on with the next one.",
+                        flush=True,
+                    )
                 ran += 1
         if move == "stop":
             if failed_too_often and counts.finished < plan.n_trials:
@@ -284,3 +332,9 @@ def run_worker(
             fail_stale_trials(study)
             time.sleep(poll)
     return ran
+
+
+def _finished_meanwhile(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the study holds `trial` as finished (failed by the heartbeat check) although this
+    worker could not tell it anything."""
+    return any(t.number == trial.number and t.state.is_finished() for t in study.get_trials(deepcopy=False))

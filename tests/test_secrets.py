@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -21,7 +22,7 @@ from conftest import NEEDS_POSTGRES, POSTGRES, MlflowServer, free_port, with_tes
 from mlflow import MlflowClient
 
 from sweeper.cli import main
-from sweeper.secrets import mask_text, mask_url
+from sweeper.secrets import mask_text, mask_url, passwords_in
 
 SECRET = "Sw33p-s3cret-Qx7"  # recognisable anywhere it might leak
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -39,6 +40,8 @@ REPOSITORY = Path(__file__).resolve().parent.parent
         "p#ss?x",         # what would start a fragment or a query
         "p:ss",
         "p%2Fss",         # percent-escaped
+        "pa ss",          # a space: the URL goes on past it
+        "p@ss/w:rd#x",    # all of them at once: SQLAlchemy reads "p" and a host "ss"
     ],
 )
 @pytest.mark.parametrize(
@@ -69,6 +72,34 @@ def test_masking_leaves_text_without_credentials_alone(text):
 
 def test_password_like_query_parameters_are_masked():
     assert mask_text("https://h/x?token=abc&x=1&password=def") == "https://h/x?token=***&x=1&password=***"
+    assert mask_url("postgresql://u@h/db?sslmode=require&sslpassword=abc") == "postgresql://u@h/db?sslmode=require&sslpassword=***"
+
+
+def test_a_user_name_with_an_at_sign_keeps_its_password_masked():
+    # Azure's PostgreSQL names users user@server: the password follows the second "@"'s colon.
+    url = "postgresql://admin@myserver:hunter2@myserver.postgres.example.org/sweeps"
+    assert mask_url(url) == mask_text(url) == "postgresql://admin@myserver:***@myserver.postgres.example.org/sweeps"
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        ("storage.url=postgresql://u:hunter2@h/db", {"hunter2"}),
+        ("storage.url='postgresql://u:pa ss@h/db", {"pa ss"}),
+        # both readings, and the pieces a driver may quote as a host name or a database
+        ("storage.url=postgresql://u:Sw33p@s3cr3t/w:rd@h/db", {"Sw33p@s3cr3t/w:rd", "Sw33p", "s3cr3t", "w", "rd"}),
+        ("storage.url=postgresql://u@h/db?sslmode=require&password=pa ss", {"pa ss"}),
+        ("storage.url=postgresql://u:p%40ss@h/db", {"p%40ss", "p@ss"}),  # as written, and as sent
+        ("results_dir=/tmp/x sampler.seed=3", set()),
+    ],
+)
+def test_the_passwords_of_a_command_line_are_read_every_way(argument, expected):
+    assert passwords_in([argument]) == expected
+
+
+def test_known_passwords_are_masked_wherever_they_stand_but_short_ones_only_in_urls():
+    text = "could not translate host name \"s3cr3t\" to address; pw=ab"
+    assert mask_text(text, {"s3cr3t", "ab"}) == "could not translate host name \"***\" to address; pw=ab"
 
 
 # --- a failing connection ---------------------------------------------------------------------
@@ -103,6 +134,39 @@ def test_a_failing_connection_keeps_the_password_out(argv, setting, workdir, cap
     for text in (out, err, caplog.text):
         assert SECRET not in text
     assert SECRET.encode() not in everything_written(workdir)
+
+
+# --- what the CLI prints about a URL on its command line -------------------------------------
+
+ECHO_PORT = free_port()  # nothing listens there
+# (id, override, its password): each a way an override's URL came back in an error, whole or in
+# part. The first three reach the storage's driver, the others stop in Hydra's parser.
+ECHOES = [
+    ("space", "storage.url=postgresql://sweeper:Sw33p s3cret@127.0.0.1:{port}/sweeps", "Sw33p s3cret"),
+    ("query-password", "storage.url='postgresql://sweeper@127.0.0.1:{port}/sweeps?sslmode=disable&password=Sw33p-s3cret'", "Sw33p-s3cret"),
+    # SQLAlchemy reads the password "Sw33p" and the host "s3cr3t", which the driver quotes
+    ("at-slash-quoted", "storage.url='postgresql://sweeper:Sw33p@s3cr3t/w:rd#x@127.0.0.1:{port}/sweeps'", "Sw33p@s3cr3t/w:rd#x"),
+    ("tracking-space", "tracking.uri=http://sweeper:Sw33p s3cret@127.0.0.1:{port}", "Sw33p s3cret"),
+    ("at-slash-colon-hash", "storage.url=postgresql://sweeper:Sw33p@s3cr3t/w:rd#x@127.0.0.1:{port}/sweeps", "Sw33p@s3cr3t/w:rd#x"),
+    ("extra-parenthesis", "storage.url=postgresql://sweeper:Sw33p-s3cret@127.0.0.1:{port}/sweeps)", "Sw33p-s3cret"),
+    ("unbalanced-quote", "storage.url='postgresql://sweeper:Sw33p-s3cret@127.0.0.1:{port}/sweeps", "Sw33p-s3cret"),
+    ("mistyped-key", "storag.url=postgresql://sweeper:Sw33p-s3cret@127.0.0.1:{port}/sweeps", "Sw33p-s3cret"),
+    ("query-password-unquoted", "storage.url=postgresql://sweeper@127.0.0.1:{port}/sweeps?password=Sw33p-s3cret", "Sw33p-s3cret"),
+]
+
+
+@pytest.mark.parametrize(("override", "password"), [pytest.param(o, p, id=i) for i, o, p in ECHOES])
+def test_an_error_about_a_url_on_the_command_line_never_prints_its_password(override, password, workdir, capfd, caplog):
+    argv = ["sweep", override.format(port=ECHO_PORT), "sweep.trainer=conftest.StandInTrainer", "results_dir=results"]
+    code = main(argv)
+    out, err = capfd.readouterr()
+    assert code == 2 and err.startswith("sweeper sweep: error: ") and len(err.splitlines()) == 1, err
+    assert "***" in err  # the URL is still named, masked
+    pieces = [password, *(piece for piece in re.split(r"[@/:#]", password) if len(piece) >= 4)]
+    for text in (out, err, caplog.text):
+        for piece in pieces:
+            assert piece not in text, (piece, text)
+    assert not (workdir / "results").exists()  # stopped before anything was made
 
 
 # --- a whole sweep ----------------------------------------------------------------------------

@@ -6,6 +6,11 @@ The worker recomposes the sweep's config from the same overrides, so it finds th
 and space; it runs trials on the devices it sees (set CUDA_VISIBLE_DEVICES to pick a GPU) until
 the sweep has sweep.n_trials finished trials. To bring every device of another machine in at
 once, run `sweeper sweep` there with the same overrides instead.
+
+The workers `sweeper sweep` starts run this command too, with the sweep's command line in their
+environment rather than in their argv (see sweeper.launchers), and end when the sweep does.
+Ctrl-C or SIGTERM stops a worker after its trial's current step (the trial is marked failed and
+runs again when the sweep resumes); it exits 130 or 143, as a shell reports the signal.
 """
 
 from __future__ import annotations
@@ -13,10 +18,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from sweeper.launchers import SweepArguments, check_results_dir, end_with_parent
 from sweeper.study import plan_sweep
 from sweeper.workers import StopRequest, run_worker
-
-EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,18 +30,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    stop = StopRequest()
+    stop.install()  # first: a sweep that is already gone is noticed with a signal, just below
+    sweep = SweepArguments.take()
+    if sweep is not None:  # started by `sweeper sweep`; any arguments of its own come after its
+        end_with_parent(sweep.parent)
+        args.overrides = [*sweep.overrides, *args.overrides]
+        args.config_dir = [*sweep.config_dirs, *args.config_dir]
     plan = plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
+    check_results_dir(plan.cfg.results_dir)
     deadline = args.deadline
     if deadline is None and plan.timeout is not None:
         deadline = time.time() + plan.timeout
-    stop = StopRequest()
-    stop.install()
     try:
         ran = run_worker(plan, index=args.index, deadline=deadline, stop=stop)
     except KeyboardInterrupt:  # from a trial's training: Optuna has marked the trial failed
         ran = None
     if stop.requested:
-        print(f"worker {args.index}: interrupted; a trial it had started runs again when the sweep resumes")
-        return EXIT_INTERRUPTED
+        print(f"worker {args.index}: {stop.what}; a trial it had started runs again when the sweep resumes")
+        return stop.exit_code
     print(f"worker {args.index}: ran {ran} trial(s) of sweep {plan.name}")
     return 0
