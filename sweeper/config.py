@@ -38,6 +38,7 @@ from sweeper.slices import SliceSpec, parse_lr
 __all__ = [
     "ConfigError",
     "build_shape",
+    "check_results_dir",
     "compose_config",
     "config_dir",
     "hydra_overrides",
@@ -274,3 +275,26 @@ def _check_numbers(node: DictConfig, setting: str) -> None:
                 f"{setting}.{name}: {value!r} is not a number, and {node._target_} takes a number "
                 f"there; give one, e.g. {setting}.{name}={default!r}."
             )
+
+
+def check_results_dir(results_dir: str) -> None:
+    """results_dir can be made and written, checked before anything is written there: a read-only
+    working directory (or results/) would otherwise fail deep inside the first store that opens
+    it, with a traceback or a hundred lines of MLflow's. Nothing is created here (a dry run
+    creates nothing): the folder itself, or the nearest existing one above it, must be a
+    folder the user may write to."""
+    path = Path(results_dir).expanduser().absolute()
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            problem = f"{existing} is a file, not a folder"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is read-only for you"
+        else:
+            return
+    except OSError as error:  # a folder above it that may not even be looked into
+        problem = f"{error.strerror}: {error.filename}"
+    raise ConfigError(
+        f"results_dir: cannot write the sweep's results to {path} ({problem}); set results_dir=PATH "
+        f"to a folder you may write to (a relative PATH starts from the working directory)."
+    )

@@ -35,7 +35,6 @@ __all__ = [
     "SweepArguments",
     "WorkerHandle",
     "check_launcher",
-    "check_results_dir",
     "end_with_parent",
     "launch_workers",
     "worker_command",
@@ -112,29 +111,6 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def check_results_dir(results_dir: str) -> None:
-    """results_dir can be made and written, checked before anything is written there: a read-only
-    working directory (or results/) would otherwise fail deep inside the first store that opens
-    it, with a traceback or a hundred lines of MLflow's. Nothing is created here (a dry run
-    creates nothing): the folder itself, or the nearest existing one above it, must be a
-    folder the user may write to."""
-    path = Path(results_dir).expanduser().absolute()
-    try:
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        if not existing.is_dir():
-            problem = f"{existing} is a file, not a folder"
-        elif not os.access(existing, os.W_OK | os.X_OK):
-            problem = f"{existing} is read-only for you"
-        else:
-            return
-    except OSError as error:  # a folder above it that may not even be looked into
-        problem = f"{error.strerror}: {error.filename}"
-    raise ConfigError(
-        f"results_dir: cannot write the sweep's results to {path} ({problem}); set results_dir=PATH "
-        f"to a folder you may write to (a relative PATH starts from the working directory)."
-    )
-
-
 @dataclass
 class LocalWorker:
     label: str
@@ -178,7 +154,6 @@ def check_launcher(plan: SweepPlan) -> None:
     """The launcher's settings (worker slots here, or cluster jobs), and the results_dir their
     logs and the sweep's stores go to, checked before anything is created: a bad one must not
     leave a study or an MLflow run behind."""
-    check_results_dir(plan.cfg.results_dir)
     name = plan.cfg.launcher.name
     if name == "local":
         _local_slots(plan)

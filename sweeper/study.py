@@ -35,7 +35,7 @@ from omegaconf.errors import InterpolationResolutionError
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.config import ConfigError, compose_config
+from sweeper.config import ConfigError, check_results_dir, compose_config
 from sweeper.environment import git_state
 from sweeper.events import EpochEvent, Reporter, TrialResult
 from sweeper.identity import (
@@ -479,6 +479,7 @@ def plan_sweep(
     base, sweeps = split_overrides(command_line)
     config_dirs = tuple(str(d) for d in config_dirs)
     cfg = compose_config(base, config_dirs)
+    check_results_dir(cfg.results_dir)  # before any check that may write there (a cached body)
     name = check_sweep_name(str(cfg.sweep.name))
     allow_changes = cfg.sweep.get("allow_changes", False)
     if not isinstance(allow_changes, bool):

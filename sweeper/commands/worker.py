@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from sweeper.launchers import SweepArguments, check_results_dir, end_with_parent
+from sweeper.launchers import SweepArguments, end_with_parent
 from sweeper.study import plan_sweep
 from sweeper.workers import StopRequest, run_worker
 
@@ -38,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = [*sweep.overrides, *args.overrides]
         args.config_dir = [*sweep.config_dirs, *args.config_dir]
     plan = plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
-    check_results_dir(plan.cfg.results_dir)
     deadline = args.deadline
     if deadline is None and plan.timeout is not None:
         deadline = time.time() + plan.timeout
