@@ -62,6 +62,7 @@ __all__ = [
     "MlflowRecorder",
     "SweepTracking",
     "TrackingSettings",
+    "check_server",
     "connect",
     "epoch_metrics",
     "mlflow_calls",
@@ -993,6 +994,14 @@ def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) ->
         token = page.token
         if not token:
             return runs
+
+
+def check_server(cfg: DictConfig) -> None:
+    """A tracking server that cannot be reached is a ConfigError now, before anything is written
+    here (an embedded store is made where the sweep makes its study, so it needs no look ahead)."""
+    settings = tracking_settings(cfg)
+    if settings is not None and settings.is_server:
+        connect(settings)
 
 
 def prepare_sweep(cfg: DictConfig, study_name: str, study: optuna.Study | None = None) -> SweepTracking:

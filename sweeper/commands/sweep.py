@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(f"  {line}" for line in plan.space.describe()))
         return 0
     tracking = tracking_module()
+    if tracking:
+        tracking.check_server(plan.cfg)  # unreachable: said before anything is written here
     # Under the sweep's claim: two commands started at once make one study and one parent run.
     with plan.storage.claim(plan.name):
         # A sweep of this name with another definition is refused before anything is written.
