@@ -52,7 +52,7 @@ def lr_find(
     trial = prepare(cfg)
     model, optimizer = trial.model, trial.optimizer
     saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    trial.set_trainable(trial.phases[0].trainable)
+    trial.set_trainable(trial.plan.phases[0].trainable)
 
     lrs: list[float] = []
     losses: list[float] = []
