@@ -101,6 +101,11 @@ class Plan:
         return sum(phase.schedule.total for phase in self.phases)
 
     @property
+    def shape(self) -> Shape:
+        """The last phase's shape: the configured one, unless the frozen phase runs alone."""
+        return self.phases[-1].schedule.shape
+
+    @property
     def sets_momentum(self) -> bool:
         """Does any step set the optimizer's momentum (SGD momentum, Adam beta1)?"""
         return not np.isnan(self.momenta).all()

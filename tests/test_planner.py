@@ -144,6 +144,14 @@ def test_the_plan_is_a_picklable_value():
         plan.peaks = (1.0, 1.0)  # frozen
 
 
+def test_the_plan_draws_as_a_schedule(tmp_path):
+    from sweeper.plots import plot_schedule
+
+    plan = plan_trial([1e-3, 1e-2], Constant(), epochs=2, freeze_epochs=1, steps=30)
+    assert plan.shape == Constant()  # the configured one; the frozen phase's is fine_tune's
+    assert plot_schedule(plan, tmp_path / "plan.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_shape_without_momentum_leaves_nan_where_the_optimizer_keeps_its_own():
     plan = plan_trial([1e-3], Constant(), epochs=1, freeze_epochs=1, steps=8)
     assert not np.isnan(plan.momenta[:4]).any() and np.isnan(plan.momenta[4:]).all()  # frozen one-cycle, then constant
