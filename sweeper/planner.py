@@ -57,7 +57,7 @@ FROZEN_PCT_START = 0.99  # fine_tune's frozen fit_one_cycle
 
 @dataclass(frozen=True)
 class Phase:
-    """One fit_one_cycle: its schedule and which layer groups train."""
+    """One fit (a fit_one_cycle in fine_tune): its schedule and which layer groups train."""
 
     name: str                       # "train", or "frozen" then "unfrozen" (fine_tune)
     epochs: int
@@ -116,6 +116,7 @@ class Plan:
         return tuple(int(s) for s in np.cumsum([0] + [p.schedule.total for p in self.phases[:-1]]))
 
     def phase_at(self, step: int) -> Phase:
+        """The phase that trains batch `step`."""
         for phase, start in zip(reversed(self.phases), reversed(self.starts)):
             if step >= start:
                 return phase
