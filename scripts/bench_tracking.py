@@ -74,7 +74,7 @@ def plot_seconds(cfg, folder: Path, repeats: int = 3) -> float:
     from sweeper.plots import plot_schedule
     from sweeper.trainer import prepare
 
-    schedule = prepare(cfg).phases[0].schedule
+    schedule = prepare(cfg).plan
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()

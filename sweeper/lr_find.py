@@ -2,16 +2,20 @@
 
 Batch i of the test trains with lr `start_lr * (end_lr / start_lr) ** (i / num_it)`, the same
 for every layer group (as fastai sets it). The loss is smoothed as fastai's Recorder smooths it
-(a moving average with beta 0.98, debiased). The test stops after `num_it` batches, or once
-the smoothed loss exceeds 4x its best (or is no longer finite); afterwards the model and the
-optimizer are restored, so the test leaves no trace. With `train.freeze_epochs > 0` the test
-runs on what the first (frozen) phase trains, as fastai's does on a frozen learner.
+(`AvgSmoothLoss`: a float32 moving average with beta 0.98, debiased). The test stops after
+`num_it` batches, or once the smoothed loss exceeds 4x its best. A NaN loss never does (no
+comparison with NaN is true), so, as in fastai, a curve that turns NaN runs all `num_it` batches
+and the suggestions are cut at its first NaN. Afterwards the model and the optimizer are
+restored, so the test leaves no trace. With `train.freeze_epochs > 0` the test runs on what the
+first (frozen) phase trains, as fastai's does on a frozen learner.
 
 Suggestions, as fastai computes them, on the points between the first `num_it // 10` and the
-last five (cut at the first NaN):
+last five, cut at the first NaN, in float32 (fastai makes tensors of the recorded lrs and
+losses; on flat or tied curves float32 changes which loss is lower):
 - `valley` (default): about halfway down the longest valley of the loss curve;
 - `minimum`: the lr of the lowest loss, divided by 10;
 - `steep`: the lr where the loss falls fastest (steepest negative slope in log lr).
+A suggested lr is the float32 value fastai returns.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from torch import nn
 from sweeper.config import ConfigError
 from sweeper.trainer import Trial, prepare
 
-__all__ = ["LrFindResult", "SUGGESTIONS", "lr_find", "minimum", "plot_lr_find", "steep", "suggest", "valley"]
+__all__ = ["LrFindResult", "SUGGESTIONS", "lr_find", "minimum", "plot_lr_find", "range_test", "steep", "suggest", "valley"]
 
 BETA = 0.98  # fastai's AvgSmoothLoss
 DIVERGED = 4  # stop once the smoothed loss exceeds this many times its best
@@ -52,33 +56,54 @@ def lr_find(
     trial = prepare(cfg)
     model, optimizer = trial.model, trial.optimizer
     saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    trial.set_trainable(trial.phases[0].trainable)
+    trial.set_trainable(trial.plan.phases[0].trainable)
+    batches = _batches(trial, num_it)
 
-    lrs: list[float] = []
-    losses: list[float] = []
-    average, best = 0.0, math.inf
+    def train_batch(lr: float) -> torch.Tensor:
+        x, y = next(batches)
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
     model.train()
     try:
-        for i, (x, y) in enumerate(_batches(trial, num_it)):
-            lr = start_lr * (end_lr / start_lr) ** (i / num_it)
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = lr
-            loss = nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            average = BETA * average + (1 - BETA) * loss.item()
-            smooth = average / (1 - BETA ** (i + 1))
-            lrs.append(lr)
-            losses.append(smooth)
-            best = min(best, smooth)
-            if stop_div and (smooth > DIVERGED * best or not math.isfinite(smooth)):
-                break
+        lrs, losses = range_test(train_batch, start_lr, end_lr, num_it, stop_div)
     finally:  # the test leaves no trace on the model or the optimizer
         model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_optimizer)
         trial.set_trainable([True] * len(trial.groups))
     return LrFindResult(lrs, losses, suggest(lrs, losses, num_it))
+
+
+def range_test(
+    train_batch: Callable[[float], torch.Tensor], start_lr: float, end_lr: float, num_it: int, stop_div: bool = True
+) -> tuple[list[float], list[float]]:
+    """fastai's LRFinder loop: `train_batch(lr)` trains one batch and returns its loss.
+
+    The lr of every batch and the smoothed loss after it, as fastai's Recorder keeps them. The
+    smoothing is fastai's own arithmetic (a float32 `torch.lerp` on the CPU), so a curve is
+    fastai's to the bit and ties stay ties.
+    """
+    lrs: list[float] = []
+    losses: list[float] = []
+    average = torch.zeros((), dtype=torch.float32)
+    best = math.inf
+    for i in range(num_it):
+        lr = start_lr * (end_lr / start_lr) ** (i / num_it)
+        loss = train_batch(lr).detach().to("cpu", torch.float32)
+        average = torch.lerp(loss, average, BETA)
+        smooth = average / (1 - BETA ** (i + 1))
+        lrs.append(lr)
+        losses.append(smooth.item())
+        if smooth < best:
+            best = smooth
+        if stop_div and smooth > DIVERGED * best:  # never true of a NaN
+            break
+    return lrs, losses
 
 
 def _batches(trial: Trial, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -94,17 +119,19 @@ def _batches(trial: Trial, count: int) -> Iterator[tuple[torch.Tensor, torch.Ten
 
 def suggest(lrs: Sequence[float], losses: Sequence[float], num_it: int) -> dict[str, float]:
     """fastai's suggestions from a test's curve; empty when too few points remain to judge."""
-    lrs, losses = list(lrs[num_it // 10 : -5]), list(losses[num_it // 10 : -5])
-    nan = next((i for i, loss in enumerate(losses) if math.isnan(loss)), None)
-    if nan is not None:
-        lrs, losses = lrs[:nan], losses[:nan]
-    if len(lrs) < 2:
+    lrs = torch.tensor(lrs[num_it // 10 : -5], dtype=torch.float32)
+    losses = torch.tensor(losses[num_it // 10 : -5], dtype=torch.float32)
+    nan = torch.nonzero(torch.isnan(losses))
+    if len(nan):
+        lrs, losses = lrs[: nan.min()], losses[: nan.min()]
+    if len(lrs) < 2:  # fastai raises here
         return {}
     return {name: function(lrs, losses) for name, function in SUGGESTIONS.items()}
 
 
 def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
     """fastai's valley: the longest run of decreasing losses, and the lr about halfway down it."""
+    lrs, losses = _float32(lrs).tolist(), _float32(losses).tolist()  # float32 values, compared exactly
     n = len(losses)
     max_start = max_end = 0
     run_length = [1] * n  # length of the longest decreasing sequence ending at each point
@@ -116,18 +143,24 @@ def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
                 max_end = i
                 max_start = max_end - run_length[max_end]
     sections = (max_end - max_start) / 3
-    return float(lrs[max_start + int(sections) + int(sections / 2)])
+    return lrs[max_start + int(sections) + int(sections / 2)]
 
 
 def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """fastai's minimum: a tenth of the lr with the lowest loss."""
-    return lrs[min(range(len(losses)), key=losses.__getitem__)] / 10
+    """fastai's minimum: a tenth of the lr with the lowest loss (the first, on a tie)."""
+    return _float32(lrs)[_float32(losses).argmin()].item() / 10
 
 
 def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
     """fastai's steep: the lr where the loss falls fastest per unit of log lr."""
-    slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(len(lrs) - 1)]
-    return lrs[min(range(len(slopes)), key=slopes.__getitem__)]
+    lrs, losses = _float32(lrs), _float32(losses)
+    slopes = (losses[1:] - losses[:-1]) / (lrs[1:].log() - lrs[:-1].log())
+    return lrs[slopes.argmin()].item()
+
+
+def _float32(values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """As fastai's suggestion functions see values: a float32 tensor."""
+    return torch.as_tensor(values, dtype=torch.float32)
 
 
 SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {

@@ -307,20 +307,13 @@ def plot_distributions(trials: pd.DataFrame, objective: str, path: Path) -> Path
 
 
 def _planned_schedule(overrides: Sequence[str], steps: int = 200) -> list[list[float]]:
-    """lr per group at `steps` points of training, from the trial's config (its groups must be
-    a list of prefixes or a number)."""
-    from omegaconf import OmegaConf
-
-    from sweeper.config import build_shape, compose_config
-    from sweeper.shapes import Schedule
-    from sweeper.slices import parse_lr
+    """lr per group at about `steps` points of training (both phases of a fine-tune), as the
+    trial's config plans it (`sweeper.planner`, the trainer's own plan)."""
+    from sweeper.config import compose_config
+    from sweeper.planner import plan_config, whole_epoch_steps
 
     cfg = compose_config(overrides)
-    groups = OmegaConf.to_container(cfg.model.groups) if OmegaConf.is_config(cfg.model.get("groups")) else cfg.model.get("groups")
-    n_groups = len(groups) if isinstance(groups, list) else int(groups) if isinstance(groups, int) else 1
-    peaks = parse_lr(OmegaConf.to_container(cfg.lr, resolve=True)).peaks(n_groups)
-    schedule = Schedule(tuple(peaks), build_shape(cfg.shape), steps)
-    return [[schedule.at(step)[0][g] for step in range(steps)] for g in range(n_groups)]
+    return plan_config(cfg, steps=whole_epoch_steps(cfg, steps)).lrs.T.tolist()
 
 
 def _recorded_schedule(run_id: str, curves: Callable[[str, str], list[tuple[int, float]]]) -> list[list[float]]:

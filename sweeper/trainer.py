@@ -5,8 +5,8 @@
 The story: `prepare` checks every setting and builds the trial (device, seeds, data, the model,
 its layer groups, an optimizer with a param group per layer group); `run` trains it phase by
 phase. Before every training batch the lr of every layer group and the momentum (SGD's
-momentum, Adam's beta1) are set by hand from the phase's `Schedule`: the very values
-`sweeper schedule` prints for the same settings. After every epoch the model is evaluated.
+momentum, Adam's beta1) are set by hand from the trial's plan (`sweeper.planner`): the very
+values `sweeper schedule` prints for the same settings. After every epoch the model is evaluated.
 Reporters hear of every step and epoch, and any of them may stop the trial after an epoch.
 
 Bad settings raise before any training (ConfigError, SliceError, ShapeError, GroupError). Once
@@ -22,15 +22,22 @@ Phases:
 - `train.freeze_epochs > 0`: fastai's `fine_tune`. Phase "frozen": every layer group but the
   head is frozen (its parameters take no optimizer step and stay bitwise unchanged), and the head
   trains for `freeze_epochs` epochs of `fit_one_cycle(slice(base_lr), pct_start=0.99)`, with
-  base_lr = 2 x the configured head peak. As in fastai (`train_bn`, on by default), the
+  base_lr = 2 x the configured head peak and the shape's other settings (div_final, moms), as
+  fine_tune passes them to both phases. As in fastai (`train_bn`, on by default), the
   parameters of norm layers (BatchNorm, InstanceNorm, LayerNorm) in frozen groups still train,
   at their group's lr, and batch-norm running statistics update everywhere; `train.train_bn=false`
   freezes them too. Phase "unfrozen": every group trains for `train.epochs` epochs with the
   configured slice and shape (`train.epochs=0` stops after the frozen phase: the head alone).
   Each phase's schedule starts at step 0 of its own total; `StepEvent.step` counts over both.
+  The phases and their lrs and momentum are `sweeper.planner`'s plan, the one `sweeper
+  schedule` prints. A phase whose shape moves no momentum trains with the optimizer's
+  configured momentum, not with where the frozen phase left it.
 
   So `train.freeze_epochs=F lr=geometric lr.low=L lr.high=H shape=fastai_fine_tune` is fastai's
   `fine_tune(epochs, base_lr=2H, freeze_epochs=F, lr_mult=H/L)`.
+
+An optimizer whose momentum is 0 (`optimizer=sgd optimizer.momentum=0`) keeps it: a shape's
+momentum does not reach it, and torch keeps no momentum buffers, as fastai's SGD without momentum.
 
 Weight decay skips norm parameters and biases (fastai's `wd_bn_bias=False`): each layer group
 becomes two param groups with the same lr, one without decay. `train.wd_bn_bias=true` decays
@@ -50,9 +57,8 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -61,19 +67,17 @@ from sweeper.config import ConfigError, build_shape, instantiate_node
 from sweeper.data import TrialData
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 from sweeper.groups import LayerGroups, split_groups
+from sweeper.planner import Plan, plan_config
 from sweeper.seeding import seed_everything, use_deterministic_algorithms
 from sweeper.settings import whole
-from sweeper.shapes import FastaiOneCycle, Schedule, Shape
-from sweeper.slices import parse_lr, peak_lrs
+from sweeper.slices import parse_lr
 
 __all__ = [
-    "Phase",
     "Trial",
     "available_metrics",
     "build_optimizer",
     "evaluate",
     "norm_parameters",
-    "plan_phases",
     "prepare",
     "resolve_device",
     "run",
@@ -97,60 +101,6 @@ def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> Tria
     return run(prepare(cfg), reporters)
 
 
-# --- the plan: phases and their schedules -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One fit_one_cycle: its schedule and which layer groups train.
-
-    The schedule is evaluated for every step when the phase is planned: in the middle of
-    training, a shape's arithmetic (several NumPy float32 operations per group) costs several
-    times what it costs in one go, and a lookup per step costs almost nothing. The values are the
-    very floats `schedule.at(step)` returns.
-    """
-
-    name: str                       # "train", or "frozen" then "unfrozen" (fine_tune)
-    epochs: int
-    schedule: Schedule              # over this phase's own training batches, from its step 0
-    trainable: tuple[bool, ...]     # per layer group: does it take optimizer steps
-    lrs: np.ndarray = field(init=False, repr=False, compare=False)           # [step, layer group]
-    momenta: list[float | None] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        lrs = np.empty((self.schedule.total, len(self.schedule.peaks)), dtype=np.float64)  # exact Python floats
-        momenta = []
-        for step in range(self.schedule.total):
-            lrs[step], momentum = self.schedule.at(step)
-            momenta.append(momentum)
-        object.__setattr__(self, "lrs", lrs)
-        object.__setattr__(self, "momenta", momenta)
-
-    def at(self, step: int) -> tuple[list[float], float | None]:
-        """`schedule.at(step)`, looked up."""
-        return self.lrs[step].tolist(), self.momenta[step]
-
-
-def plan_phases(
-    epochs: int, freeze_epochs: int, peaks: Sequence[float], shape: Shape, batches_per_epoch: int
-) -> list[Phase]:
-    """fit_one_cycle, or fine_tune's frozen and unfrozen phases (see the module docstring)."""
-    n_groups = len(peaks)
-    phases = []
-    if freeze_epochs:
-        base_lr = 2 * peaks[-1]  # fine_tune halves base_lr when it unfreezes: the configured head peak
-        frozen = Schedule(
-            tuple(peak_lrs(slice(base_lr), n_groups)),
-            FastaiOneCycle(pct_start=0.99),
-            freeze_epochs * batches_per_epoch,
-        )
-        phases.append(Phase("frozen", freeze_epochs, frozen, (False,) * (n_groups - 1) + (True,)))
-    if epochs:
-        schedule = Schedule(tuple(peaks), shape, epochs * batches_per_epoch)
-        phases.append(Phase("unfrozen" if freeze_epochs else "train", epochs, schedule, (True,) * n_groups))
-    return phases
-
-
 # --- preparing a trial: every check, then every build ---------------------------------------------
 
 
@@ -169,16 +119,23 @@ class Trial:
     peaks: list[float]              # peak lr of each layer group
     optimizer: torch.optim.Optimizer
     owners: list[int]               # the layer group of each optimizer param group
-    phases: list[Phase]
+    plan: Plan                      # the phases, and the lr and momentum of every step
     batch_size: int
     sync_every: int                 # steps between loss reads
     train_in_frozen: set[int]       # ids of parameters that train in frozen groups (train_bn)
+    own_momenta: list[float | None] # each param group's configured momentum or beta1
 
     def set_trainable(self, trainable: Sequence[bool]) -> None:
         """Freeze (no gradient, so no optimizer step) or unfreeze each layer group."""
         for group, on in zip(self.groups, trainable):
             for _, param in group:
                 param.requires_grad_(on or id(param) in self.train_in_frozen)
+
+    def reset_momenta(self) -> None:
+        """Every param group's momentum back to the configured one: a phase whose shape moves
+        none trains with the optimizer's own, not with where the phase before left it."""
+        for param_group, momentum in zip(self.optimizer.param_groups, self.own_momenta):
+            _set_momentum(param_group, momentum)
 
 
 def prepare(cfg: DictConfig | Mapping) -> Trial:
@@ -221,12 +178,13 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     norms = norm_parameters(model)
     no_decay = set() if settings.get("wd_bn_bias", False) else norms | bias_parameters(model)
     optimizer, owners = build_optimizer(cfg.optimizer, groups, peaks, no_decay)
-    if shape.momentum(0, 1) is not None and not {"betas", "momentum"} & optimizer.defaults.keys():
+    plan = plan_config(cfg, steps=(freeze_epochs + epochs) * data.n_train_batches(batch_size), n_groups=len(groups))
+    if plan.sets_momentum and not {"betas", "momentum"} & optimizer.defaults.keys():
+        moved_by = f"shape {shape.name}" + (" and fine_tune's frozen one-cycle" if freeze_epochs else "")
         raise ConfigError(
-            f"optimizer: {type(optimizer).__name__} has neither momentum nor betas for the shape "
-            f"{shape.name} to move; use optimizer=adamw, adam or sgd, or a shape without momentum."
+            f"optimizer: {type(optimizer).__name__} has neither momentum nor betas for the "
+            f"{moved_by} to move; use optimizer=adamw, adam or sgd, or a shape without momentum."
         )
-    phases = plan_phases(epochs, freeze_epochs, peaks, shape, data.n_train_batches(batch_size))
     return Trial(
         config=cfg,
         started=started,
@@ -239,10 +197,11 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
         peaks=peaks,
         optimizer=optimizer,
         owners=owners,
-        phases=phases,
+        plan=plan,
         batch_size=batch_size,
         sync_every=sync_every,
         train_in_frozen=norms if settings.get("train_bn", True) else set(),
+        own_momenta=[g["betas"][0] if "betas" in g else g.get("momentum") for g in optimizer.param_groups],
     )
 
 
@@ -313,7 +272,7 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
         config=OmegaConf.to_container(trial.config, resolve=True),
         peaks=tuple(trial.peaks),
         n_groups=len(trial.groups),
-        total_steps=sum(phase.schedule.total for phase in trial.phases),
+        total_steps=trial.plan.total,
         device=str(device),
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if trial.amp else nullcontext()
@@ -322,9 +281,9 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
     try:
         for reporter in reporters:
             reporter.on_start(start)
-        for phase in trial.phases:
+        for phase in trial.plan.phases:
             trial.set_trainable(phase.trainable)
-            phase_step = 0
+            trial.reset_momenta()
             for _ in range(phase.epochs):
                 # --- train one epoch: the lrs and momentum set by hand before every batch ---
                 model.train()
@@ -332,7 +291,7 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
                 for x, y in data.train_batches(trial.batch_size, trial.generator):
                     if result.first_step_seconds is None:
                         result.first_step_seconds = time.perf_counter() - trial.started
-                    lrs, momentum = phase.at(phase_step)
+                    lrs, momentum = trial.plan.at(step)
                     set_hyperparameters(optimizer, trial.owners, lrs, momentum)
                     with autocast:
                         loss = nn.functional.cross_entropy(model(x), y)
@@ -341,7 +300,6 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
                     optimizer.step()
                     unread.append((loss.detach(), (step, epoch, phase.name, tuple(lrs), momentum)))
                     step += 1
-                    phase_step += 1
                     if len(unread) >= trial.sync_every and not _report_steps(unread, result, reporters):
                         return result
                 if not _report_steps(unread, result, reporters):
@@ -378,12 +336,16 @@ def set_hyperparameters(
     """Every param group gets its layer group's lr, and the momentum (None: the optimizer's own)."""
     for param_group, owner in zip(optimizer.param_groups, owners):
         param_group["lr"] = lrs[owner]
-        if momentum is None:
-            continue
-        if "betas" in param_group:
-            param_group["betas"] = (momentum, param_group["betas"][1])
-        else:
-            param_group["momentum"] = momentum
+        if momentum is not None:
+            _set_momentum(param_group, momentum)
+
+
+def _set_momentum(param_group: dict, momentum: float | None) -> None:
+    """SGD's momentum or Adam's beta1 (None: an optimizer that has neither)."""
+    if "betas" in param_group:
+        param_group["betas"] = (momentum, param_group["betas"][1])
+    elif momentum is not None:
+        param_group["momentum"] = momentum
 
 
 def _report_steps(unread: list[tuple[torch.Tensor, tuple]], result: TrialResult, reporters: Sequence[Reporter]) -> bool:

@@ -1,17 +1,23 @@
 """fastai's lr range test: the sweep, the early stop, the restore, the smoothing, the
-suggestions and the command."""
+suggestions and the command; curves and suggestions against fastai 2.8.12's own
+(tests/data/fastai_parity.json, made by scripts/fastai_reference.py)."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import before_each_optimizer_step
 
 import sweeper.lr_find as lr_find_module
 from sweeper.cli import main
-from sweeper.lr_find import lr_find, minimum, steep, suggest, valley
+from sweeper.lr_find import lr_find, minimum, range_test, steep, suggest, valley
+
+FASTAI = json.loads((Path(__file__).parent / "data" / "fastai_parity.json").read_text())
 
 
 @pytest.fixture
@@ -62,9 +68,46 @@ def test_a_fine_tune_config_is_tested_frozen_and_unfrozen_after(trial_config, pr
 def test_stops_once_the_smoothed_loss_passes_four_times_its_best(trial_config):
     result = lr_find(trial_config("optimizer=sgd", "train.batch_size=32"), end_lr=1e4, num_it=100)
     assert len(result.lrs) < 100
-    last = result.losses[-1]
-    assert last > 4 * min(result.losses) or not math.isfinite(last)
+    assert result.losses[-1] > 4 * min(result.losses)
     assert all(loss <= 4 * min(result.losses[: i + 1]) for i, loss in enumerate(result.losses[:-1]))
+
+
+def same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize("case", FASTAI["lr_find"], ids=lambda c: c["name"])
+def test_curve_and_suggestions_are_fastais_to_the_bit(case):
+    # The raw losses fastai's loss function returned, fed to the same loop: every lr, every
+    # smoothed loss, where the test stops and every suggestion equal fastai's exactly.
+    raw = iter(case["raw_losses"])
+    lrs, losses = range_test(lambda lr: torch.tensor(next(raw)), case["start_lr"], case["end_lr"], case["num_it"])
+    assert lrs == case["lrs"]  # as many batches as fastai ran: all of them past a NaN
+    assert len(losses) == len(case["losses"]) and all(map(same, losses, case["losses"])), case["name"]
+    assert suggest(lrs, losses, case["num_it"]) == case["suggestions"]
+
+
+def test_a_nan_does_not_stop_the_test_and_cuts_the_suggestions(trial_config):
+    # fastai's LRFinder stops at 4x the best smoothed loss, which a NaN never exceeds: every
+    # batch runs, and the suggestions come from the points before the first NaN.
+    calls = 0
+    real = torch.nn.functional.cross_entropy
+
+    def turns_nan(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        loss = real(*args, **kwargs)
+        return loss * math.nan if calls > 25 else loss
+
+    cfg = trial_config("train.batch_size=64")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "cross_entropy", turns_nan)
+        result = lr_find(cfg, end_lr=1e-2, num_it=40)
+    assert len(result.lrs) == 40 == calls
+    assert all(math.isnan(loss) for loss in result.losses[25:]) and not any(map(math.isnan, result.losses[:25]))
+    # points 4..24: the first num_it // 10 skipped, the NaN and all after it dropped
+    assert result.suggestions == suggest(result.lrs[:30], result.losses[:30], 40)
+    assert result.suggestions["minimum"] == float(np.float32(result.lrs[4 + int(np.argmin(result.losses[4:25]))])) / 10
 
 
 def test_smoothing_is_fastais_debiased_moving_average(trial_config, monkeypatch):
@@ -81,10 +124,13 @@ def test_smoothing_is_fastais_debiased_moving_average(trial_config, monkeypatch)
     average = 0.0
     for i, (value, smooth) in enumerate(zip(raw, result.losses)):
         average = average * 0.98 + value * 0.02
-        assert math.isclose(smooth, average / (1 - 0.98 ** (i + 1)), rel_tol=1e-12), i
+        # float32, as fastai's AvgSmoothLoss (its very arithmetic: the parity test above)
+        assert math.isclose(smooth, average / (1 - 0.98 ** (i + 1)), rel_tol=1e-5), i
+        assert smooth == float(np.float32(smooth))
 
 
 LRS = [10.0 ** (k / 2 - 6) for k in range(12)]  # 1e-6 .. 10**-0.5, half a decade apart
+F32 = [float(np.float32(lr)) for lr in LRS]  # fastai suggests from float32 tensors of the lrs
 
 
 @pytest.mark.parametrize(
@@ -99,8 +145,8 @@ LRS = [10.0 ** (k / 2 - 6) for k in range(12)]  # 1e-6 .. 10**-0.5, half a decad
     ],
 )
 def test_minimum_and_steep(losses, expected):
-    assert math.isclose(minimum(LRS, losses), expected["minimum"])
-    assert steep(LRS, losses) == expected["steep"]
+    assert math.isclose(minimum(LRS, losses), expected["minimum"], rel_tol=1e-7)
+    assert steep(LRS, losses) == float(np.float32(expected["steep"]))
 
 
 @pytest.mark.parametrize(
@@ -118,7 +164,14 @@ def test_minimum_and_steep(losses, expected):
     ],
 )
 def test_valley_is_fastais_longest_valley(losses, index):
-    assert valley(LRS, losses) == LRS[index]
+    assert valley(LRS, losses) == F32[index]
+
+
+def test_suggestions_compare_float32_losses_as_fastai_does():
+    # 1 + 1e-9 and 1 are one float32: no valley between them; in float64 there is one
+    losses = [1.0 + 1e-9 * (12 - k) for k in range(12)]
+    assert valley(LRS, losses) == F32[0]
+    assert minimum(LRS, losses) == F32[0] / 10  # a tie: the first, as torch's argmin
 
 
 def test_suggestions_skip_the_ends_and_stop_at_a_nan():
@@ -127,7 +180,7 @@ def test_suggestions_skip_the_ends_and_stop_at_a_nan():
     losses[20] = math.nan
     kept = suggest(lrs, losses, num_it=40)
     # points 4..19 remain (num_it // 10 skipped at the start, the NaN and all after it dropped)
-    assert kept["minimum"] == lrs[19] / 10
+    assert kept["minimum"] == float(np.float32(lrs[19])) / 10
     assert suggest(lrs[:8], losses[:8], num_it=40) == {}  # too few points: no suggestion
 
 

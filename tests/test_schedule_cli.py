@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from sweeper.cli import main
+from sweeper.config import compose_config
+from sweeper.planner import plan_config
 from sweeper.shapes import FastaiOneCycle, Schedule
 
 
@@ -62,6 +64,39 @@ def test_table_shows_groups_and_every_nth_step(capsys, tmp_path):
     assert (tmp_path / "results" / "schedule-fastai_one_cycle.png").stat().st_size > 0
 
 
+def test_a_fine_tune_config_prints_and_plots_both_phases(capsys, tmp_path):
+    settings = ["train.freeze_epochs=1", "train.epochs=3", "shape=fastai_fine_tune", "shape.moms=[0.9,0.8,0.9]"]
+    code, out, _ = run_schedule(capsys, tmp_path, "--json", "--steps", "40", *settings)
+    assert code == 0
+    document = json.loads(out)
+    assert [(p["name"], p["epochs"], p["steps"]) for p in document["phases"]] == [("frozen", 1, 10), ("unfrozen", 3, 30)]
+    assert document["phases"][0]["trainable"] == [False, False, True]
+    assert document["phases"][0]["shape"]["pct_start"] == 0.99 and document["phases"][0]["shape"]["moms"] == [0.9, 0.8, 0.9]
+    assert document["rows"] == plan_config(compose_config(settings), steps=40).rows()  # the trainer's plan
+    assert [r["phase"] for r in document["rows"]] == ["frozen"] * 10 + ["unfrozen"] * 30
+    assert Path(document["plot"]).stat().st_size > 0
+    code, out, _ = run_schedule(capsys, tmp_path, "--steps", "40", "--every", "10", "--no-plot", *settings)  # the table too
+    assert code == 0
+    rows = [line.split() for line in out.splitlines() if line.startswith("│")]
+    assert [(row[1], row[3]) for row in rows] == [("0", "frozen"), ("10", "unfrozen"), ("20", "unfrozen"), ("30", "unfrozen"), ("39", "unfrozen")]
+
+
+def test_a_fine_tune_config_defaults_to_whole_epochs_near_100_steps(capsys, tmp_path):
+    code, out, _ = run_schedule(capsys, tmp_path, "--json", "--no-plot", "train.freeze_epochs=1", "train.epochs=6")
+    assert code == 0 and json.loads(out)["steps"] == 98  # 7 epochs of 14 batches
+
+
+def test_sgd_without_momentum_shows_no_momentum(capsys, tmp_path):
+    code, out, _ = run_schedule(capsys, tmp_path, "--json", "--no-plot", "--steps", "5", "optimizer=sgd", "optimizer.momentum=0")
+    assert code == 0
+    assert [r["momentum"] for r in json.loads(out)["rows"]] == [None] * 5  # the optimizer's own: 0
+
+
+def test_the_groups_default_to_the_models(capsys, tmp_path):
+    code, out, _ = run_schedule(capsys, tmp_path, "--json", "--no-plot", "--steps", "5", "model.groups=tests.test_planner.split_in_two")
+    assert code == 0 and len(json.loads(out)["peaks"]) == 2  # a splitter's groups, counted on the model
+
+
 def test_the_config_lr_is_the_default(capsys, tmp_path):
     code, out, _ = run_schedule(capsys, tmp_path, "--json", "--no-plot", "--steps", "5", "lr=fastai", "lr.high=3e-3")
     assert code == 0
@@ -84,6 +119,7 @@ def test_the_config_lr_is_the_default(capsys, tmp_path):
         (["shape.warp=3"], ["warp"]),
         (["--groups", "0"], ["--groups"]),
         (["--steps", "0"], ["--steps"]),
+        (["--steps", "10", "train.freeze_epochs=1"], ["--steps", "7 epochs", "--steps 7"]),
         (["lr.strategy=cyclic"], ["lr.strategy"]),
     ],
 )

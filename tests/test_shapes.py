@@ -1,21 +1,29 @@
-"""Cycle shapes against fastai itself (../shared/vectors) and torch's OneCycleLR itself."""
+"""Cycle shapes against fastai itself (../shared/vectors, and tests/data/fastai_parity.json from
+scripts/fastai_reference.py) and torch's schedulers themselves, step by step."""
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
 from sweeper.shapes import (
     Constant,
+    FastaiFlatCos,
     FastaiOneCycle,
+    FastaiSGDR,
     FunctionShape,
     Points,
     Schedule,
     ShapeError,
+    TorchCosineRestarts,
+    TorchExponential,
     TorchOneCycle,
+    TorchPolynomial,
     Triangular,
     WarmupCosine,
     WarmupStableDecay,
@@ -25,6 +33,9 @@ from sweeper.slices import peak_lrs
 from tests.test_slices import VECTORS, spec_from_vector
 
 FASTAI_REL = 1e-6  # the tolerance shared/README.md gives for these vectors
+FASTAI = json.loads((Path(__file__).parent / "data" / "fastai_parity.json").read_text())
+# fastai's positions are its accumulated pct_train, ours step / total: float64 rounding apart
+EXACT = 1e-12
 
 
 @pytest.mark.parametrize("case", VECTORS["combined_cos"], ids=lambda c: f"pct{c['pct']}")
@@ -97,6 +108,123 @@ def test_torch_one_cycle_matches_OneCycleLR_step_for_step(settings, optimizer_na
         scheduler.step()
 
 
+def torch_lrs(scheduler_class, peaks, total, **settings) -> list[list[float]]:
+    """The lr of every param group before each of `total` steps, from torch's scheduler itself."""
+    optimizer = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": p} for p in peaks], lr=1.0)
+    scheduler = scheduler_class(optimizer, **settings)
+    lrs = []
+    for _ in range(total):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def assert_steps_equal(schedule: Schedule, expected: list[list[float]], rel: float = EXACT) -> None:
+    assert len(expected) == schedule.total
+    for step, wanted in enumerate(expected):
+        lrs, momentum = schedule.at(step)
+        for group, (lr, value) in enumerate(zip(lrs, wanted, strict=True)):
+            assert math.isclose(lr, value, rel_tol=rel, abs_tol=1e-18), (step, group, lr, value)
+        assert momentum is None  # these shapes leave momentum to the optimizer
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(T_0=10), dict(T_0=7, T_mult=2), dict(T_0=5, T_mult=3, eta_min=1e-6), dict(T_0=1), dict(T_0=200, eta_min=1e-4)],
+    ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()),
+)
+def test_cosine_restarts_match_CosineAnnealingWarmRestarts_step_for_step(settings):
+    peaks = peak_lrs(slice(1e-4, 1e-2), 3)
+    expected = torch_lrs(torch.optim.lr_scheduler.CosineAnnealingWarmRestarts, peaks, 120, **settings)
+    assert_steps_equal(Schedule(tuple(peaks), TorchCosineRestarts(**settings), 120), expected)
+
+
+@pytest.mark.parametrize("gamma", [0.9, 0.99, 0.999, 1.0])
+def test_exponential_matches_ExponentialLR_step_for_step(gamma):
+    peaks = peak_lrs(slice(1e-3), 2)
+    expected = torch_lrs(torch.optim.lr_scheduler.ExponentialLR, peaks, 150, gamma=gamma)
+    assert_steps_equal(Schedule(tuple(peaks), TorchExponential(gamma=gamma), 150), expected)
+
+
+@pytest.mark.parametrize(
+    ("total", "settings"),
+    [(50, dict(power=1.0)), (37, dict(power=2.0)), (60, dict(total_iters=20, power=0.5)), (40, dict(total_iters=5))],
+    ids=["linear", "square", "ends-early", "torch-default-iters"],
+)
+def test_polynomial_matches_PolynomialLR_step_for_step(total, settings):
+    peaks = peak_lrs(slice(1e-5, 1e-3), 3)
+    torch_settings = {"total_iters": total, **settings}  # total_iters None: the whole of training
+    expected = torch_lrs(torch.optim.lr_scheduler.PolynomialLR, peaks, total, **torch_settings)
+    assert_steps_equal(Schedule(tuple(peaks), TorchPolynomial(**settings), total), expected)
+    if settings.get("total_iters", total) < total:
+        assert Schedule(tuple(peaks), TorchPolynomial(**settings), total).at(total - 1)[0] == [0.0] * 3  # and stays 0
+
+
+def fastai_peaks(spec, n_groups: int) -> list[float]:
+    """fastai's set_hyper of a JSON lr: a float, [hi] for slice(hi), [lo, hi] for slice(lo, hi)."""
+    if isinstance(spec, list):
+        return peak_lrs(slice(*spec) if len(spec) == 2 else slice(spec[0]), n_groups)
+    return peak_lrs(spec, n_groups)
+
+
+@pytest.mark.parametrize(
+    "case", FASTAI["fit_sgdr"], ids=lambda c: f"{c['n_cycles']}x{c['cycle_len']}*{c['cycle_mult']}-{c['n_batches']}"
+)
+def test_sgdr_matches_fastai_fit_sgdr_batch_for_batch(case):
+    shape = FastaiSGDR(n_cycles=case["n_cycles"], cycle_len=case["cycle_len"], cycle_mult=case["cycle_mult"])
+    assert shape.epochs == case["n_epoch"]  # the epochs fit_sgdr trains for these cycles
+    peaks = fastai_peaks(case["lr_max"], case["n_groups"])
+    assert_steps_equal(Schedule(tuple(peaks), shape, shape.epochs * case["n_batches"]), case["lrs"])
+
+
+def test_sgdr_restarts_at_the_peak_on_epoch_boundaries_and_runs_with_cycle_mult_1():
+    shape = FastaiSGDR(n_cycles=3, cycle_len=1, cycle_mult=2)  # 1 + 2 + 4 epochs
+    restarts = [step for step in range(70) if shape.lr(1.0, step, 70) == 1.0]
+    # As fit_sgdr itself (the parity case 3x1*2 has it too): fastai's float32 boundary of the
+    # third cycle lies just past 3/7, so batch 30 ends the second cycle (near 0) and the third one
+    # starts a batch into its cosine.
+    assert restarts == [0, 10] and shape.lr(1.0, 30, 70) < 1e-12 and 0.99 < shape.lr(1.0, 31, 70) < 1.0
+    same_length = FastaiSGDR(n_cycles=4, cycle_len=2, cycle_mult=1)  # fastai divides by zero here
+    assert same_length.epochs == 8
+    assert [step for step in range(40) if same_length.lr(1.0, step, 40) == 1.0] == [0, 10, 20, 30]
+
+
+@pytest.mark.parametrize("case", FASTAI["fit_flat_cos"], ids=lambda c: f"{c['n_epoch']}x{c['n_batches']}-{sorted(c['kwargs'])}")
+def test_flat_cos_matches_fastai_fit_flat_cos_batch_for_batch(case):
+    peaks = fastai_peaks(case["lr"], case["n_groups"])
+    schedule = Schedule(tuple(peaks), FastaiFlatCos(**case["kwargs"]), case["n_epoch"] * case["n_batches"])
+    assert_steps_equal(schedule, case["lrs"])
+
+
+@pytest.mark.parametrize("case", FASTAI["param_scheduler"], ids=lambda c: f"{c['kind']}-{c['n_groups']}")
+def test_points_and_function_at_fastai_positions_match_a_fastai_ParamScheduler(case):
+    if case["kind"] == "points":
+        shape = Points(points=tuple(map(tuple, case["points"])), position="fastai")
+    else:
+        shape = FunctionShape(fn=case["fn"], position="fastai")
+    assert_steps_equal(Schedule(tuple(case["peaks"]), shape, case["n_epoch"] * case["n_batches"]), case["lrs"])
+
+
+def test_the_two_positions_differ_only_in_where_the_last_step_lands():
+    end, fastai = FunctionShape(fn="sweeper.shapes.linear_decay"), FunctionShape(fn="sweeper.shapes.linear_decay", position="fastai")
+    assert end.lr(1.0, 9, 10) == 0.0  # step / (N - 1): the last step reaches the function's end
+    assert math.isclose(fastai.lr(1.0, 9, 10), 0.1)  # step / N: fastai never quite gets there
+    assert end.lr(1.0, 0, 10) == fastai.lr(1.0, 0, 10) == 1.0
+
+
+def test_torch_one_cycle_puts_the_peak_on_step_0_where_OneCycleLR_divides_by_zero():
+    # pct_start * total == 1: OneCycleLR's warm-up has no length and it raises; the shape starts
+    # at the peak and anneals to the minimum on the last step.
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+    with pytest.raises(ZeroDivisionError):
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=4, pct_start=0.25)
+    shape = TorchOneCycle(pct_start=0.25)
+    assert shape.lr(1.0, 0, 4) == 1.0 and shape.momentum(0, 4) == 0.85
+    assert [shape.lr(1.0, s, 4) for s in range(4)] == sorted((shape.lr(1.0, s, 4) for s in range(4)), reverse=True)
+    assert math.isclose(shape.lr(1.0, 3, 4), 1 / 25 / 1e4)
+
+
 def test_torch_one_cycle_reaches_its_minimum_on_the_last_step():
     shape = TorchOneCycle()
     assert math.isclose(shape.lr(1.0, 99, 100), 1 / 25 / 1e4)
@@ -112,6 +240,7 @@ def test_torch_one_cycle_reaches_its_minimum_on_the_last_step():
         (WarmupStableDecay(warmup_pct=0.1, decay_pct=0.2, div=10, div_final=100), 0.1, 0.01),
         (Points(points=((0, 0.5), (0.5, 1.0), (1, 0.25))), 0.5, 0.25),
         (FunctionShape(fn="sweeper.shapes.linear_decay"), 1.0, 0.0),
+        (TorchPolynomial(), 1.0, 1 / 101),
     ],
     ids=lambda x: getattr(x, "name", None),
 )
@@ -147,7 +276,9 @@ def test_each_group_runs_the_same_shape_scaled_by_its_peak():
 @pytest.mark.parametrize(
     "shape",
     [FastaiOneCycle(), TorchOneCycle(three_phase=True), Constant(), Triangular(), WarmupCosine(),
-     WarmupStableDecay(), Points(), FunctionShape(fn="sweeper.shapes.linear_decay")],
+     WarmupStableDecay(), Points(), FunctionShape(fn="sweeper.shapes.linear_decay"),
+     FunctionShape(fn="sweeper.shapes.linear_decay", position="fastai"), Points(position="fastai"),
+     FastaiFlatCos(), FastaiSGDR(), TorchCosineRestarts(T_0=7, T_mult=2), TorchExponential(), TorchPolynomial(power=2.0)],
     ids=lambda s: s.name,
 )
 def test_shapes_pickle_to_equal_values(shape):
@@ -178,6 +309,19 @@ def test_shapes_pickle_to_equal_values(shape):
         (lambda: Points(points=((0, 1.0), (1, -1.0))), ["multipliers"]),
         (lambda: Points(points=("ab",)), ["pairs"]),
         (lambda: FunctionShape(fn="no.such.module.f"), ["shape.fn", "cannot import"]),
+        (lambda: FunctionShape(fn="math.cos", position="middle"), ["shape.position", "fastai"]),
+        (lambda: Points(position="k/N"), ["shape.position", "end"]),
+        (lambda: FastaiFlatCos(pct_start=1), ["shape.pct_start"]),
+        (lambda: FastaiFlatCos(div_final=0), ["shape.div_final"]),
+        (lambda: FastaiSGDR(n_cycles=0), ["shape.n_cycles", ">= 1"]),
+        (lambda: FastaiSGDR(cycle_mult=1.5), ["shape.cycle_mult", "whole number"]),
+        (lambda: TorchCosineRestarts(T_0=0), ["shape.T_0"]),
+        (lambda: TorchCosineRestarts(T_mult=0), ["shape.T_mult"]),
+        (lambda: TorchCosineRestarts(eta_min=-1e-5), ["shape.eta_min"]),
+        (lambda: TorchExponential(gamma=1.5), ["shape.gamma", "(0, 1]"]),
+        (lambda: TorchExponential(gamma=0), ["shape.gamma"]),
+        (lambda: TorchPolynomial(total_iters=0), ["shape.total_iters"]),
+        (lambda: TorchPolynomial(power=-1), ["shape.power"]),
         (lambda: Schedule((1e-3,), Constant(), 0), ["steps"]),
     ],
 )

@@ -41,16 +41,25 @@ class OptimizerSpy:
 def scheduled(cfg) -> list[tuple[list[float], float | None]]:
     """Every training batch's (lrs, momentum) straight from design.md: fit_one_cycle with the
     configured slice and shape, after fine_tune's frozen fit_one_cycle(slice(2 x head peak),
-    pct_start=0.99) when train.freeze_epochs > 0."""
+    pct_start=0.99, **the shape's div_final and moms) when train.freeze_epochs > 0. An SGD
+    without momentum keeps it at 0 (None: the optimizer's own)."""
     batches = len(digits().train_y) // cfg.train.batch_size
     peaks = peak_lrs(OmegaConf.to_container(cfg.lr), 3)
+    shape = build_shape(cfg.shape)
     schedules = []
     if cfg.train.freeze_epochs:
         frozen_peaks = peak_lrs(slice(2 * peaks[-1]), 3)
-        schedules.append(Schedule(tuple(frozen_peaks), FastaiOneCycle(pct_start=0.99), cfg.train.freeze_epochs * batches))
+        passed_on = {"div_final": shape.div_final, "moms": shape.moms} if isinstance(shape, FastaiOneCycle) else {}
+        frozen = FastaiOneCycle(pct_start=0.99, **passed_on)
+        schedules.append(Schedule(tuple(frozen_peaks), frozen, cfg.train.freeze_epochs * batches))
     if cfg.train.epochs:
-        schedules.append(Schedule(tuple(peaks), build_shape(cfg.shape), cfg.train.epochs * batches))
-    return [schedule.at(step) for schedule in schedules for step in range(schedule.total)]
+        schedules.append(Schedule(tuple(peaks), shape, cfg.train.epochs * batches))
+    no_momentum = cfg.optimizer.get("momentum") == 0
+    return [
+        (lrs, None if no_momentum else momentum)
+        for schedule in schedules
+        for lrs, momentum in map(schedule.at, range(schedule.total))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -60,11 +69,17 @@ def scheduled(cfg) -> list[tuple[list[float], float | None]]:
         (["optimizer=sgd", "shape=torch_one_cycle", "lr=fastai"], 2),  # SGD momentum, OneCycleLR
         (["optimizer=adam", "train.wd_bn_bias=true"], 1),  # Adam; one param group per layer group
         (["train.freeze_epochs=1", "shape=fastai_fine_tune"], 2),  # fine_tune: both phases
+        # fine_tune's other arguments reach both phases
+        (["train.freeze_epochs=1", "shape=fastai_fine_tune", "shape.moms=[0.9,0.8,0.9]", "shape.div_final=1e3"], 2),
         (["train.freeze_epochs=2", "train.epochs=0"], 2),  # the frozen phase alone
         (["shape=warmup_cosine", "lr=explicit", "lr.values=[1e-4,2e-3,5e-3]"], 2),  # momentum left alone
         (["optimizer=sgd", "shape=constant"], 2),  # SGD's own momentum left alone
+        (["optimizer=sgd", "shape=constant", "train.freeze_epochs=1"], 2),  # ...not where the frozen phase left it
+        (["optimizer=sgd", "optimizer.momentum=0.0", "train.freeze_epochs=1"], 2),  # momentum 0 stays 0
+        (["shape=fastai_sgdr", "lr=fastai"], 2),
     ],
-    ids=["fit_one_cycle", "sgd-torch", "adam-one-group", "fine_tune", "frozen-only", "warmup_cosine", "sgd-constant"],
+    ids=["fit_one_cycle", "sgd-torch", "adam-one-group", "fine_tune", "fine_tune-kwargs", "frozen-only",
+         "warmup_cosine", "sgd-constant", "fine_tune-constant", "sgd-no-momentum", "sgdr"],
 )
 def test_optimizer_uses_exactly_the_scheduled_lr_and_momentum(config, overrides, param_groups_per_layer_group):
     cfg = config(*overrides)
@@ -82,6 +97,16 @@ def test_optimizer_uses_exactly_the_scheduled_lr_and_momentum(config, overrides,
         assert used_momenta == [wanted] * len(used_momenta), (step, used_momenta, wanted)
         assert list(result.steps[step].lrs) == lrs and result.steps[step].momentum == momentum  # events say the same
     assert [s.step for s in result.steps] == list(range(len(expected)))  # StepEvent.step is global
+
+
+@pytest.mark.parametrize(("momentum", "buffers"), [(0.0, False), (0.9, True)])
+def test_sgd_without_momentum_keeps_no_momentum_buffers(config, momentum, buffers):
+    # as fastai's SGD without momentum, which keeps no average of the gradients
+    trial = prepare(config("optimizer=sgd", f"optimizer.momentum={momentum}", "train.epochs=1"))
+    assert run(trial).status == "finished"
+    assert ({g["momentum"] for g in trial.optimizer.param_groups} == {0.0}) == (momentum == 0)  # else the shape moved it
+    kept = [s.get("momentum_buffer") is not None for s in trial.optimizer.state.values()]
+    assert (bool(kept) and all(kept)) == buffers
 
 
 def test_fine_tune_phases_are_named_and_restart_their_schedules(config):

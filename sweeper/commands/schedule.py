@@ -1,11 +1,14 @@
 """`sweeper schedule`: what a slice and a cycle shape mean, step by step, before any training.
 
     sweeper schedule --lr "slice(1e-5,1e-3)" --groups 3 --steps 100 shape=torch_one_cycle
+    sweeper schedule experiment=digits_transfer          # fine_tune: frozen, then unfrozen
 
 prints the lr of every layer group and the momentum at every step (a table, or JSON with --json)
-and writes a plot to results/. The lr defaults to the config's `lr` node, which an override sets
-the same way on every command (`lr='slice(1e-5,1e-3)'`); the shape and its settings come from
-Hydra overrides (`shape=...`, `shape.pct_start=...`).
+and writes a plot to results/: the trial's plan (`sweeper.planner`), the very values the trainer
+sets, over both phases of a fine-tune config. The lr defaults to the config's `lr` node, which an
+override sets the same way on every command (`lr='slice(1e-5,1e-3)'`), and the groups to its
+model's; the shape and its settings come from Hydra overrides (`shape=...`, `shape.pct_start=...`),
+like the optimizer (an SGD without momentum keeps its momentum at 0).
 """
 
 from __future__ import annotations
@@ -19,17 +22,23 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, build_shape, compose_config
+from sweeper.planner import Plan, plan_config, whole_epoch_steps
 from sweeper.plots import plot_schedule
-from sweeper.shapes import Schedule
 from sweeper.slices import parse_lr
+
+DEFAULT_STEPS = 100
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lr", help='a float, "slice(hi)", "slice(lo,hi)" or "[a,b,c]" (default: the config\'s lr, which lr=... sets alike)'
     )
-    parser.add_argument("--groups", type=int, default=3, help="number of layer groups (default 3)")
-    parser.add_argument("--steps", type=int, default=100, help="training batches over all epochs (default 100)")
+    parser.add_argument("--groups", type=int, help="number of layer groups (default: the config's model's)")
+    parser.add_argument(
+        "--steps", type=int,
+        help=f"training batches over all epochs of all phases (default {DEFAULT_STEPS}, or the nearest "
+        f"multiple of the epochs of a fine-tune config)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--every", type=int, default=1, help="print every N-th step (the last step always)")
     parser.add_argument("--plot", type=Path, help="plot path (default results/schedule-<shape>.png)")
@@ -39,51 +48,81 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = compose_config(args.overrides, args.config_dir)
     # Everything is validated before anything is written.
-    if args.groups < 1:
+    if args.groups is not None and args.groups < 1:
         raise ConfigError(f"--groups: {args.groups} must be at least 1 layer group.")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps: {args.steps} must be at least 1 training batch.")
     if args.every < 1:
         raise ConfigError(f"--every: {args.every} must be at least 1.")
+    steps = whole_epoch_steps(cfg, DEFAULT_STEPS) if args.steps is None else args.steps
+    if whole_epoch_steps(cfg, steps) != steps:
+        freeze_epochs, epochs = cfg.train.get("freeze_epochs", 0), cfg.train.epochs
+        raise ConfigError(
+            f"--steps: {steps} training batches do not split into the {freeze_epochs + epochs} epochs "
+            f"of train.freeze_epochs={freeze_epochs} + train.epochs={epochs}; give a multiple of "
+            f"{freeze_epochs + epochs}, e.g. --steps {whole_epoch_steps(cfg, steps)}."
+        )
     spec = parse_lr(args.lr if args.lr is not None else OmegaConf.to_container(cfg.lr, resolve=True))
     shape = build_shape(cfg.shape)
-    schedule = Schedule(tuple(spec.peaks(args.groups)), shape, args.steps)
+    plan = plan_config(cfg, steps=steps, n_groups=args.groups, lr=spec)
 
-    rows = schedule.rows()
-    shown = [r for r in rows if r["step"] % args.every == 0 or r["step"] == args.steps - 1]
+    rows = plan.rows()
+    shown = [r for r in rows if r["step"] % args.every == 0 or r["step"] == steps - 1]
     plot = None
     if not args.no_plot:
         plot = args.plot or Path(cfg.results_dir) / f"schedule-{shape.name}.png"
-        plot_schedule(schedule, plot, title=f"lr={spec.describe()}, {shape.name}")
+        plot_schedule(plan, plot, title=f"lr={spec.describe()}, {shape.name}" + _phases_note(plan))
     if args.json:
         document = {
             "lr": spec.describe(),
             "strategy": spec.strategy,
-            "peaks": list(schedule.peaks),
+            "peaks": list(plan.peaks),
             "shape": {"name": shape.name, **asdict(shape)},
-            "steps": args.steps,
+            "steps": steps,
+            "phases": [
+                {
+                    "name": phase.name,
+                    "epochs": phase.epochs,
+                    "steps": phase.schedule.total,
+                    "peaks": list(phase.schedule.peaks),
+                    "trainable": list(phase.trainable),
+                    "shape": {"name": phase.schedule.shape.name, **asdict(phase.schedule.shape)},
+                }
+                for phase in plan.phases
+            ],
             "rows": shown,
             "plot": str(plot) if plot else None,
         }
         json.dump(document, sys.stdout, indent=1)
         print()
         return 0
-    _print_table(spec.describe(), schedule, shown)
+    _print_table(spec.describe(), plan, shown)
     if plot:
         print(f"plot: {plot}")
     return 0
 
 
-def _print_table(lr_text: str, schedule: Schedule, rows: list[dict]) -> None:
+def _phases_note(plan: Plan) -> str:
+    """"": one phase; else ": frozen 10 steps + unfrozen 90 steps"."""
+    if len(plan.phases) == 1 and plan.phases[0].name == "train":
+        return ""
+    return ": " + " + ".join(f"{p.name} {p.schedule.total} steps" for p in plan.phases)
+
+
+def _print_table(lr_text: str, plan: Plan, rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    n_groups = len(schedule.peaks)
-    peaks = ", ".join(f"{p:.4g}" for p in schedule.peaks)
+    n_groups = len(plan.peaks)
+    peaks = ", ".join(f"{p:.4g}" for p in plan.peaks)
+    phased = bool(_phases_note(plan))
     table = Table(
-        title=f"lr={lr_text} -> peaks [{peaks}], {schedule.total} steps", caption=str(schedule.shape)
+        title=f"lr={lr_text} -> peaks [{peaks}], {plan.total} steps" + _phases_note(plan),
+        caption="\n".join(f"{p.name}: {p.schedule.shape}" if phased else str(p.schedule.shape) for p in plan.phases),
     )
     table.add_column("step", justify="right")
+    if phased:
+        table.add_column("phase")
     for group in range(n_groups):
         table.add_column(f"lr group {group}" + (" (head)" if group == n_groups - 1 else ""), justify="right")
     table.add_column("momentum", justify="right")
@@ -91,7 +130,8 @@ def _print_table(lr_text: str, schedule: Schedule, rows: list[dict]) -> None:
         momentum = row["momentum"]
         table.add_row(
             str(row["step"]),
+            *([row["phase"]] if phased else []),
             *(f"{row[f'lr_{g}']:.6g}" for g in range(n_groups)),
             "-" if momentum is None else f"{momentum:.6g}",
         )
-    Console(width=max(100, 16 * (n_groups + 2))).print(table)
+    Console(width=max(100, 16 * (n_groups + 3))).print(table)
