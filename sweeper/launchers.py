@@ -214,13 +214,24 @@ def _launch_jobs(plan: SweepPlan, launcher: DictConfig, deadline: float | None) 
         slurm_setup=list(launcher.setup),
         slurm_additional_parameters=OmegaConf.to_container(launcher.additional_parameters),
     )
-    submitted = [
-        executor.submit(run_job, list(plan.command_line), list(plan.config_dirs), index, deadline)
-        for index in range(jobs)
-    ]
+    # A job inherits the environment it is submitted from (sbatch exports it, as submitit's local
+    # cluster does): the sweep's command line, which may hold a password, travels there, and not
+    # in the job's pickle that submitit keeps under results/.
+    sweep = SweepArguments(list(plan.command_line), list(plan.config_dirs), os.getpid())
+    os.environ.update(sweep.environment())
+    try:
+        submitted = [executor.submit(run_job, index, deadline) for index in range(jobs)]
+    finally:
+        os.environ.pop(SWEEP_ARGUMENTS, None)
     return [JobWorker(f"job {job.job_id}", Path(job.paths.stdout), job) for job in submitted]
 
 
-def run_job(command_line: list[str], config_dirs: list[str], index: int, deadline: float | None) -> int:
+def run_job(index: int, deadline: float | None) -> int:
     """A cluster job's body: one worker on whatever devices the scheduler gave the job."""
-    return run_worker(plan_sweep(command_line, config_dirs, validate=False), index=index, deadline=deadline)
+    sweep = SweepArguments.take()
+    if sweep is None:
+        raise RuntimeError(
+            f"the sweep's arguments did not reach this job ({SWEEP_ARGUMENTS} is unset): submit with the "
+            f"environment exported (sbatch --export=ALL, SLURM's default)"
+        )
+    return run_worker(plan_sweep(sweep.overrides, sweep.config_dirs, validate=False), index=index, deadline=deadline)

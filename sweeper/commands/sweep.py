@@ -26,11 +26,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweeper import tracking
 from sweeper.launchers import WorkerHandle, check_launcher, launch_workers
 from sweeper.live import LiveView, WorkerNotes, read_progress, sampled
 from sweeper.search import error_line
 from sweeper.study import SweepPlan, check_definition, count_trials, existing_study, open_study, plan_sweep
-from sweeper.workers import tracking_module
 
 EXIT_INCOMPLETE = 1
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
@@ -48,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in plan.space.describe()))
         return 0
-    tracking = tracking_module()
-    if tracking:
-        tracking.check_server(plan.cfg)  # unreachable: said before anything is written here
+    tracking.check_server(plan.cfg)  # unreachable: said before anything is written here
     # Under the sweep's claim: two commands started at once make one study and one parent run.
     with plan.storage.claim(plan.name):
         # A sweep of this name with another definition is refused before anything is written.
@@ -58,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
         if existing is not None:
             check_definition(existing, plan)
         # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
-        records = tracking.prepare_sweep(plan.cfg, plan.name, existing) if tracking else None
+        records = tracking.prepare_sweep(plan.cfg, plan.name, existing)
         study = open_study(plan, create=True)
     # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
-    study.set_user_attr("tracking", records.location() if records else None)
+    study.set_user_attr("tracking", records.location())
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
     before = count_trials(study)
     finished = before.finished
@@ -167,7 +165,7 @@ def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any,
     print(f"study: {plan.name} in {plan.storage.label()}")
     if report is not None:
         print(f"report: {report / 'report.md'} (tables and plots beside it)")
-    if records is not None and records.settings is not None:
+    if records.settings is not None:
         settings = records.settings
         browse = settings.label if settings.is_server else f"mlflow ui --backend-store-uri {settings.label}"
         print(f"MLflow: {browse}  (experiment {settings.experiment})")
