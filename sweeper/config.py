@@ -20,6 +20,7 @@ import functools
 import inspect
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 CONFIG_PATH_VARIABLE = "SWEEPER_CONFIG_PATH"
+_COMPOSING = threading.RLock()
 
 
 class ConfigError(ValueError):
@@ -85,7 +87,8 @@ def compose_config(
     if search:
         overrides.append(f"hydra.searchpath=[{','.join(search)}]")
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="sweeper"):
+        # Hydra keeps its state in one global per process: threads compose one at a time.
+        with _COMPOSING, initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="sweeper"):
             return compose(config_name="config", overrides=overrides)
     except HydraException as error:
         raise ConfigError(_composition_error(error)) from None
