@@ -138,7 +138,8 @@ def _described(targets: Tensor) -> str:
 
 def build_task(node: DictConfig | Mapping | None) -> Task:
     """The task a config describes; None (a config recorded before tasks) is classification."""
-    node = OmegaConf.create(CLASSIFICATION if node is None else node)
+    if not isinstance(node, DictConfig):  # a config's own node keeps its interpolations into the config
+        node = OmegaConf.create(CLASSIFICATION if node is None else dict(node))
     name = node.get("name", "task")
     targets = node.get("targets", "classes")
     if targets not in TARGETS:
