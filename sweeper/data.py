@@ -6,8 +6,9 @@ A data config names a builder by `_target_` (`data.source`); the builder returns
 - `LoaderData` for image folders and other large sets, read through DataLoaders.
 
 Built in: scikit-learn's digits (real 8x8 images), a class subset of digits (the transfer task:
-pre-train on some digits, fine-tune on the others), a generated synthetic task, tensors from a
-.pt file, and a torchvision ImageFolder for your own images.
+pre-train on some digits, fine-tune on the others), a generated synthetic classification task and
+a generated regression task (float targets shaped [n, outputs], for task=regression), tensors
+from a .pt file, and a torchvision ImageFolder for your own images.
 
 Data that every trial would fail on is a ConfigError naming the setting, raised when the data is
 built (before any training, and when a sweep checks its first trial): a missing path, a file
@@ -37,10 +38,11 @@ __all__ = [
     "digits_classes",
     "image_folder",
     "synthetic",
+    "synthetic_regression",
     "tensors_file",
 ]
 
-Batch = tuple[Tensor, Tensor]  # inputs, integer class labels
+Batch = tuple[Tensor, Tensor]  # inputs, targets (integer class labels, or float values for regression)
 
 
 @runtime_checkable
@@ -225,6 +227,35 @@ def synthetic(
     )
     data = _split(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long), val_fraction, seed)
     return _checked(data, shape, num_classes, "data=synthetic")
+
+
+def synthetic_regression(
+    n_samples: int = 1000,
+    n_features: int = 16,
+    outputs: int = 1,
+    noise: float = 10.0,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+) -> TensorData:
+    """A generated regression task (scikit-learn's make_regression): inputs shaped [n, features],
+    float targets shaped [n, outputs] (the model's output size), standardised over the whole set so
+    that a model's first outputs are on their scale."""
+    from sklearn.datasets import make_regression
+
+    whole("data.source.outputs", outputs, 1)
+    x, y = make_regression(
+        n_samples=n_samples,
+        n_features=n_features,
+        n_informative=max(1, n_features // 2),
+        n_targets=outputs,
+        noise=noise,
+        random_state=seed,
+    )
+    targets = torch.tensor(y, dtype=torch.float64).reshape(n_samples, outputs)
+    targets = ((targets - targets.mean(dim=0)) / targets.std(dim=0)).float()
+    data = _split(torch.tensor(x, dtype=torch.float32), targets, val_fraction, seed)
+    return _checked(data, shape, None, "data=synthetic_regression")
 
 
 def _existing(setting: str, path: str | None, what: str) -> Path:

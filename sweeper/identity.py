@@ -38,7 +38,7 @@ __all__ = [
 DEFINITION_ATTR = "definition"     # study user attr: the flat definition {key: JSON text}
 CHANGES_ATTR = "definition_changes"  # study user attr: the changes continued with sweep.allow_changes
 # The config nodes a trial is trained from, whole.
-TRIAL_NODES = ("model", "data", "lr", "shape", "optimizer", "train")
+TRIAL_NODES = ("model", "data", "task", "lr", "shape", "optimizer", "train")
 SHOWN_DIFFERENCES = 6  # in the one-line refusal; the rest are counted
 # A sweep's name is a folder under results/sweeps/ and a value in MLflow filters: one plain path
 # component, nothing a filter or a shell would read otherwise.

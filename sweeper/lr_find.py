@@ -63,7 +63,7 @@ def lr_find(
         x, y = next(batches)
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = trial.task.loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

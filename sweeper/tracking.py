@@ -99,7 +99,7 @@ MAX_TAG_LENGTH = 8000
 EXIT_WAIT_SECONDS = 60
 EXIT_RETRY_SECONDS = 2
 # Config nodes that describe one trial (its params), and those that describe the sweep around it.
-TRIAL_NODES = ("lr", "shape", "model", "data", "optimizer", "train")
+TRIAL_NODES = ("lr", "shape", "model", "data", "task", "optimizer", "train")
 SWEEP_NODES = ("search", "sampler", "pruner", "storage")
 
 

@@ -4,9 +4,11 @@
 
 The story: `prepare` checks every setting and builds the trial (device, seeds, data, the model,
 its layer groups, an optimizer with a param group per layer group); `run` trains it phase by
-phase. Before every training batch the lr of every layer group and the momentum (SGD's
-momentum, Adam's beta1) are set by hand from the trial's plan (`sweeper.planner`): the very
-values `sweeper schedule` prints for the same settings. After every epoch the model is evaluated.
+phase. The loss and the validation metrics are the task's (`cfg.task`, `sweeper.tasks`;
+classification when a config has none). Before every training batch the lr of every layer
+group and the momentum (SGD's momentum, Adam's beta1) are set by hand from the trial's plan
+(`sweeper.planner`): the very values `sweeper schedule` prints for the same settings. After
+every epoch the model is evaluated on the whole validation set: the task's metrics and its loss.
 Reporters hear of every step and epoch, and any of them may stop the trial after an epoch.
 
 Bad settings raise before any training (ConfigError, SliceError, ShapeError, GroupError). Once
@@ -71,6 +73,7 @@ from sweeper.planner import Plan, plan_config
 from sweeper.seeding import seed_everything, use_deterministic_algorithms
 from sweeper.settings import whole
 from sweeper.slices import parse_lr
+from sweeper.tasks import Task, build_task
 
 __all__ = [
     "Trial",
@@ -85,15 +88,15 @@ __all__ = [
     "train",
 ]
 
-METRICS = ("accuracy", "loss")  # what evaluation measures (every built-in task is classification)
 VALID_BATCH = 1024  # evaluation batches: no gradients are kept, so larger is faster
 # fastai's `norm_types`: the layers whose parameters count as norm parameters.
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
 
 
 def available_metrics(cfg: DictConfig | Mapping) -> tuple[str, ...]:
-    """The validation metrics every epoch of a trial of `cfg` reports (its possible objectives)."""
-    return METRICS
+    """The validation metrics every epoch of a trial of `cfg` reports (its possible objectives):
+    the task's metrics, and its loss."""
+    return build_task(_task_node(cfg)).metric_names
 
 
 def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> TrialResult:
@@ -113,6 +116,7 @@ class Trial:
     device: torch.device
     amp: bool                       # bf16 autocast
     data: TrialData
+    task: Task                      # the loss trained on, and the metrics each epoch reports
     generator: torch.Generator      # the order of the training batches
     model: nn.Module
     groups: LayerGroups
@@ -145,11 +149,12 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     settings = cfg.train
 
     # settings that need nothing built come first, so a typo fails in milliseconds
+    task = build_task(_task_node(cfg))
     objective = settings.objective
-    if objective not in available_metrics(cfg):
+    if objective not in task.metric_names:
         raise ConfigError(
-            f"train.objective: {objective!r} is not a metric this trainer reports; choose one of "
-            f"{list(available_metrics(cfg))}."
+            f"train.objective: {objective!r} is not a metric this trainer reports for task "
+            f"{task.name}; choose one of {list(task.metric_names)}."
         )
     device = resolve_device(str(settings.device))
     epochs = _whole(settings, "epochs", 0)
@@ -171,6 +176,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     generator = seed_everything(_whole(settings, "seed", 0))
     data = _build(cfg.data.source, "data.source", TrialData).to(device)
     model = _build(cfg.model.net, "model.net", nn.Module).to(device)
+    task.check_targets(next(data.valid_batches(1))[1], _outputs(cfg), f"data={cfg.data.get('name', 'the data')}")
     groups = split_groups(model, _plain(cfg.model.get("groups")))
     peaks = lr_spec.peaks(len(groups))
 
@@ -191,6 +197,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
         device=device,
         amp=bool(settings.amp) and device.type == "cuda" and torch.cuda.is_bf16_supported(),
         data=data,
+        task=task,
         generator=generator,
         model=model,
         groups=groups,
@@ -294,7 +301,7 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
                     lrs, momentum = trial.plan.at(step)
                     set_hyperparameters(optimizer, trial.owners, lrs, momentum)
                     with autocast:
-                        loss = nn.functional.cross_entropy(model(x), y)
+                        loss = trial.task.loss(model(x), y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -306,7 +313,7 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
                     return result
 
                 # --- evaluate on the validation set ---
-                metrics = evaluate(model, data, device, trial.amp)
+                metrics = evaluate(model, data, device, trial.amp, trial.task)
                 losses = [s.loss for s in result.steps[epoch_start:]]
                 event = EpochEvent(epoch, step, sum(losses) / len(losses), metrics["loss"], metrics, metrics[objective])
                 result.epochs.append(event)
@@ -372,20 +379,28 @@ def _report_steps(unread: list[tuple[torch.Tensor, tuple]], result: TrialResult,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TrialData, device: torch.device, amp: bool = False) -> dict[str, float]:
-    """Validation loss and accuracy over the whole validation set."""
+def evaluate(
+    model: nn.Module, data: TrialData, device: torch.device, amp: bool = False, task: Task | None = None
+) -> dict[str, float]:
+    """The task's metrics and loss over the whole validation set (task None: classification)."""
     model.eval()
-    total_loss = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    outputs, targets = [], []
     for x, y in data.valid_batches(VALID_BATCH):
         with autocast:
-            logits = model(x)
-        total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == y).sum()
-        count += len(y)
-    return {"accuracy": correct.item() / count, "loss": total_loss.item() / count}
+            outputs.append(model(x).float())
+        targets.append(y)
+    return (task or build_task(None)).evaluate(torch.cat(outputs), torch.cat(targets))
+
+
+def _task_node(cfg: DictConfig | Mapping) -> object:
+    """The config's task node; None (classification) for a config recorded before tasks."""
+    return cfg.get("task")
+
+
+def _outputs(cfg: DictConfig) -> int:
+    """The model's output size (data.outputs; data.num_classes in configs recorded before it)."""
+    return cfg.data.get("outputs", cfg.data.get("num_classes"))
 
 
 def _whole(settings: DictConfig, name: str, minimum: int, default: int | None = None) -> int:

@@ -90,11 +90,19 @@ ALLOWED_CALLABLES = frozenset(
         "sweeper.data.digits",
         "sweeper.data.digits_classes",
         "sweeper.data.synthetic",
+        "sweeper.data.synthetic_regression",
         "sweeper.data.tensors_file",
         "sweeper.data.image_folder",
         # cycle shapes, and the functions a FunctionShape may call (shape.fn)
         *(f"sweeper.shapes.{name}" for name in _SHAPES),
         "sweeper.shapes.linear_decay",
+        # the task's loss and metrics (task.loss, task.metrics: _partial_)
+        "torch.nn.functional.cross_entropy",
+        "torch.nn.functional.mse_loss",
+        "sweeper.tasks.accuracy",
+        "sweeper.tasks.mse",
+        "sweeper.tasks.mae",
+        "sweeper.tasks.r2",
         # optimizers (finished in code with the layer groups: _partial_)
         "torch.optim.AdamW",
         "torch.optim.Adam",

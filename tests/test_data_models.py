@@ -1,5 +1,5 @@
-"""Built-in data sets and models, and every config in conf/model, conf/data, conf/optimizer and
-conf/experiment: each one is composed and instantiated here."""
+"""Built-in data sets and models, and every config in conf/model, conf/data, conf/task,
+conf/optimizer and conf/experiment: each one is composed and instantiated here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, config_dir, instantiate_node
-from sweeper.data import LoaderData, TensorData, digits, digits_classes, image_folder, synthetic, tensors_file
+from sweeper.data import LoaderData, TensorData, digits, digits_classes, image_folder, synthetic, synthetic_regression, tensors_file
 from sweeper.models import MLP, SmallCNN, pretrained_on_digits, resnet
 from sweeper.trainer import evaluate, prepare
 
@@ -44,6 +44,8 @@ def options(group: str) -> list[str]:
 # Settings an option needs besides its own (paths of the user's, and small sizes for speed).
 NEEDS = {
     "data/tensors": lambda tmp: ["data.shape=[4]", "data.num_classes=2", f"data.source.path={write_tensors(tmp / 'set.pt')}"],
+    "data/synthetic_regression": lambda tmp: ["task=regression", "train.objective=r2"],
+    "task/regression": lambda tmp: ["data=synthetic_regression", "train.objective=r2"],
     "data/image_folder": lambda tmp: ["data.num_classes=2", "data.shape=[3,16,16]", "data.source.num_workers=0", f"data.source.root={write_image_folder(tmp / 'images')}"],
 }
 VISION = {"data/image_folder", "model/resnet18"}
@@ -51,7 +53,7 @@ VISION = {"data/image_folder", "model/resnet18"}
 
 @pytest.mark.parametrize(
     ("group", "option"),
-    [(g, o) for g in ("model", "data", "optimizer", "experiment") for o in options(g)],
+    [(g, o) for g in ("model", "data", "optimizer", "experiment", "task") for o in options(g)],
     ids=lambda value: value,
 )
 def test_every_option_composes_and_instantiates_into_a_trial(trial_config, tmp_path, group, option):
@@ -62,12 +64,15 @@ def test_every_option_composes_and_instantiates_into_a_trial(trial_config, tmp_p
     trial = prepare(cfg)  # data, model, layer groups and optimizer, all built from the config
     x, y = next(trial.data.train_batches(4, trial.generator))
     assert tuple(x.shape[1:]) == tuple(cfg.data.shape)  # data.shape says what the data holds
-    assert int(y.max()) < cfg.data.num_classes
-    assert trial.model(x).shape == (len(x), cfg.data.num_classes)
+    assert trial.model(x).shape == (len(x), cfg.data.outputs)  # data.outputs sizes the model
+    if cfg.task.name == "regression":
+        assert y.is_floating_point() and y.shape == (len(x), cfg.data.outputs)  # targets shaped like the outputs
+    else:
+        assert int(y.max()) < cfg.data.num_classes == cfg.data.outputs
     assert len(trial.groups) == len(trial.peaks) >= 1
     assert type(trial.optimizer).__name__ == cfg.optimizer._target_.rsplit(".", 1)[-1]
-    metrics = evaluate(trial.model, trial.data, trial.device)
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
+    metrics = evaluate(trial.model, trial.data, trial.device, task=trial.task)
+    assert set(metrics) == set(cfg.task.metrics) | {"loss"} and metrics["loss"] > 0
 
 
 def test_digits_are_real_8x8_images_split_by_a_fixed_seed():
@@ -111,6 +116,16 @@ def test_synthetic_task_has_the_configured_shape():
     data = synthetic(n_samples=200, n_features=8, num_classes=3)
     assert data.train_x.shape[1:] == (8,) and set(data.train_y.tolist()) == {0, 1, 2}
     assert len(data.train_y) + len(data.valid_y) == 200
+
+
+def test_synthetic_regression_has_float_targets_of_the_configured_width_from_a_seed():
+    data = synthetic_regression(n_samples=200, n_features=8, outputs=2, seed=1)
+    assert data.train_x.shape[1:] == (8,) and data.train_y.shape[1:] == data.valid_y.shape[1:] == (2,)
+    assert data.train_y.dtype == torch.float32 and len(data.train_y) + len(data.valid_y) == 200
+    targets = torch.cat([data.train_y, data.valid_y])
+    assert targets.mean(dim=0).abs().max() < 1e-5 and (targets.std(dim=0) - 1).abs().max() < 1e-5  # standardised
+    assert torch.equal(synthetic_regression(n_samples=200, n_features=8, outputs=2, seed=1).valid_y, data.valid_y)
+    assert not torch.equal(synthetic_regression(n_samples=200, n_features=8, outputs=2, seed=2).valid_y, data.valid_y)
 
 
 def test_tensors_file_takes_x_and_y_or_a_split(tmp_path):
