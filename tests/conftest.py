@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,14 +37,106 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(MAX_TEST_PROCESSES, usable_cores()))
 
 
+class Gates:
+    """Files through which a test paces the trials of sweep workers (other processes), instead of
+    guessing with sleeps. Set TRIAL_GATES to a folder to use them; every wait gives up after
+    LIMIT seconds, so a test whose gate never opens fails instead of hanging.
+
+    Each trial that begins training takes the next ticket (files ticket-0, ticket-1, ...: the
+    order trials began, whichever worker runs them). Then, from the environment:
+    TRIAL_BARRIER=n        the first n tickets wait until n trials have begun: n workers each
+                           hold one trial at the same moment (all of them take part);
+    TRIAL_WAIT_FOR=2:a,4:b tickets from 2 on wait for the file `a`, from 4 on for `b` too (the
+                           test creates them when it has done what comes before);
+    TRIAL_HOLD_AFTER=k     (StandInTrainer) trials past the first k hold after their first
+                           epoch, each writing held-<i> (i = 0, 1, ...: the order they began
+                           holding; its text is the worker's pid), until the file `release`
+                           appears or their worker is asked to stop (Ctrl-C);
+    TRIAL_HOLD_MAX=m       at most m trials hold (the others run through).
+    """
+
+    LIMIT = 900.0  # seconds: only a gate that never opens comes near it
+    POLL = 0.02
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_env(cls) -> Gates | None:
+        folder = os.environ.get("TRIAL_GATES")
+        return cls(Path(folder)) if folder else None
+
+    def _claim(self, prefix: str, stop: float = math.inf) -> int | None:
+        """The first free `prefix-<i>` (i < stop), created with this pid in it, or None."""
+        index = 0
+        while index < stop:
+            try:
+                descriptor = os.open(self.folder / f"{prefix}-{index}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                index += 1
+                continue
+            os.write(descriptor, str(os.getpid()).encode())
+            os.close(descriptor)
+            return index
+        return None
+
+    def wait(self, ready: Callable[[], bool], what: str, stop: Callable[[], bool] = lambda: False) -> None:
+        deadline = time.monotonic() + self.LIMIT
+        while not ready() and not stop():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"test gate: waited {self.LIMIT:.0f}s in vain for {what}")
+            time.sleep(self.POLL)
+
+    def enter(self) -> int:
+        """Take this trial's ticket and wait at the gates it must pass before training."""
+        ticket = self._claim("ticket")
+        barrier = int(os.environ.get("TRIAL_BARRIER", "0"))
+        if ticket < barrier:
+            last = self.folder / f"ticket-{barrier - 1}"
+            self.wait(last.exists, f"{barrier} trials to begin")
+        for gate in filter(None, os.environ.get("TRIAL_WAIT_FOR", "").split(",")):
+            start, _, name = gate.partition(":")
+            if ticket >= int(start):
+                self.wait((self.folder / name).exists, f"the file {name}")
+        return ticket
+
+    def hold(self, ticket: int, reporters: Sequence) -> None:
+        """Hold here (TRIAL_HOLD_AFTER, TRIAL_HOLD_MAX) until released or asked to stop."""
+        after = os.environ.get("TRIAL_HOLD_AFTER")
+        if after is None or ticket < int(after):
+            return
+        if self._claim("held", stop=float(os.environ.get("TRIAL_HOLD_MAX", "inf"))) is None:
+            return
+        from sweeper.workers import StopRequest
+
+        stops = [r for r in reporters if isinstance(r, StopRequest)]
+        release = self.folder / "release"
+        self.wait(release.exists, "the file release", stop=lambda: any(s.requested for s in stops))
+
+
+def wait_for_file(path: Path, process: subprocess.Popen | None = None, timeout: float = 300) -> str:
+    """Wait until a worker has written `path` (a gate file: created, then its pid written in
+    it); return its text. `process`, when given, must still be running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.stat().st_size):
+        if process is not None:
+            assert process.poll() is None, process.communicate()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout}s in vain for {path}")
+        time.sleep(0.05)
+    return path.read_text()
+
+
 class StandInTrainer:
     """A fast, deterministic stand-in for sweeper.trainer with the same interface.
 
     Sweep workers are separate processes, so they load it by name (the stand_in_sweep fixture).
     Its accuracy rises with the epochs and peaks at lr.high = 3e-3, so pruners see clearly
     better and worse trials. Environment knobs:
-    STAND_IN_EPOCH_SECONDS (sleep per epoch), STAND_IN_RAISE_SHAPE (raise for that shape),
-    STAND_IN_DIVERGE_SHAPE (end as "diverged" for that shape). It reports as its device the
+    STAND_IN_EPOCH_SECONDS (sleep per epoch: work, its length never decides a test),
+    STAND_IN_RAISE_SHAPE (raise for that shape), STAND_IN_DIVERGE_SHAPE (end as "diverged" for
+    that shape), and the TRIAL_* gates (Gates). It reports as its device the
     CUDA_VISIBLE_DEVICES it was started with, which is what torch would see.
     """
 
@@ -58,6 +150,8 @@ class StandInTrainer:
         shape = cfg.shape._target_.rsplit(".", 1)[-1]
         if os.environ.get("STAND_IN_RAISE_SHAPE") == shape:
             raise RuntimeError(f"stand-in failure for {shape}")
+        gates = Gates.from_env()
+        ticket = gates.enter() if gates else 0
         for reporter in reporters:
             device = os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu"
             reporter.on_start(StartEvent({}, (cfg.lr.get("high", 1e-3),), 1, cfg.train.epochs, device))
@@ -76,10 +170,44 @@ class StandInTrainer:
             if any([reporter.on_epoch(event) for reporter in reporters]):
                 result.status = "pruned"
                 break
+            if epoch == 0 and gates:
+                gates.hold(ticket, reporters)  # mid-trial: its first epoch recorded, more to come
         result.seconds = time.time() - start
         for reporter in reporters:
             reporter.on_end(result)
         return result
+
+
+class GatedTrainer:
+    """sweeper.trainer itself, each trial starting when the TRIAL_* gates (Gates) let it: real
+    training, paced by the test. Workers load it by name (sweep.trainer=conftest.GatedTrainer)."""
+
+    @staticmethod
+    def available_metrics(cfg) -> tuple[str, ...]:
+        from sweeper import trainer
+
+        return trainer.available_metrics(cfg)
+
+    @staticmethod
+    def prepare(cfg):
+        from sweeper import trainer
+
+        return trainer.prepare(cfg)
+
+    @staticmethod
+    def resolve_device(name: str):
+        from sweeper import trainer
+
+        return trainer.resolve_device(name)
+
+    @staticmethod
+    def train(cfg, reporters=()) -> TrialResult:
+        from sweeper import trainer
+
+        gates = Gates.from_env()
+        if gates:
+            gates.enter()
+        return trainer.train(cfg, reporters)
 
 
 def with_tests_on_path() -> str:
@@ -109,7 +237,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
 def sweeper_cli(tmp_path):
     """Run `sweeper ...` in tmp_path (so results/ lands there); returns the finished process."""
 
-    def run(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:  # a limit for hangs only
         command = [sys.executable, "-m", "sweeper.cli", *args]
         return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
 
