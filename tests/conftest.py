@@ -244,8 +244,50 @@ def sweeper_cli(tmp_path):
     return run
 
 
+def flock_queue(pid: int | None = None) -> int:
+    """How many lock requests (threads of this process, or other processes) wait on a flock()
+    lock that process `pid` (default: this one) holds, as the kernel lists them in /proc/locks:
+    the lock's own record of who waits on it, where a sleep could only guess."""
+    locks = Path("/proc/locks")
+    if not locks.exists():
+        pytest.skip("needs /proc/locks (Linux) to see who waits on a file lock")
+    pid = str(pid or os.getpid())
+    held, queued = set(), []
+    for line in locks.read_text().splitlines():
+        fields = line.split()[1:]  # after "N:": [->] FLOCK ADVISORY WRITE pid dev:inode start end
+        waiting = fields[:1] == ["->"]
+        fields = fields[1:] if waiting else fields
+        if fields[:1] != ["FLOCK"]:
+            continue
+        if waiting:
+            queued.append(fields[4])
+        elif fields[3] == pid:
+            held.add(fields[4])
+    return sum(file in held for file in queued)
+
+
+def _queued_on(lock) -> Callable[[], bool]:
+    """Whether anyone waits on the claim lock `lock` (held here), asked of the lock itself."""
+    if lock.storage.path is not None:
+        return lambda: flock_queue() > 0
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(lock.storage.driver_url, poolclass=sqlalchemy.pool.NullPool)
+    query = sqlalchemy.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid::bigint = :key")
+
+    def waiting() -> bool:
+        with engine.connect() as connection:
+            return connection.execute(query, {"key": lock.key}).scalar() > 0
+
+    return waiting
+
+
 def claim_order(first, second) -> list[str]:
-    """Hold `first` while another thread takes `second`: who got through in which order."""
+    """Hold `first` while another thread takes `second`: who got through in which order.
+
+    The holder lets go only once the other thread is queued on the lock, as the lock itself says
+    (the kernel for a file lock, pg_locks for PostgreSQL's advisory lock), or has got through,
+    which only a lock that does not exclude lets it do: no sleep decides the order."""
     order = []
 
     def contend():
@@ -253,11 +295,15 @@ def claim_order(first, second) -> list[str]:
             order.append("second")
 
     with first:
-        thread = threading.Thread(target=contend)
+        thread = threading.Thread(target=contend, daemon=True)
         thread.start()
-        time.sleep(0.3)
+        queued = _queued_on(first)
+        deadline = time.monotonic() + 120
+        while thread.is_alive() and not queued():
+            assert time.monotonic() < deadline, "the other holder neither waited on the lock nor got through in 120 s"
+            time.sleep(0.01)
         order.append("first")  # a working lock keeps the other holder waiting until here
-    thread.join(10)
+    thread.join(120)
     return order
 
 
