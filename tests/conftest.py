@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +19,8 @@ from sweeper.events import EpochEvent, StartEvent, TrialResult
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS.parent / "scripts"))  # benchlib: the MLflow server the benchmarks start too
-from benchlib import MlflowServer, free_port  # noqa: E402,F401  (used by the test files)
+import benchlib  # noqa: E402
+from benchlib import free_port  # noqa: E402,F401  (used by the test files)
 # A PostgreSQL server for the tests that need one (scripts/start_postgres.sh starts it).
 POSTGRES = os.environ.get("SWEEPER_TEST_POSTGRES_URL")
 NEEDS_POSTGRES = pytest.mark.skipif(
@@ -305,6 +307,28 @@ def claim_order(first, second) -> list[str]:
         order.append("first")  # a working lock keeps the other holder waiting until here
     thread.join(120)
     return order
+
+
+class MlflowServer(benchlib.MlflowServer):
+    """benchlib's MLflow server, whose stop() returns only once its port refuses connections: a
+    test that stops it may count on it being out of reach (and on the port being free again).
+    It may take up to 5 minutes to start, as on a loaded machine."""
+
+    def start(self, timeout: float = 300) -> MlflowServer:
+        return super().start(timeout)
+
+    def stop(self) -> None:
+        super().stop()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+            except ConnectionRefusedError:
+                return
+            except OSError:
+                pass  # a timeout: nobody answered, not yet a refusal
+            assert time.monotonic() < deadline, f"{self.url} still took connections 60 s after it was stopped"
+            time.sleep(0.05)
 
 
 def feed_trial(
