@@ -22,23 +22,28 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import MlflowServer, with_tests_on_path
+from conftest import MlflowServer, wait_for_file, with_tests_on_path
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.study import count_trials
 
-pytestmark = pytest.mark.slow
+# Limits on waits are for hangs only: on a loaded machine a sweep may take minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Small sweeps on the stand-in trainer (conftest.py): real worker processes and stores, trials
-# of a known length. The first six trials cover every shape (sweep.cover).
-STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=3", "sweep.cpu_threads=1"]
-# The real trainer, as small as it gets: a few batches of a generated task.
+# of a known length. The first six trials cover every shape (sweep.cover). Seeded: each worker k
+# draws with seed + k, the same points every time; which worker runs which trial is still a race,
+# so no test here depends on the points drawn.
+STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=3", "sweep.cpu_threads=1", "sampler.seed=0"]
+# The real trainer, as small as it gets: a few batches of a generated task. The tests that pace
+# its trials run it behind the test's gates (conftest.GatedTrainer, tests/ on PYTHONPATH).
 REAL = [
     "data=synthetic", "data.source.n_samples=300", "train.batch_size=32", "train.epochs=2", "train.threads=1",
-    "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none",
+    "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none", "sampler.seed=0",
 ]  # fmt: skip
+GATED = "sweep.trainer=conftest.GatedTrainer"
 
 
 _STARTED: list[subprocess.Popen] = []
@@ -66,7 +71,7 @@ def leave_no_sweep_behind():
             sweep.wait(30)
 
 
-def finish(sweep: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
+def finish(sweep: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
     out, err = sweep.communicate(timeout=timeout)
     return sweep.returncode, out, err
 
@@ -75,7 +80,7 @@ def storage_of(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/results/studies.db"
 
 
-def wait_for(sweep: subprocess.Popen, storage: str, name: str, what: Callable[[list[FrozenTrial]], object], timeout: float = 120):
+def wait_for(sweep: subprocess.Popen, storage: str, name: str, what: Callable[[list[FrozenTrial]], object], timeout: float = 300):
     """Poll the study until `what(trials)` is truthy; return it. The sweep must still be running."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -134,25 +139,36 @@ def faulty_sweep(tmp_path_factory):
     """A two-worker sweep in which the constant shape raises, the triangular one diverges, and
     one worker is killed (SIGKILL) in the middle of a trial that would have finished."""
     tmp_path = tmp_path_factory.mktemp("faulty")
+    gates = tmp_path / "gates"
     env = {
         "PYTHONPATH": with_tests_on_path(),
-        "STAND_IN_EPOCH_SECONDS": "0.6",  # the victim is killed with 1.2 s of its trial to go
+        "STAND_IN_EPOCH_SECONDS": "0.1",
         "STAND_IN_RAISE_SHAPE": "Constant",
         "STAND_IN_DIVERGE_SHAPE": "Triangular",
-    }
+        # The first trial past its first epoch (only healthy shapes get there) holds until its
+        # worker is killed: the victim is mid-trial however slowly the test looks.
+        "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "0", "TRIAL_HOLD_MAX": "1",
+    }  # fmt: skip
     sweep = start_sweep(
         tmp_path, "sweep.trainer=conftest.StandInTrainer", *STAND_IN, "sweep.workers=2", "sweep.n_trials=8",
-        "storage.heartbeat_interval=1", "storage.grace_period=3", env=env,
+        # Random draws (seeded): the raising and diverging shapes come up again after the cover,
+        # in an order that depends on which worker asks first, so no failure count may end it.
+        "sampler=random", "sweep.max_failures=100",
+        # A live trial beats every second and counts as dead after 10 s without: margin for a
+        # loaded machine; the killed one is failed 10 s after the kill.
+        "storage.heartbeat_interval=1", "storage.grace_period=10", env=env,
     )  # fmt: skip
     storage = storage_of(tmp_path)
+    pid = wait_for_file(gates / "held-0", sweep)
 
-    def healthy_and_midway(trials):
+    def held(trials):
         for t in trials:
-            if t.state == TrialState.RUNNING and t.user_attrs.get("epochs") == 1 and t.params.get("shape") not in ("constant", "triangular"):
+            if t.state == TrialState.RUNNING and t.user_attrs.get("worker", "").endswith(f":{pid}"):
                 return t
 
-    victim = wait_for(sweep, storage, "mlp-digits", healthy_and_midway)
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    victim = wait_for(sweep, storage, "mlp-digits", held)
+    assert victim.user_attrs["epochs"] == 1 and victim.params["shape"] not in ("constant", "triangular")
+    os.kill(int(pid), signal.SIGKILL)
     code, out, err = finish(sweep)
     assert code == 0, out[-3000:] + err[-3000:]
     study = optuna.load_study(study_name="mlp-digits", storage=storage)
