@@ -220,17 +220,21 @@ def test_every_finished_trial_of_the_faulty_sweep_is_recorded_once(faulty_sweep)
 def test_an_interrupted_sweep_resumes_to_exactly_n_trials(tmp_path, stand_in_sweep):
     trainer = stand_in_sweep[0]  # the stand-in, with MLflow on
     overrides = [trainer, *STAND_IN, "sweep.workers=2", "sweep.n_trials=6"]
-    env = {"STAND_IN_EPOCH_SECONDS": "0.3"}
+    env = {"STAND_IN_EPOCH_SECONDS": "0.1"}
+    # The first two trials finish; every later one holds after its first epoch until the worker
+    # is asked to stop. Ctrl-C comes once both workers hold one: 2 finished and 2 mid-trial.
+    gates = tmp_path / "gates"
+    sweep = start_sweep(tmp_path, *overrides, env={**env, "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "2"})
+    wait_for_file(gates / "held-1", sweep)
     # Ctrl-C in a terminal reaches the whole foreground process group: the sweep and its workers.
-    sweep = start_sweep(tmp_path, *overrides, env=env)
-    wait_for(sweep, storage_of(tmp_path), "mlp-digits", lambda trials: finished(trials) >= 2)
     os.killpg(sweep.pid, signal.SIGINT)
-    code, out, err = finish(sweep, timeout=120)
+    code, out, err = finish(sweep)
     assert code == 130, out[-3000:] + err[-3000:]
     assert "interrupted; run the same command again to resume it" in out
     study = optuna.load_study(study_name="mlp-digits", storage=storage_of(tmp_path))
     before = count_trials(study)
-    assert 2 <= before.finished < 6 and before.running == 0  # nothing left running
+    # nothing left running: the two stopped mid-trial are failed, to run again
+    assert (before.finished, before.failed, before.running) == (2, 2, 0)
 
     code, out, err = finish(start_sweep(tmp_path, *overrides, env=env))
     assert code == 0, out[-3000:] + err[-3000:]
@@ -244,17 +248,26 @@ def test_an_interrupted_sweep_resumes_to_exactly_n_trials(tmp_path, stand_in_swe
 def test_a_sweep_goes_on_while_the_mlflow_server_is_down_and_records_everything(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     name = "mlp-synthetic"
+    gates = tmp_path / "gates"
+    # Trials 0-1 (in the order they begin) run with the server up, 2-3 once it is down, 4-5
+    # once it is back: each waits at its gate until the test has done what comes before.
+    env = {
+        "MLFLOW_TRACKING_URI": server.url, "PYTHONPATH": with_tests_on_path(),
+        "TRIAL_GATES": str(gates), "TRIAL_WAIT_FOR": "2:down,4:up",
+    }  # fmt: skip
     try:
         sweep = start_sweep(
-            tmp_path, *REAL, "tracking=server", "sweep.workers=2", "sweep.n_trials=6", "tracking.request_timeout=2",
-            "tracking.request_retries=0", env={"MLFLOW_TRACKING_URI": server.url},
+            tmp_path, *REAL, GATED, "tracking=server", "sweep.workers=2", "sweep.n_trials=6", "tracking.request_timeout=2",
+            "tracking.request_retries=0", env=env,
         )  # fmt: skip
         storage = storage_of(tmp_path)
-        started = wait_for(sweep, storage, name, finished)
+        wait_for(sweep, storage, name, lambda trials: finished(trials) >= 2)
         server.stop()
-        # Trials go on while it is down: at least two more finish.
-        wait_for(sweep, storage, name, lambda trials: finished(trials) >= started + 2)
+        (gates / "down").touch()
+        # Trials go on while it is down: two more finish.
+        wait_for(sweep, storage, name, lambda trials: finished(trials) >= 4)
         server.start()  # back, on the same port and store
+        (gates / "up").touch()
         code, out, err = finish(sweep)
         assert code == 0, out[-3000:] + err[-3000:]
         logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / name).glob("worker-*.log"))
