@@ -283,41 +283,78 @@ def test_a_sweep_goes_on_while_the_mlflow_server_is_down_and_records_everything(
 # --- eight workers, one embedded study and one embedded MLflow store --------------------------
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(1500)
 def test_eight_workers_share_the_embedded_stores_without_a_lock_error(tmp_path):
-    code, out, err = finish(start_sweep(tmp_path, *REAL, "sweep.workers=8", "sweep.n_trials=8", "train.epochs=1"), timeout=400)
+    # Each trial waits until all eight have begun: eight workers, one trial each, all training
+    # and writing to both stores at once, however slowly the workers start.
+    env = {"PYTHONPATH": with_tests_on_path(), "TRIAL_GATES": str(tmp_path / "gates"), "TRIAL_BARRIER": "8"}
+    sweep = start_sweep(tmp_path, *REAL, GATED, "sweep.workers=8", "sweep.n_trials=8", "train.epochs=1", env=env)
+    code, out, err = finish(sweep, timeout=1200)  # about 5 minutes on 2 loaded cores
     assert code == 0, out[-3000:] + err[-3000:]
     logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / "mlp-synthetic").glob("worker-*.log"))
     ran = [int(n) for n in re.findall(r"worker \d+: ran (\d+) trial", logs)]
-    assert len(ran) == 8 and sum(ran) == 8  # every worker ended well, and between them ran every trial
+    assert ran == [1] * 8  # every worker ended well, each with one of the eight trials
     for text in (out, err, logs):
         assert "database is locked" not in text
         assert "Traceback" not in text
     study = optuna.load_study(study_name="mlp-synthetic", storage=storage_of(tmp_path))
     counts = count_trials(study)
     assert counts.finished == 8 and counts.failed == 0
-    assert len({t.user_attrs["worker"] for t in study.trials}) > 1
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 8
     check_nothing_lost(study, f"sqlite:///{tmp_path}/results/mlflow.db", steps=True)
 
 
 # --- several processes opening a new embedded storage at the same moment ----------------------
 
-OPEN_AT = """
-import sys, time
+OPEN_AT_ONCE = """
+import os, sys, time
+from pathlib import Path
+import optuna
+from conftest import flock_queue
 from sweeper.study import StorageSpec
-start = float(sys.argv[2])
-while time.time() < start:  # spin, so that all of them open within a millisecond
-    pass
-StorageSpec(sys.argv[1]).open()
+
+url, folder, openers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+create = optuna.storages.RDBStorage.__init__
+
+
+def create_once_the_others_wait(self, *args, **kwargs):
+    # Where the storage's tables are made, under its lock. Another opener already here means the
+    # lock let two in; otherwise wait until every opener not yet done is queued on the lock (the
+    # kernel says so), so that they all open at once.
+    inside = folder / f"inside-{os.getpid()}"
+    inside.touch()
+    if [other for other in folder.glob("inside-*") if other != inside]:
+        (folder / f"overlap-{os.getpid()}").touch()
+    deadline = time.monotonic() + 300
+    while flock_queue() < openers - 1 - len(list(folder.glob("done-*"))) and not list(folder.glob("overlap-*")):
+        if time.monotonic() > deadline:
+            sys.exit("waited 300 s in vain for the other openers to queue on the storage lock")
+        time.sleep(0.01)
+    try:
+        create(self, *args, **kwargs)
+    finally:
+        inside.unlink()
+        (folder / f"done-{os.getpid()}").touch()
+
+
+optuna.storages.RDBStorage.__init__ = create_once_the_others_wait
+StorageSpec(url).open()
 """
 
 
 def test_processes_that_open_a_new_embedded_storage_at_once_all_get_it(tmp_path):
     # Two `sweeper sweep` (or a sweep and a joining worker) started together on a fresh results/:
-    # each creates the storage's tables, and without a lock one of them fails half way.
+    # each creates the storage's tables, and without a lock one of them fails half way. Here the
+    # first opener in waits until the other three are queued on the lock, so all four open at
+    # once, however slowly they start; one that finds another inside shows the lock failed.
     url = f"sqlite:///{tmp_path}/results/studies.db"
-    start = time.time() + 5  # every process imported and waiting by then (if not, the test is only weaker)
-    openers = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, repr(start)], stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    errors = [opener.communicate(timeout=120)[1] for opener in openers]
+    folder = tmp_path / "openers"
+    folder.mkdir()
+    command = [sys.executable, "-c", OPEN_AT_ONCE, url, str(folder), "4"]
+    env = {**os.environ, "PYTHONPATH": with_tests_on_path()}
+    openers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    errors = [opener.communicate(timeout=600)[1] for opener in openers]
     assert [opener.returncode for opener in openers] == [0] * 4, "\n".join(e[-500:] for e in errors)
+    assert len(list(folder.glob("done-*"))) == 4
+    assert not list(folder.glob("overlap-*"))  # one at a time
     assert optuna.get_all_study_names(url) == []  # one working storage, tables and all
