@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import StandInTrainer
+from conftest import StandInTrainer, flock_queue
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -72,7 +72,10 @@ def plan_args(tmp_path, stand_in_sweep):
 def test_worker_runs_exactly_n_trials_and_failures_stay_alone(plan_args, monkeypatch):
     monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "Constant")
     monkeypatch.setenv("STAND_IN_DIVERGE_SHAPE", "Triangular")
-    plan = plan_sweep([*plan_args, "sweep.n_trials=8", "pruner=none"], validate=False)
+    # One worker and a seeded sampler: the same trials every time. The failing shapes may be drawn
+    # again after the cover; no failure count may end the sweep before its 8 (not this test's point).
+    overrides = ["sweep.n_trials=8", "pruner=none", "sampler.seed=0", "sweep.max_failures=100"]
+    plan = plan_sweep([*plan_args, *overrides], validate=False)
     study = open_study(plan, create=True)  # its first trials cover every shape, constant included
     ran = run_worker(plan, train=StandInTrainer.train)
     counts = count_trials(study)
@@ -110,16 +113,40 @@ def test_a_sweep_without_a_pruner_never_asks_one(plan_args, monkeypatch):
 
 
 def test_racing_workers_never_overshoot_n_trials(plan_args, monkeypatch):
-    # Widen the gap between "count the trials" and "start one": without the claim lock, every
-    # worker that counted a free slot would start a trial for it.
+    # Hold the gap between "count the trials" and "start one" open until every other worker is
+    # queued on the claim lock (the kernel's list of waiters says so): without the lock they would
+    # all count the same free slot, and here they would be seen inside the gap together.
     decide = workers.next_move
+    inside, together = set(), []
+    guard = threading.Lock()
 
-    def slow_decision(*args):
+    def decision_held_open(*args):
         move = decide(*args)
-        time.sleep(0.3 if move == "run" else 0)
+        if move != "run":
+            return move
+        me = threading.get_ident()
+        with guard:
+            together.extend([me] if inside else [])
+            inside.add(me)
+        deadline = time.monotonic() + 120
+        while not together and flock_queue() < sum(r.is_alive() for r in racers) - 1:
+            assert time.monotonic() < deadline, "the other workers neither queued on the claim lock nor came in"
+            time.sleep(0.01)
+        with guard:
+            inside.discard(me)
         return move
 
-    monkeypatch.setattr(workers, "next_move", slow_decision)
+    monkeypatch.setattr(workers, "next_move", decision_held_open)
+    # The racers are threads standing in for worker processes. Hydra composes through one global
+    # per process, so two threads composing a trial's config at once clash (a trial fails with
+    # "GlobalHydra is already initialized"); let them compose one at a time, as processes can.
+    compose, composing = workers.compose_config, threading.Lock()
+
+    def compose_alone(*args, **kwargs):
+        with composing:
+            return compose(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "compose_config", compose_alone)
     plan = plan_sweep([*plan_args, "sweep.n_trials=4", "pruner=none", "sweep.cover=false"], validate=False)
     study = open_study(plan, create=True)
     racers = [
@@ -129,7 +156,9 @@ def test_racing_workers_never_overshoot_n_trials(plan_args, monkeypatch):
     for racer in racers:
         racer.start()
     for racer in racers:
-        racer.join(60)
+        racer.join(300)
+    assert not any(racer.is_alive() for racer in racers)
+    assert together == []  # never two workers between their count and their trial's start
     assert count_trials(study) == Counts(complete=4)
 
 
