@@ -181,10 +181,15 @@ def test_multi_objective_sweep_reports_without_pruning(plan_args):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two sweeps' limits: only a hang comes near it
 def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu_and_resume(sweeper_cli, stand_in_sweep, tmp_path, monkeypatch):
     # Instant trials and three workers racing for the last ones: only the claim lock keeps the
     # count exact. Two GPUs are "visible": the stand-in reports the CUDA_VISIBLE_DEVICES it got.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    # The first three trials wait until all three have begun: every worker takes part, however
+    # late it starts (conftest.Gates).
+    monkeypatch.setenv("TRIAL_GATES", str(tmp_path / "gates"))
+    monkeypatch.setenv("TRIAL_BARRIER", "3")
     done = sweeper_cli("sweep", *stand_in_sweep, "sweep.workers=3", "sweep.n_trials=10", "sweep.poll=0.1")
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{tmp_path}/results/studies.db")
@@ -207,7 +212,10 @@ def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu_and_resume(swe
 
 
 @pytest.mark.slow
-def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_sweep, tmp_path):
+@pytest.mark.timeout(900)  # beyond the sweep's own limit
+def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIAL_GATES", str(tmp_path / "gates"))
+    monkeypatch.setenv("TRIAL_BARRIER", "2")  # both jobs' workers take part, however late one starts
     done = sweeper_cli(
         "sweep", *stand_in_sweep, "launcher=slurm", "launcher.cluster=local",
         "launcher.jobs=2", "launcher.gpus_per_node=0", "sweep.n_trials=6", "sweep.poll=0.2",
@@ -220,6 +228,7 @@ def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_swee
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # beyond the sweep's own limit
 def test_a_sweep_whose_every_trial_fails_ends_and_says_why(sweeper_cli, stand_in_sweep, monkeypatch):
     monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "FastaiOneCycle")
     done = sweeper_cli("sweep", *stand_in_sweep, "search=slices", "sweep.workers=2", "sweep.n_trials=3", "sweep.poll=0.1")
