@@ -50,12 +50,20 @@ _STARTED: list[subprocess.Popen] = []
 
 
 def start_sweep(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
-    """`sweeper sweep` in its own process group (the group a terminal's Ctrl-C reaches)."""
+    """`sweeper sweep` in its own process group (the group a terminal's Ctrl-C reaches), with
+    SIGINT at its default, as in a terminal's foreground command, even where these tests run
+    with it ignored (a background job of a non-interactive shell is started so, and a process
+    keeps an ignored signal ignored across exec; a signal it handles starts at its default)."""
     command = [sys.executable, "-m", "sweeper.cli", "sweep", *overrides]
-    sweep = subprocess.Popen(
-        command, cwd=tmp_path, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sweep = subprocess.Popen(
+            command, cwd=tmp_path, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     _STARTED.append(sweep)
     return sweep
 
