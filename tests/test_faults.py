@@ -22,35 +22,48 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import MlflowServer, with_tests_on_path
+from conftest import MlflowServer, wait_for_file, with_tests_on_path
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.study import count_trials
 
-pytestmark = pytest.mark.slow
+# Limits on waits are for hangs only: on a loaded machine a sweep may take minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Small sweeps on the stand-in trainer (conftest.py): real worker processes and stores, trials
-# of a known length. The first six trials cover every shape (sweep.cover).
-STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=3", "sweep.cpu_threads=1"]
-# The real trainer, as small as it gets: a few batches of a generated task.
+# of a known length. The first six trials cover every shape (sweep.cover). Seeded: each worker k
+# draws with seed + k, the same points every time; which worker runs which trial is still a race,
+# so no test here depends on the points drawn.
+STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=3", "sweep.cpu_threads=1", "sampler.seed=0"]
+# The real trainer, as small as it gets: a few batches of a generated task. The tests that pace
+# its trials run it behind the test's gates (conftest.GatedTrainer, tests/ on PYTHONPATH).
 REAL = [
     "data=synthetic", "data.source.n_samples=300", "train.batch_size=32", "train.epochs=2", "train.threads=1",
-    "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none",
+    "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none", "sampler.seed=0",
 ]  # fmt: skip
+GATED = "sweep.trainer=conftest.GatedTrainer"
 
 
 _STARTED: list[subprocess.Popen] = []
 
 
 def start_sweep(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
-    """`sweeper sweep` in its own process group (the group a terminal's Ctrl-C reaches)."""
+    """`sweeper sweep` in its own process group (the group a terminal's Ctrl-C reaches), with
+    SIGINT at its default, as in a terminal's foreground command, even where these tests run
+    with it ignored (a background job of a non-interactive shell is started so, and a process
+    keeps an ignored signal ignored across exec; a signal it handles starts at its default)."""
     command = [sys.executable, "-m", "sweeper.cli", "sweep", *overrides]
-    sweep = subprocess.Popen(
-        command, cwd=tmp_path, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sweep = subprocess.Popen(
+            command, cwd=tmp_path, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     _STARTED.append(sweep)
     return sweep
 
@@ -66,7 +79,7 @@ def leave_no_sweep_behind():
             sweep.wait(30)
 
 
-def finish(sweep: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
+def finish(sweep: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
     out, err = sweep.communicate(timeout=timeout)
     return sweep.returncode, out, err
 
@@ -75,7 +88,7 @@ def storage_of(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/results/studies.db"
 
 
-def wait_for(sweep: subprocess.Popen, storage: str, name: str, what: Callable[[list[FrozenTrial]], object], timeout: float = 120):
+def wait_for(sweep: subprocess.Popen, storage: str, name: str, what: Callable[[list[FrozenTrial]], object], timeout: float = 300):
     """Poll the study until `what(trials)` is truthy; return it. The sweep must still be running."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -112,7 +125,9 @@ def check_nothing_lost(study: optuna.Study, tracking_uri: str, *, steps: bool = 
         assert len(runs[trial.number]) == 1, (trial.number, len(runs[trial.number]))  # exactly once
         (run,) = runs[trial.number]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.info.status == ("FINISHED" if trial.state == TrialState.COMPLETE else "KILLED")
+        # A pruned trial ended as planned: FINISHED, its status tag says pruned.
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["status"] == ("finished" if trial.state == TrialState.COMPLETE else "pruned")
         objective = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "objective"))
         assert objective == [(step - 1, value) for step, value in sorted(trial.intermediate_values.items())]
         for key in ("valid_accuracy", "valid_loss", "train_loss"):
@@ -134,25 +149,36 @@ def faulty_sweep(tmp_path_factory):
     """A two-worker sweep in which the constant shape raises, the triangular one diverges, and
     one worker is killed (SIGKILL) in the middle of a trial that would have finished."""
     tmp_path = tmp_path_factory.mktemp("faulty")
+    gates = tmp_path / "gates"
     env = {
         "PYTHONPATH": with_tests_on_path(),
-        "STAND_IN_EPOCH_SECONDS": "0.6",  # the victim is killed with 1.2 s of its trial to go
+        "STAND_IN_EPOCH_SECONDS": "0.1",
         "STAND_IN_RAISE_SHAPE": "Constant",
         "STAND_IN_DIVERGE_SHAPE": "Triangular",
-    }
+        # The first trial past its first epoch (only healthy shapes get there) holds until its
+        # worker is killed: the victim is mid-trial however slowly the test looks.
+        "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "0", "TRIAL_HOLD_MAX": "1",
+    }  # fmt: skip
     sweep = start_sweep(
         tmp_path, "sweep.trainer=conftest.StandInTrainer", *STAND_IN, "sweep.workers=2", "sweep.n_trials=8",
-        "storage.heartbeat_interval=1", "storage.grace_period=3", env=env,
+        # Random draws (seeded): the raising and diverging shapes come up again after the cover,
+        # in an order that depends on which worker asks first, so no failure count may end it.
+        "sampler=random", "sweep.max_failures=100",
+        # A live trial beats every second and counts as dead after 10 s without: margin for a
+        # loaded machine; the killed one is failed 10 s after the kill.
+        "storage.heartbeat_interval=1", "storage.grace_period=10", env=env,
     )  # fmt: skip
     storage = storage_of(tmp_path)
+    pid = wait_for_file(gates / "held-0", sweep)
 
-    def healthy_and_midway(trials):
+    def held(trials):
         for t in trials:
-            if t.state == TrialState.RUNNING and t.user_attrs.get("epochs") == 1 and t.params.get("shape") not in ("constant", "triangular"):
+            if t.state == TrialState.RUNNING and t.user_attrs.get("worker", "").endswith(f":{pid}"):
                 return t
 
-    victim = wait_for(sweep, storage, "mlp-digits", healthy_and_midway)
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    victim = wait_for(sweep, storage, "mlp-digits", held)
+    assert victim.user_attrs["epochs"] == 1 and victim.params["shape"] not in ("constant", "triangular")
+    os.kill(int(pid), signal.SIGKILL)
     code, out, err = finish(sweep)
     assert code == 0, out[-3000:] + err[-3000:]
     study = optuna.load_study(study_name="mlp-digits", storage=storage)
@@ -204,17 +230,21 @@ def test_every_finished_trial_of_the_faulty_sweep_is_recorded_once(faulty_sweep)
 def test_an_interrupted_sweep_resumes_to_exactly_n_trials(tmp_path, stand_in_sweep):
     trainer = stand_in_sweep[0]  # the stand-in, with MLflow on
     overrides = [trainer, *STAND_IN, "sweep.workers=2", "sweep.n_trials=6"]
-    env = {"STAND_IN_EPOCH_SECONDS": "0.3"}
+    env = {"STAND_IN_EPOCH_SECONDS": "0.1"}
+    # The first two trials finish; every later one holds after its first epoch until the worker
+    # is asked to stop. Ctrl-C comes once both workers hold one: 2 finished and 2 mid-trial.
+    gates = tmp_path / "gates"
+    sweep = start_sweep(tmp_path, *overrides, env={**env, "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "2"})
+    wait_for_file(gates / "held-1", sweep)
     # Ctrl-C in a terminal reaches the whole foreground process group: the sweep and its workers.
-    sweep = start_sweep(tmp_path, *overrides, env=env)
-    wait_for(sweep, storage_of(tmp_path), "mlp-digits", lambda trials: finished(trials) >= 2)
     os.killpg(sweep.pid, signal.SIGINT)
-    code, out, err = finish(sweep, timeout=120)
+    code, out, err = finish(sweep)
     assert code == 130, out[-3000:] + err[-3000:]
     assert "interrupted; run the same command again to resume it" in out
     study = optuna.load_study(study_name="mlp-digits", storage=storage_of(tmp_path))
     before = count_trials(study)
-    assert 2 <= before.finished < 6 and before.running == 0  # nothing left running
+    # nothing left running: the two stopped mid-trial are failed, to run again
+    assert (before.finished, before.failed, before.running) == (2, 2, 0)
 
     code, out, err = finish(start_sweep(tmp_path, *overrides, env=env))
     assert code == 0, out[-3000:] + err[-3000:]
@@ -228,17 +258,26 @@ def test_an_interrupted_sweep_resumes_to_exactly_n_trials(tmp_path, stand_in_swe
 def test_a_sweep_goes_on_while_the_mlflow_server_is_down_and_records_everything(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     name = "mlp-synthetic"
+    gates = tmp_path / "gates"
+    # Trials 0-1 (in the order they begin) run with the server up, 2-3 once it is down, 4-5
+    # once it is back: each waits at its gate until the test has done what comes before.
+    env = {
+        "MLFLOW_TRACKING_URI": server.url, "PYTHONPATH": with_tests_on_path(),
+        "TRIAL_GATES": str(gates), "TRIAL_WAIT_FOR": "2:down,4:up",
+    }  # fmt: skip
     try:
         sweep = start_sweep(
-            tmp_path, *REAL, "tracking=server", "sweep.workers=2", "sweep.n_trials=6", "tracking.request_timeout=2",
-            "tracking.request_retries=0", env={"MLFLOW_TRACKING_URI": server.url},
+            tmp_path, *REAL, GATED, "tracking=server", "sweep.workers=2", "sweep.n_trials=6", "tracking.request_timeout=2",
+            "tracking.request_retries=0", env=env,
         )  # fmt: skip
         storage = storage_of(tmp_path)
-        started = wait_for(sweep, storage, name, finished)
+        wait_for(sweep, storage, name, lambda trials: finished(trials) >= 2)
         server.stop()
-        # Trials go on while it is down: at least two more finish.
-        wait_for(sweep, storage, name, lambda trials: finished(trials) >= started + 2)
+        (gates / "down").touch()
+        # Trials go on while it is down: two more finish.
+        wait_for(sweep, storage, name, lambda trials: finished(trials) >= 4)
         server.start()  # back, on the same port and store
+        (gates / "up").touch()
         code, out, err = finish(sweep)
         assert code == 0, out[-3000:] + err[-3000:]
         logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / name).glob("worker-*.log"))
@@ -254,41 +293,78 @@ def test_a_sweep_goes_on_while_the_mlflow_server_is_down_and_records_everything(
 # --- eight workers, one embedded study and one embedded MLflow store --------------------------
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(1500)
 def test_eight_workers_share_the_embedded_stores_without_a_lock_error(tmp_path):
-    code, out, err = finish(start_sweep(tmp_path, *REAL, "sweep.workers=8", "sweep.n_trials=8", "train.epochs=1"), timeout=400)
+    # Each trial waits until all eight have begun: eight workers, one trial each, all training
+    # and writing to both stores at once, however slowly the workers start.
+    env = {"PYTHONPATH": with_tests_on_path(), "TRIAL_GATES": str(tmp_path / "gates"), "TRIAL_BARRIER": "8"}
+    sweep = start_sweep(tmp_path, *REAL, GATED, "sweep.workers=8", "sweep.n_trials=8", "train.epochs=1", env=env)
+    code, out, err = finish(sweep, timeout=1200)  # about 5 minutes on 2 loaded cores
     assert code == 0, out[-3000:] + err[-3000:]
     logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / "mlp-synthetic").glob("worker-*.log"))
     ran = [int(n) for n in re.findall(r"worker \d+: ran (\d+) trial", logs)]
-    assert len(ran) == 8 and sum(ran) == 8  # every worker ended well, and between them ran every trial
+    assert ran == [1] * 8  # every worker ended well, each with one of the eight trials
     for text in (out, err, logs):
         assert "database is locked" not in text
         assert "Traceback" not in text
     study = optuna.load_study(study_name="mlp-synthetic", storage=storage_of(tmp_path))
     counts = count_trials(study)
     assert counts.finished == 8 and counts.failed == 0
-    assert len({t.user_attrs["worker"] for t in study.trials}) > 1
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 8
     check_nothing_lost(study, f"sqlite:///{tmp_path}/results/mlflow.db", steps=True)
 
 
 # --- several processes opening a new embedded storage at the same moment ----------------------
 
-OPEN_AT = """
-import sys, time
+OPEN_AT_ONCE = """
+import os, sys, time
+from pathlib import Path
+import optuna
+from conftest import flock_queue
 from sweeper.study import StorageSpec
-start = float(sys.argv[2])
-while time.time() < start:  # spin, so that all of them open within a millisecond
-    pass
-StorageSpec(sys.argv[1]).open()
+
+url, folder, openers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+create = optuna.storages.RDBStorage.__init__
+
+
+def create_once_the_others_wait(self, *args, **kwargs):
+    # Where the storage's tables are made, under its lock. Another opener already here means the
+    # lock let two in; otherwise wait until every opener not yet done is queued on the lock (the
+    # kernel says so), so that they all open at once.
+    inside = folder / f"inside-{os.getpid()}"
+    inside.touch()
+    if [other for other in folder.glob("inside-*") if other != inside]:
+        (folder / f"overlap-{os.getpid()}").touch()
+    deadline = time.monotonic() + 300
+    while flock_queue() < openers - 1 - len(list(folder.glob("done-*"))) and not list(folder.glob("overlap-*")):
+        if time.monotonic() > deadline:
+            sys.exit("waited 300 s in vain for the other openers to queue on the storage lock")
+        time.sleep(0.01)
+    try:
+        create(self, *args, **kwargs)
+    finally:
+        inside.unlink()
+        (folder / f"done-{os.getpid()}").touch()
+
+
+optuna.storages.RDBStorage.__init__ = create_once_the_others_wait
+StorageSpec(url).open()
 """
 
 
 def test_processes_that_open_a_new_embedded_storage_at_once_all_get_it(tmp_path):
     # Two `sweeper sweep` (or a sweep and a joining worker) started together on a fresh results/:
-    # each creates the storage's tables, and without a lock one of them fails half way.
+    # each creates the storage's tables, and without a lock one of them fails half way. Here the
+    # first opener in waits until the other three are queued on the lock, so all four open at
+    # once, however slowly they start; one that finds another inside shows the lock failed.
     url = f"sqlite:///{tmp_path}/results/studies.db"
-    start = time.time() + 5  # every process imported and waiting by then (if not, the test is only weaker)
-    openers = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, repr(start)], stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    errors = [opener.communicate(timeout=120)[1] for opener in openers]
+    folder = tmp_path / "openers"
+    folder.mkdir()
+    command = [sys.executable, "-c", OPEN_AT_ONCE, url, str(folder), "4"]
+    env = {**os.environ, "PYTHONPATH": with_tests_on_path()}
+    openers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    errors = [opener.communicate(timeout=600)[1] for opener in openers]
     assert [opener.returncode for opener in openers] == [0] * 4, "\n".join(e[-500:] for e in errors)
+    assert len(list(folder.glob("done-*"))) == 4
+    assert not list(folder.glob("overlap-*"))  # one at a time
     assert optuna.get_all_study_names(url) == []  # one working storage, tables and all

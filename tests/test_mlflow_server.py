@@ -106,7 +106,7 @@ def test_a_server_that_stops_mid_sweep_loses_no_record(mlflow_server, server_con
 @pytest.mark.timeout(460)  # beyond the sweep's own limit below
 def test_a_real_sweep_reads_back_through_the_server_and_its_trials_rerun_exactly(sweeper_cli, tmp_path, monkeypatch):
     sweep = ["sweep.name=real", "sweep.n_trials=3", "sweep.workers=1", "sweep.cpu_threads=1", "sweep.poll=0.5",
-             "sweep.live=false", "train.epochs=1", "train.threads=1", "pruner=none"]  # fmt: skip
+             "sweep.live=false", "train.epochs=1", "train.threads=1", "pruner=none", "sampler.seed=0"]  # fmt: skip
     done = sweeper_cli("sweep", *sweep, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 

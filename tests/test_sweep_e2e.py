@@ -1,6 +1,11 @@
-"""A real sweep, end to end: `sweeper sweep` on the digits transfer task with two CPU workers,
-the real trainer, the median pruner and MLflow; then the study is checked. (Resuming is checked
-with the stand-in trainer in test_workers.py.)"""
+"""A real sweep, end to end: `sweeper sweep` on the digits transfer task with the real trainer,
+the median pruner and MLflow; then the study is checked. (Resuming and workers racing are
+checked with the stand-in trainer in test_workers.py; the real trainer under two and eight
+workers in test_faults.py.)
+
+One worker and a seeded sampler make the sweep the same every time: which trials the median
+pruner stops depends on the order in which trials finish, and with two workers that order is a
+race (each worker k also draws with seed + k, so who asks first changes the points drawn)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ from optuna.trial import TrialState
 
 from sweeper.study import count_trials, plan_sweep
 
-SWEEP = ["experiment=digits_transfer", "train.epochs=3", "sweep.workers=2", "sweep.cpu_threads=1", "pruner=median", "sweep.poll=0.5"]
+SWEEP = [
+    "experiment=digits_transfer", "train.epochs=3", "sweep.workers=1", "sweep.cpu_threads=1", "pruner=median",
+    "sweep.poll=0.5", "sampler.seed=0",
+]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -21,9 +29,8 @@ def test_digits_transfer_sweep_runs_exactly_n_trials_inside_the_space(sweeper_cl
     plan = plan_sweep(SWEEP, validate=False)
     study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{tmp_path}/results/studies.db")
     counts = count_trials(study)
-    assert counts.finished == 12 and counts.running == 0  # exactly n_trials, with two workers
+    assert counts.finished == 12 and counts.running == 0  # exactly n_trials
     assert counts.pruned > 0  # the pruner stopped some trials early
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
 
     dimensions = {d.name: d.distribution for d in plan.space.dimensions()}
     for trial in study.trials:
@@ -39,4 +46,3 @@ def test_digits_transfer_sweep_runs_exactly_n_trials_inside_the_space(sweeper_cl
     assert f"sweep {plan.name}: 12/12 finished" in done.stdout
     assert "rerun it: sweeper train experiment=digits_transfer" in done.stdout
     assert (tmp_path / "results" / "sweeps" / plan.name / "trials.csv").is_file()
-

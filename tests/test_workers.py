@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import StandInTrainer
+from conftest import StandInTrainer, flock_queue
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -72,7 +72,10 @@ def plan_args(tmp_path, stand_in_sweep):
 def test_worker_runs_exactly_n_trials_and_failures_stay_alone(plan_args, monkeypatch):
     monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "Constant")
     monkeypatch.setenv("STAND_IN_DIVERGE_SHAPE", "Triangular")
-    plan = plan_sweep([*plan_args, "sweep.n_trials=8", "pruner=none"], validate=False)
+    # One worker and a seeded sampler: the same trials every time. The failing shapes may be drawn
+    # again after the cover; no failure count may end the sweep before its 8 (not this test's point).
+    overrides = ["sweep.n_trials=8", "pruner=none", "sampler.seed=0", "sweep.max_failures=100"]
+    plan = plan_sweep([*plan_args, *overrides], validate=False)
     study = open_study(plan, create=True)  # its first trials cover every shape, constant included
     ran = run_worker(plan, train=StandInTrainer.train)
     counts = count_trials(study)
@@ -110,16 +113,40 @@ def test_a_sweep_without_a_pruner_never_asks_one(plan_args, monkeypatch):
 
 
 def test_racing_workers_never_overshoot_n_trials(plan_args, monkeypatch):
-    # Widen the gap between "count the trials" and "start one": without the claim lock, every
-    # worker that counted a free slot would start a trial for it.
+    # Hold the gap between "count the trials" and "start one" open until every other worker is
+    # queued on the claim lock (the kernel's list of waiters says so): without the lock they would
+    # all count the same free slot, and here they would be seen inside the gap together.
     decide = workers.next_move
+    inside, together = set(), []
+    guard = threading.Lock()
 
-    def slow_decision(*args):
+    def decision_held_open(*args):
         move = decide(*args)
-        time.sleep(0.3 if move == "run" else 0)
+        if move != "run":
+            return move
+        me = threading.get_ident()
+        with guard:
+            together.extend([me] if inside else [])
+            inside.add(me)
+        deadline = time.monotonic() + 120
+        while not together and flock_queue() < sum(r.is_alive() for r in racers) - 1:
+            assert time.monotonic() < deadline, "the other workers neither queued on the claim lock nor came in"
+            time.sleep(0.01)
+        with guard:
+            inside.discard(me)
         return move
 
-    monkeypatch.setattr(workers, "next_move", slow_decision)
+    monkeypatch.setattr(workers, "next_move", decision_held_open)
+    # The racers are threads standing in for worker processes. Hydra composes through one global
+    # per process, so two threads composing a trial's config at once clash (a trial fails with
+    # "GlobalHydra is already initialized"); let them compose one at a time, as processes can.
+    compose, composing = workers.compose_config, threading.Lock()
+
+    def compose_alone(*args, **kwargs):
+        with composing:
+            return compose(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "compose_config", compose_alone)
     plan = plan_sweep([*plan_args, "sweep.n_trials=4", "pruner=none", "sweep.cover=false"], validate=False)
     study = open_study(plan, create=True)
     racers = [
@@ -129,7 +156,9 @@ def test_racing_workers_never_overshoot_n_trials(plan_args, monkeypatch):
     for racer in racers:
         racer.start()
     for racer in racers:
-        racer.join(60)
+        racer.join(300)
+    assert not any(racer.is_alive() for racer in racers)
+    assert together == []  # never two workers between their count and their trial's start
     assert count_trials(study) == Counts(complete=4)
 
 
@@ -152,10 +181,15 @@ def test_multi_objective_sweep_reports_without_pruning(plan_args):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two sweeps' limits: only a hang comes near it
 def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu_and_resume(sweeper_cli, stand_in_sweep, tmp_path, monkeypatch):
     # Instant trials and three workers racing for the last ones: only the claim lock keeps the
     # count exact. Two GPUs are "visible": the stand-in reports the CUDA_VISIBLE_DEVICES it got.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    # The first three trials wait until all three have begun: every worker takes part, however
+    # late it starts (conftest.Gates).
+    monkeypatch.setenv("TRIAL_GATES", str(tmp_path / "gates"))
+    monkeypatch.setenv("TRIAL_BARRIER", "3")
     done = sweeper_cli("sweep", *stand_in_sweep, "sweep.workers=3", "sweep.n_trials=10", "sweep.poll=0.1")
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{tmp_path}/results/studies.db")
@@ -178,7 +212,10 @@ def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu_and_resume(swe
 
 
 @pytest.mark.slow
-def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_sweep, tmp_path):
+@pytest.mark.timeout(900)  # beyond the sweep's own limit
+def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIAL_GATES", str(tmp_path / "gates"))
+    monkeypatch.setenv("TRIAL_BARRIER", "2")  # both jobs' workers take part, however late one starts
     done = sweeper_cli(
         "sweep", *stand_in_sweep, "launcher=slurm", "launcher.cluster=local",
         "launcher.jobs=2", "launcher.gpus_per_node=0", "sweep.n_trials=6", "sweep.poll=0.2",
@@ -187,10 +224,16 @@ def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_swee
     study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{tmp_path}/results/studies.db")
     assert count_trials(study).finished == 6
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # two jobs, two worker processes
-    assert list((tmp_path / "results" / "slurm" / "mlp-digits").glob("*_log.out"))  # submitit's job logs
+    jobs = tmp_path / "results" / "slurm" / "mlp-digits"
+    assert list(jobs.glob("*_log.out"))  # submitit's job logs
+    # The command line (which may hold a password) reached the jobs through their environment,
+    # not through the pickles submitit keeps under results/.
+    pickles = list(jobs.glob("*.pkl"))
+    assert pickles and not any(b"sweep.n_trials=6" in p.read_bytes() for p in pickles)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # beyond the sweep's own limit
 def test_a_sweep_whose_every_trial_fails_ends_and_says_why(sweeper_cli, stand_in_sweep, monkeypatch):
     monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "FastaiOneCycle")
     done = sweeper_cli("sweep", *stand_in_sweep, "search=slices", "sweep.workers=2", "sweep.n_trials=3", "sweep.poll=0.1")
