@@ -33,6 +33,8 @@ def sweep_name():
 def test_two_workers_and_a_joining_one_share_the_study(sweeper_cli, stand_in_sweep, sweep_name, monkeypatch, tmp_path):
     monkeypatch.setenv("SWEEPER_STORAGE_URL", POSTGRES)  # as storage=postgres reads it
     monkeypatch.setenv("STAND_IN_EPOCH_SECONDS", "0.05")
+    monkeypatch.setenv("TRIAL_GATES", str(tmp_path / "gates"))
+    monkeypatch.setenv("TRIAL_BARRIER", "2")  # both workers take part, however late one starts
     common = ["storage=postgres", f"sweep.name={sweep_name}", *stand_in_sweep, "sweep.poll=0.2"]
     done = sweeper_cli("sweep", *common, "sweep.workers=2", "sweep.n_trials=8")
     assert done.returncode == 0, done.stderr
