@@ -138,8 +138,7 @@ class StandInTrainer:
     better and worse trials. Environment knobs:
     STAND_IN_EPOCH_SECONDS (sleep per epoch: work, its length never decides a test),
     STAND_IN_RAISE_SHAPE (raise for that shape), STAND_IN_DIVERGE_SHAPE (end as "diverged" for
-    that shape), STAND_IN_HOLD_FILE (after the first epoch, wait until that file exists), and
-    the TRIAL_* gates (Gates). It reports as its device the
+    that shape), and the TRIAL_* gates (Gates). It reports as its device the
     CUDA_VISIBLE_DEVICES it was started with, which is what torch would see.
     """
 
@@ -175,10 +174,6 @@ class StandInTrainer:
                 break
             if epoch == 0 and gates:
                 gates.hold(ticket, reporters)  # mid-trial: its first epoch recorded, more to come
-            hold = os.environ.get("STAND_IN_HOLD_FILE")
-            deadline = time.monotonic() + 300
-            while hold and not os.path.exists(hold) and time.monotonic() < deadline:
-                time.sleep(0.05)  # waits on a file the test creates (a condition, not a guess)
         result.seconds = time.time() - start
         for reporter in reporters:
             reporter.on_end(result)

@@ -18,12 +18,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import feed_trial, with_tests_on_path
+from conftest import feed_trial, wait_for_file, with_tests_on_path
 from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
@@ -109,30 +108,19 @@ def test_a_damaged_store_gets_one_line_that_says_so(finished, tmp_path, store):
 
 
 def test_a_killed_workers_run_is_ended_and_the_sweep_says_so(tmp_path):
+    # One trial holds after its first epoch (its MLflow run exists, RUNNING) and writes its
+    # worker's pid to gates/held-0; the test kills that worker there (conftest.Gates).
+    gates = tmp_path / "gates"
     started = subprocess.Popen(
         [sys.executable, "-m", "sweeper.cli", "sweep", *SMALL, "sweep.workers=2", "storage.heartbeat_interval=1",
          "storage.grace_period=3"],
-        cwd=tmp_path, env=environment(STAND_IN_HOLD_FILE=str(tmp_path / "go")), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        cwd=tmp_path, env=environment(TRIAL_GATES=str(gates), TRIAL_HOLD_AFTER="0", TRIAL_HOLD_MAX="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        # Trials hold after their first epoch until the file "go" exists. Wait for one held
-        # there (its MLflow run exists, RUNNING), kill its worker, then let the rest go on. The stores exist
-        # once the workers' logs do, and are read only then (a reader must not race their creation).
-        log = tmp_path / "results" / "sweeps" / "mlp-digits" / "worker-0.log"
-        deadline = time.monotonic() + 180
-        while not log.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/results/studies.db")
-        victim = None
-        while victim is None and time.monotonic() < deadline:
-            trials = optuna.load_study(study_name="mlp-digits", storage=storage).get_trials(states=(TrialState.RUNNING,))
-            victim = next((t for t in trials if t.user_attrs.get("epochs")), None)
-            time.sleep(0.1)
-        assert victim is not None, "no trial started"
-        (victim_run,) = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("trial") == str(victim.number)]
-        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-        (tmp_path / "go").touch()  # the other trials go on
+        pid = int(wait_for_file(gates / "held-0", started))
+        (victim_run,) = [r for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING" and r.data.tags.get("worker", "").endswith(f":{pid}")]
+        os.kill(pid, signal.SIGKILL)
         out, err = started.communicate(timeout=240)
     finally:
         if started.poll() is None:
