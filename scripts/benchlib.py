@@ -21,7 +21,6 @@ import platform
 import shlex
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence

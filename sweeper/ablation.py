@@ -28,7 +28,8 @@ from sweeper.config import ConfigError
 from sweeper.confirm import TrainFn, compose_trial, summarize_seeds, verdict, write_seed_tables
 from sweeper.events import Reporter
 from sweeper.report import objective_columns, trials_table
-from sweeper.tracking import ABLATION_KIND, SweepTracking
+from sweeper.run_record import ABLATION_KIND
+from sweeper.tracking import SweepTracking
 from sweeper.untrusted import Allowed
 
 __all__ = ["FACTORS", "Ablation", "ablate", "variants"]

@@ -25,7 +25,8 @@ from omegaconf import DictConfig
 from sweeper.config import ConfigError, compose_config
 from sweeper.events import Reporter, TrialResult
 from sweeper.report import best_by, markdown_table, objective_columns, trials_table
-from sweeper.tracking import CONFIRM_KIND, SweepTracking, plain_config
+from sweeper.run_record import CONFIRM_KIND, plain_config
+from sweeper.tracking import SweepTracking
 from sweeper.untrusted import Allowed, check_config
 
 __all__ = ["Confirmation", "compose_trial", "confirm_strategies", "summarize_seeds", "verdict", "write_seed_tables"]

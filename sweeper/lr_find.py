@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
 
 from sweeper.config import ConfigError
 from sweeper.trainer import Trial, prepare

@@ -1,6 +1,6 @@
 """The comparison of slice strategies and cycle shapes in a sweep: tables, plots and Markdown.
 
-    report = write_report(study, Path("results/sweeps/mlp-digits"), tracking=sweep_tracking)
+    report = write_report(study, Path("results/sweeps/mlp-digits"), sweep_tracking.report_sources())
 
 writes into the folder
 - `trials.csv`: one row per trial (state, status, objective(s), strategy, shape, sampled params,
@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -41,9 +41,6 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from sweeper import tables  # noqa: E402
 from sweeper.plots import log_y  # noqa: E402
 
-if TYPE_CHECKING:
-    from sweeper.tracking import SweepTracking
-
 __all__ = [
     "Report",
     "best_by",
@@ -56,6 +53,7 @@ __all__ = [
     "sweep_config_dirs",
     "sweep_trainer",
     "trials_table",
+    "MlflowSources",
     "write_report",
 ]
 
@@ -165,7 +163,7 @@ def _base_choices(study: optuna.Study) -> Callable[[], Mapping[str, str]]:
             found.update(strategy="unknown", shape="unknown")
             try:
                 from sweeper.config import compose_config
-                from sweeper.tracking import plain_config, shape_name_of, strategy_of
+                from sweeper.run_record import plain_config, shape_name_of, strategy_of
 
                 config = plain_config(compose_config(study.user_attrs.get("overrides", []), sweep_config_dirs(study)))
                 found.update(strategy=strategy_of(config), shape=shape_name_of(config))
@@ -376,11 +374,21 @@ def _shared_params(study: optuna.Study) -> list[str]:
 # --- the report -------------------------------------------------------------------------------
 
 
-def write_report(study: optuna.Study, folder: str | Path, tracking: SweepTracking | None = None) -> Report:
-    """Write the sweep's comparison into `folder` (see the module doc); return what was written."""
+@dataclass(frozen=True)
+class MlflowSources:
+    """Where the report finds the trials' MLflow runs: trial number -> run id, and a reader of
+    one metric's history of a run, [(step, value)]."""
+
+    run_ids: Mapping[int, str]
+    read_curve: Callable[[str, str], list[tuple[int, float]]]
+
+
+def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources | None = None) -> Report:
+    """Write the sweep's comparison into `folder` (see the module doc); return what was written.
+    Without `sources` (MLflow off or unreadable) the curves come from the study alone."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    run_ids, curves = _mlflow_sources(tracking)
+    run_ids, curves = (sources.run_ids, sources.read_curve) if sources else ({}, None)
     trials = trials_table(study, run_ids)
     (objective, direction), *others = objective_columns(study)
     by_strategy = summarize(trials, "strategy", objective, direction) if len(trials) else pd.DataFrame()
@@ -416,20 +424,6 @@ def write_report(study: optuna.Study, folder: str | Path, tracking: SweepTrackin
     files += [*plots, folder / "report.md"]
     files[-1].write_text(markdown)
     return Report(folder, trials, by_strategy, by_shape, summary, markdown, files, objective, direction)
-
-
-def _mlflow_sources(tracking: SweepTracking | None) -> tuple[dict[int, str], Callable | None]:
-    """Trial -> run id, and a reader of metric histories; empty when MLflow is off or down."""
-    if tracking is None or tracking.settings is None:
-        return {}, None
-    from sweeper.tracking import read_curves
-
-    try:
-        run_ids = tracking.trial_runs()
-    except Exception as error:  # noqa: BLE001 - the report still stands on the study alone
-        warnings.warn(f"sweeper report: MLflow runs could not be read ({error}); the report uses the study alone.", stacklevel=2)
-        return {}, None
-    return run_ids, lambda run_id, key: read_curves(tracking.settings, run_id, [key])[key]
 
 
 def _summary_markdown(

@@ -30,18 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from sweeper.config import ConfigError
 from sweeper.events import EpochEvent, StepEvent, TrialResult
 from sweeper.study import load_trainer
-from sweeper.tracking import (
-    RERUN_KIND,
-    SWEEP_MEMBER_KINDS,
-    MlflowRecorder,
-    TrackingSettings,
-    connect,
-    read_artifact,
-    read_curves,
-    result_curves,
-    store_client,
-    tracking_settings,
-)
+from sweeper.mlflow_store import TrackingSettings, connect, read_artifact, read_curves, store_client, tracking_settings
+from sweeper.recorder import MlflowRecorder
+from sweeper.run_record import RERUN_KIND, SWEEP_MEMBER_KINDS, result_curves
 from sweeper.untrusted import allowed_code, checked_config, read_recorded
 
 __all__ = [

@@ -32,7 +32,9 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from sweeper.config import ConfigError
-from sweeper.tracking import TRIAL_KIND, SweepTracking, mlflow_calls, mlflow_client
+from sweeper.mlflow_store import mlflow_calls, mlflow_client
+from sweeper.run_record import TRIAL_KIND
+from sweeper.tracking import SweepTracking
 
 __all__ = ["MlflowUiServer", "share_view", "sweep_link", "sweep_view", "browsable_base"]
 

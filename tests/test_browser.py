@@ -18,7 +18,8 @@ from conftest import feed_trial, free_port, with_tests_on_path
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
-from sweeper.tracking import plain_config, prepare_sweep
+from sweeper.run_record import plain_config
+from sweeper.tracking import prepare_sweep
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -11,7 +11,8 @@ import requests
 from conftest import MlflowServer, feed_trial
 
 from sweeper.events import Reporter
-from sweeper.tracking import plain_config, prepare_sweep, result_curves
+from sweeper.run_record import plain_config, result_curves
+from sweeper.tracking import prepare_sweep
 
 pytestmark = pytest.mark.slow
 

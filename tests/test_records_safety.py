@@ -27,7 +27,8 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeper.tracking import plain_config, prepare_sweep
+from sweeper.run_record import plain_config
+from sweeper.tracking import prepare_sweep
 
 pytestmark = pytest.mark.slow
 

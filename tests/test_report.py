@@ -18,7 +18,8 @@ from sweeper.config import ConfigError
 from sweeper.confirm import confirm_strategies
 from sweeper.events import TrialResult
 from sweeper.report import split_sweep_name, summarize, trials_table, write_report
-from sweeper.tracking import plain_config, prepare_sweep, sweep_folder
+from sweeper.run_record import plain_config
+from sweeper.tracking import prepare_sweep, sweep_folder
 
 STRATEGIES = ["single", "fastai", "geometric"]
 SHAPES = ["fastai_one_cycle", "constant"]

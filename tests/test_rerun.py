@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError
 from sweeper.rerun import compare_curves, load_source, rerun
-from sweeper.tracking import read_curves, record_run, tracking_settings
+from sweeper.mlflow_store import read_curves, tracking_settings
+from sweeper.recorder import record_run
 from sweeper.untrusted import Allowed, Import, check_config, find_imports
 
 # A small real training: digits, one epoch, on CPU, deterministic.

@@ -12,14 +12,9 @@ from mlflow import MlflowClient
 
 from sweeper.config import ConfigError
 from sweeper.events import Reporter
-from sweeper.tracking import (
-    MlflowRecorder,
-    plain_config,
-    prepare_sweep,
-    record_run,
-    result_curves,
-    trial_reporter,
-)
+from sweeper.recorder import MlflowRecorder, record_run
+from sweeper.run_record import plain_config, result_curves
+from sweeper.tracking import prepare_sweep, trial_reporter
 
 SECRET = "hunter2"
 

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = compose_config(overrides, args.config_dir)
     study = load_sweep_study(cfg, name)
     tracking = open_sweep(cfg, study)
-    report = write_report(study, sweep_folder(cfg, study.study_name), tracking)
+    report = write_report(study, sweep_folder(cfg, study.study_name), tracking.report_sources())
     tracking.attach_report(report)
     print(report.summary)
     print(f"report: {report.folder / 'report.md'}")

@@ -26,11 +26,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeper import tracking
+from sweeper.mlflow_store import check_server
 from sweeper.launchers import WorkerHandle, check_launcher, launch_workers
 from sweeper.live import LiveView, WorkerNotes, read_progress, sampled
 from sweeper.search import error_line
 from sweeper.study import SweepPlan, check_definition, count_trials, existing_study, open_study, plan_sweep
+from sweeper.tracking import prepare_sweep
 
 EXIT_INCOMPLETE = 1
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in plan.space.describe()))
         return 0
-    tracking.check_server(plan.cfg)  # unreachable: said before anything is written here
+    check_server(plan.cfg)  # unreachable: said before anything is written here
     # Under the sweep's claim: two commands started at once make one study and one parent run.
     with plan.storage.claim(plan.name):
         # A sweep of this name with another definition is refused before anything is written.
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if existing is not None:
             check_definition(existing, plan)
         # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
-        records = tracking.prepare_sweep(plan.cfg, plan.name, existing)
+        records = prepare_sweep(plan.cfg, plan.name, existing)
         study = open_study(plan, create=True)
     # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
     study.set_user_attr("tracking", records.location())

@@ -58,9 +58,9 @@ def reporters_for(cfg: DictConfig, quiet: bool, name: str, overrides: Sequence[s
     """Everything that listens to the run: the place to add a listener."""
     reporters: list[Reporter] = [] if quiet else [TrialProgress()]
     if cfg.get("tracking") and cfg.tracking.get("enabled", False):
-        from sweeper import tracking  # MLflow loads only when tracking is on
+        from sweeper.recorder import record_run  # MLflow loads only when tracking is on
 
-        reporters.append(tracking.record_run(cfg, run_name=name, overrides=overrides))
+        reporters.append(record_run(cfg, run_name=name, overrides=overrides))
     return reporters
 
 
