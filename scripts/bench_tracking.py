@@ -9,14 +9,18 @@ loss) sent in batches when each epoch ends, epoch metrics, and the schedule plot
 Stores: `sqlite` (tracking=local, the embedded default) and `server` (a `mlflow server` this
 script starts on a free port of 127.0.0.1 over its own SQLite file, stopped at the end).
 
-Rounds interleave the variants (unrecorded, sqlite, server, unrecorded, ...); a trial's time is
-its wall time in the worker (reporter made + train()). The recorder's own hooks are timed too,
-so the overhead splits into run start, per-step queueing, epoch flushes and the end (plot, flush).
+Rounds interleave the variants (unrecorded, sqlite, server, unrecorded, ...). A sample is what a
+worker does: `--sequence` trials back to back (reporter made + train()), then the wait until the
+records are all in the store (the recorder sends from a background thread, so a trial's records
+may still be going out while the next trial trains; that work counts, at the sequence's end).
+Per trial = the sample / the sequence. The recorder's hooks on the trial's thread are timed too:
+run start, per-step queueing, epoch flushes and the end (the wait for the run's end to be stored).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,6 +29,7 @@ from pathlib import Path
 import benchlib
 
 ROUNDS = 5
+SEQUENCE = 4  # trials a worker runs back to back in one sample
 TRIALS = {  # name -> overrides of the trial that is recorded
     "mlp-digits": ("model=mlp",),   # the default sweep's trial: 6 epochs of 21 batches
     "cnn-digits": ("model=cnn",),
@@ -42,21 +47,24 @@ class Store:
         self.sweep = tracking.prepare_sweep(cfg, "bench") if name != "none" else None
         self.hooks: list[dict[str, float]] = []
 
-    def trial(self) -> float:
+    def trials_in_sequence(self, count: int) -> float:
+        """Seconds a trial, over `count` trials back to back and the wait for their records."""
+        from sweeper.recorder import wait_for_records
         from sweeper.trainer import train
 
         started = time.perf_counter()
-        reporters = []
-        if self.sweep is not None:
-            self.trials += 1
-            clock = benchlib.HookClock(self.sweep.trial_reporter(self.trials, self.cfg))
-            reporters.append(clock)
-        result = train(self.cfg, reporters)
-        seconds = time.perf_counter() - started
-        benchlib.check_finished(result, "the trial")
-        if reporters:
-            self.hooks.append(dict(clock.seconds))
-        return seconds
+        for _ in range(count):
+            reporters = []
+            if self.sweep is not None:
+                self.trials += 1
+                clock = benchlib.HookClock(self.sweep.trial_reporter(self.trials, self.cfg))
+                reporters.append(clock)
+            result = train(self.cfg, reporters)
+            benchlib.check_finished(result, "the trial")
+            if reporters:
+                self.hooks.append(dict(clock.seconds))
+        wait_for_records()
+        return (time.perf_counter() - started) / count
 
 
 @contextlib.contextmanager
@@ -83,8 +91,8 @@ def plot_seconds(cfg, folder: Path, repeats: int = 3) -> float:
     return benchlib.median(seconds)
 
 
-def measure(trial_name: str, stores: dict[str, Store], repeats: int, folder: Path) -> list[dict]:
-    samples = benchlib.interleave({name: store.trial for name, store in stores.items()}, repeats)
+def measure(trial_name: str, stores: dict[str, Store], repeats: int, sequence: int, folder: Path) -> list[dict]:
+    samples = benchlib.interleave({name: functools.partial(store.trials_in_sequence, sequence) for name, store in stores.items()}, repeats)
     plain = samples["none"]
     plot = plot_seconds(stores["none"].cfg, folder)
     rows = []
@@ -92,12 +100,13 @@ def measure(trial_name: str, stores: dict[str, Store], repeats: int, folder: Pat
         if name == "none":
             continue
         extra = [a - b for a, b in zip(samples[name], plain)]
-        hooks = store.hooks[-repeats:]  # the timed rounds
+        hooks = store.hooks[-repeats * sequence:]  # the timed rounds
         overhead = benchlib.median(extra)
         rows.append({
             "trial": trial_name,
             "store": name,
             "rounds": repeats,
+            "sequence": sequence,
             "trial_s": benchlib.median(plain),
             "recorded_s": benchlib.median(samples[name]),
             "ratio": benchlib.median(benchlib.ratios(samples[name], plain)),
@@ -116,9 +125,10 @@ def main() -> None:
     parser.add_argument("--stores", nargs="+", default=["sqlite", "server"], choices=["sqlite", "server"])
     parser.add_argument("--epochs", type=int, default=6, help="epochs per trial (the default config's 6)")
     parser.add_argument("--repeats", type=int, default=ROUNDS, help="interleaved rounds (after one warm-up round)")
+    parser.add_argument("--sequence", type=int, default=SEQUENCE, help="trials back to back in a sample")
     args = parser.parse_args()
     if args.quick:
-        args.trials, args.epochs, args.repeats = args.trials[:1], 1, 1
+        args.trials, args.epochs, args.repeats, args.sequence = args.trials[:1], 1, 1, 2
     from sweeper.config import compose_config
 
     rows = []
@@ -134,19 +144,21 @@ def main() -> None:
                 for name, overrides in choices.items()
                 if name == "none" or name in args.stores
             }
-            rows += measure(trial_name, stores, args.repeats, folder)
+            rows += measure(trial_name, stores, args.repeats, args.sequence, folder)
     benchlib.publish(
         args.out_dir,
         "tracking",
         "Recording overhead: MLflow on and off",
         rows,
         notes=[
-            f"Per trial ({args.epochs} epochs, CPU): `trial_s` unrecorded and `recorded_s` recorded "
+            f"Per trial ({args.epochs} epochs, CPU; {args.sequence} trials back to back a sample, then the "
+            "wait for their records): `trial_s` unrecorded and `recorded_s` recorded "
             "(medians), `ratio` = recorded / unrecorded round by round (median), `overhead_ms` = "
             "recorded - unrecorded (median). Time inside the recorder's hooks over a trial (`hooks_ms`, "
             "medians), split: `start_ms` (run created, params, tags, config and environment "
-            "artifacts), `step_ms` (every step queued), `epoch_ms` (every epoch's batch flush), "
-            "`end_ms` (schedule plot, last flush, run ended); `plot_ms`: drawing that schedule plot "
+            "artifacts; queued, sent from the background), `step_ms` (every step queued), `epoch_ms` "
+            "(every epoch's flush handed to the background), `end_ms` (the wait for the run's last "
+            "records and its end to be stored; the plot follows in the background); `plot_ms`: drawing that schedule plot "
             "alone (`sweeper.plots.plot_schedule`). `trial_s_for_3pct`: the trial length at which "
             "`overhead_ms` is 3%."
         ],

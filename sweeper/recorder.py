@@ -21,9 +21,12 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +36,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.environment import describe_environment
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
-from sweeper.mlflow_store import Outage, TrackingSettings, connect, mlflow_calls, mlflow_client, tracking_settings
-from sweeper.run_record import RUN_STATUS, epoch_metrics, plain_config, run_params, run_tags, step_metrics
+from sweeper.mlflow_store import (
+    Outage,
+    TrackingSettings,
+    connect,
+    mlflow_calls,
+    mlflow_client,
+    tracking_settings,
+)
+from sweeper.run_record import (
+    RUN_STATUS,
+    epoch_metrics,
+    plain_config,
+    run_params,
+    run_tags,
+    step_metrics,
+)
 from sweeper.secrets import mask_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["Locate", "MlflowRecorder", "now_ms", "record_run"]
+__all__ = ["Locate", "MlflowRecorder", "now_ms", "record_run", "wait_for_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +82,11 @@ class MlflowRecorder(Reporter):
 
     The run itself is created at the first flush that reaches the store, so a store that is down
     when a trial starts delays its record instead of losing it. `run_id` is None until then.
+
+    The trial's thread only queues: the run's creation, its params and tags (derived from the
+    config there), the epoch flushes and the schedule plot are the background sender's work
+    (`_Sender`). `on_end` returns once the run's end is in the store (or kept for later, the store
+    being down), so a trial told finished has its records; its schedule.png follows.
     """
 
     def __init__(
@@ -84,6 +106,8 @@ class MlflowRecorder(Reporter):
         self._locate = locate
         self._run_name = mask_text(run_name) if run_name else None
         self._start_ms: int | None = None
+        self._start: StartEvent | None = None  # the start, its params and tags not derived yet
+        self._lock = threading.Lock()   # the queues below, shared by the trial's thread and the sender
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._metrics: list[Any] = []
@@ -96,14 +120,12 @@ class MlflowRecorder(Reporter):
     # Reporter events. They never raise: a recording problem must not end a trial.
 
     def on_start(self, event: StartEvent) -> None:
-        with _never_raises("start"):
-            self._start_ms = now_ms()
-            config = plain_config(self._cfg) if self._cfg is not None else event.config
-            self.queue_params(run_params(config, event))
-            # The tags given at creation (sweep, trial, extra tags) win over the derived ones.
-            self.queue_tags({**run_tags(config), "device": event.device, **self._tags})
-            self.record_config(config, event.device)
-        self.flush()  # the run shows up (as running) before its first batch
+        self._start_ms = now_ms()
+        self._start = event
+        # The run exists, with the tags that file it (sweep, kind, trial), before the first batch:
+        # a worker killed mid-trial leaves a run the sweep can find and end. The rest follows.
+        _Sender.submit(lambda: self._deliver(create_only=True)).result()
+        self.flush_later()
 
     def on_step(self, event: StepEvent) -> None:
         with _never_raises("step"):
@@ -112,7 +134,7 @@ class MlflowRecorder(Reporter):
     def on_epoch(self, event: EpochEvent) -> None:
         with _never_raises("epoch"):
             self._queue_metrics(epoch_metrics(event), event.epoch)
-        self.flush()
+        self.flush_later()
 
     def on_end(self, result: TrialResult) -> None:
         with _never_raises("end"):
@@ -129,17 +151,19 @@ class MlflowRecorder(Reporter):
             if result.status != "finished" and self._run_name:
                 # Seen in the runs list at a glance: "trial 3 · geometric · ... · pruned".
                 self.queue_tags({"mlflow.runName": f"{self._run_name} · {result.status}"})
-            if result.steps and self.settings.schedule_plot:
-                self._artifacts["schedule.png"] = _schedule_png(result)
-            self._status = (RUN_STATUS.get(result.status, "FAILED"), now_ms())
-        if not self.flush():
-            _Unsent.keep(self)
+            with self._lock:
+                self._status = (RUN_STATUS.get(result.status, "FAILED"), now_ms())
+        self.flush()
+        if result.steps and self.settings.schedule_plot:
+            _Sender.submit(lambda: self._attach_plot(result))
 
     # The buffer. Everything recorded passes through mask_text here.
 
     def attach(self, name: str, data: bytes | str) -> None:
         """Queue an artifact (sent with the next flush)."""
-        self._artifacts[name] = mask_text(data).encode() if isinstance(data, str) else data
+        data = mask_text(data).encode() if isinstance(data, str) else data
+        with self._lock:
+            self._artifacts[name] = data
 
     def record_config(self, config: Mapping, device: str | None = None) -> None:
         """Queue the resolved config (config.yaml) and where the run ran (environment.json)."""
@@ -147,69 +171,133 @@ class MlflowRecorder(Reporter):
         self.attach("environment.json", json.dumps(describe_environment(device), indent=1))
 
     def queue_params(self, params: Mapping[str, Any]) -> None:
-        self._params.update({key: mask_text(str(value))[:MAX_PARAM_LENGTH] for key, value in params.items()})
+        masked = {key: mask_text(str(value))[:MAX_PARAM_LENGTH] for key, value in params.items()}
+        with self._lock:
+            self._params.update(masked)
 
-    def queue_tags(self, tags: Mapping[str, Any]) -> None:
-        self._tags.update({key: mask_text(str(value))[:MAX_TAG_LENGTH] for key, value in tags.items()})
+    def queue_tags(self, tags: Mapping[str, Any], *, keep_queued: bool = False) -> None:
+        """Queue tags; with `keep_queued`, a tag already queued keeps its value."""
+        masked = {key: mask_text(str(value))[:MAX_TAG_LENGTH] for key, value in tags.items()}
+        with self._lock:
+            self._tags.update(masked if not keep_queued else {k: v for k, v in masked.items() if k not in self._tags})
 
     def _queue_metrics(self, values: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = now_ms()
-        self._metrics.extend(Metric(key, float(value), now, step) for key, value in values.items())
+        metrics = [Metric(key, float(value), now, step) for key, value in values.items()]
+        with self._lock:
+            self._metrics.extend(metrics)
 
     def flush(self) -> bool:
-        """Send everything queued; False when the store cannot be reached (all of it is kept)."""
-        _Unsent.retry(self.settings)
+        """Send everything queued, and wait for it; False when the store cannot be reached (all
+        of it is kept, and sent with a later flush)."""
+        return _Sender.submit(self._flush_now).result()
+
+    def flush_later(self) -> None:
+        """Send everything queued from the background sender; the caller goes on at once."""
+        _Sender.submit(self._flush_now)
+
+    def _flush_now(self) -> bool:
+        _Unsent.retry(self.settings, but=self)
         return self._deliver()
 
-    def _deliver(self) -> bool:
+    def _deliver(self, create_only: bool = False) -> bool:
         try:
-            self.send()
+            with mlflow_calls(self.settings):
+                self._send(mlflow_client(self.settings.uri), create_only)
         except Exception as error:  # noqa: BLE001 - a store that is down, full or refusing: retry later
             Outage.failed(self.settings, error)
+            _Unsent.keep(self)
             return False
         Outage.recovered(self.settings)
         return True
 
     def send(self) -> None:
-        """Send everything queued now; raises if the store fails (flush() keeps it for later)."""
+        """Send everything queued now, from this thread; raises if the store fails (a flush keeps
+        it for later)."""
         with mlflow_calls(self.settings):
             self._send(mlflow_client(self.settings.uri))
 
-    def _send(self, client: MlflowClient) -> None:
+    def _describe_start(self) -> None:
+        """The run's params, tags and config artifacts, derived from its config (in the sender:
+        they take tens of milliseconds, and the trial need not wait for them)."""
+        event, self._start = self._start, None
+        if event is None:
+            return
+        with _never_raises("start"):
+            config = plain_config(self._cfg) if self._cfg is not None else event.config
+            self.queue_params(run_params(config, event))
+            # The tags given at creation (sweep, trial, extra tags) and at the end win over the derived ones.
+            self.queue_tags({**run_tags(config), "device": event.device}, keep_queued=True)
+            self.record_config(config, event.device)
+
+    def _send(self, client: MlflowClient, create_only: bool = False) -> None:
         from mlflow.entities import Param, RunTag
 
         if self.run_id is None:
             experiment_id, parent = self._locate(client)
-            tags = {"mlflow.parentRunId": parent} if parent else {}
-            run = client.create_run(experiment_id, start_time=self._start_ms or now_ms(), tags=tags, run_name=self._run_name)
+            with self._lock:
+                tags = dict(self._tags)
+            run = client.create_run(
+                experiment_id,
+                start_time=self._start_ms or now_ms(),
+                tags={**tags, **({"mlflow.parentRunId": parent} if parent else {})},
+                run_name=self._run_name,
+            )
             self.run_id = run.info.run_id
-        # Each call sends one chunk and only then drops it, so a failure part way resends nothing twice.
-        while self._params or self._tags or self._metrics:
-            params = list(self._params.items())[:MAX_PARAMS_OR_TAGS_PER_CALL]
-            tags = list(self._tags.items())[:MAX_PARAMS_OR_TAGS_PER_CALL]
-            metrics = self._metrics[: MAX_ENTITIES_PER_CALL - len(params) - len(tags)]
+            self._drop_sent(self._tags, tags.items())
+        if create_only:
+            return
+        self._describe_start()
+        # Each call sends one chunk and only then drops it, so a failure part way resends nothing
+        # twice; a value queued again meanwhile (a tag's newer value) stays queued.
+        while True:
+            with self._lock:
+                params = list(self._params.items())[:MAX_PARAMS_OR_TAGS_PER_CALL]
+                tags = list(self._tags.items())[:MAX_PARAMS_OR_TAGS_PER_CALL]
+                metrics = self._metrics[: MAX_ENTITIES_PER_CALL - len(params) - len(tags)]
+            if not (params or tags or metrics):
+                break
             client.log_batch(
                 self.run_id,
                 metrics=metrics,
                 params=[Param(k, v) for k, v in params],
                 tags=[RunTag(k, v) for k, v in tags],
             )
-            for key, _ in params:
-                del self._params[key]
-            for key, _ in tags:
-                del self._tags[key]
-            del self._metrics[: len(metrics)]
-        for name in list(self._artifacts):
+            self._drop_sent(self._params, params)
+            self._drop_sent(self._tags, tags)
+            with self._lock:
+                del self._metrics[: len(metrics)]
+        with self._lock:
+            artifacts = list(self._artifacts.items())
+        for name, data in artifacts:
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / name
-                path.write_bytes(self._artifacts[name])
+                path.write_bytes(data)
                 client.log_artifact(self.run_id, str(path))
-            del self._artifacts[name]
-        if self._status is not None:
-            client.set_terminated(self.run_id, status=self._status[0], end_time=self._status[1])
-            self._status = None
+            with self._lock:
+                if self._artifacts.get(name) is data:
+                    del self._artifacts[name]
+        with self._lock:
+            status = self._status
+        if status is not None:
+            client.set_terminated(self.run_id, status=status[0], end_time=status[1])
+            with self._lock:
+                if self._status is status:
+                    self._status = None
+
+    def _drop_sent(self, queue: dict[str, str], sent: Iterable[tuple[str, str]]) -> None:
+        """Drop what was sent from a queue, unless a newer value was queued meanwhile."""
+        with self._lock:
+            for key, value in sent:
+                if queue.get(key) == value:
+                    del queue[key]
+
+    def _attach_plot(self, result: TrialResult) -> None:
+        with _never_raises("schedule plot"):
+            self.attach("schedule.png", _schedule_png(result))
+        self._flush_now()
 
 
 def now_ms() -> int:
@@ -251,25 +339,59 @@ def _schedule_png(result: TrialResult) -> bytes:
     return schedule_png(_RecordedSchedule(result.steps), title="lr of every layer group, as run")
 
 
+class _Sender:
+    """The one thread of a process that talks to MLflow for its runs, in the order asked: a
+    flush is a task for it, so the trial's thread never waits on the store (except for a run's
+    end). Its tasks finish before the process ends: the executor's threads are joined at exit,
+    before `_Unsent.at_exit` retries what the store refused."""
+
+    _executor: ThreadPoolExecutor | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def submit(cls, task: Callable[[], Any]) -> Future:
+        with cls._lock:
+            if cls._executor is None:
+                cls._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-records")
+            return cls._executor.submit(task)
+
+    @classmethod
+    def forget(cls) -> None:
+        """In a forked child: the parent's thread is not there; a new one starts when needed."""
+        cls._executor, cls._lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_Sender.forget)
+
+
+def wait_for_records() -> None:
+    """Wait until every record this process queued so far is sent (or kept for a store that is
+    down); a process waits so at its end anyway."""
+    _Sender.submit(lambda: None).result()
+
+
 class _Unsent:
-    """Runs that ended while the store was down: sent with the next flush of any run in this
-    process, or when the process exits."""
+    """Runs whose records the store refused (it was down): sent with the next flush of any run
+    in this process, or when the process exits."""
 
     recorders: list[MlflowRecorder] = []
 
     @classmethod
     def keep(cls, recorder: MlflowRecorder) -> None:
+        """Keep a recorder whose flush failed (in the sender, or at exit)."""
         if recorder not in cls.recorders:
             cls.recorders.append(recorder)
 
     @classmethod
-    def retry(cls, settings: TrackingSettings | None = None) -> None:
+    def retry(cls, settings: TrackingSettings | None = None, but: MlflowRecorder | None = None) -> None:
+        """Send the kept runs (of one store, when `settings` are given; `but` one, which is about
+        to be sent anyway)."""
         for recorder in list(cls.recorders):
-            if settings is not None and recorder.settings.uri != settings.uri:
+            if recorder is but or (settings is not None and recorder.settings.uri != settings.uri):
                 continue
-            if not recorder._deliver():
-                return  # still down: the others would fail alike
             cls.recorders.remove(recorder)
+            if not recorder._deliver():  # kept again
+                return  # still down: the others would fail alike
 
     @classmethod
     def at_exit(cls) -> None:

@@ -16,11 +16,14 @@ it wakes: it says so and goes on with the next one.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -86,11 +89,25 @@ def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
         # "" and "-1" hide every GPU; entries may be indices, GPU-UUIDs or MIG ids.
         entries = [e.strip() for e in listed.split(",") if e.strip()]
         return [] if entries[:1] == ["-1"] else entries
+    return [str(i) for i in range(_gpu_count())]
+
+
+def _gpu_count() -> int:
+    """How many GPUs this machine has, without importing torch where it is not loaded yet: the
+    sweep's process plans and watches, and importing torch would cost it a second or more."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.device_count()
+    nvidia = Path("/proc/driver/nvidia/gpus")  # the NVIDIA driver: one folder per GPU
+    if nvidia.is_dir():
+        return sum(1 for _ in nvidia.iterdir())
+    if shutil.which("nvidia-smi") is None and shutil.which("rocm-smi") is None:
+        return 0  # no GPU driver here
     try:
         import torch
     except ImportError:
-        return []
-    return [str(i) for i in range(torch.cuda.device_count())]
+        return 0
+    return torch.cuda.device_count()
 
 
 def usable_cores() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from mlflow import MlflowClient
 
 from sweeper.config import ConfigError
 from sweeper.events import Reporter
-from sweeper.recorder import MlflowRecorder, record_run
+from sweeper.recorder import MlflowRecorder, record_run, wait_for_records
 from sweeper.run_record import plain_config, result_curves
 from sweeper.tracking import prepare_sweep, trial_reporter
 
@@ -36,6 +37,7 @@ def test_trials_are_nested_runs_with_params_tags_every_curve_and_artifacts(track
         reporter = tracking.trial_reporter(number, cfg, ["lr=geometric", "lr.high=0.001"], {"worker": "w0"})
         results[number] = feed_trial(reporter, plain_config(cfg), status=status, seed=number)
 
+    wait_for_records()  # each run's schedule.png is drawn and sent after its end, in the background
     client = MlflowClient(tracking.settings.uri)
     parent = client.get_run(tracking.parent_run_id)
     assert parent.data.tags["sweeper.kind"] == "sweep" and parent.data.tags["sweep"] == "nest"
@@ -165,7 +167,7 @@ def test_an_unreachable_server_is_a_clear_error_at_prepare_time(tracked_config, 
 def outage(monkeypatch, caplog):
     """A switch that makes every write to the MLflow store fail, as a server that went away."""
     down = {"now": False}
-    caplog.set_level(logging.WARNING, logger="sweeper.tracking")
+    caplog.set_level(logging.WARNING, logger="sweeper.mlflow_store")
     for name in ("create_run", "log_batch"):
         real = getattr(MlflowClient, name)
 
@@ -206,6 +208,39 @@ def test_a_store_that_goes_down_loses_nothing_and_warns_once(tracked_config, out
     assert client.get_run(first.run_id).info.status == "FINISHED"
     for key, curve in result_curves(result).items():
         assert history(client, first.run_id, key) == curve, key  # every value once, none lost
+
+
+@pytest.mark.timeout(120)  # a trial that waited on the held sender would hang here until this
+def test_the_trial_never_waits_on_the_store_between_its_start_and_its_end(tracked_config):
+    """Steps and epochs only queue; the background sender sends. Held (inside a task that waits
+    on an event) from the run's start on, the sender sends nothing, and the trial's epochs still
+    go on; released at the last epoch, it sends every value."""
+    from sweeper.recorder import _Sender
+
+    cfg = tracked_config()
+    reporter = record_run(cfg, run_name="held")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait()
+
+    class HoldTheSender(Reporter):
+        """Listed after the recorder, whose on_start waits for its run to be created."""
+
+        def on_start(self, event):
+            _Sender.submit(hold)
+
+        def on_epoch(self, event):
+            if event.epoch == 2:  # three epochs, each flushed by the recorder, while the sender is held
+                assert holding.wait(60)
+                release.set()  # the recorder's on_end waits for its run's end to be stored
+
+    result = feed_trial([reporter, HoldTheSender()], plain_config(cfg), epochs=3)
+    client = MlflowClient(reporter.settings.uri)
+    assert client.get_run(reporter.run_id).info.status == "FINISHED"
+    for key, curve in result_curves(result).items():
+        assert history(client, reporter.run_id, key) == curve, key  # all of it, once the sender was free
 
 
 def test_tracking_off_is_a_no_op(tracked_config, tmp_path):

@@ -6,6 +6,8 @@ the workers alone; tests/test_sweep_e2e.py runs the real trainer, tests/test_fau
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -15,9 +17,9 @@ from conftest import StandInTrainer, flock_queue
 from optuna.trial import TrialState
 from rich.console import Console
 
+from sweeper import workers
 from sweeper.config import ConfigError
 from sweeper.live import LiveView, read_progress
-from sweeper import workers
 from sweeper.study import Counts, count_trials, open_study, plan_sweep
 from sweeper.workers import Slot, plan_slots, run_worker, visible_gpus
 
@@ -57,6 +59,13 @@ def test_bad_slot_settings(settings, fragment):
 )
 def test_visible_gpus_respect_cuda_visible_devices(variable, expected):
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": variable}) == expected
+
+
+def test_counting_gpus_does_not_import_torch_in_the_sweep_process():
+    """The sweep's process plans and watches; torch costs it a second or more to import."""
+    code = "import sys; from sweeper.workers import visible_gpus; visible_gpus({}); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_slot_environment_picks_the_device_before_torch_starts():
