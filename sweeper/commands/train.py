@@ -60,7 +60,11 @@ def reporters_for(cfg: DictConfig, quiet: bool, name: str, overrides: Sequence[s
     if cfg.get("tracking") and cfg.tracking.get("enabled", False):
         from sweeper import tracking  # MLflow loads only when tracking is on
 
-        reporters.append(tracking.record_run(cfg, run_name=name, overrides=overrides))
+        from sweeper.saved_models import keepers, save_model_setting
+
+        recorder = tracking.record_run(cfg, run_name=name, overrides=overrides)
+        # a run of its own is the best there is: `best` keeps it (the weights go before the run ends)
+        reporters += [*keepers(save_model_setting(cfg), recorder, lambda result: True), recorder]
     return reporters
 
 
