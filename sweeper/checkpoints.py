@@ -31,6 +31,7 @@ import logging
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -248,9 +249,12 @@ def for_sweep_trial(results_dir: str | Path, sweep: str, trial: Any) -> EpochChe
     """The checkpoints of a sweep's Optuna trial, in results/sweeps/<sweep>/checkpoints/: its own
     file, and those of the trials it repeats (Optuna's retry history: the trial whose worker
     died, and the retries of it since), newest first, to resume from."""
+    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     folder = Path(results_dir) / "sweeps" / sweep / "checkpoints"
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)  # the original first
+    with warnings.catch_warnings():  # "experimental" in Optuna: relied on knowingly, as the retries are
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)  # the original first
     return EpochCheckpoints(folder / f"trial-{trial.number}.pt", [folder / f"trial-{n}.pt" for n in reversed(history)])

@@ -227,6 +227,17 @@ class _HoldInSecondEpoch(Reporter):
             self.gates.hold(self.ticket, self.reporters)
 
 
+class RunsCodeWhenLoaded:
+    """Pickled (torch.save), it creates the file `marker` when loaded by a loader that runs
+    code: what a planted checkpoint or weights file would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def with_tests_on_path() -> str:
     """PYTHONPATH with tests/ in front: worker processes then import StandInTrainer by name."""
     return os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))

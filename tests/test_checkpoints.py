@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import wait_for_file, with_tests_on_path
+from conftest import RunsCodeWhenLoaded, wait_for_file, with_tests_on_path
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from torch import nn
@@ -135,17 +135,9 @@ def test_a_checkpoint_holds_plain_tensors_and_is_written_atomically(tmp_path):
 def test_a_checkpoint_that_would_run_code_is_not_resumed_from(tmp_path):
     marker = tmp_path / "ran"
     path = tmp_path / "trial-0.pt"
-    torch.save({"format": 1, "model": _RunsCode(str(marker))}, path)  # a plain pickle, not weights
+    torch.save({"format": 1, "model": RunsCodeWhenLoaded(str(marker))}, path)  # a plain pickle, not weights
     assert load_checkpoint(path) is None
     assert not marker.exists()
-
-
-class _RunsCode:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_hooks_see_the_trial_and_every_epoch_before_the_next(trial_config):
@@ -200,19 +192,30 @@ def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_unin
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
     assert study.trials[victim].state == TrialState.FAIL and retry.state == TrialState.COMPLETE
     logs = "".join(p.read_text() for p in folder.glob("worker-*.log"))
-    assert f"resumed from {checkpoint} after epoch 1" in logs
+    assert f"resumed from {checkpoint.relative_to(tmp_path)} after epoch 1" in logs
     assert not list((folder / "checkpoints").iterdir())  # removed once the retry ended
 
     # The retried trial's MLflow run against a rerun of it from its first step, uninterrupted.
-    tracking = f"sqlite:///{tmp_path}/results/mlflow.db"
-    client = MlflowClient(tracking)
+    client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
     (run,) = client.search_runs(
         [client.get_experiment_by_name("mlp-synthetic").experiment_id], f"tags.trial = '{retry.number}'"
     )
     rerun = subprocess.run(
-        [sys.executable, "-m", "sweeper.cli", "rerun", run.info.run_id, "--strict", f"results_dir={tmp_path}/results"],
+        [sys.executable, "-m", "sweeper.cli", "rerun", run.info.run_id, "--strict", "--allow-module", "conftest"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "(bitwise equal)" in rerun.stdout
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(int(run.data.params["total_steps"])))
+
+    # tracking.save_model=best (the default): the sweep's best trial kept its weights, and
+    # `sweeper export NAME` writes them out
+    (best,) = client.search_runs([run.info.experiment_id], f"tags.trial = '{study.best_trial.number}'")
+    kept = torch.load(client.download_artifacts(best.info.run_id, "model.pt", str(tmp_path)), weights_only=True)
+    export = subprocess.run(
+        [sys.executable, "-m", "sweeper.cli", "export", "mlp-synthetic", "best.pt"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    exported = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert exported.keys() == kept.keys() and all(torch.equal(exported[k], kept[k]) for k in kept)

@@ -62,9 +62,10 @@ def reporters_for(cfg: DictConfig, quiet: bool, name: str, overrides: Sequence[s
 
         from sweeper.saved_models import keepers, save_model_setting
 
+        setting = save_model_setting(cfg)  # checked before the store is touched
         recorder = tracking.record_run(cfg, run_name=name, overrides=overrides)
         # a run of its own is the best there is: `best` keeps it (the weights go before the run ends)
-        reporters += [*keepers(save_model_setting(cfg), recorder, lambda result: True), recorder]
+        reporters += [*keepers(setting, recorder, lambda result: True), recorder]
     return reporters
 
 
