@@ -494,7 +494,8 @@ def plan_sweep(
     seconds("sweep.timeout", timeout, null="for none")
     poll = cfg.sweep.poll
     seconds("sweep.poll", poll, example=0.5)
-    checkpoints_on(cfg), save_model_setting(cfg)  # checked here: a worker would fail on them
+    checkpoints_on(cfg)  # checked here, where a mistake stops the sweep: a worker would fail on it
+    save_model_setting(cfg)
     max_failures = cfg.sweep.get("max_failures")
     if max_failures is None:
         max_failures = n_trials

@@ -50,7 +50,10 @@ the optimizer step and keeping the loss. Losses are read from the device every
 `train.sync_every` steps (a read waits for the GPU to catch up); a non-finite loss is still
 reported at its exact step, and steps taken after it are discarded with the trial.
 
-Nothing here knows of Optuna or MLflow: they listen through `sweeper.events.Reporter`.
+Nothing here knows of Optuna or MLflow: they listen through `sweeper.events.Reporter`. A
+reporter that is a `sweeper.checkpoints.TrainerHook` also gets the prepared trial (the model, to
+keep its weights) and is told when an epoch's reports are done (to checkpoint it); a trial given
+a checkpoint to resume from replays its recorded steps and epochs, then trains the rest.
 """
 
 from __future__ import annotations

@@ -59,7 +59,6 @@ def reporters_for(cfg: DictConfig, quiet: bool, name: str, overrides: Sequence[s
     reporters: list[Reporter] = [] if quiet else [TrialProgress()]
     if cfg.get("tracking") and cfg.tracking.get("enabled", False):
         from sweeper import tracking  # MLflow loads only when tracking is on
-
         from sweeper.saved_models import keepers, save_model_setting
 
         setting = save_model_setting(cfg)  # checked before the store is touched
