@@ -31,6 +31,7 @@ COMMANDS = {
     "report": "Write the comparison of slice strategies and shapes for a sweep.",
     "confirm": "Rerun the best config of each strategy with several seeds.",
     "rerun": "Rerun one trial exactly from its MLflow run (or output directory).",
+    "export": "Write the kept weights of a sweep's best trial (or of an MLflow run) to a file.",
     "ui": "Open the MLflow UI on a sweep's trials, grouped by slice strategy, as charts.",
 }
 

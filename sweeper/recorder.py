@@ -112,7 +112,8 @@ class MlflowRecorder(Reporter):
         self._tags: dict[str, str] = {}
         self._metrics: list[Any] = []
         self._artifacts: dict[str, bytes] = {}
-        self._status: tuple[str, int] | None = None  # (MLflow status, end time) once ended
+        self._status: tuple[str, int] | None = None  # (MLflow status, end time) once ended, until sent
+        self._ended = False
         self.queue_tags(tags or {})
         if overrides:
             self.queue_tags({"overrides": " ".join(overrides)})
@@ -153,6 +154,7 @@ class MlflowRecorder(Reporter):
                 self.queue_tags({"mlflow.runName": f"{self._run_name} · {result.status}"})
             with self._lock:
                 self._status = (RUN_STATUS.get(result.status, "FAILED"), now_ms())
+                self._ended = True
         self.flush()
         if result.steps and self.settings.schedule_plot:
             _Sender.submit(lambda: self._attach_plot(result))
@@ -228,13 +230,20 @@ class MlflowRecorder(Reporter):
         with _never_raises("start"):
             config = plain_config(self._cfg) if self._cfg is not None else event.config
             self.queue_params(run_params(config, event))
-            # The tags given at creation (sweep, trial, extra tags) and at the end win over the derived ones.
-            self.queue_tags({**run_tags(config), "device": event.device}, keep_queued=True)
+            # The tags given at creation (sweep, trial, extra tags) and at the end win over the
+            # derived ones; once the run has ended (the store was down meanwhile) its status is
+            # the end's, which may have been sent already.
+            derived = {**run_tags(config), "device": event.device}
+            if self._ended:
+                derived.pop("status")
+            self.queue_tags(derived, keep_queued=True)
             self.record_config(config, event.device)
 
     def _send(self, client: MlflowClient, create_only: bool = False) -> None:
         from mlflow.entities import Param, RunTag
 
+        if not create_only:
+            self._describe_start()  # before the run is made: its derived tags go with it
         if self.run_id is None:
             experiment_id, parent = self._locate(client)
             with self._lock:
@@ -249,7 +258,6 @@ class MlflowRecorder(Reporter):
             self._drop_sent(self._tags, tags.items())
         if create_only:
             return
-        self._describe_start()
         # Each call sends one chunk and only then drops it, so a failure part way resends nothing
         # twice; a value queued again meanwhile (a tag's newer value) stays queued.
         while True:

@@ -35,6 +35,7 @@ from omegaconf.errors import InterpolationResolutionError
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.checkpoints import checkpoints_on
 from sweeper.config import ConfigError, check_results_dir, compose_config
 from sweeper.environment import git_state
 from sweeper.events import EpochEvent, Reporter, TrialResult
@@ -47,6 +48,7 @@ from sweeper.identity import (
     describe_differences,
     differences,
 )
+from sweeper.saved_models import save_model_setting
 from sweeper.search import SearchSpace, build_space, error_line, split_overrides, validate_space
 from sweeper.secrets import mask_text, mask_url
 from sweeper.settings import seconds, whole
@@ -492,6 +494,8 @@ def plan_sweep(
     seconds("sweep.timeout", timeout, null="for none")
     poll = cfg.sweep.poll
     seconds("sweep.poll", poll, example=0.5)
+    checkpoints_on(cfg)  # checked here, where a mistake stops the sweep: a worker would fail on it
+    save_model_setting(cfg)
     max_failures = cfg.sweep.get("max_failures")
     if max_failures is None:
         max_failures = n_trials

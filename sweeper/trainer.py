@@ -50,7 +50,10 @@ the optimizer step and keeping the loss. Losses are read from the device every
 `train.sync_every` steps (a read waits for the GPU to catch up); a non-finite loss is still
 reported at its exact step, and steps taken after it are discarded with the trial.
 
-Nothing here knows of Optuna or MLflow: they listen through `sweeper.events.Reporter`.
+Nothing here knows of Optuna or MLflow: they listen through `sweeper.events.Reporter`. A
+reporter that is a `sweeper.checkpoints.TrainerHook` also gets the prepared trial (the model, to
+keep its weights) and is told when an epoch's reports are done (to checkpoint it); a trial given
+a checkpoint to resume from replays its recorded steps and epochs, then trains the rest.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sweeper.checkpoints import TrainerHook, resume
 from sweeper.config import ConfigError, build_shape, instantiate_node
 from sweeper.data import TrialData
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
@@ -284,14 +288,24 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if trial.amp else nullcontext()
     unread: list[tuple[torch.Tensor, tuple]] = []  # (loss, step event fields) not reported yet
-    step = epoch = 0
+    hooks = [reporter for reporter in reporters if isinstance(reporter, TrainerHook)]
+    step = epoch = passed = 0
     try:
         for reporter in reporters:
             reporter.on_start(start)
+        for hook in hooks:
+            hook.on_trial(trial)
+        # a trial that repeats one whose worker died goes on from its last checkpoint
+        if resume(hooks, result, reporters) and result.status == "pruned":
+            return result
+        step, epoch = len(result.steps), len(result.epochs)
         for phase in trial.plan.phases:
             trial.set_trainable(phase.trainable)
             trial.reset_momenta()
             for _ in range(phase.epochs):
+                passed += 1
+                if passed <= epoch:
+                    continue  # trained before the checkpoint this trial resumed from
                 # --- train one epoch: the lrs and momentum set by hand before every batch ---
                 model.train()
                 epoch_start = step
@@ -324,6 +338,8 @@ def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
                 if any([reporter.on_epoch(event) for reporter in reporters]):
                     result.status, result.reason = "pruned", f"stopped by a reporter after epoch {event.epoch}"
                     return result
+                for hook in hooks:
+                    hook.after_epoch(result)  # an epoch checkpoint
         return result
     except KeyboardInterrupt:
         result.status, result.reason = "failed", "interrupted (KeyboardInterrupt)"

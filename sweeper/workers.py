@@ -29,8 +29,10 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
+from sweeper.checkpoints import checkpoints_on, for_sweep_trial
 from sweeper.config import compose_config
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
+from sweeper.saved_models import best_in_study, keepers, save_model_setting
 from sweeper.secrets import mask_text
 from sweeper.settings import warn_oversubscribed, whole
 from sweeper.study import (
@@ -181,16 +183,18 @@ def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan, o
         reporters.append(PruningReporter(trial))
     tracking = tracking_module()
     if tracking is not None:  # MLflow: a child run of the sweep's run
-        reporters.append(
-            tracking.trial_reporter(
-                trial_cfg,
-                study_name=plan.name,
-                trial_number=trial.number,
-                overrides=overrides,
-                extra_tags={"worker": trial.user_attrs["worker"]},
-                location=trial.study.user_attrs.get("tracking"),
-            )
+        recorder = tracking.trial_reporter(
+            trial_cfg,
+            study_name=plan.name,
+            trial_number=trial.number,
+            overrides=overrides,
+            extra_tags={"worker": trial.user_attrs["worker"]},
+            location=trial.study.user_attrs.get("tracking"),
         )
+        best = lambda result: best_in_study(trial.study, plan.objectives.directions, plan.objectives.values(result))  # noqa: E731
+        reporters += [*keepers(save_model_setting(plan.cfg), recorder, best), recorder]  # weights before the run ends
+    if checkpoints_on(plan.cfg):
+        reporters.append(for_sweep_trial(plan.cfg.results_dir, plan.name, trial))
     return reporters
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.events import EpochEvent, StartEvent, TrialResult
+from sweeper.events import EpochEvent, Reporter, StartEvent, TrialResult
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS.parent / "scripts"))  # benchlib: the MLflow server the benchmarks start too
@@ -50,10 +50,11 @@ class Gates:
                            hold one trial at the same moment (all of them take part);
     TRIAL_WAIT_FOR=2:a,4:b tickets from 2 on wait for the file `a`, from 4 on for `b` too (the
                            test creates them when it has done what comes before);
-    TRIAL_HOLD_AFTER=k     (StandInTrainer) trials past the first k hold after their first
-                           epoch, each writing held-<i> (i = 0, 1, ...: the order they began
-                           holding; its text is the worker's pid), until the file `release`
-                           appears or their worker is asked to stop (Ctrl-C);
+    TRIAL_HOLD_AFTER=k     trials past the first k hold after their first epoch (GatedTrainer:
+                           when their second epoch's first steps are reported, the first
+                           epoch's checkpoint written), each writing held-<i> (i = 0, 1, ...:
+                           the order they began holding; its text is the worker's pid), until
+                           the file `release` appears or their worker is asked to stop (Ctrl-C);
     TRIAL_HOLD_MAX=m       at most m trials hold (the others run through).
     """
 
@@ -207,9 +208,34 @@ class GatedTrainer:
         from sweeper import trainer
 
         gates = Gates.from_env()
-        if gates:
-            gates.enter()
-        return trainer.train(cfg, reporters)
+        if not gates:
+            return trainer.train(cfg, reporters)
+        ticket = gates.enter()
+        reporters = list(reporters)
+        return trainer.train(cfg, [*reporters, _HoldInSecondEpoch(gates, ticket, reporters)])
+
+
+class _HoldInSecondEpoch(Reporter):
+    """GatedTrainer's TRIAL_HOLD_AFTER: holds at the first step of the second epoch it hears of."""
+
+    def __init__(self, gates: Gates, ticket: int, reporters: Sequence) -> None:
+        self.gates, self.ticket, self.reporters, self.held = gates, ticket, reporters, False
+
+    def on_step(self, event) -> None:
+        if event.epoch >= 1 and not self.held:
+            self.held = True
+            self.gates.hold(self.ticket, self.reporters)
+
+
+class RunsCodeWhenLoaded:
+    """Pickled (torch.save), it creates the file `marker` when loaded by a loader that runs
+    code: what a planted checkpoint or weights file would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
 
 
 def with_tests_on_path() -> str:

@@ -104,3 +104,11 @@ def test_scaling_benchmark_needs_no_mlflow_under_no_tracking(tmp_path):
     rows = check_table(tmp_path, "scaling", {"device", "failed", *positive}, positive)
     assert [int(row["workers"]) for row in rows] == [1, 2]
     check_markdown(tmp_path, "scaling", "scaling", {"workers", "trials_per_hour"})
+
+
+def test_checkpoints_benchmark(tmp_path):
+    run_script("checkpoints", tmp_path)
+    columns = {"model", "device", "checkpoint_mb", "epoch_ms", "write_ms", "ratio", "read_ms"}
+    rows = check_table(tmp_path, "checkpoints", columns, {"checkpoint_mb", "epoch_ms", "write_ms", "ratio", "read_ms"})
+    assert [row["model"] for row in rows] == ["mlp-tiny"] and rows[0]["device"] == "cpu"
+    check_markdown(tmp_path, "checkpoints", "checkpoints", {"model", "ratio"})

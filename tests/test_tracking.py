@@ -205,7 +205,8 @@ def test_a_store_that_goes_down_loses_nothing_and_warns_once(tracked_config, out
     feed_trial(second, plain_config(cfg))  # its first flush sends what the first run kept
     assert sum("answers again" in r.getMessage() for r in caplog.records) == 1
     client = MlflowClient(first.settings.uri)
-    assert client.get_run(first.run_id).info.status == "FINISHED"
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"  # the end's, sent late
     for key, curve in result_curves(result).items():
         assert history(client, first.run_id, key) == curve, key  # every value once, none lost
 

@@ -59,8 +59,12 @@ def reporters_for(cfg: DictConfig, quiet: bool, name: str, overrides: Sequence[s
     reporters: list[Reporter] = [] if quiet else [TrialProgress()]
     if cfg.get("tracking") and cfg.tracking.get("enabled", False):
         from sweeper.recorder import record_run  # MLflow loads only when tracking is on
+        from sweeper.saved_models import keepers, save_model_setting
 
-        reporters.append(record_run(cfg, run_name=name, overrides=overrides))
+        setting = save_model_setting(cfg)  # checked before the store is touched
+        recorder = record_run(cfg, run_name=name, overrides=overrides)
+        # a run of its own is the best there is: `best` keeps it (the weights go before the run ends)
+        reporters += [*keepers(setting, recorder, lambda result: True), recorder]
     return reporters
 
 

@@ -1,0 +1,221 @@
+"""Epoch checkpoints (sweeper.checkpoints): a trial resumed from the checkpoint a dead worker left
+trains on to curves and weights bitwise equal to an uninterrupted run's (CPU, deterministic), with
+its dropout, data order and schedule where they were; the file is written atomically, read
+without running code, and removed when the trial ends. The end-to-end test kills a real sweep
+worker mid-trial and checks the retried trial against an uninterrupted rerun of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import RunsCodeWhenLoaded, wait_for_file, with_tests_on_path
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from torch import nn
+
+from sweeper.checkpoints import EpochCheckpoints, TrainerHook, load_checkpoint, save_atomically
+from sweeper.events import Reporter, StepEvent
+from sweeper.run_record import result_curves
+from sweeper.trainer import prepare, run
+
+SMALL = ["data=synthetic", "data.source.n_samples=300", "train.batch_size=32", "train.threads=1", "train.deterministic=true"]
+
+
+class DropoutMLP(nn.Module):
+    """An MLP whose dropout draws from torch's global generator: a resume must restore it too."""
+
+    def __init__(self, in_shape, num_classes) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0], 64), nn.ReLU(), nn.Dropout(0.3)),
+            nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.3)),
+        )
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+DROPOUT_MODEL = ["model.net._target_=test_checkpoints.DropoutMLP", "~model.net.hidden"]
+
+
+class KeepCheckpointAt(Reporter):
+    """What a worker killed during epoch `epoch` leaves behind: a copy of the checkpoint file as
+    it is when that epoch's steps are reported (the previous epoch's checkpoint)."""
+
+    def __init__(self, source: Path, epoch: int, kept: Path) -> None:
+        self.source, self.epoch, self.kept = source, epoch, kept
+
+    def on_step(self, event: StepEvent) -> None:
+        if event.epoch == self.epoch and not self.kept.exists():
+            shutil.copyfile(self.source, self.kept)
+
+
+class Heard(Reporter):
+    """Every step and epoch a reporter hears, in order."""
+
+    def __init__(self) -> None:
+        self.steps, self.epochs = [], []
+
+    def on_step(self, event) -> None:
+        self.steps.append(event)
+
+    def on_epoch(self, event) -> None:
+        self.epochs.append(event)
+
+
+def trained(cfg, reporters):
+    trial = prepare(cfg)
+    return run(trial, reporters), trial.model.state_dict()
+
+
+@pytest.mark.parametrize(
+    "settings, killed_in",
+    [
+        pytest.param(["train.epochs=3"], 2, id="one-cycle"),
+        # fine_tune: killed in the first unfrozen epoch, resumed across the phase boundary
+        pytest.param(["train.freeze_epochs=1", "train.epochs=2", "shape=fastai_fine_tune"], 1, id="fine-tune"),
+    ],
+)
+def test_a_trial_resumed_from_a_checkpoint_equals_an_uninterrupted_run_bitwise(trial_config, tmp_path, settings, killed_in):
+    cfg = trial_config(*SMALL, *DROPOUT_MODEL, *settings)
+    reference, reference_weights = trained(cfg, [])
+    assert reference.status == "finished"
+
+    # the run a worker was killed in: its checkpoint, as the kill left it, is kept aside
+    first, kept = tmp_path / "trial-0.pt", tmp_path / "left-by-the-dead-worker.pt"
+    interrupted, _ = trained(cfg, [EpochCheckpoints(first, announce=lambda line: None), KeepCheckpointAt(first, killed_in, kept)])
+    assert interrupted.status == "finished" and kept.exists()
+    assert not first.exists()  # removed when its trial ended
+
+    heard, lines = Heard(), []
+    hook = EpochCheckpoints(tmp_path / "trial-1.pt", earlier=[kept], announce=lines.append)
+    resumed, resumed_weights = trained(cfg, [hook, heard])
+    assert hook.resumed_from == kept and f"after epoch {killed_in}" in lines[0]
+    assert resumed.status == "finished"
+    assert result_curves(resumed) == result_curves(reference)  # every step and epoch value, bitwise
+    assert heard.steps == reference.steps and heard.epochs == reference.epochs  # replayed, then trained
+    assert resumed_weights.keys() == reference_weights.keys()
+    for name, tensor in reference_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name
+    assert not kept.exists() and not (tmp_path / "trial-1.pt").exists()  # both gone with the trial
+
+
+def test_without_a_checkpoint_the_retried_trial_starts_from_its_first_step(trial_config, tmp_path):
+    cfg = trial_config(*SMALL, "train.epochs=2")
+    hook = EpochCheckpoints(tmp_path / "trial-1.pt", earlier=[tmp_path / "trial-0.pt"], announce=lambda line: None)
+    result, _ = trained(cfg, [hook])
+    assert hook.resumed_from is None
+    assert result_curves(result) == result_curves(trained(cfg, [])[0])
+
+
+def test_a_checkpoint_holds_plain_tensors_and_is_written_atomically(tmp_path):
+    path = tmp_path / "trial-0.pt"
+    save_atomically({"format": 1, "weights": torch.arange(3.0)}, path)
+    assert torch.equal(load_checkpoint(path)["weights"], torch.arange(3.0))
+
+    class Unsavable:
+        def __reduce__(self):
+            raise RuntimeError("the disk filled up half way")
+
+    with pytest.raises(RuntimeError):
+        save_atomically({"format": 1, "weights": Unsavable()}, path)
+    assert torch.equal(load_checkpoint(path)["weights"], torch.arange(3.0))  # the last whole one stays
+    assert [p.name for p in tmp_path.iterdir()] == ["trial-0.pt"]  # no temporary file left
+
+
+def test_a_checkpoint_that_would_run_code_is_not_resumed_from(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "trial-0.pt"
+    torch.save({"format": 1, "model": RunsCodeWhenLoaded(str(marker))}, path)  # a plain pickle, not weights
+    assert load_checkpoint(path) is None
+    assert not marker.exists()
+
+
+def test_hooks_see_the_trial_and_every_epoch_before_the_next(trial_config):
+    class Watch(TrainerHook):
+        def __init__(self) -> None:
+            self.after = []
+
+        def after_epoch(self, result) -> None:
+            self.after.append((len(result.epochs), self.trial.model.training))
+
+    watch = Watch()
+    trained(trial_config(*SMALL, "train.epochs=2"), [watch])
+    assert watch.after == [(1, False), (2, False)]  # after each evaluation (eval mode), in order
+
+
+# --- a real worker killed mid-trial -----------------------------------------------------------
+
+REAL = [
+    *SMALL, "train.epochs=3", "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none",
+    "sampler.seed=0", "sweep.trainer=conftest.GatedTrainer", "sweep.workers=2", "sweep.n_trials=2",
+    # a live trial beats every second and counts as dead after 10 s without
+    "storage.heartbeat_interval=1", "storage.grace_period=10",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_uninterrupted_run(tmp_path):
+    gates = tmp_path / "gates"
+    # The first trial holds at its second epoch's first steps (its first epoch checkpointed)
+    # until its worker is killed; the other worker then retries it from that checkpoint.
+    env = {**os.environ, "PYTHONPATH": with_tests_on_path(), "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "0", "TRIAL_HOLD_MAX": "1"}
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.cli", "sweep", *REAL], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        pid = wait_for_file(gates / "held-0", sweep)
+        folder = tmp_path / "results" / "sweeps" / "mlp-synthetic"
+        (checkpoint,) = (folder / "checkpoints").glob("trial-*.pt")  # the held trial's, after its first epoch
+        assert len(load_checkpoint(checkpoint)["epochs"]) == 1
+        os.kill(int(pid), signal.SIGKILL)
+        out, err = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait(30)
+    assert sweep.returncode == 0, out[-3000:] + err[-3000:]
+
+    study = optuna.load_study(study_name="mlp-synthetic", storage=f"sqlite:///{tmp_path}/results/studies.db")
+    victim = int(checkpoint.stem.removeprefix("trial-"))
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert study.trials[victim].state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    logs = "".join(p.read_text() for p in folder.glob("worker-*.log"))
+    assert f"resumed from {checkpoint.relative_to(tmp_path)} after epoch 1" in logs
+    assert not list((folder / "checkpoints").iterdir())  # removed once the retry ended
+
+    # The retried trial's MLflow run against a rerun of it from its first step, uninterrupted.
+    client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("mlp-synthetic").experiment_id], f"tags.trial = '{retry.number}'"
+    )
+    rerun = subprocess.run(
+        [sys.executable, "-m", "sweeper.cli", "rerun", run.info.run_id, "--strict", "--allow-module", "conftest"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "(bitwise equal)" in rerun.stdout
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(int(run.data.params["total_steps"])))
+
+    # tracking.save_model=best (the default): the sweep's best trial kept its weights, and
+    # `sweeper export NAME` writes them out
+    (best,) = client.search_runs([run.info.experiment_id], f"tags.trial = '{study.best_trial.number}'")
+    kept = torch.load(client.download_artifacts(best.info.run_id, "model.pt", str(tmp_path)), weights_only=True)
+    export = subprocess.run(
+        [sys.executable, "-m", "sweeper.cli", "export", "mlp-synthetic", "best.pt"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    exported = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert exported.keys() == kept.keys() and all(torch.equal(exported[k], kept[k]) for k in kept)
