@@ -80,6 +80,7 @@ __all__ = [
     "available_metrics",
     "build_optimizer",
     "evaluate",
+    "no_decay_parameters",
     "norm_parameters",
     "prepare",
     "resolve_device",
@@ -182,7 +183,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
 
     # the optimizer: a param group per layer group (two where norms and biases skip weight decay)
     norms = norm_parameters(model)
-    no_decay = set() if settings.get("wd_bn_bias", False) else norms | bias_parameters(model)
+    no_decay = no_decay_parameters(model, settings)
     optimizer, owners = build_optimizer(cfg.optimizer, groups, peaks, no_decay)
     plan = plan_config(cfg, steps=(freeze_epochs + epochs) * data.n_train_batches(batch_size), n_groups=len(groups))
     if plan.sets_momentum and not {"betas", "momentum"} & optimizer.defaults.keys():
@@ -237,6 +238,12 @@ def resolve_device(name: str) -> torch.device:
 def norm_parameters(model: nn.Module) -> set[int]:
     """ids of the parameters of norm layers (fastai's `norm_bias_params(model, with_bias=False)`)."""
     return {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
+
+
+def no_decay_parameters(model: nn.Module, settings: DictConfig) -> set[int]:
+    """ids of the parameters that skip weight decay: norms and biases (fastai's wd_bn_bias=False),
+    none with `train.wd_bn_bias=true`."""
+    return set() if settings.get("wd_bn_bias", False) else norm_parameters(model) | bias_parameters(model)
 
 
 def bias_parameters(model: nn.Module) -> set[int]:
