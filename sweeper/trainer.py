@@ -87,6 +87,8 @@ __all__ = [
     "run",
     "set_hyperparameters",
     "train",
+    "train_many",
+    "why_not_fused",
 ]
 
 VALID_BATCH = 1024  # evaluation batches: no gradients are kept, so larger is faster
@@ -103,6 +105,20 @@ def available_metrics(cfg: DictConfig | Mapping) -> tuple[str, ...]:
 def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> TrialResult:
     """Run one trial. Bad settings raise before any training; after that a result comes back."""
     return run(prepare(cfg), reporters)
+
+
+def train_many(cfgs: Sequence[DictConfig], reporters: Sequence[Sequence[Reporter]]) -> list[TrialResult]:
+    """Several trials of one architecture at once, as one fused model (`sweeper.fused`)."""
+    from sweeper import fused  # it builds on this module
+
+    return fused.train_many(cfgs, reporters)
+
+
+def why_not_fused(cfgs: Sequence[DictConfig]) -> str | None:
+    """Why these trials cannot train as one fused model (None: they can)."""
+    from sweeper import fused
+
+    return fused.why_not_fused(cfgs)
 
 
 # --- preparing a trial: every check, then every build ---------------------------------------------

@@ -200,3 +200,51 @@ def test_configs_that_cannot_share_a_batch_are_refused_with_the_setting_named(co
 def test_an_optimizer_without_a_fused_step_is_refused(config):
     refusal = why_not_fused([config("optimizer._target_=torch.optim.RMSprop", "~optimizer.betas")])
     assert refusal is not None and "torch.optim.RMSprop has no fused step" in refusal
+
+
+# --- a sweep with sweep.fuse ------------------------------------------------------------------------
+
+# One worker, six trials: a fused run of 4, then one of 2. pruner=none: every trial trains to its end,
+# so each can be checked against the one-trial trainer.
+FUSE_SWEEP = [
+    "train.epochs=1", "train.batch_size=128", "sweep.workers=1", "sweep.cpu_threads=1", "sweep.n_trials=6",
+    "pruner=none", "sampler.seed=0", "sweep.fuse=4", "sweep.name=fused",
+]  # fmt: skip
+
+
+@pytest.mark.timeout(600)
+def test_a_fused_sweep_records_every_trial_as_the_one_trial_trainer_trains_it(sweeper_cli, tmp_path):
+    import optuna
+    from mlflow import MlflowClient
+    from optuna.trial import TrialState
+
+    from sweeper.config import compose_config
+
+    done = sweeper_cli("sweep", *FUSE_SWEEP)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sweep fused: 6/6 finished" in done.stdout
+    study = optuna.load_study(study_name="fused", storage=f"sqlite:///{tmp_path}/results/studies.db")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6, [(t.number, t.state, t.user_attrs) for t in study.trials]
+    client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
+    experiment = client.get_experiment_by_name("fused")
+    runs = {int(r.data.tags["trial"]): r for r in client.search_runs([experiment.experiment_id], "tags.`sweeper.kind` = 'trial'")}
+    assert sorted(runs) == [t.number for t in study.trials]  # one child run per trial, no more
+    for trial in study.trials:
+        run = runs[trial.number]
+        assert run.info.status == "FINISHED" and run.data.tags.get("mlflow.parentRunId"), trial.number
+        assert trial.user_attrs["status"] == "finished" and run.data.metrics["valid_accuracy"] == trial.value
+        history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+        # the trial's own config, trained alone, gives the curve MLflow holds and the value the study holds
+        cfg = compose_config([*trial.user_attrs["overrides"], f"results_dir={tmp_path}/alone", "tracking=none"])
+        alone = train(cfg)
+        np.testing.assert_allclose([m.value for m in history], alone.curve("loss"), rtol=RTOL, err_msg=str(trial.number))
+        assert trial.value == pytest.approx(alone.objective, abs=1.5 / 450), trial.number
+
+
+def test_a_trainer_without_train_many_cannot_fuse(workdir):
+    from sweeper.study import plan_sweep
+
+    with pytest.raises(ConfigError, match="sweep.fuse: 4, but sweep.trainer 'conftest.StandInTrainer' has no train_many"):
+        plan_sweep(["sweep.fuse=4", "sweep.trainer=conftest.StandInTrainer", "tracking=none"])
+    with pytest.raises(ConfigError, match="sweep.fuse: 0 must be a whole number of trials >= 1"):
+        plan_sweep(["sweep.fuse=0", "tracking=none"], validate=False)
