@@ -31,7 +31,7 @@ MODELS = {"mlp": ("model=mlp",), "cnn": ("model=cnn",)}
 
 def trial_configs(model: tuple[str, ...], n: int, folder: str) -> list:
     """N configs of the default search's kind: lr.high spread over its range, shapes in turn."""
-    base = ["tracking=none", f"results_dir={folder}", "train.epochs=2", "train.batch_size=64", "train.device=cpu", *model]
+    base = ["tracking=none", f"results_dir={folder}", "train.epochs=2", "train.batch_size=64", "train.device=cpu", "lr=fastai", *model]
     return [
         compose_config([*base, f"lr.high={3e-4 * 100 ** (i / max(1, n - 1)):.3g}", f"shape={SHAPES[i % len(SHAPES)]}"])
         for i in range(n)
