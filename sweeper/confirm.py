@@ -3,8 +3,9 @@
 A sweep picks each strategy's best trial on one seed, and the best of many noisy draws is
 optimistic. `confirm` trains each strategy's best config again with `seeds` new seeds (the
 trial's seed + 1, + 2, ...), so the spread across seeds shows whether the winner's lead is
-larger than the noise: per strategy the mean, standard deviation, min and max, and a Welch
-t-test of the leader against each other strategy.
+larger than the noise: per strategy the mean, standard deviation, min and max, and a t-test of
+the leader against each other strategy: paired, seed by seed, when every strategy ran the same
+seeds (the sweep's trials shared one seed: the same initial weights and batches), else Welch's.
 
 Writes confirm.csv (one row per run), confirm_summary.csv and confirm.md into the sweep's folder;
 every run is recorded in MLflow (nested under the sweep's run, tagged `sweeper.kind=confirm`).
@@ -97,9 +98,18 @@ def confirm_strategies(
                 }
             )
     runs = pd.DataFrame(rows)
-    summary = summarize_seeds(runs, objective, direction)
+    # Strategies whose trials share a seed (a sweep's trials do, unless train.seed is searched)
+    # ran the same seeds here: the same initial weights and batches, seed by seed (common random
+    # numbers, as the members of a fused run). Each is then compared with the leader in pairs.
+    paired = len(best) > 1 and runs.groupby("strategy")["seed"].apply(frozenset).nunique() == 1
+    summary = summarize_seeds(runs, objective, direction, paired=paired)
     said = verdict(summary, objective, seeds)
-    intro = f"Each strategy's best trial, trained again with {seeds} fresh seeds; {objective} ({direction})."
+    test = (
+        "every strategy ran the same seeds, so each is compared with the leader seed by seed (paired t-test)"
+        if paired
+        else "the strategies ran different seeds: Welch's t-test"
+    )
+    intro = f"Each strategy's best trial, trained again with {seeds} fresh seeds; {objective} ({direction}); {test}."
     markdown = write_seed_tables(Path(folder), "confirm", f"Confirmation of sweep {study.study_name}", intro, runs, summary, said)
     return Confirmation(runs, summary, said, markdown, Path(folder))
 

@@ -464,6 +464,7 @@ class SweepPlan:
     max_failures: int                   # failed trials after which workers start no more
     definition: dict[str, str]          # what the sweep is (sweeper.identity), compared on resume
     allow_changes: bool                 # continue a sweep of this name under another definition
+    fuse: int = 1                       # trials a worker trains at once as one fused model (1: one at a time)
 
 
 def plan_sweep(
@@ -500,15 +501,22 @@ def plan_sweep(
     if max_failures is None:
         max_failures = n_trials
     whole("sweep.max_failures", max_failures, 1, null="for sweep.n_trials")
+    fuse = cfg.sweep.get("fuse", 1)
+    whole("sweep.fuse", fuse, 1, unit="a whole number of trials")
     definition = definition_of(cfg, space.describe(), space.fixed, dict(zip(objectives.names, objectives.directions)))
     plan = SweepPlan(
         cfg, command_line, tuple(base), config_dirs, space, objectives, storage, name, n_trials,
-        timeout, max_failures, definition, allow_changes,
+        timeout, max_failures, definition, allow_changes, fuse,
     )  # fmt: skip
     if validate:  # the quick checks first; composing the space's edges takes a second or two
         make_sampler(cfg, space)
         make_pruner(cfg)
         trainer = load_trainer(cfg)
+        if fuse > 1 and not callable(getattr(trainer, "train_many", None)):
+            raise ConfigError(
+                f"sweep.fuse: {fuse}, but sweep.trainer {cfg.sweep.trainer!r} has no train_many(cfgs, reporters) "
+                f"to train trials together; set sweep.fuse=1."
+            )
         setting = "sweep.objectives" if objectives.several else "train.objective"
         check_objectives(objectives, tuple(trainer.available_metrics(cfg)), setting)
         validate_space(space, base, config_dirs)

@@ -84,12 +84,15 @@ __all__ = [
     "available_metrics",
     "build_optimizer",
     "evaluate",
+    "no_decay_parameters",
     "norm_parameters",
     "prepare",
     "resolve_device",
     "run",
     "set_hyperparameters",
     "train",
+    "train_many",
+    "why_not_fused",
 ]
 
 VALID_BATCH = 1024  # evaluation batches: no gradients are kept, so larger is faster
@@ -106,6 +109,20 @@ def available_metrics(cfg: DictConfig | Mapping) -> tuple[str, ...]:
 def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> TrialResult:
     """Run one trial. Bad settings raise before any training; after that a result comes back."""
     return run(prepare(cfg), reporters)
+
+
+def train_many(cfgs: Sequence[DictConfig], reporters: Sequence[Sequence[Reporter]]) -> list[TrialResult]:
+    """Several trials of one architecture at once, as one fused model (`sweeper.fused`)."""
+    from sweeper import fused  # it builds on this module
+
+    return fused.train_many(cfgs, reporters)
+
+
+def why_not_fused(cfgs: Sequence[DictConfig]) -> str | None:
+    """Why these trials cannot train as one fused model (None: they can)."""
+    from sweeper import fused
+
+    return fused.why_not_fused(cfgs)
 
 
 # --- preparing a trial: every check, then every build ---------------------------------------------
@@ -186,7 +203,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
 
     # the optimizer: a param group per layer group (two where norms and biases skip weight decay)
     norms = norm_parameters(model)
-    no_decay = set() if settings.get("wd_bn_bias", False) else norms | bias_parameters(model)
+    no_decay = no_decay_parameters(model, settings)
     optimizer, owners = build_optimizer(cfg.optimizer, groups, peaks, no_decay)
     plan = plan_config(cfg, steps=(freeze_epochs + epochs) * data.n_train_batches(batch_size), n_groups=len(groups))
     if plan.sets_momentum and not {"betas", "momentum"} & optimizer.defaults.keys():
@@ -241,6 +258,12 @@ def resolve_device(name: str) -> torch.device:
 def norm_parameters(model: nn.Module) -> set[int]:
     """ids of the parameters of norm layers (fastai's `norm_bias_params(model, with_bias=False)`)."""
     return {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
+
+
+def no_decay_parameters(model: nn.Module, settings: DictConfig) -> set[int]:
+    """ids of the parameters that skip weight decay: norms and biases (fastai's wd_bn_bias=False),
+    none with `train.wd_bn_bias=true`."""
+    return set() if settings.get("wd_bn_bias", False) else norm_parameters(model) | bias_parameters(model)
 
 
 def bias_parameters(model: nn.Module) -> set[int]:

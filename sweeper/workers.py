@@ -11,6 +11,11 @@ of them may fail and need redoing) or stops. A trial that raises or diverges fai
 reason kept in the trial's `reason` attribute. A worker stopped (SIGSTOP, a stalled machine) past
 storage.grace_period finds its trial failed by the others' heartbeat check and queued again when
 it wakes: it says so and goes on with the next one.
+
+With `sweep.fuse=N > 1` a worker claims up to N trials at once (each its own Optuna trial, with
+its own heartbeat, MLflow child run and pruning), trains those whose configs allow it as one
+fused model (`sweeper.fused`, through the trainer's `train_many`), and tells each its own
+outcome (`Outcome`, `study.tell`). sweep.fuse=1 is the one-trial loop above, unchanged.
 """
 
 from __future__ import annotations
@@ -22,13 +27,17 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import DictConfig
+from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize beats with
+from optuna.trial import TrialState
 
+from sweeper.boundary import FusingTrainer, trial_spec
 from sweeper.checkpoints import checkpoints_on, for_sweep_trial
 from sweeper.config import compose_config
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
@@ -46,14 +55,18 @@ from sweeper.study import (
 )
 
 __all__ = [
+    "Outcome",
     "ProgressReporter",
     "Slot",
     "StopRequest",
     "TrialFailed",
     "TrialTakenOver",
     "plan_slots",
+    "record_outcome",
     "reporters_for",
+    "run_fused",
     "run_trial",
+    "start_trial",
     "run_worker",
     "tracking_module",
     "usable_cores",
@@ -208,27 +221,133 @@ def tracking_module() -> Any:
     return tracking
 
 
-def run_trial(trial: optuna.Trial, plan: SweepPlan, train: TrainFn) -> float | list[float]:
-    """The objective: compose the trial's config from its overrides, train it, return its value(s)."""
+@dataclass(frozen=True)
+class Outcome:
+    """What Optuna is told of a trial: its state, and its value(s) when it completed."""
+
+    state: TrialState
+    values: float | list[float] | None = None
+    reason: str | None = None
+
+
+def start_trial(trial: optuna.Trial, plan: SweepPlan) -> tuple[list[str], list[str]]:
+    """Record who runs the trial and its overrides; return (overrides, overrides as recorded)."""
     overrides = [*plan.overrides, *plan.space.suggest(trial)]
     recorded = [mask_text(o) for o in overrides]
     _record(trial, "overrides", recorded)
     _record(trial, "worker", f"{socket.gethostname()}:{os.getpid()}")
+    return overrides, recorded
+
+
+def record_outcome(trial: optuna.Trial, result: TrialResult, plan: SweepPlan) -> Outcome:
+    """Record how the trial ended in its user attrs; the outcome Optuna is to be told."""
+    _record(trial, "status", result.status)
+    _record(trial, "seconds", round(result.seconds, 3))
+    if result.status == "pruned":
+        return Outcome(TrialState.PRUNED, reason=f"pruned after {len(result.epochs)} epoch(s)")
+    if result.status != "finished":
+        reason = _reason(result.reason or result.status)
+        _record(trial, "reason", reason)
+        return Outcome(TrialState.FAIL, reason=reason)
+    return Outcome(TrialState.COMPLETE, plan.objectives.values(result))
+
+
+def run_trial(trial: optuna.Trial, plan: SweepPlan, train: TrainFn) -> float | list[float]:
+    """The objective: compose the trial's config from its overrides, train it, return its value(s)."""
+    overrides, recorded = start_trial(trial, plan)
     try:
         trial_cfg = compose_config(overrides, plan.config_dirs)
         result = train(trial_cfg, reporters_for(trial, trial_cfg, plan, recorded))
     except Exception as error:
         _record(trial, "reason", _reason(f"{type(error).__name__}: {error}"))
         raise
-    _record(trial, "status", result.status)
-    _record(trial, "seconds", round(result.seconds, 3))
-    if result.status == "pruned":
-        raise optuna.TrialPruned(f"pruned after {len(result.epochs)} epoch(s)")
-    if result.status != "finished":
-        reason = _reason(result.reason or result.status)
-        _record(trial, "reason", reason)
-        raise TrialFailed(reason)
-    return plan.objectives.values(result)
+    outcome = record_outcome(trial, result, plan)
+    if outcome.state == TrialState.PRUNED:  # study.optimize learns a trial's end from exceptions
+        raise optuna.TrialPruned(outcome.reason)
+    if outcome.state == TrialState.FAIL:
+        raise TrialFailed(outcome.reason)
+    return outcome.values
+
+
+def run_fused(study: optuna.Study, trials: Sequence[optuna.Trial], plan: SweepPlan, trainer: FusingTrainer, stop: StopRequest) -> None:
+    """Train claimed trials together, as few fused runs as their configs allow, and tell each its
+    own outcome. Every trial keeps its own heartbeat from its claim to its end, its own reporters
+    (MLflow child run, pruning) and its own result. A freed slot (a member pruned, diverged or
+    failed) is not refilled: a trial that joined mid-run would start mid-way through the others'
+    data order, so it would neither share their batches (the paired comparison) nor train as it
+    would alone; the next claim comes when the run ends."""
+    told: set[int] = set()
+
+    def tell(trial: optuna.Trial, outcome: Outcome) -> None:
+        told.add(trial.number)
+        if outcome.state == TrialState.FAIL and outcome.reason:
+            _record_if_held(trial, plan, "reason", outcome.reason)
+        study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
+
+    with ExitStack() as heartbeats:
+        for trial in trials:  # Optuna's own heartbeat, as study.optimize beats for its one trial
+            heartbeats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+        try:
+            waiting: list[tuple[optuna.Trial, DictConfig, list[str]]] = []
+            for trial in trials:
+                try:
+                    overrides, recorded = start_trial(trial, plan)
+                    waiting.append((trial, compose_config(overrides, plan.config_dirs), recorded))
+                except TrialTakenOver:
+                    _say_taken_over(trial, plan)
+                    told.add(trial.number)
+                except Exception as error:  # noqa: BLE001 - this trial's config fails it alone
+                    tell(trial, Outcome(TrialState.FAIL, reason=_reason(f"{type(error).__name__}: {error}")))
+            for group in _fusable_groups(waiting, trainer):
+                specs = [trial_spec(cfg) for _, cfg, _ in group]
+                reporters = [[*reporters_for(trial, cfg, plan, recorded), stop] for trial, cfg, recorded in group]
+                try:
+                    results = trainer.train_many(specs, reporters)
+                except Exception as error:  # noqa: BLE001 - a setting that stops the run before training
+                    failed = Outcome(TrialState.FAIL, reason=_reason(f"{type(error).__name__}: {error}"))
+                    for trial, _, _ in group:
+                        tell(trial, failed)
+                    continue
+                for (trial, _, _), result in zip(group, results):
+                    try:
+                        tell(trial, record_outcome(trial, result, plan))
+                    except TrialTakenOver:
+                        _say_taken_over(trial, plan)
+        finally:  # Ctrl-C, or anything unforeseen: what was claimed and not told fails, to run again
+            for trial in trials:
+                if trial.number not in told:
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _fusable_groups(
+    waiting: Sequence[tuple[optuna.Trial, DictConfig, list[str]]], trainer: FusingTrainer
+) -> list[list[tuple[optuna.Trial, DictConfig, list[str]]]]:
+    """The trials in groups that can each train as one fused run (each joins the first that takes it)."""
+    groups: list[list[tuple[optuna.Trial, DictConfig, list[str]]]] = []
+    for entry in waiting:
+        for group in groups:
+            if trainer.why_not_fused([cfg for _, cfg, _ in group] + [entry[1]]) is None:
+                group.append(entry)
+                break
+        else:
+            groups.append([entry])
+    return groups
+
+
+def _record_if_held(trial: optuna.Trial, plan: SweepPlan, key: str, value: Any) -> None:
+    try:
+        _record(trial, key, value)
+    except TrialTakenOver:
+        _say_taken_over(trial, plan)
+
+
+def _say_taken_over(trial: optuna.Trial, plan: SweepPlan) -> None:
+    print(
+        f"sweeper: trial {trial.number} was taken over: this worker was stopped or stalled "
+        f"for longer than storage.grace_period ({plan.storage.grace_period} s), so the sweep "
+        f"failed the trial and queued it again; going on with the next one.",
+        flush=True,
+    )
 
 
 def _reason(text: str) -> str:
@@ -298,7 +417,8 @@ def run_worker(
     `index` offsets the sampler's seed so parallel workers draw differently; `deadline` is a
     time.time() after which no trial starts.
     """
-    train = train or load_trainer(plan.cfg).train
+    trainer = load_trainer(plan.cfg) if train is None or plan.fuse > 1 else None
+    train = train or trainer.train
     study = open_study(plan, create=False, worker=index)
     claim = plan.storage.claim(plan.name)
     poll = float(plan.cfg.sweep.poll)
@@ -323,6 +443,7 @@ def run_worker(
             out_of_time = deadline is not None and time.time() >= deadline
             failed_too_often = counts.failed - failed_before >= plan.max_failures
             move = next_move(counts, plan.n_trials, out_of_time, failed_too_often)
+            move = "fuse" if move == "run" and plan.fuse > 1 else move
             if move == "run":
                 running = None
                 try:
@@ -332,13 +453,15 @@ def run_worker(
                     # heartbeat check has been queued again, and the sweep goes on without it.
                     if running is None or not _finished_meanwhile(study, running):
                         raise
-                    print(
-                        f"sweeper: trial {running.number} was taken over: this worker was stopped or stalled "
-                        f"for longer than storage.grace_period ({plan.storage.grace_period} s), so the sweep "
-                        f"failed the trial and queued it again; going on with the next one.",
-                        flush=True,
-                    )
+                    _say_taken_over(running, plan)
                 ran += 1
+            elif move == "fuse":
+                # claim up to sweep.fuse trials (each a RUNNING trial others count), then let go
+                fail_stale_trials(study)  # as study.optimize does before it asks
+                claimed = [study.ask() for _ in range(min(plan.fuse, plan.n_trials - counts.finished - counts.running))]
+        if move == "fuse":
+            run_fused(study, claimed, plan, trainer, stop)
+            ran += len(claimed)
         if move == "stop":
             if failed_too_often and counts.finished < plan.n_trials:
                 print(

@@ -9,6 +9,7 @@ import math
 import optuna
 import pandas as pd
 import pytest
+from scipy import stats
 from conftest import feed_trial
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -160,8 +161,9 @@ def test_finish_attaches_the_report_to_the_sweep_run_with_mlflow_curves(study, t
 
 
 def fake_train(cfg, reporters=()) -> TrialResult:
-    """Accuracy set by the strategy, plus seed noise of at most 0.009."""
-    accuracy = {"single": 0.80, "fastai": 0.85, "geometric": 0.90}[cfg.lr.strategy] + (cfg.train.seed * 7 % 10) / 1000
+    """Accuracy set by the strategy, plus seed noise of at most 0.009 (its own per strategy)."""
+    base, shift = {"single": (0.80, 5), "fastai": (0.85, 3), "geometric": (0.90, 0)}[cfg.lr.strategy]
+    accuracy = base + ((cfg.train.seed * 7 + shift) % 10) / 1000
     result = TrialResult("finished", accuracy, "accuracy")
     for reporter in reporters:
         reporter.on_end(result)
@@ -179,7 +181,12 @@ def test_confirm_reruns_each_strategy_with_fresh_seeds_and_judges_the_gap(study,
     assert summary.loc["geometric", "mean"] == pytest.approx(0.90 + (7 + 4 + 1) / 3000)
     assert summary.loc["fastai", "p_vs_leader"] < 0.05  # a gap of 0.05 against noise of 0.01
     assert "geometric** leads" in confirmation.verdict and "likely real" in confirmation.verdict
-    assert (tmp_path / "confirm.md").read_text().startswith("# Confirmation of sweep demo")
+    markdown = (tmp_path / "confirm.md").read_text()
+    assert markdown.startswith("# Confirmation of sweep demo")
+    # the sweep's trials share their seed, so every strategy ran seeds 1-3: compared seed by seed
+    assert "same seeds" in markdown and "paired t-test" in markdown
+    geometric, fastai = (runs[runs["strategy"] == s].set_index("seed")["accuracy"] for s in ("geometric", "fastai"))
+    assert summary.loc["fastai", "p_vs_leader"] == pytest.approx(stats.ttest_rel(geometric, fastai.loc[geometric.index]).pvalue)
 
 
 def test_confirm_records_its_runs_under_the_sweep_run(study, tracked_config, tmp_path):
