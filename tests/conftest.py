@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import socket
@@ -31,6 +32,22 @@ NEEDS_POSTGRES = pytest.mark.skipif(
 # Test files that run at once (pytest -n auto). Many of them start sweeps of several worker
 # processes or servers, so more than a few at once buys little and costs memory.
 MAX_TEST_PROCESSES = 4
+
+
+# The optional extras' tests (vision, transformers) are marked @pytest.mark.extras("torchvision",
+# ...). Where a module they name is missing they skip; tests/test_extras.py runs them all in
+# .venv-extras (scripts/setup.sh makes it with SWEEPER_EXTRAS=1; CI does), where torch is the
+# build that torchvision was made for.
+EXTRAS_ENV = TESTS.parent / ".venv-extras"
+
+
+def pytest_runtest_setup(item) -> None:
+    marker = item.get_closest_marker("extras")
+    if marker is None:
+        return
+    missing = [name for name in marker.args if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: runs in {EXTRAS_ENV.name} (tests/test_extras.py)")
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
