@@ -85,13 +85,19 @@ def body_and_head(model: nn.Module, body_groups: int = 2) -> list[list[nn.Parame
             f"model.groups: body_and_head cannot cut a body of {len(units)} unit(s) into "
             f"{body_groups} groups; choose 1 to {len(units)}, or give your own splitter."
         )
-    base, extra = divmod(len(units), body_groups)
-    groups, start = [], 0
-    for i in range(body_groups):
+    return [*(_flatten(run) for run in _runs(units, body_groups)), list(head.parameters())]
+
+
+def _runs(items: list, n: int) -> list[list]:
+    """`items` dealt into n contiguous runs as equal in length as can be; the earlier runs take
+    any remainder."""
+    base, extra = divmod(len(items), n)
+    runs, start = [], 0
+    for i in range(n):
         size = base + (1 if i < extra else 0)
-        groups.append(_flatten(units[start : start + size]))
+        runs.append(items[start : start + size])
         start += size
-    return [*groups, list(head.parameters())]
+    return runs
 
 
 def _own_params(module: nn.Module) -> list[nn.Parameter]:
@@ -149,14 +155,8 @@ def _split_contiguous(model: nn.Module, n_groups: int) -> LayerGroups:
             f"modules with parameters ({[n for n, _ in children]}); choose 1 to {len(children)}, "
             f"or list prefixes."
         )
-    # Spread the children as evenly as possible; the earlier groups take any remainder.
-    base, extra = divmod(len(children), n_groups)
-    prefixes, start = [], 0
-    for i in range(n_groups):
-        size = base + (1 if i < extra else 0)
-        prefixes.append([name for name, _ in children[start : start + size]])
-        start += size
-    return _split_with(model, lambda m: [[m.get_submodule(p) for p in chunk] for chunk in prefixes])
+    runs = _runs([child for _, child in children], n_groups)  # as evenly as can be
+    return _split_with(model, lambda m: runs)
 
 
 def _has_params(module: nn.Module) -> bool:

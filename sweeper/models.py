@@ -2,9 +2,9 @@
 
 - `MLP` and `SmallCNN`: `body` (a Sequential of blocks) then `head`; their configs split them
   by prefixes `[body.0, body.1, head]`.
-- `resnet`: a torchvision ResNet (the optional `vision` extra), split as fastai splits it into
-  three groups (`resnet_split`); pretrained weights only from a file, or torchvision weights
-  the user names (torchvision's cache).
+- `resnet`: a torchvision ResNet (the optional `vision` extra; `sweeper.vision.classifier`), split
+  as fastai splits it into three groups (`resnet_split`); pretrained weights only from a file, or
+  torchvision weights the user names (torchvision's cache).
 - `pretrained_on_digits`: a model whose body is pre-trained on some digit classes (cached on
   disk by a hash of its recipe), with a fresh head for the classes it is fine-tuned on: the
   transfer task.
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from sweeper.config import ConfigError
+from sweeper.vision import classifier
 
 __all__ = ["MLP", "SmallCNN", "pretrained_on_digits", "resnet", "resnet_split"]
 
@@ -75,18 +76,8 @@ class SmallCNN(nn.Module):
         return self.head(self.body(x))
 
 
-def resnet(
-    arch: str = "resnet18",
-    num_classes: int = 10,
-    in_shape: Sequence[int] = (3, 224, 224),
-    weights: str | None = None,
-    weights_path: str | None = None,
-) -> nn.Module:
-    """A torchvision ResNet with a new head for `num_classes` (`sweeper.vision.classifier`, whose
-    weights are torchvision's named ones, a state_dict file of yours, or random)."""
-    from sweeper.vision import classifier
-
-    return classifier(arch, num_classes, in_shape, weights, weights_path)
+# Recorded configs name sweeper.models.resnet: torchvision's classifiers are built by one function.
+resnet = classifier
 
 
 def resnet_split(net: nn.Module) -> list[list[nn.Module]]:

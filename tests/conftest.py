@@ -263,6 +263,23 @@ def sweeper_cli(tmp_path):
     return run
 
 
+def finished_sweep(sweeper_cli, tmp_path: Path, sweep: Sequence[str], n_trials: int):
+    """Run `sweeper sweep` with these overrides to n_trials (one worker, the tmp_path results),
+    check that every trial finished with an objective in [0, 1], and return the Optuna study."""
+    import optuna
+
+    from sweeper.study import count_trials, plan_sweep
+
+    done = sweeper_cli("sweep", *sweep, f"sweep.n_trials={n_trials}", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = plan_sweep(list(sweep), validate=False)
+    study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{tmp_path}/results/studies.db")
+    assert count_trials(study).finished == n_trials
+    assert all(t.user_attrs["status"] == "finished" and 0 <= t.value <= 1 for t in study.trials)
+    assert f"sweep {plan.name}: {n_trials}/{n_trials} finished" in done.stdout
+    return study
+
+
 def flock_queue(pid: int | None = None) -> int:
     """How many lock requests (threads of this process, or other processes) wait on a flock()
     lock that process `pid` (default: this one) holds, as the kernel lists them in /proc/locks:
