@@ -48,8 +48,9 @@ NEEDS = {
     "model/transformer": lambda tmp: ["data=tokens", "model.net.path=null", "model.net.config={model_type: bert, vocab_size: 64, hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 16}"],
     "model/transformer_tiny": lambda tmp: ["data=tokens"],
     "data/tokens": lambda tmp: ["model=transformer_tiny"],
+    "model/torchvision": lambda tmp: ["model.net.arch=mobilenet_v3_small"],  # small and quick to build
 }
-EXTRAS = {"data/tokens": "transformers", "data/image_folder": "torchvision", "model/resnet18": "torchvision", "model/transformer": "transformers", "model/transformer_tiny": "transformers"}
+EXTRAS = {"data/tokens": "transformers", "model/torchvision": "torchvision", "data/image_folder": "torchvision", "model/resnet18": "torchvision", "model/transformer": "transformers", "model/transformer_tiny": "transformers"}
 
 
 @pytest.mark.parametrize(
