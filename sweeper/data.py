@@ -7,7 +7,8 @@ A data config names a builder by `_target_` (`data.source`); the builder returns
 
 Built in: scikit-learn's digits (real 8x8 images), a class subset of digits (the transfer task:
 pre-train on some digits, fine-tune on the others), a generated synthetic classification task and
-a generated regression task (float targets shaped [n, outputs], for task=regression), tensors
+a generated regression task (float targets shaped [n, outputs], for task=regression), a generated
+token task (sequences of token ids, for model=transformer), tensors
 from a .pt file, and a torchvision ImageFolder for your own images.
 
 Data that every trial would fail on is a ConfigError naming the setting, raised when the data is
@@ -39,6 +40,7 @@ __all__ = [
     "image_folder",
     "synthetic",
     "synthetic_regression",
+    "synthetic_tokens",
     "tensors_file",
 ]
 
@@ -258,6 +260,32 @@ def synthetic_regression(
     return _checked(data, shape, None, "data=synthetic_regression")
 
 
+def synthetic_tokens(
+    n_samples: int = 512,
+    seq_len: int = 16,
+    vocab_size: int = 64,
+    num_classes: int = 2,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+) -> TensorData:
+    """A generated token task: sequences of token ids shaped [n, seq_len], each holding one
+    marker token (id 1 + its class) among random tokens (ids above the markers), then padding
+    (id 0) over a random tail of up to half its length. The class is which marker it holds."""
+    whole("data.source.num_classes", num_classes, 2)
+    whole("data.source.seq_len", seq_len, 2)
+    if vocab_size < num_classes + 2:
+        raise ConfigError(f"data.source.vocab_size: {vocab_size} leaves no ordinary tokens beside {num_classes} markers and padding; give {num_classes + 2} or more.")
+    rng = torch.Generator().manual_seed(seed)
+    labels = torch.randint(num_classes, (n_samples,), generator=rng)
+    ids = torch.randint(num_classes + 1, vocab_size, (n_samples, seq_len), generator=rng)
+    lengths = seq_len - torch.randint(seq_len // 2 + 1, (n_samples,), generator=rng)
+    ids[torch.arange(seq_len) >= lengths.unsqueeze(1)] = 0
+    marker_at = (torch.rand(n_samples, generator=rng) * lengths).long()
+    ids[torch.arange(n_samples), marker_at] = labels + 1
+    return _checked(_split(ids, labels, val_fraction, seed), shape, num_classes, "data=tokens")
+
+
 def _existing(setting: str, path: str | None, what: str) -> Path:
     """The path, or a ConfigError that names the setting and how to fix it."""
     if path is None:
@@ -327,10 +355,10 @@ def image_folder(
                 f"data.source.root: {root} has no {sub}/ folder; lay it out as {sub}/<class>/*.jpg "
                 f"(or set data.source.{'train' if sub == train_dir else 'valid'}_dir)."
             )
-    try:
-        from torchvision import datasets, transforms
-    except ImportError:
-        raise ConfigError("data=image_folder needs torchvision: pip install 'sweeper[vision]'.") from None
+    from sweeper.vision import import_torchvision
+
+    torchvision = import_torchvision("data=image_folder")
+    datasets, transforms = torchvision.datasets, torchvision.transforms
     transform = transforms.Compose(
         [
             transforms.Resize(image_size),

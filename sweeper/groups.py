@@ -8,6 +8,11 @@ Three ways, as a model config says (`model.groups`):
 
 Every trainable parameter lands in exactly one group; a parameter in none or in two, and a prefix
 that matches nothing, is an error that names it.
+
+`body_and_head` is a splitter for any classifier whose last top-level module with parameters
+is its head (every torchvision classification model: `fc`, `classifier`, `heads`, `head`):
+`model.groups: sweeper.groups.body_and_head` gives two body groups and the head; a splitter of
+your own is any function `model -> list of groups`, named by its dotted path.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
-__all__ = ["GroupError", "LayerGroups", "split_groups"]
+__all__ = ["GroupError", "LayerGroups", "body_and_head", "split_groups"]
 
 # One layer group: (qualified parameter name, parameter) pairs in model order.
 LayerGroup = list[tuple[str, nn.Parameter]]
@@ -46,6 +51,63 @@ def split_groups(model: nn.Module, spec: object = None) -> LayerGroups:
         f"model.groups: {spec!r} is not a split; give a number of groups, a list of module-name "
         f"prefixes (head last), or the dotted path of a splitter function."
     )
+
+
+def body_and_head(model: nn.Module, body_groups: int = 2) -> list[list[nn.Parameter]]:
+    """`body_groups` contiguous groups of the body, then the head (fastai's body/head split, with
+    the body cut into groups the way fastai cuts a ResNet's).
+
+    The head is the model's last top-level module with parameters; the body is every parameter
+    before it. The body is cut at module boundaries: its units start as the other top-level
+    modules (and any parameters the model holds itself, first), and while one unit holds more
+    than half of the body's parameters and has modules inside it, it is replaced by them, so a
+    body that is one big `features` or `encoder` is cut between its blocks. The units are then
+    dealt into `body_groups` runs of as equal a count as can be (the earlier runs take any
+    remainder). ResNet-18 and -34 so split as fastai's `_resnet_split` does: stem to layer2,
+    layer3 and layer4.
+    """
+    children = [(name, child) for name, child in model.named_children() if _has_params(child)]
+    if not children:
+        raise GroupError("model.groups: body_and_head found no module with parameters to be the head.")
+    head = children[-1][1]
+    units = [_own_params(model), *(child for _, child in children[:-1])]
+    units = [unit for unit in units if _size(unit)]
+    body_size = sum(_size(unit) for unit in units)
+    while True:
+        largest = max(units, key=_size, default=None)
+        inner = [child for child in largest.children() if _has_params(child)] if isinstance(largest, nn.Module) else []
+        if largest is None or _size(largest) * 2 <= body_size or not inner:
+            break
+        at = units.index(largest)
+        units[at : at + 1] = [u for u in (_own_params(largest), *inner) if _size(u)]
+    if not 1 <= body_groups <= len(units):
+        raise GroupError(
+            f"model.groups: body_and_head cannot cut a body of {len(units)} unit(s) into "
+            f"{body_groups} groups; choose 1 to {len(units)}, or give your own splitter."
+        )
+    return [*(_flatten(run) for run in _runs(units, body_groups)), list(head.parameters())]
+
+
+def _runs(items: list, n: int) -> list[list]:
+    """`items` dealt into n contiguous runs as equal in length as can be; the earlier runs take
+    any remainder."""
+    base, extra = divmod(len(items), n)
+    runs, start = [], 0
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        runs.append(items[start : start + size])
+        start += size
+    return runs
+
+
+def _own_params(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters a module holds itself, not through a child (a ViT's class token)."""
+    return list(module.parameters(recurse=False))
+
+
+def _size(unit: nn.Module | list[nn.Parameter]) -> int:
+    params = unit.parameters() if isinstance(unit, nn.Module) else unit
+    return sum(p.numel() for p in params)
 
 
 def _split_by_prefixes(model: nn.Module, prefixes: list[str]) -> LayerGroups:
@@ -93,14 +155,8 @@ def _split_contiguous(model: nn.Module, n_groups: int) -> LayerGroups:
             f"modules with parameters ({[n for n, _ in children]}); choose 1 to {len(children)}, "
             f"or list prefixes."
         )
-    # Spread the children as evenly as possible; the earlier groups take any remainder.
-    base, extra = divmod(len(children), n_groups)
-    prefixes, start = [], 0
-    for i in range(n_groups):
-        size = base + (1 if i < extra else 0)
-        prefixes.append([name for name, _ in children[start : start + size]])
-        start += size
-    return _split_with(model, lambda m: [[m.get_submodule(p) for p in chunk] for chunk in prefixes])
+    runs = _runs([child for _, child in children], n_groups)  # as evenly as can be
+    return _split_with(model, lambda m: runs)
 
 
 def _has_params(module: nn.Module) -> bool:

@@ -2,9 +2,9 @@
 
 - `MLP` and `SmallCNN`: `body` (a Sequential of blocks) then `head`; their configs split them
   by prefixes `[body.0, body.1, head]`.
-- `resnet`: a torchvision ResNet (the optional `vision` extra), split as fastai splits it into
-  three groups (`resnet_split`); pretrained weights only from a file, or torchvision weights
-  the user names (torchvision's cache).
+- `resnet`: a torchvision ResNet (the optional `vision` extra; `sweeper.vision.classifier`), split
+  as fastai splits it into three groups (`resnet_split`); pretrained weights only from a file, or
+  torchvision weights the user names (torchvision's cache).
 - `pretrained_on_digits`: a model whose body is pre-trained on some digit classes (cached on
   disk by a hash of its recipe), with a fresh head for the classes it is fine-tuned on: the
   transfer task.
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from sweeper.config import ConfigError
+from sweeper.vision import classifier
 
 __all__ = ["MLP", "SmallCNN", "pretrained_on_digits", "resnet", "resnet_split"]
 
@@ -75,43 +76,13 @@ class SmallCNN(nn.Module):
         return self.head(self.body(x))
 
 
-def resnet(
-    arch: str = "resnet18",
-    num_classes: int = 10,
-    in_shape: Sequence[int] = (3, 224, 224),
-    weights: str | None = None,
-    weights_path: str | None = None,
-) -> nn.Module:
-    """A torchvision ResNet with a new head for `num_classes`.
-
-    Weights: `weights` names torchvision's (e.g. IMAGENET1K_V1; torchvision fetches them into
-    its cache if they are not there yet), `weights_path` a state_dict file of yours; neither
-    (the default) starts from random weights. Images with other than 3 channels get a fresh
-    first convolution.
-    """
-    try:
-        from torchvision import models
-    except ImportError:
-        raise ConfigError(f"model.net: {arch} needs torchvision: pip install 'sweeper[vision]'.") from None
-    if not hasattr(models, arch):
-        raise ConfigError(f"model.net.arch: {arch!r} is not a torchvision model, e.g. resnet18 or resnet50.")
-    net = getattr(models, arch)(weights=weights)
-    if weights_path is not None:
-        if not Path(weights_path).expanduser().is_file():
-            raise ConfigError(
-                f"model.net.weights_path: {weights_path!r} does not exist; give a state_dict file "
-                f"saved with torch.save(model.state_dict(), path), or null."
-            )
-        net.load_state_dict(torch.load(Path(weights_path).expanduser(), weights_only=True))
-    if in_shape[0] != net.conv1.in_channels:
-        old = net.conv1
-        net.conv1 = nn.Conv2d(in_shape[0], old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-    net.fc = nn.Linear(net.fc.in_features, num_classes)
-    return net
+# Recorded configs name sweeper.models.resnet: torchvision's classifiers are built by one function.
+resnet = classifier
 
 
 def resnet_split(net: nn.Module) -> list[list[nn.Module]]:
-    """fastai's three ResNet groups: the stem to layer2, layer3 and layer4, the head."""
+    """fastai's three ResNet groups (`_resnet_split` over its body, cut before the pooling, and
+    head): the stem to layer2, layer3 and layer4, the head."""
     return [[net.conv1, net.bn1, net.layer1, net.layer2], [net.layer3, net.layer4], [net.fc]]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import socket
@@ -31,6 +32,22 @@ NEEDS_POSTGRES = pytest.mark.skipif(
 # Test files that run at once (pytest -n auto). Many of them start sweeps of several worker
 # processes or servers, so more than a few at once buys little and costs memory.
 MAX_TEST_PROCESSES = 4
+
+
+# The optional extras' tests (vision, transformers) are marked @pytest.mark.extras("torchvision",
+# ...). Where a module they name is missing they skip; tests/test_extras.py runs them all in
+# .venv-extras (scripts/setup.sh makes it with SWEEPER_EXTRAS=1; CI does), where torch is the
+# build that torchvision was made for.
+EXTRAS_ENV = TESTS.parent / ".venv-extras"
+
+
+def pytest_runtest_setup(item) -> None:
+    marker = item.get_closest_marker("extras")
+    if marker is None:
+        return
+    missing = [name for name in marker.args if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: runs in {EXTRAS_ENV.name} (tests/test_extras.py)")
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
@@ -270,6 +287,23 @@ def sweeper_cli(tmp_path):
         return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+def finished_sweep(sweeper_cli, tmp_path: Path, sweep: Sequence[str], n_trials: int):
+    """Run `sweeper sweep` with these overrides to n_trials (one worker, the tmp_path results),
+    check that every trial finished with an objective in [0, 1], and return the Optuna study."""
+    import optuna
+
+    from sweeper.study import count_trials, plan_sweep
+
+    done = sweeper_cli("sweep", *sweep, f"sweep.n_trials={n_trials}", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = plan_sweep(list(sweep), validate=False)
+    study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{tmp_path}/results/studies.db")
+    assert count_trials(study).finished == n_trials
+    assert all(t.user_attrs["status"] == "finished" and 0 <= t.value <= 1 for t in study.trials)
+    assert f"sweep {plan.name}: {n_trials}/{n_trials} finished" in done.stdout
+    return study
 
 
 def flock_queue(pid: int | None = None) -> int:

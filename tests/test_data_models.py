@@ -3,7 +3,6 @@ conf/optimizer and conf/experiment: each one is composed and instantiated here."
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,8 +15,7 @@ from sweeper.data import LoaderData, TensorData, digits, digits_classes, image_f
 from sweeper.models import MLP, SmallCNN, pretrained_on_digits, resnet
 from sweeper.trainer import evaluate, prepare
 
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-needs_torchvision = pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision (the vision extra) is not installed")
+needs_torchvision = pytest.mark.extras("torchvision")  # the vision extra (conftest: where these run)
 
 
 def write_tensors(path: Path, n: int = 40, features: int = 4) -> Path:
@@ -47,18 +45,24 @@ NEEDS = {
     "data/synthetic_regression": lambda tmp: ["task=regression", "train.objective=r2"],
     "task/regression": lambda tmp: ["data=synthetic_regression", "train.objective=r2"],
     "data/image_folder": lambda tmp: ["data.num_classes=2", "data.shape=[3,16,16]", "data.source.num_workers=0", f"data.source.root={write_image_folder(tmp / 'images')}"],
+    "model/transformer": lambda tmp: ["data=tokens", "model.net.path=null", "model.net.config={model_type: bert, vocab_size: 64, hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 16}"],
+    "model/transformer_tiny": lambda tmp: ["data=tokens"],
+    "data/tokens": lambda tmp: ["model=transformer_tiny"],
+    "model/torchvision": lambda tmp: ["model.net.arch=mobilenet_v3_small"],  # small and quick to build
 }
-VISION = {"data/image_folder", "model/resnet18"}
+EXTRAS = {"data/tokens": "transformers", "model/torchvision": "torchvision", "data/image_folder": "torchvision", "model/resnet18": "torchvision", "model/transformer": "transformers", "model/transformer_tiny": "transformers"}
 
 
 @pytest.mark.parametrize(
     ("group", "option"),
-    [(g, o) for g in ("model", "data", "optimizer", "experiment", "task") for o in options(g)],
+    [
+        pytest.param(g, o, marks=[pytest.mark.extras(EXTRAS[f"{g}/{o}"])] if f"{g}/{o}" in EXTRAS else [])
+        for g in ("model", "data", "optimizer", "experiment", "task")
+        for o in options(g)
+    ],
     ids=lambda value: value,
 )
 def test_every_option_composes_and_instantiates_into_a_trial(trial_config, tmp_path, group, option):
-    if f"{group}/{option}" in VISION and not HAS_TORCHVISION:
-        pytest.skip("torchvision (the vision extra) is not installed")
     extra = NEEDS.get(f"{group}/{option}", lambda tmp: [])(tmp_path)
     cfg = trial_config(f"{group}={option}", "train.device=cpu", *extra)
     trial = prepare(cfg)  # data, model, layer groups and optimizer, all built from the config

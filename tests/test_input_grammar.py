@@ -11,7 +11,6 @@ the console script are `slow` (a few seconds each), as in tests/test_bad_input.p
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +27,7 @@ from sweeper.slices import parse_lr
 from sweeper.study import plan_sweep
 
 SCRIPT = Path(sys.executable).with_name("sweeper")
-NEEDS_TORCHVISION = pytest.mark.skipif(
-    importlib.util.find_spec("torchvision") is None, reason="torchvision (the vision extra) is not installed"
-)
+NEEDS_TORCHVISION = pytest.mark.extras("torchvision")  # runs in .venv-extras (tests/test_extras.py)
 
 # (id, command line with {inputs} for the folder of prepared files, fragments of the one line:
 # the setting, then the fix)
