@@ -209,8 +209,8 @@ class Bench:
             if pid is None:
                 sections.append(f"{label}: no profile written")
                 continue
-            shutil.move(profiles.pop(pid), dumps / f"{name}.prof")
-            table = benchlib.markdown_table(top_calls(profiles[pid], self.args.top))
+            kept = shutil.move(profiles.pop(pid), dumps / f"{name}.prof")
+            table = benchlib.markdown_table(top_calls(Path(kept), self.args.top))
             sections.append(f"{label} (`{dumps.name}/{name}.prof`), sweeper's functions by cumulative time:\n\n{table}")
         for rest in profiles.values():  # the other workers': like the one kept
             rest.unlink()
@@ -319,10 +319,10 @@ def main() -> None:
                 rows = bench.measure()
         else:
             rows = bench.measure()
+        benchlib.write_csv(args.out_dir / "end_to_end_rounds.csv", rows)  # kept should a profile fail
         sections = [] if not args.profile else [bench.profile_imports(profiles), bench.profile_calls(profiles)]
     table = summary(rows, [SWEEPER_VARIANTS[v][0] if v in SWEEPER_VARIANTS else v for v in args.variants])
     load = f"{min(r['load_before'] for r in rows):.1f}-{max(r['load_after'] for r in rows):.1f}"
-    benchlib.write_csv(args.out_dir / "end_to_end_rounds.csv", rows)
     benchlib.publish(
         args.out_dir,
         "end_to_end",
