@@ -112,3 +112,47 @@ def test_checkpoints_benchmark(tmp_path):
     rows = check_table(tmp_path, "checkpoints", columns, {"checkpoint_mb", "epoch_ms", "write_ms", "ratio", "read_ms"})
     assert [row["model"] for row in rows] == ["mlp-tiny"] and rows[0]["device"] == "cpu"
     check_markdown(tmp_path, "checkpoints", "checkpoints", {"model", "ratio"})
+
+
+@pytest.mark.slow
+def test_end_to_end_benchmark_times_the_whole_command(tmp_path):
+    # sweeper alone (the baseline's virtual environment is not made here), two of its variants
+    run_script("end_to_end", tmp_path, "--no-baseline", "--tracking", "none", "local")
+    phases = {"before_first_s", "trials_s", "after_last_s"}
+    positive = {"wall_s", "ideal_s", "of_ideal", "wall_over_ideal", "trials_of_ideal", *phases}
+    rows = check_table(tmp_path, "end_to_end", {"variant", "rounds", *positive}, positive)
+    assert [row["variant"] for row in rows] == ["sweeper, tracking=none", "sweeper, tracking=local, stores created"]
+    runs = check_table(tmp_path, "end_to_end_rounds", {"variant", "round", "processes", "load_before", *positive}, positive)
+    assert len(runs) == 2 and {int(row["round"]) for row in runs} == {1}
+    for row in runs:
+        # the three phases are cut from one wall clock: together they are the command's time
+        assert sum(float(row[phase]) for phase in phases) == pytest.approx(float(row["wall_s"]))
+        assert 1 <= int(row["processes"]) <= 2  # the trials ran in the sweep's 2 workers
+    check_markdown(tmp_path, "end_to_end", "end_to_end", {"variant", "before_first_s", "of_ideal"})
+
+
+def test_end_to_end_benchmark_reads_python_importtime():
+    from bench_end_to_end import import_costs
+
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import json"], capture_output=True, text=True, check=True)
+    total, top = import_costs(done.stderr)
+    imported = dict(top)
+    assert "json" in imported and "json.decoder" not in imported  # json's own imports count inside it
+    assert 0 < imported["json"] <= total
+
+
+def test_sleep_trials_hand_out_each_drawn_sleep_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import sleep_trials
+
+    sleeps = sleep_trials.draw_sleeps(8, 0.0, 0.002, seed=3)
+    assert sleeps == sleep_trials.draw_sleeps(8, 0.0, 0.002, seed=3) and all(0 <= s <= 0.002 for s in sleeps)
+    work = sleep_trials.prepare_work(tmp_path, sleeps)
+    with ThreadPoolExecutor(4) as pool:  # every claim takes the counter's lock on its own descriptor
+        list(pool.map(lambda _: sleep_trials.sleep_trial(folder=work), range(8)))
+    trials = sleep_trials.read_trials(work)
+    assert [t["index"] for t in trials] == list(range(8)) and [t["seconds"] for t in trials] == sleeps
+    assert all(t["started"] <= t["ended"] for t in trials)
+    with pytest.raises(RuntimeError, match="only 8 were drawn"):
+        sleep_trials.sleep_trial(folder=work)
