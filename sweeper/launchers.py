@@ -36,6 +36,7 @@ __all__ = [
     "WorkerHandle",
     "check_launcher",
     "end_with_parent",
+    "launch_held_workers",
     "launch_workers",
     "worker_command",
 ]
@@ -77,10 +78,12 @@ class SweepArguments:
         return None if text is None else cls(**json.loads(text))
 
 
-def worker_command(plan: SweepPlan, index: int, deadline: float | None) -> tuple[list[str], dict[str, str]]:
+def worker_command(plan: SweepPlan, index: int, deadline: float | None, held: bool = False) -> tuple[list[str], dict[str, str]]:
     """`sweeper worker` for one slot: its argv, which holds nothing of the sweep's command line,
     and the environment entries that carry that command line to it."""
     command = [sys.executable, "-m", "sweeper.cli", "worker", "--index", str(index), "--no-validate"]
+    if held:
+        command.append("--held")
     if deadline is not None:
         command += ["--deadline", repr(deadline)]
     sweep = SweepArguments(list(plan.command_line), list(plan.config_dirs), os.getpid())
@@ -119,6 +122,25 @@ class LocalWorker:
 
     def poll(self) -> int | None:
         return self.process.poll()
+
+    def go(self) -> None:
+        """Let a worker started held (`sweeper worker --held`) open the study and take trials."""
+        if self.process.stdin is None:
+            return
+        try:
+            self.process.stdin.write(b"go\n")
+            self.process.stdin.close()
+        except BrokenPipeError:  # it ended meanwhile: its exit code and log say why
+            pass
+
+    def discard(self) -> None:
+        """End a held worker of a sweep that stops before it begins, and remove its log: it has
+        touched no store, so killing it loses nothing."""
+        self.process.kill()
+        self.process.wait()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.log.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Stop the worker as Ctrl-C does: it marks its running trial failed (so a resumed sweep
@@ -171,6 +193,16 @@ def launch_workers(plan: SweepPlan, logs: Path, deadline: float | None) -> list[
     return _launch_jobs(plan, plan.cfg.launcher, deadline)
 
 
+def launch_held_workers(plan: SweepPlan, logs: Path, deadline: float | None) -> list[LocalWorker]:
+    """Start the local workers before the sweep is checked and its study exists: each imports
+    and loads what a trial needs (seconds of a worker's start) while the sweep checks, then waits
+    for `go()`; a sweep that stops first ends them with `discard()`. None for cluster jobs, which
+    are submitted once the sweep may start."""
+    if plan.cfg.launcher.name != "local":
+        return []
+    return _launch_local(plan, _local_slots(plan), logs, deadline, held=True)
+
+
 def _local_slots(plan: SweepPlan) -> list[Slot]:
     return plan_slots(plan.cfg.sweep, visible_gpus(), usable_cores())
 
@@ -181,19 +213,21 @@ def _job_count(launcher: DictConfig) -> int:
     return jobs
 
 
-def _launch_local(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: float | None) -> list[WorkerHandle]:
+def _launch_local(
+    plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: float | None, held: bool = False
+) -> list[LocalWorker]:
     logs.mkdir(parents=True, exist_ok=True)
-    workers: list[WorkerHandle] = []
+    workers: list[LocalWorker] = []
     for slot in slots:
         log = logs / f"worker-{slot.index}.log"
-        command, sweep = worker_command(plan, slot.index, deadline)
+        command, sweep = worker_command(plan, slot.index, deadline, held)
         with open(log, "ab") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
                 command,
                 env={**os.environ, **slot.env(), **sweep},
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if held else subprocess.DEVNULL,  # a held worker waits for "go" there
             )
         workers.append(LocalWorker(f"worker {slot.index} ({slot.label})", log, process))
     return workers

@@ -70,6 +70,8 @@ __all__ = [
     "next_move",
     "open_study",
     "plan_sweep",
+    "quick_checks",
+    "validate_plan",
 ]
 
 DIRECTIONS = ("minimize", "maximize")
@@ -508,22 +510,36 @@ def plan_sweep(
         cfg, command_line, tuple(base), config_dirs, space, objectives, storage, name, n_trials,
         timeout, max_failures, definition, allow_changes, fuse,
     )  # fmt: skip
-    if validate:  # the quick checks first; composing the space's edges takes a second or two
-        make_sampler(cfg, space)
-        make_pruner(cfg)
-        trainer = load_trainer(cfg)
-        if fuse > 1 and not callable(getattr(trainer, "train_many", None)):
-            raise ConfigError(
-                f"sweep.fuse: {fuse}, but sweep.trainer {cfg.sweep.trainer!r} has no train_many(cfgs, reporters) "
-                f"to train trials together; set sweep.fuse=1."
-            )
-        setting = "sweep.objectives" if objectives.several else "train.objective"
-        check_objectives(objectives, tuple(trainer.available_metrics(cfg)), setting)
-        validate_space(space, base, config_dirs)
-        if storage.path is None:  # a database server: reachable now, before anything is recorded
-            storage.open()
-        check_trial(trainer, space, base, config_dirs)
+    if validate:
+        quick_checks(plan)
+        validate_plan(plan)
     return plan
+
+
+def quick_checks(plan: SweepPlan) -> None:
+    """The checks that take milliseconds (the sampler's and the pruner's settings): they come
+    before anything slow, so a typo fails at once."""
+    make_sampler(plan.cfg, plan.space)
+    make_pruner(plan.cfg)
+
+
+def validate_plan(plan: SweepPlan) -> None:
+    """The checks that take seconds: the trainer's metrics, a trial composed at every edge of the
+    space, a database server reached, and one trial built with the trainer's own checks.
+    `sweeper sweep` runs them while its workers start."""
+    cfg, objectives = plan.cfg, plan.objectives
+    trainer = load_trainer(cfg)
+    if plan.fuse > 1 and not callable(getattr(trainer, "train_many", None)):
+        raise ConfigError(
+            f"sweep.fuse: {plan.fuse}, but sweep.trainer {cfg.sweep.trainer!r} has no train_many(cfgs, reporters) "
+            f"to train trials together; set sweep.fuse=1."
+        )
+    setting = "sweep.objectives" if objectives.several else "train.objective"
+    check_objectives(objectives, tuple(trainer.available_metrics(cfg)), setting)
+    validate_space(plan.space, plan.overrides, plan.config_dirs)
+    if plan.storage.path is None:  # a database server: reachable now, before anything is recorded
+        plan.storage.open()
+    check_trial(trainer, plan.space, plan.overrides, plan.config_dirs)
 
 
 def check_trial(trainer: Any, space: SearchSpace, base: Sequence[str], config_dirs: Sequence[str]) -> None:

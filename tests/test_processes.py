@@ -344,3 +344,19 @@ def test_a_results_dir_that_cannot_be_written_stops_in_one_line_before_anything_
     assert err.startswith(f"sweeper {command}: error: results_dir: cannot write") and len(err.splitlines()) == 1, err
     assert problem in err and "set results_dir=PATH" in err
     assert sorted(tmp_path.rglob("*")) == before  # nothing written, not even a folder
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        (["train.objective=f1"], "train.objective"),  # the trainer's metrics
+        (["model.groups=[nope]"], "model.groups"),  # one trial built with the trainer's checks
+    ],
+)
+def test_a_check_that_fails_while_the_workers_start_ends_them_and_writes_nothing(sweeper_cli, tmp_path, overrides, setting):
+    """`sweeper sweep` starts its workers held, then checks the sweep; a check that fails then ends
+    them and removes their logs and the folders made for them."""
+    done = sweeper_cli("sweep", "sweep.workers=2", *overrides)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"sweeper sweep: error: {setting}:"), done.stderr
+    assert not any(tmp_path.iterdir())  # no log, no results folder

@@ -27,10 +27,19 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.mlflow_store import check_server
-from sweeper.launchers import WorkerHandle, check_launcher, launch_workers
+from sweeper.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
 from sweeper.live import LiveView, WorkerNotes, read_progress, sampled
 from sweeper.search import error_line
-from sweeper.study import SweepPlan, check_definition, count_trials, existing_study, open_study, plan_sweep
+from sweeper.study import (
+    SweepPlan,
+    check_definition,
+    count_trials,
+    existing_study,
+    open_study,
+    plan_sweep,
+    quick_checks,
+    validate_plan,
+)
 from sweeper.tracking import prepare_sweep
 
 EXIT_INCOMPLETE = 1
@@ -43,33 +52,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = plan_sweep(args.overrides, args.config_dir)
+    plan = plan_sweep(args.overrides, args.config_dir, validate=False)
+    quick_checks(plan)
     check_launcher(plan)
     if args.dry_run:
+        validate_plan(plan)
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in plan.space.describe()))
         return 0
-    check_server(plan.cfg)  # unreachable: said before anything is written here
-    # Under the sweep's claim: two commands started at once make one study and one parent run.
-    with plan.storage.claim(plan.name):
-        # A sweep of this name with another definition is refused before anything is written.
-        existing = existing_study(plan)
-        if existing is not None:
-            check_definition(existing, plan)
-        # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
-        records = prepare_sweep(plan.cfg, plan.name, existing)
-        study = open_study(plan, create=True)
-    # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
-    study.set_user_attr("tracking", records.location())
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
+    deadline = time.time() + plan.timeout if plan.timeout else None
+    # The workers start now, while the sweep is checked and its stores made (seconds each, side
+    # by side); they wait for its word. A check that fails ends them, and leaves nothing written.
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
+    held = launch_held_workers(plan, folder, deadline)
+    try:
+        records, study = _begin(plan)
+    except BaseException:
+        _discard(held, made)
+        raise
     before = count_trials(study)
     finished = before.finished
     interrupted = False
     if finished >= plan.n_trials:
+        _discard(held, made)
         print(f"sweep {plan.name} already has {finished} finished trials; raise sweep.n_trials to run more.")
     else:
         try:
-            interrupted = _run_workers(study, plan, folder)
+            interrupted = _run_workers(study, plan, folder, deadline, held)
         except KeyboardInterrupt:  # a second Ctrl-C while the workers stop
             interrupted = True
     audit = records.audit(study)  # runs left RUNNING by stopped workers ended; lost records found
@@ -83,6 +93,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep {plan.name}: interrupted; run the same command again to resume it.")
         return EXIT_INTERRUPTED
     return code
+
+
+def _begin(plan: SweepPlan) -> tuple[Any, optuna.Study]:
+    """Check the sweep (the slow checks), then make or resume its study and its MLflow run."""
+    validate_plan(plan)
+    check_server(plan.cfg)  # unreachable: said before anything is written here
+    # Under the sweep's claim: two commands started at once make one study and one parent run.
+    with plan.storage.claim(plan.name):
+        # A sweep of this name with another definition is refused before anything is written.
+        existing = existing_study(plan)
+        if existing is not None:
+            check_definition(existing, plan)
+        # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
+        records = prepare_sweep(plan.cfg, plan.name, existing)
+        study = open_study(plan, create=True)
+    # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
+    study.set_user_attr("tracking", records.location())
+    return records, study
+
+
+def _discard(held: list[LocalWorker], made: list[Path]) -> None:
+    """End the held workers of a sweep that stops before it begins, and remove the folders made
+    for their logs (those that are empty now: a store made meanwhile stays)."""
+    for worker in held:
+        worker.discard()
+    for path in made:  # the deepest first
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 def _finish(records: Any, study: optuna.Study, plan: SweepPlan, status: str) -> Path | None:
@@ -99,10 +139,12 @@ def _finish(records: Any, study: optuna.Study, plan: SweepPlan, status: str) -> 
         return None
 
 
-def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path) -> bool:
-    """Start the workers and follow them to the end; True when Ctrl-C stopped them early."""
-    deadline = time.time() + plan.timeout if plan.timeout else None
-    workers = launch_workers(plan, folder, deadline)
+def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path, deadline: float | None, held: list[LocalWorker]) -> bool:
+    """Let the held workers go (or launch the cluster's jobs now) and follow them to the end;
+    True when Ctrl-C stopped them early."""
+    for worker in held:
+        worker.go()
+    workers = held or launch_workers(plan, folder, deadline)
     interrupted = False
     try:
         _watch(study, plan, workers)

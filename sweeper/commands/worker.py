@@ -16,10 +16,13 @@ runs again when the sweep resumes); it exits 130 or 143, as a shell reports the 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
+from omegaconf import OmegaConf
+
 from sweeper.launchers import SweepArguments, end_with_parent
-from sweeper.study import plan_sweep
+from sweeper.study import SweepPlan, load_trainer, plan_sweep
 from sweeper.workers import StopRequest, run_worker
 
 
@@ -27,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", type=int, default=0, help="worker index: offsets the sampler's seed (default 0)")
     parser.add_argument("--deadline", type=float, help="start no trial after this time.time() (default: now + sweep.timeout)")
     parser.add_argument("--no-validate", action="store_true", help="skip the checks `sweeper sweep` already ran")
+    parser.add_argument("--held", action="store_true", help=argparse.SUPPRESS)  # `sweeper sweep`'s: wait for "go" on stdin
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = [*sweep.overrides, *args.overrides]
         args.config_dir = [*sweep.config_dirs, *args.config_dir]
     plan = plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
+    if args.held and not wait_for_go(plan):
+        return 0  # the sweep stopped before it began (it says why)
     deadline = args.deadline
     if deadline is None and plan.timeout is not None:
         deadline = time.time() + plan.timeout
@@ -50,3 +56,13 @@ def run(args: argparse.Namespace) -> int:
         return stop.exit_code
     print(f"worker {args.index}: ran {ran} trial(s) of sweep {plan.name}")
     return 0
+
+
+def wait_for_go(plan: SweepPlan) -> bool:
+    """A worker `sweeper sweep` started before checking the sweep: load what its trials need
+    (the trainer, MLflow) while the sweep checks, then wait for the word on stdin: "go" once the
+    study exists; end of input if the sweep stopped (or died) first."""
+    load_trainer(plan.cfg)
+    if OmegaConf.select(plan.cfg, "tracking.enabled", default=False):
+        import mlflow  # noqa: F401 - imported now, not at the first trial
+    return sys.stdin.readline().strip() == "go"
