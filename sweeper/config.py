@@ -16,6 +16,7 @@ Overrides are Hydra's, with two readings of ours (`hydra_overrides`), the same o
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
@@ -94,6 +96,37 @@ def compose_config(
         raise ConfigError(_composition_error(error)) from None
     except yaml.MarkedYAMLError as error:  # a config file of the user's that is not YAML
         raise ConfigError(_yaml_error(error)) from None
+
+
+class ComposedConfigs:
+    """compose_config for many override lists that share their config group choices (a search
+    space's edges: `lr=fastai lr.high=...` at either end): the config is composed once per set of
+    group choices, and the overrides that set a value are applied to a copy of it by Hydra's own
+    ConfigLoaderImpl._apply_overrides_to_config, which compose applies them with (the same
+    checks, the same messages). A composition costs ~0.1 s; a copy and its values ~5 ms."""
+
+    def __init__(self, config_dirs: Iterable[str | os.PathLike] = ()) -> None:
+        self.config_dirs = list(config_dirs)
+        self._composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def compose(self, overrides: Iterable[str]) -> DictConfig:
+        overrides = hydra_overrides(overrides)
+        # A dotted key sets a value; anything else (a group choice, +group=, ~group) needs composing.
+        values = [o for o in overrides if _sets_a_value(o)]
+        choices = tuple(o for o in overrides if not _sets_a_value(o))
+        if choices not in self._composed:
+            self._composed[choices] = compose_config(choices, self.config_dirs)
+        cfg = copy.deepcopy(self._composed[choices])
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(_parser().parse_overrides(values), cfg)
+        except HydraException as error:
+            raise ConfigError(_composition_error(error)) from None
+        return cfg
+
+
+def _sets_a_value(override: str) -> bool:
+    key = override.split("=", 1)[0]
+    return "." in key and not key.startswith(("+", "~")) and "/" not in key and "@" not in key
 
 
 @functools.cache

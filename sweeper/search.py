@@ -49,7 +49,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from sweeper.config import ConfigError, build_shape, compose_config, hydra_overrides, lr_given, parse_override
+from sweeper.config import ComposedConfigs, ConfigError, build_shape, hydra_overrides, lr_given, parse_override
 from sweeper.settings import is_number
 from sweeper.shapes import ShapeError
 from sweeper.slices import STRATEGIES, SliceError, parse_lr
@@ -635,10 +635,10 @@ def validate_space(
             f"command line, or keep them fixed by removing them from the search (e.g. search=slices "
             f"keeps the shape, search=shapes keeps the slice)."
         )
-    config_dirs = list(config_dirs)
+    configs = ComposedConfigs(config_dirs)  # the edges share their group choices: composed once each
     for setting, overrides in space.edges():
         try:
-            cfg = compose_config([*base_overrides, *overrides], config_dirs)
+            cfg = configs.compose([*base_overrides, *overrides])
             parse_lr(OmegaConf.to_container(cfg.lr, resolve=True))
             build_shape(cfg.shape)
         except (HydraException, OmegaConfBaseException, ConfigError, ShapeError, SliceError) as error:

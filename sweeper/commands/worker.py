@@ -19,9 +19,9 @@ import argparse
 import sys
 import time
 
-from omegaconf import OmegaConf
-
 from sweeper.launchers import SweepArguments, end_with_parent
+from sweeper.mlflow_store import tracking_settings
+from sweeper.recorder import connect_early
 from sweeper.study import SweepPlan, load_trainer, plan_sweep
 from sweeper.workers import StopRequest, run_worker
 
@@ -61,8 +61,14 @@ def run(args: argparse.Namespace) -> int:
 def wait_for_go(plan: SweepPlan) -> bool:
     """A worker `sweeper sweep` started before checking the sweep: load what its trials need
     (the trainer, MLflow) while the sweep checks, then wait for the word on stdin: "go" once the
-    study exists; end of input if the sweep stopped (or died) first."""
+    study and the MLflow store exist (the store's client then opens in the background while the
+    first trial is composed); end of input if the sweep stopped (or died) first."""
     load_trainer(plan.cfg)
-    if OmegaConf.select(plan.cfg, "tracking.enabled", default=False):
+    settings = tracking_settings(plan.cfg)
+    if settings is not None:
         import mlflow  # noqa: F401 - imported now, not at the first trial
-    return sys.stdin.readline().strip() == "go"
+    if sys.stdin.readline().strip() != "go":
+        return False
+    if settings is not None:
+        connect_early(settings)
+    return True
