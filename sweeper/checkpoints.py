@@ -28,9 +28,11 @@ to keep the final weights.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -42,6 +44,7 @@ from omegaconf import DictConfig
 
 from sweeper.config import ConfigError
 from sweeper.events import EpochEvent, Reporter, StepEvent, TrialResult
+from sweeper.settings import is_number
 
 if TYPE_CHECKING:
 
@@ -79,11 +82,24 @@ class TrainerHook(Reporter):
 
 
 def checkpoints_on(cfg: DictConfig) -> bool:
-    """`sweep.checkpoints`, checked: whether sweep trials checkpoint at epoch ends."""
+    """`sweep.checkpoints` (and `sweep.checkpoint_every`), checked: whether sweep trials
+    checkpoint at epoch ends."""
     value = cfg.sweep.get("checkpoints", True)
     if not isinstance(value, bool):
         raise ConfigError(f"sweep.checkpoints: {value!r} must be true or false.")
+    checkpoint_every(cfg)
     return value
+
+
+def checkpoint_every(cfg: DictConfig) -> float:
+    """`sweep.checkpoint_every`, checked: the seconds of training at least between two
+    checkpoints of a trial (0: after every epoch)."""
+    value = cfg.sweep.get("checkpoint_every", 0)
+    if not is_number(value) or not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            f"sweep.checkpoint_every: {value!r} must be seconds >= 0 (0: after every epoch), e.g. sweep.checkpoint_every=30."
+        )
+    return float(value)
 
 
 # --- the file ---------------------------------------------------------------------------------
@@ -182,8 +198,10 @@ class EpochCheckpoints(TrainerHook):
     `earlier` (the checkpoints of the trials this one repeats, newest first) that holds one.
     Removes its own file, and the ones it resumed from, when the trial ends."""
 
-    def __init__(self, path: Path, earlier: Sequence[Path] = (), announce: Any = print) -> None:
+    def __init__(self, path: Path, earlier: Sequence[Path] = (), announce: Any = print, every: float = 0.0) -> None:
         self.path = Path(path)
+        self.every = every                # seconds of training at least between two checkpoints
+        self._last = time.monotonic()     # the trial's start, then its last checkpoint
         self.earlier = [Path(p) for p in earlier]
         self.announce = announce          # says where a trial resumed from (the worker's log)
         self.resumed_from: Path | None = None
@@ -192,10 +210,14 @@ class EpochCheckpoints(TrainerHook):
     def on_trial(self, trial: Trial) -> None:
         super().on_trial(trial)
         self._epochs = sum(phase.epochs for phase in trial.plan.phases)
+        self._last = time.monotonic()
 
     def after_epoch(self, result: TrialResult) -> None:
         if self.trial is None or len(result.epochs) >= self._epochs:
             return  # after the last epoch there is nothing left to resume
+        if time.monotonic() - self._last < self.every:
+            return  # a short trial loses little when it starts again: a write could cost more than its epochs
+        self._last = time.monotonic()
         try:
             save_atomically(trial_state(self.trial, result), self.path)
         except OSError as error:  # a full or read-only disk costs the resume, not the trial
@@ -244,7 +266,7 @@ def resume(hooks: Sequence[TrainerHook], result: TrialResult, reporters: Sequenc
     return len(result.epochs)
 
 
-def for_sweep_trial(results_dir: str | Path, sweep: str, trial: Any) -> EpochCheckpoints:
+def for_sweep_trial(results_dir: str | Path, sweep: str, trial: Any, every: float = 0.0) -> EpochCheckpoints:
     """The checkpoints of a sweep's Optuna trial, in results/sweeps/<sweep>/checkpoints/: its own
     file, and those of the trials it repeats (Optuna's retry history: the trial whose worker
     died, and the retries of it since), newest first, to resume from."""
@@ -256,4 +278,4 @@ def for_sweep_trial(results_dir: str | Path, sweep: str, trial: Any) -> EpochChe
     with warnings.catch_warnings():  # "experimental" in Optuna: relied on knowingly, as the retries are
         warnings.simplefilter("ignore", ExperimentalWarning)
         history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)  # the original first
-    return EpochCheckpoints(folder / f"trial-{trial.number}.pt", [folder / f"trial-{n}.pt" for n in reversed(history)])
+    return EpochCheckpoints(folder / f"trial-{trial.number}.pt", [folder / f"trial-{n}.pt" for n in reversed(history)], every=every)

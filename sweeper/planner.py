@@ -185,13 +185,15 @@ def plan_trial(
 
 
 def plan_config(
-    cfg: DictConfig | Mapping, *, steps: int, n_groups: int | None = None, lr: object = None
+    cfg: DictConfig | Mapping, *, steps: int, n_groups: int | None = None, lr: object = None, momentum: bool = True
 ) -> Plan:
     """The plan of a trial of `cfg` with `steps` training batches over all its epochs.
 
     `n_groups` is the model's number of layer groups when the caller has split it (the
     trainer); by default it is counted from the config (`count_groups`). `lr`, any form
-    `sweeper.slices.parse_lr` reads, stands in for the config's lr.
+    `sweeper.slices.parse_lr` reads, stands in for the config's lr. `momentum=False` leaves
+    the optimizer's momentum unasked (whether it is 0 may mean importing the optimizer, torch
+    with it): for a plan whose lrs alone are read, as the sweep's report reads them.
     """
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     spec = parse_lr(_plain(cfg.lr) if lr is None else lr)
@@ -202,7 +204,7 @@ def plan_config(
         epochs=cfg.train.epochs,
         freeze_epochs=cfg.train.get("freeze_epochs", 0),
         steps=steps,
-        momentum_off=optimizer_momentum_off(cfg.optimizer),
+        momentum_off=momentum and optimizer_momentum_off(cfg.optimizer),
     )
 
 

@@ -311,7 +311,7 @@ def _planned_schedule(overrides: Sequence[str], steps: int = 200) -> list[list[f
     from sweeper.planner import plan_config, whole_epoch_steps
 
     cfg = compose_config(overrides)
-    return plan_config(cfg, steps=whole_epoch_steps(cfg, steps)).lrs.T.tolist()
+    return plan_config(cfg, steps=whole_epoch_steps(cfg, steps), momentum=False).lrs.T.tolist()
 
 
 def _recorded_schedule(run_id: str, curves: Callable[[str, str], list[tuple[int, float]]]) -> list[list[float]]:

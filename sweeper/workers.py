@@ -38,7 +38,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimi
 from optuna.trial import TrialState
 
 from sweeper.boundary import FusingTrainer, trial_spec
-from sweeper.checkpoints import checkpoints_on, for_sweep_trial
+from sweeper.checkpoints import checkpoint_every, checkpoints_on, for_sweep_trial
 from sweeper.config import compose_config
 from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 from sweeper.saved_models import best_in_study, keepers, save_model_setting
@@ -207,7 +207,7 @@ def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan, o
         best = lambda result: best_in_study(trial.study, plan.objectives.directions, plan.objectives.values(result))  # noqa: E731
         reporters += [*keepers(save_model_setting(plan.cfg), recorder, best), recorder]  # weights before the run ends
     if checkpoints_on(plan.cfg):
-        reporters.append(for_sweep_trial(plan.cfg.results_dir, plan.name, trial))
+        reporters.append(for_sweep_trial(plan.cfg.results_dir, plan.name, trial, checkpoint_every(plan.cfg)))
     return reporters
 
 

@@ -117,6 +117,16 @@ def test_without_a_checkpoint_the_retried_trial_starts_from_its_first_step(trial
     assert result_curves(result) == result_curves(trained(cfg, [])[0])
 
 
+@pytest.mark.parametrize(("every", "writes"), [(0, 2), (3600, 0)])
+def test_a_trial_checkpoints_once_its_training_since_the_last_one_reaches_checkpoint_every(trial_config, tmp_path, monkeypatch, every, writes):
+    """3 epochs: after the first two (none after the last); none while less than `every` seconds
+    of training went by (a short trial starts again at less cost than its writes)."""
+    written = []
+    monkeypatch.setattr("sweeper.checkpoints.save_atomically", lambda payload, path: written.append(payload))
+    result = run(prepare(trial_config(*SMALL, "train.epochs=3")), [EpochCheckpoints(tmp_path / "trial-0.pt", every=every)])
+    assert result.status == "finished" and len(written) == writes
+
+
 def test_a_checkpoint_holds_plain_tensors_and_is_written_atomically(tmp_path):
     path = tmp_path / "trial-0.pt"
     save_atomically({"format": 1, "weights": torch.arange(3.0)}, path)
@@ -160,6 +170,7 @@ REAL = [
     "sampler.seed=0", "sweep.trainer=conftest.GatedTrainer", "sweep.workers=2", "sweep.n_trials=2",
     # a live trial beats every second and counts as dead after 10 s without
     "storage.heartbeat_interval=1", "storage.grace_period=10",
+    "sweep.checkpoint_every=0",  # after every epoch: these trials take a second
 ]  # fmt: skip
 
 

@@ -118,7 +118,11 @@ def test_export_refuses_an_artifact_that_is_not_plain_tensors_without_running_it
 
 @pytest.mark.parametrize(
     "setting, named",
-    [("tracking.save_model=sometimes", "tracking.save_model"), ("sweep.checkpoints=maybe", "sweep.checkpoints")],
+    [
+        ("tracking.save_model=sometimes", "tracking.save_model"),
+        ("sweep.checkpoints=maybe", "sweep.checkpoints"),
+        ("sweep.checkpoint_every=-1", "sweep.checkpoint_every"),
+    ],
 )
 def test_a_bad_setting_stops_train_and_sweep_in_one_line_with_nothing_written(sweeper_cli, tmp_path, setting, named):
     for command in (["train", *SMALL, setting], ["sweep", *SMALL, setting, "--dry-run"]):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import shlex
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -145,6 +146,9 @@ def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path, deadline: f
     for worker in held:
         worker.go()
     workers = held or launch_workers(plan, folder, deadline)
+    # The report's libraries load while the trials run (this process mostly waits meanwhile),
+    # not after the last trial, where the user waits for them.
+    threading.Thread(target=_load_report_libraries, name="report imports", daemon=True).start()
     interrupted = False
     try:
         _watch(study, plan, workers)
@@ -159,6 +163,13 @@ def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path, deadline: f
     gc.collect()
     _stop(workers)
     return interrupted
+
+
+def _load_report_libraries() -> None:
+    import optuna.importance  # noqa: F401 - scikit-learn comes with it
+    import optuna.visualization.matplotlib  # noqa: F401
+
+    import sweeper.report  # noqa: F401 - pandas and matplotlib
 
 
 def _stop(workers: list[WorkerHandle]) -> None:
