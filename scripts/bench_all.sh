@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Every benchmark table under results/bench/ with its default settings: about 12 minutes on
-# 2 CPU cores (storage, trainer, tracking, sweep, pruning, scaling, in that order).
+# Every CPU benchmark table under results/bench/ with its default settings (storage, trainer,
+# tracking, sweep, pruning, scaling, checkpoints, fused, end_to_end, in that order); it prints
+# the time it took.
 #
 #   bash scripts/bench_all.sh                      # writes results/bench/*.md, *.csv, pruning.png
 #   bash scripts/bench_all.sh --quick --out-dir /tmp/bench   # smallest settings: a smoke run
 #
 # GPU figures (not run here): .venv/bin/python scripts/bench_trainer.py --device cuda and
-# .venv/bin/python scripts/bench_scaling.py --device cuda --no-tracking --workers 1 2 4 8
+# .venv/bin/python scripts/bench_scaling.py --device cuda --no-tracking --workers 1 2 4 8,
+# bash scripts/bench_fused_gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +30,7 @@ fi
 started=$SECONDS
 echo "== storage"
 .venv/bin/python scripts/bench_storage.py "${storage[@]}" --out "$out/storage.md"
-for name in trainer tracking sweep pruning scaling; do
+for name in trainer tracking sweep pruning scaling checkpoints fused end_to_end; do
   echo "== $name"
   .venv/bin/python "scripts/bench_$name.py" "${quick[@]}" --out-dir "$out"
 done

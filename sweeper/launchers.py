@@ -119,6 +119,7 @@ class LocalWorker:
     label: str
     log: Path
     process: subprocess.Popen
+    log_size: int | None = None     # the log's size before this worker (None: it is new), kept whole by discard()
 
     def poll(self) -> int | None:
         return self.process.poll()
@@ -134,13 +135,16 @@ class LocalWorker:
             pass
 
     def discard(self) -> None:
-        """End a held worker of a sweep that stops before it begins, and remove its log: it has
-        touched no store, so killing it loses nothing."""
+        """End a held worker of a sweep that stops before it begins, and take back what it wrote
+        to its log (a new log is removed): it has touched no store, so killing it loses nothing."""
         self.process.kill()
         self.process.wait()
         if self.process.stdin is not None:
             self.process.stdin.close()
-        self.log.unlink(missing_ok=True)
+        if self.log_size is None:
+            self.log.unlink(missing_ok=True)
+        else:  # the log of an earlier run of the sweep: as it was
+            os.truncate(self.log, self.log_size)
 
     def stop(self) -> None:
         """Stop the worker as Ctrl-C does: it marks its running trial failed (so a resumed sweep
@@ -220,6 +224,7 @@ def _launch_local(
     workers: list[LocalWorker] = []
     for slot in slots:
         log = logs / f"worker-{slot.index}.log"
+        log_size = log.stat().st_size if log.exists() else None
         command, sweep = worker_command(plan, slot.index, deadline, held)
         with open(log, "ab") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
@@ -229,7 +234,7 @@ def _launch_local(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.PIPE if held else subprocess.DEVNULL,  # a held worker waits for "go" there
             )
-        workers.append(LocalWorker(f"worker {slot.index} ({slot.label})", log, process))
+        workers.append(LocalWorker(f"worker {slot.index} ({slot.label})", log, process, log_size))
     return workers
 
 

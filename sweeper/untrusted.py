@@ -86,6 +86,10 @@ ALLOWED_CALLABLES = frozenset(
         "sweeper.models.resnet",
         "sweeper.models.pretrained_on_digits",
         "sweeper.models.resnet_split",
+        "sweeper.vision.classifier",  # torchvision's models; a weights_path is read weights_only
+        "sweeper.groups.body_and_head",
+        "sweeper.text.sequence_classifier",  # local files only, never remote code (trust_remote_code off)
+        "sweeper.text.layer_groups",
         # data (data.source)
         "sweeper.data.digits",
         "sweeper.data.digits_classes",
@@ -93,6 +97,7 @@ ALLOWED_CALLABLES = frozenset(
         "sweeper.data.synthetic_regression",
         "sweeper.data.tensors_file",
         "sweeper.data.image_folder",
+        "sweeper.data.synthetic_tokens",
         # cycle shapes, and the functions a FunctionShape may call (shape.fn)
         *(f"sweeper.shapes.{name}" for name in _SHAPES),
         "sweeper.shapes.linear_decay",

@@ -10,9 +10,11 @@ with the real trainer, every training step's), equal to what Optuna was told.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -94,14 +96,26 @@ def wait_for(sweep: subprocess.Popen, storage: str, name: str, what: Callable[[l
     while time.time() < deadline:
         assert sweep.poll() is None, sweep.communicate()
         found = None
-        # Workers start (their logs appear) once the study exists: only then look at it, or this
-        # process would be one more creating the storage's tables.
-        if (Path(storage.removeprefix("sqlite:///")).parent / "sweeps" / name).exists():
+        # Look at the study only once it exists, or this process would be one more creating the
+        # storage's tables (workers start, and their logs appear, before it does).
+        if study_exists(storage, name):
             found = what(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
         if found:
             return found
         time.sleep(0.2)
     raise AssertionError(f"waited {timeout}s in vain")
+
+
+def study_exists(storage: str, name: str) -> bool:
+    """Whether the SQLite storage holds the study, read without creating anything."""
+    path = Path(storage.removeprefix("sqlite:///"))
+    if not path.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+    except sqlite3.OperationalError:  # its tables are not made yet, or it is being written
+        return False
 
 
 def finished(trials: list[FrozenTrial]) -> int:
