@@ -147,8 +147,10 @@ def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path, deadline: f
         worker.go()
     workers = held or launch_workers(plan, folder, deadline)
     # The report's libraries load while the trials run (this process mostly waits meanwhile),
-    # not after the last trial, where the user waits for them.
-    threading.Thread(target=_load_report_libraries, name="report imports", daemon=True).start()
+    # not after the last trial, where the user waits for them. Not a daemon: a process that ends
+    # early waits for the imports to finish rather than stopping a thread in the middle of one.
+    report_imports = threading.Thread(target=_load_report_libraries, name="report imports")
+    report_imports.start()
     interrupted = False
     try:
         _watch(study, plan, workers)
@@ -162,6 +164,9 @@ def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path, deadline: f
     # lock, which stopping workers wait on to record their trials.
     gc.collect()
     _stop(workers)
+    # Before anything here imports them too: a module two threads import at once can be seen
+    # half made (matplotlib.pyplot's circular imports).
+    report_imports.join()
     return interrupted
 
 
