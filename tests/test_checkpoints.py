@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -188,7 +189,13 @@ def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_unin
     try:
         pid = wait_for_file(gates / "held-0", sweep)
         folder = tmp_path / "results" / "sweeps" / "mlp-synthetic"
-        (checkpoint,) = (folder / "checkpoints").glob("trial-*.pt")  # the held trial's, after its first epoch
+        # The held trial's checkpoint, after its first epoch; the other trial may hold one too until
+        # it ends (its own is removed then): the held one is the file left alone.
+        deadline = time.monotonic() + 300
+        while len(found := list((folder / "checkpoints").glob("trial-*.pt"))) != 1:
+            assert time.monotonic() < deadline and sweep.poll() is None, found
+            time.sleep(0.05)
+        (checkpoint,) = found
         assert len(load_checkpoint(checkpoint)["epochs"]) == 1
         os.kill(int(pid), signal.SIGKILL)
         out, err = sweep.communicate(timeout=600)
