@@ -89,6 +89,17 @@ def test_digits_are_real_8x8_images_split_by_a_fixed_seed():
     assert not torch.equal(digits(split_seed=1).valid_y, data.valid_y)
 
 
+def test_digits_are_scikit_learn_s_load_digits_pixel_for_pixel():
+    from sklearn.datasets import load_digits
+
+    from sweeper.data import _digits_tensors
+
+    x, y = _digits_tensors()
+    reference = load_digits()
+    assert torch.equal(x, torch.tensor(reference.images, dtype=torch.float32).unsqueeze(1) / 16.0)
+    assert torch.equal(y, torch.tensor(reference.target, dtype=torch.long))
+
+
 def test_digits_classes_relabel_and_keep_a_few_training_images_per_class():
     data = digits_classes([7, 5, 9], train_per_class=4)
     assert data.train_y.tolist().count(0) == data.train_y.tolist().count(1) == data.train_y.tolist().count(2) == 4

@@ -39,10 +39,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # draws with seed + k, the same points every time; which worker runs which trial is still a race,
 # so no test here depends on the points drawn.
 STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=3", "sweep.cpu_threads=1", "sampler.seed=0"]
-# The real trainer, as small as it gets: a few batches of a generated task. The tests that pace
+# The real trainer, small: the digits (read without importing scikit-learn) in 11 batches an epoch. The tests that pace
 # its trials run it behind the test's gates (conftest.GatedTrainer, tests/ on PYTHONPATH).
 REAL = [
-    "data=synthetic", "data.source.n_samples=300", "train.batch_size=32", "train.epochs=2", "train.threads=1",
+    "data=digits", "train.batch_size=128", "train.epochs=2", "train.threads=1",
     "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none", "sampler.seed=0",
 ]  # fmt: skip
 GATED = "sweep.trainer=conftest.GatedTrainer"
@@ -271,7 +271,7 @@ def test_an_interrupted_sweep_resumes_to_exactly_n_trials(tmp_path, stand_in_swe
 
 def test_a_sweep_goes_on_while_the_mlflow_server_is_down_and_records_everything(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
-    name = "mlp-synthetic"
+    name = "mlp-digits"
     gates = tmp_path / "gates"
     # Trials 0-1 (in the order they begin) run with the server up, 2-3 once it is down, 4-5
     # once it is back: each waits at its gate until the test has done what comes before.
@@ -315,13 +315,13 @@ def test_eight_workers_share_the_embedded_stores_without_a_lock_error(tmp_path):
     sweep = start_sweep(tmp_path, *REAL, GATED, "sweep.workers=8", "sweep.n_trials=8", "train.epochs=1", env=env)
     code, out, err = finish(sweep, timeout=1200)  # about 5 minutes on 2 loaded cores
     assert code == 0, out[-3000:] + err[-3000:]
-    logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / "mlp-synthetic").glob("worker-*.log"))
+    logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / "mlp-digits").glob("worker-*.log"))
     ran = [int(n) for n in re.findall(r"worker \d+: ran (\d+) trial", logs)]
     assert ran == [1] * 8  # every worker ended well, each with one of the eight trials
     for text in (out, err, logs):
         assert "database is locked" not in text
         assert "Traceback" not in text
-    study = optuna.load_study(study_name="mlp-synthetic", storage=storage_of(tmp_path))
+    study = optuna.load_study(study_name="mlp-digits", storage=storage_of(tmp_path))
     counts = count_trials(study)
     assert counts.finished == 8 and counts.failed == 0
     assert len({t.user_attrs["worker"] for t in study.trials}) == 8
