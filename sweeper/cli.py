@@ -83,11 +83,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import OmegaConfBaseException
 
     from sweeper.config import ConfigError
-    from sweeper.groups import GroupError
     from sweeper.shapes import ShapeError
     from sweeper.slices import SliceError
 
-    return (ConfigError, SliceError, ShapeError, GroupError, HydraException, OmegaConfBaseException)
+    errors: tuple[type[BaseException], ...] = (ConfigError, SliceError, ShapeError, HydraException, OmegaConfBaseException)
+    # A GroupError comes only from a loaded sweeper.groups. Importing it just to name it would load
+    # torch (seconds) before a mistake in an override is reported.
+    groups = sys.modules.get("sweeper.groups")
+    return (*errors, groups.GroupError) if groups else errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:

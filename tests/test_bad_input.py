@@ -146,3 +146,20 @@ def test_bad_input_creates_no_study_in_a_database(name, workdir, monkeypatch, ca
     from sweeper.study import StorageSpec
 
     assert sweep not in optuna.get_all_study_names(StorageSpec(POSTGRES).open())
+
+
+# Read in a fresh interpreter: what the command loaded before it refused the input.
+LOADED_AFTER_REFUSAL = """
+import sys
+from sweeper.cli import main
+code = main(sys.argv[1:])
+print(code, sorted(m for m in ("torch", "mlflow") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [["train", "lr=abc"], ["sweep", "sweep.n_trials=true"], ["schedule", "--lr", "abc"]])
+def test_a_mistaken_override_is_reported_before_torch_or_mlflow_load(argv, workdir):
+    """The one line comes first: torch and MLflow take seconds to load, and only the work needs them."""
+    done = subprocess.run([sys.executable, "-c", LOADED_AFTER_REFUSAL, *argv], cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "2 []", done.stdout + done.stderr
+    assert len(done.stderr.splitlines()) == 1 and made_under(workdir) == []

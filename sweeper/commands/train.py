@@ -35,11 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = compose_config(args.overrides, args.config_dir)  # a mistaken override stops here, before torch loads
     import torch
 
     from sweeper.trainer import prepare, run as run_trial  # torch loads only when a trial runs
 
-    cfg = compose_config(args.overrides, args.config_dir)
     folder = output_folder(Path(cfg.results_dir) / "train", args.name)
     if cfg.train.get("threads") is None:
         cfg.train.threads = torch.get_num_threads()  # kept in config.yaml: a rerun sums in the same order
