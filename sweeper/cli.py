@@ -57,11 +57,13 @@ def _add_command_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, every subcommand with its arguments (for --help)."""
+    """The command line above the subcommands, for `sweeper`, `sweeper --help` and a mistyped
+    command: the commands and what each does. A command's own arguments come from its module,
+    loaded only when that command is named (`sweeper sweep --help`)."""
     parser = argparse.ArgumentParser(prog="sweeper", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        _add_command_arguments(subparsers.add_parser(name, help=help_text, description=help_text), name)
+        subparsers.add_parser(name, help=help_text, description=help_text)
     return parser
 
 

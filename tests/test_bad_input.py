@@ -163,3 +163,17 @@ def test_a_mistaken_override_is_reported_before_torch_or_mlflow_load(argv, workd
     done = subprocess.run([sys.executable, "-c", LOADED_AFTER_REFUSAL, *argv], cwd=workdir, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr
     assert len(done.stderr.splitlines()) == 1 and made_under(workdir) == []
+
+
+def test_sweeper_help_lists_every_command_without_loading_any(workdir):
+    """`sweeper --help` is what a new user types first: it answers at once (no command module,
+    no torch, MLflow, Optuna or matplotlib), listing each command with what it does."""
+    from sweeper.cli import COMMANDS
+
+    code = "import sys\nfrom sweeper.cli import main\ntry:\n    main(['--help'])\nfinally:\n    print(sorted(m for m in sys.modules if m.startswith(('sweeper.commands', 'torch', 'mlflow', 'optuna', 'matplotlib'))))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    *usage, loaded = done.stdout.strip().splitlines()
+    assert loaded == "[]"
+    for name, help_text in COMMANDS.items():
+        assert any(line.split()[:1] == [name] and help_text[:30] in line for line in usage), (name, usage)
