@@ -153,13 +153,13 @@ LOADED_AFTER_REFUSAL = """
 import sys
 from sweeper.cli import main
 code = main(sys.argv[1:])
-print(code, sorted(m for m in ("torch", "mlflow") if m in sys.modules))
+print(code, sorted(m for m in ("torch", "mlflow", "matplotlib") if m in sys.modules))
 """
 
 
 @pytest.mark.parametrize("argv", [["train", "lr=abc"], ["sweep", "sweep.n_trials=true"], ["schedule", "--lr", "abc"]])
-def test_a_mistaken_override_is_reported_before_torch_or_mlflow_load(argv, workdir):
-    """The one line comes first: torch and MLflow take seconds to load, and only the work needs them."""
+def test_a_mistaken_override_is_reported_before_torch_mlflow_or_matplotlib_load(argv, workdir):
+    """The one line comes first: torch, MLflow and matplotlib take seconds to load, and only the work needs them."""
     done = subprocess.run([sys.executable, "-c", LOADED_AFTER_REFUSAL, *argv], cwd=workdir, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr
     assert len(done.stderr.splitlines()) == 1 and made_under(workdir) == []

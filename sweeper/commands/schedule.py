@@ -23,7 +23,6 @@ from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, build_shape, compose_config
 from sweeper.planner import Plan, plan_config, whole_epoch_steps
-from sweeper.plots import plot_schedule
 from sweeper.slices import parse_lr
 
 DEFAULT_STEPS = 100
@@ -70,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     shown = [r for r in rows if r["step"] % args.every == 0 or r["step"] == steps - 1]
     plot = None
     if not args.no_plot:
+        from sweeper.plots import plot_schedule  # matplotlib (~1 s) loads only for a plot
+
         plot = args.plot or Path(cfg.results_dir) / f"schedule-{shape.name}.png"
         plot_schedule(plan, plot, title=f"lr={spec.describe()}, {shape.name}" + _phases_note(plan))
     if args.json:
