@@ -39,8 +39,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # draws with seed + k, the same points every time; which worker runs which trial is still a race,
 # so no test here depends on the points drawn.
 STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=3", "sweep.cpu_threads=1", "sampler.seed=0"]
-# The real trainer, small: the digits (read without importing scikit-learn) in 11 batches an epoch. The tests that pace
-# its trials run it behind the test's gates (conftest.GatedTrainer, tests/ on PYTHONPATH).
+# The real trainer, small: the digits in 11 batches an epoch. The tests that pace its trials run
+# it behind the test's gates (conftest.GatedTrainer, tests/ on PYTHONPATH).
 REAL = [
     "data=digits", "train.batch_size=128", "train.epochs=2", "train.threads=1",
     "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none", "sampler.seed=0",
