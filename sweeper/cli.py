@@ -88,11 +88,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sweeper.shapes import ShapeError
     from sweeper.slices import SliceError
 
-    errors: tuple[type[BaseException], ...] = (ConfigError, SliceError, ShapeError, HydraException, OmegaConfBaseException)
-    # A GroupError comes only from a loaded sweeper.groups. Importing it just to name it would load
-    # torch (seconds) before a mistake in an override is reported.
-    groups = sys.modules.get("sweeper.groups")
-    return (*errors, groups.GroupError) if groups else errors
+    # sweeper.groups' GroupError is a ConfigError: naming it here would load torch (seconds)
+    # before a mistake in an override is reported.
+    return (ConfigError, SliceError, ShapeError, HydraException, OmegaConfBaseException)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

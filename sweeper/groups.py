@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
+from sweeper.config import ConfigError
+
 __all__ = ["GroupError", "LayerGroups", "body_and_head", "split_groups"]
 
 # One layer group: (qualified parameter name, parameter) pairs in model order.
@@ -29,8 +31,9 @@ LayerGroup = list[tuple[str, nn.Parameter]]
 LayerGroups = list[LayerGroup]
 
 
-class GroupError(ValueError):
-    """A layer-group split that does not cover the model exactly once."""
+class GroupError(ConfigError):
+    """A layer-group split that does not cover the model exactly once (a config that cannot run,
+    reported as the others are: one line, exit 2)."""
 
 
 def split_groups(model: nn.Module, spec: object = None) -> LayerGroups:

@@ -135,16 +135,23 @@ class Gates:
         self.wait(release.exists, "the file release", stop=lambda: any(s.requested for s in stops))
 
 
-def wait_for_file(path: Path, process: subprocess.Popen | None = None, timeout: float = 300) -> str:
-    """Wait until a worker has written `path` (a gate file: created, then its pid written in
-    it); return its text. `process`, when given, must still be running meanwhile."""
+def wait_until(ready: Callable[[], object], what: str, process: subprocess.Popen | None = None, timeout: float = 300):
+    """Poll `ready()` until it is truthy; return it. `process`, when given, must still be running
+    meanwhile. The timeout is a limit for hangs only."""
     deadline = time.monotonic() + timeout
-    while not (path.exists() and path.stat().st_size):
+    while not (found := ready()):
         if process is not None:
             assert process.poll() is None, process.communicate()
         if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout}s in vain for {path}")
+            raise AssertionError(f"waited {timeout}s in vain for {what}")
         time.sleep(0.05)
+    return found
+
+
+def wait_for_file(path: Path, process: subprocess.Popen | None = None, timeout: float = 300) -> str:
+    """Wait until a worker has written `path` (a gate file: created, then its pid written in
+    it); return its text. `process`, when given, must still be running meanwhile."""
+    wait_until(lambda: path.exists() and path.stat().st_size, str(path), process, timeout)
     return path.read_text()
 
 

@@ -11,13 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from conftest import RunsCodeWhenLoaded, wait_for_file, with_tests_on_path
+from conftest import RunsCodeWhenLoaded, wait_for_file, wait_until, with_tests_on_path
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from torch import nn
@@ -191,11 +190,11 @@ def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_unin
         folder = tmp_path / "results" / "sweeps" / "mlp-synthetic"
         # The held trial's checkpoint, after its first epoch; the other trial may hold one too until
         # it ends (its own is removed then): the held one is the file left alone.
-        deadline = time.monotonic() + 300
-        while len(found := list((folder / "checkpoints").glob("trial-*.pt"))) != 1:
-            assert time.monotonic() < deadline and sweep.poll() is None, found
-            time.sleep(0.05)
-        (checkpoint,) = found
+        def alone():
+            found = list((folder / "checkpoints").glob("trial-*.pt"))
+            return found if len(found) == 1 else None
+
+        (checkpoint,) = wait_until(alone, "the held trial's checkpoint alone", sweep)
         assert len(load_checkpoint(checkpoint)["epochs"]) == 1
         os.kill(int(pid), signal.SIGKILL)
         out, err = sweep.communicate(timeout=600)
