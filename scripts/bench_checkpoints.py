@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_checkpoints.py --device cuda
 
 Each model trains one trial of `--epochs` epochs on generated data (benchlib.tensor_data) with the
-trainer's own epoch checkpoints (sweeper.checkpoints.EpochCheckpoints, as a sweep's trials do), so
+trainer's own epoch checkpoints (sweeper.training.checkpoints.EpochCheckpoints, as a sweep's trials do), so
 epochs and checkpoint writes alternate in the same run: epoch, write, epoch, write, ... An epoch's
 time is from the end of one write to the end of the next epoch's reports (training and
 evaluation); a write's time is that of `after_epoch` (the state gathered, torch.save to a
@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 import benchlib
-from sweeper.checkpoints import EpochCheckpoints, load_checkpoint
-from sweeper.events import Reporter
+
+from sweeper.training.checkpoints import EpochCheckpoints, load_checkpoint
+from sweeper.trial.events import Reporter
 
 SIZES = {
     **{name: (size.overrides, size.shape) for name, size in benchlib.MODEL_SIZES.items()},
@@ -66,7 +67,7 @@ class KeepLast(Reporter):
 
 def measure(name: str, overrides: tuple[str, ...], shape: tuple[int, ...], args, folder: Path) -> dict | None:
     from sweeper.config import compose_config
-    from sweeper.trainer import train
+    from sweeper.training.trainer import train
 
     if name == "resnet18":
         try:

@@ -179,11 +179,16 @@ class Bench:
         for label, log in logs.items():
             shutil.copy(log, out / f"importtime-{label}.txt")
         parent, worker = logs["sweep"].read_text(), logs["worker-0"].read_text()
-        sections = [f"Imports (`-X importtime`, one sweep: wall {row['wall_s']:.1f} s, before the first trial {row['before_first_s']:.1f} s):"]
+        sections = [
+            f"Imports (`-X importtime`, one sweep: wall {row['wall_s']:.1f} s, before the first trial {row['before_first_s']:.1f} s):"
+        ]
         for label, text in (("the sweep's process (`sweeper sweep`)", parent), ("worker 0 (`sweeper worker`)", worker)):
             total, top = import_costs(text)
             rows = [{"import": name, "cumulative_s": seconds} for name, seconds in top[: self.args.top]]
-            sections.append(f"{label}: {total:.2f} s of imports in all; the costliest imports it made itself (with all they pulled in):\n\n" + benchlib.markdown_table(rows))
+            sections.append(
+                f"{label}: {total:.2f} s of imports in all; the costliest imports it made itself (with all they pulled in):\n\n"
+                + benchlib.markdown_table(rows)
+            )
         return "\n\n".join(sections)
 
     def profile_calls(self, out: Path) -> str:
@@ -202,8 +207,13 @@ class Bench:
         profiles = {int(p.stem): p for p in dumps.glob("*.prof")}
         worker_pid = first if first in profiles else None
         parent = [pid for pid in profiles if pid != worker_pid and not _is_worker(profiles[pid])]
-        sections = [f"Calls (cProfile of every process of one sweep: wall {row['wall_s']:.1f} s; cProfile slows Python code, so compare within a column):"]
-        chosen = (("the sweep's process", "sweep", parent[0] if parent else None), ("the worker that ran the first trial", "worker", worker_pid))
+        sections = [
+            f"Calls (cProfile of every process of one sweep: wall {row['wall_s']:.1f} s; cProfile slows Python code, so compare within a column):"
+        ]
+        chosen = (
+            ("the sweep's process", "sweep", parent[0] if parent else None),
+            ("the worker that ran the first trial", "worker", worker_pid),
+        )
         for label, name, pid in chosen:
             if pid is None:
                 sections.append(f"{label}: no profile written")
@@ -217,7 +227,7 @@ class Bench:
 
 
 # The sitecustomize of the profiled sweep: each process profiles itself from its start to its exit.
-PROFILE_HOOK = '''import os
+PROFILE_HOOK = """import os
 if os.environ.get("BENCH_E2E_PROFILE"):
     import atexit, cProfile
     _profile = cProfile.Profile()
@@ -228,7 +238,7 @@ if os.environ.get("BENCH_E2E_PROFILE"):
         _profile.dump_stats(os.path.join(os.environ["BENCH_E2E_PROFILE"], f"{os.getpid()}.prof"))
 
     atexit.register(_dump)
-'''
+"""
 
 
 def _is_worker(profile: Path) -> bool:
@@ -297,8 +307,16 @@ def main() -> None:
     parser.add_argument("--high", type=float, default=2.2, help="longest sleep (s)")
     parser.add_argument("--seed", type=int, default=0, help="of the sleeps' draw")
     parser.add_argument("--no-baseline", action="store_true", help="skip hydra-optuna-sweeper (and making its venv)")
-    parser.add_argument("--tracking", nargs="+", choices=list(SWEEPER_VARIANTS), default=list(SWEEPER_VARIANTS), help="sweeper's variants (fresh: tracking=local in a fresh directory)")
-    parser.add_argument("--profile", action="store_true", help="then profile one sweep under -X importtime and one under cProfile (two more sweeps)")
+    parser.add_argument(
+        "--tracking",
+        nargs="+",
+        choices=list(SWEEPER_VARIANTS),
+        default=list(SWEEPER_VARIANTS),
+        help="sweeper's variants (fresh: tracking=local in a fresh directory)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="then profile one sweep under -X importtime and one under cProfile (two more sweeps)"
+    )
     parser.add_argument("--hydra-venv", type=Path, default=HYDRA_VENV, help="the baseline's virtual environment (made when missing)")
     parser.add_argument("--top", type=int, default=15, help="rows of each profile table")
     args = parser.parse_args()

@@ -6,8 +6,8 @@
 
 For each model and each N, N trials of the default search (each its own slice and shape, the
 same model, data, batch size, epochs and seed) are trained two ways in this one process:
-- `alone`: one after another with `sweeper.trainer.train`, as one worker runs them;
-- `fused`: at once with `sweeper.fused.train_many`, as a worker with sweep.fuse=N runs them.
+- `alone`: one after another with `sweeper.training.trainer.train`, as one worker runs them;
+- `fused`: at once with `sweeper.training.fused.train_many`, as a worker with sweep.fuse=N runs them.
 Both include preparing the trials (data, model, plans) and every epoch's evaluation. Rounds
 interleave the two (alone, fused, alone, fused, ...) and each round's ratio is taken side by side;
 the table reports the median of those ratios. Busy fraction: the process's CPU time over its
@@ -23,6 +23,7 @@ import time
 
 import benchlib
 import torch
+
 from sweeper.config import compose_config
 
 SHAPES = ("fastai_one_cycle", "torch_one_cycle", "triangular", "warmup_cosine", "warmup_stable_decay", "constant")
@@ -33,8 +34,7 @@ def trial_configs(model: tuple[str, ...], n: int, folder: str) -> list:
     """N configs of the default search's kind: lr.high spread over its range, shapes in turn."""
     base = ["tracking=none", f"results_dir={folder}", "train.epochs=2", "train.batch_size=64", "train.device=cpu", "lr=fastai", *model]
     return [
-        compose_config([*base, f"lr.high={3e-4 * 100 ** (i / max(1, n - 1)):.3g}", f"shape={SHAPES[i % len(SHAPES)]}"])
-        for i in range(n)
+        compose_config([*base, f"lr.high={3e-4 * 100 ** (i / max(1, n - 1)):.3g}", f"shape={SHAPES[i % len(SHAPES)]}"]) for i in range(n)
     ]
 
 
@@ -48,11 +48,17 @@ def timed(work) -> tuple[float, float]:
 
 def main() -> None:
     parser = benchlib.parser(__doc__)
-    parser.add_argument("--largest", type=int, nargs=2, default=(64, 64), metavar=("MLP", "CNN"),
-                        help="the largest N for each model (the CNN's alone runs grow with N)")
+    parser.add_argument(
+        "--largest",
+        type=int,
+        nargs=2,
+        default=(64, 64),
+        metavar=("MLP", "CNN"),
+        help="the largest N for each model (the CNN's alone runs grow with N)",
+    )
     args = parser.parse_args()
-    from sweeper.fused import prepare_many, run_many, train_many
-    from sweeper.trainer import train
+    from sweeper.training.fused import prepare_many, run_many, train_many
+    from sweeper.training.trainer import train
 
     torch.set_num_threads(1)  # one worker's share of the 2-core machine: one core
     sizes = (1, 4) if args.quick else (1, 4, 16, 64)
@@ -65,8 +71,8 @@ def main() -> None:
             train_many(cfgs[:2]), train(cfgs[0])  # warm: imports, the data file
             alone, fused = [], []
             for round_index in range(rounds):
-                alone.append(timed(lambda: [benchlib.check_finished(train(c), "alone") for c in cfgs]))
-                fused.append(timed(lambda: [benchlib.check_finished(r, "fused") for r in train_many(cfgs)]))
+                alone.append(timed(lambda cfgs=cfgs: [benchlib.check_finished(train(c), "alone") for c in cfgs]))
+                fused.append(timed(lambda cfgs=cfgs: [benchlib.check_finished(r, "fused") for r in train_many(cfgs)]))
                 print(f"{name} N={n} round {round_index + 1}: alone {alone[-1][0]:.2f}s, fused {fused[-1][0]:.2f}s", flush=True)
             ratio = benchlib.median(benchlib.ratios([a for a, _ in alone], [f for f, _ in fused]))
             rows.append({
@@ -96,9 +102,13 @@ def main() -> None:
         "Each trial: digits, 2 epochs of batch 64 (42 steps), one torch thread; `alone` runs the trials one after "
         "another in one process, as one worker; `fused` trains them as one stacked model (sweep.fuse=N).",
     ]
-    cost = "## A stopped member: masked or dropped\n\n" + benchlib.markdown_table(cost_rows) + (
-        "\n\nA fused run drops a stopped member's rows from the stack: a step then costs what a step of the "
-        "smaller stack costs; masking (computing it on, its update thrown away) would keep the full cost."
+    cost = (
+        "## A stopped member: masked or dropped\n\n"
+        + benchlib.markdown_table(cost_rows)
+        + (
+            "\n\nA fused run drops a stopped member's rows from the stack: a step then costs what a step of the "
+            "smaller stack costs; masking (computing it on, its update thrown away) would keep the full cost."
+        )
     )
     benchlib.publish(args.out_dir, "fused", "Fused trials against one trial per worker", rows, notes=notes, sections=[cost])
 

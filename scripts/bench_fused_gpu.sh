@@ -15,8 +15,8 @@ import time
 import benchlib
 import torch
 from sweeper.config import compose_config
-from sweeper.fused import train_many
-from sweeper.trainer import train
+from sweeper.training.fused import train_many
+from sweeper.training.trainer import train
 
 assert torch.cuda.is_available(), "no GPU visible: this script measures fused trials on a GPU"
 SHAPES = ("fastai_one_cycle", "torch_one_cycle", "triangular", "warmup_cosine", "warmup_stable_decay", "constant")

@@ -5,7 +5,7 @@
 Each sweep is the default one (MLP on digits, 6 epochs a trial, the slices_and_shapes search,
 TPE) with the same number of trials and the sampler seeded; only the pruner differs:
 `pruner=none`, `pruner=median`, `pruner=successive_halving` (their configs' settings). A sweep
-runs one worker loop (`sweeper.workers.run_worker`, in-process, on a SQLite study) so trials
+runs one worker loop (`sweeper.sweep.workers.run_worker`, in-process, on a SQLite study) so trials
 end in trial order and a seed gives the same sweep again; sweeps run side by side, one per core.
 
 Written: pruning.csv (one row per sweep), pruning_curves.csv (best-so-far after every trial)
@@ -30,15 +30,22 @@ def run_pruned_sweep(job: tuple[str, int, int, int, str]) -> list[dict]:
     import optuna
     from optuna.trial import TrialState
 
-    from sweeper.study import open_study, plan_sweep
-    from sweeper.workers import run_worker
+    from sweeper.sweep.study import open_study, plan_sweep
+    from sweeper.sweep.workers import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner, seed, trials, epochs, folder = job
     overrides = [
-        f"pruner={pruner}", f"sampler.seed={seed}", f"train.seed={seed}", f"train.epochs={epochs}",
-        f"sweep.n_trials={trials}", "train.threads=1", "train.device=cpu", "tracking=none",
-        f"results_dir={folder}/{pruner}-{seed}", "sweep.name=bench",
+        f"pruner={pruner}",
+        f"sampler.seed={seed}",
+        f"train.seed={seed}",
+        f"train.epochs={epochs}",
+        f"sweep.n_trials={trials}",
+        "train.threads=1",
+        "train.device=cpu",
+        "tracking=none",
+        f"results_dir={folder}/{pruner}-{seed}",
+        "sweep.name=bench",
     ]
     plan = plan_sweep(overrides)
     study = open_study(plan, create=True)
@@ -51,10 +58,18 @@ def run_pruned_sweep(job: tuple[str, int, int, int, str]) -> list[dict]:
         cumulative += trained
         if trial.state == TrialState.COMPLETE and (math.isnan(best) or trial.value > best):  # accuracy: up
             best = trial.value
-        rows.append({
-            "pruner": pruner, "seed": seed, "trial": trial.number, "state": trial.state.name.lower(),
-            "epochs": trained, "cumulative_epochs": cumulative, "best_so_far": best, "sweep_s": seconds,
-        })
+        rows.append(
+            {
+                "pruner": pruner,
+                "seed": seed,
+                "trial": trial.number,
+                "state": trial.state.name.lower(),
+                "epochs": trained,
+                "cumulative_epochs": cumulative,
+                "best_so_far": best,
+                "sweep_s": seconds,
+            }
+        )
     return rows
 
 
@@ -69,19 +84,21 @@ def summarise(curves: dict[tuple[str, int], list[dict]]) -> list[dict]:
     for (pruner, seed), curve in curves.items():
         last = curve[-1]
         unpruned = curves.get(("none", seed))
-        rows.append({
-            "pruner": pruner,
-            "seed": seed,
-            "trials": len(curve),
-            "pruned": sum(row["state"] == "pruned" for row in curve),
-            "epochs": last["cumulative_epochs"],
-            "best": last["best_so_far"],
-            # NaN (no complete trial) equals nothing: then there is no epoch of the best
-            "epochs_to_best": next((r["cumulative_epochs"] for r in curve if r["best_so_far"] == last["best_so_far"]), float("nan")),
-            "none_best_at_same_epochs": best_at(unpruned, last["cumulative_epochs"]) if unpruned else float("nan"),
-            "epochs_vs_none": last["cumulative_epochs"] / unpruned[-1]["cumulative_epochs"] if unpruned else float("nan"),
-            "sweep_s": last["sweep_s"],
-        })
+        rows.append(
+            {
+                "pruner": pruner,
+                "seed": seed,
+                "trials": len(curve),
+                "pruned": sum(row["state"] == "pruned" for row in curve),
+                "epochs": last["cumulative_epochs"],
+                "best": last["best_so_far"],
+                # NaN (no complete trial) equals nothing: then there is no epoch of the best
+                "epochs_to_best": next((r["cumulative_epochs"] for r in curve if r["best_so_far"] == last["best_so_far"]), float("nan")),
+                "none_best_at_same_epochs": best_at(unpruned, last["cumulative_epochs"]) if unpruned else float("nan"),
+                "epochs_vs_none": last["cumulative_epochs"] / unpruned[-1]["cumulative_epochs"] if unpruned else float("nan"),
+                "sweep_s": last["sweep_s"],
+            }
+        )
     return rows
 
 
@@ -97,8 +114,11 @@ def plot(curves: dict[tuple[str, int], list[dict]], path: Path) -> None:
     seeds = sorted({seed for _, seed in curves})
     for (pruner, seed), curve in curves.items():
         axes.step(
-            [row["cumulative_epochs"] for row in curve], [row["best_so_far"] for row in curve], where="post",
-            color=colours.get(pruner), linestyle=styles[seeds.index(seed) % len(styles)],
+            [row["cumulative_epochs"] for row in curve],
+            [row["best_so_far"] for row in curve],
+            where="post",
+            color=colours.get(pruner),
+            linestyle=styles[seeds.index(seed) % len(styles)],
             label=f"{pruner}, seed {seed}",
         )
     axes.set_xlabel("epochs trained, all trials so far")
@@ -120,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.pruners, args.seeds, args.trials, args.epochs = ["none", "median"], [0], 5, 3
-    from sweeper.workers import usable_cores
+    from sweeper.sweep.workers import usable_cores
 
     with tempfile.TemporaryDirectory() as folder:
         jobs = [(pruner, seed, args.trials, args.epochs, folder) for seed in args.seeds for pruner in args.pruners]

@@ -26,7 +26,7 @@ ROUNDS = 2
 
 
 def measure(workers: int, base: list[str], args, folder: Path) -> dict:
-    from sweeper.study import count_trials
+    from sweeper.sweep.study import count_trials
 
     per_device = f"sweep.workers_per_device={workers}" if args.device.startswith("cuda") else f"sweep.workers={workers}"
     run = benchlib.run_sweep([*base, per_device, f"results_dir={folder}"], folder)
@@ -62,9 +62,14 @@ def main() -> None:
         folder = Path(tmp)
         size = benchlib.MODEL_SIZES[args.model]
         base = [
-            *size.overrides, *benchlib.tensor_data(folder, size.shape, args.epoch_steps * 64, 1024),
-            f"train.epochs={args.epochs}", "train.batch_size=64", f"train.device={args.device}", "pruner=none",
-            f"sweep.n_trials={args.trials}", "tracking=none" if args.no_tracking else "tracking=local",
+            *size.overrides,
+            *benchlib.tensor_data(folder, size.shape, args.epoch_steps * 64, 1024),
+            f"train.epochs={args.epochs}",
+            "train.batch_size=64",
+            f"train.device={args.device}",
+            "pruner=none",
+            f"sweep.n_trials={args.trials}",
+            "tracking=none" if args.no_tracking else "tracking=local",
         ]
         for round_index in range(1, args.repeats + 1):
             for workers in args.workers:
@@ -92,15 +97,17 @@ def speedups(rows: list[dict]) -> str:
     table = []
     for workers in counts:
         found = [row for row in rows if row["workers"] == workers]
-        table.append({
-            "workers": workers,
-            "trials_per_hour": benchlib.median(row["trials_per_hour"] for row in found),
-            "trials_per_hour_span": benchlib.median(row["trials_per_hour_span"] for row in found),
-            f"speedup vs {counts[0]}": benchlib.median(
-                benchlib.ratios([r["trials_per_hour"] for r in found], [r["trials_per_hour"] for r in single])
-            ),
-            "median trial_s": benchlib.median(row["trial_s"] for row in found),
-        })
+        table.append(
+            {
+                "workers": workers,
+                "trials_per_hour": benchlib.median(row["trials_per_hour"] for row in found),
+                "trials_per_hour_span": benchlib.median(row["trials_per_hour_span"] for row in found),
+                f"speedup vs {counts[0]}": benchlib.median(
+                    benchlib.ratios([r["trials_per_hour"] for r in found], [r["trials_per_hour"] for r in single])
+                ),
+                "median trial_s": benchlib.median(row["trial_s"] for row in found),
+            }
+        )
     return "Medians over the rounds (speedup taken round by round):\n\n" + benchlib.markdown_table(table)
 
 

@@ -55,9 +55,7 @@ def objective(trial: optuna.Trial) -> float:
 def worker(kind: str, folder: str, left, latencies) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
-    study = optuna.load_study(
-        study_name="bench", storage=open_storage(kind, Path(folder)), sampler=optuna.samplers.RandomSampler()
-    )
+    study = optuna.load_study(study_name="bench", storage=open_storage(kind, Path(folder)), sampler=optuna.samplers.RandomSampler())
     mine, errors = [], 0
     while True:
         with left.get_lock():
@@ -122,10 +120,7 @@ def write_table(rows: list[dict], args: argparse.Namespace) -> None:
     lines = [
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
-        *(
-            "| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()) + " |"
-            for row in rows
-        ),
+        *("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()) + " |" for row in rows),
     ]
     command = f".venv/bin/python scripts/bench_storage.py --trials {args.trials} --workers {' '.join(map(str, args.workers))}"
     machine = f"{platform.platform()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, optuna {optuna.__version__}"
@@ -135,9 +130,7 @@ def write_table(rows: list[dict], args: argparse.Namespace) -> None:
     head = body.split(marker)[0] if marker in body else "# Study storage under parallel workers\n\n"
     args.out.write_text(
         f"{head}{marker}\n\nReproduce: `{command}`\n\nMachine: {machine}\n\n"
-        f"{args.trials} trials per row, each ask -> 4 suggestions -> 4 reports -> tell, no training.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        f"{args.trials} trials per row, each ask -> 4 suggestions -> 4 reports -> tell, no training.\n\n" + "\n".join(lines) + "\n"
     )
 
 

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 
 import benchlib
-from sweeper import trainer
+
 from sweeper.config import compose_config
-from sweeper.workers import plan_slots, usable_cores
+from sweeper.sweep.workers import plan_slots, usable_cores
+from sweeper.training import trainer
 
 ROUNDS = 3
 LENGTHS = "choice(1,2,4,8)"  # epochs a trial draws
@@ -42,7 +43,7 @@ Timing = tuple[float, float, float, float]
 
 
 class TimedTrainer:
-    """sweeper.trainer, noting in the FIRST_STEPS file when each trial's first step began and how
+    """sweeper.training.trainer, noting in the FIRST_STEPS file when each trial's first step began and how
     long its reporters (pruning report, progress) took inside train()."""
 
     available_metrics = staticmethod(trainer.available_metrics)
@@ -69,10 +70,20 @@ def sweep_round(base: list[str], args, folder: Path) -> tuple[tuple, list[dict],
     notes = folder / "first_steps.jsonl"
     os.environ[FIRST_STEPS] = str(notes)
     overrides = [
-        *base, f"train.epochs={LENGTHS}", "search=slices", "search.lr.strategies=null", "search.lr.high=null",
-        "search.lr.low_ratio=null", "sampler=random", "pruner=none", f"sweep.n_trials={args.trials}",
-        f"sweep.workers={args.workers}", f"sweep.cpu_threads={args.threads}",
-        "sweep.trainer=bench_sweep.TimedTrainer", f"results_dir={folder}", "sweep.name=bench",
+        *base,
+        f"train.epochs={LENGTHS}",
+        "search=slices",
+        "search.lr.strategies=null",
+        "search.lr.high=null",
+        "search.lr.low_ratio=null",
+        "sampler=random",
+        "pruner=none",
+        f"sweep.n_trials={args.trials}",
+        f"sweep.workers={args.workers}",
+        f"sweep.cpu_threads={args.threads}",
+        "sweep.trainer=bench_sweep.TimedTrainer",
+        f"results_dir={folder}",
+        "sweep.name=bench",
     ]
     run = benchlib.run_sweep(overrides, folder)
     written = [json.loads(line) for line in notes.read_text().splitlines()]
@@ -83,13 +94,15 @@ def sweep_round(base: list[str], args, folder: Path) -> tuple[tuple, list[dict],
         pid = int(worker.rsplit(":", 1)[1])
         note = next(n for n in written if n["pid"] == pid and asked <= n["called"] <= told)
         timings.append((asked, told, seconds, note["reporting"]))
-        latencies.append({
-            "trial": trial.number,
-            "first_in_worker": worker not in lanes,  # the worker process's first trial pays its imports
-            "ask_to_train_ms": 1000 * (note["called"] - asked),
-            "train_to_first_step_ms": 1000 * (note["first_step"] - note["called"]),
-            "ask_to_first_step_ms": 1000 * (note["first_step"] - asked),
-        })
+        latencies.append(
+            {
+                "trial": trial.number,
+                "first_in_worker": worker not in lanes,  # the worker process's first trial pays its imports
+                "ask_to_train_ms": 1000 * (note["called"] - asked),
+                "train_to_first_step_ms": 1000 * (note["first_step"] - note["called"]),
+                "ask_to_first_step_ms": 1000 * (note["first_step"] - asked),
+            }
+        )
         lanes.setdefault(worker, []).append((asked, told))
     idle = [b[0] - a[1] for lane in lanes.values() for a, b in zip(lane, lane[1:])]
     return (run.launched, run.seconds, timings, idle), latencies, [t.user_attrs["overrides"] for t in run.trials]
@@ -161,8 +174,12 @@ def main() -> None:
         folder = Path(tmp)
         size = benchlib.MODEL_SIZES["mlp-tiny"]
         base = [
-            *size.overrides, *benchlib.tensor_data(folder, size.shape, args.epoch_steps * 64, 512),
-            "train.batch_size=64", "train.device=cpu", f"train.threads={args.threads}", "tracking=none",
+            *size.overrides,
+            *benchlib.tensor_data(folder, size.shape, args.epoch_steps * 64, 512),
+            "train.batch_size=64",
+            "train.device=cpu",
+            f"train.threads={args.threads}",
+            "tracking=none",
         ]
         for round_index in range(1, args.repeats + 1):
             measured, trial_latencies, trials = sweep_round(base, args, folder / f"round-{round_index}")

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_tracking.py               # embedded SQLite and a local server
 
-A trial is recorded as a sweep records it: `sweeper.tracking.prepare_sweep` once per store (the
+A trial is recorded as a sweep records it: `sweeper.records.tracking.prepare_sweep` once per store (the
 sweep's parent run), then per trial the reporter `trial_reporter` gives, a nested child run with
 its params, tags, config and environment artifacts, step metrics (lr of each group, momentum,
 loss) sent in batches when each epoch ends, epoch metrics, and the schedule plot at the end.
@@ -31,7 +31,7 @@ import benchlib
 ROUNDS = 5
 SEQUENCE = 4  # trials a worker runs back to back in one sample
 TRIALS = {  # name -> overrides of the trial that is recorded
-    "mlp-digits": ("model=mlp",),   # the default sweep's trial: 6 epochs of 21 batches
+    "mlp-digits": ("model=mlp",),  # the default sweep's trial: 6 epochs of 21 batches
     "cnn-digits": ("model=cnn",),
 }
 HOOKS = ("on_start", "on_step", "on_epoch", "on_end")
@@ -41,7 +41,7 @@ class Store:
     """One way of running the trial: unrecorded, or recorded into one MLflow store."""
 
     def __init__(self, name: str, cfg) -> None:
-        from sweeper import tracking
+        from sweeper.records import tracking
 
         self.name, self.cfg, self.trials = name, cfg, 0
         self.sweep = tracking.prepare_sweep(cfg, "bench") if name != "none" else None
@@ -49,8 +49,8 @@ class Store:
 
     def trials_in_sequence(self, count: int) -> float:
         """Seconds a trial, over `count` trials back to back and the wait for their records."""
-        from sweeper.recorder import wait_for_records
-        from sweeper.trainer import train
+        from sweeper.records.recorder import wait_for_records
+        from sweeper.training.trainer import train
 
         started = time.perf_counter()
         for _ in range(count):
@@ -79,8 +79,8 @@ def mlflow_server(folder: Path) -> Iterator[str]:
 
 def plot_seconds(cfg, folder: Path, repeats: int = 3) -> float:
     """What drawing the trial's schedule plot costs (the recorder draws one at every trial's end)."""
-    from sweeper.plots import plot_schedule
-    from sweeper.trainer import prepare
+    from sweeper.schedules.plots import plot_schedule
+    from sweeper.training.trainer import prepare
 
     schedule = prepare(cfg).plan
     seconds = []
@@ -100,22 +100,24 @@ def measure(trial_name: str, stores: dict[str, Store], repeats: int, sequence: i
         if name == "none":
             continue
         extra = [a - b for a, b in zip(samples[name], plain)]
-        hooks = store.hooks[-repeats * sequence:]  # the timed rounds
+        hooks = store.hooks[-repeats * sequence :]  # the timed rounds
         overhead = benchlib.median(extra)
-        rows.append({
-            "trial": trial_name,
-            "store": name,
-            "rounds": repeats,
-            "sequence": sequence,
-            "trial_s": benchlib.median(plain),
-            "recorded_s": benchlib.median(samples[name]),
-            "ratio": benchlib.median(benchlib.ratios(samples[name], plain)),
-            "overhead_ms": 1000 * overhead,
-            "hooks_ms": 1000 * benchlib.median(sum(h.values()) for h in hooks),
-            **{f"{hook.removeprefix('on_')}_ms": 1000 * benchlib.median(h.get(hook, 0.0) for h in hooks) for hook in HOOKS},
-            "plot_ms": 1000 * plot,
-            "trial_s_for_3pct": overhead / 0.03,
-        })
+        rows.append(
+            {
+                "trial": trial_name,
+                "store": name,
+                "rounds": repeats,
+                "sequence": sequence,
+                "trial_s": benchlib.median(plain),
+                "recorded_s": benchlib.median(samples[name]),
+                "ratio": benchlib.median(benchlib.ratios(samples[name], plain)),
+                "overhead_ms": 1000 * overhead,
+                "hooks_ms": 1000 * benchlib.median(sum(h.values()) for h in hooks),
+                **{f"{hook.removeprefix('on_')}_ms": 1000 * benchlib.median(h.get(hook, 0.0) for h in hooks) for hook in HOOKS},
+                "plot_ms": 1000 * plot,
+                "trial_s_for_3pct": overhead / 0.03,
+            }
+        )
     return rows
 
 
@@ -159,7 +161,7 @@ def main() -> None:
             "artifacts; queued, sent from the background), `step_ms` (every step queued), `epoch_ms` "
             "(every epoch's flush handed to the background), `end_ms` (the wait for the run's last "
             "records and its end to be stored; the plot follows in the background); `plot_ms`: drawing that schedule plot "
-            "alone (`sweeper.plots.plot_schedule`). `trial_s_for_3pct`: the trial length at which "
+            "alone (`sweeper.schedules.plots.plot_schedule`). `trial_s_for_3pct`: the trial length at which "
             "`overhead_ms` is 3%."
         ],
     )

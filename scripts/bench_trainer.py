@@ -5,7 +5,7 @@
 
 Both train the same model on the same data with the same optimizer (AdamW, one param group per
 layer group, as the trainer's `prepare` builds them), the same steps, batch size and device:
-- `trainer`: `sweeper.trainer.train`, which before every batch sets each group's lr and the
+- `trainer`: `sweeper.training.trainer.train`, which before every batch sets each group's lr and the
   momentum from the schedule, and every `train.sync_every` steps (16, the config's default) reads
   the losses, checks they are finite and tells its reporters;
 - `plain`: the minimal loop a practitioner writes: forward, loss, zero_grad, backward, step,
@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import benchlib
-from sweeper.events import Reporter, StepEvent
+
+from sweeper.trial.events import Reporter, StepEvent
 
 ROUNDS = 5
 
@@ -49,7 +50,7 @@ def step_time(ends: list[float], every: int) -> float:
 
 
 def trainer_step(cfg) -> float:
-    from sweeper.trainer import train
+    from sweeper.training.trainer import train
 
     clock = StepClock()
     benchlib.check_finished(train(cfg, [clock]), "the trainer's run")
@@ -62,7 +63,7 @@ def plain_step(cfg, one_cycle: bool = False) -> float:
     import torch
     from torch import nn
 
-    from sweeper.trainer import prepare
+    from sweeper.training.trainer import prepare
 
     trial = prepare(cfg)
     model, optimizer, data, batch_size = trial.model, trial.optimizer, trial.data, trial.batch_size
@@ -93,10 +94,18 @@ def measure(size_name: str, args, folder: Path) -> dict:
     size = benchlib.MODEL_SIZES[size_name]
     steps = args.steps or size.steps
     data = benchlib.tensor_data(folder, size.shape, steps * args.batch_size, 256)
-    cfg = compose_config([
-        *size.overrides, *data, "train.epochs=1", f"train.batch_size={args.batch_size}",
-        f"train.device={args.device}", f"train.threads={args.threads}", "tracking=none", f"results_dir={folder}",
-    ])
+    cfg = compose_config(
+        [
+            *size.overrides,
+            *data,
+            "train.epochs=1",
+            f"train.batch_size={args.batch_size}",
+            f"train.device={args.device}",
+            f"train.threads={args.threads}",
+            "tracking=none",
+            f"results_dir={folder}",
+        ]
+    )
     samples = benchlib.interleave(
         {
             "trainer": lambda: trainer_step(cfg),

@@ -7,7 +7,7 @@ results/bench/<name>.md. In an existing <name>.md, whatever stands above the `<!
 line (the analysis, written by hand) is kept; below it go the exact command, the machine and the
 tables of this run.
 
-Imports here are the standard library's, sweeper.events (plain dataclasses) and sweeper.tables only, so `--help`
+Imports here are the standard library's, sweeper.trial.events (plain dataclasses) and sweeper.analysis.tables only, so `--help`
 is instant and a worker process that imports a script (for its trainer wrapper) pays nothing.
 """
 
@@ -29,9 +29,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sweeper import tables
-from sweeper.ui import MlflowUiServer
-from sweeper.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
+from sweeper.analysis import tables
+from sweeper.analysis.ui import MlflowUiServer
+from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "results" / "bench"
@@ -72,7 +72,7 @@ def version(package: str) -> str:
 def machine(device: str = "cpu") -> str:
     """One line: platform, cores, memory, load average (1, 5, 15 min) when measuring began and
     ended, Python, packages, GPU."""
-    from sweeper.workers import usable_cores
+    from sweeper.sweep.workers import usable_cores
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load = " -> ".join(", ".join(f"{x:.1f}" for x in loads) for loads in (LOAD_AT_START, os.getloadavg()))
@@ -205,7 +205,7 @@ class ModelSize:
 
     overrides: tuple[str, ...]
     shape: tuple[int, ...]
-    steps: int                      # training steps per timed run (trainer benchmark)
+    steps: int  # training steps per timed run (trainer benchmark)
 
 
 MODEL_SIZES = {
@@ -251,10 +251,10 @@ def check_finished(result: TrialResult, what: str) -> TrialResult:
 
 @dataclass
 class SweepRun:
-    study: Any                      # optuna.Study
-    launched: float                 # time.time() when the workers were launched
-    seconds: float                  # from launching the workers until the last one exited
-    trials: list[Any]               # the finished (complete or pruned) trials, by number
+    study: Any  # optuna.Study
+    launched: float  # time.time() when the workers were launched
+    seconds: float  # from launching the workers until the last one exited
+    trials: list[Any]  # the finished (complete or pruned) trials, by number
 
     def span(self) -> float:
         """From the first trial's start (ask) to the last trial's end (tell)."""
@@ -275,9 +275,9 @@ def run_sweep(overrides: Sequence[str], folder: Path) -> SweepRun:
     import optuna
     from optuna.trial import TrialState
 
-    from sweeper.launchers import launch_workers
-    from sweeper.study import count_trials, open_study, plan_sweep
-    from sweeper.workers import tracking_module
+    from sweeper.sweep.launchers import launch_workers
+    from sweeper.sweep.study import count_trials, open_study, plan_sweep
+    from sweeper.sweep.workers import tracking_module
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     plan = plan_sweep(overrides)

@@ -32,7 +32,7 @@ from pathlib import Path
 import fastai
 import numpy as np
 import torch
-from fastai.basics import DataLoaders, Learner, MSELossFlat, SGD, TfmdDL, params
+from fastai.basics import SGD, DataLoaders, Learner, MSELossFlat, TfmdDL, params
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, SchedLin, combine_scheds, minimum, steep, valley
 from torch import nn
@@ -69,8 +69,12 @@ def learner(n_groups: int, n_batches: int, folder: str, mom: float = 0.9, loss_f
     torch.manual_seed(seed)
     model = nn.Sequential(*(nn.Linear(1, 1) for _ in range(n_groups)))
     return Learner(
-        DataLoaders(train, valid), model, loss_func=loss_func or MSELossFlat(),
-        opt_func=partial(SGD, mom=mom), splitter=lambda m: [params(layer) for layer in m], path=folder,
+        DataLoaders(train, valid),
+        model,
+        loss_func=loss_func or MSELossFlat(),
+        opt_func=partial(SGD, mom=mom),
+        splitter=lambda m: [params(layer) for layer in m],
+        path=folder,
     )
 
 
@@ -109,7 +113,7 @@ def curve(name: str, num_it: int) -> list[float]:
     wiggle = 0.02 * np.sin(1.7 * k)
     if name == "turns_nan":  # falls, bottoms out, rises a little, then NaN (never 4x its best)
         losses = 2.3 - 1.6 * np.tanh(k / 25) + 0.002 * np.maximum(k - 55, 0) ** 2 + wiggle
-        losses[int(num_it * 0.72):] = np.nan
+        losses[int(num_it * 0.72) :] = np.nan
     elif name == "diverges":  # falls, then explodes past 4x the best: the test stops early
         losses = 2.3 - 1.5 * np.tanh(k / 20) + np.exp(np.maximum(k - 50, 0) / 4) - 1 + wiggle
     elif name == "flat":  # one value throughout: only float32 rounding moves the smoothed loss
@@ -121,7 +125,7 @@ def curve(name: str, num_it: int) -> list[float]:
         losses[18:] = np.nan
     else:
         raise ValueError(name)
-    return [float(np.float32(v)) for v in losses[:num_it + 20]]
+    return [float(np.float32(v)) for v in losses[: num_it + 20]]
 
 
 LR_FIND_CASES = [
@@ -138,8 +142,11 @@ def lr_find_case(case: dict, folder: str) -> dict:
     learn = learner(1, 7, folder, loss_func=ScriptedLoss(raw))
     with quiet(learn):
         suggested = learn.lr_find(
-            start_lr=case["start_lr"], end_lr=case["end_lr"], num_it=case["num_it"],
-            show_plot=False, suggest_funcs=(valley, minimum, steep),
+            start_lr=case["start_lr"],
+            end_lr=case["end_lr"],
+            num_it=case["num_it"],
+            show_plot=False,
+            suggest_funcs=(valley, minimum, steep),
         )
     recorded = len(learn.recorder.lrs)
     return {
@@ -165,19 +172,24 @@ def record(learn: Learner, fit) -> RecordHypers:
 
 FINE_TUNE_CASES = [
     dict(n_groups=3, n_batches=4, epochs=2, freeze_epochs=1, base_lr=2e-3, args={}, kwargs={}),
-    dict(n_groups=3, n_batches=4, epochs=2, freeze_epochs=1, base_lr=2e-3, args={},
-         kwargs={"moms": [0.9, 0.8, 0.9], "div_final": 1e3}),
-    dict(n_groups=3, n_batches=3, epochs=3, freeze_epochs=2, base_lr=1e-2,
-         args={"lr_mult": 10, "pct_start": 0.4, "div": 8.0}, kwargs={"moms": [0.97, 0.8, 0.92], "div_final": 1e4}),
-    dict(n_groups=2, n_batches=5, epochs=1, freeze_epochs=1, base_lr=4e-3, args={"div": 3.0},
-         kwargs={"div_final": 50.0}),
+    dict(n_groups=3, n_batches=4, epochs=2, freeze_epochs=1, base_lr=2e-3, args={}, kwargs={"moms": [0.9, 0.8, 0.9], "div_final": 1e3}),
+    dict(
+        n_groups=3,
+        n_batches=3,
+        epochs=3,
+        freeze_epochs=2,
+        base_lr=1e-2,
+        args={"lr_mult": 10, "pct_start": 0.4, "div": 8.0},
+        kwargs={"moms": [0.97, 0.8, 0.92], "div_final": 1e4},
+    ),
+    dict(n_groups=2, n_batches=5, epochs=1, freeze_epochs=1, base_lr=4e-3, args={"div": 3.0}, kwargs={"div_final": 50.0}),
 ]
 
 
 def fine_tune_case(case: dict, folder: str) -> dict:
     kwargs = {k: tuple(v) if k == "moms" else v for k, v in case["kwargs"].items()}
     learn = learner(case["n_groups"], case["n_batches"], folder)
-    spy = record(learn, lambda l: l.fine_tune(case["epochs"], case["base_lr"], case["freeze_epochs"], **case["args"], **kwargs))
+    spy = record(learn, lambda learn: learn.fine_tune(case["epochs"], case["base_lr"], case["freeze_epochs"], **case["args"], **kwargs))
     return {**case, "lrs": spy.lrs, "moms": spy.moms, "phases": ["frozen" if f == 0 else "unfrozen" for f in spy.fits]}
 
 
@@ -191,7 +203,7 @@ SGDR_CASES = [
 
 def sgdr_case(case: dict, folder: str) -> dict:
     learn = learner(case["n_groups"], case["n_batches"], folder)
-    spy = record(learn, lambda l: l.fit_sgdr(case["n_cycles"], case["cycle_len"], lr_spec(case["lr_max"]), case["cycle_mult"]))
+    spy = record(learn, lambda learn: learn.fit_sgdr(case["n_cycles"], case["cycle_len"], lr_spec(case["lr_max"]), case["cycle_mult"]))
     return {**case, "n_epoch": len(spy.lrs) // case["n_batches"], "lrs": spy.lrs}
 
 
@@ -204,25 +216,23 @@ FLAT_COS_CASES = [
 
 def flat_cos_case(case: dict, folder: str) -> dict:
     learn = learner(case["n_groups"], case["n_batches"], folder)
-    spy = record(learn, lambda l: l.fit_flat_cos(case["n_epoch"], lr_spec(case["lr"]), **case["kwargs"]))
+    spy = record(learn, lambda learn: learn.fit_flat_cos(case["n_epoch"], lr_spec(case["lr"]), **case["kwargs"]))
     return {**case, "lrs": spy.lrs}
 
 
 PARAM_SCHEDULER_CASES = [
-    dict(kind="points", n_groups=3, n_batches=6, n_epoch=2, peaks=[1e-4, 1e-3, 1e-2],
-         points=[[0.0, 0.04], [0.3, 1.0], [1.0, 1e-4]]),
-    dict(kind="points", n_groups=2, n_batches=5, n_epoch=3, peaks=[1e-3, 5e-3],
-         points=[[0.0, 0.1], [0.25, 1.0], [0.75, 0.5], [1.0, 0.01]]),
-    dict(kind="function", n_groups=3, n_batches=6, n_epoch=2, peaks=[1e-4, 1e-3, 1e-2], fn="sweeper.shapes.linear_decay"),
+    dict(kind="points", n_groups=3, n_batches=6, n_epoch=2, peaks=[1e-4, 1e-3, 1e-2], points=[[0.0, 0.04], [0.3, 1.0], [1.0, 1e-4]]),
+    dict(kind="points", n_groups=2, n_batches=5, n_epoch=3, peaks=[1e-3, 5e-3], points=[[0.0, 0.1], [0.25, 1.0], [0.75, 0.5], [1.0, 0.01]]),
+    dict(kind="function", n_groups=3, n_batches=6, n_epoch=2, peaks=[1e-4, 1e-3, 1e-2], fn="sweeper.schedules.shapes.linear_decay"),
     dict(kind="function", n_groups=2, n_batches=4, n_epoch=3, peaks=[2e-3, 4e-3], fn="math.cos"),
 ]
 
 
 def linear_decay(pos: float) -> float:
-    return 1.0 - pos  # sweeper.shapes.linear_decay
+    return 1.0 - pos  # sweeper.schedules.shapes.linear_decay
 
 
-FUNCTIONS = {"sweeper.shapes.linear_decay": linear_decay, "math.cos": math.cos}
+FUNCTIONS = {"sweeper.schedules.shapes.linear_decay": linear_decay, "math.cos": math.cos}
 
 
 def scaled(function, peaks: np.ndarray, pos: float) -> np.ndarray:
@@ -239,7 +249,7 @@ def param_scheduler_case(case: dict, folder: str) -> dict:
     else:
         schedule = partial(scaled, FUNCTIONS[case["fn"]], peaks)
     learn = learner(case["n_groups"], case["n_batches"], folder)
-    spy = record(learn, lambda l: l.fit(case["n_epoch"], cbs=ParamScheduler({"lr": schedule})))
+    spy = record(learn, lambda learn: learn.fit(case["n_epoch"], cbs=ParamScheduler({"lr": schedule})))
     return {**case, "lrs": spy.lrs}
 
 
@@ -260,12 +270,18 @@ def sgd_no_momentum(folder: str) -> dict:
             updates.append([layer.weight.item(), layer.bias.item()])
 
     learn.add_cb(RecordParams())
-    spy = record(learn, lambda l: l.fit_one_cycle(2, 0.1))
+    spy = record(learn, lambda learn: learn.fit_one_cycle(2, 0.1))
     x, y = learn.dls.train.dataset.tensors
     return {
-        "n_epoch": 2, "lr_max": 0.1, "batch": BATCH,
-        "x": x.flatten().tolist(), "y": y.flatten().tolist(),
-        "initial": initial, "params": updates, "lrs": spy.lrs, "moms": spy.moms,
+        "n_epoch": 2,
+        "lr_max": 0.1,
+        "batch": BATCH,
+        "x": x.flatten().tolist(),
+        "y": y.flatten().tolist(),
+        "initial": initial,
+        "params": updates,
+        "lrs": spy.lrs,
+        "moms": spy.moms,
         "grad_avg_kept": any("grad_avg" in state for state in learn.opt.state.values()),
     }
 

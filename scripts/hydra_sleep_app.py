@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import hydra
 from hydra.core.config_store import ConfigStore
-
 from sleep_trials import objective, sleep_trial
 
 

@@ -104,7 +104,7 @@ class SleepTrainer:
     def train(cfg: Any, reporters: Sequence[Any] = ()) -> Any:
         from omegaconf import OmegaConf
 
-        from sweeper.events import EpochEvent, StartEvent, TrialResult
+        from sweeper.trial.events import EpochEvent, StartEvent, TrialResult
 
         lr = float(cfg.lr.get("high") or 1e-3)
         epochs = int(cfg.train.epochs)

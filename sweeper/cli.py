@@ -85,10 +85,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import OmegaConfBaseException
 
     from sweeper.config import ConfigError
-    from sweeper.shapes import ShapeError
-    from sweeper.slices import SliceError
+    from sweeper.schedules.shapes import ShapeError
+    from sweeper.schedules.slices import SliceError
 
-    # sweeper.groups' GroupError is a ConfigError: naming it here would load torch (seconds)
+    # sweeper.zoo.groups' GroupError is a ConfigError: naming it here would load torch (seconds)
     # before a mistake in an override is reported.
     return (ConfigError, SliceError, ShapeError, HydraException, OmegaConfBaseException)
 

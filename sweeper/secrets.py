@@ -29,9 +29,7 @@ _AT_HOST = rf"@(?={_HOST}*(?!{_HOST}|@))"  # an "@" followed by a host, then no 
 #   "/", "#", "?" and ":" (SQLAlchemy reads p@ss/w:rd#x@host as the password "p" and the host
 #   "ss"; the user meant "p@ss/w:rd#x");
 # - where that run holds no "@host", up to the next "@host" on the line: a password with a space.
-_CREDENTIALS = re.compile(
-    rf"(?P<head>{_SCHEME}[^:/\s]*):(?P<secret>\S*|(?:(?!://)[^@\n])*?){_AT_HOST}"
-)
+_CREDENTIALS = re.compile(rf"(?P<head>{_SCHEME}[^:/\s]*):(?P<secret>\S*|(?:(?!://)[^@\n])*?){_AT_HOST}")
 # ?password=..., &sslpassword=..., &access_token=..., &client_secret=... query parameters
 _QUERY_KEY = r"[?&][\w.\-]*(?:password|passwd|pwd|token|secret|api_?key)="
 _QUERY_SECRET = re.compile(rf"(?P<head>{_QUERY_KEY})[^&\s]*", re.I)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.events import EpochEvent, Reporter, StartEvent, TrialResult
+from sweeper.trial.events import EpochEvent, Reporter, StartEvent, TrialResult
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS.parent / "scripts"))  # benchlib: the MLflow server the benchmarks start too
 import benchlib  # noqa: E402
 from benchlib import free_port  # noqa: E402,F401  (used by the test files)
+
 # A PostgreSQL server for the tests that need one (scripts/start_postgres.sh starts it).
 POSTGRES = os.environ.get("SWEEPER_TEST_POSTGRES_URL")
 NEEDS_POSTGRES = pytest.mark.skipif(
@@ -51,7 +52,7 @@ def pytest_runtest_setup(item) -> None:
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    from sweeper.workers import usable_cores
+    from sweeper.sweep.workers import usable_cores
 
     return max(1, min(MAX_TEST_PROCESSES, usable_cores()))
 
@@ -128,7 +129,7 @@ class Gates:
             return
         if self._claim("held", stop=float(os.environ.get("TRIAL_HOLD_MAX", "inf"))) is None:
             return
-        from sweeper.workers import StopRequest
+        from sweeper.sweep.workers import StopRequest
 
         stops = [r for r in reporters if isinstance(r, StopRequest)]
         release = self.folder / "release"
@@ -156,7 +157,7 @@ def wait_for_file(path: Path, process: subprocess.Popen | None = None, timeout: 
 
 
 class StandInTrainer:
-    """A fast, deterministic stand-in for sweeper.trainer with the same interface.
+    """A fast, deterministic stand-in for sweeper.training.trainer with the same interface.
 
     Sweep workers are separate processes, so they load it by name (the stand_in_sweep fixture).
     Its accuracy rises with the epochs and peaks at lr.high = 3e-3, so pruners see clearly
@@ -206,30 +207,30 @@ class StandInTrainer:
 
 
 class GatedTrainer:
-    """sweeper.trainer itself, each trial starting when the TRIAL_* gates (Gates) let it: real
+    """sweeper.training.trainer itself, each trial starting when the TRIAL_* gates (Gates) let it: real
     training, paced by the test. Workers load it by name (sweep.trainer=conftest.GatedTrainer)."""
 
     @staticmethod
     def available_metrics(cfg) -> tuple[str, ...]:
-        from sweeper import trainer
+        from sweeper.training import trainer
 
         return trainer.available_metrics(cfg)
 
     @staticmethod
     def prepare(cfg):
-        from sweeper import trainer
+        from sweeper.training import trainer
 
         return trainer.prepare(cfg)
 
     @staticmethod
     def resolve_device(name: str):
-        from sweeper import trainer
+        from sweeper.training import trainer
 
         return trainer.resolve_device(name)
 
     @staticmethod
     def train(cfg, reporters=()) -> TrialResult:
-        from sweeper import trainer
+        from sweeper.training import trainer
 
         gates = Gates.from_env()
         if not gates:
@@ -301,7 +302,7 @@ def finished_sweep(sweeper_cli, tmp_path: Path, sweep: Sequence[str], n_trials: 
     check that every trial finished with an objective in [0, 1], and return the Optuna study."""
     import optuna
 
-    from sweeper.study import count_trials, plan_sweep
+    from sweeper.sweep.study import count_trials, plan_sweep
 
     done = sweeper_cli("sweep", *sweep, f"sweep.n_trials={n_trials}", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -404,7 +405,7 @@ def feed_trial(
     """Play one trial's events into a reporter (or several, in order, as the trainer calls them)
     without training: deterministic step and epoch values (distinct per seed), so a test can
     check every recorded number."""
-    from sweeper.events import Reporter, StepEvent
+    from sweeper.trial.events import Reporter, StepEvent
 
     reporters = [reporters] if isinstance(reporters, Reporter) else list(reporters)
     peaks = tuple(1e-3 / 10 ** (groups - 1 - g) for g in range(groups))

@@ -46,12 +46,24 @@ CASES = [
         ["2 learning rates", "3 layer groups", "exactly 3"],
     ),
     # layer groups
-    ("prefix-matches-nothing", ["sweep", "search=slices", "model.groups=[body.0,body.1,neck]"], ["model.groups", "'neck' matches no parameter", "['body', 'head']"]),
-    ("prefixes-overlap", ["sweep", "search=slices", "model.groups=[body,body.1,head]"], ["model.groups", "more than one prefix", "disjoint"]),
+    (
+        "prefix-matches-nothing",
+        ["sweep", "search=slices", "model.groups=[body.0,body.1,neck]"],
+        ["model.groups", "'neck' matches no parameter", "['body', 'head']"],
+    ),
+    (
+        "prefixes-overlap",
+        ["sweep", "search=slices", "model.groups=[body,body.1,head]"],
+        ["model.groups", "more than one prefix", "disjoint"],
+    ),
     ("prefixes-leave-out", ["train", "model.groups=[body.0,head]"], ["model.groups", "in no group", "add a prefix"]),
     # cycle shapes
     ("pct-start-one", ["train", "shape.pct_start=1.0"], ["shape.pct_start: 1.0 is outside (0, 1)", "shape.pct_start=0.25"]),
-    ("pct-start-zero-sweep", ["sweep", "search=slices", "shape=torch_one_cycle", "shape.pct_start=0"], ["shape.pct_start: 0", "outside (0, 1)"]),
+    (
+        "pct-start-zero-sweep",
+        ["sweep", "search=slices", "shape=torch_one_cycle", "shape.pct_start=0"],
+        ["shape.pct_start: 0", "outside (0, 1)"],
+    ),
     (
         "pct-start-searched-beyond-one",
         ["sweep", "search.shape.fastai_one_cycle.pct_start=interval(0.5, 1.5)"],
@@ -77,8 +89,16 @@ CASES = [
         ["storage.url: cannot open postgresql://sweeper:***@127.0.0.1", "check the server is up"],
     ),
     ("storage-variable-unset", ["sweep", "storage=postgres"], ["storage.url", "export SWEEPER_STORAGE_URL="]),
-    ("tracking-unreachable", ["sweep", "search=slices", f"tracking.uri=http://127.0.0.1:{PORT}"], ["tracking.uri: cannot reach MLflow", "tracking=local"]),
-    ("tracking-unreachable-train", ["train", f"tracking.uri=http://127.0.0.1:{PORT}"], ["tracking.uri: cannot reach MLflow", "tracking=none"]),
+    (
+        "tracking-unreachable",
+        ["sweep", "search=slices", f"tracking.uri=http://127.0.0.1:{PORT}"],
+        ["tracking.uri: cannot reach MLflow", "tracking=local"],
+    ),
+    (
+        "tracking-unreachable-train",
+        ["train", f"tracking.uri=http://127.0.0.1:{PORT}"],
+        ["tracking.uri: cannot reach MLflow", "tracking=none"],
+    ),
     # what a trial needs: data, a metric to optimise, devices
     (
         "missing-data-path",
@@ -143,7 +163,7 @@ def test_bad_input_creates_no_study_in_a_database(name, workdir, monkeypatch, ca
     sweep = f"bad-{uuid.uuid4().hex[:8]}"
     code = main([*argv, "storage=postgres", f"sweep.name={sweep}", "results_dir=results"])
     check_refusal("sweep", code, capsys.readouterr().err, fragments, workdir)
-    from sweeper.study import StorageSpec
+    from sweeper.sweep.study import StorageSpec
 
     assert sweep not in optuna.get_all_study_names(StorageSpec(POSTGRES).open())
 

@@ -18,13 +18,20 @@ from conftest import feed_trial, free_port, with_tests_on_path
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
-from sweeper.run_record import plain_config
-from sweeper.tracking import prepare_sweep
+from sweeper.analysis.report import finish_sweep
+from sweeper.records.run_record import plain_config
+from sweeper.records.tracking import prepare_sweep
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "results" / "browser" / "mlflow-experiment.png"
 STRATEGIES = ["single", "fastai", "geometric"]
@@ -47,7 +54,7 @@ def recorded_sweep(cfg, name: str):
         result = feed_trial(tracking.trial_reporter(number, trial_cfg), plain_config(trial_cfg), seed=number)
         distributions = {"strategy": CategoricalDistribution(STRATEGIES)}
         study.add_trial(create_trial(params={"strategy": strategy}, distributions=distributions, value=result.objective))
-    tracking.finish(study)
+    finish_sweep(tracking, study)
     return tracking
 
 

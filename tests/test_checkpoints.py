@@ -1,4 +1,4 @@
-"""Epoch checkpoints (sweeper.checkpoints): a trial resumed from the checkpoint a dead worker left
+"""Epoch checkpoints (sweeper.training.checkpoints): a trial resumed from the checkpoint a dead worker left
 trains on to curves and weights bitwise equal to an uninterrupted run's (CPU, deterministic), with
 its dropout, data order and schedule where they were; the file is written atomically, read
 without running code, and removed when the trial ends. The end-to-end test kills a real sweep
@@ -21,10 +21,10 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from torch import nn
 
-from sweeper.checkpoints import EpochCheckpoints, TrainerHook, load_checkpoint, save_atomically
-from sweeper.events import Reporter, StepEvent
-from sweeper.run_record import result_curves
-from sweeper.trainer import prepare, run
+from sweeper.records.run_record import result_curves
+from sweeper.training.checkpoints import EpochCheckpoints, load_checkpoint, save_atomically
+from sweeper.training.trainer import prepare, run
+from sweeper.trial.events import Reporter, StepEvent, TrainerHook
 
 SMALL = ["data=synthetic", "data.source.n_samples=300", "train.batch_size=32", "train.threads=1", "train.deterministic=true"]
 
@@ -118,11 +118,13 @@ def test_without_a_checkpoint_the_retried_trial_starts_from_its_first_step(trial
 
 
 @pytest.mark.parametrize(("every", "writes"), [(0, 2), (3600, 0)])
-def test_a_trial_checkpoints_once_its_training_since_the_last_one_reaches_checkpoint_every(trial_config, tmp_path, monkeypatch, every, writes):
+def test_a_trial_checkpoints_once_its_training_since_the_last_one_reaches_checkpoint_every(
+    trial_config, tmp_path, monkeypatch, every, writes
+):
     """3 epochs: after the first two (none after the last); none while less than `every` seconds
     of training went by (a short trial starts again at less cost than its writes)."""
     written = []
-    monkeypatch.setattr("sweeper.checkpoints.save_atomically", lambda payload, path: written.append(payload))
+    monkeypatch.setattr("sweeper.training.checkpoints.save_atomically", lambda payload, path: written.append(payload))
     result = run(prepare(trial_config(*SMALL, "train.epochs=3")), [EpochCheckpoints(tmp_path / "trial-0.pt", every=every)])
     assert result.status == "finished" and len(written) == writes
 
@@ -188,6 +190,7 @@ def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_unin
     try:
         pid = wait_for_file(gates / "held-0", sweep)
         folder = tmp_path / "results" / "sweeps" / "mlp-synthetic"
+
         # The held trial's checkpoint, after its first epoch; the other trial may hold one too until
         # it ends (its own is removed then): the held one is the file left alone.
         def alone():
@@ -214,9 +217,7 @@ def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_unin
 
     # The retried trial's MLflow run against a rerun of it from its first step, uninterrupted.
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name("mlp-synthetic").experiment_id], f"tags.trial = '{retry.number}'"
-    )
+    (run,) = client.search_runs([client.get_experiment_by_name("mlp-synthetic").experiment_id], f"tags.trial = '{retry.number}'")
     rerun = subprocess.run(
         [sys.executable, "-m", "sweeper.cli", "rerun", run.info.run_id, "--strict", "--allow-module", "conftest"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, build_shape, compose_config, config_dir, instantiate_node
-from sweeper.slices import SliceError
+from sweeper.schedules.slices import SliceError
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((config_dir() / group).glob("*.yaml"))]
@@ -54,7 +54,7 @@ def test_default_config_is_a_runnable_slice_and_shape():
 
 def test_user_config_dir_adds_options_beside_ours(tmp_path, monkeypatch):
     (tmp_path / "shape").mkdir()
-    (tmp_path / "shape" / "gentle.yaml").write_text("_target_: sweeper.shapes.Triangular\nwarmup_pct: 0.1\n")
+    (tmp_path / "shape" / "gentle.yaml").write_text("_target_: sweeper.schedules.shapes.Triangular\nwarmup_pct: 0.1\n")
     (tmp_path / "lr").mkdir()
     (tmp_path / "lr" / "wide.yaml").write_text("strategy: geometric\nlow: 1e-6\nhigh: 1e-2\n")
     cfg = compose_config(["shape=gentle", "lr=wide"], config_dirs=[tmp_path])
@@ -134,7 +134,10 @@ def test_search_lr_given_whole_or_by_its_strategies_replaces_them():
     ("override", "message"),
     [
         ("~train.nope", "~train.nope: there is no such setting to delete; check its spelling."),
-        ("~train.seed=5", "~train.seed=5: train.seed holds 0, not 5, so nothing was deleted; write ~train.seed to delete it whatever it holds."),
+        (
+            "~train.seed=5",
+            "~train.seed=5: train.seed holds 0, not 5, so nothing was deleted; write ~train.seed to delete it whatever it holds.",
+        ),
     ],
 )
 def test_a_delete_that_cannot_apply_says_why(override, message):
@@ -168,8 +171,8 @@ def test_a_string_where_the_target_takes_a_number_is_refused_before_it_is_built(
     ("node", "fragment"),
     [
         ({"pct_start": 0.3}, "no _target_"),
-        ({"_target_": "sweeper.shapes.NoSuchShape"}, "cannot import"),
-        ({"_target_": "sweeper.shapes.Constant", "pct_start": 0.3}, "does not take"),
+        ({"_target_": "sweeper.schedules.shapes.NoSuchShape"}, "cannot import"),
+        ({"_target_": "sweeper.schedules.shapes.Constant", "pct_start": 0.3}, "does not take"),
         ({"_target_": "builtins.dict"}, "not a shape"),
     ],
 )
@@ -189,9 +192,16 @@ def test_configs_ship_inside_the_wheel_and_are_found_there(tmp_path):
         assert "sweeper/conf/config.yaml" in archive.namelist()
         archive.extractall(tmp_path / "site")
     found = subprocess.run(
-        [sys.executable, "-c", "from sweeper.config import config_dir, compose_config; "
-         "print(config_dir()); print(compose_config(['shape=constant']).shape._target_)"],
-        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from sweeper.config import config_dir, compose_config; "
+            "print(config_dir()); print(compose_config(['shape=constant']).shape._target_)",
+        ],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
-    assert found == [str(tmp_path / "site" / "sweeper" / "conf"), "sweeper.shapes.Constant"]
+    assert found == [str(tmp_path / "site" / "sweeper" / "conf"), "sweeper.schedules.shapes.Constant"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sweeper.config import ConfigError
-from sweeper.data import digits, digits_classes, image_folder, synthetic, tensors_file
+from sweeper.zoo.data import digits, digits_classes, image_folder, synthetic, tensors_file
 
 
 def saved(path: Path, x: torch.Tensor, y: torch.Tensor) -> str:
@@ -32,16 +32,34 @@ def test_built_in_data_fits_its_own_config():
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda tmp: digits(shape=[64]), "data.shape: [64] does not match the data, whose inputs are shaped [1, 8, 8] (from data=digits); set data.shape=[1,8,8]."),
-        (lambda tmp: digits(num_classes=5), "data.num_classes: 5, but the labels run from 0 to 9 (from data=digits); labels are class indices 0..n-1: set data.num_classes=10, or relabel the data."),
-        (lambda tmp: tensors_file(two_classes(tmp / "a.pt"), shape=[5]), "data.shape: [5] does not match the data, whose inputs are shaped [4] (from data.source.path); set data.shape=[4]."),
+        (
+            lambda tmp: digits(shape=[64]),
+            "data.shape: [64] does not match the data, whose inputs are shaped [1, 8, 8] (from data=digits); set data.shape=[1,8,8].",
+        ),
+        (
+            lambda tmp: digits(num_classes=5),
+            "data.num_classes: 5, but the labels run from 0 to 9 (from data=digits); labels are class indices 0..n-1: set data.num_classes=10, or relabel the data.",
+        ),
+        (
+            lambda tmp: tensors_file(two_classes(tmp / "a.pt"), shape=[5]),
+            "data.shape: [5] does not match the data, whose inputs are shaped [4] (from data.source.path); set data.shape=[4].",
+        ),
         (
             lambda tmp: tensors_file(saved(tmp / "one.pt", torch.randn(20, 4), torch.zeros(20, dtype=torch.long)), num_classes=2),
             "data.source.path: the training set holds a single class ([0]); a classifier needs examples of two classes or more.",
         ),
-        (lambda tmp: tensors_file(str(tmp / "text.pt")), "data.source.path: {tmp}/text.pt cannot be read as tensors (UnpicklingError); point it at a .pt file saved with torch.save({'x': ..., 'y': ...})."),
-        (lambda tmp: tensors_file(str(tmp / "empty.pt")), "data.source.path: {tmp}/empty.pt cannot be read as tensors (EOFError); point it at a .pt file saved with torch.save({'x': ..., 'y': ...})."),
-        (lambda tmp: digits_classes([5, 6], train_per_class=True), "data.source.train_per_class: True must be a whole number >= 1, or null, e.g. data.source.train_per_class=1."),
+        (
+            lambda tmp: tensors_file(str(tmp / "text.pt")),
+            "data.source.path: {tmp}/text.pt cannot be read as tensors (UnpicklingError); point it at a .pt file saved with torch.save({'x': ..., 'y': ...}).",
+        ),
+        (
+            lambda tmp: tensors_file(str(tmp / "empty.pt")),
+            "data.source.path: {tmp}/empty.pt cannot be read as tensors (EOFError); point it at a .pt file saved with torch.save({'x': ..., 'y': ...}).",
+        ),
+        (
+            lambda tmp: digits_classes([5, 6], train_per_class=True),
+            "data.source.train_per_class: True must be a whole number >= 1, or null, e.g. data.source.train_per_class=1.",
+        ),
     ],
 )
 def test_data_that_cannot_train_is_refused_when_built(tmp_path, build, message):
@@ -88,10 +106,25 @@ def vision(monkeypatch):
 @pytest.mark.parametrize(
     ("train", "valid", "settings", "fragment"),
     [
-        (("cat", "dog"), ("cat", "cow"), {}, "train/ has classes ['cat', 'dog'] but valid/ has ['cat', 'cow']; give both the same class folders"),
-        (("cat", "dog"), ("cat", "dog"), {"num_classes": 3}, "data.num_classes: 3, but {root} has 2 classes ['cat', 'dog']; set data.num_classes=2."),
+        (
+            ("cat", "dog"),
+            ("cat", "cow"),
+            {},
+            "train/ has classes ['cat', 'dog'] but valid/ has ['cat', 'cow']; give both the same class folders",
+        ),
+        (
+            ("cat", "dog"),
+            ("cat", "dog"),
+            {"num_classes": 3},
+            "data.num_classes: 3, but {root} has 2 classes ['cat', 'dog']; set data.num_classes=2.",
+        ),
         (("cat",), ("cat",), {"num_classes": 1}, "data.source.root: {root} holds one class ['cat']; a classifier needs two or more."),
-        (("cat", "dog"), ("cat", "dog"), {"shape": [1, 16, 16]}, "data.shape: [1, 16, 16] does not match the images of {root}, read as [3, 16, 16]; set data.shape=[3,16,16]."),
+        (
+            ("cat", "dog"),
+            ("cat", "dog"),
+            {"shape": [1, 16, 16]},
+            "data.shape: [1, 16, 16] does not match the images of {root}, read as [3, 16, 16]; set data.shape=[3,16,16].",
+        ),
     ],
 )
 def test_image_folders_that_cannot_train_are_refused_when_built(vision, tmp_path, train, valid, settings, fragment):

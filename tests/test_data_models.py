@@ -11,9 +11,9 @@ import torch
 from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, config_dir, instantiate_node
-from sweeper.data import LoaderData, TensorData, digits, digits_classes, image_folder, synthetic, synthetic_regression, tensors_file
-from sweeper.models import MLP, SmallCNN, pretrained_on_digits, resnet
-from sweeper.trainer import evaluate, prepare
+from sweeper.training.trainer import evaluate, prepare
+from sweeper.zoo.data import LoaderData, TensorData, digits, digits_classes, image_folder, synthetic, synthetic_regression, tensors_file
+from sweeper.zoo.models import MLP, SmallCNN, pretrained_on_digits, resnet
 
 needs_torchvision = pytest.mark.extras("torchvision")  # the vision extra (conftest: where these run)
 
@@ -44,13 +44,29 @@ NEEDS = {
     "data/tensors": lambda tmp: ["data.shape=[4]", "data.num_classes=2", f"data.source.path={write_tensors(tmp / 'set.pt')}"],
     "data/synthetic_regression": lambda tmp: ["task=regression", "train.objective=r2"],
     "task/regression": lambda tmp: ["data=synthetic_regression", "train.objective=r2"],
-    "data/image_folder": lambda tmp: ["data.num_classes=2", "data.shape=[3,16,16]", "data.source.num_workers=0", f"data.source.root={write_image_folder(tmp / 'images')}"],
-    "model/transformer": lambda tmp: ["data=tokens", "model.net.path=null", "model.net.config={model_type: bert, vocab_size: 64, hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 16}"],
+    "data/image_folder": lambda tmp: [
+        "data.num_classes=2",
+        "data.shape=[3,16,16]",
+        "data.source.num_workers=0",
+        f"data.source.root={write_image_folder(tmp / 'images')}",
+    ],
+    "model/transformer": lambda tmp: [
+        "data=tokens",
+        "model.net.path=null",
+        "model.net.config={model_type: bert, vocab_size: 64, hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 16}",
+    ],
     "model/transformer_tiny": lambda tmp: ["data=tokens"],
     "data/tokens": lambda tmp: ["model=transformer_tiny"],
     "model/torchvision": lambda tmp: ["model.net.arch=mobilenet_v3_small"],  # small and quick to build
 }
-EXTRAS = {"data/tokens": "transformers", "model/torchvision": "torchvision", "data/image_folder": "torchvision", "model/resnet18": "torchvision", "model/transformer": "transformers", "model/transformer_tiny": "transformers"}
+EXTRAS = {
+    "data/tokens": "transformers",
+    "model/torchvision": "torchvision",
+    "data/image_folder": "torchvision",
+    "model/resnet18": "torchvision",
+    "model/transformer": "transformers",
+    "model/transformer_tiny": "transformers",
+}
 
 
 @pytest.mark.parametrize(
@@ -92,7 +108,7 @@ def test_digits_are_real_8x8_images_split_by_a_fixed_seed():
 def test_digits_are_scikit_learn_s_load_digits_pixel_for_pixel():
     from sklearn.datasets import load_digits
 
-    from sweeper.data import _digits_tensors
+    from sweeper.zoo.data import _digits_tensors
 
     x, y = _digits_tensors()
     reference = load_digits()
@@ -146,7 +162,12 @@ def test_synthetic_regression_has_float_targets_of_the_configured_width_from_a_s
 def test_tensors_file_takes_x_and_y_or_a_split(tmp_path):
     data = tensors_file(str(write_tensors(tmp_path / "xy.pt")), val_fraction=0.25)
     assert len(data.train_y) == 30 and len(data.valid_y) == 10
-    split = {"train_x": torch.zeros(5, 2), "train_y": torch.zeros(5, dtype=torch.long), "valid_x": torch.ones(3, 2), "valid_y": torch.ones(3, dtype=torch.long)}
+    split = {
+        "train_x": torch.zeros(5, 2),
+        "train_y": torch.zeros(5, dtype=torch.long),
+        "valid_x": torch.ones(3, 2),
+        "valid_y": torch.ones(3, dtype=torch.long),
+    }
     torch.save(split, tmp_path / "split.pt")
     assert torch.equal(tensors_file(str(tmp_path / "split.pt")).valid_x, torch.ones(3, 2))
 
@@ -209,10 +230,10 @@ def test_mlp_and_cnn_have_a_body_and_a_head():
 
 @needs_torchvision
 def test_resnet_splits_into_fastais_three_groups_and_loads_a_weights_file(tmp_path):
-    from sweeper.groups import split_groups
+    from sweeper.zoo.groups import split_groups
 
     net = resnet("resnet18", num_classes=4, in_shape=[1, 32, 32])
-    groups = split_groups(net, "sweeper.models.resnet_split")
+    groups = split_groups(net, "sweeper.zoo.models.resnet_split")
     assert len(groups) == 3 and groups[-1][0][0].startswith("fc")
     assert sum(len(g) for g in groups) == len(list(net.parameters()))
     assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 4)
@@ -232,7 +253,7 @@ def test_the_pretrained_body_is_cached_by_its_recipe_whatever_the_trial_seed(tmp
     first = build(seed=1)
     cached = list(tmp_path.glob("digits-body-*.pt"))
     assert len(cached) == 1
-    monkeypatch.setattr("sweeper.models._pretrain_body", lambda *a: pytest.fail("the cache was not used"))
+    monkeypatch.setattr("sweeper.zoo.models._pretrain_body", lambda *a: pytest.fail("the cache was not used"))
     second = build(seed=2)
     for (name, a), b in zip(first.body.state_dict().items(), second.body.state_dict().values()):
         assert torch.equal(a, b), f"body {name} depends on the trial's seed"
@@ -258,6 +279,6 @@ def test_the_pretrained_body_has_learned_its_classes(tmp_path):
 
 
 def test_instantiate_node_names_the_setting_of_a_target_that_cannot_be_built():
-    node = OmegaConf.create({"_target_": "sweeper.models.MLP", "in_shape": [4], "num_classes": 2, "hidden": []})
+    node = OmegaConf.create({"_target_": "sweeper.zoo.models.MLP", "in_shape": [4], "num_classes": 2, "hidden": []})
     with pytest.raises(ConfigError, match="model.net.hidden"):
         instantiate_node(node, "model.net")

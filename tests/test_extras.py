@@ -10,7 +10,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import EXTRAS_ENV, TESTS
 
 EXTRAS = ("torchvision", "transformers")

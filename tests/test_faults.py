@@ -28,7 +28,7 @@ from conftest import MlflowServer, wait_for_file, with_tests_on_path
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.study import count_trials
+from sweeper.sweep.study import count_trials
 
 # Limits on waits are for hangs only: on a loaded machine a sweep may take minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -335,7 +335,7 @@ import os, sys, time
 from pathlib import Path
 import optuna
 from conftest import flock_queue
-from sweeper.study import StorageSpec
+from sweeper.sweep.study import StorageSpec
 
 url, folder, openers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 create = optuna.storages.RDBStorage.__init__

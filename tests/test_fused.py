@@ -19,10 +19,10 @@ from conftest import before_each_optimizer_step
 from test_trainer import OptimizerSpy  # reads torch's param groups before each step
 
 from sweeper.config import ConfigError
-from sweeper.events import Reporter
-from sweeper.fused import FusedOptimizer, ParamSlot, prepare_many, run_many, train_many, why_not_fused
-from sweeper.saved_models import MODEL_ARTIFACT, ModelKeeper, read_state_dict
-from sweeper.trainer import prepare, run, train
+from sweeper.training.fused import FusedOptimizer, ParamSlot, prepare_many, run_many, train_many, why_not_fused
+from sweeper.training.saved_models import MODEL_ARTIFACT, ModelKeeper, read_state_dict
+from sweeper.training.trainer import prepare, run, train
+from sweeper.trial.events import Reporter
 
 SMALL = ("train.epochs=2", "train.batch_size=128")  # 10 batches an epoch on digits
 RTOL = 1e-4
@@ -271,7 +271,7 @@ def test_a_fused_sweep_records_every_trial_as_the_one_trial_trainer_trains_it(sw
 
 
 def test_a_trainer_without_train_many_cannot_fuse(workdir):
-    from sweeper.study import plan_sweep
+    from sweeper.sweep.study import plan_sweep
 
     with pytest.raises(ConfigError, match="sweep.fuse: 4, but sweep.trainer 'conftest.StandInTrainer' has no train_many"):
         plan_sweep(["sweep.fuse=4", "sweep.trainer=conftest.StandInTrainer", "tracking=none"])

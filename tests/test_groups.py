@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from sweeper.groups import GroupError, split_groups
+from sweeper.zoo.groups import GroupError, split_groups
 
 
 class BodyHead(nn.Module):
@@ -29,13 +29,35 @@ def splitter_body_rest(model: nn.Module):
     ("spec", "expected"),
     [
         (None, [["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "neck.weight", "neck.bias", "head.weight", "head.bias"]]),
-        (["body.0", "body.2", "neck", "head"], [["body.0.weight", "body.0.bias"], ["body.2.weight", "body.2.bias"], ["neck.weight", "neck.bias"], ["head.weight", "head.bias"]]),
-        (["body", "neck", "head.weight", "head.bias"], [["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"], ["neck.weight", "neck.bias"], ["head.weight"], ["head.bias"]]),
+        (
+            ["body.0", "body.2", "neck", "head"],
+            [
+                ["body.0.weight", "body.0.bias"],
+                ["body.2.weight", "body.2.bias"],
+                ["neck.weight", "neck.bias"],
+                ["head.weight", "head.bias"],
+            ],
+        ),
+        (
+            ["body", "neck", "head.weight", "head.bias"],
+            [
+                ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"],
+                ["neck.weight", "neck.bias"],
+                ["head.weight"],
+                ["head.bias"],
+            ],
+        ),
         (3, [["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"], ["neck.weight", "neck.bias"], ["head.weight", "head.bias"]]),
         (2, [["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "neck.weight", "neck.bias"], ["head.weight", "head.bias"]]),
         (1, [["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "neck.weight", "neck.bias", "head.weight", "head.bias"]]),
-        ("tests.test_groups.splitter_body_rest", [["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"], ["neck.weight", "neck.bias", "head.weight", "head.bias"]]),
-        (splitter_body_rest, [["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"], ["neck.weight", "neck.bias", "head.weight", "head.bias"]]),
+        (
+            "tests.test_groups.splitter_body_rest",
+            [["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"], ["neck.weight", "neck.bias", "head.weight", "head.bias"]],
+        ),
+        (
+            splitter_body_rest,
+            [["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"], ["neck.weight", "neck.bias", "head.weight", "head.bias"]],
+        ),
     ],
     ids=["none", "prefixes", "param-prefixes", "three", "two", "one", "splitter-path", "splitter"],
 )

@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweeper.config import ConfigError
-from sweeper.search import parse_dimension, split_overrides
+from sweeper.sweep.space import parse_dimension, split_overrides
 
 BELOW_5 = math.nextafter(5.0, 0.0)  # the largest float under an exclusive end of 5
 

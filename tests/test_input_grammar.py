@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 from test_bad_input import check_refusal, made_under
 
 from sweeper.config import compose_config
-from sweeper.slices import parse_lr
-from sweeper.study import plan_sweep
+from sweeper.schedules.slices import parse_lr
+from sweeper.sweep.study import plan_sweep
 
 SCRIPT = Path(sys.executable).with_name("sweeper")
 NEEDS_TORCHVISION = pytest.mark.extras("torchvision")  # runs in .venv-extras (tests/test_extras.py)
@@ -37,13 +37,25 @@ REFUSALS = [
     ("lr-word", ["train", "lr=abc"], ["lr=abc: there is no such option", "lr=1e-3, lr='slice(1e-5,1e-3)'"]),
     ("lr-negative", ["train", "lr=-1"], ["lr: -1 is not a usable learning rate", "positive, finite number such as 1e-3"]),
     ("lr-nan-sweep", ["sweep", "lr=nan"], ["lr: nan is not a usable learning rate", "positive, finite"]),
-    ("lr-low-above-high-worker", ["worker", "lr=slice(1e-3,1e-5)"], ["lr: slice(0.001, 1e-05) has low > high", "write slice(1e-05, 0.001)"]),
+    (
+        "lr-low-above-high-worker",
+        ["worker", "lr=slice(1e-3,1e-5)"],
+        ["lr: slice(0.001, 1e-05) has low > high", "write slice(1e-05, 0.001)"],
+    ),
     ("lr-list-lr-find", ["lr-find", "lr=[1e-3,-1,1e-3]"], ["lr[1]: -1", "positive, finite"]),
     ("lr-no-high-schedule", ["schedule", "lr=slice(None)"], ["lr: a slice needs its high end", "slice(hi) or slice(lo, hi)"]),
     ("lr-infinite-confirm", ["confirm", "lr=inf"], ["lr: inf is not a usable learning rate", "positive, finite"]),
     ("lr-set-twice", ["train", "lr=slice(1e-3)", "lr.high=1e-2"], ["lr: 'lr=slice(1e-3)' sets the whole slice", "give one"]),
-    ("lr-fixed-and-sampled", ["sweep", "lr=1e-3", "search.lr.high=interval(1e-3,1e-2)"], ["lr: lr=1e-3 fixes the slice", "drop one of them"]),
-    ("lr-fixed-leaves-nothing", ["sweep", "lr=1e-3", "search=slices"], ["search: the space is empty", "lr is fixed at 0.001", "search=shapes"]),
+    (
+        "lr-fixed-and-sampled",
+        ["sweep", "lr=1e-3", "search.lr.high=interval(1e-3,1e-2)"],
+        ["lr: lr=1e-3 fixes the slice", "drop one of them"],
+    ),
+    (
+        "lr-fixed-leaves-nothing",
+        ["sweep", "lr=1e-3", "search=slices"],
+        ["search: the space is empty", "lr is fixed at 0.001", "search=shapes"],
+    ),
     # 2. Hydra's grammar: deletes, hydra-optuna-sweeper's older form (command line and config file)
     ("delete-missing-sweep", ["sweep", "~train.nope"], ["~train.nope: there is no such setting to delete", "check its spelling"]),
     ("delete-other-value-worker", ["worker", "~train.seed=5"], ["~train.seed=5: train.seed holds 0, not 5", "write ~train.seed"]),
@@ -63,10 +75,26 @@ REFUSALS = [
         ["search.params.train.batch_size: ", "search.params.train.batch_size='range(16, 80, 16)'", "keeps 64 in"],
     ),
     # 3. settings every trial would fail on, caught up front
-    ("yaml-tab", ["train", "--config-dir", "{inputs}/tabbed", "model=tabbed"], ["--config-dir: {inputs}/tabbed/model/tabbed.yaml, line 3", "never tabs"]),
-    ("yaml-syntax-sweep", ["sweep", "--config-dir", "{inputs}/broken", "model=broken"], ["--config-dir: {inputs}/broken/model/broken.yaml, line 2", "fix the YAML"]),
-    ("word-for-a-number", ["train", "optimizer.weight_decay=abc"], ["optimizer.weight_decay: 'abc' is not a number", "optimizer.weight_decay=0.01"]),
-    ("words-for-a-number-sweep", ["sweep", "optimizer.weight_decay=choice(a,b)"], ["search.params.optimizer.weight_decay: choice(a, b)", "choose among numbers"]),
+    (
+        "yaml-tab",
+        ["train", "--config-dir", "{inputs}/tabbed", "model=tabbed"],
+        ["--config-dir: {inputs}/tabbed/model/tabbed.yaml, line 3", "never tabs"],
+    ),
+    (
+        "yaml-syntax-sweep",
+        ["sweep", "--config-dir", "{inputs}/broken", "model=broken"],
+        ["--config-dir: {inputs}/broken/model/broken.yaml, line 2", "fix the YAML"],
+    ),
+    (
+        "word-for-a-number",
+        ["train", "optimizer.weight_decay=abc"],
+        ["optimizer.weight_decay: 'abc' is not a number", "optimizer.weight_decay=0.01"],
+    ),
+    (
+        "words-for-a-number-sweep",
+        ["sweep", "optimizer.weight_decay=choice(a,b)"],
+        ["search.params.optimizer.weight_decay: choice(a, b)", "choose among numbers"],
+    ),
     ("data-shape", ["train", "data.shape=[64]"], ["data.shape: [64] does not match the data", "data.shape=[1,8,8]"]),
     (
         "data-shape-sweep",
@@ -85,7 +113,14 @@ REFUSALS = [
     ),
     (
         "image-classes-differ",
-        ["train", "data=image_folder", "data.num_classes=2", "data.shape=[3,16,16]", "data.source.num_workers=0", "data.source.root={inputs}/images"],
+        [
+            "train",
+            "data=image_folder",
+            "data.num_classes=2",
+            "data.shape=[3,16,16]",
+            "data.source.num_workers=0",
+            "data.source.root={inputs}/images",
+        ],
         ["data.source.root: train/ has classes ['cat', 'dog'] but valid/ has ['cat', 'cow']", "same class folders"],
         NEEDS_TORCHVISION,
     ),
@@ -100,13 +135,18 @@ def inputs(tmp_path_factory) -> Path:
     """Files the cases read (kept out of the working directory, where nothing may appear)."""
     folder = tmp_path_factory.mktemp("inputs")
     for name, text in [
-        ("tabbed/model/tabbed.yaml", "name: tabbed\nnet:\n\t_target_: sweeper.models.MLP\n"),
+        ("tabbed/model/tabbed.yaml", "name: tabbed\nnet:\n\t_target_: sweeper.zoo.models.MLP\n"),
         ("broken/model/broken.yaml", "name: [broken\n"),
-        ("older/search/older.yaml", yaml.safe_dump({
-            "lr": {"strategies": None, "high": None, "low_ratio": None},
-            "shape": None,
-            "params": {"train": {"batch_size": {"type": "int", "low": 16, "high": 64, "step": 16}}},
-        })),  # fmt: skip
+        (
+            "older/search/older.yaml",
+            yaml.safe_dump(
+                {
+                    "lr": {"strategies": None, "high": None, "low_ratio": None},
+                    "shape": None,
+                    "params": {"train": {"batch_size": {"type": "int", "low": 16, "high": 64, "step": 16}}},
+                }
+            ),
+        ),  # fmt: skip
         ("text.pt", "not tensors\n"),
     ]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import before_each_optimizer_step
 
-import sweeper.lr_find as lr_find_module
 from sweeper.cli import main
-from sweeper.lr_find import lr_find, minimum, range_test, steep, suggest, valley
+from sweeper.training import lr_find as lr_find_module
+from sweeper.training.lr_find import lr_find, minimum, range_test, steep, suggest, valley
 
 FASTAI = json.loads((Path(__file__).parent / "data" / "fastai_parity.json").read_text())
 

@@ -10,9 +10,9 @@ import pytest
 import requests
 from conftest import MlflowServer, feed_trial
 
-from sweeper.events import Reporter
-from sweeper.run_record import plain_config, result_curves
-from sweeper.tracking import prepare_sweep
+from sweeper.records.run_record import plain_config, result_curves
+from sweeper.records.tracking import prepare_sweep
+from sweeper.trial.events import Reporter
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,9 @@ def search_runs(server, experiment_id: str, filter_string: str) -> list[dict]:
 
 
 def metric_history(server, run_id: str, key: str) -> list[tuple[int, float]]:
-    answer = requests.get(f"{server.url}{API}/metrics/get-history", params={"run_id": run_id, "metric_key": key, "max_results": 25000}, timeout=30)
+    answer = requests.get(
+        f"{server.url}{API}/metrics/get-history", params={"run_id": run_id, "metric_key": key, "max_results": 25000}, timeout=30
+    )
     answer.raise_for_status()
     return sorted((int(m.get("step", 0)), m["value"]) for m in answer.json().get("metrics", []))
 
@@ -82,7 +84,7 @@ def test_a_sweep_recorded_over_rest_reads_back_through_the_rest_api(mlflow_serve
 
 
 def test_a_server_that_stops_mid_sweep_loses_no_record(mlflow_server, server_config, caplog):
-    caplog.set_level(logging.WARNING, logger="sweeper.tracking")
+    caplog.set_level(logging.WARNING, logger="sweeper.records.tracking")
     cfg = server_config()
     tracking = prepare_sweep(cfg, "outage")
 

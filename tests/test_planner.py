@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from sweeper.analysis.report import _planned_schedule
 from sweeper.cli import main
 from sweeper.config import compose_config
-from sweeper.planner import Plan, count_groups, frozen_shape, optimizer_momentum_off, plan_config, plan_trial, whole_epoch_steps
-from sweeper.report import _planned_schedule
-from sweeper.shapes import Constant, FastaiOneCycle, TorchOneCycle
-from sweeper.slices import peak_lrs
-from sweeper.trainer import prepare, set_hyperparameters
+from sweeper.schedules.shapes import Constant, FastaiOneCycle, TorchOneCycle
+from sweeper.schedules.slices import peak_lrs
+from sweeper.training.trainer import prepare, set_hyperparameters
+from sweeper.trial.plan import Plan, count_groups, frozen_shape, optimizer_momentum_off, plan_config, plan_trial, whole_epoch_steps
 
 FASTAI = json.loads((Path(__file__).parent / "data" / "fastai_parity.json").read_text())
 EXACT = 1e-12  # fastai's positions are its accumulated pct_train, ours step / total
@@ -145,7 +145,7 @@ def test_the_plan_is_a_picklable_value():
 
 
 def test_the_plan_draws_as_a_schedule(tmp_path):
-    from sweeper.plots import plot_schedule
+    from sweeper.schedules.plots import plot_schedule
 
     plan = plan_trial([1e-3, 1e-2], Constant(), epochs=2, freeze_epochs=1, steps=30)
     assert plan.shape == Constant()  # the configured one; the frozen phase's is fine_tune's

@@ -13,9 +13,7 @@ import optuna
 import pytest
 from conftest import NEEDS_POSTGRES, POSTGRES, claim_order
 
-from sweeper.study import StorageSpec, count_trials
-
-
+from sweeper.sweep.study import StorageSpec, count_trials
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, NEEDS_POSTGRES]
 

@@ -27,9 +27,9 @@ from conftest import StandInTrainer, with_tests_on_path
 from optuna.trial import TrialState
 
 from sweeper.cli import main
-from sweeper.events import StepEvent
-from sweeper.study import count_trials, open_study, plan_sweep
-from sweeper.workers import ProgressReporter, StopRequest, run_worker
+from sweeper.sweep.study import count_trials, open_study, plan_sweep
+from sweeper.sweep.workers import ProgressReporter, StopRequest, run_worker
+from sweeper.trial.events import StepEvent
 
 SECRET = "Pr0c-s3cret-Vw4"  # recognisable anywhere it might leak
 GATE = "SWEEPER_TEST_GATE"  # the folder GatedTrainer signals through
@@ -292,7 +292,7 @@ def test_a_worker_whose_trial_was_taken_over_says_so_and_goes_on(tmp_path, stand
     assert retry.state == TrialState.COMPLETE and retry.params == taken.params
     assert count_trials(study).complete == 2
     out = capsys.readouterr().out
-    # one line, marked for the sweep's console ("sweeper: ", see sweeper.live.WorkerNotes)
+    # one line, marked for the sweep's console ("sweeper: ", see sweeper.sweep.live.WorkerNotes)
     assert out.count("sweeper: trial 0 was taken over: this worker was stopped or stalled") == 1
 
 

@@ -27,8 +27,8 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeper.run_record import plain_config
-from sweeper.tracking import prepare_sweep
+from sweeper.records.run_record import plain_config
+from sweeper.records.tracking import prepare_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,9 @@ def test_a_killed_workers_run_is_ended_and_the_sweep_says_so(tmp_path):
     )  # fmt: skip
     try:
         pid = int(wait_for_file(gates / "held-0", started))
-        (victim_run,) = [r for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING" and r.data.tags.get("worker", "").endswith(f":{pid}")]
+        (victim_run,) = [
+            r for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING" and r.data.tags.get("worker", "").endswith(f":{pid}")
+        ]
         os.kill(pid, signal.SIGKILL)
         out, err = started.communicate(timeout=240)
     finally:

@@ -9,18 +9,18 @@ import math
 import optuna
 import pandas as pd
 import pytest
-from scipy import stats
 from conftest import feed_trial
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
+from scipy import stats
 
+from sweeper.analysis.confirm import confirm_strategies
+from sweeper.analysis.report import finish_sweep, split_sweep_name, summarize, trials_table, write_report
 from sweeper.config import ConfigError
-from sweeper.confirm import confirm_strategies
-from sweeper.events import TrialResult
-from sweeper.report import split_sweep_name, summarize, trials_table, write_report
-from sweeper.run_record import plain_config
-from sweeper.tracking import prepare_sweep, sweep_folder
+from sweeper.records.run_record import plain_config
+from sweeper.records.tracking import prepare_sweep, sweep_folder
+from sweeper.trial.events import TrialResult
 
 STRATEGIES = ["single", "fastai", "geometric"]
 SHAPES = ["fastai_one_cycle", "constant"]
@@ -112,7 +112,9 @@ def test_a_strategy_not_drawn_comes_from_the_overrides_or_the_base_config():
     study = optuna.create_study(study_name="shapes-only", direction="maximize")
     study.set_user_attr("overrides", ["lr=fastai"])
     trial = create_trial(
-        params={"shape": "constant"}, distributions={"shape": DISTRIBUTIONS["shape"]}, value=0.5,
+        params={"shape": "constant"},
+        distributions={"shape": DISTRIBUTIONS["shape"]},
+        value=0.5,
         user_attrs={"overrides": ["lr=single", "shape=constant"]},
     )
     study.add_trial(trial)
@@ -143,10 +145,10 @@ def test_an_empty_sweep_still_gets_a_report(tmp_path):
 def test_finish_attaches_the_report_to_the_sweep_run_with_mlflow_curves(study, tracked_config):
     cfg = tracked_config("train.epochs=2")
     tracking = prepare_sweep(cfg, "demo")
-    for number, (strategy, shape, state, _) in enumerate(TRIALS):
+    for number, (_, _, state, _) in enumerate(TRIALS):
         if state == TrialState.COMPLETE:
             feed_trial(tracking.trial_reporter(number, cfg), plain_config(cfg), seed=number)
-    folder = tracking.finish(study)
+    folder = finish_sweep(tracking, study)
     assert folder == sweep_folder(cfg, "demo")
 
     table = pd.read_csv(folder / "trials.csv")

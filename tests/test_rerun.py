@@ -11,11 +11,11 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from sweeper.analysis.rerun import compare_curves, load_source, rerun
+from sweeper.boundary.recorded_config import Allowed, Import, check_config, find_imports
 from sweeper.config import ConfigError
-from sweeper.rerun import compare_curves, load_source, rerun
-from sweeper.mlflow_store import read_curves, tracking_settings
-from sweeper.recorder import record_run
-from sweeper.untrusted import Allowed, Import, check_config, find_imports
+from sweeper.records.mlflow_store import read_curves, tracking_settings
+from sweeper.records.recorder import record_run
 
 # A small real training: digits, one epoch, on CPU, deterministic.
 QUICK = ["train.epochs=2", "train.device=cpu", "train.deterministic=true", "train.batch_size=128", "train.threads=1"]
@@ -25,11 +25,11 @@ def recorded(**changes) -> dict:
     """A recorded config; `model__net___target_="x"` sets model.net._target_."""
     config = OmegaConf.create(
         {
-            "model": {"net": {"_target_": "sweeper.models.MLP", "hidden": [8]}, "groups": ["body.0", "head"]},
-            "data": {"source": {"_target_": "sweeper.data.digits"}},
+            "model": {"net": {"_target_": "sweeper.zoo.models.MLP", "hidden": [8]}, "groups": ["body.0", "head"]},
+            "data": {"source": {"_target_": "sweeper.zoo.data.digits"}},
             "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True},
-            "shape": {"_target_": "sweeper.shapes.FastaiOneCycle"},
-            "sweep": {"trainer": "sweeper.trainer"},
+            "shape": {"_target_": "sweeper.schedules.shapes.FastaiOneCycle"},
+            "sweep": {"trainer": "sweeper.training.engine"},
         }
     )
     for dotted, value in changes.items():
@@ -39,23 +39,30 @@ def recorded(**changes) -> dict:
 
 def test_every_imported_name_is_found():
     config = recorded(
-        shape___target_="sweeper.shapes.FunctionShape", shape__fn="mypkg.shapes.sqrt", model__groups="mypkg.split", data__extra=[{"_target_": "x.y.Z"}]
+        shape___target_="sweeper.schedules.shapes.FunctionShape",
+        shape__fn="mypkg.shapes.sqrt",
+        model__groups="mypkg.split",
+        data__extra=[{"_target_": "x.y.Z"}],
     )
     config["sampler"] = {"_target_": "optuna.samplers.TPESampler"}  # the sweep's: checked too, though a rerun builds none
     assert find_imports(config) == [
-        Import("model.net._target_", "sweeper.models.MLP"),
+        Import("model.net._target_", "sweeper.zoo.models.MLP"),
         Import("model.groups", "mypkg.split"),
-        Import("data.source._target_", "sweeper.data.digits"),
+        Import("data.source._target_", "sweeper.zoo.data.digits"),
         Import("data.extra[0]._target_", "x.y.Z"),
         Import("optimizer._target_", "torch.optim.AdamW"),
-        Import("shape._target_", "sweeper.shapes.FunctionShape"),
+        Import("shape._target_", "sweeper.schedules.shapes.FunctionShape"),
         Import("shape.fn", "mypkg.shapes.sqrt"),
-        Import("sweep.trainer", "sweeper.trainer"),
+        Import("sweep.trainer", "sweeper.training.engine"),
         Import("sampler._target_", "optuna.samplers.TPESampler"),
     ]
     # Layer-group prefixes and a shape's other settings name no code.
     assert [i.setting for i in find_imports(recorded(shape__fn="mypkg.shapes.sqrt"))] == [
-        "model.net._target_", "data.source._target_", "optimizer._target_", "shape._target_", "sweep.trainer"
+        "model.net._target_",
+        "data.source._target_",
+        "optimizer._target_",
+        "shape._target_",
+        "sweep.trainer",
     ]
 
 
@@ -65,8 +72,11 @@ def test_every_imported_name_is_found():
         ({"model__net___target_": "os.system"}, "model.net._target_=os.system"),
         ({"optimizer___target_": "builtins.eval"}, "optimizer._target_=builtins.eval"),
         ({"data__source___target_": "torch.hub.load"}, "data.source._target_=torch.hub.load"),  # in torch, but it fetches and runs code
-        ({"data__source___target_": "sweeper.models.os.system"}, "data.source._target_=sweeper.models.os.system"),  # os.system to Hydra
-        ({"shape___target_": "sweeper.shapes.FunctionShape", "shape__fn": "subprocess.call"}, "shape.fn=subprocess.call"),
+        (
+            {"data__source___target_": "sweeper.zoo.models.os.system"},
+            "data.source._target_=sweeper.zoo.models.os.system",
+        ),  # os.system to Hydra
+        ({"shape___target_": "sweeper.schedules.shapes.FunctionShape", "shape__fn": "subprocess.call"}, "shape.fn=subprocess.call"),
         ({"sweep__trainer": "conftest.StandInTrainer"}, "sweep.trainer=conftest.StandInTrainer"),
         ({"sweep__trainer": "antigravity"}, "sweep.trainer=antigravity"),  # no dot: imported as a module
         ({"model__net___target_": "sweeperx.evil"}, "model.net._target_=sweeperx.evil"),  # a prefix of a name is not its module
@@ -88,9 +98,9 @@ def test_a_refused_rerun_runs_nothing(tracked_config, tmp_path, monkeypatch):
     folder = tmp_path / "source"
     folder.mkdir()
     OmegaConf.save(OmegaConf.create(recorded(model__net___target_="os.system")), folder / "config.yaml")
-    import sweeper.rerun
+    import sweeper.analysis.rerun
 
-    monkeypatch.setattr(sweeper.rerun, "load_trainer", lambda cfg: pytest.fail("a refused config reached the trainer"))
+    monkeypatch.setattr(sweeper.analysis.rerun, "load_trainer", lambda cfg: pytest.fail("a refused config reached the trainer"))
     with pytest.raises(ConfigError, match="os.system"):
         rerun(load_source(str(folder), tracked_config()), tracked_config(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -119,7 +129,7 @@ def test_an_unknown_run_id_is_a_clear_error(tracked_config):
 
 
 def test_a_rerun_of_an_mlflow_run_is_bitwise_equal_on_cpu(tracked_config, tmp_path):
-    trainer = pytest.importorskip("sweeper.trainer")
+    trainer = pytest.importorskip("sweeper.training.trainer")
     cfg = tracked_config(*QUICK, "lr=geometric", "shape=torch_one_cycle")
     source_reporter = record_run(cfg)
     trainer.train(cfg, [source_reporter])
@@ -138,17 +148,63 @@ def test_a_rerun_of_an_mlflow_run_is_bitwise_equal_on_cpu(tracked_config, tmp_pa
 
 @pytest.mark.slow
 def test_sweeper_rerun_of_a_train_folder_is_exact_and_refuses_foreign_code(sweeper_cli, tmp_path):
-    pytest.importorskip("sweeper.trainer")
+    pytest.importorskip("sweeper.training.trainer")
     trained = sweeper_cli("train", "--name", "source", "--quiet", *QUICK, "tracking=none")
     assert trained.returncode == 0, trained.stderr[-2000:]
     again = sweeper_cli("rerun", "--strict", "--name", "again", "results/train/source", "tracking=none")
     assert again.returncode == 0, again.stdout + again.stderr[-2000:]
-    assert "model.net._target_: sweeper.models.MLP" in again.stdout  # listed before it ran
+    assert "model.net._target_: sweeper.zoo.models.MLP" in again.stdout  # listed before it ran
     assert "(bitwise equal)" in again.stdout
     assert (tmp_path / "results" / "reruns" / "again" / "result.json").is_file()
 
     config = tmp_path / "results" / "train" / "source" / "config.yaml"
-    config.write_text(config.read_text().replace("sweeper.models.MLP", "mypkg.models.MLP"))
+    config.write_text(config.read_text().replace("sweeper.zoo.models.MLP", "mypkg.models.MLP"))
     refused = sweeper_cli("rerun", "results/train/source", "tracking=none")
     assert refused.returncode == 2 and "model.net._target_=mypkg.models.MLP" in refused.stderr
     assert "--allow-module mypkg" in refused.stderr
+
+
+# Names as runs recorded them before sweeper's modules moved into packages (sweeper.boundary.renamed).
+OLD_NAMES = {
+    "sweeper.zoo.models.": "sweeper.models.",
+    "sweeper.zoo.data.": "sweeper.data.",
+    "sweeper.zoo.tasks.": "sweeper.tasks.",
+    "sweeper.schedules.shapes.": "sweeper.shapes.",
+    "sweeper.training.engine": "sweeper.trainer",
+}
+
+
+@pytest.mark.slow
+def test_a_run_recorded_with_the_names_before_the_move_reruns_bitwise(sweeper_cli, tmp_path):
+    pytest.importorskip("sweeper.training.trainer")
+    trained = sweeper_cli("train", "--name", "before", "--quiet", *QUICK, "tracking=none")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    config = tmp_path / "results" / "train" / "before" / "config.yaml"
+    text = config.read_text()
+    for new, old in OLD_NAMES.items():
+        text = text.replace(new, old)
+    assert "sweeper.models.MLP" in text and "sweeper.shapes." in text and "sweeper.zoo" not in text  # as recorded then
+    config.write_text(text)
+
+    again = sweeper_cli("rerun", "--strict", "--name", "after", "results/train/before", "tracking=none")
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert "model.net._target_: sweeper.zoo.models.MLP" in again.stdout  # checked under today's name
+    assert "(bitwise equal)" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("recorded_name", "now"),
+    [
+        ("sweeper.models.MLP", "sweeper.zoo.models.MLP"),
+        ("sweeper.text.sequence_classifier", "sweeper.zoo.transformers.sequence_classifier"),
+        ("sweeper.trainer", "sweeper.training.engine"),
+        ("sweeper.shapes.linear_decay", "sweeper.schedules.shapes.linear_decay"),
+        ("sweeper.models.os.system", "sweeper.models.os.system"),  # only a whole moved module maps
+        ("mypkg.models.MLP", "mypkg.models.MLP"),
+        (7, 7),
+    ],
+)
+def test_old_names_map_to_todays_and_nothing_else_does(recorded_name, now):
+    from sweeper.boundary.renamed import current_name
+
+    assert current_name(recorded_name) == now

@@ -20,9 +20,9 @@ import pytest
 from conftest import with_tests_on_path
 from omegaconf import OmegaConf
 
+from sweeper.boundary.recorded_config import ALLOWED_CALLABLES, Allowed, checked_config, find_imports, read_recorded
 from sweeper.cli import main
 from sweeper.config import compose_config
-from sweeper.untrusted import ALLOWED_CALLABLES, Allowed, checked_config, find_imports, read_recorded
 
 CANARY = "canary"  # what every payload creates in the working directory when it runs
 SOURCE = "results/train/source"
@@ -44,7 +44,7 @@ def available_metrics(cfg):
 # torch.hub.load(source="local") imports the folder's hubconf.py.
 HUBCONF = f"from pathlib import Path\nPath({CANARY!r}).write_text('hub')\ndef m():\n    return None\n"
 OPEN_CANARY = {"_target_": "builtins.open", "file": CANARY, "mode": "w"}
-MLP = {"_target_": "sweeper.models.MLP", "in_shape": [1, 8, 8], "num_classes": 10}
+MLP = {"_target_": "sweeper.zoo.models.MLP", "in_shape": [1, 8, 8], "num_classes": 10}
 
 # The Hydra installed here refuses a few targets itself (os.system, subprocess, eval) when a
 # config is built unchecked; not every Hydra does, and sweeper's check does not count on it.
@@ -52,31 +52,102 @@ BLOCKED_BY_HYDRA = False
 # (id, {dotted setting: new value}, fragments of the one-line refusal, creates the canary when built unchecked)
 PAYLOADS: list[tuple[str, dict[str, Any], list[str], bool]] = [
     # code outside the allow-list, by name
-    ("os-system", {"model.net": {"_target_": "os.system", "command": f"touch {CANARY}"}}, ["model.net._target_=os.system"], BLOCKED_BY_HYDRA),
-    ("subprocess-run", {"data.source": {"_target_": "subprocess.run", "args": ["touch", CANARY]}}, ["data.source._target_=subprocess.run"], BLOCKED_BY_HYDRA),
-    ("builtins-open", {"model.net": OPEN_CANARY}, ["model.net._target_=builtins.open"], True),
-    ("builtins-eval", {"model.net": {"_target_": "builtins.eval", "_args_": [f"open({CANARY!r}, 'w')"]}}, ["model.net._target_=builtins.eval"], BLOCKED_BY_HYDRA),
-    ("eval-without-a-dot", {"model.net": {"_target_": "eval", "_args_": [f"open({CANARY!r}, 'w')"]}}, ["model.net._target_=eval"], False),
-    ("torch-hub-load", {"model.net": {"_target_": "torch.hub.load", "repo_or_dir": "hub", "model": "m", "source": "local"}}, ["model.net._target_=torch.hub.load"], True),
-    ("torch-save", {"data.source": {"_target_": "torch.save", "obj": 1, "f": CANARY}}, ["data.source._target_=torch.save"], True),
-    ("pathlib-write-text", {"model.net": {"_target_": "pathlib.Path.write_text", "self": {"_target_": "pathlib.Path", "_args_": [CANARY]}, "data": "x"}}, ["model.net._target_=pathlib.Path.write_text", "model.net.self._target_=pathlib.Path"], True),
-    # inside an allowed package is not allowed: exact callables only
-    ("through-an-allowed-module", {"model.net": {"_target_": "sweeper.models.os.system", "command": f"touch {CANARY}"}}, ["model.net._target_=sweeper.models.os.system"], BLOCKED_BY_HYDRA),
     (
-        "sweeper-function-not-a-callable-of-the-list",
-        {"model.net": {"_target_": "sweeper.plots.plot_schedule", "path": CANARY, "schedule": {"_target_": "sweeper.shapes.Schedule", "peaks": [1e-3], "shape": {"_target_": "sweeper.shapes.Constant"}, "total": 2}}},
-        ["model.net._target_=sweeper.plots.plot_schedule", "model.net.schedule._target_=sweeper.shapes.Schedule"],
+        "os-system",
+        {"model.net": {"_target_": "os.system", "command": f"touch {CANARY}"}},
+        ["model.net._target_=os.system"],
+        BLOCKED_BY_HYDRA,
+    ),
+    (
+        "subprocess-run",
+        {"data.source": {"_target_": "subprocess.run", "args": ["touch", CANARY]}},
+        ["data.source._target_=subprocess.run"],
+        BLOCKED_BY_HYDRA,
+    ),
+    ("builtins-open", {"model.net": OPEN_CANARY}, ["model.net._target_=builtins.open"], True),
+    (
+        "builtins-eval",
+        {"model.net": {"_target_": "builtins.eval", "_args_": [f"open({CANARY!r}, 'w')"]}},
+        ["model.net._target_=builtins.eval"],
+        BLOCKED_BY_HYDRA,
+    ),
+    ("eval-without-a-dot", {"model.net": {"_target_": "eval", "_args_": [f"open({CANARY!r}, 'w')"]}}, ["model.net._target_=eval"], False),
+    (
+        "torch-hub-load",
+        {"model.net": {"_target_": "torch.hub.load", "repo_or_dir": "hub", "model": "m", "source": "local"}},
+        ["model.net._target_=torch.hub.load"],
         True,
     ),
-    ("a-target-that-is-not-a-name", {"model.net._target_": ["os", "system"]}, ["model.net._target_=['os', 'system'] (not a dotted name)"], False),
+    ("torch-save", {"data.source": {"_target_": "torch.save", "obj": 1, "f": CANARY}}, ["data.source._target_=torch.save"], True),
+    (
+        "pathlib-write-text",
+        {"model.net": {"_target_": "pathlib.Path.write_text", "self": {"_target_": "pathlib.Path", "_args_": [CANARY]}, "data": "x"}},
+        ["model.net._target_=pathlib.Path.write_text", "model.net.self._target_=pathlib.Path"],
+        True,
+    ),
+    # inside an allowed package is not allowed: exact callables only
+    (
+        "through-an-allowed-module",
+        {"model.net": {"_target_": "sweeper.zoo.models.os.system", "command": f"touch {CANARY}"}},
+        ["model.net._target_=sweeper.zoo.models.os.system"],
+        BLOCKED_BY_HYDRA,
+    ),
+    (
+        "sweeper-function-not-a-callable-of-the-list",
+        {
+            "model.net": {
+                "_target_": "sweeper.schedules.plots.plot_schedule",
+                "path": CANARY,
+                "schedule": {
+                    "_target_": "sweeper.schedules.shapes.Schedule",
+                    "peaks": [1e-3],
+                    "shape": {"_target_": "sweeper.schedules.shapes.Constant"},
+                    "total": 2,
+                },
+            }
+        },
+        ["model.net._target_=sweeper.schedules.plots.plot_schedule", "model.net.schedule._target_=sweeper.schedules.shapes.Schedule"],
+        True,
+    ),
+    (
+        "a-target-that-is-not-a-name",
+        {"model.net._target_": ["os", "system"]},
+        ["model.net._target_=['os', 'system'] (not a dotted name)"],
+        False,
+    ),
     # hidden: in a list, in _args_, behind _recursive_, built by _partial_ later
     ("in-a-list", {"model.net": {**MLP, "hidden": [OPEN_CANARY]}}, ["model.net.hidden[0]._target_=builtins.open"], True),
-    ("in-args", {"model.net": {"_target_": "sweeper.models.MLP", "_args_": [[1, 8, 8], 10, [OPEN_CANARY]]}}, ["model.net._args_[2][0]._target_=builtins.open"], True),
-    ("behind-recursive-false", {"model.net": {**MLP, "_recursive_": False, "hidden": [OPEN_CANARY]}}, ["model.net.hidden[0]._target_=builtins.open"], False),
-    ("partial-called-by-the-trainer", {"optimizer": {"_target_": "torch.save", "_partial_": True, "f": CANARY}}, ["optimizer._target_=torch.save"], True),
+    (
+        "in-args",
+        {"model.net": {"_target_": "sweeper.zoo.models.MLP", "_args_": [[1, 8, 8], 10, [OPEN_CANARY]]}},
+        ["model.net._args_[2][0]._target_=builtins.open"],
+        True,
+    ),
+    (
+        "behind-recursive-false",
+        {"model.net": {**MLP, "_recursive_": False, "hidden": [OPEN_CANARY]}},
+        ["model.net.hidden[0]._target_=builtins.open"],
+        False,
+    ),
+    (
+        "partial-called-by-the-trainer",
+        {"optimizer": {"_target_": "torch.save", "_partial_": True, "f": CANARY}},
+        ["optimizer._target_=torch.save"],
+        True,
+    ),
     # brought in by interpolation
-    ("only-through-interpolation", {"stash": {"_target_": "torch.save", "obj": 1, "f": CANARY}, "model.net": "${stash}"}, ["stash._target_=torch.save", "model.net._target_=torch.save"], True),
-    ("name-built-from-pieces", {"a": "os", "b": "system", "model.net": {"_target_": "${a}.${b}", "command": f"touch {CANARY}"}}, ["model.net._target_=os.system"], BLOCKED_BY_HYDRA),
+    (
+        "only-through-interpolation",
+        {"stash": {"_target_": "torch.save", "obj": 1, "f": CANARY}, "model.net": "${stash}"},
+        ["stash._target_=torch.save", "model.net._target_=torch.save"],
+        True,
+    ),
+    (
+        "name-built-from-pieces",
+        {"a": "os", "b": "system", "model.net": {"_target_": "${a}.${b}", "command": f"touch {CANARY}"}},
+        ["model.net._target_=os.system"],
+        BLOCKED_BY_HYDRA,
+    ),
     # resolvers: none runs on a recorded config
     ("oc-env", {"model.name": "${oc.env:HOME}"}, ["model.name", "oc.env", "never with this machine's environment"], False),
     ("oc-env-in-a-key", {"model.net.hidden": "${model.${oc.env:HOME}}"}, ["model.net.hidden", "oc.env"], False),
@@ -86,14 +157,29 @@ PAYLOADS: list[tuple[str, dict[str, Any], list[str], bool]] = [
     ("custom-resolver", {"model.name": "${plant:x}"}, ["model.name", "resolver plant"], True),
     ("escaped-interpolation", {"model.name": "\\${oc.env:HOME}"}, ["model.name", "interpolated again"], False),
     # the other settings that name code
-    ("shape-fn", {"shape": {"_target_": "sweeper.shapes.FunctionShape", "fn": "plant.fn"}}, ["shape.fn=plant.fn"], True),
-    ("function-shape-elsewhere", {"data.source": {"_target_": "sweeper.shapes.FunctionShape", "fn": "plant.fn"}}, ["data.source.fn=plant.fn"], True),
+    ("shape-fn", {"shape": {"_target_": "sweeper.schedules.shapes.FunctionShape", "fn": "plant.fn"}}, ["shape.fn=plant.fn"], True),
+    (
+        "function-shape-elsewhere",
+        {"data.source": {"_target_": "sweeper.schedules.shapes.FunctionShape", "fn": "plant.fn"}},
+        ["data.source.fn=plant.fn"],
+        True,
+    ),
     ("model-groups", {"model.groups": "plant.split"}, ["model.groups=plant.split", "--allow-module plant"], True),
     ("sweep-trainer-without-a-dot", {"sweep.trainer": "plant"}, ["sweep.trainer=plant"], True),
     # arguments by position would slip past the checks that read them by name
-    ("cache-folder-by-position", {"model.net": {"_target_": "sweeper.models.pretrained_on_digits", "_args_": [MLP, [0, 1], 1, 1e-3, 0, CANARY]}}, ["model.net._args_", "by name"], True),
+    (
+        "cache-folder-by-position",
+        {"model.net": {"_target_": "sweeper.zoo.models.pretrained_on_digits", "_args_": [MLP, [0, 1], 1, 1e-3, 0, CANARY]}},
+        ["model.net._args_", "by name"],
+        True,
+    ),
     # the recorded config cannot allow itself anything
-    ("recorded-allow-modules", {"tracking.allow_modules": ["os", "plant"], "model.groups": "plant.split"}, ["model.groups=plant.split"], True),
+    (
+        "recorded-allow-modules",
+        {"tracking.allow_modules": ["os", "plant"], "model.groups": "plant.split"},
+        ["model.groups=plant.split"],
+        True,
+    ),
 ]
 CONSOLE_SCRIPT_PAYLOADS = ["os-system", "only-through-interpolation", "oc-env", "sweep-trainer-without-a-dot"]
 
@@ -191,8 +277,8 @@ def test_each_payload_runs_when_built_unchecked(name, planted, recorded_config):
     """The control: built as a rerun built a recorded config before the check (resolved whole
     for its record, the trainer loaded, the trial prepared), the payload creates the canary, so
     its absence in the tests above means it did not run."""
-    from sweeper.study import load_trainer
-    from sweeper.trainer import prepare
+    from sweeper.sweep.study import load_trainer
+    from sweeper.training.trainer import prepare
 
     folder = record(planted, recorded_config, BY_ID[name][0])
     config = OmegaConf.load(folder / "config.yaml")
@@ -219,7 +305,13 @@ def test_a_payload_in_a_config_that_is_not_yaml_mapping_is_refused(planted, caps
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(f'model: !!python/object/apply:os.system ["touch {CANARY}"]\n')
     before = made_under(planted)
-    check_refused(main(["rerun", SOURCE, "results_dir=results"]), capsys.readouterr().err, ["config.yaml", "python/object/apply:os.system"], planted, before)
+    check_refused(
+        main(["rerun", SOURCE, "results_dir=results"]),
+        capsys.readouterr().err,
+        ["config.yaml", "python/object/apply:os.system"],
+        planted,
+        before,
+    )
     (folder / "config.yaml").write_text("- a list\n- not a config\n")
     check_refused(main(["rerun", SOURCE, "results_dir=results"]), capsys.readouterr().err, ["config.yaml", "ListConfig"], planted, before)
 
@@ -228,7 +320,13 @@ def test_a_broken_result_is_refused_before_training(planted, recorded_config, ca
     folder = record(planted, recorded_config, {})
     (folder / "result.json").write_text('{"steps": [{"oops": 1}]}')
     before = made_under(planted)
-    check_refused(main(["rerun", SOURCE, "results_dir=results"]), capsys.readouterr().err, ["result.json", "not a result sweeper wrote"], planted, before)
+    check_refused(
+        main(["rerun", SOURCE, "results_dir=results"]),
+        capsys.readouterr().err,
+        ["result.json", "not a result sweeper wrote"],
+        planted,
+        before,
+    )
 
 
 @pytest.mark.parametrize("module", ["os", "builtins", "subprocess", "sweeper", "torch", "torch.hub", "optuna"])
@@ -243,7 +341,7 @@ def test_a_module_that_is_not_the_users_cannot_be_allowed_whole(module, planted,
 
 @pytest.mark.parametrize("allow", [["--allow-module", "plant"], ["tracking.allow_modules=[plant]"]])
 def test_the_user_may_allow_a_module_of_their_own(allow, planted, recorded_config, capsys):
-    record(planted, recorded_config, {"shape": {"_target_": "sweeper.shapes.FunctionShape", "fn": "plant.fn"}})
+    record(planted, recorded_config, {"shape": {"_target_": "sweeper.schedules.shapes.FunctionShape", "fn": "plant.fn"}})
     code = main(["rerun", "--dry-run", SOURCE, *allow, "results_dir=results"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -264,15 +362,19 @@ def test_the_allow_list_holds_every_callable_our_configs_name():
         group = path.parent.relative_to(config_dir()).as_posix()
         named |= {i.name for i in find_imports({group: node} if group != "." else node)}
     assert named <= ALLOWED_CALLABLES, named - ALLOWED_CALLABLES
-    assert {"sweeper.models.resnet_split", "sweeper.shapes.linear_decay", "sweeper.trainer"} <= named  # groups, fn, trainer found
+    assert {
+        "sweeper.zoo.models.resnet_split",
+        "sweeper.schedules.shapes.linear_decay",
+        "sweeper.training.engine",
+    } <= named  # groups, fn, trainer found
     for name in ALLOWED_CALLABLES:
-        assert callable(get_object(name)) or name == "sweeper.trainer", name
+        assert callable(get_object(name)) or name == "sweeper.training.engine", name
 
 
 def test_the_checked_config_is_what_runs(planted, recorded_config, monkeypatch, capsys):
     """The rerun builds the resolved, checked config: no interpolation left to resolve later, and
     the pre-training cache in the user's results, wherever the recorded config put it."""
-    import sweeper.rerun
+    import sweeper.analysis.rerun
 
     built = []
 
@@ -282,8 +384,8 @@ def test_the_checked_config_is_what_runs(planted, recorded_config, monkeypatch, 
             built.append(cfg)
             raise KeyboardInterrupt  # stop here: what was built is all this test needs
 
-    monkeypatch.setattr(sweeper.rerun, "load_trainer", lambda cfg: Trainer)
-    net = {"_target_": "sweeper.models.pretrained_on_digits", "net": "${stash}", "cache_dir": "/elsewhere"}
+    monkeypatch.setattr(sweeper.analysis.rerun, "load_trainer", lambda cfg: Trainer)
+    net = {"_target_": "sweeper.zoo.models.pretrained_on_digits", "net": "${stash}", "cache_dir": "/elsewhere"}
     record(planted, recorded_config, {"stash": MLP, "model.net": net, "model.name": "${data.name}"})
     assert main(["rerun", SOURCE, "results_dir=results", "tracking=none"]) == 130  # stopped as by Ctrl-C
     (config,) = built
@@ -293,7 +395,7 @@ def test_the_checked_config_is_what_runs(planted, recorded_config, monkeypatch, 
 
 
 def test_checked_config_points_every_write_folder_at_the_users_results(tmp_path):
-    text = OmegaConf.to_yaml({"model": {"net": {"_target_": "sweeper.models.pretrained_on_digits", "net": MLP, "cache_dir": "/etc"}}})
+    text = OmegaConf.to_yaml({"model": {"net": {"_target_": "sweeper.zoo.models.pretrained_on_digits", "net": MLP, "cache_dir": "/etc"}}})
     config = checked_config(read_recorded(text, "x"), Allowed(), tmp_path / "cache")
     assert config.model.net.cache_dir == str(tmp_path / "cache")
 

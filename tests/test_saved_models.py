@@ -1,4 +1,4 @@
-"""Keeping the trained model (sweeper.saved_models, `sweeper export`): the weights go to the run's
+"""Keeping the trained model (sweeper.training.saved_models, `sweeper export`): the weights go to the run's
 MLflow artifacts as a state dict that plain torch loads with weights_only=True, and evaluate to the
 run's recorded final metrics; which runs keep them follows tracking.save_model; `sweeper export`
 writes them out, refusing every mistake in one line (exit 2, nothing written) and any artifact
@@ -13,8 +13,8 @@ from conftest import RunsCodeWhenLoaded
 from mlflow import MlflowClient
 
 from sweeper.commands.train import reporters_for
-from sweeper.saved_models import MODEL_ARTIFACT, SAVED_TAG, best_in_study, best_so_far
-from sweeper.trainer import evaluate, prepare, run
+from sweeper.training.saved_models import MODEL_ARTIFACT, SAVED_TAG, best_in_study, best_so_far
+from sweeper.training.trainer import evaluate, prepare, run
 
 SMALL = ["data=synthetic", "data.source.n_samples=300", "train.batch_size=32", "train.epochs=2", "train.threads=1"]
 

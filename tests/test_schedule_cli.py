@@ -14,8 +14,8 @@ import torch
 
 from sweeper.cli import main
 from sweeper.config import compose_config
-from sweeper.planner import plan_config
-from sweeper.shapes import FastaiOneCycle, Schedule
+from sweeper.schedules.shapes import FastaiOneCycle, Schedule
+from sweeper.trial.plan import plan_config
 
 
 def run_schedule(capsys, tmp_path: Path, *args: str) -> tuple[int, str, str]:
@@ -40,8 +40,19 @@ def test_json_has_every_step_of_every_group(capsys, tmp_path):
 
 def test_shape_and_its_settings_come_from_overrides(capsys, tmp_path):
     code, out, _ = run_schedule(
-        capsys, tmp_path, "--lr", "1e-2", "--groups", "2", "--steps", "20", "--json", "--no-plot",
-        "shape=torch_one_cycle", "shape.pct_start=0.25", "shape.three_phase=true",
+        capsys,
+        tmp_path,
+        "--lr",
+        "1e-2",
+        "--groups",
+        "2",
+        "--steps",
+        "20",
+        "--json",
+        "--no-plot",
+        "shape=torch_one_cycle",
+        "shape.pct_start=0.25",
+        "shape.three_phase=true",
     )
     assert code == 0
     rows = json.loads(out)["rows"]
@@ -78,7 +89,13 @@ def test_a_fine_tune_config_prints_and_plots_both_phases(capsys, tmp_path):
     code, out, _ = run_schedule(capsys, tmp_path, "--steps", "40", "--every", "10", "--no-plot", *settings)  # the table too
     assert code == 0
     rows = [line.split() for line in out.splitlines() if line.startswith("│")]
-    assert [(row[1], row[3]) for row in rows] == [("0", "frozen"), ("10", "unfrozen"), ("20", "unfrozen"), ("30", "unfrozen"), ("39", "unfrozen")]
+    assert [(row[1], row[3]) for row in rows] == [
+        ("0", "frozen"),
+        ("10", "unfrozen"),
+        ("20", "unfrozen"),
+        ("30", "unfrozen"),
+        ("39", "unfrozen"),
+    ]
 
 
 def test_a_fine_tune_config_defaults_to_whole_epochs_near_100_steps(capsys, tmp_path):
@@ -136,7 +153,10 @@ def test_console_command_runs(tmp_path):
     script = Path(sys.executable).with_name("sweeper")
     done = subprocess.run(
         [script, "schedule", "--lr", "slice(1e-5,1e-3)", "--steps", "3", "--json", "--no-plot"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ},
     )
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["rows"]) == 3

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweeper.config import ConfigError, build_shape, compose_config
-from sweeper.search import SearchSpace, build_space, parse_dimension, split_overrides, validate_space
-from sweeper.slices import parse_lr
+from sweeper.schedules.slices import parse_lr
+from sweeper.sweep.space import SearchSpace, build_space, parse_dimension, split_overrides, validate_space
 
 BELOW = math.nextafter  # the largest float under an exclusive end
 
@@ -207,7 +207,7 @@ def test_a_fixed_lr_fixes_the_slice_of_every_trial(lr, expected):
     assert space.strategy is None and space.high is None and space.low_ratio is None  # nothing of lr drawn
     spec = parse_lr(lr.partition("=")[2])
     assert space.describe()[0] == f"lr: fixed at {spec.describe()}; search.lr is not sampled"
-    for params, overrides in draw(space, 5):
+    for _, overrides in draw(space, 5):
         assert not any(o.startswith("lr") for o in overrides), overrides
         assert parse_lr(OmegaConf.to_container(compose_config([*plain, *overrides]).lr)) == spec
 

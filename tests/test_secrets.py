@@ -35,13 +35,13 @@ REPOSITORY = Path(__file__).resolve().parent.parent
     "password",
     [
         "hunter2",
-        "Zx9+/=ab",       # base64-like: a "/" (SQLAlchemy takes it unescaped)
-        "p@ss",           # an "@" before the host's
-        "p#ss?x",         # what would start a fragment or a query
+        "Zx9+/=ab",  # base64-like: a "/" (SQLAlchemy takes it unescaped)
+        "p@ss",  # an "@" before the host's
+        "p#ss?x",  # what would start a fragment or a query
         "p:ss",
-        "p%2Fss",         # percent-escaped
-        "pa ss",          # a space: the URL goes on past it
-        "p@ss/w:rd#x",    # all of them at once: SQLAlchemy reads "p" and a host "ss"
+        "p%2Fss",  # percent-escaped
+        "pa ss",  # a space: the URL goes on past it
+        "p@ss/w:rd#x",  # all of them at once: SQLAlchemy reads "p" and a host "ss"
     ],
 )
 @pytest.mark.parametrize(
@@ -98,8 +98,8 @@ def test_the_passwords_of_a_command_line_are_read_every_way(argument, expected):
 
 
 def test_known_passwords_are_masked_wherever_they_stand_but_short_ones_only_in_urls():
-    text = "could not translate host name \"s3cr3t\" to address; pw=ab"
-    assert mask_text(text, {"s3cr3t", "ab"}) == "could not translate host name \"***\" to address; pw=ab"
+    text = 'could not translate host name "s3cr3t" to address; pw=ab'
+    assert mask_text(text, {"s3cr3t", "ab"}) == 'could not translate host name "***" to address; pw=ab'
 
 
 # --- a failing connection ---------------------------------------------------------------------
@@ -186,7 +186,7 @@ def recorded_in_mlflow(server: MlflowServer, experiment: str) -> bytes:
 
 
 def recorded_in_study(storage: str, name: str) -> str:
-    from sweeper.study import StorageSpec
+    from sweeper.sweep.study import StorageSpec
 
     study = optuna.load_study(study_name=name, storage=StorageSpec(storage).open())
     attrs = [study.user_attrs] + [[t.user_attrs, t.system_attrs, t.params] for t in study.trials]
@@ -230,7 +230,7 @@ def secret_sweep(tmp_path_factory):
     finally:
         server.stop()
         if POSTGRES:
-            from sweeper.study import StorageSpec
+            from sweeper.sweep.study import StorageSpec
 
             try:
                 optuna.delete_study(study_name=name, storage=StorageSpec(POSTGRES).open())
@@ -279,7 +279,7 @@ def test_nothing_tells_a_server_to_listen_on_every_interface():
 def test_the_test_postgres_server_listens_on_loopback_only():
     import sqlalchemy
 
-    from sweeper.study import StorageSpec
+    from sweeper.sweep.study import StorageSpec
 
     engine = sqlalchemy.create_engine(StorageSpec(POSTGRES).driver_url)
     with engine.connect() as connection:

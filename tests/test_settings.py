@@ -9,8 +9,8 @@ import math
 import pytest
 
 from sweeper.config import ConfigError
-from sweeper import settings
-from sweeper.settings import seconds, warn_oversubscribed, whole
+from sweeper.config import rules as settings
+from sweeper.config.rules import seconds, warn_oversubscribed, whole
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_seconds_may_allow_null():
 
 def test_far_more_workers_than_cores_warns_once_with_the_figures(caplog):
     settings._warn_once.cache_clear()  # once per process: forget any earlier warning
-    with caplog.at_level(logging.WARNING, logger="sweeper.settings"):
+    with caplog.at_level(logging.WARNING, logger="sweeper.config.rules"):
         for _ in range(3):  # the launcher plans its slots several times
             warn_oversubscribed(1000, 2)
         warn_oversubscribed(4, 2)  # twice the cores: fine

@@ -1,4 +1,4 @@
-"""Cycle shapes against fastai itself (../shared/vectors, and tests/data/fastai_parity.json from
+"""Cycle shapes against fastai itself (tests/data/fastai_one_cycle.json and tests/data/fastai_parity.json from
 scripts/fastai_reference.py) and torch's schedulers themselves, step by step."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper.shapes import (
+from sweeper.schedules.shapes import (
     Constant,
     FastaiFlatCos,
     FastaiOneCycle,
@@ -29,10 +29,10 @@ from sweeper.shapes import (
     WarmupStableDecay,
     combined_cos,
 )
-from sweeper.slices import peak_lrs
+from sweeper.schedules.slices import peak_lrs
 from tests.test_slices import VECTORS, spec_from_vector
 
-FASTAI_REL = 1e-6  # the tolerance shared/README.md gives for these vectors
+FASTAI_REL = 1e-6  # the tolerance the vectors were published with
 FASTAI = json.loads((Path(__file__).parent / "data" / "fastai_parity.json").read_text())
 # fastai's positions are its accumulated pct_train, ours step / total: float64 rounding apart
 EXACT = 1e-12
@@ -168,9 +168,7 @@ def fastai_peaks(spec, n_groups: int) -> list[float]:
     return peak_lrs(spec, n_groups)
 
 
-@pytest.mark.parametrize(
-    "case", FASTAI["fit_sgdr"], ids=lambda c: f"{c['n_cycles']}x{c['cycle_len']}*{c['cycle_mult']}-{c['n_batches']}"
-)
+@pytest.mark.parametrize("case", FASTAI["fit_sgdr"], ids=lambda c: f"{c['n_cycles']}x{c['cycle_len']}*{c['cycle_mult']}-{c['n_batches']}")
 def test_sgdr_matches_fastai_fit_sgdr_batch_for_batch(case):
     shape = FastaiSGDR(n_cycles=case["n_cycles"], cycle_len=case["cycle_len"], cycle_mult=case["cycle_mult"])
     assert shape.epochs == case["n_epoch"]  # the epochs fit_sgdr trains for these cycles
@@ -207,7 +205,10 @@ def test_points_and_function_at_fastai_positions_match_a_fastai_ParamScheduler(c
 
 
 def test_the_two_positions_differ_only_in_where_the_last_step_lands():
-    end, fastai = FunctionShape(fn="sweeper.shapes.linear_decay"), FunctionShape(fn="sweeper.shapes.linear_decay", position="fastai")
+    end, fastai = (
+        FunctionShape(fn="sweeper.schedules.shapes.linear_decay"),
+        FunctionShape(fn="sweeper.schedules.shapes.linear_decay", position="fastai"),
+    )
     assert end.lr(1.0, 9, 10) == 0.0  # step / (N - 1): the last step reaches the function's end
     assert math.isclose(fastai.lr(1.0, 9, 10), 0.1)  # step / N: fastai never quite gets there
     assert end.lr(1.0, 0, 10) == fastai.lr(1.0, 0, 10) == 1.0
@@ -239,7 +240,7 @@ def test_torch_one_cycle_reaches_its_minimum_on_the_last_step():
         (WarmupCosine(warmup_pct=0.1, div=10, div_final=100), 0.1, 0.01),
         (WarmupStableDecay(warmup_pct=0.1, decay_pct=0.2, div=10, div_final=100), 0.1, 0.01),
         (Points(points=((0, 0.5), (0.5, 1.0), (1, 0.25))), 0.5, 0.25),
-        (FunctionShape(fn="sweeper.shapes.linear_decay"), 1.0, 0.0),
+        (FunctionShape(fn="sweeper.schedules.shapes.linear_decay"), 1.0, 0.0),
         (TorchPolynomial(), 1.0, 1 / 101),
     ],
     ids=lambda x: getattr(x, "name", None),
@@ -275,10 +276,23 @@ def test_each_group_runs_the_same_shape_scaled_by_its_peak():
 
 @pytest.mark.parametrize(
     "shape",
-    [FastaiOneCycle(), TorchOneCycle(three_phase=True), Constant(), Triangular(), WarmupCosine(),
-     WarmupStableDecay(), Points(), FunctionShape(fn="sweeper.shapes.linear_decay"),
-     FunctionShape(fn="sweeper.shapes.linear_decay", position="fastai"), Points(position="fastai"),
-     FastaiFlatCos(), FastaiSGDR(), TorchCosineRestarts(T_0=7, T_mult=2), TorchExponential(), TorchPolynomial(power=2.0)],
+    [
+        FastaiOneCycle(),
+        TorchOneCycle(three_phase=True),
+        Constant(),
+        Triangular(),
+        WarmupCosine(),
+        WarmupStableDecay(),
+        Points(),
+        FunctionShape(fn="sweeper.schedules.shapes.linear_decay"),
+        FunctionShape(fn="sweeper.schedules.shapes.linear_decay", position="fastai"),
+        Points(position="fastai"),
+        FastaiFlatCos(),
+        FastaiSGDR(),
+        TorchCosineRestarts(T_0=7, T_mult=2),
+        TorchExponential(),
+        TorchPolynomial(power=2.0),
+    ],
     ids=lambda s: s.name,
 )
 def test_shapes_pickle_to_equal_values(shape):

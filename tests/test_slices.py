@@ -1,4 +1,4 @@
-"""Slices against fastai itself (../shared/vectors) and every form a user types."""
+"""Slices against fastai itself (tests/data/fastai_one_cycle.json, computed with fastai 2.8.12) and every form a user types."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.slices import SliceError, SliceSpec, even_mults, parse_lr, peak_lrs
+from sweeper.schedules.slices import SliceError, SliceSpec, even_mults, parse_lr, peak_lrs
 
-VECTORS = json.loads((Path(__file__).parents[2] / "shared" / "vectors" / "fastai_one_cycle.json").read_text())
+VECTORS = json.loads((Path(__file__).parent / "data" / "fastai_one_cycle.json").read_text())
 
 
 def spec_from_vector(spec: str) -> object:

@@ -10,9 +10,8 @@ from conftest import claim_order
 from optuna.trial import TrialState
 
 from sweeper.config import ConfigError, compose_config, config_dir
-from sweeper.events import EpochEvent
-from sweeper.search import build_space
-from sweeper.study import (
+from sweeper.sweep.space import build_space
+from sweeper.sweep.study import (
     Counts,
     PruningReporter,
     StorageSpec,
@@ -24,6 +23,7 @@ from sweeper.study import (
     plan_sweep,
     storage_of,
 )
+from sweeper.trial.events import EpochEvent
 
 SAMPLERS = sorted(p.stem for p in (config_dir() / "sampler").glob("*.yaml"))
 PRUNERS = sorted(p.stem for p in (config_dir() / "pruner").glob("*.yaml"))
@@ -234,7 +234,7 @@ def test_storage_file_lands_under_results_dir(sweep_args, tmp_path):
     [
         ("no_such_package.trainer", "No module named 'no_such_package'"),
         ("sweeper.no_such_trainer", "No module named 'sweeper.no_such_trainer'"),
-        ("sweeper.slices", "has no train or available_metrics"),
+        ("sweeper.schedules.slices", "has no train or available_metrics"),
     ],
 )
 def test_trainer_that_cannot_serve_is_a_config_error(sweep_args, trainer, fragment):

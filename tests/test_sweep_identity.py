@@ -61,7 +61,9 @@ def in_process(folder: Path, *args: str, capsys) -> tuple[int, str]:
 def store_state(folder: Path) -> tuple:
     """What the two stores hold: studies with their trial counts, MLflow runs."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{folder}/results/studies.db")
-    studies = {s.study_name: len(s.trials) for s in (optuna.load_study(study_name=n, storage=storage) for n in optuna.get_all_study_names(storage))}
+    studies = {
+        s.study_name: len(s.trials) for s in (optuna.load_study(study_name=n, storage=storage) for n in optuna.get_all_study_names(storage))
+    }
     client = MlflowClient(f"sqlite:///{folder}/results/mlflow.db")
     experiments = client.search_experiments()
     runs = sorted(r.info.run_id for r in client.search_runs([e.experiment_id for e in experiments], max_results=1000))
@@ -160,8 +162,13 @@ def test_report_of_another_sweep_uses_its_records(cnn_sweep, capsys):
 
 def test_confirm_ablation_and_rerun_are_filed_under_the_sweep(cnn_sweep, capsys):
     folder, client, parent = cnn_sweep
-    assert in_process(folder, "confirm", "cnn-digits", "--seeds", "2", "--strategy", "fastai", "--allow-module", "conftest", capsys=capsys)[0] == 0
-    code, out = in_process(folder, "confirm", "cnn-digits", "--ablate", "slice", "--seeds", "2", "--allow-module", "conftest", capsys=capsys)
+    assert (
+        in_process(folder, "confirm", "cnn-digits", "--seeds", "2", "--strategy", "fastai", "--allow-module", "conftest", capsys=capsys)[0]
+        == 0
+    )
+    code, out = in_process(
+        folder, "confirm", "cnn-digits", "--ablate", "slice", "--seeds", "2", "--allow-module", "conftest", capsys=capsys
+    )
     assert code == 0 and "held equal: shape, shape settings, head lr and seeds" in out
     # The study names code (the stand-in trainer) that is not sweeper's: refused until allowed.
     code, _ = in_process(folder, "confirm", "cnn-digits", "--seeds", "2", capsys=capsys)

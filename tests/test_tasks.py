@@ -18,13 +18,13 @@ from conftest import with_tests_on_path
 from omegaconf import OmegaConf
 from sklearn import metrics as sk
 
-import sweeper.trainer
+import sweeper.training.trainer
+from sweeper.boundary.recorded_config import Allowed, check_config
 from sweeper.config import ConfigError, compose_config
-from sweeper.data import synthetic_regression
-from sweeper.lr_find import lr_find
-from sweeper.tasks import CLASSIFICATION, accuracy, build_task, mae, mse, r2
-from sweeper.trainer import available_metrics, evaluate, prepare, run
-from sweeper.untrusted import Allowed, check_config
+from sweeper.training.lr_find import lr_find
+from sweeper.training.trainer import available_metrics, evaluate, prepare, run
+from sweeper.zoo.data import synthetic_regression
+from sweeper.zoo.tasks import CLASSIFICATION, accuracy, build_task, mae, mse, r2
 
 REGRESSION = ("data=synthetic_regression", "task=regression", "train.objective=r2", "train.device=cpu")
 HUBER = ("task.loss._target_=custom_task.huber",)
@@ -75,20 +75,24 @@ def test_a_custom_loss_by_target_takes_its_own_arguments():
     task = build_task(compose_config(["task=regression", "tracking=none", *HUBER, "+task.loss.delta=0.5"]).task)
     predicted, actual = seeded(80, 1), 2 * seeded(80, 1, seed=1)
     # the test's own huber against torch's
-    assert task.loss(predicted, actual).item() == pytest.approx(torch.nn.functional.huber_loss(predicted, actual, delta=0.5).item(), rel=1e-6)
+    assert task.loss(predicted, actual).item() == pytest.approx(
+        torch.nn.functional.huber_loss(predicted, actual, delta=0.5).item(), rel=1e-6
+    )
 
 
 def test_metrics_are_computed_over_the_whole_validation_set_not_per_batch(monkeypatch):
     data = synthetic_regression(n_samples=400, n_features=6, seed=3)
     model = torch.nn.Linear(6, 1)
     torch.nn.init.constant_(model.weight, 0.1)
-    monkeypatch.setattr(sweeper.trainer, "VALID_BATCH", 7)  # many uneven batches
+    monkeypatch.setattr(sweeper.training.trainer, "VALID_BATCH", 7)  # many uneven batches
     task = build_task(compose_config(["task=regression", "tracking=none"]).task)
     got = evaluate(model, data, torch.device("cpu"), task=task)
     with torch.no_grad():
         predicted = model(data.valid_x)
     actual = data.valid_y
-    assert got["r2"] == pytest.approx(sk.r2_score(exact(actual), exact(predicted)), rel=1e-6)  # outputs of batches of 7 and of the whole set differ in float32 rounding
+    assert got["r2"] == pytest.approx(
+        sk.r2_score(exact(actual), exact(predicted)), rel=1e-6
+    )  # outputs of batches of 7 and of the whole set differ in float32 rounding
     assert got["mse"] == pytest.approx(sk.mean_squared_error(exact(actual), exact(predicted)), rel=1e-6)
     assert got["mae"] == pytest.approx(sk.mean_absolute_error(exact(actual), exact(predicted)), rel=1e-6)
     assert got["loss"] == pytest.approx(torch.nn.functional.mse_loss(predicted, actual).item(), rel=1e-6)
@@ -133,7 +137,7 @@ def test_a_task_that_does_not_fit_is_a_config_error_before_training(trial_config
 def test_a_recorded_regression_config_builds_only_allowed_callables():
     cfg = compose_config([*REGRESSION, "tracking=none"])
     names = {i.name for i in check_config(OmegaConf.to_container(cfg, resolve=True), Allowed())}  # no refusal
-    assert {"sweeper.data.synthetic_regression", "torch.nn.functional.mse_loss", "sweeper.tasks.r2"} <= names
+    assert {"sweeper.zoo.data.synthetic_regression", "torch.nn.functional.mse_loss", "sweeper.zoo.tasks.r2"} <= names
 
 
 # --- the trainer and lr_find on the task's loss ----------------------------------------------------

@@ -12,10 +12,10 @@ from conftest import feed_trial, free_port
 from mlflow import MlflowClient
 
 from sweeper.config import ConfigError
-from sweeper.events import Reporter
-from sweeper.recorder import MlflowRecorder, record_run, wait_for_records
-from sweeper.run_record import plain_config, result_curves
-from sweeper.tracking import prepare_sweep, trial_reporter
+from sweeper.records.recorder import MlflowRecorder, record_run, wait_for_records
+from sweeper.records.run_record import plain_config, result_curves
+from sweeper.records.tracking import prepare_sweep, trial_reporter
+from sweeper.trial.events import Reporter
 
 SECRET = "hunter2"
 
@@ -167,7 +167,7 @@ def test_an_unreachable_server_is_a_clear_error_at_prepare_time(tracked_config, 
 def outage(monkeypatch, caplog):
     """A switch that makes every write to the MLflow store fail, as a server that went away."""
     down = {"now": False}
-    caplog.set_level(logging.WARNING, logger="sweeper.mlflow_store")
+    caplog.set_level(logging.WARNING, logger="sweeper.records.mlflow_store")
     for name in ("create_run", "log_batch"):
         real = getattr(MlflowClient, name)
 
@@ -216,7 +216,7 @@ def test_the_trial_never_waits_on_the_store_between_its_start_and_its_end(tracke
     """Steps and epochs only queue; the background sender sends. Held (inside a task that waits
     on an event) from the run's start on, the sender sends nothing, and the trial's epochs still
     go on; released at the last epoch, it sends every value."""
-    from sweeper.recorder import _Sender
+    from sweeper.records.recorder import _Sender
 
     cfg = tracked_config()
     reporter = record_run(cfg, run_name="held")

@@ -73,8 +73,9 @@ def test_a_diverged_trial_exits_1_and_keeps_its_result(tmp_path, capsys):
 
 def test_a_password_in_the_config_never_reaches_the_saved_config(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SWEEPER_STORAGE_URL", "postgresql://sweeper:Hunter2secret@127.0.0.1:1/db")
-    code = main(["train", "--name", "masked", "--quiet", "storage=postgres", "train.epochs=1",
-                 "tracking.enabled=false", f"results_dir={tmp_path}"])
+    code = main(
+        ["train", "--name", "masked", "--quiet", "storage=postgres", "train.epochs=1", "tracking.enabled=false", f"results_dir={tmp_path}"]
+    )
     assert code == 0
     saved = (tmp_path / "train" / "masked" / "config.yaml").read_text()
     assert "Hunter2secret" not in saved and "postgresql://sweeper:***@127.0.0.1:1/db" in saved

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from conftest import before_each_optimizer_step
+from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, build_shape
-from sweeper.data import digits
-from sweeper.events import Reporter
-from sweeper.models import MLP
-from sweeper.shapes import FastaiOneCycle, Schedule
-from sweeper.slices import peak_lrs
-from sweeper.trainer import available_metrics, prepare, run, train
+from sweeper.schedules.shapes import FastaiOneCycle, Schedule
+from sweeper.schedules.slices import peak_lrs
+from sweeper.training.trainer import available_metrics, prepare, run, train
+from sweeper.trial.events import Reporter
+from sweeper.zoo.data import digits
+from sweeper.zoo.models import MLP
 
 SMALL = ("train.epochs=2", "train.batch_size=128")  # 10 batches an epoch on digits
 
@@ -55,11 +55,7 @@ def scheduled(cfg) -> list[tuple[list[float], float | None]]:
     if cfg.train.epochs:
         schedules.append(Schedule(tuple(peaks), shape, cfg.train.epochs * batches))
     no_momentum = cfg.optimizer.get("momentum") == 0
-    return [
-        (lrs, None if no_momentum else momentum)
-        for schedule in schedules
-        for lrs, momentum in map(schedule.at, range(schedule.total))
-    ]
+    return [(lrs, None if no_momentum else momentum) for schedule in schedules for lrs, momentum in map(schedule.at, range(schedule.total))]
 
 
 @pytest.mark.parametrize(
@@ -78,8 +74,19 @@ def scheduled(cfg) -> list[tuple[list[float], float | None]]:
         (["optimizer=sgd", "optimizer.momentum=0.0", "train.freeze_epochs=1"], 2),  # momentum 0 stays 0
         (["shape=fastai_sgdr", "lr=fastai"], 2),
     ],
-    ids=["fit_one_cycle", "sgd-torch", "adam-one-group", "fine_tune", "fine_tune-kwargs", "frozen-only",
-         "warmup_cosine", "sgd-constant", "fine_tune-constant", "sgd-no-momentum", "sgdr"],
+    ids=[
+        "fit_one_cycle",
+        "sgd-torch",
+        "adam-one-group",
+        "fine_tune",
+        "fine_tune-kwargs",
+        "frozen-only",
+        "warmup_cosine",
+        "sgd-constant",
+        "fine_tune-constant",
+        "sgd-no-momentum",
+        "sgdr",
+    ],
 )
 def test_optimizer_uses_exactly_the_scheduled_lr_and_momentum(config, overrides, param_groups_per_layer_group):
     cfg = config(*overrides)
@@ -323,7 +330,10 @@ def test_the_objective_can_be_the_validation_loss(config):
         (["train.device=cuda:0"], ["train.device", "no GPU"]),
         (["train.device=tpu7"], ["train.device", "not a device"]),
         (["data=tensors", "data.shape=[4]", "data.num_classes=2"], ["data.source.path is not set", "data.source.path="]),
-        (["data=tensors", "data.shape=[4]", "data.num_classes=2", "data.source.path=/no/such/file.pt"], ["data.source.path", "does not exist"]),
+        (
+            ["data=tensors", "data.shape=[4]", "data.num_classes=2", "data.source.path=/no/such/file.pt"],
+            ["data.source.path", "does not exist"],
+        ),
         (["data=image_folder", "data.num_classes=2", "data.source.root=/no/such/folder"], ["data.source.root", "does not exist"]),
         (["train.objective=f1"], ["train.objective", "'f1'", "accuracy"]),
         (["train.epochs=0"], ["train.epochs=0", "trains nothing"]),
@@ -363,8 +373,14 @@ def test_tensors_from_a_file_train(config, tmp_path):
     y = (x[:, 0] > 0).long()
     torch.save({"x": x, "y": y}, tmp_path / "set.pt")
     cfg = config(
-        "data=tensors", "data.shape=[6]", "data.num_classes=2", f"data.source.path={tmp_path / 'set.pt'}",
-        "train.batch_size=32", "train.epochs=6", "lr=single", "lr.high=1e-2",
+        "data=tensors",
+        "data.shape=[6]",
+        "data.num_classes=2",
+        f"data.source.path={tmp_path / 'set.pt'}",
+        "train.batch_size=32",
+        "train.epochs=6",
+        "lr=single",
+        "lr.high=1e-2",
     )
     result = train(cfg)
     assert result.status == "finished" and result.objective > 0.8  # a linearly separable task is learned

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import finished_sweep
+
 from sweeper.config import ConfigError
-from sweeper.groups import split_groups
+from sweeper.zoo.groups import split_groups
 
 pytestmark = pytest.mark.extras("transformers")
 
@@ -21,7 +21,7 @@ TINY = {
 
 
 def tiny(num_classes: int = 2, layers_per_group: int = 1):
-    from sweeper.text import sequence_classifier
+    from sweeper.zoo.transformers import sequence_classifier
 
     return sequence_classifier(num_classes, config=TINY, layers_per_group=layers_per_group)
 
@@ -37,14 +37,14 @@ def under(model, *prefixes: str) -> list[str]:
 )
 def test_groups_are_the_embeddings_blocks_of_layers_and_the_head(layers_per_group, layer_blocks):
     model = tiny(layers_per_group=layers_per_group)
-    groups = [[name for name, _ in group] for group in split_groups(model, "sweeper.text.layer_groups")]
+    groups = [[name for name, _ in group] for group in split_groups(model, "sweeper.zoo.transformers.layer_groups")]
     layers = [under(model, *(f"net.bert.encoder.layer.{i}." for i in block)) for block in layer_blocks]
     expected = [under(model, "net.bert.embeddings."), *layers, under(model, "net.bert.pooler.", "net.classifier.")]
     assert groups == expected and all(expected)
 
 
 def test_a_geometric_slice_over_the_groups_is_layer_wise_lr_decay(trial_config):
-    from sweeper.trainer import prepare
+    from sweeper.training.trainer import prepare
 
     low, high = 1e-5, 1e-3
     cfg = trial_config("model=transformer_tiny", "data=tokens", f"lr=slice({low},{high})", "train.device=cpu")
@@ -62,7 +62,7 @@ def test_a_geometric_slice_over_the_groups_is_layer_wise_lr_decay(trial_config):
 def test_weights_come_from_a_local_folder_with_a_fresh_head(tmp_path):
     import torch
 
-    from sweeper.text import sequence_classifier
+    from sweeper.zoo.transformers import sequence_classifier
 
     source = tiny(num_classes=5)
     source.net.save_pretrained(tmp_path / "checkpoint")
@@ -74,7 +74,7 @@ def test_weights_come_from_a_local_folder_with_a_fresh_head(tmp_path):
 
 
 def test_a_model_that_is_not_on_disk_is_a_config_error_not_a_download(tmp_path, monkeypatch):
-    from sweeper.text import sequence_classifier
+    from sweeper.zoo.transformers import sequence_classifier
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     with pytest.raises(ConfigError, match="model.net.path: 'bert-base-uncased' is neither a checkpoint folder"):
@@ -92,7 +92,9 @@ def test_padding_is_masked(tmp_path):
     ids = torch.tensor([[7, 1, 9, 0, 0, 0]])
     with torch.no_grad():
         padded = model(ids)
-        other_padding_tokens = model.net(input_ids=torch.tensor([[7, 1, 9, 5, 5, 5]]), attention_mask=torch.tensor([[1, 1, 1, 0, 0, 0]])).logits
+        other_padding_tokens = model.net(
+            input_ids=torch.tensor([[7, 1, 9, 5, 5, 5]]), attention_mask=torch.tensor([[1, 1, 1, 0, 0, 0]])
+        ).logits
     assert torch.allclose(padded, other_padding_tokens, atol=1e-6)  # what the padding holds is not attended to
 
 

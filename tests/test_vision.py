@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import torch
+from conftest import finished_sweep
+from test_data_models import write_image_folder
 from torch import nn
 
-from conftest import finished_sweep
 from sweeper.config import ConfigError
-from sweeper.groups import body_and_head, split_groups
-from sweeper.vision import MATCHING_PAIR, classifier, import_torchvision
-from test_data_models import write_image_folder
+from sweeper.zoo.groups import body_and_head, split_groups
+from sweeper.zoo.vision import MATCHING_PAIR, classifier, import_torchvision
 
 needs_torchvision = pytest.mark.extras("torchvision")
 
@@ -40,7 +40,7 @@ def fastai_model(net: nn.Module) -> nn.Sequential:
 
 @needs_torchvision
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
-@pytest.mark.parametrize("splitter", ["sweeper.models.resnet_split", "sweeper.groups.body_and_head"])
+@pytest.mark.parametrize("splitter", ["sweeper.zoo.models.resnet_split", "sweeper.zoo.groups.body_and_head"])
 def test_resnets_split_as_fastais_resnet_split_parameter_for_parameter(arch, splitter):
     net = classifier(arch, num_classes=5, in_shape=[3, 32, 32])
     ours = split_groups(net, splitter)

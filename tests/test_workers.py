@@ -17,11 +17,11 @@ from conftest import StandInTrainer, flock_queue
 from optuna.trial import TrialState
 from rich.console import Console
 
-from sweeper import workers
 from sweeper.config import ConfigError
-from sweeper.live import LiveView, read_progress
-from sweeper.study import Counts, count_trials, open_study, plan_sweep
-from sweeper.workers import Slot, plan_slots, run_worker, visible_gpus
+from sweeper.sweep import workers
+from sweeper.sweep.live import LiveView, read_progress
+from sweeper.sweep.study import Counts, count_trials, open_study, plan_sweep
+from sweeper.sweep.workers import Slot, plan_slots, run_worker, visible_gpus
 
 SWEEP = {"workers": "auto", "workers_per_device": 1, "cpu_threads": "auto"}
 
@@ -46,7 +46,11 @@ def test_slots_for_the_machine(settings, gpus, cores, expected):
 
 @pytest.mark.parametrize(
     ("settings", "fragment"),
-    [({"workers": 0}, "sweep.workers"), ({"workers_per_device": 0}, "sweep.workers_per_device"), ({"cpu_threads": "many"}, "sweep.cpu_threads")],
+    [
+        ({"workers": 0}, "sweep.workers"),
+        ({"workers_per_device": 0}, "sweep.workers_per_device"),
+        ({"cpu_threads": "many"}, "sweep.cpu_threads"),
+    ],
 )
 def test_bad_slot_settings(settings, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -63,7 +67,7 @@ def test_visible_gpus_respect_cuda_visible_devices(variable, expected):
 
 def test_counting_gpus_does_not_import_torch_in_the_sweep_process():
     """The sweep's process plans and watches; torch costs it a second or more to import."""
-    code = "import sys; from sweeper.workers import visible_gpus; visible_gpus({}); print('torch' in sys.modules)"
+    code = "import sys; from sweeper.sweep.workers import visible_gpus; visible_gpus({}); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -158,10 +162,7 @@ def test_racing_workers_never_overshoot_n_trials(plan_args, monkeypatch):
     monkeypatch.setattr(workers, "compose_config", compose_alone)
     plan = plan_sweep([*plan_args, "sweep.n_trials=4", "pruner=none", "sweep.cover=false"], validate=False)
     study = open_study(plan, create=True)
-    racers = [
-        threading.Thread(target=run_worker, args=(plan,), kwargs={"index": i, "train": StandInTrainer.train})
-        for i in range(3)
-    ]
+    racers = [threading.Thread(target=run_worker, args=(plan,), kwargs={"index": i, "train": StandInTrainer.train}) for i in range(3)]
     for racer in racers:
         racer.start()
     for racer in racers:

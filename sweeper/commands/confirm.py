@@ -9,7 +9,7 @@ Trains each strategy's best trial again with fresh seeds, here, one run after an
 prints the mean and spread per strategy with a t-test of the leader against each other one.
 Writes confirm.md, confirm.csv and confirm_summary.csv into results/sweeps/<name>/ and records
 every run in MLflow under the sweep's run. `--ablate slice` (or `shape`) instead trains the best
-trial with each strategy (or shape), all else equal, paired by seed (sweeper.ablation).
+trial with each strategy (or shape), all else equal, paired by seed (sweeper.analysis.ablation).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import argparse
 
 from omegaconf import OmegaConf
 
+from sweeper.analysis.ablation import FACTORS, ablate
+from sweeper.analysis.confirm import confirm_strategies
+from sweeper.analysis.report import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
+from sweeper.boundary.recorded_config import allowed_code, check_config
 from sweeper.config import compose_config
-from sweeper.ablation import FACTORS, ablate
-from sweeper.confirm import confirm_strategies
-from sweeper.report import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
-from sweeper.study import load_trainer
-from sweeper.tracking import open_sweep, sweep_folder
-from sweeper.untrusted import allowed_code, check_config
+from sweeper.records.tracking import open_sweep, sweep_folder
+from sweeper.sweep.study import load_trainer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

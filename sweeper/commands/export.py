@@ -4,7 +4,7 @@
     sweeper export 3f2a9c... model.pt               # an MLflow run id (a trial, a `sweeper train` run)
     sweeper export mlp-digits model.pt tracking=server   # the store the runs are in
 
-Which runs keep weights is `tracking.save_model` (sweeper.saved_models). The file is a plain
+Which runs keep weights is `tracking.save_model` (sweeper.training.saved_models). The file is a plain
 state dict: `model.load_state_dict(torch.load(PATH, weights_only=True))`. The recorded artifact
 is untrusted: it is read with weights_only=True and only names and tensors are written out.
 """
@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweeper.saved_models import export_model
-    from sweeper.mlflow_store import mlflow_calls, store_client, tracking_settings
+    from sweeper.records.mlflow_store import mlflow_calls, store_client, tracking_settings
+    from sweeper.training.saved_models import export_model
 
     cfg = compose_config(args.overrides, args.config_dir)
     settings = tracking_settings(cfg)

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweeper.lr_find import lr_find, plot_lr_find  # torch loads only when the test runs
+    from sweeper.training.lr_find import lr_find, plot_lr_find  # torch loads only when the test runs
 
     cfg = compose_config(args.overrides, args.config_dir)
     result = lr_find(cfg, args.start_lr, args.end_lr, args.num_it)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 
+from sweeper.analysis.report import load_sweep_study, split_sweep_name, write_report
 from sweeper.config import compose_config
-from sweeper.report import load_sweep_study, split_sweep_name, write_report
-from sweeper.tracking import open_sweep, sweep_folder
+from sweeper.records.tracking import open_sweep, sweep_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

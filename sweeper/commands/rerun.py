@@ -5,7 +5,7 @@
     sweeper rerun results/train/20260101-120000 --dry-run   # what it would import; runs nothing
     sweeper rerun 3f2a9c... --allow-module mypkg tracking=server
 
-A recorded config is untrusted (run stores are shared; see sweeper.untrusted). The rerun first
+A recorded config is untrusted (run stores are shared; see sweeper.boundary.recorded_config). The rerun first
 resolves it without resolvers (no ${oc.env:...}: nothing of this machine's environment gets into
 the records) and lists every piece of code it would import; it refuses any name outside
 sweeper's allow-list of callables and the modules of yours you allow (--allow-module, or
@@ -22,9 +22,9 @@ import argparse
 import time
 from pathlib import Path
 
+from sweeper.analysis.rerun import load_source, rerun
+from sweeper.boundary.recorded_config import allowed_code, check_config, find_imports, resolve_recorded
 from sweeper.config import compose_config
-from sweeper.rerun import load_source, rerun
-from sweeper.untrusted import allowed_code, check_config, find_imports, resolve_recorded
 
 EXIT_DIFFERENT = 1
 

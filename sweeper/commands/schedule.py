@@ -4,7 +4,7 @@
     sweeper schedule experiment=digits_transfer          # fine_tune: frozen, then unfrozen
 
 prints the lr of every layer group and the momentum at every step (a table, or JSON with --json)
-and writes a plot to results/: the trial's plan (`sweeper.planner`), the very values the trainer
+and writes a plot to results/: the trial's plan (`sweeper.trial.plan`), the very values the trainer
 sets, over both phases of a fine-tune config. The lr defaults to the config's `lr` node, which an
 override sets the same way on every command (`lr='slice(1e-5,1e-3)'`), and the groups to its
 model's; the shape and its settings come from Hydra overrides (`shape=...`, `shape.pct_start=...`),
@@ -22,8 +22,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, build_shape, compose_config
-from sweeper.planner import Plan, plan_config, whole_epoch_steps
-from sweeper.slices import parse_lr
+from sweeper.schedules.slices import parse_lr
+from sweeper.trial.plan import Plan, plan_config, whole_epoch_steps
 
 DEFAULT_STEPS = 100
 
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--groups", type=int, help="number of layer groups (default: the config's model's)")
     parser.add_argument(
-        "--steps", type=int,
+        "--steps",
+        type=int,
         help=f"training batches over all epochs of all phases (default {DEFAULT_STEPS}, or the nearest "
         f"multiple of the epochs of a fine-tune config)",
     )
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     shown = [r for r in rows if r["step"] % args.every == 0 or r["step"] == steps - 1]
     plot = None
     if not args.no_plot:
-        from sweeper.plots import plot_schedule  # matplotlib (~1 s) loads only for a plot
+        from sweeper.schedules.plots import plot_schedule  # matplotlib (~1 s) loads only for a plot
 
         plot = args.plot or Path(cfg.results_dir) / f"schedule-{shape.name}.png"
         plot_schedule(plan, plot, title=f"lr={spec.describe()}, {shape.name}" + _phases_note(plan))
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _phases_note(plan: Plan) -> str:
-    """"": one phase; else ": frozen 10 steps + unfrozen 90 steps"."""
+    """ "": one phase; else ": frozen 10 steps + unfrozen 90 steps"."""
     if len(plan.phases) == 1 and plan.phases[0].name == "train":
         return ""
     return ": " + " + ".join(f"{p.name} {p.schedule.total} steps" for p in plan.phases)

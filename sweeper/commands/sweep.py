@@ -27,11 +27,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeper.mlflow_store import check_server
-from sweeper.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
-from sweeper.live import LiveView, WorkerNotes, read_progress, sampled
-from sweeper.search import error_line
-from sweeper.study import (
+from sweeper.config.errors import error_line
+from sweeper.records.mlflow_store import check_server
+from sweeper.records.tracking import prepare_sweep
+from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
+from sweeper.sweep.live import LiveView, WorkerNotes, read_progress, sampled
+from sweeper.sweep.study import (
     SweepPlan,
     check_definition,
     count_trials,
@@ -41,7 +42,6 @@ from sweeper.study import (
     quick_checks,
     validate_plan,
 )
-from sweeper.tracking import prepare_sweep
 
 EXIT_INCOMPLETE = 1
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
@@ -129,8 +129,11 @@ def _discard(held: list[LocalWorker], made: list[Path]) -> None:
 def _finish(records: Any, study: optuna.Study, plan: SweepPlan, status: str) -> Path | None:
     """The report, and the sweep's run ended; None (said in one line) when the report could not
     be written (a full disk, a folder that cannot be written): the run is ended all the same."""
+    # Imported here: its pandas and matplotlib loaded in the background while the trials ran.
+    from sweeper.analysis.report import finish_sweep
+
     try:
-        return records.finish(study, status)
+        return finish_sweep(records, study, status)
     except Exception as error:  # noqa: BLE001 - whatever failed, the sweep's run must not stay RUNNING
         records.end(status)
         print(
@@ -174,7 +177,7 @@ def _load_report_libraries() -> None:
     import optuna.importance  # noqa: F401 - scikit-learn comes with it
     import optuna.visualization.matplotlib  # noqa: F401
 
-    import sweeper.report  # noqa: F401 - pandas and matplotlib
+    import sweeper.analysis.report  # noqa: F401 - pandas and matplotlib
 
 
 def _stop(workers: list[WorkerHandle]) -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import ConfigError, compose_config
-from sweeper.events import Reporter, TrialResult
-from sweeper.progress import TrialProgress
 from sweeper.secrets import mask_text
+from sweeper.trial.events import Reporter, TrialResult
+from sweeper.trial.progress import TrialProgress
 
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = compose_config(args.overrides, args.config_dir)  # a mistaken override stops here, before torch loads
     import torch
 
-    from sweeper.trainer import prepare, run as run_trial  # torch loads only when a trial runs
+    from sweeper.training.trainer import prepare  # torch loads only when a trial runs
+    from sweeper.training.trainer import run as run_trial
 
     folder = output_folder(Path(cfg.results_dir) / "train", args.name)
     if cfg.train.get("threads") is None:
@@ -58,8 +59,8 @@ def reporters_for(cfg: DictConfig, quiet: bool, name: str, overrides: Sequence[s
     """Everything that listens to the run: the place to add a listener."""
     reporters: list[Reporter] = [] if quiet else [TrialProgress()]
     if cfg.get("tracking") and cfg.tracking.get("enabled", False):
-        from sweeper.recorder import record_run  # MLflow loads only when tracking is on
-        from sweeper.saved_models import keepers, save_model_setting
+        from sweeper.records.recorder import record_run  # MLflow loads only when tracking is on
+        from sweeper.training.saved_models import keepers, save_model_setting
 
         setting = save_model_setting(cfg)  # checked before the store is touched
         recorder = record_run(cfg, run_name=name, overrides=overrides)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 
+from sweeper.analysis.report import load_sweep_study, objective_columns, split_sweep_name
+from sweeper.analysis.ui import MlflowUiServer, browsable_base, share_view, sweep_link
 from sweeper.config import ConfigError, compose_config
-from sweeper.report import load_sweep_study, objective_columns, split_sweep_name
-from sweeper.tracking import open_sweep, sweep_folder
-from sweeper.ui import MlflowUiServer, browsable_base, share_view, sweep_link
+from sweeper.records.tracking import open_sweep, sweep_folder
 
 DEFAULT_PORT = 5000
 

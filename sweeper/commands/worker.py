@@ -8,7 +8,7 @@ the sweep has sweep.n_trials finished trials. To bring every device of another m
 once, run `sweeper sweep` there with the same overrides instead.
 
 The workers `sweeper sweep` starts run this command too, with the sweep's command line in their
-environment rather than in their argv (see sweeper.launchers), and end when the sweep does.
+environment rather than in their argv (see sweeper.sweep.launchers), and end when the sweep does.
 Ctrl-C or SIGTERM stops a worker after its trial's current step (the trial is marked failed and
 runs again when the sweep resumes); it exits 130 or 143, as a shell reports the signal.
 """
@@ -19,11 +19,11 @@ import argparse
 import sys
 import time
 
-from sweeper.launchers import SweepArguments, end_with_parent
-from sweeper.mlflow_store import tracking_settings
-from sweeper.recorder import connect_early
-from sweeper.study import SweepPlan, load_trainer, plan_sweep
-from sweeper.workers import StopRequest, run_worker
+from sweeper.records.mlflow_store import tracking_settings
+from sweeper.records.recorder import connect_early
+from sweeper.sweep.launchers import SweepArguments, end_with_parent
+from sweeper.sweep.study import SweepPlan, load_trainer, plan_sweep
+from sweeper.sweep.workers import StopRequest, run_worker
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,491 @@
+"""The comparison of slice strategies and cycle shapes in a sweep: tables, plots and Markdown.
+
+    report = write_report(study, Path("results/sweeps/mlp-digits"), sweep_tracking.report_sources())
+
+writes into the folder
+- `trials.csv`: one row per trial (state, status, objective(s), strategy, shape, sampled params,
+  epochs, seconds, reason, MLflow run id, the overrides that reproduce it);
+- `by_strategy.csv`, `by_shape.csv`: best, median, count, complete/pruned/failed per slice strategy
+  and per cycle shape (best and median over complete trials);
+- `best_curves.png`: the objective per epoch (and the training loss per batch, when the sweep
+  was recorded in MLflow) of each strategy's best trial;
+- `schedules.png`: the lr of every layer group over training for each strategy's best trial;
+- `importance.png`, `parallel_coordinate.png`: Optuna's (matplotlib) plots;
+- `report.md`: all of it, readable on its own.
+
+The study alone is enough; MLflow (when the sweep was recorded) adds the per-batch curves and
+exact schedules. A trial's strategy and shape are what it drew (`lr`, `shape` params), else
+what its overrides or the sweep's base config say.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from optuna.exceptions import ExperimentalWarning  # noqa: E402
+from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+
+from sweeper.analysis import tables  # noqa: E402
+from sweeper.boundary.renamed import current_name  # noqa: E402
+from sweeper.records.tracking import MlflowSources, SweepTracking, sweep_folder  # noqa: E402
+from sweeper.schedules.plots import log_y  # noqa: E402
+
+__all__ = [
+    "Report",
+    "best_by",
+    "describe_trial",
+    "load_sweep_study",
+    "markdown_table",
+    "objective_columns",
+    "split_sweep_name",
+    "summarize",
+    "sweep_config_dirs",
+    "sweep_trainer",
+    "finish_sweep",
+    "trials_table",
+    "write_report",
+]
+
+STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+TRIALS_SHOWN = 30  # rows of the trials table in report.md (trials.csv has them all)
+
+
+@dataclass
+class Report:
+    folder: Path
+    trials: pd.DataFrame
+    by_strategy: pd.DataFrame
+    by_shape: pd.DataFrame
+    summary: str  # Markdown: the best trial and the two summaries
+    markdown: str  # the whole of report.md
+    files: list[Path] = field(default_factory=list)
+    objective: str = "value"  # the (first) objective's name, and its direction
+    direction: str = "maximize"
+
+
+# --- which sweep ------------------------------------------------------------------------------
+
+
+def split_sweep_name(words: Sequence[str]) -> tuple[str | None, list[str]]:
+    """`sweeper report [NAME] [overrides]`: the one word without "=" is the sweep's name."""
+    names = [w for w in words if "=" not in w]
+    if len(names) > 1:
+        from sweeper.config import ConfigError
+
+        raise ConfigError(f"sweep name: {names} are several names; give one sweep name, and settings as key=value.")
+    return (names[0] if names else None), [w for w in words if "=" in w]
+
+
+def load_sweep_study(cfg, name: str | None = None) -> optuna.Study:
+    """The sweep's study in the configured storage (`storage.url`), by name (default sweep.name)."""
+    from sweeper.config import ConfigError
+    from sweeper.config.rules import check_sweep_name
+    from sweeper.sweep.study import storage_of
+
+    name = check_sweep_name(name, "sweep name") if name else str(cfg.sweep.name)
+    spec = storage_of(cfg)
+    if spec.path is not None and not spec.path.exists():
+        raise ConfigError(
+            f"storage.url: {spec.label()} does not exist; run `sweeper sweep` first, or point storage.url at the sweep's storage."
+        )
+    storage = spec.open()
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = optuna.get_all_study_names(storage)
+        raise ConfigError(
+            f"sweep name: no sweep {name!r} in {spec.label()}; it holds {known or 'none'}. Give one of "
+            f"them (sweeper report NAME), or the storage the sweep used (storage.url=...)."
+        ) from None
+
+
+def sweep_config_dirs(study: optuna.Study, extra: Sequence[str] = ()) -> list[str]:
+    """The config directories the sweep was composed with (recorded), then `extra`."""
+    return [*study.user_attrs.get("config_dirs", []), *extra]
+
+
+def sweep_trainer(study: optuna.Study, default: str = "sweeper.training.engine") -> str:
+    """The trainer module the sweep's trials ran (its recorded definition), e.g. sweeper.training.engine."""
+    import json
+
+    recorded = (study.user_attrs.get("definition") or {}).get("trainer")
+    return current_name(json.loads(recorded)) if recorded else default
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def objective_columns(study: optuna.Study) -> list[tuple[str, str]]:
+    """(column name, direction) of each objective, named as the sweep recorded them."""
+    directions = [d.name.lower() for d in study.directions]
+    names = list(study.user_attrs.get("objectives") or [])
+    if len(names) != len(directions):
+        names = ["value"] if len(directions) == 1 else [f"value_{i}" for i in range(len(directions))]
+    return list(zip(names, directions))
+
+
+def _override_value(overrides: Sequence[str], key: str) -> str | None:
+    for text in reversed(list(overrides)):
+        name, _, value = text.partition("=")
+        if name.lstrip("+~") == key:
+            return value
+    return None
+
+
+def _drawn(trial: FrozenTrial, attr: str, key: str, base: Callable[[], Mapping[str, str]]) -> str:
+    """A trial's strategy or shape (the Optuna param `attr`, the config group `key`): recorded,
+    drawn, overridden, else the sweep's base config's."""
+    if trial.user_attrs.get(attr):
+        return str(trial.user_attrs[attr])
+    if attr in trial.params:
+        return str(trial.params[attr])
+    return _override_value(trial.user_attrs.get("overrides", []), key) or base()[attr]
+
+
+def _base_choices(study: optuna.Study) -> Callable[[], Mapping[str, str]]:
+    """The strategy and shape of the sweep's base config, composed once and only if needed."""
+    found: dict[str, str] = {}
+
+    def choices() -> Mapping[str, str]:
+        if not found:
+            found.update(strategy="unknown", shape="unknown")
+            try:
+                from sweeper.config import compose_config
+                from sweeper.records.run_record import plain_config, shape_name_of, strategy_of
+
+                config = plain_config(compose_config(study.user_attrs.get("overrides", []), sweep_config_dirs(study)))
+                found.update(strategy=strategy_of(config), shape=shape_name_of(config))
+            except Exception:  # noqa: BLE001 - a config dir of the user's may be missing here
+                pass
+        return found
+
+    return choices
+
+
+def trials_table(study: optuna.Study, run_ids: Mapping[int, str] | None = None) -> pd.DataFrame:
+    """One row per trial; `run_ids` maps trial numbers to MLflow run ids found in the store."""
+    objectives = objective_columns(study)
+    base = _base_choices(study)
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        values = trial.values or [math.nan] * len(objectives)
+        row: dict[str, Any] = {
+            "trial": trial.number,
+            "state": STATES.get(trial.state, trial.state.name.lower()),
+            "status": trial.user_attrs.get("status", ""),
+            **{name: value for (name, _), value in zip(objectives, values)},
+            "strategy": _drawn(trial, "strategy", "lr", base),
+            "shape": _drawn(trial, "shape", "shape", base),
+            "epochs": len(trial.intermediate_values),
+            "seconds": trial.duration.total_seconds() if trial.duration else math.nan,
+        }
+        row["mlflow_run_id"] = trial.user_attrs.get("mlflow_run_id") or (run_ids or {}).get(trial.number, "")
+        row["reason"] = trial.user_attrs.get("reason", "")
+        row["overrides"] = shlex.join(trial.user_attrs.get("overrides", []))
+        row.update({f"param:{name}": value for name, value in trial.params.items()})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    # Trials draw different params (each shape its own settings): keep them last, in name order.
+    params = sorted(c for c in table.columns if c.startswith("param:"))
+    return table[[c for c in table.columns if not c.startswith("param:")] + params]
+
+
+def summarize(trials: pd.DataFrame, by: str, objective: str, direction: str) -> pd.DataFrame:
+    """Per value of `by` (strategy, shape): trials, complete, pruned, failed, best, median,
+    best trial; best first. Best and median are over complete trials."""
+    maximize = direction == "maximize"
+    rows = []
+    for value, group in trials.groupby(by, sort=True):
+        complete = group[group["state"] == "complete"]
+        scores = complete[objective].dropna()
+        best = scores.idxmax() if maximize and len(scores) else scores.idxmin() if len(scores) else None
+        rows.append(
+            {
+                by: value,
+                "trials": len(group),
+                "complete": len(complete),
+                "pruned": int((group["state"] == "pruned").sum()),
+                "failed": int((group["state"] == "failed").sum()),
+                "best": scores.max() if maximize else scores.min() if len(scores) else math.nan,
+                "median": scores.median() if len(scores) else math.nan,
+                "best_trial": int(trials.loc[best, "trial"]) if best is not None else None,
+            }
+        )
+    table = pd.DataFrame(rows, columns=[by, "trials", "complete", "pruned", "failed", "best", "median", "best_trial"])
+    return table.sort_values("best", ascending=not maximize, na_position="last").reset_index(drop=True)
+
+
+def best_by(trials: pd.DataFrame, by: str, objective: str, direction: str) -> dict[str, pd.Series]:
+    """The best complete trial's row for each value of `by` (e.g. each strategy)."""
+    summary = summarize(trials, by, objective, direction)
+    best = {}
+    for _, row in summary.dropna(subset=["best_trial"]).iterrows():
+        best[row[by]] = trials[trials["trial"] == row["best_trial"]].iloc[0]
+    return best
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
+    """A DataFrame as a GitHub Markdown table."""
+    return tables.markdown_table(list(frame.columns), frame.itertuples(index=False), digits)
+
+
+def describe_trial(row: pd.Series, objective: str) -> str:
+    """One line: trial number, objective, strategy, shape, and the command that reruns it."""
+    command = f"sweeper train {row['overrides']}".strip()
+    run = f", MLflow run {row['mlflow_run_id']}" if row.get("mlflow_run_id") else ""
+    return f"trial {row['trial']} ({objective} {row[objective]:.4g}, {row['strategy']}, {row['shape']}{run}): `{command}`"
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_best_curves(
+    study: optuna.Study,
+    best: Mapping[str, pd.Series],
+    objective: str,
+    curves: Callable[[str, str], list[tuple[int, float]]] | None,
+    path: Path,
+) -> Path:
+    """Each strategy's best trial: objective per epoch; training loss per batch when recorded."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    with_loss = curves is not None and any(row.get("mlflow_run_id") for row in best.values())
+    figure, axes = plt.subplots(1, 2 if with_loss else 1, figsize=(12 if with_loss else 7, 4), squeeze=False)
+    for strategy, row in best.items():
+        label = f"{strategy} (trial {row['trial']}, {row['shape']})"
+        epochs = sorted(trials[int(row["trial"])].intermediate_values.items())
+        axes[0][0].plot([e for e, _ in epochs], [v for _, v in epochs], marker="o", label=label)
+        if with_loss and row.get("mlflow_run_id"):
+            loss = curves(row["mlflow_run_id"], "loss")
+            axes[0][1].plot([s for s, _ in loss], [v for _, v in loss], linewidth=0.8, label=label)
+    axes[0][0].set(xlabel="epoch", ylabel=objective, title=f"{objective} of each strategy's best trial")
+    axes[0][0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0][0].legend(fontsize="small")
+    if with_loss:
+        axes[0][1].set(xlabel="training batch", ylabel="training loss", title="training loss per batch")
+        log_y(axes[0][1])
+        axes[0][1].legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_distributions(trials: pd.DataFrame, objective: str, path: Path) -> Path | None:
+    """The objective of every complete trial, per slice strategy and per cycle shape (each dot a
+    trial, the box its quartiles): the spread of all trials, not only each group's best."""
+    complete = trials[trials["state"] == "complete"].dropna(subset=[objective]) if len(trials) else trials
+    if not len(complete):
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
+    for axis, by in zip(axes[0], ("strategy", "shape")):
+        names = sorted(complete[by].unique())
+        values = [complete[complete[by] == name][objective].to_list() for name in names]
+        axis.boxplot(values, showfliers=False)
+        for position, group in enumerate(values, start=1):
+            axis.plot([position] * len(group), group, "o", alpha=0.6, markersize=4)
+        axis.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize="small")
+        axis.set(title=f"{objective} of every complete trial, by {by}", ylabel=objective)
+    return _save(figure, path)
+
+
+def _planned_schedule(overrides: Sequence[str], steps: int = 200) -> list[list[float]]:
+    """lr per group at about `steps` points of training (both phases of a fine-tune), as the
+    trial's config plans it (`sweeper.trial.plan`, the trainer's own plan)."""
+    from sweeper.config import compose_config
+    from sweeper.trial.plan import plan_config, whole_epoch_steps
+
+    cfg = compose_config(overrides)
+    return plan_config(cfg, steps=whole_epoch_steps(cfg, steps), momentum=False).lrs.T.tolist()
+
+
+def _recorded_schedule(run_id: str, curves: Callable[[str, str], list[tuple[int, float]]]) -> list[list[float]]:
+    lrs = []
+    while True:
+        curve = curves(run_id, f"lr_{len(lrs)}")
+        if not curve:
+            return lrs
+        lrs.append([value for _, value in curve])
+
+
+def plot_schedules(best: Mapping[str, pd.Series], curves: Callable[[str, str], list[tuple[int, float]]] | None, path: Path) -> Path:
+    """The lr of every layer group over training, one panel per strategy's best trial: as
+    recorded in MLflow when it was, else as its config plans it."""
+    figure, axes = plt.subplots(1, max(1, len(best)), figsize=(5 * max(1, len(best)), 4), squeeze=False, sharey=True)
+    for axis, (strategy, row) in zip(axes[0], best.items()):
+        lrs = _recorded_schedule(row["mlflow_run_id"], curves) if curves and row.get("mlflow_run_id") else []
+        lrs = lrs or _planned_schedule(shlex.split(row["overrides"]))
+        for group, values in enumerate(lrs):
+            head = " (head)" if group == len(lrs) - 1 else ""
+            axis.plot([i / max(1, len(values) - 1) for i in range(len(values))], values, label=f"group {group}{head}")
+        axis.set(title=f"{strategy}: trial {row['trial']}, {row['shape']}", xlabel="fraction of training")
+        log_y(axis)
+        axis.legend(fontsize="small")
+    axes[0][0].set_ylabel("learning rate")
+    return _save(figure, path)
+
+
+def plot_optuna(study: optuna.Study, kind: str, objective: str, path: Path) -> Path:
+    """Optuna's importance or parallel-coordinate plot (matplotlib; no plotly needed)."""
+    from optuna.visualization import matplotlib as optuna_plots
+
+    options: dict[str, Any] = {} if len(study.directions) == 1 else {"target": lambda t: t.values[0]}
+    if kind == "importance":
+        plot = optuna_plots.plot_param_importances
+    else:
+        plot = optuna_plots.plot_parallel_coordinate
+        # A shape's own settings exist only in its trials: an axis of mostly "None" says nothing.
+        options["params"] = _shared_params(study) or None
+    # Optuna marks these plots experimental, warns of small samples, and sets its own style:
+    # keep all of it to this plot.
+    with warnings.catch_warnings(), plt.style.context("default"):
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        axis = plot(study, target_name=objective, **options)
+        figure = axis.figure if hasattr(axis, "figure") else axis.flat[0].figure
+        figure.set_size_inches(10, 5)
+        return _save(figure, path)
+
+
+def _shared_params(study: optuna.Study) -> list[str]:
+    """Params every complete trial drew (the strategy, lr.high, the shape, ...)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    shared = set.intersection(*(set(t.params) for t in complete)) if complete else set()
+    return sorted(shared) if len(shared) > 1 else []
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources | None = None) -> Report:
+    """Write the sweep's comparison into `folder` (see the module doc); return what was written.
+    Without `sources` (MLflow off or unreadable) the curves come from the study alone."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    run_ids, curves = (sources.run_ids, sources.read_curve) if sources else ({}, None)
+    trials = trials_table(study, run_ids)
+    (objective, direction), *others = objective_columns(study)
+    by_strategy = summarize(trials, "strategy", objective, direction) if len(trials) else pd.DataFrame()
+    by_shape = summarize(trials, "shape", objective, direction) if len(trials) else pd.DataFrame()
+    files = [folder / "trials.csv", folder / "by_strategy.csv", folder / "by_shape.csv"]
+    trials.to_csv(files[0], index=False)
+    by_strategy.to_csv(files[1], index=False)
+    by_shape.to_csv(files[2], index=False)
+
+    notes, plots = [], []
+    best = best_by(trials, "strategy", objective, direction) if len(trials) else {}
+    makers = {
+        "best_curves.png": lambda p: plot_best_curves(study, best, objective, curves, p) if best else None,
+        "schedules.png": lambda p: plot_schedules(best, curves, p) if best else None,
+        "distribution.png": lambda p: plot_distributions(trials, objective, p),
+        "importance.png": lambda p: plot_optuna(study, "importance", objective, p),
+        "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),
+    }
+    for name, make in makers.items():
+        try:
+            made = make(folder / name)
+        except Exception as error:  # noqa: BLE001 - a plot that cannot be drawn yet is a note, not a failure
+            plt.close("all")
+            notes.append(f"- {name}: not drawn ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+            continue
+        if made is None:
+            notes.append(f"- {name}: not drawn (no complete trial yet)")
+        else:
+            plots.append(made)
+
+    summary = _summary_markdown(study, trials, by_strategy, by_shape, objective, direction, others)
+    markdown = _report_markdown(study, summary, trials, plots, notes, objective, direction)
+    files += [*plots, folder / "report.md"]
+    files[-1].write_text(markdown)
+    return Report(folder, trials, by_strategy, by_shape, summary, markdown, files, objective, direction)
+
+
+def _summary_markdown(
+    study: optuna.Study,
+    trials: pd.DataFrame,
+    by_strategy: pd.DataFrame,
+    by_shape: pd.DataFrame,
+    objective: str,
+    direction: str,
+    others: list[tuple[str, str]],
+) -> str:
+    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    lines = [
+        f"**{len(trials)} trials**: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
+        f"{counts.get('failed', 0)} failed. Objective: {objective} ({direction}); best and median over complete trials.",
+        "",
+    ]
+    if others:
+        lines += [f"Several objectives: the comparison uses the first ({objective}); the others are in trials.csv.", ""]
+    complete = trials[trials["state"] == "complete"] if len(trials) else trials
+    if len(complete):
+        best = complete.sort_values(objective, ascending=direction != "maximize").iloc[0]
+        lines += [f"Best: {describe_trial(best, objective)}", ""]
+    if len(by_strategy):
+        lines += ["### By slice strategy (lr across layer groups)", "", markdown_table(by_strategy), ""]
+    if len(by_shape):
+        lines += ["### By cycle shape (lr over time)", "", markdown_table(by_shape), ""]
+    return "\n".join(lines)
+
+
+def _report_markdown(
+    study: optuna.Study,
+    summary: str,
+    trials: pd.DataFrame,
+    plots: list[Path],
+    notes: list[str],
+    objective: str,
+    direction: str,
+) -> str:
+    lines = [f"# Sweep {study.study_name}", "", summary]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    if notes:
+        lines += ["", *notes]
+    if len(trials):
+        shown = trials.sort_values(objective, ascending=direction != "maximize", na_position="last").head(TRIALS_SHOWN)
+        # The lr params here; each shape's own settings are in trials.csv.
+        columns = [c for c in shown.columns if not c.startswith("param:") or c.startswith("param:lr.")]
+        columns = [c for c in columns if c not in ("overrides", "reason")]
+        lines += ["", f"## Trials (best {len(shown)} of {len(trials)}; all in trials.csv)", "", markdown_table(shown[columns])]
+    confirm = shlex.join(["sweeper", "confirm", "--seeds", "5", study.study_name])
+    ablate = shlex.join(["sweeper", "confirm", "--ablate", "slice", "--seeds", "5", study.study_name])
+    lines += [
+        "",
+        "## What these comparisons hold equal",
+        "",
+        "- The tables by strategy and by shape, `distribution.png` and `best_curves.png` compare trials that",
+        "  differ in more than the strategy (or shape): each also drew its own shape, lrs and settings. A gap",
+        "  there is confounded: it may come from the other settings, not from the slice.",
+        "- Each strategy's best was picked on one seed, and the best of many noisy draws is optimistic.",
+        f"  `{confirm}` trains each one's best config again with fresh seeds (confirm.md): whether the lead",
+        "  is larger than the noise, but the configs still differ in more than the slice.",
+        f"- `{ablate}` (or `--ablate shape`) trains the best trial with each strategy, holding the shape,",
+        "  its settings, the head lr and the seeds equal, paired by seed (ablation_slice.md): the",
+        "  comparison that isolates the slice.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def finish_sweep(tracking: SweepTracking, study: optuna.Study, status: str = "FINISHED") -> Path:
+    """At the sweep's end: write the comparison report, attach it to the sweep's run and end that
+    run (`status`: FINISHED, or KILLED for a sweep stopped early). Returns the folder."""
+    report = write_report(study, sweep_folder(tracking, tracking.sweep), tracking.report_sources())
+    tracking.attach_report(report, status)
+    return report.folder

@@ -1,0 +1,32 @@
+"""Configs: where they are, how they are composed (Hydra), the rules of single settings, and the
+one error a mistake raises. Imports the schedules (an lr typed the fastai way, a shape's node);
+nothing above it."""
+
+from sweeper.config.compose import (
+    ComposedConfigs,
+    build_shape,
+    check_results_dir,
+    compose_config,
+    config_dir,
+    hydra_overrides,
+    instantiate_node,
+    lr_given,
+    parse_override,
+    user_config_dirs,
+)
+from sweeper.config.errors import ConfigError, error_line
+
+__all__ = [
+    "ComposedConfigs",
+    "ConfigError",
+    "build_shape",
+    "check_results_dir",
+    "compose_config",
+    "config_dir",
+    "error_line",
+    "hydra_overrides",
+    "instantiate_node",
+    "lr_given",
+    "parse_override",
+    "user_config_dirs",
+]

@@ -1,0 +1,466 @@
+"""The run recorder: one MLflow run (a trial, a `sweeper train`, a rerun) through a buffer.
+
+    reporter = record_run(cfg, kind="train")     # or SweepTracking.trial_reporter(...) for a trial
+    train(cfg, [reporter, ...])
+
+How it talks to MLflow, and why:
+- `MlflowClient` with explicit run ids, never the fluent API's active run: workers are processes
+  and one process may hold several recorders.
+- Buffered: steps are queued and sent with `log_batch` (at most 1000 entities a call) when an
+  epoch ends and when the run ends, never one round trip per step.
+- A tracking store that cannot be reached never fails a trial: the records stay queued, one
+  clear warning is logged, and the next flush tries again (a run that ended meanwhile is sent
+  with the next flush of any run in this process, or when the process exits).
+- Nothing secret is recorded: every param, tag and text artifact goes through `mask_text`.
+Artifacts: `config.yaml` (the resolved config), `environment.json`, and `schedule.png` (the lr of
+every group and the momentum the run actually used).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper.records.environment import describe_environment
+from sweeper.records.mlflow_store import (
+    Outage,
+    TrackingSettings,
+    connect,
+    mlflow_calls,
+    mlflow_client,
+    tracking_settings,
+)
+from sweeper.records.run_record import (
+    RUN_STATUS,
+    epoch_metrics,
+    plain_config,
+    run_params,
+    run_tags,
+    step_metrics,
+)
+from sweeper.secrets import mask_text
+from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = ["Locate", "MlflowRecorder", "connect_early", "now_ms", "record_run", "wait_for_records"]
+
+logger = logging.getLogger(__name__)
+
+# MLflow's limits per log_batch call and per value.
+MAX_ENTITIES_PER_CALL = 1000
+MAX_PARAMS_OR_TAGS_PER_CALL = 100
+MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 8000
+# How long a process that ends with records unsent waits for the store to come back, and how often it tries.
+EXIT_WAIT_SECONDS = 60
+EXIT_RETRY_SECONDS = 2
+
+
+# --- the recorder -----------------------------------------------------------------------------
+
+# (experiment id, parent run id or None) for the run, asked of the store when first needed
+Locate = Callable[["MlflowClient"], "tuple[str, str | None]"]
+
+
+class MlflowRecorder(Reporter):
+    """Records one run (a trial, a `sweeper train`, a rerun) through a buffer; see the module doc.
+
+    The run itself is created at the first flush that reaches the store, so a store that is down
+    when a trial starts delays its record instead of losing it. `run_id` is None until then.
+
+    The trial's thread only queues: the run's creation, its params and tags (derived from the
+    config there), the epoch flushes and the schedule plot are the background sender's work
+    (`_Sender`). `on_end` returns once the run's end is in the store (or kept for later, the store
+    being down), so a trial told finished has its records; its schedule.png follows.
+    """
+
+    def __init__(
+        self,
+        settings: TrackingSettings,
+        cfg: DictConfig | Mapping | None,
+        locate: Locate,
+        *,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        overrides: Sequence[str] = (),
+        run_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.run_id = run_id  # given: record into that existing run
+        self._cfg = cfg
+        self._locate = locate
+        self._run_name = mask_text(run_name) if run_name else None
+        self._start_ms: int | None = None
+        self._start: StartEvent | None = None  # the start, its params and tags not derived yet
+        self._lock = threading.Lock()  # the queues below, shared by the trial's thread and the sender
+        self._params: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
+        self._metrics: list[Any] = []
+        self._artifacts: dict[str, bytes] = {}
+        self._status: tuple[str, int] | None = None  # (MLflow status, end time) once ended, until sent
+        self._ended = False
+        self.queue_tags(tags or {})
+        if overrides:
+            self.queue_tags({"overrides": " ".join(overrides)})
+
+    # Reporter events. They never raise: a recording problem must not end a trial.
+
+    def on_start(self, event: StartEvent) -> None:
+        self._start_ms = now_ms()
+        self._start = event
+        # The run exists, with the tags that file it (sweep, kind, trial), before the first batch:
+        # a worker killed mid-trial leaves a run the sweep can find and end. The rest follows.
+        _Sender.submit(lambda: self._deliver(create_only=True)).result()
+        self.flush_later()
+
+    def on_step(self, event: StepEvent) -> None:
+        with _never_raises("step"):
+            self._queue_metrics(step_metrics(event), event.step)
+
+    def on_epoch(self, event: EpochEvent) -> None:
+        with _never_raises("epoch"):
+            self._queue_metrics(epoch_metrics(event), event.epoch)
+        self.flush_later()
+
+    def on_end(self, result: TrialResult) -> None:
+        with _never_raises("end"):
+            self.queue_tags(
+                {
+                    "status": result.status,
+                    "pruned": str(result.status == "pruned").lower(),
+                    "diverged": str(result.status == "diverged").lower(),
+                    "seconds": f"{result.seconds:.3f}",
+                    **({"reason": result.reason} if result.reason else {}),
+                    **({"diverged_step": str(result.diverged_step)} if result.diverged_step is not None else {}),
+                }
+            )
+            if result.status != "finished" and self._run_name:
+                # Seen in the runs list at a glance: "trial 3 · geometric · ... · pruned".
+                self.queue_tags({"mlflow.runName": f"{self._run_name} · {result.status}"})
+            with self._lock:
+                self._status = (RUN_STATUS.get(result.status, "FAILED"), now_ms())
+                self._ended = True
+        self.flush()
+        if result.steps and self.settings.schedule_plot:
+            _Sender.submit(lambda: self._attach_plot(result))
+
+    # The buffer. Everything recorded passes through mask_text here.
+
+    def attach(self, name: str, data: bytes | str) -> None:
+        """Queue an artifact (sent with the next flush)."""
+        data = mask_text(data).encode() if isinstance(data, str) else data
+        with self._lock:
+            self._artifacts[name] = data
+
+    def record_config(self, config: Mapping, device: str | None = None) -> None:
+        """Queue the resolved config (config.yaml) and where the run ran (environment.json)."""
+        self.attach("config.yaml", OmegaConf.to_yaml(OmegaConf.create(dict(config))))
+        self.attach("environment.json", json.dumps(describe_environment(device), indent=1))
+
+    def queue_params(self, params: Mapping[str, Any]) -> None:
+        masked = {key: mask_text(str(value))[:MAX_PARAM_LENGTH] for key, value in params.items()}
+        with self._lock:
+            self._params.update(masked)
+
+    def queue_tags(self, tags: Mapping[str, Any], *, keep_queued: bool = False) -> None:
+        """Queue tags; with `keep_queued`, a tag already queued keeps its value."""
+        masked = {key: mask_text(str(value))[:MAX_TAG_LENGTH] for key, value in tags.items()}
+        with self._lock:
+            self._tags.update(masked if not keep_queued else {k: v for k, v in masked.items() if k not in self._tags})
+
+    def _queue_metrics(self, values: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = now_ms()
+        metrics = [Metric(key, float(value), now, step) for key, value in values.items()]
+        with self._lock:
+            self._metrics.extend(metrics)
+
+    def flush(self) -> bool:
+        """Send everything queued, and wait for it; False when the store cannot be reached (all
+        of it is kept, and sent with a later flush)."""
+        return _Sender.submit(self._flush_now).result()
+
+    def flush_later(self) -> None:
+        """Send everything queued from the background sender; the caller goes on at once."""
+        _Sender.submit(self._flush_now)
+
+    def _flush_now(self) -> bool:
+        _Unsent.retry(self.settings, but=self)
+        return self._deliver()
+
+    def _deliver(self, create_only: bool = False) -> bool:
+        try:
+            with mlflow_calls(self.settings):
+                self._send(mlflow_client(self.settings.uri), create_only)
+        except Exception as error:  # noqa: BLE001 - a store that is down, full or refusing: retry later
+            Outage.failed(self.settings, error)
+            _Unsent.keep(self)
+            return False
+        Outage.recovered(self.settings)
+        return True
+
+    def send(self) -> None:
+        """Send everything queued now, from this thread; raises if the store fails (a flush keeps
+        it for later)."""
+        with mlflow_calls(self.settings):
+            self._send(mlflow_client(self.settings.uri))
+
+    def _describe_start(self) -> None:
+        """The run's params, tags and config artifacts, derived from its config (in the sender:
+        they take tens of milliseconds, and the trial need not wait for them)."""
+        event, self._start = self._start, None
+        if event is None:
+            return
+        with _never_raises("start"):
+            config = plain_config(self._cfg) if self._cfg is not None else event.config
+            self.queue_params(run_params(config, event))
+            # The tags given at creation (sweep, trial, extra tags) and at the end win over the
+            # derived ones; once the run has ended (the store was down meanwhile) its status is
+            # the end's, which may have been sent already.
+            derived = {**run_tags(config), "device": event.device}
+            if self._ended:
+                derived.pop("status")
+            self.queue_tags(derived, keep_queued=True)
+            self.record_config(config, event.device)
+
+    def _send(self, client: MlflowClient, create_only: bool = False) -> None:
+        from mlflow.entities import Param, RunTag
+
+        if not create_only:
+            self._describe_start()  # before the run is made: its derived tags go with it
+        if self.run_id is None:
+            experiment_id, parent = self._locate(client)
+            with self._lock:
+                tags = dict(self._tags)
+            run = client.create_run(
+                experiment_id,
+                start_time=self._start_ms or now_ms(),
+                tags={**tags, **({"mlflow.parentRunId": parent} if parent else {})},
+                run_name=self._run_name,
+            )
+            self.run_id = run.info.run_id
+            self._drop_sent(self._tags, tags.items())
+        if create_only:
+            return
+        # Each call sends one chunk and only then drops it, so a failure part way resends nothing
+        # twice; a value queued again meanwhile (a tag's newer value) stays queued.
+        while True:
+            with self._lock:
+                params = list(self._params.items())[:MAX_PARAMS_OR_TAGS_PER_CALL]
+                tags = list(self._tags.items())[:MAX_PARAMS_OR_TAGS_PER_CALL]
+                metrics = self._metrics[: MAX_ENTITIES_PER_CALL - len(params) - len(tags)]
+            if not (params or tags or metrics):
+                break
+            client.log_batch(
+                self.run_id,
+                metrics=metrics,
+                params=[Param(k, v) for k, v in params],
+                tags=[RunTag(k, v) for k, v in tags],
+            )
+            self._drop_sent(self._params, params)
+            self._drop_sent(self._tags, tags)
+            with self._lock:
+                del self._metrics[: len(metrics)]
+        with self._lock:
+            artifacts = list(self._artifacts.items())
+        for name, data in artifacts:
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / name
+                path.write_bytes(data)
+                client.log_artifact(self.run_id, str(path))
+            with self._lock:
+                if self._artifacts.get(name) is data:
+                    del self._artifacts[name]
+        with self._lock:
+            status = self._status
+        if status is not None:
+            client.set_terminated(self.run_id, status=status[0], end_time=status[1])
+            with self._lock:
+                if self._status is status:
+                    self._status = None
+
+    def _drop_sent(self, queue: dict[str, str], sent: Iterable[tuple[str, str]]) -> None:
+        """Drop what was sent from a queue, unless a newer value was queued meanwhile."""
+        with self._lock:
+            for key, value in sent:
+                if queue.get(key) == value:
+                    del queue[key]
+
+    def _attach_plot(self, result: TrialResult) -> None:
+        with _never_raises("schedule plot"):
+            self.attach("schedule.png", _schedule_png(result))
+        self._flush_now()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@contextmanager
+def _never_raises(what: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception:  # noqa: BLE001 - tracking must never end a trial; say what went wrong
+        logger.exception("sweeper: recording the %s of a run in MLflow failed; training goes on", what)
+
+
+@dataclass(frozen=True)
+class _RecordedSchedule:
+    """The lr of every group and the momentum a run used, in the shape plot_schedule draws."""
+
+    steps: Sequence[StepEvent]
+
+    @property
+    def peaks(self) -> tuple[float, ...]:
+        return tuple(max(step.lrs[g] for step in self.steps) for g in range(len(self.steps[0].lrs)))
+
+    @property
+    def total(self) -> int:
+        return len(self.steps)
+
+    def rows(self) -> list[dict[str, float | int | None]]:
+        return [{"step": s.step, **{f"lr_{g}": lr for g, lr in enumerate(s.lrs)}, "momentum": s.momentum} for s in self.steps]
+
+
+def _schedule_png(result: TrialResult) -> bytes:
+    from sweeper.schedules.plots import schedule_png
+
+    return schedule_png(_RecordedSchedule(result.steps), title="lr of every layer group, as run")
+
+
+class _Sender:
+    """The one thread of a process that talks to MLflow for its runs, in the order asked: a
+    flush is a task for it, so the trial's thread never waits on the store (except for a run's
+    end). Its tasks finish before the process ends: the executor's threads are joined at exit,
+    before `_Unsent.at_exit` retries what the store refused."""
+
+    _executor: ThreadPoolExecutor | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def submit(cls, task: Callable[[], Any]) -> Future:
+        with cls._lock:
+            if cls._executor is None:
+                cls._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-records")
+            return cls._executor.submit(task)
+
+    @classmethod
+    def forget(cls) -> None:
+        """In a forked child: the parent's thread is not there; a new one starts when needed."""
+        cls._executor, cls._lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_Sender.forget)
+
+
+def connect_early(settings: TrackingSettings) -> None:
+    """Open this process's client of the store from the background sender now (importing MLflow
+    and reading the store's schema take seconds), so the first trial's run is made at once."""
+
+    def connect() -> None:
+        with _never_raises("connection"), mlflow_calls(settings):
+            mlflow_client(settings.uri)
+
+    _Sender.submit(connect)
+
+
+def wait_for_records() -> None:
+    """Wait until every record this process queued so far is sent (or kept for a store that is
+    down); a process waits so at its end anyway."""
+    _Sender.submit(lambda: None).result()
+
+
+class _Unsent:
+    """Runs whose records the store refused (it was down): sent with the next flush of any run
+    in this process, or when the process exits."""
+
+    recorders: list[MlflowRecorder] = []
+
+    @classmethod
+    def keep(cls, recorder: MlflowRecorder) -> None:
+        """Keep a recorder whose flush failed (in the sender, or at exit)."""
+        if recorder not in cls.recorders:
+            cls.recorders.append(recorder)
+
+    @classmethod
+    def retry(cls, settings: TrackingSettings | None = None, but: MlflowRecorder | None = None) -> None:
+        """Send the kept runs (of one store, when `settings` are given; `but` one, which is about
+        to be sent anyway)."""
+        for recorder in list(cls.recorders):
+            if recorder is but or (settings is not None and recorder.settings.uri != settings.uri):
+                continue
+            cls.recorders.remove(recorder)
+            if not recorder._deliver():  # kept again
+                return  # still down: the others would fail alike
+
+    @classmethod
+    def at_exit(cls) -> None:
+        cls.retry()
+        if cls.recorders:
+            # A store that went down near the end of a sweep (a server restarting) would take
+            # these records with it: give it a while to come back before the process ends.
+            logger.warning(
+                "sweeper: MLflow at %s is out of reach with the records of %d run(s) unsent; "
+                "waiting up to %d s for it before this process ends.",
+                cls.recorders[0].settings.label,
+                len(cls.recorders),
+                EXIT_WAIT_SECONDS,
+            )
+            deadline = time.monotonic() + EXIT_WAIT_SECONDS
+            while cls.recorders and time.monotonic() < deadline:
+                time.sleep(EXIT_RETRY_SECONDS)
+                cls.retry()
+        for recorder in cls.recorders:
+            logger.warning(
+                "sweeper: MLflow at %s was not reachable before this process ended; run %s lost the records it had not sent.",
+                recorder.settings.label,
+                recorder.run_id or "(never created)",
+            )
+
+
+atexit.register(_Unsent.at_exit)
+
+
+# --- single runs ------------------------------------------------------------------------------
+
+
+def record_run(
+    cfg: DictConfig,
+    *,
+    kind: str = "train",
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    overrides: Iterable[str] = (),
+) -> Reporter:
+    """A Reporter recording one top-level run (`sweeper train`, reruns, confirmations), or one
+    nested under `parent_run_id`. The store is checked now: a bad tracking URL is a ConfigError
+    before training starts. A no-op Reporter when tracking is off."""
+    settings = tracking_settings(cfg)
+    if settings is None:
+        return Reporter()
+    _, experiment_id = connect(settings)
+    return MlflowRecorder(
+        settings,
+        cfg,
+        lambda _: (experiment_id, parent_run_id),
+        run_name=run_name or kind,
+        tags={"sweeper.kind": kind, **(tags or {})},
+        overrides=list(overrides),
+    )

@@ -1,0 +1,69 @@
+"""Plots written as PNG files (matplotlib's Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
+
+from sweeper.schedules.shapes import Schedule  # noqa: E402
+
+__all__ = ["log_y", "plot_schedule", "save_figure", "schedule_png"]
+
+
+def save_figure(figure: plt.Figure, path: str | Path) -> Path:
+    """Write `figure` as a PNG at `path` (folders made as needed) and free it."""
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def log_y(axis: plt.Axes) -> None:
+    """A log-scale y axis without minor ticks: eight a decade cost more to draw than the curves."""
+    axis.set_yscale("log")
+    axis.yaxis.set_minor_locator(NullLocator())
+
+
+def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path:
+    """The lr of every layer group (log scale) and the momentum over the training batches."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(schedule_png(schedule, title))
+    return path
+
+
+def schedule_png(schedule: Schedule, title: str = "") -> bytes:
+    """plot_schedule's PNG, as bytes. Every recorded trial draws one as it ends, so it is kept
+    cheap: a figure outside pyplot's registry, fixed margins instead of tight_layout (which
+    costs as much as drawing the whole figure), and no minor ticks on the log axis."""
+    rows = schedule.rows()
+    steps = [row["step"] for row in rows]
+    momenta = [row["momentum"] for row in rows]
+    has_momentum = momenta[0] is not None
+    figure = Figure(figsize=(8, 6 if has_momentum else 4))
+    axes = figure.subplots(2 if has_momentum else 1, 1, sharex=True, squeeze=False)
+    figure.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.1 if has_momentum else 0.13, hspace=0.1)
+    lr_axis = axes[0][0]
+    for group in range(len(schedule.peaks)):
+        label = f"group {group}" + (" (head)" if group == len(schedule.peaks) - 1 else "")
+        lr_axis.plot(steps, [row[f"lr_{group}"] for row in rows], label=label)
+    log_y(lr_axis)
+    lr_axis.set_ylabel("learning rate")
+    lr_axis.legend(loc="best", fontsize="small")
+    lr_axis.set_title(title or f"{schedule.shape.name}: {len(schedule.peaks)} groups, {schedule.total} steps")
+    if has_momentum:
+        axes[1][0].plot(steps, momenta, color="tab:gray")
+        axes[1][0].set_ylabel("momentum / beta1")
+    axes[-1][0].set_xlabel("training batch")
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
+    return png.getvalue()

@@ -1,0 +1,154 @@
+"""The live view of a sweep: workers, finished / pruned / failed trials, and the best so far.
+
+Everything shown is read from the study itself (trial states, intermediate values and the
+`worker` / `device` / `epochs` attributes workers keep up to date), so the view is the same
+whoever runs the trials, on any machine. Where the terminal is not interactive (CI, a log
+file) it prints one line whenever the counts change instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from sweeper.sweep.study import Counts, SweepPlan
+
+__all__ = ["LiveView", "Progress", "WorkerNotes", "read_progress", "sampled"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    counts: Counts
+    n_trials: int
+    best: str | None  # the best trial, in words
+    running: tuple[tuple[str, ...], ...]  # trial, worker, device, epochs, last objective, sampled
+    workers: tuple[tuple[str, str], ...]  # label, state
+
+    def line(self) -> str:
+        c = self.counts
+        text = f"{c.finished}/{self.n_trials} finished ({c.complete} complete, {c.pruned} pruned), {c.failed} failed, {c.running} running"
+        return f"{text}; best {self.best}" if self.best else text
+
+
+def sampled(trial: FrozenTrial, plan: SweepPlan) -> str:
+    """What the sampler chose for a trial: its overrides beyond the sweep's own."""
+    overrides = trial.user_attrs.get("overrides", [])
+    return " ".join(o for o in overrides if o not in plan.overrides)
+
+
+def read_progress(study: optuna.Study, plan: SweepPlan, workers: Sequence = ()) -> Progress:
+    trials = study.get_trials(deepcopy=False)
+    running = tuple(
+        (
+            str(t.number),
+            t.user_attrs.get("worker", "?"),
+            t.user_attrs.get("device", "?"),
+            str(t.user_attrs.get("epochs", 0)),
+            f"{t.intermediate_values[max(t.intermediate_values)]:.4g}" if t.intermediate_values else "-",
+            sampled(t, plan),
+        )
+        for t in trials
+        if t.state == TrialState.RUNNING
+    )
+    states = tuple((w.label, _state(w.poll())) for w in workers)
+    return Progress(Counts.of(trials), plan.n_trials, _best(study, trials, plan), running, states)
+
+
+def _state(code: int | None) -> str:
+    return "running" if code is None else "done" if code == 0 else f"exited {code}"
+
+
+def _best(study: optuna.Study, trials: Sequence[FrozenTrial], plan: SweepPlan) -> str | None:
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return None
+    if plan.objectives.several:
+        return f"{len(study.best_trials)} trial(s) on the Pareto front"
+    pick = max if plan.objectives.directions[0] == "maximize" else min
+    best = pick(complete, key=lambda t: t.value)
+    return f"{plan.objectives.names[0]} {best.value:.4g} (trial {best.number}: {sampled(best, plan)})"
+
+
+class LiveView:
+    """A rich live table on an interactive terminal; one line per change elsewhere."""
+
+    def __init__(self, title: str, enabled: bool | str = "auto", console: Console | None = None) -> None:
+        self.title = title
+        self.console = console or Console()
+        interactive = self.console.is_terminal if enabled == "auto" else bool(enabled)
+        self._live = Live(console=self.console, auto_refresh=False) if interactive else None
+        self._last_line = ""
+
+    def __enter__(self) -> LiveView:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def show(self, progress: Progress) -> None:
+        if self._live is not None:
+            self._live.update(self._render(progress), refresh=True)
+            return
+        line = progress.line()
+        if line != self._last_line:
+            self.console.print(f"[{time.strftime('%H:%M:%S')}] {line}", highlight=False, soft_wrap=True)
+            self._last_line = line
+
+    def say(self, text: str) -> None:
+        """A message above the progress, kept in the scrollback (a worker's warning)."""
+        self.console.print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, markup=False, soft_wrap=True)
+
+    def _render(self, progress: Progress) -> Group:
+        trials = Table(title=f"{self.title}: {progress.line()}", title_justify="left", expand=True)
+        for column in ("trial", "worker", "device", "epochs", "objective", "sampled"):
+            trials.add_column(column, overflow="fold")
+        for row in progress.running:
+            trials.add_row(*row)
+        workers = Table(show_header=True, expand=False)
+        workers.add_column("worker")
+        workers.add_column("state")
+        for label, state in progress.workers:
+            workers.add_row(label, state)
+        return Group(trials, workers)
+
+
+class WorkerNotes:
+    """The warnings workers log (lines holding "sweeper: ", e.g. an MLflow server out of reach),
+    read from their log files as they grow, for the sweep's console: nobody watches the logs
+    while a sweep runs. The same note from several workers in a row is passed on once."""
+
+    MARK = "sweeper: "
+
+    def __init__(self, workers: Sequence) -> None:
+        self._read = {worker.label: (worker.log, 0) for worker in workers}
+        self._last = ""
+
+    def new(self) -> list[str]:
+        notes = []
+        for label, (log, offset) in self._read.items():
+            try:
+                with open(log, "rb") as file:
+                    file.seek(offset)
+                    chunk = file.read()
+            except OSError:  # not there yet
+                continue
+            whole = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
+            self._read[label] = (log, offset + len(whole))
+            for line in whole.decode(errors="replace").splitlines():
+                if self.MARK not in line:
+                    continue
+                note = line[line.index(self.MARK) + len(self.MARK) :]
+                if note != self._last:
+                    notes.append(f"{label}: {note}")
+                    self._last = note
+        return notes

@@ -1,0 +1,484 @@
+"""Sweep workers: device slots, and the ask -> train -> tell loop each worker process runs.
+
+A slot is one worker process: a GPU (or a share of one, `sweep.workers_per_device`), or a few CPU
+cores where there is no GPU. A worker's GPU is chosen by CUDA_VISIBLE_DEVICES in its environment,
+set before the process starts, so torch in it sees that GPU alone (as cuda:0).
+
+Each worker loops with no barrier between trials: under the sweep's claim lock it counts the
+finished and running trials, starts one if the sweep still needs it (`study.optimize` for one
+trial, which keeps the trial's heartbeat beating), and otherwise waits for running trials (one
+of them may fail and need redoing) or stops. A trial that raises or diverges fails alone, its
+reason kept in the trial's `reason` attribute. A worker stopped (SIGSTOP, a stalled machine) past
+storage.grace_period finds its trial failed by the others' heartbeat check and queued again when
+it wakes: it says so and goes on with the next one.
+
+With `sweep.fuse=N > 1` a worker claims up to N trials at once (each its own Optuna trial, with
+its own heartbeat, MLflow child run and pruning), trains those whose configs allow it as one
+fused model (`sweeper.training.fused`, through the trainer's `train_many`), and tells each its own
+outcome (`Outcome`, `study.tell`). sweep.fuse=1 is the one-trial loop above, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize beats with
+from optuna.trial import TrialState
+
+from sweeper.config import compose_config
+from sweeper.config.rules import warn_oversubscribed, whole
+from sweeper.secrets import mask_text
+from sweeper.sweep.study import (
+    PruningReporter,
+    SweepPlan,
+    count_trials,
+    fail_stale_trials,
+    load_trainer,
+    next_move,
+    open_study,
+)
+from sweeper.training.checkpoints import checkpoint_every, checkpoints_on, for_sweep_trial
+from sweeper.training.saved_models import best_in_study, keepers, save_model_setting
+from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
+from sweeper.trial.spec import FusingTrainer, trial_spec
+
+__all__ = [
+    "Outcome",
+    "ProgressReporter",
+    "Slot",
+    "StopRequest",
+    "TrialFailed",
+    "TrialTakenOver",
+    "plan_slots",
+    "record_outcome",
+    "reporters_for",
+    "run_fused",
+    "run_trial",
+    "start_trial",
+    "run_worker",
+    "tracking_module",
+    "usable_cores",
+    "visible_gpus",
+]
+
+TrainFn = Callable[[DictConfig, Sequence[Reporter]], TrialResult]
+MAX_AUTO_CPU_WORKERS = 8  # beyond this, CPU workers mostly add memory (a torch process each)
+
+
+# --- slots ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    gpu: str | None = None  # the CUDA device this worker sees alone; None: a CPU slot
+    threads: int = 1  # its share of the CPU cores: torch's intra-op threads
+
+    @property
+    def label(self) -> str:
+        return f"gpu {self.gpu}" if self.gpu is not None else f"cpu x{self.threads}"
+
+    def env(self) -> dict[str, str]:
+        """Environment of the worker process, in place before torch is imported in it."""
+        threads = str(self.threads)
+        # An empty CUDA_VISIBLE_DEVICES hides every GPU from a CPU worker.
+        return {"CUDA_VISIBLE_DEVICES": self.gpu or "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES's entries, else every GPU torch sees."""
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        # "" and "-1" hide every GPU; entries may be indices, GPU-UUIDs or MIG ids.
+        entries = [e.strip() for e in listed.split(",") if e.strip()]
+        return [] if entries[:1] == ["-1"] else entries
+    return [str(i) for i in range(_gpu_count())]
+
+
+def _gpu_count() -> int:
+    """How many GPUs this machine has, without importing torch where it is not loaded yet: the
+    sweep's process plans and watches, and importing torch would cost it a second or more."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.device_count()
+    nvidia = Path("/proc/driver/nvidia/gpus")  # the NVIDIA driver: one folder per GPU
+    if nvidia.is_dir():
+        return sum(1 for _ in nvidia.iterdir())
+    if shutil.which("nvidia-smi") is None and shutil.which("rocm-smi") is None:
+        return 0  # no GPU driver here
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def plan_slots(sweep: DictConfig | Mapping, gpus: Sequence[str], cores: int) -> list[Slot]:
+    """Worker slots for this machine from `sweep.workers`, `workers_per_device`, `cpu_threads`."""
+    per_device = sweep["workers_per_device"]
+    whole("sweep.workers_per_device", per_device, 1)
+    workers = sweep["workers"]
+    warn_oversubscribed(whole("sweep.workers", workers, 1, auto=True), cores)
+    threads = sweep["cpu_threads"]
+    whole("sweep.cpu_threads", threads, 1, auto=True)
+    if gpus:
+        count = len(gpus) * per_device if workers == "auto" else workers
+        # GPU workers share the cores too (data loading, the optimizer on small models).
+        threads = max(1, cores // count) if threads == "auto" else threads
+        # Round-robin, so a count below the number of GPUs still spreads over them.
+        return [Slot(i, gpu=gpus[i % len(gpus)], threads=threads) for i in range(count)]
+    if workers == "auto":
+        workers = max(1, min(MAX_AUTO_CPU_WORKERS, cores // (1 if threads == "auto" else threads)))
+    if threads == "auto":
+        threads = max(1, cores // workers)
+    return [Slot(i, threads=threads) for i in range(workers)]
+
+
+# --- one trial --------------------------------------------------------------------------------
+
+
+class TrialFailed(RuntimeError):
+    """A trial that ended without a result (diverged, or failed inside the trainer)."""
+
+
+class TrialTakenOver(RuntimeError):
+    """The trial was failed while it ran, by the heartbeat check of another worker (this one was
+    stopped or stalled for longer than storage.grace_period), and queued again: it runs elsewhere,
+    and what this worker would record of it can no longer be recorded."""
+
+
+def _record(trial: optuna.Trial, key: str, value: Any) -> None:
+    """trial.set_user_attr, for a trial that may have been taken over meanwhile."""
+    try:
+        trial.set_user_attr(key, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise TrialTakenOver(f"trial {trial.number} was failed by the heartbeat check while it ran") from None
+
+
+class ProgressReporter(Reporter):
+    """Keeps the trial's device and epochs done in the study, for the live view. Being the first
+    reporter to write to the study at each epoch, it is the one that finds a trial taken over:
+    the trial stops there (TrialTakenOver) instead of training to its end for nothing."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_start(self, event: StartEvent) -> None:
+        _record(self.trial, "device", event.device)
+
+    def on_epoch(self, event: EpochEvent) -> None:
+        _record(self.trial, "epochs", event.epoch + 1)
+
+
+def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan, overrides: Sequence[str]) -> list[Reporter]:
+    """Everything that listens to one trial. The one place to add a listener."""
+    reporters: list[Reporter] = [ProgressReporter(trial)]
+    if not plan.objectives.several:  # Optuna cannot prune multi-objective studies
+        reporters.append(PruningReporter(trial))
+    tracking = tracking_module()
+    if tracking is not None:  # MLflow: a child run of the sweep's run
+        recorder = tracking.trial_reporter(
+            trial_cfg,
+            study_name=plan.name,
+            trial_number=trial.number,
+            overrides=overrides,
+            extra_tags={"worker": trial.user_attrs["worker"]},
+            location=trial.study.user_attrs.get("tracking"),
+        )
+        best = lambda result: best_in_study(trial.study, plan.objectives.directions, plan.objectives.values(result))  # noqa: E731
+        reporters += [*keepers(save_model_setting(plan.cfg), recorder, best), recorder]  # weights before the run ends
+    if checkpoints_on(plan.cfg):
+        reporters.append(for_sweep_trial(plan.cfg.results_dir, plan.name, trial, checkpoint_every(plan.cfg)))
+    return reporters
+
+
+def tracking_module() -> Any:
+    """sweeper.records.tracking, or None where this installation has none. It keeps the MLflow records
+    (each of its entry points a no-op under tracking.enabled=false) and writes the sweep's report."""
+    try:
+        from sweeper.records import tracking
+    except ImportError:
+        return None
+    return tracking
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What Optuna is told of a trial: its state, and its value(s) when it completed."""
+
+    state: TrialState
+    values: float | list[float] | None = None
+    reason: str | None = None
+
+
+def start_trial(trial: optuna.Trial, plan: SweepPlan) -> tuple[list[str], list[str]]:
+    """Record who runs the trial and its overrides; return (overrides, overrides as recorded)."""
+    overrides = [*plan.overrides, *plan.space.suggest(trial)]
+    recorded = [mask_text(o) for o in overrides]
+    _record(trial, "overrides", recorded)
+    _record(trial, "worker", f"{socket.gethostname()}:{os.getpid()}")
+    return overrides, recorded
+
+
+def record_outcome(trial: optuna.Trial, result: TrialResult, plan: SweepPlan) -> Outcome:
+    """Record how the trial ended in its user attrs; the outcome Optuna is to be told."""
+    _record(trial, "status", result.status)
+    _record(trial, "seconds", round(result.seconds, 3))
+    if result.status == "pruned":
+        return Outcome(TrialState.PRUNED, reason=f"pruned after {len(result.epochs)} epoch(s)")
+    if result.status != "finished":
+        reason = _reason(result.reason or result.status)
+        _record(trial, "reason", reason)
+        return Outcome(TrialState.FAIL, reason=reason)
+    return Outcome(TrialState.COMPLETE, plan.objectives.values(result))
+
+
+def run_trial(trial: optuna.Trial, plan: SweepPlan, train: TrainFn) -> float | list[float]:
+    """The objective: compose the trial's config from its overrides, train it, return its value(s)."""
+    overrides, recorded = start_trial(trial, plan)
+    try:
+        trial_cfg = compose_config(overrides, plan.config_dirs)
+        result = train(trial_cfg, reporters_for(trial, trial_cfg, plan, recorded))
+    except Exception as error:
+        _record(trial, "reason", _reason(f"{type(error).__name__}: {error}"))
+        raise
+    outcome = record_outcome(trial, result, plan)
+    if outcome.state == TrialState.PRUNED:  # study.optimize learns a trial's end from exceptions
+        raise optuna.TrialPruned(outcome.reason)
+    if outcome.state == TrialState.FAIL:
+        raise TrialFailed(outcome.reason)
+    return outcome.values
+
+
+def run_fused(study: optuna.Study, trials: Sequence[optuna.Trial], plan: SweepPlan, trainer: FusingTrainer, stop: StopRequest) -> None:
+    """Train claimed trials together, as few fused runs as their configs allow, and tell each its
+    own outcome. Every trial keeps its own heartbeat from its claim to its end, its own reporters
+    (MLflow child run, pruning) and its own result. A freed slot (a member pruned, diverged or
+    failed) is not refilled: a trial that joined mid-run would start mid-way through the others'
+    data order, so it would neither share their batches (the paired comparison) nor train as it
+    would alone; the next claim comes when the run ends."""
+    told: set[int] = set()
+
+    def tell(trial: optuna.Trial, outcome: Outcome) -> None:
+        told.add(trial.number)
+        if outcome.state == TrialState.FAIL and outcome.reason:
+            _record_if_held(trial, plan, "reason", outcome.reason)
+        study.tell(trial, outcome.values, state=outcome.state, skip_if_finished=True)
+
+    with ExitStack() as heartbeats:
+        for trial in trials:  # Optuna's own heartbeat, as study.optimize beats for its one trial
+            heartbeats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+        try:
+            waiting: list[tuple[optuna.Trial, DictConfig, list[str]]] = []
+            for trial in trials:
+                try:
+                    overrides, recorded = start_trial(trial, plan)
+                    waiting.append((trial, compose_config(overrides, plan.config_dirs), recorded))
+                except TrialTakenOver:
+                    _say_taken_over(trial, plan)
+                    told.add(trial.number)
+                except Exception as error:  # noqa: BLE001 - this trial's config fails it alone
+                    tell(trial, Outcome(TrialState.FAIL, reason=_reason(f"{type(error).__name__}: {error}")))
+            for group in _fusable_groups(waiting, trainer):
+                specs = [trial_spec(cfg) for _, cfg, _ in group]
+                reporters = [[*reporters_for(trial, cfg, plan, recorded), stop] for trial, cfg, recorded in group]
+                try:
+                    results = trainer.train_many(specs, reporters)
+                except Exception as error:  # noqa: BLE001 - a setting that stops the run before training
+                    failed = Outcome(TrialState.FAIL, reason=_reason(f"{type(error).__name__}: {error}"))
+                    for trial, _, _ in group:
+                        tell(trial, failed)
+                    continue
+                for (trial, _, _), result in zip(group, results):
+                    try:
+                        tell(trial, record_outcome(trial, result, plan))
+                    except TrialTakenOver:
+                        _say_taken_over(trial, plan)
+        finally:  # Ctrl-C, or anything unforeseen: what was claimed and not told fails, to run again
+            for trial in trials:
+                if trial.number not in told:
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _fusable_groups(
+    waiting: Sequence[tuple[optuna.Trial, DictConfig, list[str]]], trainer: FusingTrainer
+) -> list[list[tuple[optuna.Trial, DictConfig, list[str]]]]:
+    """The trials in groups that can each train as one fused run (each joins the first that takes it)."""
+    groups: list[list[tuple[optuna.Trial, DictConfig, list[str]]]] = []
+    for entry in waiting:
+        for group in groups:
+            if trainer.why_not_fused([cfg for _, cfg, _ in group] + [entry[1]]) is None:
+                group.append(entry)
+                break
+        else:
+            groups.append([entry])
+    return groups
+
+
+def _record_if_held(trial: optuna.Trial, plan: SweepPlan, key: str, value: Any) -> None:
+    try:
+        _record(trial, key, value)
+    except TrialTakenOver:
+        _say_taken_over(trial, plan)
+
+
+def _say_taken_over(trial: optuna.Trial, plan: SweepPlan) -> None:
+    print(
+        f"sweeper: trial {trial.number} was taken over: this worker was stopped or stalled "
+        f"for longer than storage.grace_period ({plan.storage.grace_period} s), so the sweep "
+        f"failed the trial and queued it again; going on with the next one.",
+        flush=True,
+    )
+
+
+def _reason(text: str) -> str:
+    return mask_text(text)[:1000]  # user attrs are stored with every trial: keep them short
+
+
+# --- the worker loop --------------------------------------------------------------------------
+
+
+class StopRequest(Reporter):
+    """Ctrl-C (SIGINT) or SIGTERM in a worker process, acted on where it is safe.
+
+    SIGINT comes from the terminal, and from the sweep that stops its workers; SIGTERM from kill,
+    a scheduler, or the kernel when the sweep that started the worker dies. Either reaches a
+    worker at any moment, possibly inside a library holding a lock or inside Optuna's own
+    bookkeeping, where an exception could hang the worker or leave its trial running in the
+    study. So the signal only sets a flag. A running trial stops at its next reported step or
+    epoch, from the trainer's own loop (the trainer marks it failed, Optuna records it so, and a
+    resumed sweep runs it again); the worker starts no other trial.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum: int | None = None  # the signal that asked
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._interrupt)
+
+    def _interrupt(self, signum: int, frame: object) -> None:
+        self.requested = True
+        self.signum = signum
+
+    @property
+    def what(self) -> str:
+        return "interrupted" if self.signum in (None, signal.SIGINT) else f"stopped by {signal.Signals(self.signum).name}"
+
+    @property
+    def exit_code(self) -> int:
+        """As a shell reports a process the signal ended: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    def check(self) -> None:
+        """Stop here (KeyboardInterrupt) if a stop was asked for."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def on_step(self, event: StepEvent) -> None:
+        self.check()
+
+    def on_epoch(self, event: EpochEvent) -> bool:
+        self.check()
+        return False
+
+
+def run_worker(
+    plan: SweepPlan,
+    *,
+    index: int = 0,
+    deadline: float | None = None,
+    train: TrainFn | None = None,
+    stop: StopRequest | None = None,
+) -> int:
+    """Run trials until the sweep has n_trials finished ones (or the deadline, a `stop` request,
+    or sweep.max_failures failed trials since it started); return how many ran.
+
+    `index` offsets the sampler's seed so parallel workers draw differently; `deadline` is a
+    time.time() after which no trial starts.
+    """
+    trainer = load_trainer(plan.cfg) if train is None or plan.fuse > 1 else None
+    train = train or trainer.train
+    study = open_study(plan, create=False, worker=index)
+    claim = plan.storage.claim(plan.name)
+    poll = float(plan.cfg.sweep.poll)
+    stop = stop or StopRequest()
+    running: optuna.Trial | None = None
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
+        nonlocal running
+        running = trial
+        claim.release()  # the trial exists now: others may count it and start theirs
+        stop.check()  # asked to stop while the trial was being made: it fails, to run again
+        # The stop request listens last, so the other reporters have recorded the step or epoch.
+        return run_trial(trial, plan, lambda cfg, reporters: train(cfg, [*reporters, stop]))
+
+    # Failures count from this worker's start, so a sweep resumed after its cause was fixed
+    # (or after Ctrl-C, which fails the trials it stops) starts with a clean slate.
+    failed_before = count_trials(study).failed
+    ran = 0
+    while not stop.requested:
+        with claim:
+            counts = count_trials(study)
+            out_of_time = deadline is not None and time.time() >= deadline
+            failed_too_often = counts.failed - failed_before >= plan.max_failures
+            move = next_move(counts, plan.n_trials, out_of_time, failed_too_often)
+            move = "fuse" if move == "run" and plan.fuse > 1 else move
+            if move == "run":
+                running = None
+                try:
+                    study.optimize(objective, n_trials=1, catch=(Exception,))
+                except Exception:
+                    # Optuna cannot tell a trial that is already finished; one failed by the
+                    # heartbeat check has been queued again, and the sweep goes on without it.
+                    if running is None or not _finished_meanwhile(study, running):
+                        raise
+                    _say_taken_over(running, plan)
+                ran += 1
+            elif move == "fuse":
+                # claim up to sweep.fuse trials (each a RUNNING trial others count), then let go
+                fail_stale_trials(study)  # as study.optimize does before it asks
+                claimed = [study.ask() for _ in range(min(plan.fuse, plan.n_trials - counts.finished - counts.running))]
+        if move == "fuse":
+            run_fused(study, claimed, plan, trainer, stop)
+            ran += len(claimed)
+        if move == "stop":
+            if failed_too_often and counts.finished < plan.n_trials:
+                print(
+                    f"worker {index}: stopped: {counts.failed - failed_before} trials failed since it started "
+                    f"(sweep.max_failures={plan.max_failures}); their reasons are in the study and above.",
+                    flush=True,
+                )
+            break
+        if move == "wait":
+            # A dead worker's trial counts as running until its heartbeat goes stale: look for
+            # those here too, or waiting workers would wait on it for ever.
+            fail_stale_trials(study)
+            time.sleep(poll)
+    return ran
+
+
+def _finished_meanwhile(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the study holds `trial` as finished (failed by the heartbeat check) although this
+    worker could not tell it anything."""
+    return any(t.number == trial.number and t.state.is_finished() for t in study.get_trials(deepcopy=False))

@@ -1,0 +1,440 @@
+"""The one-cycle trainer: one trial, from a resolved config to a result with its curves.
+
+    result = train(cfg, reporters=[...])   # cfg: the composed config, or a plain dict of it
+
+The story: `prepare` checks every setting and builds the trial (device, seeds, data, the model,
+its layer groups, an optimizer with a param group per layer group); `run` trains it phase by
+phase. The loss and the validation metrics are the task's (`cfg.task`, `sweeper.zoo.tasks`;
+classification when a config has none). Before every training batch the lr of every layer
+group and the momentum (SGD's momentum, Adam's beta1) are set by hand from the trial's plan
+(`sweeper.trial.plan`): the very values `sweeper schedule` prints for the same settings. After
+every epoch the model is evaluated on the whole validation set: the task's metrics and its loss.
+Reporters hear of every step and epoch, and any of them may stop the trial after an epoch.
+
+Bad settings raise before any training (ConfigError, SliceError, ShapeError, GroupError). Once
+training starts a result always comes back, with one of these statuses:
+- finished: every epoch ran;
+- diverged: a training loss was not finite; `diverged_step` is that batch, `reason` says so;
+- failed: an exception ended it; `reason` is its type and message (Ctrl-C still propagates);
+- pruned: a reporter's `on_epoch` returned True.
+
+Phases:
+- `train.freeze_epochs == 0`: fastai's `fit_one_cycle(train.epochs, lr)` with the configured
+  shape; phase "train".
+- `train.freeze_epochs > 0`: fastai's `fine_tune`. Phase "frozen": every layer group but the
+  head is frozen (its parameters take no optimizer step and stay bitwise unchanged), and the head
+  trains for `freeze_epochs` epochs of `fit_one_cycle(slice(base_lr), pct_start=0.99)`, with
+  base_lr = 2 x the configured head peak and the shape's other settings (div_final, moms), as
+  fine_tune passes them to both phases. As in fastai (`train_bn`, on by default), the
+  parameters of norm layers (BatchNorm, InstanceNorm, LayerNorm) in frozen groups still train,
+  at their group's lr, and batch-norm running statistics update everywhere; `train.train_bn=false`
+  freezes them too. Phase "unfrozen": every group trains for `train.epochs` epochs with the
+  configured slice and shape (`train.epochs=0` stops after the frozen phase: the head alone).
+  Each phase's schedule starts at step 0 of its own total; `StepEvent.step` counts over both.
+  The phases and their lrs and momentum are `sweeper.trial.plan`'s plan, the one `sweeper
+  schedule` prints. A phase whose shape moves no momentum trains with the optimizer's
+  configured momentum, not with where the frozen phase left it.
+
+  So `train.freeze_epochs=F lr=geometric lr.low=L lr.high=H shape=fastai_fine_tune` is fastai's
+  `fine_tune(epochs, base_lr=2H, freeze_epochs=F, lr_mult=H/L)`.
+
+An optimizer whose momentum is 0 (`optimizer=sgd optimizer.momentum=0`) keeps it: a shape's
+momentum does not reach it, and torch keeps no momentum buffers, as fastai's SGD without momentum.
+
+Weight decay skips norm parameters and biases (fastai's `wd_bn_bias=False`): each layer group
+becomes two param groups with the same lr, one without decay. `train.wd_bn_bias=true` decays
+everything (one param group per layer group).
+
+Speed: a step does nothing beyond setting the lrs and momentum, the forward and backward passes,
+the optimizer step and keeping the loss. Losses are read from the device every
+`train.sync_every` steps (a read waits for the GPU to catch up); a non-finite loss is still
+reported at its exact step, and steps taken after it are discarded with the trial.
+
+Nothing here knows of Optuna or MLflow: they listen through `sweeper.trial.events.Reporter`. A
+reporter that is a `sweeper.training.checkpoints.TrainerHook` also gets the prepared trial (the model, to
+keep its weights) and is told when an epoch's reports are done (to checkpoint it); a trial given
+a checkpoint to resume from replays its recorded steps and epochs, then trains the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from sweeper.config import ConfigError, build_shape, instantiate_node
+from sweeper.config.rules import whole
+from sweeper.schedules.slices import parse_lr
+from sweeper.training.checkpoints import resume
+from sweeper.training.seeding import seed_everything, use_deterministic_algorithms
+from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrainerHook, TrialResult
+from sweeper.trial.plan import Plan, plan_config
+from sweeper.zoo.data import TrialData
+from sweeper.zoo.groups import LayerGroups, split_groups
+from sweeper.zoo.tasks import Task, build_task
+
+__all__ = [
+    "Trial",
+    "available_metrics",
+    "build_optimizer",
+    "evaluate",
+    "no_decay_parameters",
+    "norm_parameters",
+    "prepare",
+    "resolve_device",
+    "run",
+    "set_hyperparameters",
+    "train",
+]
+
+VALID_BATCH = 1024  # evaluation batches: no gradients are kept, so larger is faster
+# fastai's `norm_types`: the layers whose parameters count as norm parameters.
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
+
+
+def available_metrics(cfg: DictConfig | Mapping) -> tuple[str, ...]:
+    """The validation metrics every epoch of a trial of `cfg` reports (its possible objectives):
+    the task's metrics, and its loss."""
+    return build_task(_task_node(cfg)).metric_names
+
+
+def train(cfg: DictConfig | Mapping, reporters: Sequence[Reporter] = ()) -> TrialResult:
+    """Run one trial. Bad settings raise before any training; after that a result comes back."""
+    return run(prepare(cfg), reporters)
+
+
+# --- preparing a trial: every check, then every build ---------------------------------------------
+
+
+@dataclass
+class Trial:
+    """One trial, checked and built from its config, ready to `run`."""
+
+    config: DictConfig
+    started: float  # time.perf_counter() when preparing began
+    device: torch.device
+    amp: bool  # bf16 autocast
+    data: TrialData
+    task: Task  # the loss trained on, and the metrics each epoch reports
+    generator: torch.Generator  # the order of the training batches
+    model: nn.Module
+    groups: LayerGroups
+    peaks: list[float]  # peak lr of each layer group
+    optimizer: torch.optim.Optimizer
+    owners: list[int]  # the layer group of each optimizer param group
+    plan: Plan  # the phases, and the lr and momentum of every step
+    batch_size: int
+    sync_every: int  # steps between loss reads
+    train_in_frozen: set[int]  # ids of parameters that train in frozen groups (train_bn)
+    own_momenta: list[float | None]  # each param group's configured momentum or beta1
+
+    def set_trainable(self, trainable: Sequence[bool]) -> None:
+        """Freeze (no gradient, so no optimizer step) or unfreeze each layer group."""
+        for group, on in zip(self.groups, trainable):
+            for _, param in group:
+                param.requires_grad_(on or id(param) in self.train_in_frozen)
+
+    def reset_momenta(self) -> None:
+        """Every param group's momentum back to the configured one: a phase whose shape moves
+        none trains with the optimizer's own, not with where the phase before left it."""
+        for param_group, momentum in zip(self.optimizer.param_groups, self.own_momenta):
+            _set_momentum(param_group, momentum)
+
+
+def prepare(cfg: DictConfig | Mapping) -> Trial:
+    """Check every setting and build the trial; a bad setting raises here, before any training."""
+    started = time.perf_counter()
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    settings = cfg.train
+
+    # settings that need nothing built come first, so a typo fails in milliseconds
+    task = build_task(_task_node(cfg))
+    objective = settings.objective
+    if objective not in task.metric_names:
+        raise ConfigError(
+            f"train.objective: {objective!r} is not a metric this trainer reports for task "
+            f"{task.name}; choose one of {list(task.metric_names)}."
+        )
+    device = resolve_device(str(settings.device))
+    epochs = _whole(settings, "epochs", 0)
+    freeze_epochs = _whole(settings, "freeze_epochs", 0, default=0)
+    if epochs + freeze_epochs < 1:
+        raise ConfigError(
+            f"train.epochs={epochs} with train.freeze_epochs={freeze_epochs} trains nothing; "
+            f"set train.epochs to 1 or more (train.epochs=0 is for a frozen phase alone)."
+        )
+    batch_size = _whole(settings, "batch_size", 1)
+    sync_every = _whole(settings, "sync_every", 1, default=16)
+    lr_spec = parse_lr(_plain(cfg.lr))
+    shape = build_shape(cfg.shape)
+
+    # reproducibility first, then everything that draws random numbers
+    if settings.get("threads") is not None:
+        torch.set_num_threads(_whole(settings, "threads", 1))
+    use_deterministic_algorithms(bool(settings.deterministic))
+    generator = seed_everything(_whole(settings, "seed", 0))
+    data = _build(cfg.data.source, "data.source", TrialData).to(device)
+    model = _build(cfg.model.net, "model.net", nn.Module).to(device)
+    task.check_targets(next(data.valid_batches(1))[1], _outputs(cfg), f"data={cfg.data.get('name', 'the data')}")
+    groups = split_groups(model, _plain(cfg.model.get("groups")))
+    peaks = lr_spec.peaks(len(groups))
+
+    # the optimizer: a param group per layer group (two where norms and biases skip weight decay)
+    norms = norm_parameters(model)
+    no_decay = no_decay_parameters(model, settings)
+    optimizer, owners = build_optimizer(cfg.optimizer, groups, peaks, no_decay)
+    plan = plan_config(cfg, steps=(freeze_epochs + epochs) * data.n_train_batches(batch_size), n_groups=len(groups))
+    if plan.sets_momentum and not {"betas", "momentum"} & optimizer.defaults.keys():
+        moved_by = f"shape {shape.name}" + (" and fine_tune's frozen one-cycle" if freeze_epochs else "")
+        raise ConfigError(
+            f"optimizer: {type(optimizer).__name__} has neither momentum nor betas for the "
+            f"{moved_by} to move; use optimizer=adamw, adam or sgd, or a shape without momentum."
+        )
+    return Trial(
+        config=cfg,
+        started=started,
+        device=device,
+        amp=bool(settings.amp) and device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        data=data,
+        task=task,
+        generator=generator,
+        model=model,
+        groups=groups,
+        peaks=peaks,
+        optimizer=optimizer,
+        owners=owners,
+        plan=plan,
+        batch_size=batch_size,
+        sync_every=sync_every,
+        train_in_frozen=norms if settings.get("train_bn", True) else set(),
+        own_momenta=[g["betas"][0] if "betas" in g else g.get("momentum") for g in optimizer.param_groups],
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when there is a GPU, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device: {name!r} asks for CUDA, but no GPU is visible here; use "
+                f"train.device=auto (CUDA when present, else CPU) or train.device=cpu."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device: {name!r}, but only {torch.cuda.device_count()} GPU(s) are visible "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})."
+            )
+    return device
+
+
+def norm_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters of norm layers (fastai's `norm_bias_params(model, with_bias=False)`)."""
+    return {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
+
+
+def no_decay_parameters(model: nn.Module, settings: DictConfig) -> set[int]:
+    """ids of the parameters that skip weight decay: norms and biases (fastai's wd_bn_bias=False),
+    none with `train.wd_bn_bias=true`."""
+    return set() if settings.get("wd_bn_bias", False) else norm_parameters(model) | bias_parameters(model)
+
+
+def bias_parameters(model: nn.Module) -> set[int]:
+    """ids of every module's `bias` parameter."""
+    return {id(m.bias) for m in model.modules() if isinstance(getattr(m, "bias", None), nn.Parameter)}
+
+
+def build_optimizer(
+    optimizer_cfg: DictConfig, groups: LayerGroups, peaks: Sequence[float], no_decay: set[int]
+) -> tuple[torch.optim.Optimizer, list[int]]:
+    """The configured optimizer over the layer groups; `owners[i]` is param group i's layer group.
+
+    The parameters whose ids are in `no_decay` go to a second param group of their layer group,
+    with the same lr and no weight decay.
+    """
+    factory = instantiate_node(optimizer_cfg, "optimizer")
+    if not callable(factory):
+        raise ConfigError("optimizer: the config must build a factory; add `_partial_: true` beside its _target_.")
+    param_groups: list[dict] = []
+    owners: list[int] = []
+    for index, (group, peak) in enumerate(zip(groups, peaks)):
+        decayed = [p for _, p in group if id(p) not in no_decay]
+        undecayed = [p for _, p in group if id(p) in no_decay]
+        for params, overrides in ((decayed, {}), (undecayed, {"weight_decay": 0.0})):
+            if params:
+                param_groups.append({"params": params, "lr": peak, **overrides})
+                owners.append(index)
+    return factory(param_groups), owners
+
+
+# --- running a trial ----------------------------------------------------------------------------
+
+
+def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
+    """Train a prepared trial phase by phase; the result says how it ended (module docstring)."""
+    model, optimizer, data, device = trial.model, trial.optimizer, trial.data, trial.device
+    objective = trial.config.train.objective
+    result = TrialResult("finished", None, objective, device=str(device))
+    start = StartEvent(
+        config=OmegaConf.to_container(trial.config, resolve=True),
+        peaks=tuple(trial.peaks),
+        n_groups=len(trial.groups),
+        total_steps=trial.plan.total,
+        device=str(device),
+    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if trial.amp else nullcontext()
+    unread: list[tuple[torch.Tensor, tuple]] = []  # (loss, step event fields) not reported yet
+    hooks = [reporter for reporter in reporters if isinstance(reporter, TrainerHook)]
+    step = epoch = passed = 0
+    try:
+        for reporter in reporters:
+            reporter.on_start(start)
+        for hook in hooks:
+            hook.on_trial(trial)
+        # a trial that repeats one whose worker died goes on from its last checkpoint
+        if resume(hooks, result, reporters) and result.status == "pruned":
+            return result
+        step, epoch = len(result.steps), len(result.epochs)
+        for phase in trial.plan.phases:
+            trial.set_trainable(phase.trainable)
+            trial.reset_momenta()
+            for _ in range(phase.epochs):
+                passed += 1
+                if passed <= epoch:
+                    continue  # trained before the checkpoint this trial resumed from
+                # --- train one epoch: the lrs and momentum set by hand before every batch ---
+                model.train()
+                epoch_start = step
+                for x, y in data.train_batches(trial.batch_size, trial.generator):
+                    if result.first_step_seconds is None:
+                        result.first_step_seconds = time.perf_counter() - trial.started
+                    lrs, momentum = trial.plan.at(step)
+                    set_hyperparameters(optimizer, trial.owners, lrs, momentum)
+                    with autocast:
+                        loss = trial.task.loss(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    unread.append((loss.detach(), (step, epoch, phase.name, tuple(lrs), momentum)))
+                    step += 1
+                    if len(unread) >= trial.sync_every and not _report_steps(unread, result, reporters):
+                        return result
+                if not _report_steps(unread, result, reporters):
+                    return result
+
+                # --- evaluate on the validation set ---
+                metrics = evaluate(model, data, device, trial.amp, trial.task)
+                losses = [s.loss for s in result.steps[epoch_start:]]
+                event = EpochEvent(epoch, step, sum(losses) / len(losses), metrics["loss"], metrics, metrics[objective])
+                result.epochs.append(event)
+                result.objective = event.objective
+                epoch += 1
+
+                # --- report: every reporter hears of the epoch, then any of them may stop the trial ---
+                if any([reporter.on_epoch(event) for reporter in reporters]):
+                    result.status, result.reason = "pruned", f"stopped by a reporter after epoch {event.epoch}"
+                    return result
+                for hook in hooks:
+                    hook.after_epoch(result)  # an epoch checkpoint
+        return result
+    except KeyboardInterrupt:
+        result.status, result.reason = "failed", "interrupted (KeyboardInterrupt)"
+        raise
+    except Exception as error:  # a trial that raises fails alone, with its reason
+        result.status, result.reason = "failed", f"{type(error).__name__}: {error}"
+        return result
+    finally:
+        result.seconds = time.perf_counter() - trial.started
+        for reporter in reporters:
+            reporter.on_end(result)
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, owners: Sequence[int], lrs: Sequence[float], momentum: float | None) -> None:
+    """Every param group gets its layer group's lr, and the momentum (None: the optimizer's own)."""
+    for param_group, owner in zip(optimizer.param_groups, owners):
+        param_group["lr"] = lrs[owner]
+        if momentum is not None:
+            _set_momentum(param_group, momentum)
+
+
+def _set_momentum(param_group: dict, momentum: float | None) -> None:
+    """SGD's momentum or Adam's beta1 (None: an optimizer that has neither)."""
+    if "betas" in param_group:
+        param_group["betas"] = (momentum, param_group["betas"][1])
+    elif momentum is not None:
+        param_group["momentum"] = momentum
+
+
+def _report_steps(unread: list[tuple[torch.Tensor, tuple]], result: TrialResult, reporters: Sequence[Reporter]) -> bool:
+    """Read the unread losses (one wait for the device) and report their steps in order.
+
+    False at the first loss that is not finite: the trial diverged at that step, and the steps
+    after it are dropped.
+    """
+    if not unread:
+        return True
+    losses = [unread[0][0].item()] if len(unread) == 1 else torch.stack([loss for loss, _ in unread]).tolist()
+    fields = [f for _, f in unread]
+    unread.clear()
+    for value, (step, epoch, *rest) in zip(losses, fields):
+        if not math.isfinite(value):
+            result.status, result.diverged_step = "diverged", step
+            result.reason = f"loss became {value} at step {step} (epoch {epoch})"
+            return False
+        event = StepEvent(step, epoch, *rest, value)
+        result.steps.append(event)
+        for reporter in reporters:
+            reporter.on_step(event)
+    return True
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TrialData, device: torch.device, amp: bool = False, task: Task | None = None) -> dict[str, float]:
+    """The task's metrics and loss over the whole validation set (task None: classification)."""
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    outputs, targets = [], []
+    for x, y in data.valid_batches(VALID_BATCH):
+        with autocast:
+            outputs.append(model(x).float())
+        targets.append(y)
+    return (task or build_task(None)).evaluate(torch.cat(outputs), torch.cat(targets))
+
+
+def _task_node(cfg: DictConfig | Mapping) -> object:
+    """The config's task node; None (classification) for a config recorded before tasks."""
+    return cfg.get("task")
+
+
+def _outputs(cfg: DictConfig) -> int:
+    """The model's output size (data.outputs; data.num_classes in configs recorded before it)."""
+    return cfg.data.get("outputs", cfg.data.get("num_classes"))
+
+
+def _whole(settings: DictConfig, name: str, minimum: int, default: int | None = None) -> int:
+    return whole(f"train.{name}", settings.get(name, default), minimum)
+
+
+def _build(node: DictConfig, setting: str, kind: type) -> object:
+    built = instantiate_node(node, setting)
+    if not isinstance(built, kind):
+        raise ConfigError(
+            f"{setting}._target_: {node.get('_target_')!r} built a {type(built).__name__}, not a "
+            f"{kind.__name__}; point it at a function or class that returns one."
+        )
+    return built
+
+
+def _plain(node: object) -> object:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

@@ -1,0 +1,44 @@
+"""The architecture is a contract: the packages' layers and no import circle (pyproject.toml's
+[tool.importlinter]), and the code as ruff lints and formats it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[dev]' brings it")
+    return found
+
+
+def test_each_package_imports_only_those_below_it_and_nothing_imports_in_a_circle():
+    done = subprocess.run([tool("lint-imports")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    # The contract can fail: a copy of the package whose schedules import the sweep is refused.
+    shutil.copytree(ROOT / "sweeper", tmp_path / "sweeper", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    slices = tmp_path / "sweeper" / "schedules" / "slices.py"
+    slices.write_text(slices.read_text() + "\nfrom sweeper.sweep import study  # noqa: E402,F401\n")
+    env = {"PYTHONPATH": str(tmp_path), "PATH": str(BIN)}
+    done = subprocess.run([tool("lint-imports")], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and "sweeper.schedules.slices -> sweeper.sweep.study" in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]], ids=["lint", "format"])
+def test_ruff_is_clean(command):
+    done = subprocess.run([tool("ruff"), *command], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
