@@ -64,6 +64,11 @@ __all__ = [
 VERDICT_FILE = "verdict.json"  # `sweeper verdict` writes its answer here; the report leads with it
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 TRIALS_SHOWN = 30  # rows of the trials table in report.md (trials.csv has them all)
+# Below this many complete trials a parameter importance (fANOVA's forest fitted on the trials)
+# ranks noise: on 6-9 trials it called the strategy unimportant where the ablation found it
+# mattered. So the plot is left out, and the report says why.
+MIN_IMPORTANCE_TRIALS = 20
+BOX_MIN_POINTS = 5  # fewer points per group: the points alone, no box of quartiles they cannot show
 
 
 @dataclass
@@ -300,7 +305,8 @@ def plot_distributions(trials: pd.DataFrame, objective: str, path: Path) -> Path
     for axis, by in zip(axes[0], ("strategy", "shape")):
         names = sorted(complete[by].unique())
         values = [complete[complete[by] == name][objective].to_list() for name in names]
-        axis.boxplot(values, showfliers=False)
+        if min(len(v) for v in values) >= BOX_MIN_POINTS:
+            axis.boxplot(values, showfliers=False)
         for position, group in enumerate(values, start=1):
             axis.plot([position] * len(group), group, "o", alpha=0.6, markersize=4)
         axis.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize="small")
@@ -389,8 +395,26 @@ def plot_optuna(study: optuna.Study, kind: str, objective: str, path: Path) -> P
         warnings.simplefilter("ignore", UserWarning)
         axis = plot(study, target_name=objective, **options)
         figure = axis.figure if hasattr(axis, "figure") else axis.flat[0].figure
+        for lines in figure.axes[0].collections if kind != "importance" else ():
+            lines.set_cmap("viridis")  # Optuna's Blues draws the losing trials white on white
         figure.set_size_inches(10, 5)
         return save_figure(figure, path)
+
+
+class LeftOut(Exception):
+    """A plot the report leaves out on purpose; the message says why."""
+
+
+def _importance_ready(trials: pd.DataFrame) -> bool:
+    return len(trials) > 0 and int((trials["state"] == "complete").sum()) >= MIN_IMPORTANCE_TRIALS
+
+
+def _left_out(trials: pd.DataFrame) -> None:
+    complete = int((trials["state"] == "complete").sum()) if len(trials) else 0
+    raise LeftOut(
+        f"{complete} complete trials; an importance fitted on fewer than {MIN_IMPORTANCE_TRIALS} ranks noise "
+        f"(`sweeper verdict` answers whether the strategy matters)"
+    )
 
 
 def _shared_params(study: optuna.Study) -> list[str]:
@@ -426,12 +450,15 @@ def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources
         "best_curves.png": lambda p: plot_best_curves(study, best, objective, curves, p) if best else None,
         "schedules.png": lambda p: plot_schedules(best, curves, p) if best else None,
         "distribution.png": lambda p: plot_distributions(trials, objective, p),
-        "importance.png": lambda p: plot_optuna(study, "importance", objective, p),
+        "importance.png": lambda p: plot_optuna(study, "importance", objective, p) if _importance_ready(trials) else _left_out(trials),
         "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),
     }
     for name, make in makers.items():
         try:
             made = make(folder / name)
+        except LeftOut as why:
+            notes.append(f"- {name}: left out: {why}")
+            continue
         except Exception as error:  # noqa: BLE001 - a plot that cannot be drawn yet is a note, not a failure
             plt.close("all")
             notes.append(f"- {name}: not drawn ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
