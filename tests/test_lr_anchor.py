@@ -207,6 +207,21 @@ def test_a_resumed_sweep_and_its_workers_reuse_the_ranges_lr_find_is_not_run_aga
     assert "lr.high.single: log [0.000547723, 0.00547723)" in study.user_attrs["space"]
 
 
+def test_the_report_shows_the_ranges_and_lr_finds_cost_and_survives_a_damaged_record(auto_sweep, tmp_path):
+    from sweeper.analysis.report import write_report
+
+    plan = plan_sweep(auto_sweep, validate=False)
+    _, record = anchor_plan(plan, None, tmp_path, find=CountingFinder(flat=("fastai",)), say=lambda line: None)
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(ANCHOR_ATTR, record)
+    text = write_report(study, tmp_path / "report").markdown
+    assert f"lr_find ran once, before the first trial: {record['seconds']:.1f} s, next to 0.0 s of trials" in text
+    assert "| single | 0.001 | 0.003 | 0.01 | [0.000548, 0.00548) |" in text  # valley, steep, minimum, the range
+    assert "| fastai | 0.001 | 0.001 | 0.001 | fallback: the curve is flat" in text
+    study.set_user_attr(ANCHOR_ATTR, {"strategies": {"single": 3}, "seconds": "soon"})
+    assert "lr_find's record in the study cannot be read" in write_report(study, tmp_path / "damaged").markdown
+
+
 def test_a_worker_never_finds_ranges_itself(auto_sweep):
     plan = plan_sweep(auto_sweep, validate=False)
     study = optuna.create_study()

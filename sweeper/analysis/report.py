@@ -449,8 +449,15 @@ def _summary_markdown(
 def _anchor_markdown(study: optuna.Study, trials: pd.DataFrame) -> list[str]:
     """The head-lr ranges lr_find set (search.lr.high=auto), and what lr_find cost next to the trials."""
     record = study.user_attrs.get(ANCHOR_ATTR)
-    if not isinstance(record, Mapping):
+    if record is None:
         return []
+    try:
+        return _anchor_lines(record, trials)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):  # a record is untrusted input
+        return ["lr_find's record in the study cannot be read (damaged, or not sweeper's); its ranges are left out.", ""]
+
+
+def _anchor_lines(record: Mapping, trials: pd.DataFrame) -> list[str]:
     rows = []
     for strategy, found in record.get("strategies", {}).items():
         span = found.get("range")
