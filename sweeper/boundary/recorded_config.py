@@ -75,6 +75,7 @@ _SHAPES = (
     "FastaiOneCycle", "TorchOneCycle", "Constant", "WarmupCosine", "Triangular", "WarmupStableDecay", "Points", "FunctionShape",
     "FastaiFlatCos", "FastaiSGDR", "TorchCosineRestarts", "TorchExponential", "TorchPolynomial",
 )  # fmt: skip
+_TORCH_SCHEDULERS = ("TorchStep", "TorchMultiStep", "TorchLinear", "TorchCyclic", "TorchCosine")
 _SAMPLERS = ("TPESampler", "CmaEsSampler", "GPSampler", "GridSampler", "NSGAIISampler", "QMCSampler", "RandomSampler")
 _PRUNERS = ("MedianPruner", "PercentilePruner", "HyperbandPruner", "SuccessiveHalvingPruner", "NopPruner")
 
@@ -101,6 +102,8 @@ ALLOWED_CALLABLES = frozenset(
         "sweeper.zoo.data.synthetic_tokens",
         # cycle shapes, and the functions a FunctionShape may call (shape.fn)
         *(f"sweeper.schedules.shapes.{name}" for name in _SHAPES),
+        *(f"sweeper.schedules.torch_schedulers.{name}" for name in _TORCH_SCHEDULERS),
+        "sweeper.schedules.sequential.Sequential",
         "sweeper.schedules.shapes.linear_decay",
         # the task's loss and metrics (task.loss, task.metrics: _partial_)
         "torch.nn.functional.cross_entropy",

@@ -9,9 +9,11 @@ Each shape is named after the library that defines it and equals it batch for ba
 - fastai (batch k of N at position k / N, as fastai's ParamScheduler reads `pct_train`; phase
   boundaries in float32, as fastai's `combine_scheds` keeps them): `FastaiOneCycle`
   (`fit_one_cycle`), `FastaiFlatCos` (`fit_flat_cos`), `FastaiSGDR` (`fit_sgdr`);
-- torch (`torch.optim.lr_scheduler`, stepped once a batch): `TorchOneCycle` (`OneCycleLR`),
-  `TorchCosineRestarts` (`CosineAnnealingWarmRestarts`), `TorchExponential` (`ExponentialLR`),
-  `TorchPolynomial` (`PolynomialLR`).
+- torch (`torch.optim.lr_scheduler`, stepped once a batch, or once an epoch with
+  `step_per="epoch"`): `TorchOneCycle` (`OneCycleLR`), `TorchCosineRestarts`
+  (`CosineAnnealingWarmRestarts`), `TorchExponential` (`ExponentialLR`), `TorchPolynomial`
+  (`PolynomialLR`); the others are in `sweeper.schedules.torch_schedulers`, and `SequentialLR`
+  in `sweeper.schedules.sequential`.
 - The other shapes start at their first value on step 0 and reach their last value on the final
   step (position k / (N - 1)): `Constant`, `Triangular`, `WarmupCosine`, `WarmupStableDecay`, and
   by default `Points` and `FunctionShape` (`position="fastai"` reads them at k / N instead).
@@ -22,6 +24,7 @@ A `Schedule` joins a shape with the peak lr of every group over one phase of tra
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import math
@@ -39,6 +42,7 @@ __all__ = [
     "FunctionShape",
     "POSITIONS",
     "Points",
+    "STEP_UNITS",
     "Schedule",
     "Shape",
     "ShapeError",
@@ -54,6 +58,8 @@ __all__ = [
     "linear_decay",
     "sched_cos",
     "sched_lin",
+    "shape_document",
+    "steps_per_epoch",
 ]
 
 
@@ -154,6 +160,22 @@ def _check_whole(setting: str, value: object, minimum: int) -> None:
         raise ShapeError(f"{setting}: {value!r} must be a whole number >= {minimum}, e.g. {setting}={max(minimum, 2)}.")
 
 
+STEP_UNITS = ("batch", "epoch")
+
+
+def _check_step_per(value: str) -> None:
+    if value not in STEP_UNITS:
+        raise ShapeError(
+            f"shape.step_per: {value!r} is not a unit; choose batch (the scheduler steps after every "
+            f"training batch) or epoch (after every epoch, as torch's examples step it: a staircase)."
+        )
+
+
+def _check_lr_floor(setting: str, value: float) -> None:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ShapeError(f"{setting}: {value!r} must be a finite lr >= 0 (one value for every group, as in torch), e.g. 0.")
+
+
 @dataclass(frozen=True)
 class FastaiOneCycle:
     """fastai's one-cycle: `combined_cos(pct_start, peak/div, peak, peak/div_final)`."""
@@ -200,8 +222,10 @@ class TorchOneCycle:
     cycle_momentum: bool = True
     base_momentum: float = 0.85
     max_momentum: float = 0.95
+    step_per: str = "batch"
 
     def __post_init__(self) -> None:
+        _check_step_per(self.step_per)
         _check_fraction("shape.pct_start", self.pct_start)
         _check_divisor("shape.div_factor", self.div_factor)
         _check_divisor("shape.final_div_factor", self.final_div_factor)
@@ -242,6 +266,15 @@ class TorchOneCycle:
             return None
         # Momentum runs opposite to the lr: max at the start and end, base at the lr's peak.
         return self._value((self.max_momentum, self.base_momentum, self.max_momentum), step, total)
+
+
+def _check_gamma(gamma: float) -> None:
+    # gamma 0 would train one batch and stop; a negative one flips the lr's sign every step.
+    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
+        raise ShapeError(
+            f"shape.gamma: {gamma!r} must be a positive, finite factor the lr is multiplied by each "
+            f"time (below 1 it decays, above 1 it grows), e.g. shape.gamma=0.98."
+        )
 
 
 def _torch_cos(start: float, end: float, pct: float) -> float:
@@ -335,12 +368,13 @@ class TorchCosineRestarts(_LeavesMomentum):
     T_0: int = 50
     T_mult: int = 1
     eta_min: float = 0.0
+    step_per: str = "batch"
 
     def __post_init__(self) -> None:
+        _check_step_per(self.step_per)
         _check_whole("shape.T_0", self.T_0, 1)
         _check_whole("shape.T_mult", self.T_mult, 1)
-        if not (isinstance(self.eta_min, (int, float)) and math.isfinite(self.eta_min) and self.eta_min >= 0):
-            raise ShapeError(f"shape.eta_min: {self.eta_min!r} must be a finite lr >= 0 (the floor of every cycle), e.g. 0.")
+        _check_lr_floor("shape.eta_min", self.eta_min)
 
     def lr(self, peak: float, step: int, total: int) -> float:
         t_cur, t_i = step, self.T_0
@@ -351,16 +385,18 @@ class TorchCosineRestarts(_LeavesMomentum):
 
 @dataclass(frozen=True)
 class TorchExponential(_LeavesMomentum):
-    """`torch.optim.lr_scheduler.ExponentialLR`: the peak times gamma**step."""
+    """`torch.optim.lr_scheduler.ExponentialLR`: the peak times gamma**step.
+
+    A gamma above 1 grows the lr every step, as torch lets it (an lr range test does that).
+    """
 
     name: ClassVar[str] = "torch_exponential"
     gamma: float = 0.98
+    step_per: str = "batch"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.gamma, (int, float)) and 0 < self.gamma <= 1):
-            raise ShapeError(
-                f"shape.gamma: {self.gamma!r} must be in (0, 1]: the factor the lr is multiplied by every batch, e.g. shape.gamma=0.98."
-            )
+        _check_step_per(self.step_per)
+        _check_gamma(self.gamma)
 
     def lr(self, peak: float, step: int, total: int) -> float:
         return peak * self.gamma**step
@@ -368,7 +404,8 @@ class TorchExponential(_LeavesMomentum):
 
 @dataclass(frozen=True)
 class TorchPolynomial(_LeavesMomentum):
-    """`torch.optim.lr_scheduler.PolynomialLR`: peak * (1 - step / total_iters) ** power, then 0.
+    """`torch.optim.lr_scheduler.PolynomialLR`: peak * (1 - step / total_iters) ** power, then 0
+    (power 0: the peak throughout, as torch).
 
     total_iters None (the default; torch's is 5) is the trial's training batches, so the lr
     falls to 0 just after the last one.
@@ -377,12 +414,16 @@ class TorchPolynomial(_LeavesMomentum):
     name: ClassVar[str] = "torch_polynomial"
     total_iters: int | None = None
     power: float = 1.0
+    step_per: str = "batch"
 
     def __post_init__(self) -> None:
+        _check_step_per(self.step_per)
         if self.total_iters is not None:
             _check_whole("shape.total_iters", self.total_iters, 1)
-        if not (isinstance(self.power, (int, float)) and math.isfinite(self.power) and self.power > 0):
-            raise ShapeError(f"shape.power: {self.power!r} must be a positive, finite power, e.g. shape.power=1.0.")
+        # power 0 holds the peak (torch's 0**0 == 1); a negative power would grow the lr without
+        # bound and divide by zero at total_iters, as PolynomialLR does.
+        if isinstance(self.power, bool) or not (isinstance(self.power, (int, float)) and math.isfinite(self.power) and self.power >= 0):
+            raise ShapeError(f"shape.power: {self.power!r} must be a finite power >= 0, e.g. shape.power=1.0.")
 
     def lr(self, peak: float, step: int, total: int) -> float:
         total_iters = total if self.total_iters is None else self.total_iters
@@ -556,21 +597,37 @@ def _momentum_triple(setting: str, moms: Sequence[float]) -> tuple[float, float,
 
 @dataclass(frozen=True)
 class Schedule:
-    """The peak lr of every layer group run through one shape over `total` training batches."""
+    """The peak lr of every layer group run through one shape over `total` training batches.
+
+    A shape with `step_per="epoch"` is stepped once an epoch: batch `step` of `total` is in
+    epoch `step * epochs // total`, and the shape sees that epoch of `epochs` as its step and
+    total (so `epochs` must be given, and the batches split evenly into epochs, as they do in
+    training).
+    """
 
     peaks: tuple[float, ...]
     shape: Shape
     total: int
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.total < 1:
             raise ShapeError(f"steps: {self.total} must be at least 1 training batch.")
         object.__setattr__(self, "peaks", tuple(float(p) for p in self.peaks))
+        if steps_per_epoch(self.shape) and not self.epochs:
+            raise ShapeError("shape.step_per: epoch needs the phase's epochs; step it per batch or train whole epochs.")
+
+    def scheduler_step(self, step: int) -> tuple[int, int]:
+        """The shape's (step, total) for training batch `step`: the batch, or its epoch."""
+        if steps_per_epoch(self.shape):
+            return step * self.epochs // self.total, self.epochs
+        return step, self.total
 
     def at(self, step: int) -> tuple[list[float], float | None]:
         """The lr of every group and the momentum for training batch `step`."""
-        lrs = [self.shape.lr(peak, step, self.total) for peak in self.peaks]
-        return lrs, self.shape.momentum(step, self.total)
+        shape_step, shape_total = self.scheduler_step(step)
+        lrs = [self.shape.lr(peak, shape_step, shape_total) for peak in self.peaks]
+        return lrs, self.shape.momentum(shape_step, shape_total)
 
     def rows(self) -> list[dict[str, float | int | None]]:
         """One row per step: {"step", "lr_0", ..., "lr_{n-1}", "momentum"}."""
@@ -582,3 +639,28 @@ class Schedule:
             row["momentum"] = momentum
             rows.append(row)
         return rows
+
+
+def steps_per_epoch(shape: Shape) -> bool:
+    """Is `shape` stepped once an epoch (`step_per="epoch"`) rather than once a batch?"""
+    return getattr(shape, "step_per", "batch") == "epoch"
+
+
+def shape_document(shape: Shape) -> dict:
+    """The shape's name and settings as plain JSON values (a shape in a setting, as a
+    sequential's pieces, is a document too; what a shape resolved for itself is left out)."""
+    document: dict = {"name": shape.name}
+    if not dataclasses.is_dataclass(shape):
+        return document
+    for setting in dataclasses.fields(shape):
+        if setting.repr and not setting.name.startswith("_"):
+            document[setting.name] = _plain_setting(getattr(shape, setting.name))
+    return document
+
+
+def _plain_setting(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        return [_plain_setting(item) for item in value]
+    if callable(getattr(value, "lr", None)) and hasattr(value, "name"):
+        return shape_document(value)
+    return value
