@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = compose_config(args.overrides, args.config_dir)
     suggestions = tuple(name.strip() for name in args.suggest.split(",") if name.strip())
-    result = lr_find(cfg, args.start_lr, args.end_lr, args.num_it, args.stop_div, suggestions)
+    result = lr_find(cfg, args.start_lr, args.end_lr, args.num_it, stop_div=args.stop_div, suggestions=suggestions)
     print(f"lr_find over {len(result.lrs)} batches, lr {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}")
     if not result.suggestions:
         print("too few batches before the loss diverged to suggest an lr; lower --start-lr or raise --num-it.")
