@@ -128,7 +128,7 @@ def test_the_config_lr_is_the_default(capsys, tmp_path):
         (["--lr", "-1"], ["positive"]),
         (["--lr", "nan"], ["positive, finite"]),
         (["--lr", "[1e-4,1e-3]", "--groups", "3"], ["2 learning rates", "3 layer groups"]),
-        (["shape.pct_start=1.5"], ["shape.pct_start", "outside (0, 1)"]),
+        (["shape.pct_start=1.5"], ["shape.pct_start", "outside [0, 1]"]),
         (["shape=torch_one_cycle", "shape.pct_start=0"], ["shape.pct_start"]),
         (["shape.div=0"], ["shape.div", "positive"]),
         (["shape=torch_one_cycle", "shape.div_factor=-1"], ["shape.div_factor"]),
