@@ -127,7 +127,7 @@ def _sbatch_args(value: object) -> dict[str, Any]:
     """launcher.sbatch_args: other sbatch options, `--option=value` or `--flag`, as submitit's
     additional parameters ({option: value}, true for a flag)."""
     args = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
-    example = "e.g. launcher.sbatch_args='[--constraint=a100, --exclusive]'"
+    example = """e.g. launcher.sbatch_args='["--constraint=a100", "--exclusive"]'"""
     if not isinstance(args, list):
         raise ConfigError(f"launcher.sbatch_args: {value!r} must be a list of sbatch options, {example}.")
     extra: dict[str, Any] = {}
@@ -153,7 +153,7 @@ class JobWorker:
     label: str
     log: Path
     job: Any  # submitit.Job
-    said: bool = False  # how SLURM ended it was said
+    code: int | None = None  # its exit code, once it has ended
     asked: ClassVar[float] = -math.inf  # when accounting was last asked, by any job's poll
 
     @property
@@ -161,27 +161,31 @@ class JobWorker:
         return str(self.job.job_id)
 
     def poll(self) -> int | None:
+        if self.code is not None:
+            return self.code
         ask = time.monotonic() - JobWorker.asked >= ACCOUNTING_SECONDS
         if ask:
             JobWorker.asked = time.monotonic()
         if not self.job.done(force_check=ask):
             return None
-        from submitit.core.utils import UncompletedJobError
+        self.code = self._exit_code()
+        return self.code
 
-        self._say_how_slurm_ended_it()
-        try:
-            if self.job.exception() is not None:
-                return 1
-        except UncompletedJobError:  # ended without a result: killed, by SLURM or by the sweep
+    def _exit_code(self) -> int:
+        # Without a result the job was killed (submitit's result() would wait 15 s for one).
+        if not self.job.paths.result_pickle.exists():
+            self._say_how_slurm_ended_it()
             return 1
-        result = self.job.result()
+        try:
+            result = self.job.result()
+        except Exception:  # noqa: BLE001 - the worker raised: its log has the traceback
+            return 1
         return result if isinstance(result, int) else 0
 
     def _say_how_slurm_ended_it(self) -> None:
         state = str(self.job.state).split()[0].upper()  # "CANCELLED by 0" is one
-        if self.said or state not in ENDED_BY_SLURM:
+        if state not in ENDED_BY_SLURM:
             return
-        self.said = True
         print(
             f"sweeper: {self.label} was ended by SLURM ({state}); a trial it was running fails when its heartbeat "
             f"is storage.grace_period old and runs again (sweep.retries).",
@@ -195,6 +199,7 @@ class JobWorker:
             return
         if self._cluster_state() == "PENDING":
             self.job.cancel(check=False)
+            self.code = 1
             return
         _slurm("scancel", "--signal=INT", self.job_id)
         deadline = time.monotonic() + STOP_SECONDS
@@ -202,6 +207,7 @@ class JobWorker:
             time.sleep(STOP_POLL_SECONDS)
         if self._cluster_state() is not None:
             self.job.cancel(check=False)
+            self.code = 1  # killed by the sweep: not a job that SLURM ended
 
     def _cluster_state(self) -> str | None:
         """The job's state in the queue (PENDING, RUNNING, COMPLETING...); None once it has left."""
