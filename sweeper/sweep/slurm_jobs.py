@@ -96,7 +96,7 @@ def check_slurm(launcher: DictConfig) -> SlurmSettings:
     names = {key: _name(f"launcher.{key}", launcher[key]) for key in ("partition", "account", "qos")}
     setup = OmegaConf.to_container(launcher.setup) if isinstance(launcher.setup, ListConfig) else launcher.setup
     if not isinstance(setup, list) or not all(isinstance(line, str) for line in setup):
-        raise ConfigError(f"launcher.setup: {setup!r} must be a list of shell lines, e.g. launcher.setup='[module load cuda]'.")
+        raise ConfigError(f"""launcher.setup: {setup!r} must be a list of shell lines, e.g. launcher.setup='["module load cuda"]'.""")
     extra = _sbatch_args(launcher.sbatch_args)
     parameters: dict[str, Any] = {
         "timeout_min": timeout,
