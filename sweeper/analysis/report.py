@@ -42,6 +42,7 @@ from sweeper.analysis import tables  # noqa: E402
 from sweeper.boundary.renamed import current_name  # noqa: E402
 from sweeper.records.tracking import MlflowSources, SweepTracking, sweep_folder  # noqa: E402
 from sweeper.schedules.plots import log_y  # noqa: E402
+from sweeper.sweep.lr_anchor import ANCHOR_ATTR  # noqa: E402
 
 __all__ = [
     "Report",
@@ -437,11 +438,45 @@ def _summary_markdown(
     if len(complete):
         best = complete.sort_values(objective, ascending=direction != "maximize").iloc[0]
         lines += [f"Best: {describe_trial(best, objective)}", ""]
+    lines += _anchor_markdown(study, trials)
     if len(by_strategy):
         lines += ["### By slice strategy (lr across layer groups)", "", markdown_table(by_strategy), ""]
     if len(by_shape):
         lines += ["### By cycle shape (lr over time)", "", markdown_table(by_shape), ""]
     return "\n".join(lines)
+
+
+def _anchor_markdown(study: optuna.Study, trials: pd.DataFrame) -> list[str]:
+    """The head-lr ranges lr_find set (search.lr.high=auto), and what lr_find cost next to the trials."""
+    record = study.user_attrs.get(ANCHOR_ATTR)
+    if record is None:
+        return []
+    try:
+        return _anchor_lines(record, trials)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):  # a record is untrusted input
+        return ["lr_find's record in the study cannot be read (damaged, or not sweeper's); its ranges are left out.", ""]
+
+
+def _anchor_lines(record: Mapping, trials: pd.DataFrame) -> list[str]:
+    rows = []
+    for strategy, found in record.get("strategies", {}).items():
+        span = found.get("range")
+        rows.append({
+            "strategy": strategy,
+            **{name: f"{lr:.3g}" for name, lr in found.get("suggestions", {}).items()},
+            "lr.high range": f"[{span[0]:.3g}, {span[1]:.3g})" if span else f"fallback: {found.get('reason', '')}",
+        })  # fmt: skip
+    trained = float(trials["seconds"].sum(skipna=True)) if len(trials) else 0.0
+    seconds = float(record.get("seconds", math.nan))
+    return [
+        "### Head lr ranges, anchored on lr_find (search.lr.high=auto)",
+        "",
+        f"lr_find ran once, before the first trial: {seconds:.1f} s, next to {trained:.1f} s of trials "
+        f"({len(trials)}, summed over workers); lr_find was {seconds / max(seconds + trained, 1e-9):.0%} of the compute.",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+        "",
+    ]
 
 
 def _report_markdown(
