@@ -8,7 +8,8 @@
 # its configuration, state, sockets and logs in one folder: munged, MariaDB (only for slurmdbd,
 # the accounting that `sacct` reads and submitit asks to learn how a job ended), slurmdbd,
 # slurmctld and slurmd; one partition, `debug`, holds the machine's cores and memory, and two
-# simulated GPUs (gres gpu:2, files in the folder, so that SLURM sets CUDA_VISIBLE_DEVICES).
+# simulated GPUs (gres gpu:2: character devices in the folder, twins of /dev/null, which SLURM
+# hands out and names in each job's CUDA_VISIBLE_DEVICES).
 # Run it again and it reuses what it started before. Everything else it says goes to stderr.
 #   SWEEPER_SLURM_DIR   configuration, state, sockets and logs (default /tmp/sweeper-slurm)
 #   SWEEPER_SLURM_PORT  first of four ports on 127.0.0.1 (default 56817: slurmctld, slurmd,
