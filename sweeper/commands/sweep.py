@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as plots:  # a dry run writes nothing: lr_find's plots go
             plan, _ = anchor_plan(plan, existing_study(plan), Path(plots))
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
-        print("\n".join(f"  {line}" for line in plan.space.describe()))
+        print("\n".join(f"  {line}" for line in [*plan.space.describe(), *([plan.arms.describe()] if plan.arms else [])]))
         return 0
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
     deadline = time.time() + plan.timeout if plan.timeout else None
@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise
     before = count_trials(study)
     finished = before.finished
+    unequal = plan.arms.shares(plan.n_trials) if plan.arms else None
+    if unequal:
+        print(f"note: {unequal}", flush=True)
     interrupted = False
     if finished >= plan.n_trials:
         _discard(held, made)
