@@ -75,36 +75,37 @@ class Schema:
 
 
 def schema_of(config_dirs: Iterable[Path]) -> Schema:
-    """The schema of the config tree made of these directories (ours first)."""
-    return _schema(tuple(Path(d) for d in config_dirs))
+    """The schema of the config tree made of these directories (ours first); read again when a
+    file there is added, removed or changed."""
+    files = tuple((root, path, path.stat().st_mtime_ns) for root in map(Path, config_dirs) for path in sorted(root.rglob("*.yaml")))
+    return _schema(files)
 
 
-@functools.cache
-def _schema(config_dirs: tuple[Path, ...]) -> Schema:
+@functools.lru_cache(maxsize=8)
+def _schema(files: tuple[tuple[Path, Path, int], ...]) -> Schema:
     schema = Schema()
-    for root in config_dirs:
-        for path in sorted(root.rglob("*.yaml")):
-            group = path.parent.relative_to(root).as_posix()
-            group = "" if group == "." else group
-            if group:
-                schema.groups.add(group.split("/")[0])
-            if group.split("/")[0] in OVERLAYS:
-                continue
-            text = path.read_text()
-            try:
-                node = yaml.safe_load(text)
-            except yaml.YAMLError:
-                continue  # composition reports a file that is not YAML, with its line
-            if not isinstance(node, Mapping):
-                continue
-            node = {k: v for k, v in node.items() if k not in ("defaults", "hydra")}
-            package = _PACKAGE.search(text)
-            where = package[1] if package else group.replace("/", ".")
-            where = "" if where == "_global_" else where.replace("_group_", group.replace("/", "."))
-            parts = where.split(".") if where else []
-            for index, part in enumerate(parts):  # the mappings the package lies in: a.b is b in a
-                schema.keys.setdefault(".".join(parts[:index]), set()).add(part)
-            schema.add(where, node)
+    for root, path, _ in files:
+        group = path.parent.relative_to(root).as_posix()
+        group = "" if group == "." else group
+        if group:
+            schema.groups.add(group.split("/")[0])
+        if group.split("/")[0] in OVERLAYS:
+            continue
+        text = path.read_text()
+        try:
+            node = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue  # composition reports a file that is not YAML, with its line
+        if not isinstance(node, Mapping):
+            continue
+        node = {k: v for k, v in node.items() if k not in ("defaults", "hydra")}
+        package = _PACKAGE.search(text)
+        where = package[1] if package else group.replace("/", ".")
+        where = "" if where == "_global_" else where.replace("_group_", group.replace("/", "."))
+        parts = where.split(".") if where else []
+        for index, part in enumerate(parts):  # the mappings the package lies in: a.b is b in a
+            schema.keys.setdefault(".".join(parts[:index]), set()).add(part)
+        schema.add(where, node)
     return schema
 
 
