@@ -27,7 +27,18 @@ CASES = [
     # the config tree: groups, options and keys that do not exist
     ("unknown-model", ["sweep", "model=nosuch"], ["model=nosuch", "Available options in model", "mlp_pretrained"]),
     ("unknown-experiment", ["train", "experiment=nope"], ["experiment=nope", "digits_transfer", "--config-dir"]),
-    ("unknown-setting", ["train", "train.epochz=3"], ["train.epochz", "+train.epochz=3"]),
+    # a mistyped key anywhere: one line with the closest known key (with + too: nothing silently ignored)
+    ("unknown-setting", ["train", "train.epochz=3"], ["train.epochz: no such setting; did you mean train.epochs?"]),
+    ("unknown-setting-added", ["train", "+train.epoch=3"], ["train.epoch: no such setting; did you mean train.epochs?"]),
+    ("unknown-sweep-setting", ["sweep", "sweep.n_trial=3"], ["sweep.n_trial: no such setting; did you mean sweep.n_trials?"]),
+    ("unknown-tracking-setting", ["train", "tracking.save_models=all"], ["did you mean tracking.save_model?"]),
+    ("unknown-storage-setting", ["sweep", "+storage.heartbeat=5"], ["did you mean storage.heartbeat_interval?"]),
+    ("unknown-model-setting", ["sweep", "model.group=[head]"], ["model.group: no such setting; did you mean model.groups?"]),
+    ("unknown-model-argument", ["train", "model.net.hiden=[64]"], ["model.net.hiden", "did you mean model.net.hidden?"]),
+    ("new-model-argument", ["train", "model.net.width=64"], ["model.net.width", "add it with +model.net.width=64"]),
+    ("unknown-space-setting", ["sweep", "search.lr.hihg=3"], ["did you mean search.lr.high?"]),
+    ("unknown-group", ["train", "modle=cnn"], ["modle: no such setting; did you mean model?"]),
+    ("unknown-top-level", ["train", "+result_dir=out"], ["did you mean results_dir?"]),
     ("unknown-sampler", ["sweep", "sampler=bogus"], ["sampler=bogus", "tpe"]),
     ("unknown-pruner", ["sweep", "pruner=bogus"], ["pruner=bogus", "median"]),
     ("unknown-sampler-class", ["sweep", "sampler._target_=optuna.samplers.Nope"], ["sampler", "optuna.samplers.Nope", "sampler=<name>"]),
@@ -58,7 +69,7 @@ CASES = [
     ),
     ("prefixes-leave-out", ["train", "model.groups=[body.0,head]"], ["model.groups", "in no group", "add a prefix"]),
     # cycle shapes
-    ("pct-start-one", ["train", "shape.pct_start=1.0"], ["shape.pct_start: 1.0 is outside (0, 1)", "shape.pct_start=0.25"]),
+    ("pct-start-beyond-one", ["train", "shape.pct_start=1.01"], ["shape.pct_start: 1.01 is outside [0, 1]", "shape.pct_start=0.25"]),
     (
         "pct-start-zero-sweep",
         ["sweep", "search=slices", "shape=torch_one_cycle", "shape.pct_start=0"],
@@ -67,7 +78,7 @@ CASES = [
     (
         "pct-start-searched-beyond-one",
         ["sweep", "search.shape.fastai_one_cycle.pct_start=interval(0.5, 1.5)"],
-        ["search.shape.fastai_one_cycle", "shape.pct_start", "outside (0, 1)"],
+        ["search.shape.fastai_one_cycle", "shape.pct_start", "outside [0, 1]"],
     ),
     ("div-zero", ["train", "shape.div=0"], ["shape.div: 0", "positive, finite divisor"]),
     ("div-negative-sweep", ["sweep", "search=slices", "shape.div=-5"], ["shape.div: -5", "positive, finite divisor"]),
