@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.config import ConfigError, check_results_dir, compose_config
 from sweeper.config.errors import error_line
-from sweeper.config.rules import check_sweep_name, seconds, whole
+from sweeper.config.rules import check_required, check_sweep_name, seconds, whole
 from sweeper.records.environment import git_state
 from sweeper.secrets import mask_text, mask_url
 from sweeper.sweep.identity import (
@@ -52,6 +52,7 @@ from sweeper.sweep.space import SearchSpace, build_space, split_overrides, valid
 from sweeper.training.checkpoints import checkpoints_on
 from sweeper.training.saved_models import save_model_setting
 from sweeper.trial.events import EpochEvent, Reporter, TrialResult
+from sweeper.trial.spec import TRIAL_NODES
 
 __all__ = [
     "ClaimLock",
@@ -482,6 +483,7 @@ def plan_sweep(
     cfg = compose_config(base, config_dirs)
     check_results_dir(cfg.results_dir)  # before any check that may write there (a cached body)
     name = check_sweep_name(str(cfg.sweep.name))
+    check_required(cfg, TRIAL_NODES)  # before the definition reads them through interpolations
     allow_changes = cfg.sweep.get("allow_changes", False)
     if not isinstance(allow_changes, bool):
         raise ConfigError(f"sweep.allow_changes: {allow_changes!r} must be true or false.")

@@ -69,12 +69,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sweeper.config import ConfigError, build_shape, instantiate_node
-from sweeper.config.rules import whole
+from sweeper.config.rules import check_required, whole
 from sweeper.schedules.slices import parse_lr
 from sweeper.training.checkpoints import resume
 from sweeper.training.seeding import seed_everything, use_deterministic_algorithms
 from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrainerHook, TrialResult
 from sweeper.trial.plan import Plan, plan_config
+from sweeper.trial.spec import TRIAL_NODES
 from sweeper.zoo.data import TrialData
 from sweeper.zoo.groups import LayerGroups, split_groups
 from sweeper.zoo.tasks import Task, build_task
@@ -154,6 +155,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     settings = cfg.train
 
     # settings that need nothing built come first, so a typo fails in milliseconds
+    check_required(cfg, TRIAL_NODES)
     task = build_task(_task_node(cfg))
     objective = settings.objective
     if objective not in task.metric_names:
