@@ -4,6 +4,7 @@ fix that works, files that do not overwrite each other, output that reads at a g
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -59,3 +60,20 @@ def test_the_readme_schedule_commands_in_order_write_one_plot_each(workdir, caps
     assert len(set(plots)) == len(commands), plots  # none overwrote another
     assert all((workdir / plot).stat().st_size > 0 for plot in plots)
     assert plots[0] == "results/schedule-lr-slice-1e-5-1e-3_groups-3_steps-100.png"
+
+
+def test_lr_find_prints_the_commands_that_use_its_suggestion(workdir, capsys):
+    assert main(["lr-find", "--num-it", "40", "model=cnn", "tracking=none"]) == 0
+    out = capsys.readouterr().out
+    valley = float(re.search(r"valley +(\S+)", out)[1])
+    train = shlex.split(re.search(r"use it: sweeper (train .*)", out)[1])
+    sweep = shlex.split(re.search(r"sweep a decade either side: sweeper (sweep .*)", out)[1])
+    assert train == ["train", "model=cnn", "tracking=none", f"lr={valley:.2g}"]
+    assert sweep[-1] == f"search.lr.high=tag(log, interval({valley / 10:.2g}, {valley * 10:.2g}))"
+
+    # Both commands read as printed: the trial's lr is the valley, the sweep samples around it.
+    assert main(["schedule", "--json", "--no-plot", *train[1:]]) == 0
+    assert json.loads(capsys.readouterr().out)["peaks"] == [float(f"{valley:.2g}")] * 3
+    assert main([*sweep, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"[{valley / 10:.2g}, {valley * 10:.2g})" in out, out
