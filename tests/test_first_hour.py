@@ -9,9 +9,13 @@ import shlex
 from pathlib import Path
 
 import optuna
+import pytest
+from mlflow import MlflowClient
 from test_report import TRIALS, sweep_trial
 
 from sweeper.cli import main
+from sweeper.records.recorder import record_run
+from sweeper.trial.events import Reporter
 
 
 def a_sweep_in(folder: Path, name: str = "mlp-digits") -> None:
@@ -77,3 +81,45 @@ def test_lr_find_prints_the_commands_that_use_its_suggestion(workdir, capsys):
     assert main([*sweep, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"[{valley / 10:.2g}, {valley * 10:.2g})" in out, out
+
+
+QUICK = ["train.epochs=3", "train.device=cpu", "train.deterministic=true", "train.batch_size=128", "train.threads=1"]
+
+
+class PrunedAfterFirstEpoch(Reporter):
+    """What a sweep's pruner does to a weak trial: stop it after its first epoch."""
+
+    def on_epoch(self, event) -> bool:
+        return True
+
+
+def test_rerun_of_a_pruned_mlflow_run_trains_the_epochs_it_reached(tracked_config, tmp_path, capsys):
+    trainer = pytest.importorskip("sweeper.training.trainer")
+    cfg = tracked_config(*QUICK)
+    recorder = record_run(cfg)
+    assert trainer.train(cfg, [PrunedAfterFirstEpoch(), recorder]).status == "pruned"
+    assert MlflowClient(recorder.settings.uri).get_run(recorder.run_id).data.tags["status"] == "pruned"
+
+    code = main(["rerun", "--strict", recorder.run_id, f"results_dir={tmp_path}/results"])
+    out = capsys.readouterr().out
+    assert code == 0, out  # --strict: every curve bitwise equal, no step missing
+    assert "the trial was pruned after epoch 1 of 3: the rerun trains its schedule that far and stops there too" in out
+    assert "pruned; largest absolute difference" in out and "(bitwise equal)" in out
+
+
+def test_rerun_of_a_pruned_train_folder_compares_the_epochs_it_reached(workdir, capsys):
+    pytest.importorskip("sweeper.training.trainer")
+    assert main(["train", "--name", "source", "--quiet", *QUICK, "tracking=none"]) == 0
+    # As the folder of a trial pruned after its second epoch would hold it.
+    result_file = workdir / "results" / "train" / "source" / "result.json"
+    result = json.loads(result_file.read_text())
+    result.update(status="pruned", epochs=result["epochs"][:2], steps=[s for s in result["steps"] if s["epoch"] < 2])
+    result_file.write_text(json.dumps(result))
+    capsys.readouterr()
+
+    code = main(["rerun", "--strict", "--name", "again", "results/train/source", "tracking=none"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "pruned after epoch 2 of 3" in out and "(bitwise equal)" in out
+    rerun = json.loads((workdir / "results" / "reruns" / "again" / "result.json").read_text())
+    assert rerun["status"] == "pruned" and len(rerun["epochs"]) == 2
