@@ -4,12 +4,16 @@ fix that works, files that do not overwrite each other, output that reads at a g
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import wait_until, with_tests_on_path
 from mlflow import MlflowClient
 from test_report import TRIALS, sweep_trial
 
@@ -123,3 +127,38 @@ def test_rerun_of_a_pruned_train_folder_compares_the_epochs_it_reached(workdir, 
     assert "pruned after epoch 2 of 3" in out and "(bitwise equal)" in out
     rerun = json.loads((workdir / "results" / "reruns" / "again" / "result.json").read_text())
     assert rerun["status"] == "pruned" and len(rerun["epochs"]) == 2
+
+
+def test_a_sweep_into_a_log_file_shows_epochs_and_short_numbers_and_no_library_noise(workdir, monkeypatch):
+    """`sweeper sweep > log` (CI, nohup): a line while trials train, not only when one ends;
+    numbers read at a glance while the rerun command keeps them exact; no INFO lines of MLflow's
+    or Optuna's among the sweep's own."""
+    gates = workdir / "gates"
+    env = {**os.environ, "PYTHONPATH": with_tests_on_path(), "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "0"}
+    command = [
+        sys.executable, "-m", "sweeper.cli", "sweep", "sweep.trainer=conftest.StandInTrainer", "search=slices",
+        "sweep.n_trials=1", "sweep.workers=1", "sweep.cpu_threads=1", "train.epochs=3", "pruner=none", "sweep.poll=0.2",
+        "tracking.schedule_plot=false",
+    ]  # fmt: skip
+    log = workdir / "sweep.log"
+    with open(log, "w") as out:
+        sweep = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            # The trial holds after its first epoch: the log says so while it holds.
+            wait_until(lambda: "(epoch 1 done)" in log.read_text(), "a progress line with the epochs done", sweep)
+            (gates / "release").touch()
+            assert sweep.wait(timeout=600) == 0, log.read_text()
+        finally:
+            if sweep.poll() is None:
+                sweep.kill()
+                sweep.wait()
+    text = log.read_text()
+    assert "Creating initial MLflow database tables" not in text and "A new study created" not in text, text
+    assert " INFO " not in text and "[I " not in text, text
+
+    study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{workdir}/results/studies.db")
+    exact = next(o for o in study.trials[0].user_attrs["overrides"] if o.startswith("lr.high="))
+    short = f"lr.high={float(exact.split('=')[1]):.3g}"
+    progress = [line for line in text.splitlines() if "finished (" in line]
+    assert any(short in line for line in progress) and not any(exact in line for line in progress), text
+    assert "rerun it: sweeper train " in text and exact in text.split("rerun it:")[1], text  # exact where it reruns

@@ -572,7 +572,7 @@ def open_study(plan: SweepPlan, *, create: bool, worker: int = 0) -> optuna.Stud
             ) from None
         check_definition(study, plan)  # a worker with other overrides must not join
         return study
-    with plan.storage.claim(plan.name):
+    with plan.storage.claim(plan.name), _quiet_optuna():
         study = optuna.create_study(
             study_name=plan.name,
             storage=storage,
@@ -586,6 +586,18 @@ def open_study(plan: SweepPlan, *, create: bool, worker: int = 0) -> optuna.Stud
         else:
             _start(study, plan)
     return study
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna logs "[I ...] A new study created in RDB with name: ..." at INFO into the sweep's
+    output, which says so itself; its warnings and errors still show."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def existing_study(plan: SweepPlan) -> optuna.Study | None:
