@@ -162,3 +162,24 @@ def test_a_sweep_into_a_log_file_shows_epochs_and_short_numbers_and_no_library_n
     progress = [line for line in text.splitlines() if "finished (" in line]
     assert any(short in line for line in progress) and not any(exact in line for line in progress), text
     assert "rerun it: sweeper train " in text and exact in text.split("rerun it:")[1], text  # exact where it reruns
+
+
+def test_train_says_its_mlflow_run_and_files_it_with_the_train_runs(workdir, capsys):
+    pytest.importorskip("sweeper.training.trainer")
+    assert main(["train", "--quiet", *QUICK]) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"MLflow run (\w+) \(experiment train\); see it: mlflow ui --backend-store-uri (\S+); its weights: (.*)", out)
+    assert found, out
+    run_id, store, export = found.groups()
+    assert store == f"sqlite:///{workdir}/results/mlflow.db"
+
+    client = MlflowClient(store)
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "train"
+    assert client.get_experiment_by_name("mlp-digits") is None  # not among the default sweep's trials
+    assert run.info.run_name.startswith("train · geometric · fastai_one_cycle")  # named by what it trained
+    assert run.data.tags["sweeper.kind"] == "train" and run.data.tags["sweeper.folder"].startswith("results/train/")
+
+    # The export command it prints works as printed.
+    assert main(shlex.split(export.removeprefix("sweeper "))) == 0, capsys.readouterr().err
+    assert (workdir / "model.pt").stat().st_size > 0
