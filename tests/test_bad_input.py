@@ -58,7 +58,7 @@ CASES = [
     ),
     ("prefixes-leave-out", ["train", "model.groups=[body.0,head]"], ["model.groups", "in no group", "add a prefix"]),
     # cycle shapes
-    ("pct-start-one", ["train", "shape.pct_start=1.0"], ["shape.pct_start: 1.0 is outside (0, 1)", "shape.pct_start=0.25"]),
+    ("pct-start-beyond-one", ["train", "shape.pct_start=1.01"], ["shape.pct_start: 1.01 is outside [0, 1]", "shape.pct_start=0.25"]),
     (
         "pct-start-zero-sweep",
         ["sweep", "search=slices", "shape=torch_one_cycle", "shape.pct_start=0"],
@@ -67,7 +67,7 @@ CASES = [
     (
         "pct-start-searched-beyond-one",
         ["sweep", "search.shape.fastai_one_cycle.pct_start=interval(0.5, 1.5)"],
-        ["search.shape.fastai_one_cycle", "shape.pct_start", "outside (0, 1)"],
+        ["search.shape.fastai_one_cycle", "shape.pct_start", "outside [0, 1]"],
     ),
     ("div-zero", ["train", "shape.div=0"], ["shape.div: 0", "positive, finite divisor"]),
     ("div-negative-sweep", ["sweep", "search=slices", "shape.div=-5"], ["shape.div: -5", "positive, finite divisor"]),

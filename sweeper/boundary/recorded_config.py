@@ -75,6 +75,7 @@ _SHAPES = (
     "FastaiOneCycle", "TorchOneCycle", "Constant", "WarmupCosine", "Triangular", "WarmupStableDecay", "Points", "FunctionShape",
     "FastaiFlatCos", "FastaiSGDR", "TorchCosineRestarts", "TorchExponential", "TorchPolynomial",
 )  # fmt: skip
+_TORCH_SCHEDULERS = ("TorchStep", "TorchMultiStep", "TorchLinear", "TorchCyclic", "TorchCosine")
 _SAMPLERS = ("TPESampler", "CmaEsSampler", "GPSampler", "GridSampler", "NSGAIISampler", "QMCSampler", "RandomSampler")
 _PRUNERS = ("MedianPruner", "PercentilePruner", "HyperbandPruner", "SuccessiveHalvingPruner", "NopPruner")
 
@@ -101,6 +102,8 @@ ALLOWED_CALLABLES = frozenset(
         "sweeper.zoo.data.synthetic_tokens",
         # cycle shapes, and the functions a FunctionShape may call (shape.fn)
         *(f"sweeper.schedules.shapes.{name}" for name in _SHAPES),
+        *(f"sweeper.schedules.torch_schedulers.{name}" for name in _TORCH_SCHEDULERS),
+        "sweeper.schedules.sequential.Sequential",
         "sweeper.schedules.shapes.linear_decay",
         # the task's loss and metrics (task.loss, task.metrics: _partial_)
         "torch.nn.functional.cross_entropy",
@@ -121,7 +124,7 @@ ALLOWED_CALLABLES = frozenset(
     }
 )
 # Arguments of allowed callables whose value is the dotted path of code the callable imports.
-CODE_ARGUMENTS = {"sweeper.schedules.shapes.FunctionShape": ("fn",)}
+CODE_ARGUMENTS = {"sweeper.schedules.shapes.FunctionShape": ("fn", "mom_fn")}
 # Arguments of allowed callables that name the folder they write in.
 WRITE_FOLDERS = {"sweeper.zoo.models.pretrained_on_digits": "cache_dir"}
 # Not modules of the user's: allowing one whole would allow what it holds that runs commands,
@@ -291,6 +294,8 @@ def _imports(node: Any, path: str) -> Iterator[Import]:
         arguments = ("_target_", *CODE_ARGUMENTS.get(_target(node), ()))
         for key, value in node.items():
             setting = _join(path, key)
+            if key in arguments[1:] and value is None:
+                continue  # an optional code argument left unset (a shape's mom_fn: null) imports nothing
             if key in arguments or _names_code(setting, value):
                 yield Import(setting, value)  # a name that is not a string is refused whole
             else:
@@ -307,6 +312,8 @@ def _rename_old_names(node: Any, path: str = "") -> None:
         arguments = ("_target_", *CODE_ARGUMENTS.get(current_name(_target(node)), ()))
         for key, value in node.items():
             setting = _join(path, key)
+            if key in arguments[1:] and value is None:
+                continue
             if key in arguments or _names_code(setting, value):
                 node[key] = current_name(value)
             else:

@@ -18,12 +18,12 @@ import hashlib
 import json
 import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, build_shape, compose_config
+from sweeper.schedules.shapes import shape_document
 from sweeper.schedules.slices import parse_lr
 from sweeper.trial.plan import Plan, plan_config, whole_epoch_steps
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             "lr": spec.describe(),
             "strategy": spec.strategy,
             "peaks": list(plan.peaks),
-            "shape": {"name": shape.name, **asdict(shape)},
+            "shape": shape_document(shape),
             "steps": steps,
             "phases": [
                 {
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                     "steps": phase.schedule.total,
                     "peaks": list(phase.schedule.peaks),
                     "trainable": list(phase.trainable),
-                    "shape": {"name": phase.schedule.shape.name, **asdict(phase.schedule.shape)},
+                    "shape": shape_document(phase.schedule.shape),
                 }
                 for phase in plan.phases
             ],

@@ -252,6 +252,7 @@ def build_shape(node: Mapping | DictConfig) -> Shape:
             f"shape._target_: cannot import {target!r}; name a shape class in sweeper.schedules.shapes or "
             f"an importable class or function of yours."
         ) from None
+    settings = {key: _built_shapes(value) for key, value in settings.items()}
     try:
         shape = factory(**settings)
     except TypeError as error:
@@ -264,6 +265,13 @@ def build_shape(node: Mapping | DictConfig) -> Shape:
             f"lr(peak, step, total) and momentum(step, total)."
         )
     return shape
+
+
+def _built_shapes(value: object) -> object:
+    """A setting that holds shapes (a sequential's `shapes`), each built from its `_target_` node."""
+    if isinstance(value, list) and value and all(isinstance(item, Mapping) and "_target_" in item for item in value):
+        return tuple(build_shape(item) for item in value)
+    return value
 
 
 def instantiate_node(node: DictConfig, setting: str) -> object:

@@ -176,10 +176,10 @@ def plan_trial(
     if freeze_epochs:
         base_lr = 2 * peaks[-1]  # fine_tune halves base_lr when it unfreezes: the configured head peak
         frozen_peaks = tuple(parse_lr(slice(base_lr)).peaks(n_groups))
-        schedule = Schedule(frozen_peaks, frozen_shape(shape), freeze_epochs * per_epoch)
+        schedule = Schedule(frozen_peaks, frozen_shape(shape), freeze_epochs * per_epoch, freeze_epochs)
         phases.append(Phase("frozen", freeze_epochs, schedule, (False,) * (n_groups - 1) + (True,)))
     if epochs:
-        schedule = Schedule(tuple(peaks), shape, epochs * per_epoch if freeze_epochs else steps)
+        schedule = Schedule(tuple(peaks), shape, epochs * per_epoch if freeze_epochs else steps, epochs)
         phases.append(Phase("unfrozen" if freeze_epochs else "train", epochs, schedule, (True,) * n_groups))
     return Plan(tuple(float(p) for p in peaks), tuple(phases), momentum_off)
 
