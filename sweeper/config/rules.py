@@ -12,12 +12,13 @@ import logging
 import math
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import ConfigError
 
-__all__ = ["check_required", "check_sweep_name", "is_number", "seconds", "warn_oversubscribed", "whole"]
+__all__ = ["check_required", "check_sweep_name", "is_number", "seconds", "sweep_folder", "warn_oversubscribed", "whole"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,11 @@ def _warn_once(workers: int, cores: int) -> None:
 # A sweep's name is a folder under results/sweeps/ and a value in MLflow filters: one plain path
 # component, nothing a filter or a shell would read otherwise.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
+
+
+def sweep_folder(results_dir: str | Path, sweep: str) -> Path:
+    """Where a sweep's files go (worker logs, checkpoints, reports): results/sweeps/<sweep>/."""
+    return Path(results_dir) / "sweeps" / sweep
 
 
 def check_sweep_name(name: str, setting: str = "sweep.name") -> str:
