@@ -116,6 +116,18 @@ CASES = [
         ["sweep", "search=slices", "data=tensors", "data.shape=[4]", "data.num_classes=2", "data.source.path=missing.pt"],
         ["data.source.path", "does not exist", "data.source.path=/path/to/it"],
     ),
+    # a data option's `???` is named by the key the user sets, not by the one that reads it
+    (
+        "image-folder-without-num-classes",
+        ["train", "data=image_folder", "data.source.root=images"],
+        ["data.num_classes: not set", "data=image_folder needs it", "data.num_classes=..."],
+    ),
+    (
+        "image-folder-without-num-classes-sweep",
+        ["sweep", "data=image_folder", "data.source.root=images"],
+        ["data.num_classes: not set", "data=image_folder needs it", "data.num_classes=..."],
+    ),
+    ("tensors-without-shape", ["lr-find", "data=tensors", "data.num_classes=2"], ["data.shape: not set", "data.shape=..."]),
     ("objective-not-produced", ["sweep", "train.objective=f1"], ["train.objective", "['accuracy', 'loss']"]),
     ("objective-not-produced-train", ["train", "train.objective=f1"], ["train.objective", "['accuracy', 'loss']"]),
     ("workers-per-device-zero", ["sweep", "search=slices", "sweep.workers_per_device=0"], ["sweep.workers_per_device: 0", ">= 1"]),

@@ -131,6 +131,10 @@ def _absolute_sqlite(uri: str) -> str:
 def mlflow_client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
+    # A new embedded store logs its schema migrations at INFO ("Creating initial MLflow database
+    # tables...") into the command's output; its warnings and errors still show.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 

@@ -71,12 +71,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sweeper.config import ConfigError, build_shape, instantiate_node, plain
-from sweeper.config.rules import whole
+from sweeper.config.rules import check_required, whole
 from sweeper.schedules.slices import parse_lr
 from sweeper.training.loop import Member, run_loop
 from sweeper.training.seeding import seed_everything, use_deterministic_algorithms
 from sweeper.trial.events import Reporter, StartEvent, TrialResult
 from sweeper.trial.plan import Phase, Plan, plan_config
+from sweeper.trial.spec import TRIAL_NODES
 from sweeper.zoo.data import TrialData
 from sweeper.zoo.groups import LayerGroups, split_groups
 from sweeper.zoo.tasks import Task, build_task
@@ -158,6 +159,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     settings = cfg.train
 
     # settings that need nothing built come first, so a typo fails in milliseconds
+    check_required(cfg, TRIAL_NODES)
     task = build_task(_task_node(cfg))
     objective = settings.objective
     if objective not in task.metric_names:
