@@ -72,7 +72,9 @@ def test_table_shows_groups_and_every_nth_step(capsys, tmp_path):
     assert "lr group 1 (head)" in out and "momentum" in out
     steps = [line.split()[1] for line in out.splitlines() if line.startswith("│")]
     assert steps == ["0", "4", "8", "9"]  # every 4th step and the last one
-    assert (tmp_path / "results" / "schedule-fastai_one_cycle.png").stat().st_size > 0
+    # named by the options given (results_dir only says where)
+    assert (tmp_path / "results" / "schedule-lr-slice-1e-3_groups-2_steps-10.png").stat().st_size > 0
+    assert f"plot: {tmp_path}/results/schedule-lr-slice-1e-3_groups-2_steps-10.png" in out
 
 
 def test_a_fine_tune_config_prints_and_plots_both_phases(capsys, tmp_path):

@@ -54,7 +54,7 @@ from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
 from omegaconf.grammar_parser import parse
 
 from sweeper.boundary.renamed import current_name
-from sweeper.config import ConfigError
+from sweeper.config import ConfigError, plain
 from sweeper.secrets import mask_text
 
 __all__ = [
@@ -274,7 +274,7 @@ def check_config(config: DictConfig | Mapping, allowed: Allowed) -> list[Import]
     if refused:
         listed = ", ".join(f"{i.setting}={i.shown}" for i in refused)
         raise ConfigError(f"the recorded config names code that sweeper does not allow: {listed}. Nothing was run; {_fix(refused)}.")
-    positional = [path for path, node in _paths(_plain(config)) if isinstance(node, Mapping) and "_args_" in node]
+    positional = [path for path, node in _paths(plain(config, resolve=False)) if isinstance(node, Mapping) and "_args_" in node]
     if positional:
         raise ConfigError(
             f"{_join(positional[0], '_args_')}: a recorded config passes arguments by name, so that the "
@@ -286,7 +286,7 @@ def check_config(config: DictConfig | Mapping, allowed: Allowed) -> list[Import]
 
 def find_imports(config: DictConfig | Mapping) -> list[Import]:
     """Every name building `config` imports, where it is written, in the order written."""
-    return list(_imports(_plain(config), ""))
+    return list(_imports(plain(config, resolve=False), ""))
 
 
 def _imports(node: Any, path: str) -> Iterator[Import]:
@@ -345,10 +345,6 @@ def _target(node: Mapping) -> str | None:
 
 
 # --- walking plain containers ------------------------------------------------------------------
-
-
-def _plain(config: DictConfig | Mapping) -> Any:
-    return OmegaConf.to_container(config, resolve=False) if OmegaConf.is_config(config) else config
 
 
 def _paths(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:

@@ -11,6 +11,8 @@ lr_find arguments.
 from __future__ import annotations
 
 import argparse
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 from sweeper.config import compose_config
@@ -47,4 +49,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:8s} {lr:.3e}" + ("   (fastai's default)" if name == "valley" else ""))
     plot = args.plot or Path(cfg.results_dir) / f"lr_find-{cfg.model.name}-{cfg.data.name}.png"
     print(f"plot: {plot_lr_find(result, plot)}")
+    if "valley" in result.suggestions:
+        print(how_to_use(result.suggestions["valley"], args.overrides))
     return 0
+
+
+def how_to_use(valley: float, overrides: Sequence[str]) -> str:
+    """The commands that use a suggestion, with the user's own settings: a trial at the valley,
+    and a sweep of the head's lr a decade either side of it (the sweep samples the strategy)."""
+    given = "".join(f" {shlex.quote(o)}" for o in overrides)
+    around = f"tag(log, interval({valley / 10:.2g}, {valley * 10:.2g}))"
+    return (
+        f"use it: sweeper train{given} lr={valley:.2g}\n"
+        f"  or sweep a decade either side: sweeper sweep{given} search.lr.high={shlex.quote(around)}"
+    )
