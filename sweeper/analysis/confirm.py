@@ -23,6 +23,7 @@ import optuna
 import pandas as pd
 from omegaconf import DictConfig
 
+from sweeper.analysis.repeats import seed_count
 from sweeper.analysis.report import best_by, markdown_table, objective_columns, trials_table
 from sweeper.boundary.recorded_config import Allowed, check_config
 from sweeper.config import ConfigError, compose_config
@@ -66,8 +67,7 @@ def confirm_strategies(
     allowed: Allowed = Allowed(),
 ) -> Confirmation:
     """Train each strategy's best trial again with `seeds` fresh seeds; write and return the result."""
-    if seeds < 2:
-        raise ConfigError(f"--seeds: {seeds} gives no spread; use at least 2 (5 or more tells noise better).")
+    seed_count(seeds)
     (objective, direction), *_ = objective_columns(study)
     best = best_by(trials_table(study), "strategy", objective, direction)
     if strategies:

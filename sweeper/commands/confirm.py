@@ -18,9 +18,8 @@ import argparse
 
 from omegaconf import OmegaConf
 
-from sweeper.analysis.ablation import FACTORS, ablate
-from sweeper.analysis.confirm import confirm_strategies
-from sweeper.analysis.report import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
+from sweeper.analysis.repeats import FACTORS, seed_count
+from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
 from sweeper.boundary.recorded_config import allowed_code, check_config
 from sweeper.config import compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
@@ -42,14 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # What needs no trial is checked before the libraries the trials need load (seconds).
+    seed_count(args.seeds)
     name, overrides = split_sweep_name(args.overrides)
     cfg = compose_config(overrides, args.config_dir)
     study = load_sweep_study(cfg, name)
-    tracking = open_sweep(cfg, study)
     # What the sweep's trials ran, not today's config: its trainer and its config directories.
     # A study may be shared: the code it names is checked as a rerun checks a recorded config.
     allowed = allowed_code(cfg, args.allow_module)
     check_config({"sweep": {"trainer": sweep_trainer(study)}}, allowed)
+    from sweeper.analysis.ablation import ablate  # pandas and the rest: once nothing is refused
+    from sweeper.analysis.confirm import confirm_strategies
+
+    tracking = open_sweep(cfg, study)
     trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": sweep_trainer(study)}}))
     if args.ablate:
         ablation = ablate(
