@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from sweeper.analysis.ui import MlflowUiServer, browsable_base, share_view, sweep_link
+from sweeper.analysis.ui import MlflowUiServer, browsable_base, run_link, share_view, sweep_link
 from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name
 from sweeper.config import ConfigError, compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
@@ -41,17 +41,28 @@ def run(args: argparse.Namespace) -> int:
         )
     from sweeper.analysis.report import objective_columns  # pandas and matplotlib: once the sweep is found
 
-    (objective, _), *_ = objective_columns(study)
-    key = share_view(tracking, objective)
+    (objective, direction), *_ = objective_columns(study)
+    compared = (study.user_attrs.get("compare") or {}).get("param") or "strategy"
+    key = share_view(tracking, objective, direction, compared)
     if tracking.settings.is_server:
-        print(f"sweep {study.study_name} in MLflow: {sweep_link(browsable_base(tracking.settings.uri), tracking.experiment_id, key)}")
+        _links(study.study_name, browsable_base(tracking.settings.uri), tracking, key, compared)
         return 0
     log = sweep_folder(cfg, study.study_name) / "ui.log"
     with MlflowUiServer(tracking.settings.uri, args.port, log) as server:
-        print(f"sweep {study.study_name} in MLflow: {sweep_link(server.url, tracking.experiment_id, key)}", flush=True)
+        _links(study.study_name, server.url, tracking, key, compared)
         print("the MLflow UI runs on 127.0.0.1 until Ctrl-C", flush=True)
         try:
             server.wait()
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _links(name: str, base: str, tracking, key: str, compared: str) -> None:
+    print(f"sweep {name} in MLflow: {sweep_link(base, tracking.experiment_id, key)}", flush=True)
+    print(f"  (complete trials grouped by {compared}, best first; pruned trials are left out of the groups)", flush=True)
+    if tracking.parent_run_id:
+        print(
+            f"the sweep's run (its report, and the verdict once given): {run_link(base, tracking.experiment_id, tracking.parent_run_id)}",
+            flush=True,
+        )
