@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU benchmark table under results/bench/ with its default settings (storage, trainer,
-# tracking, sweep, pruning, scaling, checkpoints, fused, end_to_end, in that order); it prints
+# tracking, sweep, pruning, scaling, checkpoints, fused, end_to_end, refusals, in that order); it prints
 # the time it took.
 #
 #   bash scripts/bench_all.sh                      # writes results/bench/*.md, *.csv, pruning.png
@@ -30,7 +30,7 @@ fi
 started=$SECONDS
 echo "== storage"
 .venv/bin/python scripts/bench_storage.py "${storage[@]}" --out "$out/storage.md"
-for name in trainer tracking sweep pruning scaling checkpoints fused end_to_end; do
+for name in trainer tracking sweep pruning scaling checkpoints fused end_to_end refusals; do
   echo "== $name"
   .venv/bin/python "scripts/bench_$name.py" "${quick[@]}" --out-dir "$out"
 done

@@ -165,3 +165,11 @@ def test_sleep_trials_hand_out_each_drawn_sleep_once(tmp_path):
     assert all(t["started"] <= t["ended"] for t in trials)
     with pytest.raises(RuntimeError, match="only 8 were drawn"):
         sleep_trials.sleep_trial(folder=work)
+
+
+def test_refusals_benchmark(tmp_path):
+    run_script("refusals", tmp_path)
+    columns = {"answer", "command", "exit", "this checkout: median s", "this checkout: max s"}
+    rows = check_table(tmp_path, "refusals", columns, {"this checkout: median s", "this checkout: max s"})
+    assert len(rows) == 7 and {row["exit"] for row in rows} == {"0", "2"}  # every answer as the script expects it
+    check_markdown(tmp_path, "refusals", "refusals", {"answer", "exit"})

@@ -140,7 +140,8 @@ class GatedSweep:
         for started in self.gate.glob("started-*"):
             pid = int(started.name.removeprefix("started-"))
             try:
-                if alive(pid) and b"sweeper.cli" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if alive(pid) and (b"sweeper.cli" in argv or b"sweeper.sweep.warm" in argv):
                     os.kill(pid, signal.SIGKILL)
             except (FileNotFoundError, ProcessLookupError):
                 pass
@@ -164,15 +165,20 @@ def gated_sweep(tmp_path):
 
 
 @pytest.mark.slow
-def test_no_worker_argv_holds_the_sweep_s_command_line(gated_sweep):
+@pytest.mark.parametrize(("warm", "argv_starts"), [("true", b"sweeper.sweep.warm\0"), ("false", b"sweeper.cli\0worker\0")])
+def test_no_worker_argv_holds_the_sweep_s_command_line(gated_sweep, warm, argv_starts):
     # A URL with a password on the command line (a setting nothing reads under tracking=none):
     # `ps` shows every user every process's argv.
-    sweep = gated_sweep(f"+tracking.uri=http://sweeper:{SECRET}@127.0.0.1:9", "sweep.workers=2", "sweep.n_trials=2")
+    sweep = gated_sweep(
+        f"+tracking.uri=http://sweeper:{SECRET}@127.0.0.1:9", "sweep.workers=2", "sweep.n_trials=2", f"launcher.warm={warm}"
+    )
     workers = sweep.workers_in_trials(2)
-    assert set(workers) == children_of(sweep.process.pid)  # every process the sweep started
-    for pid in workers:
+    # every process the sweep started: its workers, or the warm server they were forked from
+    started = children_of(sweep.process.pid)
+    assert set(workers) == (started if warm == "false" else {w for s in started for w in children_of(s)})
+    for pid in [*workers, *started]:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        assert b"sweeper.cli\0worker\0" in argv
+        assert argv_starts in argv  # a forked worker shows its server's argv
         assert SECRET.encode() not in argv and b"tracking.uri" not in argv
         # where the command line went instead: readable by the worker's owner alone
         assert stat.S_IMODE(os.stat(f"/proc/{pid}/environ").st_mode) == 0o400

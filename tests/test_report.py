@@ -16,7 +16,8 @@ from optuna.trial import TrialState, create_trial
 from scipy import stats
 
 from sweeper.analysis.confirm import confirm_strategies
-from sweeper.analysis.report import finish_sweep, split_sweep_name, summarize, trials_table, write_report
+from sweeper.analysis.report import finish_sweep, summarize, trials_table, write_report
+from sweeper.analysis.which_sweep import split_sweep_name
 from sweeper.config import ConfigError
 from sweeper.records.run_record import plain_config
 from sweeper.records.tracking import prepare_sweep, sweep_folder

@@ -24,7 +24,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from sweeper.analysis.confirm import TrainFn, check_seeds, compose_trial, summarize_seeds, verdict, write_seed_tables
+from sweeper.analysis.confirm import TrainFn, compose_trial, summarize_seeds, verdict, write_seed_tables
+from sweeper.analysis.repeats import FACTORS, seed_count
 from sweeper.analysis.report import objective_columns, trials_table
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.config import ConfigError
@@ -32,9 +33,8 @@ from sweeper.records.run_record import ABLATION_KIND
 from sweeper.records.tracking import SweepTracking
 from sweeper.trial.events import Reporter
 
-__all__ = ["FACTORS", "Ablation", "ablate", "variants"]
+__all__ = ["Ablation", "ablate", "variants"]
 
-FACTORS = {"slice": "strategy", "shape": "shape"}  # what is ablated -> its column in the trials table
 FALLBACK_LOW_RATIO = 0.1  # geometric low/high when no geometric trial says better (fastai's slice(hi) gap)
 
 
@@ -108,7 +108,7 @@ def ablate(
     """Train the sweep's best trial with every value of `factor` on the same `seeds` fresh seeds."""
     if factor not in FACTORS:
         raise ConfigError(f"--ablate: {factor!r} is not a factor; choose {' or '.join(FACTORS)}.")
-    check_seeds(seeds)
+    seed_count(seeds)
     (objective, direction), *_ = objective_columns(study)
     trials = trials_table(study)
     complete = trials[trials["state"] == "complete"] if len(trials) else trials

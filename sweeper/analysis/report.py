@@ -39,7 +39,7 @@ from optuna.exceptions import ExperimentalWarning  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from sweeper.analysis import tables  # noqa: E402
-from sweeper.boundary.renamed import current_name  # noqa: E402
+from sweeper.analysis.which_sweep import sweep_config_dirs  # noqa: E402
 from sweeper.records.tracking import MlflowSources, SweepTracking, sweep_folder  # noqa: E402
 from sweeper.schedules.plots import log_y  # noqa: E402
 from sweeper.sweep.lr_anchor import ANCHOR_ATTR  # noqa: E402
@@ -48,13 +48,9 @@ __all__ = [
     "Report",
     "best_by",
     "describe_trial",
-    "load_sweep_study",
     "markdown_table",
     "objective_columns",
-    "split_sweep_name",
     "summarize",
-    "sweep_config_dirs",
-    "sweep_trainer",
     "finish_sweep",
     "read_verdict",
     "save_figure",
@@ -83,58 +79,6 @@ class Report:
     files: list[Path] = field(default_factory=list)
     objective: str = "value"  # the (first) objective's name, and its direction
     direction: str = "maximize"
-
-
-# --- which sweep ------------------------------------------------------------------------------
-
-
-def split_sweep_name(words: Sequence[str]) -> tuple[str | None, list[str]]:
-    """`sweeper report [NAME] [overrides]`: the one word without "=" is the sweep's name."""
-    names = [w for w in words if "=" not in w]
-    if len(names) > 1:
-        from sweeper.config import ConfigError
-
-        raise ConfigError(f"sweep name: {names} are several names; give one sweep name, and settings as key=value.")
-    return (names[0] if names else None), [w for w in words if "=" in w]
-
-
-def load_sweep_study(cfg, name: str | None = None) -> optuna.Study:
-    """The sweep's study in the configured storage (`storage.url`), by name (default sweep.name)."""
-    from sweeper.config import ConfigError
-    from sweeper.config.rules import check_sweep_name
-    from sweeper.sweep.study import storage_of
-
-    name = check_sweep_name(name, "sweep name") if name else str(cfg.sweep.name)
-    spec = storage_of(cfg)
-    if spec.path is not None and not spec.path.exists():
-        # From another folder, results/ is another folder's: name the setting that finds the sweep.
-        raise ConfigError(
-            f"storage.url: {spec.label()} does not exist (no {spec.path.absolute()}); a sweep run in another "
-            f"folder is found with its results folder, results_dir=/that/folder/results (or storage.url=... "
-            f"for its storage); else run `sweeper sweep` first."
-        )
-    storage = spec.open()
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        known = optuna.get_all_study_names(storage)
-        raise ConfigError(
-            f"sweep name: no sweep {name!r} in {spec.label()}; it holds {known or 'none'}. Give one of "
-            f"them (sweeper report NAME), or the storage the sweep used (storage.url=...)."
-        ) from None
-
-
-def sweep_config_dirs(study: optuna.Study, extra: Sequence[str] = ()) -> list[str]:
-    """The config directories the sweep was composed with (recorded), then `extra`."""
-    return [*study.user_attrs.get("config_dirs", []), *extra]
-
-
-def sweep_trainer(study: optuna.Study, default: str = "sweeper.training.engine") -> str:
-    """The trainer module the sweep's trials ran (its recorded definition), e.g. sweeper.training.engine."""
-    import json
-
-    recorded = (study.user_attrs.get("definition") or {}).get("trainer")
-    return current_name(json.loads(recorded)) if recorded else default
 
 
 # --- tables -----------------------------------------------------------------------------------

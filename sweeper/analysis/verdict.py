@@ -39,8 +39,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from sweeper.analysis.ablation import FACTORS, variants
-from sweeper.analysis.confirm import TrainFn, check_seeds, compose_trial
+from sweeper.analysis.confirm import TrainFn, compose_trial
 from sweeper.analysis.paired import Paired, paired, seeds_needed, with_family
+from sweeper.analysis.repeats import seed_count
 from sweeper.analysis.report import VERDICT_FILE, best_by, markdown_table, objective_columns, plt, save_figure, trials_table
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.config import ConfigError
@@ -290,7 +291,7 @@ def give_verdict(
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> Verdict:
     """Gather the runs the answer needs, judge them, write and return the verdict (module doc)."""
-    check_seeds(seeds)
+    seed_count(seeds)
     (objective, direction), *_ = objective_columns(study)
     maximize = direction == "maximize"
     trials = trials_table(study)

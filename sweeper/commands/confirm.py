@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.analysis.ablation import FACTORS, ablate
-from sweeper.analysis.confirm import confirm_strategies
-from sweeper.analysis.report import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
+from sweeper.analysis.repeats import FACTORS, seed_count
+from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
 from sweeper.boundary.recorded_config import Allowed, allowed_code, check_config
 from sweeper.config import compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
@@ -50,19 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def recorded_sweep(args: argparse.Namespace) -> tuple[DictConfig, optuna.Study, SweepTracking, Allowed, Any]:
     """(config, study, its MLflow records, the code allowed, its trainer) of the sweep named on the
     command line. What the sweep's trials ran, not today's config: its trainer and its config
-    directories. A study may be shared: the code it names is checked as a rerun checks a recorded config."""
+    directories. A study may be shared: the code it names is checked as a rerun checks a recorded
+    config. What needs no trial is checked before MLflow and the trainer load (seconds)."""
+    seed_count(args.seeds)
     name, overrides = split_sweep_name(args.overrides)
     cfg = compose_config(overrides, args.config_dir)
     study = load_sweep_study(cfg, name)
-    tracking = open_sweep(cfg, study)
     allowed = allowed_code(cfg, args.allow_module)
     check_config({"sweep": {"trainer": sweep_trainer(study)}}, allowed)
+    tracking = open_sweep(cfg, study)
     trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": sweep_trainer(study)}}))
     return cfg, study, tracking, allowed, trainer
 
 
 def run(args: argparse.Namespace) -> int:
     cfg, study, tracking, allowed, trainer = recorded_sweep(args)
+    from sweeper.analysis.ablation import ablate  # pandas and the rest: once nothing is refused
+    from sweeper.analysis.confirm import confirm_strategies
+
     if args.ablate:
         ablation = ablate(
             study,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from sweeper.analysis.report import load_sweep_study, split_sweep_name, write_report
+from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name
 from sweeper.config import compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
 
@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     name, overrides = split_sweep_name(args.overrides)
     cfg = compose_config(overrides, args.config_dir)
     study = load_sweep_study(cfg, name)
+    from sweeper.analysis.report import write_report  # pandas and matplotlib: once the sweep is found
+
     tracking = open_sweep(cfg, study)
     report = write_report(study, sweep_folder(cfg, study.study_name), tracking.report_sources())
     tracking.attach_report(report)

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from sweeper.config.errors import error_line
 from sweeper.config.rules import sweep_folder
-from sweeper.records.mlflow_store import check_server
+from sweeper.records.mlflow_store import TrackingSettings, check_server, tracking_settings
 from sweeper.records.tracking import prepare_sweep
 from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
 from sweeper.sweep.live import LiveView, WorkerNotes, read_progress, sampled
@@ -59,14 +59,26 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_sweep(args.overrides, args.config_dir, validate=False)
     quick_checks(plan)
     check_launcher(plan)
+    # Said before torch or MLflow load, by --dry-run too: a name whose sweep has another
+    # definition is refused, and a sweep that is done has nothing to run.
+    existing = existing_study(plan)
+    if existing is not None:
+        check_definition(existing, plan)
+    folder = sweep_folder(plan.cfg.results_dir, plan.name)
+    done = existing is not None and count_trials(existing).finished >= plan.n_trials
     if args.dry_run:
         validate_plan(plan)
         with tempfile.TemporaryDirectory() as plots:  # a dry run writes nothing: lr_find's plots go
             plan, _ = anchor_plan(plan, existing_study(plan), Path(plots))
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in [*plan.space.describe(), *([plan.arms.describe()] if plan.arms else [])]))
+        if done:
+            print(_finished_already(existing, plan))
         return 0
-    folder = sweep_folder(plan.cfg.results_dir, plan.name)
+    if done:
+        print(_finished_already(existing, plan))
+        report = folder if (folder / "report.md").exists() else None
+        return _summarise(existing, plan, folder, tracking_settings(plan.cfg), report, failed_before=count_trials(existing).failed)
     deadline = time.time() + plan.timeout if plan.timeout else None
     # The workers start now, while the sweep is checked and its stores made (seconds each, side
     # by side); they wait for its word. A check that fails ends them, and leaves nothing written.
@@ -78,14 +90,13 @@ def run(args: argparse.Namespace) -> int:
         _discard(held, made)
         raise
     before = count_trials(study)
-    finished = before.finished
     unequal = plan.arms.shares(plan.n_trials) if plan.arms else None
     if unequal:
         print(f"note: {unequal}", flush=True)
     interrupted = False
-    if finished >= plan.n_trials:
+    if before.finished >= plan.n_trials:  # another command finished it while this one started
         _discard(held, made)
-        print(f"sweep {plan.name} already has {finished} finished trials; raise sweep.n_trials to run more.")
+        print(_finished_already(study, plan))
     else:
         try:
             interrupted = _run_workers(study, plan, folder, deadline, held)
@@ -93,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             interrupted = True
     audit = records.audit(study)  # runs left RUNNING by stopped workers ended; lost records found
     report = _finish(records, study, plan, "KILLED" if interrupted else "FINISHED")
-    code = _summarise(study, plan, folder, records, report, failed_before=before.failed)
+    code = _summarise(study, plan, folder, records.settings, report, failed_before=before.failed)
     for line in audit.lines():
         print(f"records: {line}")
     if (not audit.complete or report is None) and code == 0:
@@ -222,7 +233,17 @@ def _wait_for_exit(workers: list[WorkerHandle], seconds: float) -> None:
         time.sleep(min(left, EXIT_CHECK_SECONDS))
 
 
-def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any, report: Any, failed_before: int) -> int:
+def _finished_already(study: optuna.Study, plan: SweepPlan) -> str:
+    finished = count_trials(study).finished
+    return (
+        f"sweep {plan.name} already has {finished} finished trials; raise sweep.n_trials to run more "
+        f"(`sweeper report {plan.name}` writes its report again)."
+    )
+
+
+def _summarise(
+    study: optuna.Study, plan: SweepPlan, folder: Path, settings: TrackingSettings | None, report: Path | None, failed_before: int
+) -> int:
     """The outcome, and where to look at it."""
     counts = count_trials(study)
     print(
@@ -240,8 +261,7 @@ def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any,
     print(f"study: {plan.name} in {plan.storage.label()}")
     if report is not None:
         print(f"report: {report / 'report.md'} (tables and plots beside it)")
-    if records.settings is not None:
-        settings = records.settings
+    if settings is not None:
         browse = settings.label if settings.is_server else f"mlflow ui --backend-store-uri {settings.label}"
         print(f"MLflow: {browse}  (experiment {settings.experiment})")
         print(f"compare the strategies: sweeper ui {plan.name}")

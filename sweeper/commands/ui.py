@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from sweeper.analysis.report import load_sweep_study, objective_columns, split_sweep_name
 from sweeper.analysis.ui import MlflowUiServer, browsable_base, run_link, share_view, sweep_link
+from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name
 from sweeper.config import ConfigError, compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
 
@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
             f"tracking: sweep {study.study_name!r} ran with tracking off, so MLflow has no runs of it; "
             f"its report is in {sweep_folder(cfg, study.study_name)}/ (sweeper report {study.study_name})."
         )
+    from sweeper.analysis.report import objective_columns  # pandas and matplotlib: once the sweep is found
+
     (objective, direction), *_ = objective_columns(study)
     compared = (study.user_attrs.get("compare") or {}).get("param") or "strategy"
     key = share_view(tracking, objective, direction, compared)

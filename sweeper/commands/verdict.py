@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from sweeper.analysis.report import sweep_config_dirs, write_report
+from sweeper.analysis.report import write_report
 from sweeper.analysis.verdict import give_verdict
+from sweeper.analysis.which_sweep import sweep_config_dirs
 from sweeper.commands.confirm import recorded_sweep
 from sweeper.records.tracking import sweep_folder
 

@@ -21,7 +21,8 @@ import time
 
 from sweeper.records.mlflow_store import tracking_settings
 from sweeper.records.recorder import connect_early
-from sweeper.sweep.launchers import SweepArguments, end_with_parent
+from sweeper.sweep.launchers import SweepArguments
+from sweeper.sweep.lifeline import end_with_parent
 from sweeper.sweep.study import SweepPlan, load_trainer, plan_sweep
 from sweeper.sweep.workers import StopRequest, run_worker
 

@@ -11,15 +11,13 @@ also ends when the sweep that started it ends, however it ends (SIGKILL included
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,13 +27,13 @@ from omegaconf import DictConfig
 from sweeper.config import ConfigError
 from sweeper.sweep.slurm_jobs import check_slurm, submit_jobs
 from sweeper.sweep.study import SweepPlan, plan_sweep
+from sweeper.sweep.warm import WarmServer
 from sweeper.sweep.workers import Slot, StopRequest, plan_slots, run_worker, usable_cores, visible_gpus
 
 __all__ = [
     "SweepArguments",
     "WorkerHandle",
     "check_launcher",
-    "end_with_parent",
     "launch_held_workers",
     "launch_workers",
     "worker_command",
@@ -43,8 +41,6 @@ __all__ = [
 
 STOP_SECONDS = 15  # for a stopped worker to mark its trial failed and send its records
 SWEEP_ARGUMENTS = "SWEEPER_SWEEP_ARGUMENTS"  # the environment variable that carries them
-PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
-PARENT_CHECK_SECONDS = 1.0  # where there is no prctl: how often a worker looks for its parent
 
 
 class WorkerHandle(Protocol):
@@ -78,40 +74,19 @@ class SweepArguments:
         return None if text is None else cls(**json.loads(text))
 
 
-def worker_command(plan: SweepPlan, index: int, deadline: float | None, held: bool = False) -> tuple[list[str], dict[str, str]]:
+def worker_command(
+    plan: SweepPlan, index: int, deadline: float | None, held: bool = False, parent: int | None = None
+) -> tuple[list[str], dict[str, str]]:
     """`sweeper worker` for one slot: its argv, which holds nothing of the sweep's command line,
-    and the environment entries that carry that command line to it."""
+    and the environment entries that carry that command line to it. `parent`: the process whose
+    end ends the worker (default this one, the sweep)."""
     command = [sys.executable, "-m", "sweeper.cli", "worker", "--index", str(index), "--no-validate"]
     if held:
         command.append("--held")
     if deadline is not None:
         command += ["--deadline", repr(deadline)]
-    sweep = SweepArguments(list(plan.command_line), list(plan.config_dirs), os.getpid())
+    sweep = SweepArguments(list(plan.command_line), list(plan.config_dirs), os.getpid() if parent is None else parent)
     return command, sweep.environment()
-
-
-def end_with_parent(parent: int) -> None:
-    """SIGTERM to this process when `parent`, the sweep that started it, ends, however it ends: a
-    worker left behind by a killed sweep would go on taking trials that nobody watches. On Linux
-    the kernel sends it (prctl PR_SET_PDEATHSIG); elsewhere a thread looks for the parent every
-    PARENT_CHECK_SECONDS. A parent that ended before this was asked for has already left the
-    process to another parent: it is looked for once more, after asking."""
-    if not _parent_death_signal(signal.SIGTERM):
-        threading.Thread(target=_watch_parent, args=(parent,), name="parent watch", daemon=True).start()
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _parent_death_signal(signum: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_SECONDS)
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -160,6 +135,50 @@ class LocalWorker:
             self.process.wait()
 
 
+@dataclass
+class WarmWorker:
+    """A local worker forked by the sweep's warm server (sweeper.sweep.warm) when the sweep says
+    go; started cold, as a LocalWorker, if the server is gone by then."""
+
+    label: str
+    log: Path
+    server: WarmServer
+    index: int
+    command: list[str]  # `python -m sweeper.cli worker ...`
+    env: dict[str, str]
+    cold: Callable[[], LocalWorker]  # the same worker started as a process of its own
+    started: bool = False
+    fallback: LocalWorker | None = None
+
+    def go(self) -> None:
+        if not self.server.start(self.index, self.command, self.env, self.log):
+            self.fallback = self.cold()
+        self.started = True
+
+    def poll(self) -> int | None:
+        if self.fallback is not None:
+            return self.fallback.poll()
+        return self.server.exit_code(self.index) if self.started else None
+
+    def discard(self) -> None:
+        """Before go nothing is forked: ending the server ends everything."""
+        self.server.kill()
+
+    def stop(self) -> None:
+        """As LocalWorker.stop: SIGINT, then SIGKILL after STOP_SECONDS. The server ends once its
+        workers have (no worker is asked for after the first is stopped)."""
+        if self.fallback is not None:
+            self.fallback.stop()
+        elif self.started and self.poll() is None:
+            pid = self.server.worker_pid(self.index)
+            if pid is not None:
+                os.kill(pid, signal.SIGINT)
+                if self.server.wait_exit(self.index, STOP_SECONDS) is None:
+                    os.kill(pid, signal.SIGKILL)
+                    self.server.wait_exit(self.index, STOP_SECONDS)
+        self.server.close()
+
+
 def check_launcher(plan: SweepPlan) -> None:
     """The launcher's settings (worker slots here, or cluster jobs), and the results_dir their
     logs and the sweep's stores go to, checked before anything is created: a bad one must not
@@ -188,7 +207,37 @@ def launch_held_workers(plan: SweepPlan, logs: Path, deadline: float | None) -> 
     are submitted once the sweep may start."""
     if plan.cfg.launcher.name != "local":
         return []
+    if plan.cfg.launcher.get("warm", False) and sys.platform.startswith(
+        "linux"
+    ):  # no thread may run in the server: prctl keeps its lifeline
+        return _launch_warm(plan, _local_slots(plan), logs, deadline)
     return _launch_local(plan, _local_slots(plan), logs, deadline, held=True)
+
+
+def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: float | None) -> list[WarmWorker]:
+    """The server starts now and imports what a trial needs while the sweep checks; the workers
+    are forked from it at go()."""
+    preload = ["sweeper.commands.worker", str(plan.cfg.sweep.trainer)]
+    if plan.cfg.get("tracking", {}).get("enabled", False):
+        preload += ["mlflow", "sweeper.records.recorder"]
+    server = WarmServer(preload)
+    logs.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for slot in slots:
+        command, sweep = worker_command(plan, slot.index, deadline, parent=server.pid)
+        cold = functools.partial(_launch_local, plan, [slot], logs, deadline)
+        workers.append(
+            WarmWorker(
+                f"worker {slot.index} ({slot.label})",
+                logs / f"worker-{slot.index}.log",
+                server,
+                slot.index,
+                command,
+                {**os.environ, **slot.env(), **sweep},
+                lambda cold=cold: cold()[0],
+            )
+        )
+    return workers
 
 
 def _local_slots(plan: SweepPlan) -> list[Slot]:

@@ -52,6 +52,7 @@ __all__ = [
     "export_model",
     "keepers",
     "read_state_dict",
+    "refuse_existing",
     "save_model_setting",
 ]
 
@@ -185,13 +186,19 @@ def find_model_run(client: MlflowClient, source: str) -> Any:
     return (max if maximize else min)(runs, key=lambda run: run.data.metrics["objective"])
 
 
+def refuse_existing(path: Path) -> None:
+    """An export never overwrites: a ConfigError when `path` exists (checked by `sweeper export`
+    first of all, and again just before writing)."""
+    if path.exists():
+        raise ConfigError(f"export: {path} exists already; give a new path, or remove it first.")
+
+
 def export_model(client: MlflowClient, source: str, path: Path) -> tuple[Any, int]:
     """Write the weights of `source` (a run id or a sweep's name) to `path`; returns the run and
     the number of tensors. Refuses a `path` that exists: nothing is overwritten."""
     import torch
 
-    if path.exists():
-        raise ConfigError(f"export: {path} exists already; give a new path, or remove it first.")
+    refuse_existing(path)
     run = find_model_run(client, source)
     artifact = run.data.tags[SAVED_TAG]
     if artifact != MODEL_ARTIFACT:

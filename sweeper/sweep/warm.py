@@ -1,0 +1,218 @@
+"""Warm workers: a sweep's local workers forked from a process that has already imported what a
+trial needs.
+
+A worker started from scratch spends seconds importing torch, Optuna, MLflow and the trainer
+before its first trial, and every worker of a machine does so at once, on the same cores. The
+sweep instead starts one server at once (`python -m sweeper.sweep.warm`), which imports them a
+single time while the sweep checks itself; each worker is then forked from it (copy-on-write, a
+few milliseconds) and runs `sweeper worker` as a started process would, with its own
+environment, working directory and log.
+
+What must not cross a fork stays out of the server: it imports modules and opens nothing (no
+study, no SQLite or MLflow connection, no thread of its own; torch starts its thread pools at its
+first operation and CUDA at its first use, both in the worker). A worker's environment is set
+after the fork, before any of that happens, and torch is told its share of threads then.
+
+The server and its workers stay in the sweep's process group (Ctrl-C reaches them all: the
+server ignores it, the workers stop as they do). The server ends with the sweep (the parent
+death signal), and the workers with the server, so a killed sweep leaves nothing running.
+
+Protocol, one line each: the sweep writes a JSON request per worker to the server's stdin
+({"index", "module", "argv", "env", "log"}: the worker runs as `python -m MODULE ARGV` would); the server answers on its stdout `started INDEX PID` and,
+once that worker has ended, `exit PID CODE` (CODE as subprocess reports it: -N for signal N).
+End of its stdin: the server waits for its workers, then ends.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import runpy
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from sweeper.sweep.lifeline import end_with_parent
+
+__all__ = ["WarmServer", "serve"]
+
+REAP_SECONDS = 0.05  # how often the server looks for ended workers between requests
+
+
+class WarmServer:
+    """The sweep's side of the server: starts it, asks it for workers, follows their exits."""
+
+    def __init__(self, preload: Sequence[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sweeper.sweep.warm", json.dumps([os.getpid(), list(preload)])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._pids: dict[int, int] = {}  # worker index -> pid
+        self._exits: dict[int, int] = {}  # pid -> exit code
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name="warm server", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def start(self, index: int, command: Sequence[str], env: dict[str, str], log: Path) -> bool:
+        """Ask for worker `index`, to run `command` (`python -m MODULE ARGS...`, as a started worker
+        would); False when the server is gone (the caller starts the worker cold)."""
+        python, option, module, *argv = command
+        if option != "-m":
+            raise ValueError(f"the warm server runs modules (python -m MODULE ...), not {list(command)}")
+        request = json.dumps({"index": index, "module": module, "argv": argv, "env": env, "log": str(log)})
+        try:
+            self.process.stdin.write(request.encode() + b"\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            return False
+        return True
+
+    def worker_pid(self, index: int) -> int | None:
+        """The worker's pid, waiting for the server to fork it; None if the server ended first."""
+        with self._changed:
+            self._changed.wait_for(lambda: index in self._pids or not self._reader.is_alive())
+            return self._pids.get(index)
+
+    def exit_code(self, index: int) -> int | None:
+        """None while worker `index` runs (or waits to be forked); then its exit code. A worker
+        whose server died first is taken as failed (1): the server's death ended it too."""
+        with self._changed:
+            pid = self._pids.get(index)
+            if pid is not None and pid in self._exits:
+                return self._exits[pid]
+            return None if self._reader.is_alive() else 1
+
+    def wait_exit(self, index: int, timeout: float) -> int | None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.exit_code(index) is not None, timeout)
+            return self.exit_code(index)
+
+    def close(self) -> None:
+        """No more workers: the server ends once those it forked have ended."""
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def kill(self) -> None:
+        """End the server before it forked anything (a sweep that stops before it begins)."""
+        self.process.kill()
+        self.process.wait()
+        self.close()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            word, *numbers = line.split()
+            with self._changed:
+                if word == b"started":
+                    index, pid = map(int, numbers)
+                    self._pids[index] = pid
+                elif word == b"exit":
+                    pid, code = map(int, numbers)
+                    self._exits[pid] = code
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+def serve(requests: IO[bytes], answers: IO[bytes], sweep: int, preload: Sequence[str]) -> Callable[[], int] | None:
+    """The server's loop. Returns None in the server once its input has ended and its workers
+    with it; in a forked worker it returns that worker's job, for the caller to run and exit
+    with (the interpreter then ends as a started process does: threads joined, atexit run)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the sweep and its workers
+    end_with_parent(sweep)
+    for name in preload:
+        _load(name)
+    running: set[int] = set()
+    pending = b""  # read, not yet a whole line
+    while True:
+        ready, _, _ = select.select([requests], [], [], REAP_SECONDS)
+        if ready:
+            chunk = os.read(requests.fileno(), 1 << 16)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                job = _fork(json.loads(line), answers, running)
+                if job is not None:
+                    return job
+        _reap(answers, running, block=False)
+    _reap(answers, running, block=True)
+    return None
+
+
+def _load(name: str) -> None:
+    """Import a module (or the module an attribute is in); a failure is the worker's to report."""
+    for candidate in (name, name.rpartition(".")[0]):
+        try:
+            importlib.import_module(candidate)
+            return
+        except Exception:  # noqa: BLE001, S112 - the worker imports it again and says what failed
+            continue
+
+
+def _fork(request: dict, answers: IO[bytes], running: set[int]) -> Callable[[], int] | None:
+    pid = os.fork()
+    if pid == 0:
+        return lambda: _worker(request)
+    running.add(pid)
+    answers.write(f"started {request['index']} {pid}\n".encode())
+    answers.flush()
+    return None
+
+
+def _reap(answers: IO[bytes], running: set[int], block: bool) -> None:
+    while running:
+        pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return
+        running.discard(pid)
+        answers.write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+        answers.flush()
+
+
+def _worker(request: dict) -> int:
+    """In the forked worker: become `python -m MODULE ARGV` with the request's environment and log."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    nothing = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(nothing, 0)
+    os.close(nothing)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    torch = sys.modules.get("torch")
+    threads = request["env"].get("OMP_NUM_THREADS")
+    if torch is not None and threads:  # read by torch at its import, which happened in the server
+        torch.set_num_threads(int(threads))
+    # What `python -m MODULE ARGS` does, in this process: the module runs as __main__ and ends
+    # with SystemExit, as the command would.
+    sys.argv = [request["module"], *request["argv"]]
+    runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    parent, modules = json.loads(sys.argv[1])
+    job = serve(sys.stdin.buffer, sys.stdout.buffer, parent, modules)
+    sys.exit(job() if job is not None else 0)

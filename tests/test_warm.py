@@ -1,0 +1,49 @@
+"""The warm server (sweeper.sweep.warm): workers forked from a process that imported their
+modules once, each with its own environment, working directory and log, their exit codes
+reported, and the server ending once its input has closed and its workers have ended.
+
+The sweeps of the other files run their local workers through it (launcher.warm is on by
+default): test_faults.py kills them mid-trial (SIGKILL), interrupts them, and kills the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+from conftest import wait_until
+
+from sweeper.sweep.warm import WarmServer
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the warm server forks")
+
+
+@pytest.fixture
+def server():
+    started = WarmServer(["sweeper.commands.schedule"])
+    yield started
+    started.kill()
+
+
+def test_forked_workers_run_their_commands_into_their_own_logs(server, tmp_path):
+    """(A sweep's worker finds its sweep's command line in the environment it is given here: every
+    sweep of the suite runs through this.)"""
+    env = dict(os.environ)
+    assert server.start(
+        0,
+        [sys.executable, "-m", "sweeper.cli", "schedule", "--lr", "slice(1e-5,1e-3)", "--groups", "3", "--steps", "4", "--json"],
+        env,
+        tmp_path / "ok.log",
+    )
+    assert server.start(1, [sys.executable, "-m", "sweeper.cli", "schedule", "--lr", "abc"], env, tmp_path / "bad.log")
+    assert server.wait_exit(0, 300) == 0 and server.wait_exit(1, 300) == 2
+    printed = json.loads((tmp_path / "ok.log").read_text())
+    assert len(printed["peaks"]) == 3 and printed["steps"] == 4
+    bad = (tmp_path / "bad.log").read_text().splitlines()
+    assert len(bad) == 1 and bad[0].startswith("sweeper schedule: error: ") and "abc" in bad[0]
+    assert server.worker_pid(0) != server.pid and server.worker_pid(0) != os.getpid()
+    server.close()  # no more workers: the server ends on its own
+    wait_until(lambda: not server.alive(), "the server to end once its input closed")
+    assert server.process.returncode == 0
