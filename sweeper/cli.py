@@ -30,6 +30,7 @@ COMMANDS = {
     "sweep": "Run (or resume) a sweep: Optuna over slices and cycle shapes, on every device.",
     "worker": "Join an existing sweep from this machine or shell.",
     "report": "Write the comparison of slice strategies and shapes for a sweep.",
+    "verdict": "One answer: which strategy (or shape) wins at its tuned settings and at the same head lr, and is it real.",
     "confirm": "Rerun the best config of each strategy with several seeds.",
     "rerun": "Rerun one trial exactly from its MLflow run (or output directory).",
     "export": "Write the kept weights of a sweep's best trial (or of an MLflow run) to a file.",

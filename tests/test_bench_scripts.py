@@ -93,6 +93,15 @@ def test_pruning_benchmark_writes_its_plot(tmp_path):
 
 
 @pytest.mark.slow
+def test_anchored_benchmark_counts_trials_to_the_target_with_lr_finds_cost(tmp_path):
+    run_script("anchored", tmp_path)
+    rows = check_table(tmp_path, "anchored", {"arm", "seed", "trials_to_target", "cost_in_trials"}, {"trials_to_target", "cost_in_trials"})
+    assert {row["arm"] for row in rows} == {"fixed", "anchored"}
+    check_table(tmp_path, "anchored_trials", {"arm", "trial", "strategy", "accuracy"}, {"trial"})
+    check_markdown(tmp_path, "anchored", "anchored", {"arm", "median trials_to_target"})
+
+
+@pytest.mark.slow
 def test_scaling_benchmark_needs_no_mlflow_under_no_tracking(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.mkdir()

@@ -81,6 +81,14 @@ def test_the_mlflow_ui_shows_the_sweep_and_its_trial_runs(tracked_config, mlflow
     assert SCREENSHOT.stat().st_size > 10_000  # a real page, not a blank one
 
 
+def sweeper_env() -> dict[str, str]:
+    """The environment of a `sweeper` command here: the stand-in trainer importable, no servers named."""
+    env = {**os.environ, "PYTHONPATH": with_tests_on_path()}
+    for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
+        env.pop(variable, None)
+    return env
+
+
 UI_SCREENSHOT = Path(__file__).resolve().parents[1] / "results" / "ui" / "sweep-by-strategy.png"
 
 
@@ -88,9 +96,7 @@ def test_sweeper_ui_opens_the_trials_grouped_by_strategy_as_charts(tmp_path, mon
     """`sweeper ui NAME` over a real sweep's embedded store: the link it prints opens, in
     Chromium, the sweep's trials grouped by strategy in the chart view, with a validation curve."""
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    env = {**os.environ, "PYTHONPATH": with_tests_on_path()}
-    for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
-        env.pop(variable, None)
+    env = sweeper_env()
     sweep = [
         sys.executable, "-m", "sweeper.cli", "sweep", "search=slices", "sweep.trainer=conftest.StandInTrainer",
         "sweep.n_trials=6", "train.epochs=3", "sweep.live=false", "sweep.workers=2", "sweep.cpu_threads=1",
@@ -127,3 +133,45 @@ def test_sweeper_ui_opens_the_trials_grouped_by_strategy_as_charts(tmp_path, mon
         ui.wait(30)
     assert UI_SCREENSHOT.stat().st_size > 10_000
     assert ui.returncode == 130  # stopped by Ctrl-C, as a shell reports it
+
+
+def test_a_shapes_sweep_minimizing_loss_is_grouped_by_shape_without_its_pruned_trials(tmp_path):
+    """After a shapes comparison that minimizes the loss, with pruning: `sweeper ui` groups the
+    trials by shape, and pruned trials (their partial scores) are in no group."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    env = sweeper_env()
+    sweep = [
+        sys.executable, "-m", "sweeper.cli", "sweep", "search=shapes", "sweep.trainer=conftest.StandInTrainer",
+        "search.shape={constant: {}, triangular: {warmup_pct: 'interval(0.1, 0.6)'}}",
+        "train.objective=loss", "train.direction=minimize", "sweep.n_trials=8", "train.epochs=3", "sweep.live=false",
+        "sweep.workers=1", "sampler.seed=0", "pruner=median", "pruner.n_startup_trials=1", "pruner.n_warmup_steps=0",
+        "sweep.name=ui-shapes",
+    ]  # fmt: skip
+    done = subprocess.run(sweep, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="ui-shapes", storage=f"sqlite:///{tmp_path}/results/studies.db")
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert 0 < complete < 8  # some were pruned, within their own shape's arm
+
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.cli", "ui", "ui-shapes", "--port", str(free_port())],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        link = ui.stdout.readline().split(": ", 1)[1].strip()
+        assert "grouped by shape" in ui.stdout.readline()
+        assert "the sweep's run" in ui.stdout.readline()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 950})
+                page.goto(link, wait_until="domcontentloaded")
+                for shape in ("constant", "triangular"):
+                    page.get_by_text(f"Group: {shape}", exact=True).first.wait_for(timeout=60_000)
+                page.get_by_text(f"{complete} matching runs").first.wait_for(timeout=30_000)  # no pruned run among them
+                page.screenshot(path=str(UI_SCREENSHOT.with_name("shapes-minimize-by-shape.png")))
+            finally:
+                browser.close()
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        ui.wait(30)

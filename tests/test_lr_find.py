@@ -52,6 +52,23 @@ def test_lr_rises_exponentially_for_every_group_and_everything_is_restored(trial
     assert set(result.suggestions) == {"valley", "minimum", "steep"}
 
 
+@pytest.mark.parametrize(
+    "lr, ratios",
+    [
+        (["lr=fastai"], [0.1, 0.1, 1.0]),  # slice(hi): hi/10 below the head
+        (["lr=geometric", "lr.high=1e-2", "lr.low=1e-4"], [0.01, 0.1, 1.0]),  # geometric from low to high
+        (["lr=single"], [1.0, 1.0, 1.0]),
+    ],
+)
+def test_follow_slice_ramps_every_group_in_the_slices_proportions(trial_config, prepared, lr, ratios):
+    lrs_used = []
+    with before_each_optimizer_step(lambda opt: lrs_used.append([g["lr"] for g in opt.param_groups])):
+        result = lr_find(trial_config(*lr, "train.batch_size=32"), start_lr=1e-6, end_lr=1e-2, num_it=8, follow_slice=True)
+    owners = prepared["trial"].owners  # the layer group of each param group (the mlp has three)
+    for head_lr, used in zip(result.lrs, lrs_used, strict=True):
+        assert used == pytest.approx([head_lr * ratios[owner] for owner in owners], rel=1e-12)
+
+
 def test_a_fine_tune_config_is_tested_frozen_and_unfrozen_after(trial_config, prepared):
     moved = []
     with before_each_optimizer_step(lambda opt: moved.append([p.grad is not None for g in opt.param_groups for p in g["params"]])):

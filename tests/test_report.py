@@ -127,13 +127,16 @@ def test_write_report_writes_tables_plots_and_markdown(study, tmp_path):
     report = write_report(study, tmp_path / "demo")
     names = {p.name for p in report.files}
     assert {"trials.csv", "by_strategy.csv", "by_shape.csv", "report.md"} <= names
-    assert {"best_curves.png", "schedules.png", "importance.png", "parallel_coordinate.png"} <= names
+    assert {"best_curves.png", "schedules.png", "best_so_far.png", "parallel_coordinate.png"} <= names
     assert all(p.stat().st_size > 0 for p in report.files)
     assert len(pd.read_csv(tmp_path / "demo" / "trials.csv")) == len(TRIALS)
     markdown = (tmp_path / "demo" / "report.md").read_text()
     assert "### By slice strategy" in markdown and "| geometric | 2 | 2 | 0 | 0 | 0.9 | 0.8 | 2 |" in markdown
     assert "Best: trial 2 (accuracy 0.9, geometric, fastai_one_cycle)" in markdown
-    assert "![schedules](schedules.png)" in markdown and "sweeper confirm" in markdown
+    assert "![schedules](schedules.png)" in markdown and "sweeper verdict" in markdown
+    # too few complete trials for an importance that means something: left out, and why
+    assert "importance.png" not in names
+    assert f"- importance.png: left out: {sum(t.state == TrialState.COMPLETE for t in study.trials)} complete trials" in markdown
 
 
 def test_an_empty_sweep_still_gets_a_report(tmp_path):

@@ -168,7 +168,7 @@ def test_claim_lock_excludes_other_holders(tmp_path, storage):
 
 
 def test_new_study_queues_covering_trials_once_and_resumes(sweep_args):
-    plan = plan_sweep([*sweep_args, "sweep.n_trials=20"], validate=False)
+    plan = plan_sweep([*sweep_args, "sweep.n_trials=20", "sweep.compare=none"], validate=False)
     study = open_study(plan, create=True)
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == len(plan.space.cover())  # one per shape (the longer list)
@@ -179,8 +179,14 @@ def test_new_study_queues_covering_trials_once_and_resumes(sweep_args):
 
 
 def test_cover_is_cut_to_n_trials(sweep_args):
-    study = open_study(plan_sweep([*sweep_args, "sweep.n_trials=2"], validate=False), create=True)
+    study = open_study(plan_sweep([*sweep_args, "sweep.n_trials=2", "sweep.compare=none"], validate=False), create=True)
     assert len(study.trials) == 2
+
+
+def test_compare_mode_queues_no_cover_the_arms_cover_the_strategies(sweep_args):
+    study = open_study(plan_sweep(sweep_args, validate=False), create=True)  # the default: sweep.compare=auto
+    assert not study.trials
+    assert study.user_attrs["compare"] == {"param": "strategy", "arms": ["single", "fastai", "geometric"]}
 
 
 def test_resuming_with_other_objectives_is_refused(sweep_args):

@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from sweeper.analysis.confirm import TrainFn, compose_trial, summarize_seeds, verdict, write_seed_tables
+from sweeper.analysis.confirm import TrainFn, check_seeds, compose_trial, summarize_seeds, verdict, write_seed_tables
 from sweeper.analysis.report import objective_columns, trials_table
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.config import ConfigError
@@ -108,8 +108,7 @@ def ablate(
     """Train the sweep's best trial with every value of `factor` on the same `seeds` fresh seeds."""
     if factor not in FACTORS:
         raise ConfigError(f"--ablate: {factor!r} is not a factor; choose {' or '.join(FACTORS)}.")
-    if seeds < 2:
-        raise ConfigError(f"--seeds: {seeds} gives no spread; use at least 2 (5 or more tells noise better).")
+    check_seeds(seeds)
     (objective, direction), *_ = objective_columns(study)
     trials = trials_table(study)
     complete = trials[trials["state"] == "complete"] if len(trials) else trials

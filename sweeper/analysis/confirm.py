@@ -31,7 +31,7 @@ from sweeper.records.run_record import CONFIRM_KIND
 from sweeper.records.tracking import SweepTracking
 from sweeper.trial.events import Reporter, TrialResult
 
-__all__ = ["Confirmation", "compose_trial", "confirm_strategies", "summarize_seeds", "verdict", "write_seed_tables"]
+__all__ = ["Confirmation", "check_seeds", "compose_trial", "confirm_strategies", "summarize_seeds", "verdict", "write_seed_tables"]
 
 TrainFn = Callable[[DictConfig, Sequence[Reporter]], TrialResult]
 SIGNIFICANCE = 0.05  # below this p-value a lead is called real
@@ -44,6 +44,11 @@ class Confirmation:
     verdict: str
     markdown: str
     folder: Path
+
+
+def check_seeds(seeds: int) -> None:
+    if seeds < 2:
+        raise ConfigError(f"--seeds: {seeds} gives no spread; use at least 2 (5 or more tells noise better).")
 
 
 def compose_trial(overrides: Sequence[str], config_dirs: Sequence[str], allowed: Allowed) -> DictConfig:
@@ -64,8 +69,7 @@ def confirm_strategies(
     allowed: Allowed = Allowed(),
 ) -> Confirmation:
     """Train each strategy's best trial again with `seeds` fresh seeds; write and return the result."""
-    if seeds < 2:
-        raise ConfigError(f"--seeds: {seeds} gives no spread; use at least 2 (5 or more tells noise better).")
+    check_seeds(seeds)
     (objective, direction), *_ = objective_columns(study)
     best = best_by(trials_table(study), "strategy", objective, direction)
     if strategies:

@@ -46,6 +46,7 @@ from sweeper.config import ConfigError  # noqa: E402
 from sweeper.config.errors import error_line  # noqa: E402
 from sweeper.records.tracking import MlflowSources, SweepTracking, sweep_folder  # noqa: E402
 from sweeper.schedules.plots import log_y  # noqa: E402
+from sweeper.sweep.lr_anchor import ANCHOR_ATTR  # noqa: E402
 
 __all__ = [
     "Report",
@@ -57,12 +58,20 @@ __all__ = [
     "split_sweep_name",
     "summarize",
     "finish_sweep",
+    "read_verdict",
+    "save_figure",
     "trials_table",
     "write_report",
 ]
 
+VERDICT_FILE = "verdict.json"  # `sweeper verdict` writes its answer here; the report leads with it
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 TRIALS_SHOWN = 30  # rows of the trials table in report.md (trials.csv has them all)
+# Below this many complete trials a parameter importance (fANOVA's forest fitted on the trials)
+# ranks noise: on 6-9 trials it called the strategy unimportant where the ablation found it
+# mattered. So the plot is left out, and the report says why.
+MIN_IMPORTANCE_TRIALS = 20
+BOX_MIN_POINTS = 5  # fewer points per group: the points alone, no box of quartiles they cannot show
 
 
 @dataclass
@@ -238,7 +247,7 @@ def describe_trial(row: pd.Series, objective: str) -> str:
 # --- plots ------------------------------------------------------------------------------------
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def save_figure(figure: plt.Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -270,7 +279,7 @@ def plot_best_curves(
         axes[0][1].set(xlabel="training batch", ylabel="training loss", title="training loss per batch")
         log_y(axes[0][1])
         axes[0][1].legend(fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_distributions(trials: pd.DataFrame, objective: str, path: Path) -> Path | None:
@@ -283,12 +292,40 @@ def plot_distributions(trials: pd.DataFrame, objective: str, path: Path) -> Path
     for axis, by in zip(axes[0], ("strategy", "shape")):
         names = sorted(complete[by].unique())
         values = [complete[complete[by] == name][objective].to_list() for name in names]
-        axis.boxplot(values, showfliers=False)
+        if min(len(v) for v in values) >= BOX_MIN_POINTS:
+            axis.boxplot(values, showfliers=False)
         for position, group in enumerate(values, start=1):
             axis.plot([position] * len(group), group, "o", alpha=0.6, markersize=4)
         axis.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize="small")
         axis.set(title=f"{objective} of every complete trial, by {by}", ylabel=objective)
-    return _save(figure, path)
+    return save_figure(figure, path)
+
+
+def plot_best_so_far(trials: pd.DataFrame, by: str, objective: str, direction: str, path: Path) -> Path | None:
+    """Each arm's best objective so far against its own trials (complete ones, in trial order): an
+    arm whose curve still climbs at its end has not been tuned enough to compare yet."""
+    complete = trials[trials["state"] == "complete"].dropna(subset=[objective]).sort_values("trial") if len(trials) else trials
+    if not len(complete):
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, group in complete.groupby(by, sort=True):
+        so_far = group[objective].cummax() if direction == "maximize" else group[objective].cummin()
+        axis.plot(range(1, len(so_far) + 1), so_far.to_list(), marker="o", label=f"{name} ({len(so_far)} trials)")
+    axis.set(xlabel=f"complete trials of the {by}", ylabel=f"best {objective} so far", title=f"Best so far, per {by}")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.legend(fontsize="small")
+    return save_figure(figure, path)
+
+
+def read_verdict(folder: Path) -> str | None:
+    """The answer `sweeper verdict` wrote into the sweep's folder, if it was run."""
+    import json
+
+    try:
+        answer = json.loads((Path(folder) / VERDICT_FILE).read_text()).get("answer")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return answer if isinstance(answer, str) else None
 
 
 def _planned_schedule(overrides: Sequence[str], steps: int = 200, allowed: Allowed = Allowed()) -> list[list[float]]:
@@ -328,7 +365,7 @@ def plot_schedules(
         log_y(axis)
         axis.legend(fontsize="small")
     axes[0][0].set_ylabel("learning rate")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_optuna(study: optuna.Study, kind: str, objective: str, path: Path) -> Path:
@@ -349,8 +386,26 @@ def plot_optuna(study: optuna.Study, kind: str, objective: str, path: Path) -> P
         warnings.simplefilter("ignore", UserWarning)
         axis = plot(study, target_name=objective, **options)
         figure = axis.figure if hasattr(axis, "figure") else axis.flat[0].figure
+        for lines in figure.axes[0].collections if kind != "importance" else ():
+            lines.set_cmap("viridis")  # Optuna's Blues draws the losing trials white on white
         figure.set_size_inches(10, 5)
-        return _save(figure, path)
+        return save_figure(figure, path)
+
+
+class LeftOut(Exception):
+    """A plot the report leaves out on purpose; the message says why."""
+
+
+def _importance_ready(trials: pd.DataFrame) -> bool:
+    return len(trials) > 0 and int((trials["state"] == "complete").sum()) >= MIN_IMPORTANCE_TRIALS
+
+
+def _left_out(trials: pd.DataFrame) -> None:
+    complete = int((trials["state"] == "complete").sum()) if len(trials) else 0
+    raise LeftOut(
+        f"{complete} complete trials; an importance fitted on fewer than {MIN_IMPORTANCE_TRIALS} ranks noise "
+        f"(`sweeper verdict` answers whether the strategy matters)"
+    )
 
 
 def _shared_params(study: optuna.Study) -> list[str]:
@@ -380,16 +435,21 @@ def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources
 
     notes, plots = [], []
     best = best_by(trials, "strategy", objective, direction) if len(trials) else {}
+    compared = (study.user_attrs.get("compare") or {}).get("param")
     makers = {
+        "best_so_far.png": lambda p: plot_best_so_far(trials, compared or "strategy", objective, direction, p),
         "best_curves.png": lambda p: plot_best_curves(study, best, objective, curves, p) if best else None,
         "schedules.png": lambda p: plot_schedules(best, curves, p, allowed) if best else None,
         "distribution.png": lambda p: plot_distributions(trials, objective, p),
-        "importance.png": lambda p: plot_optuna(study, "importance", objective, p),
+        "importance.png": lambda p: plot_optuna(study, "importance", objective, p) if _importance_ready(trials) else _left_out(trials),
         "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),
     }
     for name, make in makers.items():
         try:
             made = make(folder / name)
+        except LeftOut as why:
+            notes.append(f"- {name}: left out: {why}")
+            continue
         except Exception as error:  # noqa: BLE001 - a plot that cannot be drawn yet is a note, not a failure
             plt.close("all")
             notes.append(f"- {name}: not drawn ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
@@ -399,7 +459,7 @@ def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources
         else:
             plots.append(made)
 
-    summary = _summary_markdown(study, trials, by_strategy, by_shape, objective, direction, others)
+    summary = _summary_markdown(study, trials, by_strategy, by_shape, objective, direction, others, read_verdict(folder))
     markdown = _report_markdown(study, summary, trials, plots, notes, objective, direction)
     files += [*plots, folder / "report.md"]
     files[-1].write_text(markdown)
@@ -414,9 +474,18 @@ def _summary_markdown(
     objective: str,
     direction: str,
     others: list[tuple[str, str]],
+    verdict: str | None = None,
 ) -> str:
     counts = trials["state"].value_counts().to_dict() if len(trials) else {}
-    lines = [
+    compared = study.user_attrs.get("compare") or {}
+    lines = [f"**Verdict** (`sweeper verdict`): {verdict}", ""] if verdict else []
+    if compared:
+        lines += [
+            f"Compare mode: each {compared.get('param')} ({', '.join(compared.get('arms') or [])}) was tuned by its own "
+            f"sampler on an equal share of the trials; `best_so_far.png` shows whether each arm's tuning levelled off.",
+            "",
+        ]
+    lines += [
         f"**{len(trials)} trials**: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
         f"{counts.get('failed', 0)} failed. Objective: {objective} ({direction}); best and median over complete trials.",
         "",
@@ -427,11 +496,45 @@ def _summary_markdown(
     if len(complete):
         best = complete.sort_values(objective, ascending=direction != "maximize").iloc[0]
         lines += [f"Best: {describe_trial(best, objective)}", ""]
+    lines += _anchor_markdown(study, trials)
     if len(by_strategy):
         lines += ["### By slice strategy (lr across layer groups)", "", markdown_table(by_strategy), ""]
     if len(by_shape):
         lines += ["### By cycle shape (lr over time)", "", markdown_table(by_shape), ""]
     return "\n".join(lines)
+
+
+def _anchor_markdown(study: optuna.Study, trials: pd.DataFrame) -> list[str]:
+    """The head-lr ranges lr_find set (search.lr.high=auto), and what lr_find cost next to the trials."""
+    record = study.user_attrs.get(ANCHOR_ATTR)
+    if record is None:
+        return []
+    try:
+        return _anchor_lines(record, trials)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):  # a record is untrusted input
+        return ["lr_find's record in the study cannot be read (damaged, or not sweeper's); its ranges are left out.", ""]
+
+
+def _anchor_lines(record: Mapping, trials: pd.DataFrame) -> list[str]:
+    rows = []
+    for strategy, found in record.get("strategies", {}).items():
+        span = found.get("range")
+        rows.append({
+            "strategy": strategy,
+            **{name: f"{lr:.3g}" for name, lr in found.get("suggestions", {}).items()},
+            "lr.high range": f"[{span[0]:.3g}, {span[1]:.3g})" if span else f"fallback: {found.get('reason', '')}",
+        })  # fmt: skip
+    trained = float(trials["seconds"].sum(skipna=True)) if len(trials) else 0.0
+    seconds = float(record.get("seconds", math.nan))
+    return [
+        "### Head lr ranges, anchored on lr_find (search.lr.high=auto)",
+        "",
+        f"lr_find ran once, before the first trial: {seconds:.1f} s, next to {trained:.1f} s of trials "
+        f"({len(trials)}, summed over workers); lr_find was {seconds / max(seconds + trained, 1e-9):.0%} of the compute.",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+        "",
+    ]
 
 
 def _report_markdown(
@@ -453,8 +556,7 @@ def _report_markdown(
         columns = [c for c in shown.columns if not c.startswith("param:") or c.startswith("param:lr.")]
         columns = [c for c in columns if c not in ("overrides", "reason")]
         lines += ["", f"## Trials (best {len(shown)} of {len(trials)}; all in trials.csv)", "", markdown_table(shown[columns])]
-    confirm = shlex.join(["sweeper", "confirm", "--seeds", "5", study.study_name])
-    ablate = shlex.join(["sweeper", "confirm", "--ablate", "slice", "--seeds", "5", study.study_name])
+    verdict = shlex.join(["sweeper", "verdict", "--seeds", "5", study.study_name])
     lines += [
         "",
         "## What these comparisons hold equal",
@@ -463,11 +565,9 @@ def _report_markdown(
         "  differ in more than the strategy (or shape): each also drew its own shape, lrs and settings. A gap",
         "  there is confounded: it may come from the other settings, not from the slice.",
         "- Each strategy's best was picked on one seed, and the best of many noisy draws is optimistic.",
-        f"  `{confirm}` trains each one's best config again with fresh seeds (confirm.md): whether the lead",
-        "  is larger than the noise, but the configs still differ in more than the slice.",
-        f"- `{ablate}` (or `--ablate shape`) trains the best trial with each strategy, holding the shape,",
-        "  its settings, the head lr and the seeds equal, paired by seed (ablation_slice.md): the",
-        "  comparison that isolates the slice.",
+        f"- `{verdict}` gives the one answer: each arm's best config trained again on the same fresh seeds",
+        "  (paired), and at each arm's best settings every other strategy swapped in, all else equal (the",
+        "  same head lr): effect sizes with 95% intervals, Holm-corrected, in words (verdict.md).",
         "",
     ]
     return "\n".join(lines)

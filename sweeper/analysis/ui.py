@@ -36,20 +36,22 @@ from sweeper.records.mlflow_store import mlflow_calls, mlflow_client
 from sweeper.records.run_record import TRIAL_KIND
 from sweeper.records.tracking import SweepTracking
 
-__all__ = ["MlflowUiServer", "share_view", "sweep_link", "sweep_view", "browsable_base"]
+__all__ = ["MlflowUiServer", "run_link", "share_view", "sweep_link", "sweep_view", "browsable_base"]
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 START_SECONDS = 90  # for a new server to answer (its first start creates nothing: the store exists)
 
 
-def sweep_view(sweep: str, objective: str) -> dict[str, Any]:
-    """The UI state that compares a sweep's slice strategies: its trials alone, grouped by the
-    `strategy` tag (each curve's mean and spread per group), best objective first."""
+def sweep_view(sweep: str, objective: str, direction: str = "maximize", compared: str = "strategy") -> dict[str, Any]:
+    """The UI state that compares a sweep's arms: its trials alone, grouped by the compared tag
+    (`strategy`, or `shape` after a shapes comparison; each curve's mean and spread per group),
+    best objective first in either direction. Pruned trials are left out: their partial scores
+    would pull a group's mean down (`tags.status = 'pruned'` shows them)."""
     return {
-        "searchFilter": f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{sweep}'",
+        "searchFilter": f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{sweep}' and tags.status != 'pruned'",
         "orderByKey": "metrics.`objective`",
-        "orderByAsc": objective == "loss",
-        "groupBy": "tag.average.strategy",  # mode.aggregate.key, as the UI writes it
+        "orderByAsc": direction == "minimize",
+        "groupBy": f"tag.average.{compared}",  # mode.aggregate.key, as the UI writes it
         "useGroupedValuesInCharts": True,
         "groupsExpanded": {},
         "runListHidden": False,
@@ -65,9 +67,9 @@ def sweep_view(sweep: str, objective: str) -> dict[str, Any]:
     }
 
 
-def share_view(tracking: SweepTracking, objective: str) -> str:
+def share_view(tracking: SweepTracking, objective: str, direction: str = "maximize", compared: str = "strategy") -> str:
     """Keep the sweep's view in its experiment (idempotent); return the key that opens it."""
-    state = json.dumps(sweep_view(tracking.sweep, objective), sort_keys=True)
+    state = json.dumps(sweep_view(tracking.sweep, objective, direction, compared), sort_keys=True)
     key = hashlib.sha256(state.encode()).hexdigest()[:20]
     with mlflow_calls(tracking.settings):
         mlflow_client(tracking.settings.uri).set_experiment_tag(tracking.experiment_id, SHARED_VIEW_TAG + key, state)
@@ -77,6 +79,11 @@ def share_view(tracking: SweepTracking, objective: str) -> str:
 def sweep_link(base_url: str, experiment_id: str, key: str) -> str:
     query = urlencode({"viewStateShareKey": key, "compareRunsMode": "CHART", "workflowType": "machine_learning"})
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def run_link(base_url: str, experiment_id: str, run_id: str) -> str:
+    """A run's page: for the sweep's own run, its description leads with the verdict."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def browsable_base(uri: str) -> str:

@@ -15,17 +15,23 @@ trial with each strategy (or shape), all else equal, paired by seed (sweeper.ana
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from sweeper.analysis.ablation import FACTORS, ablate
 from sweeper.analysis.confirm import confirm_strategies
 from sweeper.analysis.report import load_sweep_study, split_sweep_name
-from sweeper.boundary.recorded_config import allowed_code
+from sweeper.boundary.recorded_config import Allowed, allowed_code
 from sweeper.boundary.recorded_study import study_config_dirs, study_trainer
 from sweeper.config import compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
 from sweeper.sweep.study import load_trainer
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweeper.records.tracking import SweepTracking
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,15 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def recorded_sweep(args: argparse.Namespace) -> tuple[DictConfig, optuna.Study, SweepTracking, Allowed, Any]:
+    """(config, study, its MLflow records, the code allowed, its trainer) of the sweep named on the
+    command line. What the sweep's trials ran, not today's config: its trainer and its config
+    directories. A study may be shared: the code it names is checked as a rerun checks a recorded config."""
     name, overrides = split_sweep_name(args.overrides)
     cfg = compose_config(overrides, args.config_dir)
     study = load_sweep_study(cfg, name)
     tracking = open_sweep(cfg, study)
-    # What the sweep's trials ran, not today's config: its trainer and its config directories.
-    # A study may be shared: the code it names is checked as a rerun checks a recorded config.
     allowed = allowed_code(cfg, args.allow_module)
     trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": study_trainer(study.user_attrs, allowed)}}))
+    return cfg, study, tracking, allowed, trainer
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, study, tracking, allowed, trainer = recorded_sweep(args)
     if args.ablate:
         ablation = ablate(
             study,

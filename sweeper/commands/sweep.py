@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import shlex
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -32,6 +33,7 @@ from sweeper.records.mlflow_store import check_server
 from sweeper.records.tracking import prepare_sweep
 from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
 from sweeper.sweep.live import LiveView, WorkerNotes, read_progress, sampled
+from sweeper.sweep.lr_anchor import ANCHOR_ATTR, anchor_plan, record_in_parent_run
 from sweeper.sweep.study import (
     SweepPlan,
     check_definition,
@@ -58,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
     check_launcher(plan)
     if args.dry_run:
         validate_plan(plan)
+        with tempfile.TemporaryDirectory() as plots:  # a dry run writes nothing: lr_find's plots go
+            plan, _ = anchor_plan(plan, existing_study(plan), Path(plots))
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
-        print("\n".join(f"  {line}" for line in plan.space.describe()))
+        print("\n".join(f"  {line}" for line in [*plan.space.describe(), *([plan.arms.describe()] if plan.arms else [])]))
         return 0
     folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
     deadline = time.time() + plan.timeout if plan.timeout else None
@@ -68,12 +72,15 @@ def run(args: argparse.Namespace) -> int:
     made = [path for path in (folder, *folder.parents) if not path.exists()]
     held = launch_held_workers(plan, folder, deadline)
     try:
-        records, study = _begin(plan)
+        plan, records, study = _begin(plan, folder)
     except BaseException:
         _discard(held, made)
         raise
     before = count_trials(study)
     finished = before.finished
+    unequal = plan.arms.shares(plan.n_trials) if plan.arms else None
+    if unequal:
+        print(f"note: {unequal}", flush=True)
     interrupted = False
     if finished >= plan.n_trials:
         _discard(held, made)
@@ -96,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _begin(plan: SweepPlan) -> tuple[Any, optuna.Study]:
-    """Check the sweep (the slow checks), then make or resume its study and its MLflow run."""
+def _begin(plan: SweepPlan, folder: Path) -> tuple[SweepPlan, Any, optuna.Study]:
+    """Check the sweep (the slow checks), then make or resume its study and its MLflow run; the
+    plan comes back with the lr ranges lr_find set (search.lr.high=auto: found once, recorded)."""
     validate_plan(plan)
     check_server(plan.cfg)  # unreachable: said before anything is written here
     # Under the sweep's claim: two commands started at once make one study and one parent run.
@@ -106,12 +114,16 @@ def _begin(plan: SweepPlan) -> tuple[Any, optuna.Study]:
         existing = existing_study(plan)
         if existing is not None:
             check_definition(existing, plan)
+        plan, anchor = anchor_plan(plan, existing, folder)
         # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
         records = prepare_sweep(plan.cfg, plan.name, existing)
         study = open_study(plan, create=True)
+        if anchor is not None and ANCHOR_ATTR not in study.user_attrs:  # found now: kept before any worker joins
+            study.set_user_attr(ANCHOR_ATTR, anchor)
+            record_in_parent_run(records, anchor, folder)
     # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
     study.set_user_attr("tracking", records.location())
-    return records, study
+    return plan, records, study
 
 
 def _discard(held: list[LocalWorker], made: list[Path]) -> None:

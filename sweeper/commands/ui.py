@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from sweeper.analysis.report import load_sweep_study, objective_columns, split_sweep_name
-from sweeper.analysis.ui import MlflowUiServer, browsable_base, share_view, sweep_link
+from sweeper.analysis.ui import MlflowUiServer, browsable_base, run_link, share_view, sweep_link
 from sweeper.config import ConfigError, compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
 
@@ -39,17 +39,28 @@ def run(args: argparse.Namespace) -> int:
             f"tracking: sweep {study.study_name!r} ran with tracking off, so MLflow has no runs of it; "
             f"its report is in {sweep_folder(cfg, study.study_name)}/ (sweeper report {study.study_name})."
         )
-    (objective, _), *_ = objective_columns(study)
-    key = share_view(tracking, objective)
+    (objective, direction), *_ = objective_columns(study)
+    compared = (study.user_attrs.get("compare") or {}).get("param") or "strategy"
+    key = share_view(tracking, objective, direction, compared)
     if tracking.settings.is_server:
-        print(f"sweep {study.study_name} in MLflow: {sweep_link(browsable_base(tracking.settings.uri), tracking.experiment_id, key)}")
+        _links(study.study_name, browsable_base(tracking.settings.uri), tracking, key, compared)
         return 0
     log = sweep_folder(cfg, study.study_name) / "ui.log"
     with MlflowUiServer(tracking.settings.uri, args.port, log) as server:
-        print(f"sweep {study.study_name} in MLflow: {sweep_link(server.url, tracking.experiment_id, key)}", flush=True)
+        _links(study.study_name, server.url, tracking, key, compared)
         print("the MLflow UI runs on 127.0.0.1 until Ctrl-C", flush=True)
         try:
             server.wait()
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _links(name: str, base: str, tracking, key: str, compared: str) -> None:
+    print(f"sweep {name} in MLflow: {sweep_link(base, tracking.experiment_id, key)}", flush=True)
+    print(f"  (complete trials grouped by {compared}, best first; pruned trials are left out of the groups)", flush=True)
+    if tracking.parent_run_id:
+        print(
+            f"the sweep's run (its report, and the verdict once given): {run_link(base, tracking.experiment_id, tracking.parent_run_id)}",
+            flush=True,
+        )

@@ -287,6 +287,16 @@ class SweepTracking:
                 one_line(error),
             )
 
+    def attach_table(self, frame: Any, artifact_file: str) -> None:
+        """A table on the sweep's run (MLflow's JSON table artifact, shown in its UI's artifact view)."""
+        if self.settings is None or self.parent_run_id is None:
+            return
+        try:
+            with mlflow_calls(self.settings):
+                mlflow_client(self.settings.uri).log_table(self.parent_run_id, data=frame, artifact_file=artifact_file)
+        except Exception as error:  # noqa: BLE001 - the table is on disk too
+            logger.warning("sweeper: could not attach %s to MLflow run %s (%s).", artifact_file, self.parent_run_id, one_line(error))
+
 
 def sweep_metrics(report: Report) -> dict[str, float]:
     """The sweep's outcome as metrics of its run, so the runs table shows it: trial counts, the

@@ -53,6 +53,7 @@ from sweeper.config import ComposedConfigs, ConfigError, build_shape, hydra_over
 from sweeper.config.rules import is_number
 from sweeper.schedules.shapes import ShapeError
 from sweeper.schedules.slices import STRATEGIES, SliceError, parse_lr
+from sweeper.sweep.lr_anchor_rule import AnchorRule, rule_from
 
 __all__ = [
     "Dimension",
@@ -143,9 +144,30 @@ class SearchSpace:
     shape: Dimension | None = None  # None: keep the config's own shape
     shape_settings: Mapping[str, tuple[Dimension, ...]] = field(default_factory=dict)
     fixed_lr: str | None = None  # the config's slice, when nothing of it is sampled
+    anchor: AnchorRule | None = None  # search.lr.high=auto: lr_find sets each strategy's range
+    high_by_strategy: Mapping[str, Dimension] = field(default_factory=dict)  # those ranges, once set
+
+    def strategies(self) -> tuple[str, ...]:
+        """The slice strategies the sweep's trials may train with."""
+        return tuple(self.strategy.distribution.choices) if self.strategy else (self.base_strategy,)
+
+    def with_high_ranges(self, ranges: Mapping[str, tuple[float, float] | None]) -> SearchSpace:
+        """The space with each strategy's head lr drawn from its own range (`lr.high.<strategy>`,
+        log-uniform, the end exclusive as in interval(a, b)); None keeps the configured one."""
+        own = {}
+        for strategy in self.strategies():
+            found = ranges.get(strategy)
+            name, setting = f"lr.high.{strategy}", f"search.lr.high ({strategy})"
+            if found is None:
+                own[strategy] = replace(self.high, name=name, setting=setting)
+            else:
+                low, high = found
+                own[strategy] = Dimension(setting, name, "lr.high", _interval(setting, low, high, log=True), end=high)
+        return replace(self, high_by_strategy=own)
 
     def dimensions(self) -> list[Dimension]:
-        lr = [d for d in (self.strategy, self.high, self.low_ratio) if d is not None]
+        highs = list(self.high_by_strategy.values()) or [self.high]
+        lr = [d for d in (self.strategy, *highs, self.low_ratio) if d is not None]
         shapes = [self.shape] if self.shape else []
         settings = [d for dims in self.shape_settings.values() for d in dims]
         return [*self.params, *lr, *shapes, *settings]
@@ -170,9 +192,10 @@ class SearchSpace:
         if self.strategy is not None:
             strategy = self.strategy.suggest(trial)
             overrides.append(self.strategy.override(strategy))
-        if self.high is not None:
-            high = self.high.suggest(trial)
-            overrides.append(self.high.override(high))
+        high_dimension = self.high_by_strategy.get(strategy, self.high)
+        if high_dimension is not None:
+            high = high_dimension.suggest(trial)
+            overrides.append(high_dimension.override(high))
             # The ratio keeps low <= high by construction and is sampled only where it is used.
             if strategy == "geometric" and self.low_ratio is not None:
                 overrides.append(f"lr.low={_number_text(high * self.low_ratio.suggest(trial))}")
@@ -203,8 +226,7 @@ class SearchSpace:
 
     def edges(self) -> Iterator[tuple[str, list[str]]]:
         """(setting, overrides) at the edges of the space: what `validate_space` composes."""
-        strategies = self.strategy.distribution.choices if self.strategy else (self.base_strategy,)
-        for strategy in strategies:
+        for strategy in self.strategies():
             for end in (0, -1):
                 yield "search.lr", self._lr_overrides(_EdgeTrial(end, {"strategy": strategy}))
         for name in self.shape.distribution.choices if self.shape else ():
@@ -217,7 +239,12 @@ class SearchSpace:
     def describe(self) -> list[str]:
         """One line per dimension: its Optuna name and the values it takes (for logs and the study)."""
         fixed = [f"lr: fixed at {self.fixed_lr}; search.lr is not sampled"] if self.fixed_lr else []
-        return [*fixed, *(f"{d.name}: {d.describe()}" for d in self.dimensions())]
+        return [*fixed, *(f"{d.name}: {self._describe(d)}" for d in self.dimensions())]
+
+    def _describe(self, dimension: Dimension) -> str:
+        if dimension is self.high and self.anchor is not None:  # lr_find has not set the ranges yet
+            return f"auto (lr_find per strategy: {self.anchor.describe()}; fallback {dimension.describe()})"
+        return dimension.describe()
 
 
 class _EdgeTrial:
@@ -384,7 +411,7 @@ def _grammar_of(spec: Mapping) -> tuple[str, str]:
 # --- from config ------------------------------------------------------------------------------
 
 _SEARCH_KEYS = {"lr", "shape", "params"}
-_LR_KEYS = {"strategies", "high", "low_ratio"}
+_LR_KEYS = {"strategies", "high", "low_ratio", "anchor"}
 
 
 def split_overrides(overrides: Iterable[str]) -> tuple[list[str], dict[str, str]]:
@@ -432,12 +459,13 @@ def build_space(cfg: DictConfig, extra_params: Mapping[str, str] = ()) -> Search
     _check_keys("search.lr", lr, _LR_KEYS)
     base = parse_lr(OmegaConf.to_container(cfg.lr, resolve=True))
     strategy = _strategies(lr.get("strategies"))
+    anchor, lr = _anchor_request(lr)
     high = _lr_range(lr, "high", key="lr.high")
     low_ratio = _lr_range(lr, "low_ratio", key="lr.low")  # lr.low = lr.high * low_ratio
     _check_lr(strategy, base.strategy, high, low_ratio)
     shape, settings = _shapes(search.get("shape"))
     fixed_lr = None if strategy or high else base.describe()
-    space = SearchSpace(params, fixed, strategy, high, low_ratio, base.strategy, shape, settings, fixed_lr)
+    space = SearchSpace(params, fixed, strategy, high, low_ratio, base.strategy, shape, settings, fixed_lr, anchor)
     _check_unique(space)
     _check_types(space, cfg)
     if space.is_empty():
@@ -496,6 +524,25 @@ def _strategies(value: Any) -> Dimension | None:
         raise ConfigError(f"search.lr.strategies: {names!r} lists a strategy twice; list each once.")
     # Named "strategy" so Optuna's plots and optuna-dashboard show it as what it is.
     return Dimension("search.lr.strategies", "strategy", "lr", CategoricalDistribution(names), tuple(names))
+
+
+def _anchor_request(lr: Mapping) -> tuple[AnchorRule | None, Mapping]:
+    """search.lr.high=auto: the anchor rule, and search.lr with the fallback range as its high."""
+    if lr.get("low_ratio") == "auto":
+        raise ConfigError(
+            "search.lr.low_ratio: auto has no meaning: lr_find ramps the whole slice together, so it finds the "
+            "head lr for a given slice, not the slice's own shape; give a range, e.g. 'tag(log, interval(1e-3, 0.5))'."
+        )
+    if lr.get("high") != "auto":  # the anchor's settings wait unused
+        return None, lr
+    anchor = dict(lr.get("anchor") or {})
+    fallback = anchor.pop("fallback", None)
+    if fallback is None:
+        raise ConfigError(
+            "search.lr.anchor.fallback: search.lr.high=auto needs the range to fall back on where lr_find gives "
+            "nothing usable; set it, e.g. search.lr.anchor.fallback='tag(log, interval(3e-4, 3e-2))'."
+        )
+    return rule_from(anchor), {**lr, "high": fallback}
 
 
 def _lr_range(node: Mapping, field_name: str, key: str) -> Dimension | None:

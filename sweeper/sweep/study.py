@@ -40,6 +40,7 @@ from sweeper.config.errors import error_line
 from sweeper.config.rules import check_sweep_name, seconds, whole
 from sweeper.records.environment import git_state
 from sweeper.secrets import mask_text, mask_url
+from sweeper.sweep.arms import COMPARE_ATTR, ArmPruner, Arms, ArmSampler, arms_of
 from sweeper.sweep.identity import (
     CHANGES_ATTR,
     DEFINITION_ATTR,
@@ -399,8 +400,14 @@ def next_move(counts: Counts, n_trials: int, out_of_time: bool, failed_too_often
 # --- sampler, pruner, reporter ----------------------------------------------------------------
 
 
-def make_sampler(cfg: DictConfig, space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """The configured sampler; worker k draws with seed + k so parallel workers differ."""
+ARM_SEED_STRIDE = 1000  # arm a's sampler draws with seed + 1000 a (+ the worker's index)
+
+
+def make_sampler(cfg: DictConfig, space: SearchSpace, worker: int = 0, arms: Arms | None = None) -> optuna.samplers.BaseSampler:
+    """The configured sampler; worker k draws with seed + k so parallel workers differ. In compare
+    mode (`arms`) each arm gets its own, seeded apart (sweeper.sweep.arms)."""
+    if arms is not None:
+        return ArmSampler(arms, lambda index: make_sampler(cfg, space, worker + ARM_SEED_STRIDE * index))
     node = OmegaConf.to_container(cfg.sampler, resolve=True)
     if node.get("seed") is not None:
         node["seed"] = int(node["seed"]) + worker
@@ -410,8 +417,12 @@ def make_sampler(cfg: DictConfig, space: SearchSpace, worker: int = 0) -> optuna
     return sampler
 
 
-def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
-    return _instantiate("pruner", OmegaConf.to_container(cfg.pruner, resolve=True))
+def make_pruner(cfg: DictConfig, arms: Arms | None = None) -> optuna.pruners.BasePruner:
+    """The configured pruner; in compare mode it compares a trial with its own arm's alone."""
+    pruner = _instantiate("pruner", OmegaConf.to_container(cfg.pruner, resolve=True))
+    if arms is None or isinstance(pruner, optuna.pruners.NopPruner):
+        return pruner
+    return ArmPruner(pruner, arms.param)
 
 
 def _instantiate(group: str, node: dict) -> Any:
@@ -463,6 +474,7 @@ class SweepPlan:
     definition: dict[str, str]  # what the sweep is (sweeper.sweep.identity), compared on resume
     allow_changes: bool  # continue a sweep of this name under another definition
     fuse: int = 1  # trials a worker trains at once as one fused model (1: one at a time)
+    arms: Arms | None = None  # compare mode: the compared values, each its own sampler and share
 
 
 def plan_sweep(
@@ -501,10 +513,12 @@ def plan_sweep(
     whole("sweep.max_failures", max_failures, 1, null="for sweep.n_trials")
     fuse = cfg.sweep.get("fuse", 1)
     whole("sweep.fuse", fuse, 1, unit="a whole number of trials")
-    definition = definition_of(cfg, space.describe(), space.fixed, dict(zip(objectives.names, objectives.directions)))
+    arms = arms_of(cfg.sweep.get("compare", "none"), space, objectives.several, str(cfg.sampler.get("_target_", "")))
+    space_lines = [*space.describe(), *([arms.describe()] if arms else [])]
+    definition = definition_of(cfg, space_lines, space.fixed, dict(zip(objectives.names, objectives.directions)))
     plan = SweepPlan(
         cfg, command_line, tuple(base), config_dirs, space, objectives, storage, name, n_trials,
-        timeout, max_failures, definition, allow_changes, fuse,
+        timeout, max_failures, definition, allow_changes, fuse, arms,
     )  # fmt: skip
     if validate:
         quick_checks(plan)
@@ -515,8 +529,8 @@ def plan_sweep(
 def quick_checks(plan: SweepPlan) -> None:
     """The checks that take milliseconds (the sampler's and the pruner's settings): they come
     before anything slow, so a typo fails at once."""
-    make_sampler(plan.cfg, plan.space)
-    make_pruner(plan.cfg)
+    make_sampler(plan.cfg, plan.space, arms=plan.arms)
+    make_pruner(plan.cfg, plan.arms)
 
 
 def validate_plan(plan: SweepPlan) -> None:
@@ -559,7 +573,7 @@ def check_trial(trainer: Any, space: SearchSpace, base: Sequence[str], config_di
 def open_study(plan: SweepPlan, *, create: bool, worker: int = 0) -> optuna.Study:
     """The sweep's study: created (or resumed) by `sweeper sweep`, joined by workers."""
     storage = plan.storage.open()
-    sampler, pruner = make_sampler(plan.cfg, plan.space, worker), make_pruner(plan.cfg)
+    sampler, pruner = make_sampler(plan.cfg, plan.space, worker, plan.arms), make_pruner(plan.cfg, plan.arms)
     if not create:
         try:
             study = optuna.load_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner)
@@ -652,6 +666,8 @@ def _start(study: optuna.Study, plan: SweepPlan) -> None:
     study.set_user_attr("space", plan.space.describe())
     study.set_user_attr(DEFINITION_ATTR, plan.definition)
     study.set_user_attr("code_version", git_state().code_version)  # information: not part of the definition
-    if plan.cfg.sweep.cover:
+    if plan.arms is not None:  # the arms cover the compared values, an equal share each
+        study.set_user_attr(COMPARE_ATTR, plan.arms.record())
+    elif plan.cfg.sweep.cover:
         for params in plan.space.cover()[: plan.n_trials]:
             study.enqueue_trial(params, skip_if_exists=True)

@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 from sweeper.config import compose_config
 from sweeper.config.rules import warn_oversubscribed, whole
 from sweeper.secrets import mask_text
+from sweeper.sweep.lr_anchor import recorded_plan
 from sweeper.sweep.study import (
     PruningReporter,
     SweepPlan,
@@ -420,6 +421,7 @@ def run_worker(
     trainer = load_trainer(plan.cfg) if train is None or plan.fuse > 1 else None
     train = train or trainer.train
     study = open_study(plan, create=False, worker=index)
+    plan = recorded_plan(plan, study)  # search.lr.high=auto: the ranges the sweep recorded
     claim = plan.storage.claim(plan.name)
     poll = float(plan.cfg.sweep.poll)
     stop = stop or StopRequest()

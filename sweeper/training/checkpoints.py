@@ -20,9 +20,10 @@ train.deterministic=true the resumed trial's curves are bitwise those of an unin
 A checkpoint holds only tensors and plain containers: it is read with
 `torch.load(..., weights_only=True)`, which runs no code from the file.
 
-`TrainerHook` is the seam: a Reporter that the trainer also hands its prepared trial (model,
-optimizer, generator) and tells when an epoch's reports are done. `sweeper.training.saved_models` uses it
-to keep the final weights.
+`TrainerHook` (`sweeper.trial.events`) is the seam: a Reporter that the trainer also hands its
+prepared trial (model, optimizer, generator), asks to restore it, and tells when an epoch's reports
+are done; the loop (`sweeper.training.loop`) replays what a restored trial had reported.
+`sweeper.training.saved_models` uses the same seam to keep the final weights.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from sweeper.boundary.printed import printable
 from sweeper.boundary.recorded_weights import state_dict_problem
 from sweeper.config import ConfigError
 from sweeper.config.rules import is_number
-from sweeper.trial.events import EpochEvent, Reporter, StepEvent, TrainerHook, TrialResult
+from sweeper.trial.events import EpochEvent, StepEvent, TrainerHook, TrialResult
 
 if TYPE_CHECKING:
     from sweeper.training.trainer import Trial
@@ -61,7 +62,6 @@ __all__ = [
     "checkpoints_on",
     "for_sweep_trial",
     "load_checkpoint",
-    "resume",
     "save_atomically",
 ]
 
@@ -141,7 +141,7 @@ def trial_state(trial: Trial, result: TrialResult) -> dict[str, Any]:
     }
 
 
-def restore(trial: Trial, payload: dict[str, Any]) -> tuple[list[StepEvent], list[EpochEvent]]:
+def restore_state(trial: Trial, payload: dict[str, Any]) -> tuple[list[StepEvent], list[EpochEvent]]:
     """Put `payload`'s state into `trial`; return the steps and epochs it had reported."""
     import torch
 
@@ -209,7 +209,7 @@ class EpochCheckpoints(TrainerHook):
         except OSError as error:  # a full or read-only disk costs the resume, not the trial
             logger.warning("sweeper: could not write the checkpoint %s (%s); the trial goes on without it.", self.path, error)
 
-    def restore_latest(self, result: TrialResult) -> bool:
+    def restore(self, result: TrialResult) -> bool:
         """Restore the newest checkpoint of the trials this one repeats into the trial and
         `result`; False when there is none (the trial starts from its first step)."""
         for path in self.earlier:
@@ -236,9 +236,9 @@ class EpochCheckpoints(TrainerHook):
             return problem
         before = copy.deepcopy(trial_state(self.trial, result))
         try:
-            result.steps[:], result.epochs[:] = restore(self.trial, payload)
+            result.steps[:], result.epochs[:] = restore_state(self.trial, payload)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
-            restore(self.trial, before)  # what the damaged part left half-loaded
+            restore_state(self.trial, before)  # what the damaged part left half-loaded
             result.steps[:], result.epochs[:] = [], []
             return (
                 f"it does not fit this trial ({type(error).__name__}: {printable(str(error).splitlines()[0] if str(error) else '')[:200]})"
@@ -248,31 +248,6 @@ class EpochCheckpoints(TrainerHook):
     def on_end(self, result: TrialResult) -> None:
         for path in (self.path, *([self.resumed_from] if self.resumed_from else [])):
             path.unlink(missing_ok=True)
-
-
-def resume(hooks: Sequence[TrainerHook], result: TrialResult, reporters: Sequence[Reporter]) -> int:
-    """Restore the trial from a checkpoint, if one of `hooks` has one, and replay what it had
-    reported to `reporters`, epoch by epoch, as the trainer reported it: the steps, then the
-    epoch (a reporter may stop the trial there: `result` then says pruned). Returns the epochs
-    restored (0: none)."""
-    restored = next((h for h in hooks if isinstance(h, EpochCheckpoints) and h.restore_latest(result)), None)
-    if restored is None:
-        return 0
-    steps = iter(result.steps)
-    for index, epoch in enumerate(result.epochs):
-        for step in steps:
-            for reporter in reporters:
-                reporter.on_step(step)
-            if step.step == epoch.step - 1:
-                break
-        if any([reporter.on_epoch(epoch) for reporter in reporters]):
-            # as an uninterrupted run would have: stopped here, with nothing after this epoch
-            del result.epochs[index + 1 :], result.steps[epoch.step :]
-            result.status, result.reason = "pruned", f"stopped by a reporter after epoch {epoch.epoch}"
-            break
-    if result.epochs:
-        result.objective = result.epochs[-1].objective
-    return len(result.epochs)
 
 
 def for_sweep_trial(results_dir: str | Path, sweep: str, trial: Any, every: float = 0.0) -> EpochCheckpoints:

@@ -40,8 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,10 +50,10 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from sweeper.config import ConfigError
-from sweeper.training.saved_models import ModelKeeper
-from sweeper.training.trainer import VALID_BATCH, Trial, build_optimizer, no_decay_parameters, prepare
-from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
-from sweeper.trial.plan import Plan, plan_config
+from sweeper.training.loop import Member, run_loop
+from sweeper.training.trainer import VALID_BATCH, Trial, autocast, build_optimizer, no_decay_parameters, prepare
+from sweeper.trial.events import Reporter, StartEvent, TrialResult
+from sweeper.trial.plan import Phase, Plan, plan_config
 from sweeper.trial.spec import TRIAL_NODES
 
 __all__ = ["FusedOptimizer", "FusedRun", "PER_MEMBER", "prepare_many", "run_many", "train_many", "why_not_fused"]
@@ -211,34 +210,64 @@ class FusedOptimizer:
 
 
 @dataclass
-class Member:
-    """One trial of a fused run: its config and plan, its own optimizer settings, reporters and result."""
-
-    config: DictConfig
-    plan: Plan
-    weight_decay: list[float]  # of each optimizer param group, as torch.optim built them for it
-    own_momentum: float  # the configured momentum or beta1 (0: an SGD without momentum)
-    reporters: Sequence[Reporter]
-    result: TrialResult
-    started: float  # time.perf_counter() when preparing began
-    momenta: np.ndarray = field(init=False, repr=False)  # [step]: the momentum used at each step
-    active: bool = True
-
-    def __post_init__(self) -> None:
-        self.momenta = _momenta(self.plan, self.own_momentum)
-
-
-@dataclass
 class FusedRun:
-    """Prepared members and their stacked model, ready to `run_many`."""
+    """Prepared members and their stacked model, ready to `run_many`: the training loop's engine
+    (`sweeper.training.loop`) for a fused run."""
 
     lead: Trial  # the first member's trial: its data, device, task and model serve all
     members: list[Member]
+    momenta: list[np.ndarray]  # per member, [step]: the momentum (or beta1) its rows step with
     base: torch.nn.Module  # the architecture, on the meta device: functional_call's template
     params: dict[str, Tensor]  # [active member, ...], leaves that take gradients
     buffers: dict[str, Tensor]  # [active member, ...]: batch-norm statistics per member
     optimizer: FusedOptimizer
     rows: list[int]  # the member index of each row of the stack
+    plan: Plan = field(init=False)  # the phases, common to every member (one batch stream)
+    sync_every: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plan, self.sync_every = self.lead.plan, self.lead.sync_every
+        self.autocast = autocast(self.lead.device, self.lead.amp)
+        task = self.lead.task
+
+        def member_loss(params: dict, buffers: dict, x: Tensor, y: Tensor) -> Tensor:
+            return task.loss(functional_call(self.base, (params, buffers), (x,)), y)
+
+        self.losses_of = vmap(member_loss, in_dims=(0, 0, None, None))
+
+    def enter(self, phase: Phase) -> None:
+        for slot in self.optimizer.slots:
+            self.params[slot.name].requires_grad_(phase.trainable[slot.owner] or slot.trains_frozen)
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        self.base.train()
+        return self.lead.data.train_batches(self.lead.batch_size, self.lead.generator)
+
+    def step(self, step: int, x: Tensor, y: Tensor) -> Tensor:
+        lrs = np.stack([self.members[index].plan.lrs[step] for index in self.rows])
+        momenta = np.array([self.momenta[index][step] for index in self.rows])
+        with self.autocast:
+            losses = self.losses_of(self.params, self.buffers, x, y)
+        for param in self.params.values():
+            param.grad = None
+        losses.sum().backward()
+        self.optimizer.step(self.params, lrs, momenta)
+        return losses.detach()
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict[str, float]]:
+        lead = self.lead
+        self.base.eval()
+        forward = vmap(lambda params, buffers, x: functional_call(self.base, (params, buffers), (x,)), in_dims=(0, 0, None))
+        batch = max(1, VALID_BATCH // len(self.rows))  # the stack's activations stay as large as one model's
+        outputs, targets = [], []
+        for x, y in lead.data.valid_batches(batch):
+            with self.autocast:
+                outputs.append(forward(self.params, self.buffers, x).float())
+            targets.append(y)
+        self.base.train()
+        joined, target = torch.cat(outputs, dim=1), torch.cat(targets)
+        return [lead.task.evaluate(joined[row], target) for row in range(len(self.rows))]
 
     def drop_stopped(self) -> None:
         """Take the rows of members that stopped out of the stack (drop, not mask)."""
@@ -250,6 +279,20 @@ class FusedRun:
         self.buffers = {name: b[rows] for name, b in self.buffers.items()}
         self.optimizer.keep(rows)
         self.rows = [self.rows[row] for row in keep]
+
+    def finish(self, row: int) -> None:
+        """A finished member's hooks (the model keeper: tracking.save_model) see its own weights:
+        its row of the stack, loaded into the lead trial's model (which trains nothing itself)
+        just before the member's on_end, where they are saved."""
+        hooks = self.members[self.rows[row]].hooks
+        if not hooks:
+            return
+        with torch.no_grad():
+            state = {name: p[row].detach() for name, p in self.params.items()}
+            state.update({name: b[row] for name, b in self.buffers.items()})
+            self.lead.model.load_state_dict(state)
+        for hook in hooks:
+            hook.on_trial(self.lead)
 
 
 def prepare_many(cfgs: Sequence[DictConfig | Mapping], reporters: Sequence[Sequence[Reporter]] | None = None) -> FusedRun:
@@ -276,20 +319,39 @@ def prepare_many(cfgs: Sequence[DictConfig | Mapping], reporters: Sequence[Seque
     names = {id(p): name for name, p in lead.model.named_parameters()}
     slots = []
     for position, (owner, param_group) in enumerate(zip(lead.owners, lead.optimizer.param_groups)):
-        decay = np.array([m.weight_decay[position] for m in members], dtype=np.float64)
+        decay = np.array([weight_decay[position] for _, weight_decay, _ in members], dtype=np.float64)
         for param in param_group["params"]:
             slots.append(ParamSlot(names[id(param)], owner, decay.copy(), id(param) in lead.train_in_frozen))
     optimizer = FusedOptimizer(kind, slots, lead.optimizer.defaults)
     base = copy.deepcopy(lead.model).to("meta")
-    return FusedRun(lead, members, base, params, buffers, optimizer, list(range(len(members))))
+    return FusedRun(
+        lead,
+        [member for member, _, _ in members],
+        [momenta for _, _, momenta in members],
+        base,
+        params,
+        buffers,
+        optimizer,
+        list(range(len(members))),
+    )
 
 
 def _member(
     lead: Trial, cfg: DictConfig, plan: Plan, optimizer: torch.optim.Optimizer, reporters: Sequence[Reporter], started: float
-) -> Member:
+) -> tuple[Member, list[float], np.ndarray]:
+    """One member of a fused run; the weight decay of each of its optimizer param groups (as
+    torch.optim built them for it); the momentum it steps with at every step."""
     own = [g["betas"][0] if "betas" in g else g.get("momentum", 0.0) for g in optimizer.param_groups]
     result = TrialResult("finished", None, cfg.train.objective, device=str(lead.device))
-    return Member(cfg, plan, [g["weight_decay"] for g in optimizer.param_groups], own[0], reporters, result, started)
+    start = StartEvent(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        peaks=plan.peaks,
+        n_groups=len(plan.peaks),
+        total_steps=plan.total,
+        device=result.device,
+    )
+    member = Member(start, plan, reporters, result, started)
+    return member, [g["weight_decay"] for g in optimizer.param_groups], _momenta(plan, own[0])
 
 
 def _momenta(plan: Plan, own: float) -> np.ndarray:
@@ -312,169 +374,4 @@ def train_many(cfgs: Sequence[DictConfig | Mapping], reporters: Sequence[Sequenc
 
 def run_many(fused: FusedRun) -> list[TrialResult]:
     """Train a prepared fused run phase by phase; every member's result says how it ended."""
-    lead = fused.lead
-    data, device, task = lead.data, lead.device, lead.task
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if lead.amp else nullcontext()
-
-    def member_loss(params: dict, buffers: dict, x: Tensor, y: Tensor) -> Tensor:
-        return task.loss(functional_call(fused.base, (params, buffers), (x,)), y)
-
-    losses_of = vmap(member_loss, in_dims=(0, 0, None, None))
-    unread: list[tuple[Tensor, list[int], tuple]] = []  # (losses, their members, step fields)
-    step = epoch = 0
-    try:
-        for member in fused.members:
-            _start(member)
-        fused.drop_stopped()
-        for phase in lead.plan.phases:
-            for slot in fused.optimizer.slots:
-                fused.params[slot.name].requires_grad_(phase.trainable[slot.owner] or slot.trains_frozen)
-            for _ in range(phase.epochs):
-                fused.base.train()
-                epoch_start = step
-                for x, y in data.train_batches(lead.batch_size, lead.generator):
-                    if not fused.rows:
-                        break
-                    for index in fused.rows:
-                        result = fused.members[index].result
-                        if result.first_step_seconds is None:
-                            result.first_step_seconds = time.perf_counter() - fused.members[index].started
-                    members = [fused.members[i] for i in fused.rows]
-                    lrs = np.stack([m.plan.lrs[step] for m in members])
-                    momenta = np.array([m.momenta[step] for m in members])
-                    with autocast:
-                        losses = losses_of(fused.params, fused.buffers, x, y)
-                    for param in fused.params.values():
-                        param.grad = None
-                    losses.sum().backward()
-                    fused.optimizer.step(fused.params, lrs, momenta)
-                    unread.append((losses.detach(), list(fused.rows), (step, epoch, phase.name)))
-                    step += 1
-                    if len(unread) >= lead.sync_every:
-                        _report_steps(fused, unread)
-                _report_steps(fused, unread)
-                if not fused.rows:
-                    return [m.result for m in fused.members]
-
-                # --- evaluate every member on the validation set, then let each one's reporters decide ---
-                for index, metrics in zip(list(fused.rows), _evaluate(fused, autocast)):
-                    member = fused.members[index]
-                    losses_now = [s.loss for s in member.result.steps[epoch_start:]]
-                    objective = metrics[member.result.objective_name]
-                    event = EpochEvent(epoch, step, sum(losses_now) / len(losses_now), metrics["loss"], metrics, objective)
-                    member.result.epochs.append(event)
-                    member.result.objective = objective
-                    stops = _tell(member, lambda r, e=event: r.on_epoch(e))
-                    if stops:
-                        _stop(member, "pruned", f"stopped by a reporter after epoch {epoch}")
-                epoch += 1
-                fused.drop_stopped()
-        for row, index in enumerate(fused.rows):
-            _lend_weights(fused, row, fused.members[index])
-            _stop(fused.members[index], "finished", None)
-        return [m.result for m in fused.members]
-    except KeyboardInterrupt:
-        for member in fused.members:
-            if member.active:
-                _stop(member, "failed", "interrupted (KeyboardInterrupt)")
-        raise
-    except Exception as error:  # the shared step failed: every member still training fails, with its reason
-        for member in fused.members:
-            if member.active:
-                _stop(member, "failed", f"{type(error).__name__}: {error}")
-        return [m.result for m in fused.members]
-
-
-def _lend_weights(fused: FusedRun, row: int, member: Member) -> None:
-    """A finished member's model keepers (tracking.save_model) keep its own weights: its row of
-    the stack, loaded into the lead trial's model (which trains nothing itself) just before the
-    member's on_end, where they are saved."""
-    keepers = [r for r in member.reporters if isinstance(r, ModelKeeper)]
-    if not keepers:
-        return
-    with torch.no_grad():
-        state = {name: p[row].detach() for name, p in fused.params.items()}
-        state.update({name: b[row] for name, b in fused.buffers.items()})
-        fused.lead.model.load_state_dict(state)
-    for keeper in keepers:
-        keeper.on_trial(fused.lead)
-
-
-def _start(member: Member) -> None:
-    event = StartEvent(
-        config=OmegaConf.to_container(member.config, resolve=True),
-        peaks=member.plan.peaks,
-        n_groups=len(member.plan.peaks),
-        total_steps=member.plan.total,
-        device=member.result.device,
-    )
-    _tell(member, lambda r: r.on_start(event))
-
-
-def _tell(member: Member, call: Callable[[Reporter], object]) -> bool:
-    """Call every reporter of an active member; True if any asks to stop. A reporter that raises
-    fails its member alone (Ctrl-C still propagates)."""
-    if not member.active:
-        return False
-    try:
-        return any([call(reporter) for reporter in member.reporters])
-    except Exception as error:
-        _stop(member, "failed", f"{type(error).__name__}: {error}")
-        return False
-
-
-def _stop(member: Member, status: str, reason: str | None) -> None:
-    """End a member: its status, then its reporters' on_end (once); it leaves the stack at the
-    next drop."""
-    if not member.active:
-        return
-    member.active = False
-    result = member.result
-    result.status, result.reason = status, reason
-    result.seconds = time.perf_counter() - member.started
-    for reporter in member.reporters:
-        try:
-            reporter.on_end(result)
-        except Exception:  # noqa: BLE001 - the member has ended; a listener's failure cannot change that
-            pass
-
-
-def _report_steps(fused: FusedRun, unread: list[tuple[Tensor, list[int], tuple]]) -> None:
-    """Read the unread losses (one wait for the device) and report each member's steps in order;
-    a member whose loss is not finite diverged at that step, and leaves the stack."""
-    if not unread:
-        return
-    # the stack changes only here and after an epoch, when nothing is unread: one set of rows
-    values = torch.stack([losses for losses, _, _ in unread]).tolist()
-    for row_values, (_, rows, (step, epoch, phase)) in zip(values, unread):
-        for value, index in zip(row_values, rows):
-            member = fused.members[index]
-            if not member.active:
-                continue
-            if not math.isfinite(value):
-                member.result.diverged_step = step
-                _stop(member, "diverged", f"loss became {value} at step {step} (epoch {epoch})")
-                continue
-            lrs, momentum = member.plan.at(step)
-            event = StepEvent(step, epoch, phase, tuple(lrs), momentum, value)
-            member.result.steps.append(event)
-            _tell(member, lambda r, event=event: r.on_step(event))
-    unread.clear()
-    fused.drop_stopped()
-
-
-@torch.no_grad()
-def _evaluate(fused: FusedRun, autocast: object) -> list[dict[str, float]]:
-    """Every active member's metrics and loss over the whole validation set."""
-    lead = fused.lead
-    fused.base.eval()
-    forward = vmap(lambda params, buffers, x: functional_call(fused.base, (params, buffers), (x,)), in_dims=(0, 0, None))
-    batch = max(1, VALID_BATCH // len(fused.rows))  # the stack's activations stay as large as one model's
-    outputs, targets = [], []
-    for x, y in lead.data.valid_batches(batch):
-        with autocast:
-            outputs.append(forward(fused.params, fused.buffers, x).float())
-        targets.append(y)
-    fused.base.train()
-    joined, target = torch.cat(outputs, dim=1), torch.cat(targets)
-    return [lead.task.evaluate(joined[row], target) for row in range(len(fused.rows))]
+    return run_loop(fused)

@@ -9,6 +9,10 @@ and the suggestions are cut at its first NaN. Afterwards the model and the optim
 restored, so the test leaves no trace. With `train.freeze_epochs > 0` the test runs on what the
 first (frozen) phase trains, as fastai's does on a frozen learner.
 
+`follow_slice=True` applies the config's slice: every group moves with the head, at the ratio of
+its peak to the head's (fastai's `lr_find(start_lr=[...], end_lr=[...])` with lists in the
+slice's proportions); the recorded lr is the head's, as fastai records the last group's.
+
 Suggestions, as fastai computes them, on the points between the first `num_it // 10` and the
 last five, cut at the first NaN, in float32 (fastai makes tensors of the recorded lrs and
 losses; on flat or tied curves float32 changes which loss is lower):
@@ -45,7 +49,9 @@ class LrFindResult:
     suggestions: dict[str, float] = field(default_factory=dict)  # name -> suggested lr
 
 
-def lr_find(cfg: DictConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True) -> LrFindResult:
+def lr_find(
+    cfg: DictConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True, follow_slice: bool = False
+) -> LrFindResult:
     """Run the range test on the config's model, data and optimizer; see the module docstring."""
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"lr_find: start_lr={start_lr:g} and end_lr={end_lr:g} need 0 < start_lr < end_lr.")
@@ -55,11 +61,13 @@ def lr_find(cfg: DictConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_i
     saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     trial.set_trainable(trial.plan.phases[0].trainable)
     batches = _batches(trial, num_it)
+    # each param group's lr as a multiple of the head's: 1 for all, as fastai, unless the slice is followed
+    ratios = [trial.peaks[owner] / trial.peaks[-1] if follow_slice else 1.0 for owner in trial.owners]
 
     def train_batch(lr: float) -> torch.Tensor:
         x, y = next(batches)
-        for param_group in optimizer.param_groups:
-            param_group["lr"] = lr
+        for param_group, ratio in zip(optimizer.param_groups, ratios):
+            param_group["lr"] = lr * ratio
         loss = trial.task.loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

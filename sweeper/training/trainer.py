@@ -50,18 +50,20 @@ the optimizer step and keeping the loss. Losses are read from the device every
 `train.sync_every` steps (a read waits for the GPU to catch up); a non-finite loss is still
 reported at its exact step, and steps taken after it are discarded with the trial.
 
+The loop itself (the order of events: steps, reads of the losses, evaluation, reports, stops) is
+`sweeper.training.loop`'s, shared with fused trials; `OneTrial` is what one step does here.
 Nothing here knows of Optuna or MLflow: they listen through `sweeper.trial.events.Reporter`. A
-reporter that is a `sweeper.training.checkpoints.TrainerHook` also gets the prepared trial (the model, to
-keep its weights) and is told when an epoch's reports are done (to checkpoint it); a trial given
-a checkpoint to resume from replays its recorded steps and epochs, then trains the rest.
+reporter that is a `sweeper.trial.events.TrainerHook` also gets the prepared trial (the model, to
+keep its weights) and is told when an epoch's reports are done (to checkpoint it); a hook that
+restores the trial from a checkpoint has its recorded steps and epochs replayed, then the rest
+trains.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -71,16 +73,18 @@ from torch import nn
 from sweeper.config import ConfigError, build_shape, instantiate_node
 from sweeper.config.rules import whole
 from sweeper.schedules.slices import parse_lr
-from sweeper.training.checkpoints import resume
+from sweeper.training.loop import Member, run_loop
 from sweeper.training.seeding import seed_everything, use_deterministic_algorithms
-from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrainerHook, TrialResult
-from sweeper.trial.plan import Plan, plan_config
+from sweeper.trial.events import Reporter, StartEvent, TrialResult
+from sweeper.trial.plan import Phase, Plan, plan_config
 from sweeper.zoo.data import TrialData
 from sweeper.zoo.groups import LayerGroups, split_groups
 from sweeper.zoo.tasks import Task, build_task
 
 __all__ = [
+    "OneTrial",
     "Trial",
+    "autocast",
     "available_metrics",
     "build_optimizer",
     "evaluate",
@@ -283,81 +287,65 @@ def build_optimizer(
 
 def run(trial: Trial, reporters: Sequence[Reporter] = ()) -> TrialResult:
     """Train a prepared trial phase by phase; the result says how it ended (module docstring)."""
-    model, optimizer, data, device = trial.model, trial.optimizer, trial.data, trial.device
-    objective = trial.config.train.objective
-    result = TrialResult("finished", None, objective, device=str(device))
-    start = StartEvent(
-        config=OmegaConf.to_container(trial.config, resolve=True),
-        peaks=tuple(trial.peaks),
-        n_groups=len(trial.groups),
-        total_steps=trial.plan.total,
-        device=str(device),
-    )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if trial.amp else nullcontext()
-    unread: list[tuple[torch.Tensor, tuple]] = []  # (loss, step event fields) not reported yet
-    hooks = [reporter for reporter in reporters if isinstance(reporter, TrainerHook)]
-    step = epoch = passed = 0
-    try:
-        for reporter in reporters:
-            reporter.on_start(start)
-        for hook in hooks:
-            hook.on_trial(trial)
-        # a trial that repeats one whose worker died goes on from its last checkpoint
-        if resume(hooks, result, reporters) and result.status == "pruned":
-            return result
-        step, epoch = len(result.steps), len(result.epochs)
-        for phase in trial.plan.phases:
-            trial.set_trainable(phase.trainable)
-            trial.reset_momenta()
-            for _ in range(phase.epochs):
-                passed += 1
-                if passed <= epoch:
-                    continue  # trained before the checkpoint this trial resumed from
-                # --- train one epoch: the lrs and momentum set by hand before every batch ---
-                model.train()
-                epoch_start = step
-                for x, y in data.train_batches(trial.batch_size, trial.generator):
-                    if result.first_step_seconds is None:
-                        result.first_step_seconds = time.perf_counter() - trial.started
-                    lrs, momentum = trial.plan.at(step)
-                    set_hyperparameters(optimizer, trial.owners, lrs, momentum)
-                    with autocast:
-                        loss = trial.task.loss(model(x), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    unread.append((loss.detach(), (step, epoch, phase.name, tuple(lrs), momentum)))
-                    step += 1
-                    if len(unread) >= trial.sync_every and not _report_steps(unread, result, reporters):
-                        return result
-                if not _report_steps(unread, result, reporters):
-                    return result
+    return run_loop(OneTrial(trial, reporters))[0]
 
-                # --- evaluate on the validation set ---
-                metrics = evaluate(model, data, device, trial.amp, trial.task)
-                losses = [s.loss for s in result.steps[epoch_start:]]
-                event = EpochEvent(epoch, step, sum(losses) / len(losses), metrics["loss"], metrics, metrics[objective])
-                result.epochs.append(event)
-                result.objective = event.objective
-                epoch += 1
 
-                # --- report: every reporter hears of the epoch, then any of them may stop the trial ---
-                if any([reporter.on_epoch(event) for reporter in reporters]):
-                    result.status, result.reason = "pruned", f"stopped by a reporter after epoch {event.epoch}"
-                    return result
-                for hook in hooks:
-                    hook.after_epoch(result)  # an epoch checkpoint
-        return result
-    except KeyboardInterrupt:
-        result.status, result.reason = "failed", "interrupted (KeyboardInterrupt)"
-        raise
-    except Exception as error:  # a trial that raises fails alone, with its reason
-        result.status, result.reason = "failed", f"{type(error).__name__}: {error}"
-        return result
-    finally:
-        result.seconds = time.perf_counter() - trial.started
-        for reporter in reporters:
-            reporter.on_end(result)
+class OneTrial:
+    """The training loop's engine (`sweeper.training.loop`) for one trial: its model and its torch
+    optimizer, the lr of every layer group and the momentum set by hand before every batch."""
+
+    def __init__(self, trial: Trial, reporters: Sequence[Reporter]) -> None:
+        self.trial = trial
+        self.plan = trial.plan
+        self.sync_every = trial.sync_every
+        start = StartEvent(
+            config=OmegaConf.to_container(trial.config, resolve=True),
+            peaks=tuple(trial.peaks),
+            n_groups=len(trial.groups),
+            total_steps=trial.plan.total,
+            device=str(trial.device),
+        )
+        result = TrialResult("finished", None, trial.config.train.objective, device=str(trial.device))
+        self.members = [Member(start, trial.plan, reporters, result, trial.started, trial=trial)]
+        self.autocast = autocast(trial.device, trial.amp)
+
+    @property
+    def rows(self) -> list[int]:
+        return [0] if self.members[0].active else []
+
+    def enter(self, phase: Phase) -> None:
+        self.trial.set_trainable(phase.trainable)
+        self.trial.reset_momenta()
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.trial.model.train()
+        return self.trial.data.train_batches(self.trial.batch_size, self.trial.generator)
+
+    def step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        trial = self.trial
+        lrs, momentum = trial.plan.at(step)
+        set_hyperparameters(trial.optimizer, trial.owners, lrs, momentum)
+        with self.autocast:
+            loss = trial.task.loss(trial.model(x), y)
+        trial.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trial.optimizer.step()
+        return loss.detach()
+
+    def evaluate(self) -> list[dict[str, float]]:
+        trial = self.trial
+        return [evaluate(trial.model, trial.data, trial.device, trial.amp, trial.task)]
+
+    def drop_stopped(self) -> None:
+        pass  # one model: a trial that stopped has no rows left
+
+    def finish(self, row: int) -> None:
+        pass  # the hooks hold the trial already
+
+
+def autocast(device: torch.device, amp: bool) -> AbstractContextManager:
+    """bf16 autocast on `device` when the trial trains with amp, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
 
 
 def set_hyperparameters(optimizer: torch.optim.Optimizer, owners: Sequence[int], lrs: Sequence[float], momentum: float | None) -> None:
@@ -376,37 +364,14 @@ def _set_momentum(param_group: dict, momentum: float | None) -> None:
         param_group["momentum"] = momentum
 
 
-def _report_steps(unread: list[tuple[torch.Tensor, tuple]], result: TrialResult, reporters: Sequence[Reporter]) -> bool:
-    """Read the unread losses (one wait for the device) and report their steps in order.
-
-    False at the first loss that is not finite: the trial diverged at that step, and the steps
-    after it are dropped.
-    """
-    if not unread:
-        return True
-    losses = [unread[0][0].item()] if len(unread) == 1 else torch.stack([loss for loss, _ in unread]).tolist()
-    fields = [f for _, f in unread]
-    unread.clear()
-    for value, (step, epoch, *rest) in zip(losses, fields):
-        if not math.isfinite(value):
-            result.status, result.diverged_step = "diverged", step
-            result.reason = f"loss became {value} at step {step} (epoch {epoch})"
-            return False
-        event = StepEvent(step, epoch, *rest, value)
-        result.steps.append(event)
-        for reporter in reporters:
-            reporter.on_step(event)
-    return True
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TrialData, device: torch.device, amp: bool = False, task: Task | None = None) -> dict[str, float]:
     """The task's metrics and loss over the whole validation set (task None: classification)."""
     model.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    context = autocast(device, amp)
     outputs, targets = [], []
     for x, y in data.valid_batches(VALID_BATCH):
-        with autocast:
+        with context:
             outputs.append(model(x).float())
         targets.append(y)
     return (task or build_task(None)).evaluate(torch.cat(outputs), torch.cat(targets))

@@ -95,13 +95,21 @@ class Reporter:
 class TrainerHook(Reporter):
     """A Reporter that also sees the trial's state: the trainer calls `on_trial` with the prepared
     trial (the model, the optimizer, the data: whatever the trainer prepared) once every reporter
-    has heard `on_start`, and `after_epoch` once every reporter has heard of an epoch and none
-    asked to stop. Checkpoints and the model keeper are hooks; the loop knows no more of them."""
+    has heard `on_start`, then `restore` (the first hook that restores the trial from an earlier
+    attempt wins), and `after_epoch` once every reporter has heard of an epoch and none asked to
+    stop. A fused member's hooks get `on_trial` only as it finishes, with its own weights (see
+    `sweeper.training.loop`). Checkpoints and the model keeper are hooks; the loop knows no more
+    of them."""
 
     trial: Any = None
 
     def on_trial(self, trial: Any) -> None:
         self.trial = trial
+
+    def restore(self, result: TrialResult) -> bool:
+        """Put the trial back where an earlier attempt at it left off, and `result`'s steps and
+        epochs to those it had reported (the trainer replays them); False when there is none."""
+        return False
 
     def after_epoch(self, result: TrialResult) -> None:
         pass

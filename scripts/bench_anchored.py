@@ -1,0 +1,196 @@
+"""Anchored on lr_find: trials to come within 0.5 points of the best accuracy known, against the
+fixed default range.
+
+    .venv/bin/python scripts/bench_anchored.py                 # digits MLP, seeds 0-9, 12 trials a sweep
+
+Two arms, the same sweep otherwise (search=slices: the strategy, the head lr and geometric's
+low_ratio; the config's shape; TPE as configured, its seed the sweep seed; train.seed fixed, so
+the task and its best are the same for every sweep): `fixed` samples the head lr from the default
+`tag(log, interval(3e-4, 3e-2))`, `anchored` from each strategy's range set by lr_find
+(`search.lr.high=auto`). A sweep is one worker loop (`run_worker`, in-process, SQLite), so a seed
+gives the same sweep again; sweeps run side by side, one per core.
+
+lr_find depends on the model, data and train.seed, not on the sweep's seed: it runs once (in its
+own process, as a sweep runs it) and every anchored sweep is charged its seconds, as trials
+(`lr_find_trials`: its seconds / the median seconds of a trial).
+
+"Best known": the best validation accuracy any trial of any sweep of this run reached. A sweep's
+`trials_to_target` is the first trial (1-based) whose best-so-far is within `--margin` of it;
+one that never gets there counts as `trials + 1` (marked in `reached`).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+
+import benchlib
+
+ARMS = ("fixed", "anchored")
+
+
+def base_overrides(args, folder: str) -> list[str]:
+    return [
+        "search=slices",
+        f"train.epochs={args.epochs}",
+        "train.seed=0",
+        "train.threads=1",
+        "train.device=cpu",
+        "tracking=none",
+        f"sweep.n_trials={args.trials}",
+        f"results_dir={folder}",
+        *args.overrides,
+    ]
+
+
+def find_anchor(overrides: list[str], folder: str) -> dict:
+    """lr_find's record, as `sweeper sweep` makes it (its own process, every strategy)."""
+    from sweeper.sweep.lr_anchor import anchor_plan
+    from sweeper.sweep.study import plan_sweep
+
+    plan = plan_sweep([*overrides, "search.lr.high=auto", "sweep.name=anchor"], validate=False)
+    _, record = anchor_plan(plan, None, Path(folder))
+    return record
+
+
+def run_arm(job: tuple[str, int, list[str], dict, str]) -> list[dict]:
+    """One sweep; its trials in order, with their accuracy and seconds."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweeper.sweep.lr_anchor import ANCHOR_ATTR, recorded_plan
+    from sweeper.sweep.study import open_study, plan_sweep
+    from sweeper.sweep.workers import run_worker
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    arm, seed, overrides, record, folder = job
+    auto = ["search.lr.high=auto"] if arm == "anchored" else []
+    plan = plan_sweep([*overrides, *auto, f"sampler.seed={seed}", f"results_dir={folder}/{arm}-{seed}", "sweep.name=bench"])
+    if arm == "anchored":
+        study = optuna.create_study(study_name="bench", storage=plan.storage.open(), directions=["maximize"])
+        study.set_user_attr(ANCHOR_ATTR, record)  # as `sweeper sweep` records it: workers read it
+        open_study(recorded_plan(plan, study), create=True)
+    else:
+        open_study(plan, create=True)
+    run_worker(plan)
+    study = optuna.load_study(study_name="bench", storage=plan.storage.open())
+    rows = []
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        accuracy = trial.value if trial.state == TrialState.COMPLETE else 0.0  # a failed or diverged trial found nothing
+        params = trial.params
+        rows.append(
+            {
+                "arm": arm,
+                "seed": seed,
+                "trial": trial.number + 1,
+                "strategy": params.get("strategy", ""),
+                "lr_high": _value(trial.user_attrs.get("overrides", []), "lr.high"),
+                "accuracy": accuracy,
+                "seconds": trial.duration.total_seconds() if trial.duration else math.nan,
+            }
+        )
+    return rows
+
+
+def _value(overrides: list[str], key: str) -> float:
+    return float(next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")), "nan"))
+
+
+def summarise(trials: list[dict], best_known: float, margin: float, n_trials: int, lr_find_trials: float) -> list[dict]:
+    rows = []
+    for arm in ARMS:
+        for seed in sorted({t["seed"] for t in trials}):
+            own = [t for t in trials if t["arm"] == arm and t["seed"] == seed]
+            best_so_far, reached_at = 0.0, None
+            for t in own:
+                best_so_far = max(best_so_far, t["accuracy"])
+                if reached_at is None and best_so_far >= best_known - margin:
+                    reached_at = t["trial"]
+            cost = (reached_at if reached_at else n_trials + 1) + (lr_find_trials if arm == "anchored" else 0.0)
+            rows.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "best": best_so_far,
+                    "reached": reached_at is not None,
+                    "trials_to_target": reached_at if reached_at else n_trials + 1,
+                    "cost_in_trials": cost,
+                }
+            )
+    return rows
+
+
+def arm_table(rows: list[dict]) -> str:
+    table = []
+    for arm in ARMS:
+        found = [row for row in rows if row["arm"] == arm]
+        steps = [row["trials_to_target"] for row in found]
+        costs = [row["cost_in_trials"] for row in found]
+        table.append(
+            {
+                "arm": arm,
+                "sweeps": len(found),
+                "reached": sum(row["reached"] for row in found),
+                "median trials_to_target": benchlib.median(steps),
+                "q25": benchlib.percentile(steps, 25),
+                "q75": benchlib.percentile(steps, 75),
+                "min": min(steps),
+                "max": max(steps),
+                "median cost_in_trials (lr_find included)": benchlib.median(costs),
+                "median best": benchlib.median(row["best"] for row in found),
+            }
+        )
+    return "Over the sweep seeds:\n\n" + benchlib.markdown_table(table)
+
+
+def main() -> None:
+    parser = benchlib.parser(__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--trials", type=int, default=12, help="trials per sweep, the same for both arms")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--margin", type=float, default=0.005, help="within this of the best known (0.005: half a point)")
+    parser.add_argument("overrides", nargs="*", help="more overrides for every sweep (model=..., data=...)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.trials, args.epochs = [0], 4, 1
+        args.overrides = [*args.overrides, "search.lr.anchor.num_it=30"]
+    from sweeper.sweep.workers import usable_cores
+
+    with tempfile.TemporaryDirectory() as folder:
+        overrides = base_overrides(args, folder)
+        started = time.perf_counter()
+        record = find_anchor(overrides, folder)
+        lr_find_seconds = time.perf_counter() - started
+        jobs = [(arm, seed, overrides, record, folder) for seed in args.seeds for arm in ARMS]
+        with multiprocessing.get_context("spawn").Pool(min(len(jobs), usable_cores())) as pool:
+            trials = [row for rows in pool.map(run_arm, jobs, chunksize=1) for row in rows]
+    trial_seconds = benchlib.median(t["seconds"] for t in trials if not math.isnan(t["seconds"]))
+    best_known = max(t["accuracy"] for t in trials)
+    rows = summarise(trials, best_known, args.margin, args.trials, record["seconds"] / trial_seconds)
+    benchlib.write_csv(args.out_dir / "anchored_trials.csv", trials)
+    ranges = "; ".join(
+        f"{s}: [{f['range'][0]:.3g}, {f['range'][1]:.3g})" if f["range"] else f"{s}: fallback ({f['reason']})"
+        for s, f in record["strategies"].items()
+    )
+    benchlib.publish(
+        args.out_dir,
+        "anchored",
+        "Anchored on lr_find: trials to reach the best, against the fixed range",
+        rows,
+        notes=[
+            f"{args.trials} trials a sweep, {args.epochs} epochs a trial, sweep seeds {', '.join(map(str, args.seeds))}; "
+            f"overrides: `{' '.join(overrides[:1] + overrides[2:5] + list(args.overrides))}`.",
+            f"Best known accuracy (the best of every trial here): {best_known:.4f}; target: within {args.margin} of it.",
+            f"lr_find: {record['seconds']:.1f} s for every strategy ({lr_find_seconds:.1f} s with the plan), a median trial "
+            f"{trial_seconds:.1f} s: lr_find costs {record['seconds'] / trial_seconds:.1f} trials, added to every anchored "
+            f"sweep's `cost_in_trials`. Ranges: {ranges}.",
+        ],
+        sections=[arm_table(rows)],
+    )
+
+
+if __name__ == "__main__":
+    main()
