@@ -162,7 +162,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_ignored_and_the_trial_start
     lines = []
     hook = EpochCheckpoints(tmp_path / "trial-1.pt", earlier=[kept], announce=lines.append)
     result, weights = trained(cfg, [hook])
-    assert hook.resumed_from is None and result.status == "finished"
+    assert hook.resumed_from is None and result.status == "finished", result.reason
     assert len(lines) == 1 and str(kept) in lines[0] and said in lines[0] and "starts afresh" in lines[0], lines
     reference, reference_weights = trained(cfg, [])
     assert result_curves(result) == result_curves(reference)  # afresh: nothing of the checkpoint was kept

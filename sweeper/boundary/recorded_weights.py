@@ -11,11 +11,12 @@ keys, each a tensor of the model's shape and dtype; anything else is a reason, i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sweeper.boundary.printed import printable
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["state_dict_problem"]
 
@@ -25,6 +26,8 @@ SHOWN_KEYS = 3  # of the keys that differ, how many a reason names
 def state_dict_problem(state: Any, expected: Mapping[str, torch.Tensor]) -> str | None:
     """Why `state` (a recorded state dict) cannot be loaded where `expected` (the model's own
     state dict) is; None when it fits key by key, in shape and dtype."""
+    import torch  # here, not at the top: a sweep's parent imports the checkpoints module and never loads torch
+
     if not isinstance(state, Mapping):
         return f"it holds a {type(state).__name__}, not a state dict"
     missing = [k for k in expected if k not in state]

@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    faulthandler.enable()  # a crash (SIGSEGV in a native library) leaves its Python stack in the worker's log
+    faulthandler.enable(
+        sys.__stderr__
+    )  # the process's own stderr (its log), whoever replaced sys.stderr; a crash (SIGSEGV in a native library) leaves its Python stack in the worker's log
     stop = StopRequest()
     stop.install()  # first: a sweep that is already gone is noticed with a signal, just below
     sweep = SweepArguments.take()
