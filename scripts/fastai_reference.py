@@ -15,7 +15,10 @@ models on the CPU and records what fastai does, batch by batch:
   which SGD without momentum never reads).
 - `fit_sgdr`, `fit_flat_cos`: the lr of every group for every training batch.
 - `param_scheduler`: a ParamScheduler over `combine_scheds` of `SchedLin`s (sweeper's `points`
-  shape with position=fastai) and over a plain function (sweeper's `function` shape).
+  shape with position=fastai), with steps (a piece of length 0) and `SchedNo` pieces, and over a
+  plain function (sweeper's `function` shape); some move `mom` too (`mom_points`, `mom_fn`).
+- `pct_start_ends`: `fit_one_cycle` and `fit_flat_cos` with pct_start 0 and 1.
+- `lr_find` also records fastai's `slide` suggestion, and a test with `stop_div=False`.
 Everything is deterministic (fixed seeds, no shuffling where it matters).
 """
 
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from fastai.basics import SGD, DataLoaders, Learner, MSELossFlat, TfmdDL, params
 from fastai.callback.core import Callback
-from fastai.callback.schedule import ParamScheduler, SchedLin, combine_scheds, minimum, steep, valley
+from fastai.callback.schedule import ParamScheduler, SchedLin, SchedNo, combine_scheds, minimum, slide, steep, valley
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -134,28 +137,41 @@ LR_FIND_CASES = [
     dict(name="flat", start_lr=1e-7, end_lr=10.0, num_it=100),
     dict(name="plateaus", start_lr=1e-6, end_lr=1.0, num_it=90),
     dict(name="nan_early", start_lr=1e-5, end_lr=1.0, num_it=30),
+    dict(name="diverges", start_lr=1e-7, end_lr=10.0, num_it=100, stop_div=False),
+    dict(name="plateaus", start_lr=1e-6, end_lr=1.0, num_it=90, stop_div=False),
 ]
 
 
 def lr_find_case(case: dict, folder: str) -> dict:
     raw = curve(case["name"], case["num_it"])
     learn = learner(1, 7, folder, loss_func=ScriptedLoss(raw))
+    settings = dict(start_lr=case["start_lr"], end_lr=case["end_lr"], num_it=case["num_it"], stop_div=case.get("stop_div", True))
     with quiet(learn):
-        suggested = learn.lr_find(
-            start_lr=case["start_lr"],
-            end_lr=case["end_lr"],
-            num_it=case["num_it"],
-            show_plot=False,
-            suggest_funcs=(valley, minimum, steep),
-        )
+        suggested = learn.lr_find(**settings, show_plot=False, suggest_funcs=(valley, minimum, steep))
     recorded = len(learn.recorder.lrs)
     return {
         **case,
         "raw_losses": raw[:recorded],
         "lrs": [float(lr) for lr in learn.recorder.lrs],
         "losses": [float(loss) for loss in learn.recorder.losses],
-        "suggestions": {"valley": suggested.valley, "minimum": suggested.minimum, "steep": suggested.steep},
+        "suggestions": {
+            "valley": suggested.valley,
+            "minimum": suggested.minimum,
+            "steep": suggested.steep,
+            **slide_case(case, settings, folder),
+        },
     }
+
+
+def slide_case(case: dict, settings: dict, folder: str) -> dict:
+    """fastai's slide on the same test, run again: {} where fastai raises (a curve of 15 points
+    or fewer once cut: it indexes past its start)."""
+    learn = learner(1, 7, folder, loss_func=ScriptedLoss(curve(case["name"], case["num_it"])))
+    try:
+        with quiet(learn):
+            return {"slide": learn.lr_find(**settings, show_plot=False, suggest_funcs=(slide,)).slide}
+    except IndexError:
+        return {}
 
 
 # --- schedules ---------------------------------------------------------------------------------
@@ -225,6 +241,20 @@ PARAM_SCHEDULER_CASES = [
     dict(kind="points", n_groups=2, n_batches=5, n_epoch=3, peaks=[1e-3, 5e-3], points=[[0.0, 0.1], [0.25, 1.0], [0.75, 0.5], [1.0, 0.01]]),
     dict(kind="function", n_groups=3, n_batches=6, n_epoch=2, peaks=[1e-4, 1e-3, 1e-2], fn="sweeper.schedules.shapes.linear_decay"),
     dict(kind="function", n_groups=2, n_batches=4, n_epoch=3, peaks=[2e-3, 4e-3], fn="math.cos"),
+    # steps: a position given twice is a combine_scheds piece of length 0 (never run: a jump)
+    dict(kind="points", n_groups=2, n_batches=5, n_epoch=2, peaks=[1e-3, 1e-2], points=[[0.0, 1.0], [0.5, 1.0], [0.5, 0.1], [1.0, 0.1]]),
+    dict(
+        kind="points",
+        n_groups=3,
+        n_batches=7,
+        n_epoch=3,
+        peaks=[1e-4, 1e-3, 1e-2],
+        points=[[0.0, 0.1], [0.2, 1.0], [0.2, 0.5], [0.7, 0.5], [0.7, 0.05], [1.0, 0.01]],
+        mom_points=[[0.0, 0.95], [0.2, 0.85], [1.0, 0.95]],
+    ),
+    # SchedNo pieces: a staircase of constants, as sweeper's points [[0,1],[0.3,1],[0.3,0.1],...]
+    dict(kind="sched_no", n_groups=2, n_batches=4, n_epoch=5, peaks=[1e-3, 1e-2], pcts=[0.3, 0.4, 0.3], values=[1.0, 0.1, 0.01]),
+    dict(kind="function", n_groups=2, n_batches=6, n_epoch=2, peaks=[1e-3, 1e-2], fn="math.cos", mom_fn="math.sin"),
 ]
 
 
@@ -232,7 +262,7 @@ def linear_decay(pos: float) -> float:
     return 1.0 - pos  # sweeper.schedules.shapes.linear_decay
 
 
-FUNCTIONS = {"sweeper.schedules.shapes.linear_decay": linear_decay, "math.cos": math.cos}
+FUNCTIONS = {"sweeper.schedules.shapes.linear_decay": linear_decay, "math.cos": math.cos, "math.sin": math.sin}
 
 
 def scaled(function, peaks: np.ndarray, pos: float) -> np.ndarray:
@@ -241,16 +271,40 @@ def scaled(function, peaks: np.ndarray, pos: float) -> np.ndarray:
 
 def param_scheduler_case(case: dict, folder: str) -> dict:
     peaks = np.array(case["peaks"])
+    scheds = {}
     if case["kind"] == "points":
-        points = case["points"]
-        pcts = [p1 - p0 for (p0, _), (p1, _) in zip(points, points[1:])]
-        scheds = [SchedLin(peaks * m0, peaks * m1) for (_, m0), (_, m1) in zip(points, points[1:])]
-        schedule = combine_scheds(pcts, scheds)
+        scheds["lr"] = lines(case["points"], peaks)
+        if "mom_points" in case:
+            scheds["mom"] = lines(case["mom_points"], 1.0)
+    elif case["kind"] == "sched_no":
+        scheds["lr"] = combine_scheds(case["pcts"], [SchedNo(peaks * v, peaks * v) for v in case["values"]])
     else:
-        schedule = partial(scaled, FUNCTIONS[case["fn"]], peaks)
+        scheds["lr"] = partial(scaled, FUNCTIONS[case["fn"]], peaks)
+        if "mom_fn" in case:
+            scheds["mom"] = FUNCTIONS[case["mom_fn"]]
     learn = learner(case["n_groups"], case["n_batches"], folder)
-    spy = record(learn, lambda learn: learn.fit(case["n_epoch"], cbs=ParamScheduler({"lr": schedule})))
-    return {**case, "lrs": spy.lrs}
+    spy = record(learn, lambda learn: learn.fit(case["n_epoch"], cbs=ParamScheduler(scheds)))
+    return {**case, "lrs": spy.lrs, "moms": spy.moms}
+
+
+def lines(points, scale):
+    """combine_scheds of SchedLins through (position, value) points, values times `scale`."""
+    pcts = [p1 - p0 for (p0, _), (p1, _) in zip(points, points[1:])]
+    return combine_scheds(pcts, [SchedLin(scale * v0, scale * v1) for (_, v0), (_, v1) in zip(points, points[1:])])
+
+
+PCT_START_CASES = [
+    dict(fit="fit_one_cycle", n_groups=2, n_batches=5, n_epoch=2, lr=[1e-4, 1e-2], pct_start=0.0),
+    dict(fit="fit_one_cycle", n_groups=2, n_batches=5, n_epoch=2, lr=[1e-4, 1e-2], pct_start=1.0),
+    dict(fit="fit_flat_cos", n_groups=1, n_batches=6, n_epoch=2, lr=1e-2, pct_start=0.0),
+    dict(fit="fit_flat_cos", n_groups=1, n_batches=6, n_epoch=2, lr=1e-2, pct_start=1.0),
+]
+
+
+def pct_start_case(case: dict, folder: str) -> dict:
+    learn = learner(case["n_groups"], case["n_batches"], folder)
+    spy = record(learn, lambda learn: getattr(learn, case["fit"])(case["n_epoch"], lr_spec(case["lr"]), pct_start=case["pct_start"]))
+    return {**case, "lrs": spy.lrs, "moms": spy.moms}
 
 
 # --- SGD without momentum ------------------------------------------------------------------------
@@ -300,6 +354,7 @@ def main() -> None:
             "fit_sgdr": [sgdr_case(case, folder) for case in SGDR_CASES],
             "fit_flat_cos": [flat_cos_case(case, folder) for case in FLAT_COS_CASES],
             "param_scheduler": [param_scheduler_case(case, folder) for case in PARAM_SCHEDULER_CASES],
+            "pct_start_ends": [pct_start_case(case, folder) for case in PCT_START_CASES],
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(reference, indent=1) + "\n")  # NaN where fastai recorded NaN

@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sweeper {args.command}: {stop.what}", file=sys.stderr)
             code = stop.exit_code
         except user_errors() as error:
+            from sweeper.config.errors import one_line
+
             print(f"sweeper {args.command}: error: {_masked(one_line(error), argv, args)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except BrokenPipeError:
@@ -162,17 +164,6 @@ class StopSignals:
     @property
     def what(self) -> str:
         return "interrupted" if self.received in (None, signal.SIGINT) else f"stopped by {signal.Signals(self.received).name}"
-
-
-def one_line(error: BaseException) -> str:
-    """A user error's message on one line. OmegaConf puts the setting on a later line
-    ("full_key: sweep.n_trials"): it goes first, as in our own messages."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-    key = getattr(error, "full_key", None)
-    if key:
-        details = ("full_key:", "object_type=", "reference_type=")
-        lines = [f"{key}: {lines[0]}", *(line for line in lines[1:] if not line.startswith(details))]
-    return " ".join(lines)
 
 
 if __name__ == "__main__":

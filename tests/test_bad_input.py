@@ -27,7 +27,18 @@ CASES = [
     # the config tree: groups, options and keys that do not exist
     ("unknown-model", ["sweep", "model=nosuch"], ["model=nosuch", "Available options in model", "mlp_pretrained"]),
     ("unknown-experiment", ["train", "experiment=nope"], ["experiment=nope", "digits_transfer", "--config-dir"]),
-    ("unknown-setting", ["train", "train.epochz=3"], ["train.epochz", "+train.epochz=3"]),
+    # a mistyped key anywhere: one line with the closest known key (with + too: nothing silently ignored)
+    ("unknown-setting", ["train", "train.epochz=3"], ["train.epochz: no such setting; did you mean train.epochs?"]),
+    ("unknown-setting-added", ["train", "+train.epoch=3"], ["train.epoch: no such setting; did you mean train.epochs?"]),
+    ("unknown-sweep-setting", ["sweep", "sweep.n_trial=3"], ["sweep.n_trial: no such setting; did you mean sweep.n_trials?"]),
+    ("unknown-tracking-setting", ["train", "tracking.save_models=all"], ["did you mean tracking.save_model?"]),
+    ("unknown-storage-setting", ["sweep", "+storage.heartbeat=5"], ["did you mean storage.heartbeat_interval?"]),
+    ("unknown-model-setting", ["sweep", "model.group=[head]"], ["model.group: no such setting; did you mean model.groups?"]),
+    ("unknown-model-argument", ["train", "model.net.hiden=[64]"], ["model.net.hiden", "did you mean model.net.hidden?"]),
+    ("new-model-argument", ["train", "model.net.width=64"], ["model.net.width", "add it with +model.net.width=64"]),
+    ("unknown-space-setting", ["sweep", "search.lr.hihg=3"], ["did you mean search.lr.high?"]),
+    ("unknown-group", ["train", "modle=cnn"], ["modle: no such setting; did you mean model?"]),
+    ("unknown-top-level", ["train", "+result_dir=out"], ["did you mean results_dir?"]),
     ("unknown-sampler", ["sweep", "sampler=bogus"], ["sampler=bogus", "tpe"]),
     ("unknown-pruner", ["sweep", "pruner=bogus"], ["pruner=bogus", "median"]),
     ("unknown-sampler-class", ["sweep", "sampler._target_=optuna.samplers.Nope"], ["sampler", "optuna.samplers.Nope", "sampler=<name>"]),
@@ -58,7 +69,7 @@ CASES = [
     ),
     ("prefixes-leave-out", ["train", "model.groups=[body.0,head]"], ["model.groups", "in no group", "add a prefix"]),
     # cycle shapes
-    ("pct-start-one", ["train", "shape.pct_start=1.0"], ["shape.pct_start: 1.0 is outside (0, 1)", "shape.pct_start=0.25"]),
+    ("pct-start-beyond-one", ["train", "shape.pct_start=1.01"], ["shape.pct_start: 1.01 is outside [0, 1]", "shape.pct_start=0.25"]),
     (
         "pct-start-zero-sweep",
         ["sweep", "search=slices", "shape=torch_one_cycle", "shape.pct_start=0"],
@@ -67,7 +78,7 @@ CASES = [
     (
         "pct-start-searched-beyond-one",
         ["sweep", "search.shape.fastai_one_cycle.pct_start=interval(0.5, 1.5)"],
-        ["search.shape.fastai_one_cycle", "shape.pct_start", "outside (0, 1)"],
+        ["search.shape.fastai_one_cycle", "shape.pct_start", "outside [0, 1]"],
     ),
     ("div-zero", ["train", "shape.div=0"], ["shape.div: 0", "positive, finite divisor"]),
     ("div-negative-sweep", ["sweep", "search=slices", "shape.div=-5"], ["shape.div: -5", "positive, finite divisor"]),
@@ -105,10 +116,52 @@ CASES = [
         ["sweep", "search=slices", "data=tensors", "data.shape=[4]", "data.num_classes=2", "data.source.path=missing.pt"],
         ["data.source.path", "does not exist", "data.source.path=/path/to/it"],
     ),
+    # a data option's `???` is named by the key the user sets, not by the one that reads it
+    (
+        "image-folder-without-num-classes",
+        ["train", "data=image_folder", "data.source.root=images"],
+        ["data.num_classes: not set", "data=image_folder needs it", "data.num_classes=..."],
+    ),
+    (
+        "image-folder-without-num-classes-sweep",
+        ["sweep", "data=image_folder", "data.source.root=images"],
+        ["data.num_classes: not set", "data=image_folder needs it", "data.num_classes=..."],
+    ),
+    ("tensors-without-shape", ["lr-find", "data=tensors", "data.num_classes=2"], ["data.shape: not set", "data.shape=..."]),
     ("objective-not-produced", ["sweep", "train.objective=f1"], ["train.objective", "['accuracy', 'loss']"]),
     ("objective-not-produced-train", ["train", "train.objective=f1"], ["train.objective", "['accuracy', 'loss']"]),
     ("workers-per-device-zero", ["sweep", "search=slices", "sweep.workers_per_device=0"], ["sweep.workers_per_device: 0", ">= 1"]),
     ("launcher-jobs-zero", ["sweep", "search=slices", "launcher=slurm", "launcher.jobs=0"], ["launcher.jobs: 0", ">= 1"]),
+    # every sbatch option of launcher=slurm (conf/launcher/slurm.yaml)
+    *(
+        (f"slurm-{name}", ["sweep", "search=slices", "launcher=slurm", *overrides], fragments)
+        for name, overrides, fragments in [
+            ("cluster", ["launcher.cluster=pbs"], ["launcher.cluster: 'pbs'", "launcher.cluster=slurm"]),
+            ("array-parallelism-zero", ["launcher.array_parallelism=0"], ["launcher.array_parallelism: 0", ">= 1", "or null"]),
+            ("time-zero", ["launcher.timeout_min=0"], ["launcher.timeout_min: 0", "minutes >= 1"]),
+            ("time-bool", ["launcher.timeout_min=true"], ["launcher.timeout_min: True", "minutes >= 1"]),
+            ("cpus-zero", ["launcher.cpus_per_task=0"], ["launcher.cpus_per_task: 0", ">= 1"]),
+            ("memory-negative", ["launcher.mem_gb=-1"], ["launcher.mem_gb: -1", "gigabytes > 0", "launcher.mem_gb=32"]),
+            ("gpus-negative", ["launcher.gpus_per_node=-1"], ["launcher.gpus_per_node: -1", ">= 0"]),
+            ("gres-malformed", ["launcher.gres=gpu"], ["launcher.gres: 'gpu'", "launcher.gres=gpu:1"]),
+            ("gres-and-gpus", ["launcher.gres=gpu:a100:1"], ["launcher.gres: gpu:a100:1", "launcher.gpus_per_node=0 with launcher.gres"]),
+            ("partition-with-space", ["launcher.partition='gpu a100'"], ["launcher.partition: 'gpu a100'", "sinfo"]),
+            ("account-number", ["launcher.account=[a]"], ["launcher.account: ", "or null"]),
+            ("qos-empty", ["launcher.qos=''"], ["launcher.qos: ''", "or null"]),
+            ("setup-not-a-list", ["launcher.setup=module"], ["launcher.setup: 'module'", "list of shell lines"]),
+            (
+                "sbatch-args-short-form",
+                ["launcher.sbatch_args=[-C a100]"],
+                ["launcher.sbatch_args: '-C a100'", """'["--constraint=a100", "--exclusive"]'"""],
+            ),
+            (
+                "sbatch-args-own-setting",
+                ['launcher.sbatch_args=["--partition=gpu"]'],
+                ["launcher.sbatch_args: --partition", "use launcher.partition"],
+            ),
+            ("sbatch-args-time", ['launcher.sbatch_args=["--time=10"]'], ["launcher.sbatch_args: --time", "use launcher.timeout_min"]),
+        ]
+    ),
     ("workers-zero", ["sweep", "search=slices", "sweep.workers=0"], ["sweep.workers: 0", "auto or a whole number"]),
     ("max-failures-zero", ["sweep", "search=slices", "sweep.max_failures=0"], ["sweep.max_failures: 0", ">= 1"]),
     ("cuda-without-gpu", ["sweep", "search=slices", "train.device=cuda"], ["train.device: 'cuda'", "train.device=cpu"], NO_GPU),

@@ -65,6 +65,28 @@ def test_user_config_dir_adds_options_beside_ours(tmp_path, monkeypatch):
     assert compose_config(["shape=gentle"]).shape.warmup_pct == 0.1  # the same from the environment
 
 
+def test_a_mistyped_key_in_a_config_file_is_refused_with_the_closest(tmp_path):
+    # an experiment overlay changes settings others define: a typo there would silently do nothing
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "typo.yaml").write_text("# @package _global_\ntrain:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"^train\.epoch: no such setting; did you mean train\.epochs\?$"):
+        compose_config(["experiment=typo"], [tmp_path])
+
+
+def test_user_options_bring_their_own_keys_and_targets_take_new_arguments(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "wide.yaml").write_text(
+        "name: wide\nwidth: 512\nnet:\n  _target_: sweeper.zoo.models.MLP\n  in_shape: ${data.shape}\n"
+        "  num_classes: ${data.outputs}\n  hidden: ['${model.width}']\ngroups: [body.0, head]\n"
+    )
+    cfg = compose_config(["model=wide", "model.width=64", "+model.net.bias=false", "+task.metrics.top1._target_=x.y"], [tmp_path])
+    assert cfg.model.width == 64  # a key the user's option defines is a setting
+    assert cfg.model.net.bias is False  # a node that builds something takes new arguments of its target
+    assert cfg.task.metrics.top1._target_ == "x.y"  # the task's metrics are a table of the user's names
+    with pytest.raises(ConfigError, match=r"^model\.widht: no such setting; did you mean model\.width\?$"):
+        compose_config(["model=wide", "+model.widht=64"], [tmp_path])
+
+
 def test_missing_user_config_dir_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a directory"):
         compose_config([], config_dirs=[tmp_path / "nope"])

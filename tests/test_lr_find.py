@@ -15,7 +15,7 @@ from conftest import before_each_optimizer_step
 
 from sweeper.cli import main
 from sweeper.training import lr_find as lr_find_module
-from sweeper.training.lr_find import lr_find, minimum, range_test, steep, suggest, valley
+from sweeper.training.lr_find import SUGGESTIONS, lr_find, minimum, range_test, steep, suggest, valley
 
 FASTAI = json.loads((Path(__file__).parent / "data" / "fastai_parity.json").read_text())
 
@@ -97,11 +97,13 @@ def same(a: float, b: float) -> bool:
 def test_curve_and_suggestions_are_fastais_to_the_bit(case):
     # The raw losses fastai's loss function returned, fed to the same loop: every lr, every
     # smoothed loss, where the test stops and every suggestion equal fastai's exactly.
+    # stop_div=False runs every batch, as fastai's; slide is missing where fastai raises.
     raw = iter(case["raw_losses"])
-    lrs, losses = range_test(lambda lr: torch.tensor(next(raw)), case["start_lr"], case["end_lr"], case["num_it"])
+    stop_div = case.get("stop_div", True)
+    lrs, losses = range_test(lambda lr: torch.tensor(next(raw)), case["start_lr"], case["end_lr"], case["num_it"], stop_div)
     assert lrs == case["lrs"]  # as many batches as fastai ran: all of them past a NaN
     assert len(losses) == len(case["losses"]) and all(map(same, losses, case["losses"])), case["name"]
-    assert suggest(lrs, losses, case["num_it"]) == case["suggestions"]
+    assert suggest(lrs, losses, case["num_it"], tuple(SUGGESTIONS)) == case["suggestions"]
 
 
 def test_a_nan_does_not_stop_the_test_and_cuts_the_suggestions(trial_config):
@@ -213,4 +215,30 @@ def test_lr_find_command_prints_suggestions_and_writes_the_plot(tmp_path, capsys
 def test_lr_find_command_rejects_a_bad_range(tmp_path, capsys):
     assert main(["lr-find", "--start-lr", "1", "--end-lr", "0.1", f"results_dir={tmp_path}"]) == 2
     assert "start_lr" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_lr_find_command_takes_fastais_options(tmp_path, capsys):
+    # fastai's lr_find(start_lr, end_lr, num_it, stop_div, suggest_funcs), as options
+    args = ["--start-lr", "1e-5", "--end-lr", "1e3", "--num-it", "30", "--no-stop-div", "--suggest", "slide,minimum"]
+    code = main(["lr-find", *args, f"results_dir={tmp_path}", "tracking=none"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "over 30 batches" in out  # no stop on divergence: every batch ran (an lr of 1e3 diverges)
+    assert "slide" in out and "minimum" in out and "valley" not in out
+
+
+def test_lr_find_without_stop_div_runs_every_batch_past_divergence(trial_config):
+    cfg = trial_config("train.batch_size=128")
+    stopped = lr_find(cfg, start_lr=1e-3, end_lr=1e4, num_it=40)
+    every = lr_find(cfg, start_lr=1e-3, end_lr=1e4, num_it=40, stop_div=False, suggestions=("valley", "slide"))
+    assert len(stopped.lrs) < 40 == len(every.lrs)
+    assert every.lrs[: len(stopped.lrs)] == stopped.lrs
+    assert set(every.suggestions) <= {"valley", "slide"} and "valley" in every.suggestions
+
+
+def test_an_unknown_suggestion_is_one_line_naming_the_choices(tmp_path, capsys):
+    assert main(["lr-find", "--suggest", "valley,fastest", f"results_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "--suggest" in err and "fastest" in err and "slide" in err
     assert not any(tmp_path.iterdir())  # nothing written

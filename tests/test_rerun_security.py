@@ -159,6 +159,27 @@ PAYLOADS: list[tuple[str, dict[str, Any], list[str], bool]] = [
     # the other settings that name code
     ("shape-fn", {"shape": {"_target_": "sweeper.schedules.shapes.FunctionShape", "fn": "plant.fn"}}, ["shape.fn=plant.fn"], True),
     (
+        "shape-mom-fn",
+        {"shape": {"_target_": "sweeper.schedules.shapes.FunctionShape", "fn": "math.cos", "mom_fn": "plant.fn"}},
+        ["shape.mom_fn=plant.fn"],
+        True,
+    ),
+    (
+        "function-shape-in-a-sequence",
+        {
+            "shape": {
+                "_target_": "sweeper.schedules.sequential.Sequential",
+                "milestones": [2],
+                "shapes": [
+                    {"_target_": "sweeper.schedules.torch_schedulers.TorchStep"},
+                    {"_target_": "sweeper.schedules.shapes.FunctionShape", "fn": "plant.fn"},
+                ],
+            }
+        },
+        ["shape.shapes[1].fn=plant.fn"],
+        True,
+    ),
+    (
         "function-shape-elsewhere",
         {"data.source": {"_target_": "sweeper.schedules.shapes.FunctionShape", "fn": "plant.fn"}},
         ["data.source.fn=plant.fn"],

@@ -25,7 +25,7 @@ def trained_run(tracked_config, *overrides: str):
     trial = prepare(cfg)
     result = run(trial, reporters_for(cfg, True, "kept", list(overrides)))
     client = MlflowClient(cfg.tracking.uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    experiment = client.get_experiment_by_name(cfg.tracking.train_experiment).experiment_id
     (found,) = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)  # this one
     return client, found, trial, result
 

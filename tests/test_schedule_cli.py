@@ -72,7 +72,9 @@ def test_table_shows_groups_and_every_nth_step(capsys, tmp_path):
     assert "lr group 1 (head)" in out and "momentum" in out
     steps = [line.split()[1] for line in out.splitlines() if line.startswith("│")]
     assert steps == ["0", "4", "8", "9"]  # every 4th step and the last one
-    assert (tmp_path / "results" / "schedule-fastai_one_cycle.png").stat().st_size > 0
+    # named by the options given (results_dir only says where)
+    assert (tmp_path / "results" / "schedule-lr-slice-1e-3_groups-2_steps-10.png").stat().st_size > 0
+    assert f"plot: {tmp_path}/results/schedule-lr-slice-1e-3_groups-2_steps-10.png" in out
 
 
 def test_a_fine_tune_config_prints_and_plots_both_phases(capsys, tmp_path):
@@ -128,7 +130,7 @@ def test_the_config_lr_is_the_default(capsys, tmp_path):
         (["--lr", "-1"], ["positive"]),
         (["--lr", "nan"], ["positive, finite"]),
         (["--lr", "[1e-4,1e-3]", "--groups", "3"], ["2 learning rates", "3 layer groups"]),
-        (["shape.pct_start=1.5"], ["shape.pct_start", "outside (0, 1)"]),
+        (["shape.pct_start=1.5"], ["shape.pct_start", "outside [0, 1]"]),
         (["shape=torch_one_cycle", "shape.pct_start=0"], ["shape.pct_start"]),
         (["shape.div=0"], ["shape.div", "positive"]),
         (["shape=torch_one_cycle", "shape.div_factor=-1"], ["shape.div_factor"]),
@@ -177,3 +179,27 @@ def test_options_may_follow_the_overrides(capsys, tmp_path):
     code, out, _ = run_schedule(capsys, tmp_path, "shape=constant", "--steps", "2", "--json", "--no-plot")
     assert code == 0
     assert json.loads(out)["shape"]["name"] == "constant"
+
+
+SHAPE_CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "conf" / "shape").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("shape", SHAPE_CONFIGS)
+def test_json_for_every_shape_is_the_plan_and_the_shapes_settings(capsys, tmp_path, shape):
+    code, out, _ = run_schedule(capsys, tmp_path, "--json", "--no-plot", "--steps", "30", "--groups", "2", f"shape={shape}")
+    assert code == 0
+    document = json.loads(out)  # a function shape's resolved function is not in it (it cannot be JSON)
+    cfg = compose_config([f"shape={shape}"])
+    plan = plan_config(cfg, steps=30, n_groups=2)
+    assert [[row["lr_0"], row["lr_1"], row["momentum"]] for row in document["rows"]] == [[*plan.at(s)[0], plan.at(s)[1]] for s in range(30)]
+    settings = {k: v for k, v in document["shape"].items() if k != "name"}
+    written = {k: v for k, v in json.loads(json.dumps(dict(cfg.shape), default=list)).items() if k not in ("_target_", "name")}
+    assert settings.keys() == written.keys()  # every setting of the config, and only those
+
+
+@pytest.mark.parametrize("shape", ["torch_cyclic", "sequential", "torch_step"])
+def test_table_and_plot_of_the_torch_shapes(capsys, tmp_path, shape):
+    code, out, _ = run_schedule(capsys, tmp_path, "--steps", "60", "--every", "10", f"shape={shape}", "shape.step_per=epoch")
+    assert code == 0
+    assert "step_per='epoch'" in out  # the caption prints the shape as it ran
+    assert (tmp_path / "results" / f"schedule-{shape}.png").stat().st_size > 0

@@ -300,3 +300,27 @@ def test_searching_a_key_also_set_on_the_command_line_is_a_clash():
     space = build_space(compose_config())
     with pytest.raises(ConfigError, match=r"\['shape'\] are set on the command line and searched"):
         validate_space(space, ["shape=triangular"])
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"shape": "torch_multistep", "torch_multistep.milestones": "[30,60,90]"}, {"milestones": (30, 60, 90)}),
+        (
+            {"shape": "torch_cyclic", "torch_cyclic.mode": "exp_range", "torch_cyclic.step_size_up": 25},
+            {"mode": "exp_range", "step_size_up": 25},
+        ),
+        ({"shape": "sequential", "sequential.milestones": "[20]", "sequential.shapes.0.start_factor": 0.05}, {"milestones": (20,)}),
+    ],
+)
+def test_torch_shapes_settings_are_sampled_by_the_grammar(params, expected):
+    # A list (milestones) is a choice among lists; a sequential's piece is reached by its index.
+    space = build_space(compose_config(["search=shapes"]))
+    defaults = {"lr.high": 1e-3, "lr.low_ratio": 0.1, "torch_cyclic.base_fraction": 0.1, "sequential.shapes.0.start_factor": 0.1}
+    overrides = space.suggest(optuna.trial.FixedTrial({**defaults, **params}))
+    shape = build_shape(compose_config(overrides).shape)
+    assert shape.name == params["shape"]
+    for setting, value in expected.items():
+        assert getattr(shape, setting) == value
+    if shape.name == "sequential":
+        assert shape.shapes[0].start_factor == 0.05

@@ -8,6 +8,7 @@ import math
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,13 +121,17 @@ def torch_lrs(scheduler_class, peaks, total, **settings) -> list[list[float]]:
     return lrs
 
 
-def assert_steps_equal(schedule: Schedule, expected: list[list[float]], rel: float = EXACT) -> None:
+def assert_steps_equal(schedule: Schedule, expected: list[list[float]], rel: float = EXACT, moments: list[float] | None = None) -> None:
+    """Every group's lr at every step; the momentum too where `moments` is given, else none."""
     assert len(expected) == schedule.total
     for step, wanted in enumerate(expected):
         lrs, momentum = schedule.at(step)
         for group, (lr, value) in enumerate(zip(lrs, wanted, strict=True)):
             assert math.isclose(lr, value, rel_tol=rel, abs_tol=1e-18), (step, group, lr, value)
-        assert momentum is None  # these shapes leave momentum to the optimizer
+        if moments is None:
+            assert momentum is None  # these shapes leave momentum to the optimizer
+        else:
+            assert math.isclose(momentum, moments[step], rel_tol=rel), (step, momentum, moments[step])
 
 
 @pytest.mark.parametrize(
@@ -197,11 +202,37 @@ def test_flat_cos_matches_fastai_fit_flat_cos_batch_for_batch(case):
 
 @pytest.mark.parametrize("case", FASTAI["param_scheduler"], ids=lambda c: f"{c['kind']}-{c['n_groups']}")
 def test_points_and_function_at_fastai_positions_match_a_fastai_ParamScheduler(case):
+    # steps (a position given twice), SchedNo pieces (as points) and the momentum too
     if case["kind"] == "points":
-        shape = Points(points=tuple(map(tuple, case["points"])), position="fastai")
+        mom_points = tuple(map(tuple, case["mom_points"])) if "mom_points" in case else None
+        shape = Points(points=tuple(map(tuple, case["points"])), position="fastai", mom_points=mom_points)
+    elif case["kind"] == "sched_no":
+        ends = np.cumsum([0.0, *case["pcts"]])  # each SchedNo piece is a flat line; the pieces meet at steps
+        points = [(float(p), v) for start, end, v in zip(ends, ends[1:], case["values"]) for p in (start, end)]
+        shape = Points(points=tuple(points), position="fastai")
     else:
-        shape = FunctionShape(fn=case["fn"], position="fastai")
-    assert_steps_equal(Schedule(tuple(case["peaks"]), shape, case["n_epoch"] * case["n_batches"]), case["lrs"])
+        shape = FunctionShape(fn=case["fn"], position="fastai", mom_fn=case.get("mom_fn"))
+    schedule = Schedule(tuple(case["peaks"]), shape, case["n_epoch"] * case["n_batches"])
+    moves_momentum = "mom_points" in case or "mom_fn" in case
+    assert_steps_equal(schedule, case["lrs"], moments=[m[0] for m in case["moms"]] if moves_momentum else None)
+
+
+@pytest.mark.parametrize("case", FASTAI["pct_start_ends"], ids=lambda c: f"{c['fit']}-pct_start={c['pct_start']}")
+def test_pct_start_0_and_1_run_as_fastai_runs_them(case):
+    peaks = fastai_peaks(case["lr"], case["n_groups"])
+    if case["fit"] == "fit_one_cycle":
+        shape, moms = FastaiOneCycle(pct_start=case["pct_start"]), [m[0] for m in case["moms"]]
+    else:
+        shape, moms = FastaiFlatCos(pct_start=case["pct_start"]), None
+    assert_steps_equal(Schedule(tuple(peaks), shape, case["n_epoch"] * case["n_batches"]), case["lrs"], moments=moms)
+
+
+def test_points_step_at_a_repeated_position_at_either_placing():
+    step = Points(points=((0, 1.0), (0.5, 1.0), (0.5, 0.1), (1, 0.1)))  # end: step k of 11 at k/10
+    assert [step.multiplier(k / 10) for k in range(11)] == [1.0] * 5 + [0.1] * 6  # at 0.5: the value after the step
+    momentum = Points(mom_points=((0, 0.95), (0.5, 0.85), (1, 0.95)))
+    assert [momentum.momentum(s, 11) for s in (0, 5, 10)] == [0.95, 0.85, 0.95]
+    assert Points().momentum(3, 11) is None  # no mom_points: the optimizer's own
 
 
 def test_the_two_positions_differ_only_in_where_the_last_step_lands():
@@ -287,6 +318,8 @@ def test_each_group_runs_the_same_shape_scaled_by_its_peak():
         FunctionShape(fn="sweeper.schedules.shapes.linear_decay"),
         FunctionShape(fn="sweeper.schedules.shapes.linear_decay", position="fastai"),
         Points(position="fastai"),
+        Points(points=((0, 1.0), (0.5, 1.0), (0.5, 0.1), (1, 0.1)), mom_points=((0, 0.9), (1, 0.8))),
+        FunctionShape(fn="math.cos", mom_fn="math.sin"),
         FastaiFlatCos(),
         FastaiSGDR(),
         TorchCosineRestarts(T_0=7, T_mult=2),
@@ -299,13 +332,14 @@ def test_shapes_pickle_to_equal_values(shape):
     copy = pickle.loads(pickle.dumps(shape))
     assert copy == shape
     assert [copy.lr(1e-3, s, 40) for s in range(40)] == [shape.lr(1e-3, s, 40) for s in range(40)]
+    assert [copy.momentum(s, 40) for s in range(40)] == [shape.momentum(s, 40) for s in range(40)]
 
 
 @pytest.mark.parametrize(
     ("build", "fragments"),
     [
-        (lambda: FastaiOneCycle(pct_start=0), ["shape.pct_start", "outside (0, 1)"]),
-        (lambda: FastaiOneCycle(pct_start=1.0), ["shape.pct_start"]),
+        (lambda: FastaiOneCycle(pct_start=-0.1), ["shape.pct_start", "outside [0, 1]"]),
+        (lambda: FastaiOneCycle(pct_start=1.5), ["shape.pct_start"]),
         (lambda: FastaiOneCycle(div=0), ["shape.div", "positive"]),
         (lambda: FastaiOneCycle(div=-5), ["shape.div"]),
         (lambda: FastaiOneCycle(div_final=float("inf")), ["shape.div_final"]),
@@ -319,20 +353,22 @@ def test_shapes_pickle_to_equal_values(shape):
         (lambda: WarmupCosine(warmup_pct=1), ["shape.warmup_pct"]),
         (lambda: WarmupStableDecay(warmup_pct=0.5, decay_pct=0.5), ["no stable phase"]),
         (lambda: Points(points=((0.1, 1.0), (1, 0.1))), ["start at 0"]),
-        (lambda: Points(points=((0, 1.0), (0.5, 1.0), (0.5, 0.1), (1, 0.1))), ["strictly increasing"]),
+        (lambda: Points(points=((0, 1.0), (0.5, 1.0), (0.4, 0.1), (1, 0.1))), ["never decrease"]),
+        (lambda: Points(mom_points=((0, 0.95), (1, 1.5))), ["shape.mom_points", "momenta", "[0, 1]"]),
+        (lambda: FunctionShape(fn="math.cos", mom_fn="no.such.f"), ["shape.mom_fn", "cannot import"]),
         (lambda: Points(points=((0, 1.0), (1, -1.0))), ["multipliers"]),
         (lambda: Points(points=("ab",)), ["pairs"]),
         (lambda: FunctionShape(fn="no.such.module.f"), ["shape.fn", "cannot import"]),
         (lambda: FunctionShape(fn="math.cos", position="middle"), ["shape.position", "fastai"]),
         (lambda: Points(position="k/N"), ["shape.position", "end"]),
-        (lambda: FastaiFlatCos(pct_start=1), ["shape.pct_start"]),
+        (lambda: FastaiFlatCos(pct_start=1.01), ["shape.pct_start"]),
         (lambda: FastaiFlatCos(div_final=0), ["shape.div_final"]),
         (lambda: FastaiSGDR(n_cycles=0), ["shape.n_cycles", ">= 1"]),
         (lambda: FastaiSGDR(cycle_mult=1.5), ["shape.cycle_mult", "whole number"]),
         (lambda: TorchCosineRestarts(T_0=0), ["shape.T_0"]),
         (lambda: TorchCosineRestarts(T_mult=0), ["shape.T_mult"]),
         (lambda: TorchCosineRestarts(eta_min=-1e-5), ["shape.eta_min"]),
-        (lambda: TorchExponential(gamma=1.5), ["shape.gamma", "(0, 1]"]),
+        (lambda: TorchExponential(gamma=float("inf")), ["shape.gamma", "positive, finite"]),
         (lambda: TorchExponential(gamma=0), ["shape.gamma"]),
         (lambda: TorchPolynomial(total_iters=0), ["shape.total_iters"]),
         (lambda: TorchPolynomial(power=-1), ["shape.power"]),

@@ -53,7 +53,7 @@ def scheduled(cfg) -> list[tuple[list[float], float | None]]:
         frozen = FastaiOneCycle(pct_start=0.99, **passed_on)
         schedules.append(Schedule(tuple(frozen_peaks), frozen, cfg.train.freeze_epochs * batches))
     if cfg.train.epochs:
-        schedules.append(Schedule(tuple(peaks), shape, cfg.train.epochs * batches))
+        schedules.append(Schedule(tuple(peaks), shape, cfg.train.epochs * batches, cfg.train.epochs))
     no_momentum = cfg.optimizer.get("momentum") == 0
     return [(lrs, None if no_momentum else momentum) for schedule in schedules for lrs, momentum in map(schedule.at, range(schedule.total))]
 
@@ -73,6 +73,9 @@ def scheduled(cfg) -> list[tuple[list[float], float | None]]:
         (["optimizer=sgd", "shape=constant", "train.freeze_epochs=1"], 2),  # ...not where the frozen phase left it
         (["optimizer=sgd", "optimizer.momentum=0.0", "train.freeze_epochs=1"], 2),  # momentum 0 stays 0
         (["shape=fastai_sgdr", "lr=fastai"], 2),
+        (["optimizer=sgd", "shape=torch_cyclic", "shape.step_size_up=3", "shape.mode=triangular2"], 2),  # CyclicLR's momentum
+        (["shape=sequential", "shape.milestones=[4]", "shape.shapes.0.total_iters=4"], 2),
+        (["train.epochs=3", "shape=torch_step", "shape.step_size=1", "shape.step_per=epoch"], 2),  # a staircase
     ],
     ids=[
         "fit_one_cycle",
@@ -86,6 +89,9 @@ def scheduled(cfg) -> list[tuple[list[float], float | None]]:
         "fine_tune-constant",
         "sgd-no-momentum",
         "sgdr",
+        "sgd-torch_cyclic",
+        "sequential",
+        "step-per-epoch",
     ],
 )
 def test_optimizer_uses_exactly_the_scheduled_lr_and_momentum(config, overrides, param_groups_per_layer_group):
@@ -104,6 +110,24 @@ def test_optimizer_uses_exactly_the_scheduled_lr_and_momentum(config, overrides,
         assert used_momenta == [wanted] * len(used_momenta), (step, used_momenta, wanted)
         assert list(result.steps[step].lrs) == lrs and result.steps[step].momentum == momentum  # events say the same
     assert [s.step for s in result.steps] == list(range(len(expected)))  # StepEvent.step is global
+
+
+def test_a_shape_stepped_per_epoch_is_torchs_scheduler_stepped_after_every_epoch(config):
+    cfg = config("train.epochs=3", "optimizer=sgd", "shape=torch_cyclic", "shape.step_size_up=1", "shape.step_per=epoch")
+    spy = OptimizerSpy()
+    with before_each_optimizer_step(spy):
+        assert train(cfg).status == "finished"
+    peaks = peak_lrs(OmegaConf.to_container(cfg.lr), 3)
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": p} for p in peaks]
+    optimizer = torch.optim.SGD(groups, lr=1.0, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=[p * 0.1 for p in peaks], max_lr=peaks, step_size_up=1)
+    batches = len(spy.lrs) // 3
+    for epoch in range(3):
+        for step in range(epoch * batches, (epoch + 1) * batches):
+            assert spy.lrs[step][::2] == [g["lr"] for g in optimizer.param_groups], step  # two param groups a layer group
+            assert spy.momenta[step][0] == optimizer.param_groups[0]["momentum"], step
+        optimizer.step()
+        scheduler.step()
 
 
 @pytest.mark.parametrize(("momentum", "buffers"), [(0.0, False), (0.9, True)])

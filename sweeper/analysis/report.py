@@ -106,8 +106,11 @@ def load_sweep_study(cfg, name: str | None = None) -> optuna.Study:
     name = check_sweep_name(name, "sweep name") if name else str(cfg.sweep.name)
     spec = storage_of(cfg)
     if spec.path is not None and not spec.path.exists():
+        # From another folder, results/ is another folder's: name the setting that finds the sweep.
         raise ConfigError(
-            f"storage.url: {spec.label()} does not exist; run `sweeper sweep` first, or point storage.url at the sweep's storage."
+            f"storage.url: {spec.label()} does not exist (no {spec.path.absolute()}); a sweep run in another "
+            f"folder is found with its results folder, results_dir=/that/folder/results (or storage.url=... "
+            f"for its storage); else run `sweeper sweep` first."
         )
     storage = spec.open()
     try:

@@ -33,12 +33,13 @@ from sweeper.records.mlflow_store import TrackingSettings, connect, read_artifac
 from sweeper.records.recorder import MlflowRecorder
 from sweeper.records.run_record import RERUN_KIND, SWEEP_MEMBER_KINDS, result_curves
 from sweeper.sweep.study import load_trainer
-from sweeper.trial.events import EpochEvent, StepEvent, TrialResult
+from sweeper.trial.events import EpochEvent, Reporter, StepEvent, TrialResult
 
 __all__ = [
     "Comparison",
     "Rerun",
     "RerunSource",
+    "StopAfterEpochs",
     "compare_curves",
     "load_source",
     "rerun",
@@ -56,6 +57,13 @@ class RerunSource:
     experiment_id: str | None = None
     threads: int | None = None  # torch threads of the recorded run (summation order on CPU)
     tags: Mapping[str, str] = field(default_factory=dict)  # the MLflow run's tags (its sweep, its parent)
+    status: str | None = None  # how the recorded trial ended (finished, pruned, ...), where recorded
+
+    @property
+    def epochs_reached(self) -> int | None:
+        """The epochs the recorded trial trained (its epoch curves' length); None without curves."""
+        epochs = (self.curves or {}).get("valid_loss")
+        return max(step for step, _ in epochs) + 1 if epochs else None
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -90,22 +98,23 @@ def _from_folder(folder: Path) -> RerunSource:
         raise ConfigError(f"rerun: cannot read {config_file} ({error.strerror}); give a folder you can read.") from None
     config = read_recorded(text, str(config_file))
     result_file = folder / "result.json"
-    curves = _read_curves(result_file) if result_file.is_file() else None
-    return RerunSource(str(folder), config, curves)
+    curves, status = _read_curves(result_file) if result_file.is_file() else (None, None)
+    return RerunSource(str(folder), config, curves, status=status)
 
 
-def _read_curves(path: Path) -> Curves:
-    """The curves of a TrialResult written as JSON (dataclasses.asdict)."""
+def _read_curves(path: Path) -> tuple[Curves, str | None]:
+    """The curves and the status of a TrialResult written as JSON (dataclasses.asdict)."""
     try:
         data = json.loads(path.read_text(errors="replace"))
         steps = [StepEvent(**{**s, "lrs": tuple(s["lrs"])}) for s in data.pop("steps", [])]
         epochs = [EpochEvent(**e) for e in data.pop("epochs", [])]
-        curves = result_curves(TrialResult(**data, steps=steps, epochs=epochs))
+        result = TrialResult(**data, steps=steps, epochs=epochs)
+        curves = result_curves(result)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f"{path}: not a result sweeper wrote ({error}); remove it to rerun without a comparison.") from None
     if not all(isinstance(s, int) and isinstance(v, (int, float)) for points in curves.values() for s, v in points):
         raise ConfigError(f"{path}: holds curve values that are not numbers; remove it to rerun without a comparison.")
-    return curves
+    return curves, result.status if isinstance(result.status, str) else None
 
 
 def _from_mlflow(run_id: str, settings: TrackingSettings) -> RerunSource:
@@ -122,7 +131,9 @@ def _from_mlflow(run_id: str, settings: TrackingSettings) -> RerunSource:
         raise ConfigError(f"rerun: MLflow run {run_id} has no config.yaml artifact; it was not recorded by sweeper.")
     config = read_recorded(text, f"MLflow run {run_id}'s config.yaml")
     threads = _threads(read_artifact(settings, run_id, "environment.json"))
-    return RerunSource(run_id, config, read_curves(settings, run_id), run_id, run.info.experiment_id, threads, run.data.tags)
+    curves = read_curves(settings, run_id)
+    tags = run.data.tags
+    return RerunSource(run_id, config, curves, run_id, run.info.experiment_id, threads, tags, tags.get("status"))
 
 
 def _threads(environment: str | None) -> int | None:
@@ -207,7 +218,11 @@ def rerun(source: RerunSource, cfg: DictConfig, folder: str | Path, allow_module
         OmegaConf.create({"sweep": {"trainer": OmegaConf.select(config, "sweep.trainer", default="sweeper.training.engine")}})
     )
     recorder = _recorder(source, config, cfg)
-    result = trainer.train(config, [recorder] if recorder else [])
+    # A pruned trial trained part of its schedule: the rerun trains that part and stops where the
+    # pruner stopped it, so both runs hold the same steps.
+    stopped_after = source.epochs_reached if source.status == "pruned" else None
+    stop = [StopAfterEpochs(stopped_after)] if stopped_after else []
+    result = trainer.train(config, [*stop, *([recorder] if recorder else [])])
     comparison = compare_curves(source.curves, result_curves(result)) if source.curves is not None else Comparison(pd.DataFrame())
 
     folder = Path(folder)
@@ -220,6 +235,16 @@ def rerun(source: RerunSource, cfg: DictConfig, folder: str | Path, allow_module
         recorder.attach("comparison.csv", (folder / "comparison.csv").read_text())
         recorder.flush()
     return Rerun(result, comparison, folder, recorder.run_id if recorder else None)
+
+
+class StopAfterEpochs(Reporter):
+    """Stops a trial once it has trained `epochs` epochs (frozen ones included), as a pruner did."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch(self, event: EpochEvent) -> bool:
+        return event.epoch + 1 >= self.epochs
 
 
 def _recorder(source: RerunSource, config: DictConfig, cfg: DictConfig) -> MlflowRecorder | None:

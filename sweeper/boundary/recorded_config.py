@@ -55,7 +55,7 @@ from omegaconf.grammar_parser import parse
 
 from sweeper.boundary.printed import printable_name
 from sweeper.boundary.renamed import current_name
-from sweeper.config import ConfigError
+from sweeper.config import ConfigError, plain
 from sweeper.secrets import mask_text
 
 __all__ = [
@@ -77,6 +77,7 @@ _SHAPES = (
     "FastaiOneCycle", "TorchOneCycle", "Constant", "WarmupCosine", "Triangular", "WarmupStableDecay", "Points", "FunctionShape",
     "FastaiFlatCos", "FastaiSGDR", "TorchCosineRestarts", "TorchExponential", "TorchPolynomial",
 )  # fmt: skip
+_TORCH_SCHEDULERS = ("TorchStep", "TorchMultiStep", "TorchLinear", "TorchCyclic", "TorchCosine")
 _SAMPLERS = ("TPESampler", "CmaEsSampler", "GPSampler", "GridSampler", "NSGAIISampler", "QMCSampler", "RandomSampler")
 _PRUNERS = ("MedianPruner", "PercentilePruner", "HyperbandPruner", "SuccessiveHalvingPruner", "NopPruner")
 
@@ -103,6 +104,8 @@ ALLOWED_CALLABLES = frozenset(
         "sweeper.zoo.data.synthetic_tokens",
         # cycle shapes, and the functions a FunctionShape may call (shape.fn)
         *(f"sweeper.schedules.shapes.{name}" for name in _SHAPES),
+        *(f"sweeper.schedules.torch_schedulers.{name}" for name in _TORCH_SCHEDULERS),
+        "sweeper.schedules.sequential.Sequential",
         "sweeper.schedules.shapes.linear_decay",
         # the task's loss and metrics (task.loss, task.metrics: _partial_)
         "torch.nn.functional.cross_entropy",
@@ -123,7 +126,7 @@ ALLOWED_CALLABLES = frozenset(
     }
 )
 # Arguments of allowed callables whose value is the dotted path of code the callable imports.
-CODE_ARGUMENTS = {"sweeper.schedules.shapes.FunctionShape": ("fn",)}
+CODE_ARGUMENTS = {"sweeper.schedules.shapes.FunctionShape": ("fn", "mom_fn")}
 # Arguments of allowed callables that name the folder they write in.
 WRITE_FOLDERS = {"sweeper.zoo.models.pretrained_on_digits": "cache_dir"}
 # Not modules of the user's: allowing one whole would allow what it holds that runs commands,
@@ -345,7 +348,7 @@ def check_config(config: DictConfig | Mapping, allowed: Allowed) -> list[Import]
     if refused:
         listed = ", ".join(f"{i.setting}={i.shown}" for i in refused)
         raise ConfigError(f"the recorded config names code that sweeper does not allow: {listed}. Nothing was run; {_fix(refused)}.")
-    positional = [path for path, node in _paths(_plain(config)) if isinstance(node, Mapping) and "_args_" in node]
+    positional = [path for path, node in _paths(plain(config, resolve=False)) if isinstance(node, Mapping) and "_args_" in node]
     if positional:
         raise ConfigError(
             f"{_join(positional[0], '_args_')}: a recorded config passes arguments by name, so that the "
@@ -357,7 +360,7 @@ def check_config(config: DictConfig | Mapping, allowed: Allowed) -> list[Import]
 
 def find_imports(config: DictConfig | Mapping) -> list[Import]:
     """Every name building `config` imports, where it is written, in the order written."""
-    return list(_imports(_plain(config), ""))
+    return list(_imports(plain(config, resolve=False), ""))
 
 
 def _imports(node: Any, path: str) -> Iterator[Import]:
@@ -365,6 +368,8 @@ def _imports(node: Any, path: str) -> Iterator[Import]:
         arguments = ("_target_", *CODE_ARGUMENTS.get(_target(node), ()))
         for key, value in node.items():
             setting = _join(path, key)
+            if key in arguments[1:] and value is None:
+                continue  # an optional code argument left unset (a shape's mom_fn: null) imports nothing
             if key in arguments or _names_code(setting, value):
                 yield Import(setting, value)  # a name that is not a string is refused whole
             else:
@@ -381,6 +386,8 @@ def _rename_old_names(node: Any, path: str = "") -> None:
         arguments = ("_target_", *CODE_ARGUMENTS.get(current_name(_target(node)), ()))
         for key, value in node.items():
             setting = _join(path, key)
+            if key in arguments[1:] and value is None:
+                continue
             if key in arguments or _names_code(setting, value):
                 node[key] = current_name(value)
             else:
@@ -414,10 +421,6 @@ def _target(node: Mapping) -> str | None:
 
 
 # --- walking plain containers ------------------------------------------------------------------
-
-
-def _plain(config: DictConfig | Mapping) -> Any:
-    return OmegaConf.to_container(config, resolve=False) if OmegaConf.is_config(config) else config
 
 
 def _paths(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:

@@ -55,6 +55,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     folder = Path(cfg.results_dir) / "reruns" / (args.name or time.strftime("%Y%m%d-%H%M%S"))
+    if source.status == "pruned" and source.epochs_reached:
+        train = config.get("train") or {}
+        planned = (train.get("freeze_epochs") or 0) + (train.get("epochs") or 0)
+        print(
+            f"the trial was pruned after epoch {source.epochs_reached} of {planned}: the rerun trains "
+            f"its schedule that far and stops there too, so the two runs compare step for step"
+        )
     outcome = rerun(source, cfg, folder, args.allow_module)  # checks again: it trusts no caller
     for note in outcome.comparison.notes:
         print(f"  {note}")

@@ -14,18 +14,21 @@ like the optimizer (an SGD without momentum keeps its momentum at 0).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, build_shape, compose_config
+from sweeper.schedules.shapes import shape_document
 from sweeper.schedules.slices import parse_lr
 from sweeper.trial.plan import Plan, plan_config, whole_epoch_steps
 
 DEFAULT_STEPS = 100
+MAX_NAME = 120  # characters of a plot's name drawn from the command line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--every", type=int, default=1, help="print every N-th step (the last step always)")
-    parser.add_argument("--plot", type=Path, help="plot path (default results/schedule-<shape>.png)")
+    parser.add_argument(
+        "--plot", type=Path, help="plot path (default results/schedule-<the options given>.png, e.g. schedule-lr-slice-1e-3.png)"
+    )
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
 
 
@@ -72,14 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         from sweeper.schedules.plots import plot_schedule  # matplotlib (~1 s) loads only for a plot
 
-        plot = args.plot or Path(cfg.results_dir) / f"schedule-{shape.name}.png"
+        plot = args.plot or Path(cfg.results_dir) / plot_name(args, shape.name)
         plot_schedule(plan, plot, title=f"lr={spec.describe()}, {shape.name}" + _phases_note(plan))
     if args.json:
         document = {
             "lr": spec.describe(),
             "strategy": spec.strategy,
             "peaks": list(plan.peaks),
-            "shape": {"name": shape.name, **asdict(shape)},
+            "shape": shape_document(shape),
             "steps": steps,
             "phases": [
                 {
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                     "steps": phase.schedule.total,
                     "peaks": list(phase.schedule.peaks),
                     "trainable": list(phase.trainable),
-                    "shape": {"name": phase.schedule.shape.name, **asdict(phase.schedule.shape)},
+                    "shape": shape_document(phase.schedule.shape),
                 }
                 for phase in plan.phases
             ],
@@ -102,6 +107,22 @@ def run(args: argparse.Namespace) -> int:
     if plot:
         print(f"plot: {plot}")
     return 0
+
+
+def plot_name(args: argparse.Namespace, shape_name: str) -> str:
+    """The plot's file name, from the options that decide what it shows (not --json, --every):
+    two commands that differ write two files. `--lr "slice(1e-5,1e-3)" --groups 3` ->
+    schedule-lr-slice-1e-5-1e-3_groups-3.png; no option: schedule-<shape>.png."""
+    given = [f"lr={args.lr}"] if args.lr is not None else []
+    given += [f"{name}={value}" for name, value in (("groups", args.groups), ("steps", args.steps)) if value is not None]
+    given += [o for o in args.overrides if not o.startswith("results_dir=")]  # where, not what
+    if not given:
+        return f"schedule-{shape_name}.png"
+    # Only characters a shell and every file system take; a long command line keeps its start and a hash.
+    slug = "_".join(re.sub(r"[^A-Za-z0-9._+-]+", "-", word).strip("-") for word in given)
+    if len(slug) > MAX_NAME:
+        slug = f"{slug[: MAX_NAME - 9]}-{hashlib.sha1(slug.encode()).hexdigest()[:8]}"
+    return f"schedule-{slug}.png"
 
 
 def _phases_note(plan: Plan) -> str:

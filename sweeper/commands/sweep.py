@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.config.errors import error_line
+from sweeper.config.rules import sweep_folder
 from sweeper.records.mlflow_store import check_server
 from sweeper.records.tracking import prepare_sweep
 from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in [*plan.space.describe(), *([plan.arms.describe()] if plan.arms else [])]))
         return 0
-    folder = Path(plan.cfg.results_dir) / "sweeps" / plan.name
+    folder = sweep_folder(plan.cfg.results_dir, plan.name)
     deadline = time.time() + plan.timeout if plan.timeout else None
     # The workers start now, while the sweep is checked and its stores made (seconds each, side
     # by side); they wait for its word. A check that fails ends them, and leaves nothing written.
@@ -244,7 +245,7 @@ def _summarise(study: optuna.Study, plan: SweepPlan, folder: Path, records: Any,
         browse = settings.label if settings.is_server else f"mlflow ui --backend-store-uri {settings.label}"
         print(f"MLflow: {browse}  (experiment {settings.experiment})")
         print(f"compare the strategies: sweeper ui {plan.name}")
-    print(f"worker logs: {folder}/")
+    print(f"worker logs: {plan.cfg.launcher.folder if plan.cfg.launcher.name == 'slurm' else folder}/")  # jobs' are submitit's
     print(f"Optuna: optuna-dashboard {shlex.quote(plan.storage.label())}  (pip install optuna-dashboard)")
     if counts.finished < plan.n_trials and counts.failed - failed_before >= plan.max_failures:
         print(

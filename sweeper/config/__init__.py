@@ -15,6 +15,7 @@ from sweeper.config.compose import (
     user_config_dirs,
 )
 from sweeper.config.errors import ConfigError, error_line
+from sweeper.config.nodes import plain
 
 __all__ = [
     "ComposedConfigs",
@@ -28,5 +29,6 @@ __all__ = [
     "instantiate_node",
     "lr_given",
     "parse_override",
+    "plain",
     "user_config_dirs",
 ]

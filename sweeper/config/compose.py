@@ -35,7 +35,8 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeper.config.errors import ConfigError
+from sweeper.config.errors import ConfigError, error_line
+from sweeper.config.schema import Schema, check_keys, schema_of
 from sweeper.schedules.shapes import Shape, ShapeError
 from sweeper.schedules.slices import SliceSpec, parse_lr
 
@@ -80,17 +81,20 @@ def user_config_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
 def compose_config(overrides: Iterable[str] = (), config_dirs: Iterable[str | os.PathLike] = ()) -> DictConfig:
     """Compose the root config with overrides (`hydra_overrides`), the user's config directories added."""
     overrides = hydra_overrides(overrides)
-    search = [f"file://{d}" for d in user_config_dirs(config_dirs)]
-    if search:
-        overrides.append(f"hydra.searchpath=[{','.join(search)}]")
+    users = user_config_dirs(config_dirs)
+    schema = schema_of([config_dir(), *users])
+    if users:
+        overrides.append(f"hydra.searchpath=[{','.join(f'file://{d}' for d in users)}]")
     try:
         # Hydra keeps its state in one global per process: threads compose one at a time.
         with _COMPOSING, initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="sweeper"):
-            return compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=overrides)
     except HydraException as error:
-        raise ConfigError(_composition_error(error)) from None
+        raise ConfigError(_composition_error(error, schema)) from None
     except yaml.MarkedYAMLError as error:  # a config file of the user's that is not YAML
         raise ConfigError(_yaml_error(error)) from None
+    check_keys(cfg, schema)  # what a file or a +key=value added
+    return cfg
 
 
 class ComposedConfigs:
@@ -115,7 +119,7 @@ class ComposedConfigs:
         try:
             ConfigLoaderImpl._apply_overrides_to_config(_parser().parse_overrides(values), cfg)
         except HydraException as error:
-            raise ConfigError(_composition_error(error)) from None
+            raise ConfigError(_composition_error(error, schema_of([config_dir(), *user_config_dirs(self.config_dirs)]))) from None
         return cfg
 
 
@@ -134,7 +138,7 @@ def parse_override(text: str) -> Override:
     try:
         return _parser().parse_override(text)
     except HydraException as error:
-        raise ConfigError(f"override {text!r}: {str(error).strip().splitlines()[0]}") from None
+        raise ConfigError(f"override {text!r}: {error_line(error)}") from None
 
 
 # How config options are named (lr=fastai, lr=mine/wide): anything else given for lr is a value.
@@ -200,7 +204,7 @@ _DELETE_MISSING = re.compile(r"Could not delete from config\. '(?P<key>[^']+)' d
 _DELETE_OTHER_VALUE = re.compile(r"Could not delete from config\. The value of '(?P<key>[^']+)' is (?P<value>.+) and not (?P<given>.+)\.$")
 
 
-def _composition_error(error: HydraException) -> str:
+def _composition_error(error: HydraException, schema: Schema) -> str:
     """Hydra's message for an override it cannot apply, as one line that says what to do."""
     if isinstance(error, MissingConfigException) and "/" in (error.missing_cfg_file or ""):
         group, _, option = error.missing_cfg_file.rpartition("/")
@@ -214,8 +218,15 @@ def _composition_error(error: HydraException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if lines[0].startswith("Could not override") and "not in struct" in str(error.__cause__):
         key = lines[0].removeprefix("Could not override ").strip("'.")
+        parent, _, name = key.rpartition(".")
+        refusal = schema.unknown(parent, name)
+        if not schema.is_open(parent) or "did you mean" in refusal:
+            return refusal
+        # a node that builds something takes its target's arguments: a new one is added with +
         fix = lines[1].removeprefix("To append to your config use ") if len(lines) > 1 else f"+{key}=..."
-        return f"{key}: there is no such setting; check its spelling, or add it as a new key with {fix}."
+        return f"{key}: no such setting in {parent}; to pass its target a new argument, add it with {fix}."
+    if lines[0].startswith("Could not override") and "No match in the defaults list" in str(error):
+        return schema.unknown("", lines[0].removeprefix("Could not override ").strip("'."))
     missing = _DELETE_MISSING.match(lines[0])
     if missing:
         return f"~{missing['key']}: there is no such setting to delete; check its spelling."
@@ -252,6 +263,7 @@ def build_shape(node: Mapping | DictConfig) -> Shape:
             f"shape._target_: cannot import {target!r}; name a shape class in sweeper.schedules.shapes or "
             f"an importable class or function of yours."
         ) from None
+    settings = {key: _built_shapes(value) for key, value in settings.items()}
     try:
         shape = factory(**settings)
     except TypeError as error:
@@ -264,6 +276,13 @@ def build_shape(node: Mapping | DictConfig) -> Shape:
             f"lr(peak, step, total) and momentum(step, total)."
         )
     return shape
+
+
+def _built_shapes(value: object) -> object:
+    """A setting that holds shapes (a sequential's `shapes`), each built from its `_target_` node."""
+    if isinstance(value, list) and value and all(isinstance(item, Mapping) and "_target_" in item for item in value):
+        return tuple(build_shape(item) for item in value)
+    return value
 
 
 def instantiate_node(node: DictConfig, setting: str) -> object:

@@ -11,10 +11,14 @@ import functools
 import logging
 import math
 import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import ConfigError
 
-__all__ = ["check_sweep_name", "is_number", "seconds", "warn_oversubscribed", "whole"]
+__all__ = ["check_required", "check_sweep_name", "is_number", "seconds", "sweep_folder", "warn_oversubscribed", "whole"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,11 @@ def _warn_once(workers: int, cores: int) -> None:
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
 
 
+def sweep_folder(results_dir: str | Path, sweep: str) -> Path:
+    """Where a sweep's files go (worker logs, checkpoints, reports): results/sweeps/<sweep>/."""
+    return Path(results_dir) / "sweeps" / sweep
+
+
 def check_sweep_name(name: str, setting: str = "sweep.name") -> str:
     """`name`, if it can name a sweep; else ConfigError saying what a name may hold."""
     if NAME.fullmatch(name) and ".." not in name:
@@ -93,3 +102,25 @@ def check_sweep_name(name: str, setting: str = "sweep.name") -> str:
         f"MLflow tag); use letters, digits and . _ + = - only, starting with a letter or digit, "
         f"e.g. sweep.name=mlp-digits-shapes."
     )
+
+
+def check_required(cfg: DictConfig, nodes: Iterable[str]) -> None:
+    """Every `???` value of these config nodes is set. A data option's `num_classes: ???` is
+    read through interpolations (`data.source.num_classes: ${data.num_classes}`); unset, it would
+    be reported by the inner key, which no README names: name the key the user sets."""
+    for node in nodes:
+        if node not in cfg or not isinstance(cfg[node], DictConfig):
+            continue
+        missing = _unset(OmegaConf.to_container(cfg[node], resolve=False), node)
+        if missing:
+            key = missing[0]
+            option = cfg[node].get("name")
+            needed_by = f"{node}={option}" if isinstance(option, str) else f"the {node} config"
+            raise ConfigError(f"{key}: not set, and {needed_by} needs it; give it on the command line: {key}=...")
+
+
+def _unset(value: object, key: str) -> list[str]:
+    """The keys under `key` whose value is `???` itself (not an interpolation that reads one)."""
+    if isinstance(value, dict):
+        return [found for name, item in value.items() for found in _unset(item, f"{key}.{name}")]
+    return [key] if value == "???" else []

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError
 
-from sweeper.config import ConfigError
+from sweeper.config import ConfigError, error_line
 from sweeper.config.rules import whole
 from sweeper.secrets import mask_text, mask_url
 
@@ -131,6 +131,10 @@ def _absolute_sqlite(uri: str) -> str:
 def mlflow_client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
+    # A new embedded store logs its schema migrations at INFO ("Creating initial MLflow database
+    # tables...") into the command's output; its warnings and errors still show.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -248,8 +252,8 @@ def experiment_id_of(client: MlflowClient, settings: TrackingSettings, create: b
 
 
 def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return mask_text(text[0] if text else type(error).__name__)[:300]
+    """An MLflow error's first line, masked (a store's URL may hold a password), at most 300 characters."""
+    return mask_text(error_line(error))[:300]
 
 
 class Outage:

@@ -19,6 +19,7 @@ every group and the momentum the run actually used).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import logging
 import os
@@ -448,13 +449,17 @@ def record_run(
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
     overrides: Iterable[str] = (),
+    experiment: str | None = None,
 ) -> Reporter:
     """A Reporter recording one top-level run (`sweeper train`, reruns, confirmations), or one
-    nested under `parent_run_id`. The store is checked now: a bad tracking URL is a ConfigError
-    before training starts. A no-op Reporter when tracking is off."""
+    nested under `parent_run_id`, in `experiment` (default: tracking.experiment). The store is
+    checked now: a bad tracking URL is a ConfigError before training starts. A no-op Reporter
+    when tracking is off."""
     settings = tracking_settings(cfg)
     if settings is None:
         return Reporter()
+    if experiment:
+        settings = dataclasses.replace(settings, experiment=str(experiment))
     _, experiment_id = connect(settings)
     return MlflowRecorder(
         settings,

@@ -9,12 +9,15 @@ Each shape is named after the library that defines it and equals it batch for ba
 - fastai (batch k of N at position k / N, as fastai's ParamScheduler reads `pct_train`; phase
   boundaries in float32, as fastai's `combine_scheds` keeps them): `FastaiOneCycle`
   (`fit_one_cycle`), `FastaiFlatCos` (`fit_flat_cos`), `FastaiSGDR` (`fit_sgdr`);
-- torch (`torch.optim.lr_scheduler`, stepped once a batch): `TorchOneCycle` (`OneCycleLR`),
-  `TorchCosineRestarts` (`CosineAnnealingWarmRestarts`), `TorchExponential` (`ExponentialLR`),
-  `TorchPolynomial` (`PolynomialLR`).
+- torch (`torch.optim.lr_scheduler`, stepped once a batch, or once an epoch with
+  `step_per="epoch"`): `TorchOneCycle` (`OneCycleLR`), `TorchCosineRestarts`
+  (`CosineAnnealingWarmRestarts`), `TorchExponential` (`ExponentialLR`), `TorchPolynomial`
+  (`PolynomialLR`); the others are in `sweeper.schedules.torch_schedulers`, and `SequentialLR`
+  in `sweeper.schedules.sequential`.
 - The other shapes start at their first value on step 0 and reach their last value on the final
   step (position k / (N - 1)): `Constant`, `Triangular`, `WarmupCosine`, `WarmupStableDecay`, and
-  by default `Points` and `FunctionShape` (`position="fastai"` reads them at k / N instead).
+  by default `Points` and `FunctionShape` (`position="fastai"` reads them at k / N instead); these
+  two can move the momentum too (`mom_points`, `mom_fn`).
 
 A `Schedule` joins a shape with the peak lr of every group over one phase of training;
 `sweeper.trial.plan` joins the phases of a trial.
@@ -22,6 +25,8 @@ A `Schedule` joins a shape with the peak lr of every group over one phase of tra
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import functools
 import importlib
 import math
@@ -39,6 +44,7 @@ __all__ = [
     "FunctionShape",
     "POSITIONS",
     "Points",
+    "STEP_UNITS",
     "Schedule",
     "Shape",
     "ShapeError",
@@ -54,6 +60,8 @@ __all__ = [
     "linear_decay",
     "sched_cos",
     "sched_lin",
+    "shape_document",
+    "steps_per_epoch",
 ]
 
 
@@ -118,6 +126,14 @@ def _check_fraction(setting: str, value: float) -> None:
         )
 
 
+def _check_pct_start(value: float) -> None:
+    """fastai's pct_start: 0 (no warm-up) and 1 (no annealing) run in fastai, and here."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value <= 1):
+        raise ShapeError(
+            f"shape.pct_start: {value!r} is outside [0, 1]; it is the fraction of training spent warming up, e.g. shape.pct_start=0.25."
+        )
+
+
 def _check_divisor(setting: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ShapeError(
@@ -154,6 +170,22 @@ def _check_whole(setting: str, value: object, minimum: int) -> None:
         raise ShapeError(f"{setting}: {value!r} must be a whole number >= {minimum}, e.g. {setting}={max(minimum, 2)}.")
 
 
+STEP_UNITS = ("batch", "epoch")
+
+
+def _check_step_per(value: str) -> None:
+    if value not in STEP_UNITS:
+        raise ShapeError(
+            f"shape.step_per: {value!r} is not a unit; choose batch (the scheduler steps after every "
+            f"training batch) or epoch (after every epoch, as torch's examples step it: a staircase)."
+        )
+
+
+def _check_lr_floor(setting: str, value: float) -> None:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ShapeError(f"{setting}: {value!r} must be a finite lr >= 0 (one value for every group, as in torch), e.g. 0.")
+
+
 @dataclass(frozen=True)
 class FastaiOneCycle:
     """fastai's one-cycle: `combined_cos(pct_start, peak/div, peak, peak/div_final)`."""
@@ -166,7 +198,7 @@ class FastaiOneCycle:
     anneal: str = "cos"
 
     def __post_init__(self) -> None:
-        _check_fraction("shape.pct_start", self.pct_start)
+        _check_pct_start(self.pct_start)
         _check_divisor("shape.div", self.div)
         _check_divisor("shape.div_final", self.div_final)
         _check_anneal("shape.anneal", self.anneal)
@@ -200,8 +232,10 @@ class TorchOneCycle:
     cycle_momentum: bool = True
     base_momentum: float = 0.85
     max_momentum: float = 0.95
+    step_per: str = "batch"
 
     def __post_init__(self) -> None:
+        _check_step_per(self.step_per)
         _check_fraction("shape.pct_start", self.pct_start)
         _check_divisor("shape.div_factor", self.div_factor)
         _check_divisor("shape.final_div_factor", self.final_div_factor)
@@ -244,6 +278,15 @@ class TorchOneCycle:
         return self._value((self.max_momentum, self.base_momentum, self.max_momentum), step, total)
 
 
+def _check_gamma(gamma: float) -> None:
+    # gamma 0 would train one batch and stop; a negative one flips the lr's sign every step.
+    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
+        raise ShapeError(
+            f"shape.gamma: {gamma!r} must be a positive, finite factor the lr is multiplied by each "
+            f"time (below 1 it decays, above 1 it grows), e.g. shape.gamma=0.98."
+        )
+
+
 def _torch_cos(start: float, end: float, pct: float) -> float:
     return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
@@ -281,7 +324,7 @@ class FastaiFlatCos(_LeavesMomentum):
     div_final: float = 1e5
 
     def __post_init__(self) -> None:
-        _check_fraction("shape.pct_start", self.pct_start)
+        _check_pct_start(self.pct_start)
         _check_divisor("shape.div_final", self.div_final)
 
     def lr(self, peak: float, step: int, total: int) -> float:
@@ -335,12 +378,13 @@ class TorchCosineRestarts(_LeavesMomentum):
     T_0: int = 50
     T_mult: int = 1
     eta_min: float = 0.0
+    step_per: str = "batch"
 
     def __post_init__(self) -> None:
+        _check_step_per(self.step_per)
         _check_whole("shape.T_0", self.T_0, 1)
         _check_whole("shape.T_mult", self.T_mult, 1)
-        if not (isinstance(self.eta_min, (int, float)) and math.isfinite(self.eta_min) and self.eta_min >= 0):
-            raise ShapeError(f"shape.eta_min: {self.eta_min!r} must be a finite lr >= 0 (the floor of every cycle), e.g. 0.")
+        _check_lr_floor("shape.eta_min", self.eta_min)
 
     def lr(self, peak: float, step: int, total: int) -> float:
         t_cur, t_i = step, self.T_0
@@ -351,16 +395,18 @@ class TorchCosineRestarts(_LeavesMomentum):
 
 @dataclass(frozen=True)
 class TorchExponential(_LeavesMomentum):
-    """`torch.optim.lr_scheduler.ExponentialLR`: the peak times gamma**step."""
+    """`torch.optim.lr_scheduler.ExponentialLR`: the peak times gamma**step.
+
+    A gamma above 1 grows the lr every step, as torch lets it (an lr range test does that).
+    """
 
     name: ClassVar[str] = "torch_exponential"
     gamma: float = 0.98
+    step_per: str = "batch"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.gamma, (int, float)) and 0 < self.gamma <= 1):
-            raise ShapeError(
-                f"shape.gamma: {self.gamma!r} must be in (0, 1]: the factor the lr is multiplied by every batch, e.g. shape.gamma=0.98."
-            )
+        _check_step_per(self.step_per)
+        _check_gamma(self.gamma)
 
     def lr(self, peak: float, step: int, total: int) -> float:
         return peak * self.gamma**step
@@ -368,7 +414,8 @@ class TorchExponential(_LeavesMomentum):
 
 @dataclass(frozen=True)
 class TorchPolynomial(_LeavesMomentum):
-    """`torch.optim.lr_scheduler.PolynomialLR`: peak * (1 - step / total_iters) ** power, then 0.
+    """`torch.optim.lr_scheduler.PolynomialLR`: peak * (1 - step / total_iters) ** power, then 0
+    (power 0: the peak throughout, as torch).
 
     total_iters None (the default; torch's is 5) is the trial's training batches, so the lr
     falls to 0 just after the last one.
@@ -377,12 +424,16 @@ class TorchPolynomial(_LeavesMomentum):
     name: ClassVar[str] = "torch_polynomial"
     total_iters: int | None = None
     power: float = 1.0
+    step_per: str = "batch"
 
     def __post_init__(self) -> None:
+        _check_step_per(self.step_per)
         if self.total_iters is not None:
             _check_whole("shape.total_iters", self.total_iters, 1)
-        if not (isinstance(self.power, (int, float)) and math.isfinite(self.power) and self.power > 0):
-            raise ShapeError(f"shape.power: {self.power!r} must be a positive, finite power, e.g. shape.power=1.0.")
+        # power 0 holds the peak (torch's 0**0 == 1); a negative power would grow the lr without
+        # bound and divide by zero at total_iters, as PolynomialLR does.
+        if isinstance(self.power, bool) or not (isinstance(self.power, (int, float)) and math.isfinite(self.power) and self.power >= 0):
+            raise ShapeError(f"shape.power: {self.power!r} must be a finite power >= 0, e.g. shape.power=1.0.")
 
     def lr(self, peak: float, step: int, total: int) -> float:
         total_iters = total if self.total_iters is None else self.total_iters
@@ -454,92 +505,124 @@ class WarmupStableDecay(_LeavesMomentum):
 
 
 @dataclass(frozen=True)
-class Points(_LeavesMomentum):
+class Points:
     """A custom shape: (position, multiplier of the peak) points joined by straight lines.
 
-    Positions run from 0 to 1, strictly increasing. With `position="end"` (the default) the
-    first step is at 0 and the last at 1; with `position="fastai"` batch k of N is at k / N and
-    the lines are fastai's `combine_scheds` of `SchedLin`s (float32 boundaries), as a fastai
-    ParamScheduler runs them.
+    Positions run from 0 to 1, never decreasing; a position given twice is a step (the lr jumps
+    there, as a fastai `combine_scheds` piece of length 0 or `SchedNo` pieces make it). With
+    `position="end"` (the default) the first step is at 0 and the last at 1; with
+    `position="fastai"` batch k of N is at k / N and the lines are fastai's `combine_scheds` of
+    `SchedLin`s (float32 boundaries), as a fastai ParamScheduler runs them. `mom_points`, in the
+    same form with momenta (SGD momentum, Adam beta1) for values, moves the momentum as a
+    ParamScheduler of `mom` does; None leaves it to the optimizer.
     """
 
     name: ClassVar[str] = "points"
     points: tuple[tuple[float, float], ...] = ((0.0, 0.04), (0.3, 1.0), (1.0, 1e-4))
     position: str = "end"
+    mom_points: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_position(self.position)
-        try:
-            points = tuple((float(p), float(m)) for p, m in self.points)
-        except (TypeError, ValueError):
-            raise ShapeError(
-                f"shape.points: {self.points!r} must be a list of [position, multiplier] pairs, e.g. [[0, 0.04], [0.3, 1.0], [1, 1e-4]]."
-            ) from None
-        positions = [p for p, _ in points]
-        if len(points) < 2 or positions[0] != 0.0 or positions[-1] != 1.0:
-            raise ShapeError(
-                f"shape.points: positions {positions} must start at 0 and end at 1 (at least two "
-                f"points), e.g. [[0, 0.04], [0.3, 1.0], [1, 1e-4]]."
-            )
-        if any(b <= a for a, b in zip(positions, positions[1:])):
-            raise ShapeError(f"shape.points: positions {positions} must be strictly increasing.")
-        if any(not math.isfinite(m) or m < 0 for _, m in points):
-            raise ShapeError(f"shape.points: multipliers must be finite and >= 0, got {points}.")
-        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "points", _checked_points("shape.points", self.points, "multipliers", math.inf))
+        if self.mom_points is not None:
+            object.__setattr__(self, "mom_points", _checked_points("shape.mom_points", self.mom_points, "momenta", 1.0))
 
     def multiplier(self, pos: float) -> float:
-        if self.position == "fastai":
-            pcts = tuple(p1 - p0 for (p0, _), (p1, _) in zip(self.points, self.points[1:]))
-            segment, segment_pos = combine_position(pcts, pos)
-            return sched_lin(self.points[segment][1], self.points[segment + 1][1], segment_pos)
-        for (p0, m0), (p1, m1) in zip(self.points, self.points[1:]):
-            if pos <= p1:
-                return sched_lin(m0, m1, (pos - p0) / (p1 - p0))
-        return self.points[-1][1]
+        return _along(self.points, pos, self.position)
 
     def lr(self, peak: float, step: int, total: int) -> float:
         return peak * self.multiplier(POSITIONS[self.position](step, total))
 
+    def momentum(self, step: int, total: int) -> float | None:
+        if self.mom_points is None:
+            return None
+        return _along(self.mom_points, POSITIONS[self.position](step, total), self.position)
+
+
+def _checked_points(setting: str, given: object, values: str, most: float) -> tuple[tuple[float, float], ...]:
+    example = "[[0, 0.04], [0.3, 1.0], [1, 1e-4]]" if values == "multipliers" else "[[0, 0.95], [0.25, 0.85], [1, 0.95]]"
+    try:
+        points = tuple((float(p), float(v)) for p, v in given)
+    except (TypeError, ValueError):
+        raise ShapeError(f"{setting}: {given!r} must be a list of [position, value] pairs, e.g. {example}.") from None
+    positions = [p for p, _ in points]
+    if len(points) < 2 or positions[0] != 0.0 or positions[-1] != 1.0:
+        raise ShapeError(f"{setting}: positions {positions} must start at 0 and end at 1 (at least two points), e.g. {example}.")
+    if any(b < a for a, b in zip(positions, positions[1:])):
+        raise ShapeError(f"{setting}: positions {positions} must never decrease (a position given twice is a step).")
+    if any(not math.isfinite(v) or not 0 <= v <= most for _, v in points):
+        bounds = ">= 0" if math.isinf(most) else f"in [0, {most:g}]"
+        raise ShapeError(f"{setting}: {values} must be finite and {bounds}, got {points}.")
+    return points
+
+
+def _along(points: tuple[tuple[float, float], ...], pos: float, position: str) -> float:
+    """The value at `pos` on the lines through `points`; at a step, the value after it."""
+    if position == "fastai":
+        pcts = tuple(p1 - p0 for (p0, _), (p1, _) in zip(points, points[1:]))
+        segment, segment_pos = combine_position(pcts, pos)
+        return sched_lin(points[segment][1], points[segment + 1][1], segment_pos)
+    segment = min(bisect.bisect_right([p for p, _ in points], pos) - 1, len(points) - 2)
+    (p0, v0), (p1, v1) = points[segment], points[segment + 1]
+    return v1 if p1 == p0 else sched_lin(v0, v1, (pos - p0) / (p1 - p0))
+
 
 @dataclass(frozen=True)
-class FunctionShape(_LeavesMomentum):
+class FunctionShape:
     """A custom shape from a function `f(pos) -> multiplier of the peak`, pos in [0, 1].
 
     `fn` is the function's dotted import path (e.g. "mypkg.schedules.sqrt_decay"): a string keeps
-    the shape picklable and lets the config record exactly which function ran. `position`: "end"
+    the shape picklable and lets the config record exactly which function ran. `mom_fn`, a
+    dotted path too, is `f(pos) -> momentum` (SGD momentum, Adam beta1), as a fastai
+    ParamScheduler of `mom`; None leaves the momentum to the optimizer. `position`: "end"
     (step / (N-1), the default: the last step is at 1) or "fastai" (step / N, as a fastai
-    ParamScheduler calls its function).
+    ParamScheduler calls its functions).
     """
 
     name: ClassVar[str] = "function"
     fn: str = "math.cos"
     position: str = "end"
+    mom_fn: str | None = None
     _resolved: Callable[[float], float] | None = field(default=None, repr=False, compare=False)
+    _resolved_mom: Callable[[float], float] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_position(self.position)
-        module_name, _, attr = self.fn.rpartition(".")
-        try:
-            function = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError, ValueError):
-            raise ShapeError(
-                f"shape.fn: cannot import {self.fn!r}; give the dotted path of a function "
-                f"pos -> multiplier that is importable here (e.g. mypkg.schedules.my_shape)."
-            ) from None
-        if not callable(function):
-            raise ShapeError(f"shape.fn: {self.fn!r} is not callable.")
-        object.__setattr__(self, "_resolved", function)
+        object.__setattr__(self, "_resolved", _imported("shape.fn", self.fn))
+        if self.mom_fn is not None:
+            object.__setattr__(self, "_resolved_mom", _imported("shape.mom_fn", self.mom_fn))
 
     def __getstate__(self) -> dict:
-        return {"fn": self.fn, "position": self.position}
+        return {"fn": self.fn, "position": self.position, "mom_fn": self.mom_fn}
 
     def __setstate__(self, state: dict) -> None:
         object.__setattr__(self, "fn", state["fn"])
         object.__setattr__(self, "position", state.get("position", "end"))
+        object.__setattr__(self, "mom_fn", state.get("mom_fn"))
         self.__post_init__()
 
     def lr(self, peak: float, step: int, total: int) -> float:
         return peak * float(self._resolved(POSITIONS[self.position](step, total)))
+
+    def momentum(self, step: int, total: int) -> float | None:
+        if self._resolved_mom is None:
+            return None
+        return float(self._resolved_mom(POSITIONS[self.position](step, total)))
+
+
+def _imported(setting: str, path: object) -> Callable[[float], float]:
+    module_name, _, attr = str(path).rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise ShapeError(
+            f"{setting}: cannot import {path!r}; give the dotted path of a function of pos that is "
+            f"importable here (e.g. mypkg.schedules.my_shape)."
+        ) from None
+    if not callable(function):
+        raise ShapeError(f"{setting}: {path!r} is not callable.")
+    return function
 
 
 def linear_decay(pos: float) -> float:
@@ -556,21 +639,37 @@ def _momentum_triple(setting: str, moms: Sequence[float]) -> tuple[float, float,
 
 @dataclass(frozen=True)
 class Schedule:
-    """The peak lr of every layer group run through one shape over `total` training batches."""
+    """The peak lr of every layer group run through one shape over `total` training batches.
+
+    A shape with `step_per="epoch"` is stepped once an epoch: batch `step` of `total` is in
+    epoch `step * epochs // total`, and the shape sees that epoch of `epochs` as its step and
+    total (so `epochs` must be given, and the batches split evenly into epochs, as they do in
+    training).
+    """
 
     peaks: tuple[float, ...]
     shape: Shape
     total: int
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.total < 1:
             raise ShapeError(f"steps: {self.total} must be at least 1 training batch.")
         object.__setattr__(self, "peaks", tuple(float(p) for p in self.peaks))
+        if steps_per_epoch(self.shape) and not self.epochs:
+            raise ShapeError("shape.step_per: epoch needs the phase's epochs; step it per batch or train whole epochs.")
+
+    def scheduler_step(self, step: int) -> tuple[int, int]:
+        """The shape's (step, total) for training batch `step`: the batch, or its epoch."""
+        if steps_per_epoch(self.shape):
+            return step * self.epochs // self.total, self.epochs
+        return step, self.total
 
     def at(self, step: int) -> tuple[list[float], float | None]:
         """The lr of every group and the momentum for training batch `step`."""
-        lrs = [self.shape.lr(peak, step, self.total) for peak in self.peaks]
-        return lrs, self.shape.momentum(step, self.total)
+        shape_step, shape_total = self.scheduler_step(step)
+        lrs = [self.shape.lr(peak, shape_step, shape_total) for peak in self.peaks]
+        return lrs, self.shape.momentum(shape_step, shape_total)
 
     def rows(self) -> list[dict[str, float | int | None]]:
         """One row per step: {"step", "lr_0", ..., "lr_{n-1}", "momentum"}."""
@@ -582,3 +681,28 @@ class Schedule:
             row["momentum"] = momentum
             rows.append(row)
         return rows
+
+
+def steps_per_epoch(shape: Shape) -> bool:
+    """Is `shape` stepped once an epoch (`step_per="epoch"`) rather than once a batch?"""
+    return getattr(shape, "step_per", "batch") == "epoch"
+
+
+def shape_document(shape: Shape) -> dict:
+    """The shape's name and settings as plain JSON values (a shape in a setting, as a
+    sequential's pieces, is a document too; what a shape resolved for itself is left out)."""
+    document: dict = {"name": shape.name}
+    if not dataclasses.is_dataclass(shape):
+        return document
+    for setting in dataclasses.fields(shape):
+        if setting.repr and not setting.name.startswith("_"):
+            document[setting.name] = _plain_setting(getattr(shape, setting.name))
+    return document
+
+
+def _plain_setting(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        return [_plain_setting(item) for item in value]
+    if callable(getattr(value, "lr", None)) and hasattr(value, "name"):
+        return shape_document(value)
+    return value

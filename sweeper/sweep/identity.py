@@ -20,9 +20,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sweeper.boundary.renamed import current_name
+from sweeper.config import plain
 from sweeper.secrets import mask_text
 from sweeper.trial.spec import TRIAL_NODES
 
@@ -50,16 +51,12 @@ def definition_of(cfg: DictConfig, space_lines: Sequence[str], fixed: Sequence[s
         "space": dict(line.split(": ", 1) for line in space_lines),
         "fixed": dict(override.split("=", 1) for override in fixed),
         "objectives": dict(objectives),
-        "sampler": _plain(cfg.get("sampler")),
-        "pruner": _plain(cfg.get("pruner")),
+        "sampler": plain(cfg.get("sampler")),
+        "pruner": plain(cfg.get("pruner")),
         "trainer": str(cfg.sweep.trainer),
-        **{key: _plain(cfg.get(key)) for key in TRIAL_NODES},
+        **{key: plain(cfg.get(key)) for key in TRIAL_NODES},
     }
     return {key: mask_text(json.dumps(value, sort_keys=True)) for key, value in _flatten(nodes).items()}
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -3,11 +3,13 @@
 Everything shown is read from the study itself (trial states, intermediate values and the
 `worker` / `device` / `epochs` attributes workers keep up to date), so the view is the same
 whoever runs the trials, on any machine. Where the terminal is not interactive (CI, a log
-file) it prints one line whenever the counts change instead.
+file) it prints a line whenever a trial starts or ends instead, and one every few seconds while
+the running trials finish epochs (a fused run's trials all end together).
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Sequence
@@ -23,6 +25,9 @@ from sweeper.sweep.study import Counts, SweepPlan
 
 __all__ = ["LiveView", "Progress", "WorkerNotes", "how_it_ended", "read_progress", "sampled"]
 
+# Seconds at least between two lines that tell only of epochs done (non-interactive output).
+EPOCHS_EVERY = 5.0
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -35,13 +40,35 @@ class Progress:
     def line(self) -> str:
         c = self.counts
         text = f"{c.finished}/{self.n_trials} finished ({c.complete} complete, {c.pruned} pruned), {c.failed} failed, {c.running} running"
+        text += self._epochs_done()
         return f"{text}; best {self.best}" if self.best else text
+
+    def _epochs_done(self) -> str:
+        """How far the running trials are: " (epoch 3 done)", " (epochs 1-4 done)"; "" before any."""
+        done = [int(row[3]) for row in self.running if row[3].isdigit()]
+        if not done or max(done) == 0:
+            return ""
+        low, high = min(done), max(done)
+        return f" (epoch {high} done)" if low == high else f" (epochs {low}-{high} done)"
 
 
 def sampled(trial: FrozenTrial, plan: SweepPlan) -> str:
-    """What the sampler chose for a trial: its overrides beyond the sweep's own."""
+    """What the sampler chose for a trial, to be read at a glance: its overrides beyond the
+    sweep's own, fractions to 3 significant digits (`lr.high=0.00181`). The exact values stay in
+    the trial's records and in its rerun command."""
     overrides = trial.user_attrs.get("overrides", [])
-    return " ".join(o for o in overrides if o not in plan.overrides)
+    return " ".join(_rounded(o) for o in overrides if o not in plan.overrides)
+
+
+def _rounded(override: str) -> str:
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    if value.lstrip("+-").isdigit() or not math.isfinite(number):  # whole numbers stay whole
+        return override
+    return f"{key}={number:.3g}"
 
 
 def read_progress(study: optuna.Study, plan: SweepPlan, workers: Sequence = ()) -> Progress:
@@ -100,6 +127,8 @@ class LiveView:
         interactive = self.console.is_terminal if enabled == "auto" else bool(enabled)
         self._live = Live(console=self.console, auto_refresh=False) if interactive else None
         self._last_line = ""
+        self._last_counts: Counts | None = None
+        self._printed_at = -math.inf
 
     def __enter__(self) -> LiveView:
         if self._live is not None:
@@ -114,10 +143,12 @@ class LiveView:
         if self._live is not None:
             self._live.update(self._render(progress), refresh=True)
             return
-        line = progress.line()
-        if line != self._last_line:
+        # A trial that ends or starts is a line at once; epochs done, at most one every few
+        # seconds (a log's reader sees the sweep move, and many workers' epochs make no flood).
+        line, now = progress.line(), time.monotonic()
+        if line != self._last_line and (progress.counts != self._last_counts or now - self._printed_at >= EPOCHS_EVERY):
             self.console.print(f"[{time.strftime('%H:%M:%S')}] {line}", highlight=False, soft_wrap=True)
-            self._last_line = line
+            self._last_line, self._last_counts, self._printed_at = line, progress.counts, now
 
     def say(self, text: str) -> None:
         """A message above the progress, kept in the scrollback (a worker's warning)."""

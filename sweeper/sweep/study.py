@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.config import ConfigError, check_results_dir, compose_config
 from sweeper.config.errors import error_line
-from sweeper.config.rules import check_sweep_name, seconds, whole
+from sweeper.config.rules import check_required, check_sweep_name, seconds, whole
 from sweeper.records.environment import git_state
 from sweeper.secrets import mask_text, mask_url
 from sweeper.sweep.arms import COMPARE_ATTR, ArmPruner, Arms, ArmSampler, arms_of
@@ -53,6 +53,7 @@ from sweeper.sweep.space import SearchSpace, build_space, split_overrides, valid
 from sweeper.training.checkpoints import checkpoints_on
 from sweeper.training.saved_models import save_model_setting
 from sweeper.trial.events import EpochEvent, Reporter, TrialResult
+from sweeper.trial.spec import TRIAL_NODES
 
 __all__ = [
     "ClaimLock",
@@ -494,6 +495,7 @@ def plan_sweep(
     cfg = compose_config(base, config_dirs)
     check_results_dir(cfg.results_dir)  # before any check that may write there (a cached body)
     name = check_sweep_name(str(cfg.sweep.name))
+    check_required(cfg, TRIAL_NODES)  # before the definition reads them through interpolations
     allow_changes = cfg.sweep.get("allow_changes", False)
     if not isinstance(allow_changes, bool):
         raise ConfigError(f"sweep.allow_changes: {allow_changes!r} must be true or false.")
@@ -584,7 +586,7 @@ def open_study(plan: SweepPlan, *, create: bool, worker: int = 0) -> optuna.Stud
             ) from None
         check_definition(study, plan)  # a worker with other overrides must not join
         return study
-    with plan.storage.claim(plan.name):
+    with plan.storage.claim(plan.name), _quiet_optuna():
         study = optuna.create_study(
             study_name=plan.name,
             storage=storage,
@@ -598,6 +600,18 @@ def open_study(plan: SweepPlan, *, create: bool, worker: int = 0) -> optuna.Stud
         else:
             _start(study, plan)
     return study
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna logs "[I ...] A new study created in RDB with name: ..." at INFO into the sweep's
+    output, which says so itself; its warnings and errors still show."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def existing_study(plan: SweepPlan) -> optuna.Study | None:

@@ -47,7 +47,7 @@ from omegaconf import DictConfig
 from sweeper.boundary.printed import printable
 from sweeper.boundary.recorded_weights import state_dict_problem
 from sweeper.config import ConfigError
-from sweeper.config.rules import is_number
+from sweeper.config.rules import is_number, sweep_folder
 from sweeper.trial.events import EpochEvent, StepEvent, TrainerHook, TrialResult
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ def for_sweep_trial(results_dir: str | Path, sweep: str, trial: Any, every: floa
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    folder = Path(results_dir) / "sweeps" / sweep / "checkpoints"
+    folder = sweep_folder(results_dir, sweep) / "checkpoints"
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
     with warnings.catch_warnings():  # "experimental" in Optuna: relied on knowingly, as the retries are
         warnings.simplefilter("ignore", ExperimentalWarning)

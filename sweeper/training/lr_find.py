@@ -18,8 +18,12 @@ last five, cut at the first NaN, in float32 (fastai makes tensors of the recorde
 losses; on flat or tied curves float32 changes which loss is lower):
 - `valley` (default): about halfway down the longest valley of the loss curve;
 - `minimum`: the lr of the lowest loss, divided by 10;
-- `steep`: the lr where the loss falls fastest (steepest negative slope in log lr).
-A suggested lr is the float32 value fastai returns.
+- `steep`: the lr where the loss falls fastest (steepest negative slope in log lr);
+- `slide`: fastai's interval slide rule, from the end of the curve back to where the loss's
+  gradient changes by at most 0.005 over 15 points (fastai raises on a curve of 15 points or
+  fewer; here it suggests nothing).
+A suggested lr is the float32 value fastai returns. `suggestions` picks which (fastai's
+`suggest_funcs`); `stop_div=False` runs all `num_it` batches whatever the loss does.
 """
 
 from __future__ import annotations
@@ -30,16 +34,30 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from sweeper.config import ConfigError
 from sweeper.training.trainer import Trial, prepare
 
-__all__ = ["LrFindResult", "SUGGESTIONS", "lr_find", "minimum", "plot_lr_find", "range_test", "steep", "suggest", "valley"]
+__all__ = [
+    "DEFAULT_SUGGESTIONS",
+    "LrFindResult",
+    "SUGGESTIONS",
+    "lr_find",
+    "minimum",
+    "plot_lr_find",
+    "range_test",
+    "slide",
+    "steep",
+    "suggest",
+    "valley",
+]
 
 BETA = 0.98  # fastai's AvgSmoothLoss
 DIVERGED = 4  # stop once the smoothed loss exceeds this many times its best
+DEFAULT_SUGGESTIONS = ("valley", "minimum", "steep")  # shown unless --suggest picks others
 
 
 @dataclass
@@ -50,11 +68,18 @@ class LrFindResult:
 
 
 def lr_find(
-    cfg: DictConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True, follow_slice: bool = False
+    cfg: DictConfig,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_it: int = 100,
+    stop_div: bool = True,
+    follow_slice: bool = False,
+    suggestions: Sequence[str] = DEFAULT_SUGGESTIONS,
 ) -> LrFindResult:
     """Run the range test on the config's model, data and optimizer; see the module docstring."""
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"lr_find: start_lr={start_lr:g} and end_lr={end_lr:g} need 0 < start_lr < end_lr.")
+    check_suggestions(suggestions)
     num_it = max(num_it, 6)  # as fastai
     trial = prepare(cfg)
     model, optimizer = trial.model, trial.optimizer
@@ -81,7 +106,7 @@ def lr_find(
         model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_optimizer)
         trial.set_trainable([True] * len(trial.groups))
-    return LrFindResult(lrs, losses, suggest(lrs, losses, num_it))
+    return LrFindResult(lrs, losses, suggest(lrs, losses, num_it, suggestions))
 
 
 def range_test(
@@ -122,8 +147,14 @@ def _batches(trial: Trial, count: int) -> Iterator[tuple[torch.Tensor, torch.Ten
             yield batch
 
 
-def suggest(lrs: Sequence[float], losses: Sequence[float], num_it: int) -> dict[str, float]:
-    """fastai's suggestions from a test's curve; empty when too few points remain to judge."""
+def check_suggestions(names: Sequence[str]) -> None:
+    unknown = [name for name in names if name not in SUGGESTIONS]
+    if unknown or not names:
+        raise ConfigError(f"--suggest: {','.join(unknown) or 'nothing'} is not a suggestion; choose among {','.join(SUGGESTIONS)}.")
+
+
+def suggest(lrs: Sequence[float], losses: Sequence[float], num_it: int, names: Sequence[str] = DEFAULT_SUGGESTIONS) -> dict[str, float]:
+    """fastai's suggestions `names` from a test's curve; none when too few points remain to judge."""
     lrs = torch.tensor(lrs[num_it // 10 : -5], dtype=torch.float32)
     losses = torch.tensor(losses[num_it // 10 : -5], dtype=torch.float32)
     nan = torch.nonzero(torch.isnan(losses))
@@ -131,7 +162,8 @@ def suggest(lrs: Sequence[float], losses: Sequence[float], num_it: int) -> dict[
         lrs, losses = lrs[: nan.min()], losses[: nan.min()]
     if len(lrs) < 2:  # fastai raises here
         return {}
-    return {name: function(lrs, losses) for name, function in SUGGESTIONS.items()}
+    suggested = {name: SUGGESTIONS[name](lrs, losses) for name in names}
+    return {name: lr for name, lr in suggested.items() if lr is not None}
 
 
 def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
@@ -163,15 +195,34 @@ def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
     return lrs[slopes.argmin()].item()
 
 
+def slide(
+    lrs: Sequence[float], losses: Sequence[float], lr_diff: int = 15, thresh: float = 0.005, adjust_value: float = 1.0
+) -> float | None:
+    """fastai's slide: walking back from the end of the curve, the lr where the loss's gradient
+    (NumPy's, in float32) differs by at most `thresh` from the one `lr_diff` points later."""
+    lrs, losses = _float32(lrs), _float32(losses).numpy()
+    if len(losses) <= lr_diff:  # fastai indexes past the start of the curve here and raises
+        return None
+    gradient = np.gradient(losses)
+    right, left = -1, -1 - lr_diff
+    local_min_lr = lrs[left]
+    while left >= -len(losses) and abs(gradient[right] - gradient[left]) > thresh:
+        local_min_lr = lrs[left]
+        right -= 1
+        left -= 1
+    return float(local_min_lr) * adjust_value
+
+
 def _float32(values: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """As fastai's suggestion functions see values: a float32 tensor."""
     return torch.as_tensor(values, dtype=torch.float32)
 
 
-SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
+SUGGESTIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {
     "valley": valley,
     "minimum": minimum,
     "steep": steep,
+    "slide": slide,
 }
 
 
@@ -186,7 +237,7 @@ def plot_lr_find(result: LrFindResult, path: str | Path, skip_end: int = 5) -> P
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("loss (smoothed)")
-    for (name, lr), marker in zip(result.suggestions.items(), "o^s"):
+    for (name, lr), marker in zip(result.suggestions.items(), "o^sD"):
         nearest = min(range(len(result.lrs)), key=lambda i: abs(math.log(result.lrs[i] / lr)))
         axis.plot(lr, result.losses[nearest], marker, label=f"{name}: {lr:.2e}")
     if result.suggestions:

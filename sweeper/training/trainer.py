@@ -70,13 +70,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sweeper.config import ConfigError, build_shape, instantiate_node
-from sweeper.config.rules import whole
+from sweeper.config import ConfigError, build_shape, instantiate_node, plain
+from sweeper.config.rules import check_required, whole
 from sweeper.schedules.slices import parse_lr
 from sweeper.training.loop import Member, run_loop
 from sweeper.training.seeding import seed_everything, use_deterministic_algorithms
 from sweeper.trial.events import Reporter, StartEvent, TrialResult
 from sweeper.trial.plan import Phase, Plan, plan_config
+from sweeper.trial.spec import TRIAL_NODES
 from sweeper.zoo.data import TrialData
 from sweeper.zoo.groups import LayerGroups, split_groups
 from sweeper.zoo.tasks import Task, build_task
@@ -158,6 +159,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     settings = cfg.train
 
     # settings that need nothing built come first, so a typo fails in milliseconds
+    check_required(cfg, TRIAL_NODES)
     task = build_task(_task_node(cfg))
     objective = settings.objective
     if objective not in task.metric_names:
@@ -175,7 +177,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
         )
     batch_size = _whole(settings, "batch_size", 1)
     sync_every = _whole(settings, "sync_every", 1, default=16)
-    lr_spec = parse_lr(_plain(cfg.lr))
+    lr_spec = parse_lr(plain(cfg.lr))
     shape = build_shape(cfg.shape)
 
     # reproducibility first, then everything that draws random numbers
@@ -186,7 +188,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     data = _build(cfg.data.source, "data.source", TrialData).to(device)
     model = _build(cfg.model.net, "model.net", nn.Module).to(device)
     task.check_targets(next(data.valid_batches(1))[1], _outputs(cfg), f"data={cfg.data.get('name', 'the data')}")
-    groups = split_groups(model, _plain(cfg.model.get("groups")))
+    groups = split_groups(model, plain(cfg.model.get("groups")))
     peaks = lr_spec.peaks(len(groups))
 
     # the optimizer: a param group per layer group (two where norms and biases skip weight decay)
@@ -399,7 +401,3 @@ def _build(node: DictConfig, setting: str, kind: type) -> object:
             f"{kind.__name__}; point it at a function or class that returns one."
         )
     return built
-
-
-def _plain(node: object) -> object:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

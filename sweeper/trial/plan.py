@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import ConfigError, build_shape, instantiate_node
+from sweeper.config import ConfigError, build_shape, instantiate_node, plain
 from sweeper.schedules.shapes import FastaiOneCycle, Schedule, Shape
 from sweeper.schedules.slices import parse_lr
 
@@ -176,10 +176,10 @@ def plan_trial(
     if freeze_epochs:
         base_lr = 2 * peaks[-1]  # fine_tune halves base_lr when it unfreezes: the configured head peak
         frozen_peaks = tuple(parse_lr(slice(base_lr)).peaks(n_groups))
-        schedule = Schedule(frozen_peaks, frozen_shape(shape), freeze_epochs * per_epoch)
+        schedule = Schedule(frozen_peaks, frozen_shape(shape), freeze_epochs * per_epoch, freeze_epochs)
         phases.append(Phase("frozen", freeze_epochs, schedule, (False,) * (n_groups - 1) + (True,)))
     if epochs:
-        schedule = Schedule(tuple(peaks), shape, epochs * per_epoch if freeze_epochs else steps)
+        schedule = Schedule(tuple(peaks), shape, epochs * per_epoch if freeze_epochs else steps, epochs)
         phases.append(Phase("unfrozen" if freeze_epochs else "train", epochs, schedule, (True,) * n_groups))
     return Plan(tuple(float(p) for p in peaks), tuple(phases), momentum_off)
 
@@ -194,7 +194,7 @@ def plan_config(cfg: DictConfig | Mapping, *, steps: int, n_groups: int | None =
     with it): for a plan whose lrs alone are read, as the sweep's report reads them.
     """
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    spec = parse_lr(_plain(cfg.lr) if lr is None else lr)
+    spec = parse_lr(plain(cfg.lr) if lr is None else lr)
     n_groups = count_groups(cfg.model) if n_groups is None else n_groups
     return plan_trial(
         spec.peaks(n_groups),
@@ -220,7 +220,7 @@ def whole_epoch_steps(cfg: DictConfig | Mapping, about: int) -> int:
 def count_groups(model_cfg: DictConfig | Mapping) -> int:
     """The layer groups `model.groups` makes: a list's length, a number, or for a splitter the
     groups it makes of the model (built as a trial builds it)."""
-    spec = _plain(model_cfg.get("groups"))
+    spec = plain(model_cfg.get("groups"))
     if spec is None:
         return 1
     if isinstance(spec, list):
@@ -252,7 +252,3 @@ def _default(target: str | None, name: str) -> object:
     except Exception:  # noqa: BLE001 - not importable or no signature: the optimizer says at build time
         return None
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
-
-
-def _plain(node: object) -> object:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

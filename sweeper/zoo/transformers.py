@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sweeper.config import ConfigError
+from sweeper.config import ConfigError, error_line
 
 __all__ = ["SequenceClassifier", "layer_groups", "sequence_classifier"]
 
@@ -78,7 +78,7 @@ def sequence_classifier(
         try:
             hf_config = transformers.AutoConfig.for_model(model_type, num_labels=num_classes, **settings)
         except (ValueError, TypeError) as error:
-            raise ConfigError(f"model.net.config: {_first_line(error)[:200]}; give settings that {model_type} takes.") from None
+            raise ConfigError(f"model.net.config: {error_line(error)[:200]}; give settings that {model_type} takes.") from None
         return SequenceClassifier(auto.from_config(hf_config), layers_per_group)
     with _offline():
         try:
@@ -90,7 +90,7 @@ def sequence_classifier(
             )
         except (OSError, ValueError) as error:
             if Path(path).expanduser().is_dir():  # a folder that is not a checkpoint: say what is wrong with it
-                raise ConfigError(f"model.net.path: {path!r} cannot be loaded: {_first_line(error)[:200]}") from None
+                raise ConfigError(f"model.net.path: {path!r} cannot be loaded: {error_line(error)[:200]}") from None
             raise ConfigError(
                 f"model.net.path: {path!r} is neither a checkpoint folder nor a model in your Hugging "
                 f"Face cache; nothing is downloaded here: save the model with save_pretrained(folder) "
@@ -145,7 +145,3 @@ def _offline():
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = before
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from sweeper.config import ConfigError
+from sweeper.config import ConfigError, error_line
 
 __all__ = ["MATCHING_PAIR", "classifier", "import_torchvision"]
 
@@ -48,7 +48,7 @@ def _mismatch(error: BaseException) -> str:
     except importlib.metadata.PackageNotFoundError:
         vision = "?"
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU"
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = error_line(error)
     return (
         f"torchvision {vision} does not load beside torch {torch.__version__} (a {build} build): "
         f"{reason}; each torchvision wheel fits one torch build, so install a pair built together: "
