@@ -1,5 +1,6 @@
 """Which sweep a command after the sweep reads (`report`, `confirm`, `ui`): its name from the
-command line, its study from the configured storage, and what it recorded of itself.
+command line, and its study from the configured storage (what it recorded is read through
+sweeper.boundary.recorded_study).
 
 Light on purpose (Optuna, no pandas, matplotlib, torch or MLflow): a sweep that is not there is
 said in a second, before the commands load what their work needs.
@@ -7,18 +8,16 @@ said in a second, before the commands load what their work needs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import optuna
 from omegaconf import DictConfig
 
-from sweeper.boundary.renamed import current_name
 from sweeper.config import ConfigError
 from sweeper.config.rules import check_sweep_name
 from sweeper.sweep.study import storage_of
 
-__all__ = ["load_sweep_study", "split_sweep_name", "sweep_config_dirs", "sweep_trainer"]
+__all__ = ["load_sweep_study", "split_sweep_name"]
 
 
 def split_sweep_name(words: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -49,14 +48,3 @@ def load_sweep_study(cfg: DictConfig, name: str | None = None) -> optuna.Study:
             f"sweep name: no sweep {name!r} in {spec.label()}; it holds {known or 'none'}. Give one of "
             f"them (sweeper report NAME), or the storage the sweep used (storage.url=...)."
         ) from None
-
-
-def sweep_config_dirs(study: optuna.Study, extra: Sequence[str] = ()) -> list[str]:
-    """The config directories the sweep was composed with (recorded), then `extra`."""
-    return [*study.user_attrs.get("config_dirs", []), *extra]
-
-
-def sweep_trainer(study: optuna.Study, default: str = "sweeper.training.engine") -> str:
-    """The trainer module the sweep's trials ran (its recorded definition), e.g. sweeper.training.engine."""
-    recorded = (study.user_attrs.get("definition") or {}).get("trainer")
-    return current_name(json.loads(recorded)) if recorded else default

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.analysis.repeats import FACTORS, seed_count
-from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
-from sweeper.boundary.recorded_config import Allowed, allowed_code, check_config
+from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name
+from sweeper.boundary.recorded_config import Allowed, allowed_code
+from sweeper.boundary.recorded_study import study_config_dirs, study_trainer
 from sweeper.config import compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
 from sweeper.sweep.study import load_trainer
@@ -56,9 +57,9 @@ def recorded_sweep(args: argparse.Namespace) -> tuple[DictConfig, optuna.Study, 
     cfg = compose_config(overrides, args.config_dir)
     study = load_sweep_study(cfg, name)
     allowed = allowed_code(cfg, args.allow_module)
-    check_config({"sweep": {"trainer": sweep_trainer(study)}}, allowed)
+    trainer_name = study_trainer(study.user_attrs, allowed)  # checked before MLflow and the trainer load
     tracking = open_sweep(cfg, study)
-    trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": sweep_trainer(study)}}))
+    trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": trainer_name}}))
     return cfg, study, tracking, allowed, trainer
 
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             folder=sweep_folder(cfg, study.study_name),
             tracking=tracking,
-            config_dirs=sweep_config_dirs(study, args.config_dir),
+            config_dirs=study_config_dirs(study.user_attrs, args.config_dir),
             allowed=allowed,
         )
         names = [f"ablation_{args.ablate}.md", f"ablation_{args.ablate}.csv", f"ablation_{args.ablate}_summary.csv"]
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         folder=sweep_folder(cfg, study.study_name),
         tracking=tracking,
-        config_dirs=sweep_config_dirs(study, args.config_dir),
+        config_dirs=study_config_dirs(study.user_attrs, args.config_dir),
         strategies=args.strategy,
         allowed=allowed,
     )

@@ -18,7 +18,7 @@ import time
 
 from sweeper.analysis.report import write_report
 from sweeper.analysis.verdict import give_verdict
-from sweeper.analysis.which_sweep import sweep_config_dirs
+from sweeper.boundary.recorded_study import study_config_dirs
 from sweeper.commands.confirm import recorded_sweep
 from sweeper.records.tracking import sweep_folder
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         folder=folder,
         tracking=tracking,
-        config_dirs=sweep_config_dirs(study, args.config_dir),
+        config_dirs=study_config_dirs(study.user_attrs, args.config_dir),
         allowed=allowed,
     )
     tracking.attach_files(verdict.files, "verdict", {"verdict": verdict.answer})
