@@ -132,6 +132,36 @@ CASES = [
     ("objective-not-produced-train", ["train", "train.objective=f1"], ["train.objective", "['accuracy', 'loss']"]),
     ("workers-per-device-zero", ["sweep", "search=slices", "sweep.workers_per_device=0"], ["sweep.workers_per_device: 0", ">= 1"]),
     ("launcher-jobs-zero", ["sweep", "search=slices", "launcher=slurm", "launcher.jobs=0"], ["launcher.jobs: 0", ">= 1"]),
+    # every sbatch option of launcher=slurm (conf/launcher/slurm.yaml)
+    *(
+        (f"slurm-{name}", ["sweep", "search=slices", "launcher=slurm", *overrides], fragments)
+        for name, overrides, fragments in [
+            ("cluster", ["launcher.cluster=pbs"], ["launcher.cluster: 'pbs'", "launcher.cluster=slurm"]),
+            ("array-parallelism-zero", ["launcher.array_parallelism=0"], ["launcher.array_parallelism: 0", ">= 1", "or null"]),
+            ("time-zero", ["launcher.timeout_min=0"], ["launcher.timeout_min: 0", "minutes >= 1"]),
+            ("time-bool", ["launcher.timeout_min=true"], ["launcher.timeout_min: True", "minutes >= 1"]),
+            ("cpus-zero", ["launcher.cpus_per_task=0"], ["launcher.cpus_per_task: 0", ">= 1"]),
+            ("memory-negative", ["launcher.mem_gb=-1"], ["launcher.mem_gb: -1", "gigabytes > 0", "launcher.mem_gb=32"]),
+            ("gpus-negative", ["launcher.gpus_per_node=-1"], ["launcher.gpus_per_node: -1", ">= 0"]),
+            ("gres-malformed", ["launcher.gres=gpu"], ["launcher.gres: 'gpu'", "launcher.gres=gpu:1"]),
+            ("gres-and-gpus", ["launcher.gres=gpu:a100:1"], ["launcher.gres: gpu:a100:1", "launcher.gpus_per_node=0 with launcher.gres"]),
+            ("partition-with-space", ["launcher.partition='gpu a100'"], ["launcher.partition: 'gpu a100'", "sinfo"]),
+            ("account-number", ["launcher.account=[a]"], ["launcher.account: ", "or null"]),
+            ("qos-empty", ["launcher.qos=''"], ["launcher.qos: ''", "or null"]),
+            ("setup-not-a-list", ["launcher.setup=module"], ["launcher.setup: 'module'", "list of shell lines"]),
+            (
+                "sbatch-args-short-form",
+                ["launcher.sbatch_args=[-C a100]"],
+                ["launcher.sbatch_args: '-C a100'", """'["--constraint=a100", "--exclusive"]'"""],
+            ),
+            (
+                "sbatch-args-own-setting",
+                ['launcher.sbatch_args=["--partition=gpu"]'],
+                ["launcher.sbatch_args: --partition", "use launcher.partition"],
+            ),
+            ("sbatch-args-time", ['launcher.sbatch_args=["--time=10"]'], ["launcher.sbatch_args: --time", "use launcher.timeout_min"]),
+        ]
+    ),
     ("workers-zero", ["sweep", "search=slices", "sweep.workers=0"], ["sweep.workers: 0", "auto or a whole number"]),
     ("max-failures-zero", ["sweep", "search=slices", "sweep.max_failures=0"], ["sweep.max_failures: 0", ">= 1"]),
     ("cuda-without-gpu", ["sweep", "search=slices", "train.device=cuda"], ["train.device: 'cuda'", "train.device=cpu"], NO_GPU),

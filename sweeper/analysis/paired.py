@@ -4,7 +4,7 @@ Two configs trained on the same seed share their initial weights and data order 
 numbers), so their difference on that seed is theirs, not the seed's luck: each comparison is
 the mean of the per-seed differences, with a t interval and the paired t-test's p-value.
 Several comparisons are judged together: p-values are Holm-adjusted (a difference is called
-real when its adjusted p < ALPHA), and intervals are simultaneous (Bonferroni: each at
+real when its adjusted p < ALPHA and its interval excludes 0), and intervals are simultaneous (Bonferroni: each at
 1 - ALPHA / m), so a reader may trust all of them at once, not one at a time.
 """
 
@@ -41,7 +41,9 @@ class Paired:
 
     @property
     def real(self) -> bool:
-        return self.p_holm < ALPHA
+        """Holm's test rejects no difference, and the simultaneous interval, which is at least as
+        wide (Bonferroni's), excludes 0 too: what is called real is what every shown figure says."""
+        return self.p_holm < ALPHA and (self.low > 0 or self.high < 0)
 
     def flipped(self) -> Paired:
         """second vs first: the same comparison from the other side."""

@@ -22,14 +22,14 @@ import time
 from collections.abc import MutableMapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sweeper.config import ConfigError
-from sweeper.config.rules import whole
+from sweeper.sweep.slurm_jobs import check_slurm, submit_jobs
 from sweeper.sweep.study import SweepPlan, plan_sweep
-from sweeper.sweep.workers import Slot, plan_slots, run_worker, usable_cores, visible_gpus
+from sweeper.sweep.workers import Slot, StopRequest, plan_slots, run_worker, usable_cores, visible_gpus
 
 __all__ = [
     "SweepArguments",
@@ -160,22 +160,6 @@ class LocalWorker:
             self.process.wait()
 
 
-@dataclass
-class JobWorker:
-    label: str
-    log: Path
-    job: Any  # submitit.Job
-
-    def poll(self) -> int | None:
-        if not self.job.done():
-            return None
-        return 1 if self.job.exception() is not None else 0
-
-    def stop(self) -> None:
-        if not self.job.done():
-            self.job.cancel(check=False)
-
-
 def check_launcher(plan: SweepPlan) -> None:
     """The launcher's settings (worker slots here, or cluster jobs), and the results_dir their
     logs and the sweep's stores go to, checked before anything is created: a bad one must not
@@ -184,7 +168,7 @@ def check_launcher(plan: SweepPlan) -> None:
     if name == "local":
         _local_slots(plan)
     elif name == "slurm":
-        _job_count(plan.cfg.launcher)
+        check_slurm(plan.cfg.launcher)
     else:
         raise ConfigError(f"launcher.name: {name!r} is not a launcher; use launcher=local or launcher=slurm.")
 
@@ -211,12 +195,6 @@ def _local_slots(plan: SweepPlan) -> list[Slot]:
     return plan_slots(plan.cfg.sweep, visible_gpus(), usable_cores())
 
 
-def _job_count(launcher: DictConfig) -> int:
-    jobs = launcher.jobs
-    whole("launcher.jobs", jobs, 1, unit="a whole number of worker jobs")
-    return jobs
-
-
 def _launch_local(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: float | None, held: bool = False) -> list[LocalWorker]:
     logs.mkdir(parents=True, exist_ok=True)
     workers: list[LocalWorker] = []
@@ -237,38 +215,30 @@ def _launch_local(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: 
 
 
 def _launch_jobs(plan: SweepPlan, launcher: DictConfig, deadline: float | None) -> list[WorkerHandle]:
-    import submitit
-
-    jobs = _job_count(launcher)
-    executor = submitit.AutoExecutor(folder=launcher.folder, cluster=launcher.cluster)
-    executor.update_parameters(
-        name=f"sweeper-{plan.name}",
-        timeout_min=launcher.timeout_min,
-        gpus_per_node=launcher.gpus_per_node,
-        cpus_per_task=launcher.cpus_per_task,
-        mem_gb=launcher.mem_gb,
-        slurm_partition=launcher.partition,
-        slurm_setup=list(launcher.setup),
-        slurm_additional_parameters=OmegaConf.to_container(launcher.additional_parameters),
-    )
-    # A job inherits the environment it is submitted from (sbatch exports it, as submitit's local
-    # cluster does): the sweep's command line, which may hold a password, travels there, and not
-    # in the job's pickle that submitit keeps under results/.
+    settings = check_slurm(launcher)
     sweep = SweepArguments(list(plan.command_line), list(plan.config_dirs), os.getpid())
-    os.environ.update(sweep.environment())
-    try:
-        submitted = [executor.submit(run_job, index, deadline) for index in range(jobs)]
-    finally:
-        os.environ.pop(SWEEP_ARGUMENTS, None)
-    return [JobWorker(f"job {job.job_id}", Path(job.paths.stdout), job) for job in submitted]
+    return submit_jobs(settings, plan.name, run_job, [(index, deadline) for index in range(settings.jobs)], sweep.environment())
 
 
 def run_job(index: int, deadline: float | None) -> int:
-    """A cluster job's body: one worker on whatever devices the scheduler gave the job."""
+    """A cluster job's body: one worker on whatever devices the scheduler gave the job; its exit
+    code as `sweeper worker`'s. SIGINT (the sweep stopping its jobs) stops the worker as Ctrl-C
+    does. SIGTERM (SLURM ending the job: its time limit, scancel, preemption) ends it at once, as
+    SIGKILL would, so that its trial is failed by its heartbeat and runs again in another job;
+    submitit would only log it. submitit's own warning before the time limit (SIGUSR2) would
+    raise wherever the worker is: it is ignored, and the time limit's SIGTERM decides."""
+    stop = StopRequest()
+    stop.install()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     sweep = SweepArguments.take()
     if sweep is None:
         raise RuntimeError(
             f"the sweep's arguments did not reach this job ({SWEEP_ARGUMENTS} is unset): submit with the "
             f"environment exported (sbatch --export=ALL, SLURM's default)"
         )
-    return run_worker(plan_sweep(sweep.overrides, sweep.config_dirs, validate=False), index=index, deadline=deadline)
+    try:
+        run_worker(plan_sweep(sweep.overrides, sweep.config_dirs, validate=False), index=index, deadline=deadline, stop=stop)
+    except KeyboardInterrupt:  # from a trial's training: Optuna has marked the trial failed
+        pass
+    return stop.exit_code if stop.requested else 0
