@@ -18,6 +18,7 @@ import threading
 import traceback
 from collections.abc import Sequence
 
+from sweeper.boundary.printed import printable
 from sweeper.secrets import mask_text, passwords_in
 
 # name -> module in sweeper.commands; each module has HELP, add_arguments(parser) and run(args).
@@ -123,8 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _masked(text: str, argv: Sequence[str], args: argparse.Namespace) -> str:
     """`text` without the passwords of the command line (`args` as the command completed it,
-    e.g. a worker's from its sweep) or of the environment, whole or in URLs."""
-    return mask_text(text, passwords_in([*argv, *getattr(args, "overrides", []), *os.environ.values()]))
+    e.g. a worker's from its sweep) or of the environment, whole or in URLs, and with any
+    control character escaped: an error may quote a record, which may hold terminal escapes."""
+    masked = mask_text(text, passwords_in([*argv, *getattr(args, "overrides", []), *os.environ.values()]))
+    return printable(masked, keep="\n")
 
 
 class StopSignals:

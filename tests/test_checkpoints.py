@@ -117,6 +117,59 @@ def test_without_a_checkpoint_the_retried_trial_starts_from_its_first_step(trial
     assert result_curves(result) == result_curves(trained(cfg, [])[0])
 
 
+def tampered(payload: dict, change: str) -> dict:
+    """A checkpoint sweeper wrote, changed as a recorder of ill will (or another model's run) might."""
+    model = dict(payload["model"])
+    first = next(iter(model))
+    if change == "missing-key":
+        del model[first]
+    elif change == "extra-key":
+        model["planted.weight"] = torch.zeros(1)
+    elif change == "shape":
+        model[first] = torch.zeros(*model[first].shape[:-1], model[first].shape[-1] + 1)
+    elif change == "dtype":
+        model[first] = model[first].double()
+    elif change == "not-a-tensor":
+        model[first] = [1.0]
+    elif change == "optimizer":
+        return {**payload, "optimizer": {"state": {}, "param_groups": [{"params": [0]}]}}
+    elif change == "rng":
+        return {**payload, "torch_rng": torch.zeros(3, dtype=torch.uint8)}
+    elif change == "no-steps":
+        return {key: value for key, value in payload.items() if key != "steps"}
+    return {**payload, "model": model}
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ("missing-key", "keys are not the model's"),
+        ("extra-key", "unexpected ['planted.weight']"),
+        ("shape", "has shape"),
+        ("dtype", "torch.float64, the model's torch.float32"),
+        ("not-a-tensor", "not a tensor"),
+        ("optimizer", "does not fit this trial"),
+        ("rng", "does not fit this trial"),
+        ("no-steps", "does not fit this trial (KeyError"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_the_model_is_ignored_and_the_trial_starts_afresh(trial_config, tmp_path, change, said):
+    cfg = trial_config(*SMALL, "train.epochs=2")
+    written = tmp_path / "trial-0.pt"
+    trained(cfg, [EpochCheckpoints(written, announce=lambda line: None), KeepCheckpointAt(written, 1, tmp_path / "kept.pt")])
+    kept = tmp_path / "kept.pt"
+    save_atomically(tampered(load_checkpoint(kept), change), kept)
+    lines = []
+    hook = EpochCheckpoints(tmp_path / "trial-1.pt", earlier=[kept], announce=lines.append)
+    result, weights = trained(cfg, [hook])
+    assert hook.resumed_from is None and result.status == "finished", result.reason
+    assert len(lines) == 1 and str(kept) in lines[0] and said in lines[0] and "starts afresh" in lines[0], lines
+    reference, reference_weights = trained(cfg, [])
+    assert result_curves(result) == result_curves(reference)  # afresh: nothing of the checkpoint was kept
+    for name, tensor in reference_weights.items():
+        assert torch.equal(weights[name], tensor), name
+
+
 @pytest.mark.parametrize(("every", "writes"), [(0, 2), (3600, 0)])
 def test_a_trial_checkpoints_once_its_training_since_the_last_one_reaches_checkpoint_every(
     trial_config, tmp_path, monkeypatch, every, writes

@@ -139,3 +139,28 @@ def test_a_real_sweep_reads_back_through_the_server_and_its_trials_rerun_exactly
         assert len(reruns) == 1 and as_dict(reruns[0]["data"]["tags"])["rerun_exact"] == "true"
     finally:
         server.stop()
+
+
+def test_the_ui_s_server_is_given_its_store_outside_its_argv(tmp_path):
+    """`sweeper ui` over a database store starts `mlflow server` on it; a database's URL may hold
+    its password, and `ps` shows every user every process's argv: the URL goes in the
+    environment, which the server and its workers read it from (they answer, so they found it)."""
+    import os
+    from pathlib import Path
+
+    from conftest import free_port
+
+    from sweeper.analysis.ui import MlflowUiServer
+
+    store = f"sqlite:///{tmp_path}/Pr0c-s3cret-store.db"
+    with MlflowUiServer(store, free_port(), tmp_path / "ui.log") as server:
+        group = os.getpgid(server.process.pid)
+        argvs = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and os.getpgid(int(entry.name)) == group:
+                    argvs.append((entry / "cmdline").read_bytes())
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # ended meanwhile
+        assert any(b"mlflow" in argv for argv in argvs) and server.answers()
+        assert not any(b"Pr0c-s3cret" in argv for argv in argvs), argvs

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sweeper.analysis.report import _planned_schedule
+from sweeper.boundary.recorded_config import Allowed
 from sweeper.cli import main
 from sweeper.config import compose_config
 from sweeper.schedules.shapes import Constant, FastaiOneCycle, TorchOneCycle
@@ -195,4 +196,4 @@ def test_trainer_schedule_command_and_report_plan_alike(overrides, tmp_path, cap
     document = json.loads(capsys.readouterr().out)
     assert [p["name"] for p in document["phases"]] == [p.name for p in plan.phases]
     assert document["rows"] == plan.rows()  # every phase, every group, every step
-    assert _planned_schedule(overrides, steps=plan.total) == plan.lrs.T.tolist()
+    assert _planned_schedule(overrides, steps=plan.total, allowed=Allowed(("tests",))) == plan.lrs.T.tolist()

@@ -27,6 +27,7 @@ from conftest import StandInTrainer, with_tests_on_path
 from optuna.trial import TrialState
 
 from sweeper.cli import main
+from sweeper.sweep.live import how_it_ended
 from sweeper.sweep.study import count_trials, open_study, plan_sweep
 from sweeper.sweep.workers import ProgressReporter, StopRequest, run_worker
 from sweeper.trial.events import StepEvent
@@ -242,6 +243,32 @@ def test_a_worker_hears_sigterm_as_ctrl_c():
     assert stop.requested and stop.what == "stopped by SIGTERM" and stop.exit_code == 143
     with pytest.raises(KeyboardInterrupt):  # the running trial stops at its next step
         stop.on_step(StepEvent(0, 0, "train", (1e-3,), None, 1.0))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_by_a_signal_is_named_by_it_and_a_crash_leaves_its_stack(gated_sweep):
+    sweep = gated_sweep("sweep.workers=1", "sweep.n_trials=1")
+    (worker,) = sweep.workers_in_trials(1)
+    os.kill(worker, signal.SIGSEGV)  # as a native library's crash does
+    code, out, err = sweep.finish()
+    assert "worker 0 (cpu x1): killed by SIGSEGV" in out + err, out[-3000:] + err[-3000:]
+    # faulthandler wrote the Python stack of the crash into the worker's log
+    logs = sweep.worker_logs()
+    assert "Fatal Python error: Segmentation fault" in logs and "test_processes.py" in logs, logs[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        (0, "exited 0"),
+        (1, "exited 1"),
+        (-signal.SIGSEGV, "killed by SIGSEGV"),
+        (-signal.SIGKILL, "killed by SIGKILL (out of memory?"),
+        (-200, "killed by signal 200"),  # no such signal: the number
+    ],
+)
+def test_a_worker_s_exit_code_is_said_in_words(code, said):
+    assert how_it_ended(code).startswith(said)
 
 
 # --- a worker whose trial was taken over ------------------------------------------------------

@@ -185,7 +185,7 @@ PAYLOADS: list[tuple[str, dict[str, Any], list[str], bool]] = [
         ["data.source.fn=plant.fn"],
         True,
     ),
-    ("model-groups", {"model.groups": "plant.split"}, ["model.groups=plant.split", "--allow-module plant"], True),
+    ("model-groups", {"model.groups": "plant.split"}, ["model.groups=plant.split", "--allow-module MODULE"], True),
     ("sweep-trainer-without-a-dot", {"sweep.trainer": "plant"}, ["sweep.trainer=plant"], True),
     # arguments by position would slip past the checks that read them by name
     (

@@ -24,9 +24,10 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from sweeper.analysis.report import best_by, markdown_table, objective_columns, trials_table
-from sweeper.boundary.recorded_config import Allowed, check_config
-from sweeper.config import ConfigError, compose_config
-from sweeper.records.run_record import CONFIRM_KIND, plain_config
+from sweeper.boundary.recorded_config import Allowed
+from sweeper.boundary.recorded_study import trial_config
+from sweeper.config import ConfigError
+from sweeper.records.run_record import CONFIRM_KIND
 from sweeper.records.tracking import SweepTracking
 from sweeper.trial.events import Reporter, TrialResult
 
@@ -51,12 +52,9 @@ def check_seeds(seeds: int) -> None:
 
 
 def compose_trial(overrides: Sequence[str], config_dirs: Sequence[str], allowed: Allowed) -> DictConfig:
-    """A trial's config from the overrides its study recorded. A study may be shared (a database
-    server): its overrides are untrusted input, so whatever code the config would build is
-    checked as a rerun checks a recorded config (sweeper.boundary.recorded_config) before anything runs."""
-    cfg = compose_config(overrides, config_dirs)
-    check_config(plain_config(cfg), allowed)
-    return cfg
+    """A trial's config from the overrides its study recorded, read through the boundary (a
+    study may be shared: sweeper.boundary.recorded_study): the checked config, to build as it is."""
+    return trial_config(overrides, config_dirs, allowed)
 
 
 def confirm_strategies(

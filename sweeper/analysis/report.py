@@ -39,7 +39,11 @@ from optuna.exceptions import ExperimentalWarning  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from sweeper.analysis import tables  # noqa: E402
-from sweeper.boundary.renamed import current_name  # noqa: E402
+from sweeper.boundary.printed import printable  # noqa: E402
+from sweeper.boundary.recorded_config import Allowed  # noqa: E402
+from sweeper.boundary.recorded_study import study_config_dirs, trial_config, trial_overrides, unchecked_trial_config  # noqa: E402
+from sweeper.config import ConfigError  # noqa: E402
+from sweeper.config.errors import error_line  # noqa: E402
 from sweeper.records.tracking import MlflowSources, SweepTracking, sweep_folder  # noqa: E402
 from sweeper.schedules.plots import log_y  # noqa: E402
 from sweeper.sweep.lr_anchor import ANCHOR_ATTR  # noqa: E402
@@ -53,8 +57,6 @@ __all__ = [
     "objective_columns",
     "split_sweep_name",
     "summarize",
-    "sweep_config_dirs",
-    "sweep_trainer",
     "finish_sweep",
     "read_verdict",
     "save_figure",
@@ -92,15 +94,12 @@ def split_sweep_name(words: Sequence[str]) -> tuple[str | None, list[str]]:
     """`sweeper report [NAME] [overrides]`: the one word without "=" is the sweep's name."""
     names = [w for w in words if "=" not in w]
     if len(names) > 1:
-        from sweeper.config import ConfigError
-
         raise ConfigError(f"sweep name: {names} are several names; give one sweep name, and settings as key=value.")
     return (names[0] if names else None), [w for w in words if "=" in w]
 
 
 def load_sweep_study(cfg, name: str | None = None) -> optuna.Study:
     """The sweep's study in the configured storage (`storage.url`), by name (default sweep.name)."""
-    from sweeper.config import ConfigError
     from sweeper.config.rules import check_sweep_name
     from sweeper.sweep.study import storage_of
 
@@ -122,19 +121,6 @@ def load_sweep_study(cfg, name: str | None = None) -> optuna.Study:
             f"sweep name: no sweep {name!r} in {spec.label()}; it holds {known or 'none'}. Give one of "
             f"them (sweeper report NAME), or the storage the sweep used (storage.url=...)."
         ) from None
-
-
-def sweep_config_dirs(study: optuna.Study, extra: Sequence[str] = ()) -> list[str]:
-    """The config directories the sweep was composed with (recorded), then `extra`."""
-    return [*study.user_attrs.get("config_dirs", []), *extra]
-
-
-def sweep_trainer(study: optuna.Study, default: str = "sweeper.training.engine") -> str:
-    """The trainer module the sweep's trials ran (its recorded definition), e.g. sweeper.training.engine."""
-    import json
-
-    recorded = (study.user_attrs.get("definition") or {}).get("trainer")
-    return current_name(json.loads(recorded)) if recorded else default
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -175,12 +161,12 @@ def _base_choices(study: optuna.Study) -> Callable[[], Mapping[str, str]]:
         if not found:
             found.update(strategy="unknown", shape="unknown")
             try:
-                from sweeper.config import compose_config
-                from sweeper.records.run_record import plain_config, shape_name_of, strategy_of
+                from sweeper.records.run_record import shape_name_of, strategy_of
 
-                config = plain_config(compose_config(study.user_attrs.get("overrides", []), sweep_config_dirs(study)))
+                attrs = study.user_attrs  # read through the boundary: nothing resolves a resolver, nothing is imported
+                config = unchecked_trial_config(trial_overrides(attrs), study_config_dirs(attrs))
                 found.update(strategy=strategy_of(config), shape=shape_name_of(config))
-            except Exception:  # noqa: BLE001 - a config dir of the user's may be missing here
+            except Exception:  # noqa: BLE001 - a config dir of the user's may be missing here, or the record refused
                 pass
         return found
 
@@ -256,7 +242,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
 
 def describe_trial(row: pd.Series, objective: str) -> str:
     """One line: trial number, objective, strategy, shape, and the command that reruns it."""
-    command = f"sweeper train {row['overrides']}".strip()
+    command = printable(f"sweeper train {row['overrides']}".strip())  # the study's overrides, escaped
     run = f", MLflow run {row['mlflow_run_id']}" if row.get("mlflow_run_id") else ""
     return f"trial {row['trial']} ({objective} {row[objective]:.4g}, {row['strategy']}, {row['shape']}{run}): `{command}`"
 
@@ -345,13 +331,12 @@ def read_verdict(folder: Path) -> str | None:
     return answer if isinstance(answer, str) else None
 
 
-def _planned_schedule(overrides: Sequence[str], steps: int = 200) -> list[list[float]]:
+def _planned_schedule(overrides: Sequence[str], steps: int = 200, allowed: Allowed = Allowed()) -> list[list[float]]:
     """lr per group at about `steps` points of training (both phases of a fine-tune), as the
     trial's config plans it (`sweeper.trial.plan`, the trainer's own plan)."""
-    from sweeper.config import compose_config
     from sweeper.trial.plan import plan_config, whole_epoch_steps
 
-    cfg = compose_config(overrides)
+    cfg = trial_config(overrides, (), allowed)  # what it builds (the shape, a splitter) is checked first: the overrides are the study's
     return plan_config(cfg, steps=whole_epoch_steps(cfg, steps), momentum=False).lrs.T.tolist()
 
 
@@ -364,13 +349,18 @@ def _recorded_schedule(run_id: str, curves: Callable[[str, str], list[tuple[int,
         lrs.append([value for _, value in curve])
 
 
-def plot_schedules(best: Mapping[str, pd.Series], curves: Callable[[str, str], list[tuple[int, float]]] | None, path: Path) -> Path:
+def plot_schedules(
+    best: Mapping[str, pd.Series], curves: Callable[[str, str], list[tuple[int, float]]] | None, path: Path, allowed: Allowed = Allowed()
+) -> Path:
     """The lr of every layer group over training, one panel per strategy's best trial: as
     recorded in MLflow when it was, else as its config plans it."""
     figure, axes = plt.subplots(1, max(1, len(best)), figsize=(5 * max(1, len(best)), 4), squeeze=False, sharey=True)
     for axis, (strategy, row) in zip(axes[0], best.items()):
         lrs = _recorded_schedule(row["mlflow_run_id"], curves) if curves and row.get("mlflow_run_id") else []
-        lrs = lrs or _planned_schedule(shlex.split(row["overrides"]))
+        try:
+            lrs = lrs or _planned_schedule(shlex.split(row["overrides"]), allowed=allowed)
+        except ConfigError as error:  # a record the boundary refused: its panel says so, the report goes on
+            axis.text(0.5, 0.5, printable(error_line(error))[:120], wrap=True, ha="center", fontsize="small")
         for group, values in enumerate(lrs):
             head = " (head)" if group == len(lrs) - 1 else ""
             axis.plot([i / max(1, len(values) - 1) for i in range(len(values))], values, label=f"group {group}{head}")
@@ -431,7 +421,7 @@ def _shared_params(study: optuna.Study) -> list[str]:
 # --- the report -------------------------------------------------------------------------------
 
 
-def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources | None = None) -> Report:
+def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources | None = None, allowed: Allowed = Allowed()) -> Report:
     """Write the sweep's comparison into `folder` (see the module doc); return what was written.
     Without `sources` (MLflow off or unreadable) the curves come from the study alone."""
     folder = Path(folder)
@@ -452,7 +442,7 @@ def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources
     makers = {
         "best_so_far.png": lambda p: plot_best_so_far(trials, compared or "strategy", objective, direction, p),
         "best_curves.png": lambda p: plot_best_curves(study, best, objective, curves, p) if best else None,
-        "schedules.png": lambda p: plot_schedules(best, curves, p) if best else None,
+        "schedules.png": lambda p: plot_schedules(best, curves, p, allowed) if best else None,
         "distribution.png": lambda p: plot_distributions(trials, objective, p),
         "importance.png": lambda p: plot_optuna(study, "importance", objective, p) if _importance_ready(trials) else _left_out(trials),
         "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),

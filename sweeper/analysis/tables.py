@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from sweeper.boundary.printed import printable
+
 __all__ = ["markdown_table"]
 
 
@@ -19,7 +21,7 @@ def markdown_table(columns: Sequence[Any], rows: Iterable[Sequence[Any]], digits
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return "" if math.isnan(value) else f"{value:.{digits}g}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        return printable(str(value).replace("|", "\\|").replace("\n", " "))  # a cell may quote a record
 
     header = "| " + " | ".join(map(str, columns)) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"

@@ -117,10 +117,13 @@ class MlflowUiServer:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1", "--backend-store-uri", self.backend_uri, *self.extra_args,
+            "--workers", "1", *self.extra_args,
         ]  # fmt: skip
-        # Its job runners (GenAI evaluation jobs, four more processes) are of no use here.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        # The store's URL (a database's may hold its password) goes in the environment, which
+        # `mlflow server` reads it from and passes on to its workers: any user of the machine can
+        # read a process's argv (ps). Its job runners (GenAI evaluation jobs, four more
+        # processes) are of no use here.
+        env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.log, "ab") as log:  # the server keeps its own descriptor
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env

@@ -43,7 +43,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from omegaconf.errors import OmegaConfBaseException
 from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
 from omegaconf.grammar_parser import parse
 
+from sweeper.boundary.printed import printable_name
 from sweeper.boundary.renamed import current_name
 from sweeper.config import ConfigError, plain
 from sweeper.secrets import mask_text
@@ -66,6 +67,7 @@ __all__ = [
     "allowed_code",
     "check_config",
     "checked_config",
+    "check_limits",
     "find_imports",
     "read_recorded",
     "resolve_recorded",
@@ -142,7 +144,27 @@ NOT_YOURS = frozenset(sys.stdlib_module_names) | {
     "sklearn",
     "matplotlib",
 }
+# Resolvers that read the config alone (sweeper's own model configs use one for a default).
+PURE_RESOLVERS = frozenset({"oc.select"})
+# The user's own settings a record's build gets instead of the record's: where runs are
+# recorded (storage, tracking) and where run data lands.
+OWN_NODES = ("storage", "tracking", "results_dir")
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How large a recorded text may be: sweeper's own records are far inside every limit (a
+    config is a few KB, a few hundred values, a few levels deep)."""
+
+    characters: int = 1_000_000
+    nodes: int = 100_000
+    depth: int = 32
+    string: int = 100_000
+
+
+READ_LIMITS = ReadLimits()
+_NOT_READ = "nothing was read from it; give a config that `sweeper train` or a sweep recorded"
 
 
 @dataclass(frozen=True)
@@ -152,15 +174,20 @@ class Import:
 
     @property
     def shown(self) -> str:
-        """The name as it may be printed: any password in it masked, a non-string said to be one."""
-        return mask_text(self.name) if isinstance(self.name, str) else f"{self.name!r} (not a dotted name)"
+        """The name as it may be printed: any password in it masked, anything but ASCII letters
+        escaped (sweeper.boundary.printed), a non-string said to be one."""
+        return printable_name(mask_text(self.name) if isinstance(self.name, str) else self.name)
 
 
 @dataclass(frozen=True)
 class Allowed:
-    """ALLOWED_CALLABLES, and every name under the user's own `modules`."""
+    """ALLOWED_CALLABLES, and every name under the user's own `modules`; and what of the user's
+    own a record's build gets instead of the record's: the folder allowed callables write in, and
+    the storage and tracking nodes (resolved) that say where the user's runs are recorded."""
 
     modules: tuple[str, ...] = ()
+    writes_to: str = "results/cache"
+    own_nodes: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def allows(self, name: Any) -> bool:
         if not isinstance(name, str) or "." not in name:
@@ -184,7 +211,25 @@ def allowed_code(cfg: DictConfig, extra: Iterable[str] = ()) -> Allowed:
                     f"holds functions that run commands, load code or write files (sweeper allows the "
                     f"few of its callables that it uses by name); allow only modules of your own code."
                 )
-    return Allowed((*configured, *extra))
+    own = {node: _resolved_where_it_can(cfg, node) for node in OWN_NODES if node in cfg}
+    writes_to = str(Path(str(cfg.results_dir)) / "cache") if "results_dir" in cfg else Allowed.writes_to
+    return Allowed((*configured, *extra), writes_to, own)
+
+
+def _resolved_where_it_can(cfg: DictConfig, node: str) -> Any:
+    """A node of the user's own config resolved; a setting that cannot be (an unset variable of
+    a tracking this command does not use) is left out."""
+    value = cfg._get_node(node)
+    if not OmegaConf.is_config(value):
+        return OmegaConf.select(cfg, node, throw_on_resolution_failure=False)
+    found = {}
+    for key in value:
+        try:
+            item = value[key]
+            found[key] = OmegaConf.to_container(item, resolve=True) if OmegaConf.is_config(item) else item
+        except OmegaConfBaseException:
+            continue
+    return found
 
 
 # --- reading and resolving ------------------------------------------------------------------
@@ -192,7 +237,9 @@ def allowed_code(cfg: DictConfig, extra: Iterable[str] = ()) -> Allowed:
 
 def read_recorded(text: str, where: str) -> DictConfig:
     """A recorded config as written. OmegaConf reads YAML's safe subset (a Python tag is an
-    error, not a call); the config must be a mapping."""
+    error, not a call), within READ_LIMITS (checked first, on YAML's events: in time and memory
+    linear in the text); the config must be a mapping."""
+    check_limits(text, where)
     try:
         config = OmegaConf.create(text)
     except (yaml.YAMLError, OmegaConfBaseException, RecursionError) as error:
@@ -206,11 +253,38 @@ def read_recorded(text: str, where: str) -> DictConfig:
     return OmegaConf.create(plain)
 
 
+def check_limits(text: str, where: str) -> None:
+    """A recorded YAML text within READ_LIMITS, and without anchors or aliases: an alias repeats
+    a node without its text, so a few of them nested (a "billion laughs") make a config
+    exponentially larger than the text; sweeper writes none."""
+    limits = READ_LIMITS
+    if len(text) > limits.characters:
+        raise ConfigError(f"{where}: {len(text)} characters, more than a recorded config holds ({limits.characters}); {_NOT_READ}")
+    depth = nodes = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise ConfigError(f"{where}: holds a YAML anchor or alias (&, *), which sweeper never writes; {_NOT_READ}")
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > limits.depth:
+                    raise ConfigError(f"{where}: nested more than {limits.depth} levels deep; {_NOT_READ}")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            elif isinstance(event, yaml.ScalarEvent) and len(event.value) > limits.string:
+                raise ConfigError(f"{where}: holds a value of {len(event.value)} characters (at most {limits.string}); {_NOT_READ}")
+            nodes += 1
+            if nodes > limits.nodes:
+                raise ConfigError(f"{where}: more than {limits.nodes} values; {_NOT_READ}")
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not a config sweeper can read ({_first_line(error)}); {_NOT_READ}") from None
+
+
 def resolve_recorded(config: DictConfig) -> dict[str, Any]:
     """The whole config resolved by node interpolation alone, as plain containers that hold no
     interpolation."""
     for setting, text in _strings(OmegaConf.to_container(config, resolve=False)):
-        resolvers = _resolvers(setting, text)
+        resolvers = [r for r in _resolvers(setting, text) if r not in PURE_RESOLVERS]
         if resolvers:
             raise ConfigError(
                 f"{setting}: {mask_text(text)!r} calls the resolver {resolvers[0]}; a recorded config is "
@@ -330,11 +404,13 @@ def _names_code(setting: str, value: Any) -> bool:
 
 
 def _fix(refused: list[Import]) -> str:
-    yours = sorted({i.name.split(".")[0] for i in refused if isinstance(i.name, str) and "." in i.name} - NOT_YOURS)
+    # The advice never turns a recorded name into a command to type: a name that looks like a
+    # module of yours may be a look-alike (another alphabet's letter, a leading space).
+    yours = [i for i in refused if isinstance(i.name, str) and "." in i.name and i.name.split(".")[0] not in NOT_YOURS]
     if yours:
         return (
-            f"if it is code of yours that you trust, allow its module: --allow-module {yours[0]} "
-            f"(or tracking.allow_modules=[{','.join(yours)}] in your own config)"
+            "if it is code of yours that you trust, allow its module by typing the module's name "
+            "yourself: --allow-module MODULE (or tracking.allow_modules=[MODULE] in your own config)"
         )
     return "a recorded config may build only sweeper's allowed callables (sweeper.boundary.recorded_config.ALLOWED_CALLABLES), by their dotted names"
 

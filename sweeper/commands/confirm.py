@@ -21,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.analysis.ablation import FACTORS, ablate
 from sweeper.analysis.confirm import confirm_strategies
-from sweeper.analysis.report import load_sweep_study, split_sweep_name, sweep_config_dirs, sweep_trainer
-from sweeper.boundary.recorded_config import Allowed, allowed_code, check_config
+from sweeper.analysis.report import load_sweep_study, split_sweep_name
+from sweeper.boundary.recorded_config import Allowed, allowed_code
+from sweeper.boundary.recorded_study import study_config_dirs, study_trainer
 from sweeper.config import compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
 from sweeper.sweep.study import load_trainer
@@ -56,8 +57,7 @@ def recorded_sweep(args: argparse.Namespace) -> tuple[DictConfig, optuna.Study, 
     study = load_sweep_study(cfg, name)
     tracking = open_sweep(cfg, study)
     allowed = allowed_code(cfg, args.allow_module)
-    check_config({"sweep": {"trainer": sweep_trainer(study)}}, allowed)
-    trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": sweep_trainer(study)}}))
+    trainer = load_trainer(OmegaConf.create({"sweep": {"trainer": study_trainer(study.user_attrs, allowed)}}))
     return cfg, study, tracking, allowed, trainer
 
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             folder=sweep_folder(cfg, study.study_name),
             tracking=tracking,
-            config_dirs=sweep_config_dirs(study, args.config_dir),
+            config_dirs=study_config_dirs(study.user_attrs, args.config_dir),
             allowed=allowed,
         )
         names = [f"ablation_{args.ablate}.md", f"ablation_{args.ablate}.csv", f"ablation_{args.ablate}_summary.csv"]
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         folder=sweep_folder(cfg, study.study_name),
         tracking=tracking,
-        config_dirs=sweep_config_dirs(study, args.config_dir),
+        config_dirs=study_config_dirs(study.user_attrs, args.config_dir),
         strategies=args.strategy,
         allowed=allowed,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from sweeper.analysis.report import load_sweep_study, split_sweep_name, write_report
+from sweeper.boundary.recorded_config import allowed_code
 from sweeper.config import compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
 
@@ -27,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = compose_config(overrides, args.config_dir)
     study = load_sweep_study(cfg, name)
     tracking = open_sweep(cfg, study)
-    report = write_report(study, sweep_folder(cfg, study.study_name), tracking.report_sources())
+    # what the report builds to plan a schedule is checked as any record: the user's own allowed modules
+    report = write_report(study, sweep_folder(cfg, study.study_name), tracking.report_sources(), allowed_code(cfg))
     tracking.attach_report(report)
     print(report.summary)
     print(f"report: {report.folder / 'report.md'}")

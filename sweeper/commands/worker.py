@@ -16,6 +16,7 @@ runs again when the sweep resumes); it exits 130 or 143, as a shell reports the 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import sys
 import time
 
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    faulthandler.enable(
+        sys.__stderr__
+    )  # the process's own stderr (its log), whoever replaced sys.stderr; a crash (SIGSEGV in a native library) leaves its Python stack in the worker's log
     stop = StopRequest()
     stop.install()  # first: a sweep that is already gone is noticed with a signal, just below
     sweep = SweepArguments.take()

@@ -17,6 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sweeper.boundary.recorded_config import ALLOWED_CALLABLES
+from sweeper.boundary.renamed import current_name
 from sweeper.records.environment import git_state
 from sweeper.trial.events import EpochEvent, StartEvent, StepEvent, TrialResult
 from sweeper.trial.spec import TRIAL_NODES
@@ -132,7 +134,9 @@ def shape_name_of(config: Mapping) -> str:
     node = config.get("shape") or {}
     if node.get("name"):
         return str(node["name"])
-    target = str(node.get("_target_", "unknown"))
+    target = str(current_name(node.get("_target_", "unknown")))
+    if target not in ALLOWED_CALLABLES:  # a record's name is never imported to be named
+        return target.rsplit(".", 1)[-1]
     try:
         from hydra.utils import get_object
 

@@ -10,6 +10,7 @@ the running trials finish epochs (a fused run's trials all end together).
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from sweeper.sweep.study import Counts, SweepPlan
 
-__all__ = ["LiveView", "Progress", "WorkerNotes", "read_progress", "sampled"]
+__all__ = ["LiveView", "Progress", "WorkerNotes", "how_it_ended", "read_progress", "sampled"]
 
 # Seconds at least between two lines that tell only of epochs done (non-interactive output).
 EPOCHS_EVERY = 5.0
@@ -89,7 +90,21 @@ def read_progress(study: optuna.Study, plan: SweepPlan, workers: Sequence = ()) 
 
 
 def _state(code: int | None) -> str:
-    return "running" if code is None else "done" if code == 0 else f"exited {code}"
+    return "running" if code is None else "done" if code == 0 else how_it_ended(code)
+
+
+def how_it_ended(code: int) -> str:
+    """A worker's exit code in words: a negative code is the signal that killed it (subprocess's
+    convention), named, since "exited -9" tells nobody that the kernel ran out of memory."""
+    if code >= 0:
+        return f"exited {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"killed by signal {-code}"
+    if -code == signal.SIGKILL:
+        return f"killed by {name} (out of memory? the kernel's log says: dmesg | grep -i oom)"
+    return f"killed by {name}"
 
 
 def _best(study: optuna.Study, trials: Sequence[FrozenTrial], plan: SweepPlan) -> str | None:
@@ -156,15 +171,28 @@ class LiveView:
 class WorkerNotes:
     """The warnings workers log (lines holding "sweeper: ", e.g. an MLflow server out of reach),
     read from their log files as they grow, for the sweep's console: nobody watches the logs
-    while a sweep runs. The same note from several workers in a row is passed on once."""
+    while a sweep runs. The same note from several workers in a row is passed on once. A
+    worker killed by a signal is noted once, by the signal's name (a crash leaves its Python
+    stack in its log: `sweeper worker` enables faulthandler)."""
 
     MARK = "sweeper: "
 
     def __init__(self, workers: Sequence) -> None:
+        self._workers = list(workers)
         self._read = {worker.label: (worker.log, 0) for worker in workers}
         self._last = ""
+        self._killed: set[str] = set()
 
     def new(self) -> list[str]:
+        notes = self._read_logs()
+        for worker in self._workers:
+            code = worker.poll()
+            if code is not None and code < 0 and worker.label not in self._killed:
+                self._killed.add(worker.label)
+                notes.append(f"{worker.label}: {how_it_ended(code)}; its trial fails and runs again on resume; its log: {worker.log}")
+        return notes
+
+    def _read_logs(self) -> list[str]:
         notes = []
         for label, (log, offset) in self._read.items():
             try:

@@ -28,6 +28,7 @@ are done; the loop (`sweeper.training.loop`) replays what a restored trial had r
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -43,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import DictConfig
 
+from sweeper.boundary.printed import printable
+from sweeper.boundary.recorded_weights import state_dict_problem
 from sweeper.config import ConfigError
 from sweeper.config.rules import is_number, sweep_folder
 from sweeper.trial.events import EpochEvent, StepEvent, TrainerHook, TrialResult
@@ -212,12 +215,35 @@ class EpochCheckpoints(TrainerHook):
         for path in self.earlier:
             payload = load_checkpoint(path)
             if payload is None or self.trial is None:
+                if path.exists():
+                    self.announce(f"sweeper: ignored the checkpoint {path}: not a checkpoint sweeper wrote; the trial starts afresh")
                 continue
-            result.steps[:], result.epochs[:] = restore_state(self.trial, payload)
+            problem = self._restored(payload, result)
+            if problem:
+                self.announce(f"sweeper: ignored the checkpoint {path}: {problem}; the trial starts afresh")
+                continue
             self.resumed_from = path
             self.announce(f"sweeper: resumed from {path} after epoch {len(result.epochs)} (step {len(result.steps)})")
             return True
         return False
+
+    def _restored(self, payload: dict[str, Any], result: TrialResult) -> str | None:
+        """Restore `payload` into the trial and `result`; else why not, the trial as it was. A
+        checkpoint is a record (a shared results folder): its model must fit this one before
+        anything is loaded, and the rest must load whole."""
+        problem = state_dict_problem(payload.get("model"), self.trial.model.state_dict())
+        if problem:
+            return problem
+        before = copy.deepcopy(trial_state(self.trial, result))
+        try:
+            result.steps[:], result.epochs[:] = restore_state(self.trial, payload)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+            restore_state(self.trial, before)  # what the damaged part left half-loaded
+            result.steps[:], result.epochs[:] = [], []
+            return (
+                f"it does not fit this trial ({type(error).__name__}: {printable(str(error).splitlines()[0] if str(error) else '')[:200]})"
+            )
+        return None
 
     def on_end(self, result: TrialResult) -> None:
         for path in (self.path, *([self.resumed_from] if self.resumed_from else [])):

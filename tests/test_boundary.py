@@ -1,0 +1,259 @@
+"""Everything recorded is read through one boundary (sweeper.boundary): a tampered record, passed
+to each command that reads it, runs nothing, writes nothing, and puts nothing of this machine's
+environment or raw terminal codes before the user.
+
+The records here are real: an Optuna study in SQLite (as a shared database holds one) whose
+attributes a recorder of ill will wrote, and a results folder's config.yaml. Each case is one
+class of tampering; each reader (confirm, ablation, report, rerun) is run on it in-process, as
+`sweeper` runs it, in an empty working directory with the module `plant` on the path, which
+writes the canary file when it is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from sweeper.boundary.printed import printable, printable_name
+from sweeper.boundary.recorded_config import Allowed, read_recorded
+from sweeper.boundary.recorded_study import trial_config
+from sweeper.cli import main
+from sweeper.config import ConfigError, compose_config
+from sweeper.records.run_record import shape_name_of
+
+CANARY = "canary"
+SECRET = "B0undary-s3cret-Qz"  # an environment variable's value: it must reach no record and no terminal
+PLANT = f"from pathlib import Path\nPath({CANARY!r}).write_text('imported')\nclass Shape:\n    name = 'plant'\n"
+ESCAPE = "\x1b[2K\x1b[1Aall fine"  # erases the refusal's line and writes over the one above
+SWEEP = "tampered"
+BASE = ["train.device=cpu", "train.epochs=1", "tracking=none"]
+
+
+def study_record(**changes) -> dict:
+    """A study's attributes as a sweep records them, with `changes` (None removes one)."""
+    attrs = {
+        "overrides": BASE,
+        "config_dirs": [],
+        "objectives": ["accuracy"],
+        "definition": {"trainer": json.dumps("sweeper.training.engine")},
+    }
+    attrs.update(changes)
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+def trial_record(overrides: list[str], strategy: str | None = "fastai", shape: str | None = "fastai_one_cycle") -> dict:
+    attrs = {"overrides": overrides, "status": "finished", "strategy": strategy, "shape": shape}
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+# case -> (the study's attributes, its one complete trial's attributes, what the refusal says)
+STUDY_CASES = {
+    # a study's recorded overrides resolve no resolver: the user's environment stays out of the records
+    "oc-env-in-an-override": (
+        study_record(),
+        trial_record([*BASE, "model.name=${oc.env:BOUNDARY_SECRET}"]),
+        "calls the resolver oc.env",
+    ),
+    "oc-env-in-the-study-s-base": (
+        study_record(overrides=[*BASE, "+x=${oc.env:BOUNDARY_SECRET}"]),
+        trial_record([*BASE, "+x=${oc.env:BOUNDARY_SECRET}"], strategy=None, shape=None),
+        "calls the resolver oc.env",
+    ),
+    # a trial without its strategy or shape: its name is read, never imported
+    "shape-named-by-the-record": (
+        study_record(overrides=[*BASE, "shape._target_=plant.Shape"]),
+        trial_record([*BASE, "shape._target_=plant.Shape"], strategy=None, shape=None),
+        "shape._target_=plant.Shape",
+    ),
+    # a record's value reaches the trainer only as checked: no interpolation left to resolve later
+    "hydra-search-path": (
+        study_record(),
+        trial_record([*BASE, "hydra.searchpath=[pkg://plant]"]),
+        "sets Hydra itself",
+    ),
+    "terminal-codes-in-a-name": (
+        study_record(),
+        trial_record([*BASE, f"model.net._target_=plant.{ESCAPE}"]),
+        "model.net._target_=plant.\\x1b[2K\\x1b[1Aall fine",
+    ),
+    "look-alike-module": (
+        study_record(),
+        trial_record([*BASE, "model.net._target_='\u0455weeper.zoo.models.MLP'"]),  # a Cyrillic s
+        "model.net._target_=\\u0455weeper.zoo.models.MLP",
+    ),
+    "trainer-not-json": (
+        study_record(definition={"trainer": "{not json"}),
+        trial_record(BASE),
+        "the study's recorded trainer",
+    ),
+    "trainer-of-the-record-s-choosing": (
+        study_record(definition={"trainer": json.dumps("plant")}),
+        trial_record(BASE),
+        "sweep.trainer=plant",
+    ),
+}
+READERS = {
+    "confirm": ["confirm", SWEEP, "--seeds", "2"],
+    "ablation": ["confirm", SWEEP, "--ablate", "shape", "--seeds", "2"],
+}
+
+
+@pytest.fixture
+def planted(workdir, monkeypatch):
+    (workdir / "code").mkdir()
+    (workdir / "code" / "plant.py").write_text(PLANT)
+    monkeypatch.syspath_prepend(str(workdir / "code"))
+    monkeypatch.setenv("BOUNDARY_SECRET", SECRET)
+    yield workdir
+    sys.modules.pop("plant", None)
+
+
+def write_study(folder: Path, study_attrs: dict, trial_attrs: dict) -> str:
+    storage = f"sqlite:///{folder}/studies.db"
+    study = optuna.create_study(study_name=SWEEP, storage=storage, direction="maximize")
+    for key, value in study_attrs.items():
+        study.set_user_attr(key, value)
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs=trial_attrs))
+    # a worse trial of another strategy and shape, as recorded: something for the ablation to compare
+    honest = trial_record([*BASE, "lr=geometric", "shape=warmup_cosine"], strategy="geometric", shape="warmup_cosine")
+    study.add_trial(optuna.trial.create_trial(value=0.4, user_attrs=honest))
+    return storage
+
+
+def made_under(folder: Path) -> list[str]:
+    """What is in `folder`, but the lock file beside the study that opening it makes."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.name.endswith(".claim.lock"))
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+@pytest.mark.parametrize("case", sorted(STUDY_CASES))
+def test_a_tampered_study_is_refused_by_every_reader_and_nothing_runs(case, reader, planted, capsys):
+    study_attrs, trial_attrs, said = STUDY_CASES[case]
+    storage = write_study(planted, study_attrs, trial_attrs)
+    before = made_under(planted)
+    code = main([*READERS[reader], f"storage.url={storage}", "tracking=none", "results_dir=results"])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweeper confirm: error: "), err  # one line, no traceback
+    assert said in lines[0], lines[0]
+    assert "\x1b" not in out + err and SECRET not in out + err  # no raw terminal code, no environment
+    assert "--allow-module \u0455" not in err and "--allow-module  " not in err  # no look-alike to type
+    assert not (planted / CANARY).exists()  # nothing imported
+    assert made_under(planted) == before  # nothing written
+
+
+@pytest.mark.parametrize("case", sorted(STUDY_CASES))
+def test_a_report_of_a_tampered_study_imports_nothing_and_quotes_it_escaped(case, planted, capsys):
+    study_attrs, trial_attrs, _ = STUDY_CASES[case]
+    storage = write_study(planted, study_attrs, trial_attrs)
+    code = main(["report", SWEEP, f"storage.url={storage}", "tracking=none", "results_dir=results"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err  # a report only reads: what it cannot read it says so and goes on
+    assert not (planted / CANARY).exists()
+    # report.md is read on screen (a CSV file is data: it keeps the record's text as it is)
+    written = "".join(p.read_text(errors="replace") for p in (planted / "results").rglob("*.md"))
+    for text in (out, err, written):
+        assert "\x1b" not in text and SECRET not in text
+
+
+def test_what_confirm_builds_is_what_was_checked(planted):
+    """The config handed to the trainer holds no interpolation: nothing resolves after the check
+    (an interpolation that read the environment the trainer changes would build unchecked code)."""
+    config = trial_config([*BASE, "model.name=${data.name}-x"], [], Allowed())
+    text = OmegaConf.to_yaml(config)
+    assert "${" not in text and config.model.name == f"{config.data.name}-x"
+
+
+def test_a_record_cannot_interpolate_the_user_s_own_settings(planted):
+    with pytest.raises(ConfigError, match="cannot be resolved"):
+        trial_config([*BASE, "model.name=${tracking.uri}"], [], Allowed())
+
+
+def test_the_user_s_own_storage_and_tracking_replace_the_record_s(planted):
+    own = compose_config(["tracking=none", "results_dir=mine"])
+    from sweeper.boundary.recorded_config import allowed_code
+
+    config = trial_config([*BASE, "results_dir=theirs", "storage.url=sqlite:///theirs.db"], [], allowed_code(own))
+    assert config.results_dir == "mine" and config.storage.url == "sqlite:///mine/studies.db"
+
+
+def test_a_shape_s_name_is_read_without_importing_a_recorded_one(planted):
+    assert shape_name_of({"shape": {"_target_": "plant.Shape"}}) == "Shape"
+    assert not (planted / CANARY).exists()
+
+
+# --- a recorded config's size ------------------------------------------------------------------
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """1.5 KB of nested YAML aliases that expand to 10**levels values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nmodel: {{name: *a{levels - 1}}}\n"
+
+
+LIMIT_CASES = {
+    "alias-bomb": (alias_bomb(), "anchor or alias"),
+    "deep": ("a: " + "[" * 100 + "]" * 100 + "\n", "levels deep"),
+    "long-string": ("a: " + "x" * 200_000 + "\n", "characters (at most"),
+    "huge": ("a: [" + ", ".join(["1"] * 400_000) + "]\n", "more than a recorded config holds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIMIT_CASES))
+def test_a_recorded_config_past_the_limits_is_refused_before_it_is_parsed_whole(case):
+    text, said = LIMIT_CASES[case]
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        read_recorded(text, "config.yaml")
+
+
+@pytest.mark.parametrize("case", sorted(LIMIT_CASES))
+def test_a_rerun_of_a_config_past_the_limits_says_so_in_one_line(case, workdir, capsys):
+    text, said = LIMIT_CASES[case]
+    folder = workdir / "results" / "train" / "source"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(text)
+    started = time.process_time()
+    code = main(["rerun", "--dry-run", "results/train/source", "tracking=none"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and said in err, err
+    assert time.process_time() - started < 60  # not a timing test: the bound is 100x what it takes
+
+
+# --- printing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain text", "plain text"),
+        ("a\x1b[2Kb", "a\\x1b[2Kb"),
+        ("line\nforged", "line\\x0aforged"),
+        ("right\u202etfel", "right\\u202etfel"),  # a bidi override reverses what follows
+        ("zero\u200bwidth", "zero\\u200bwidth"),
+        ("accents é ok", "accents é ok"),  # readable text stays readable
+    ],
+)
+def test_recorded_text_is_printed_with_its_control_characters_escaped(text, shown):
+    assert printable(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("sweeper.zoo.models.MLP", "sweeper.zoo.models.MLP"),
+        ("\u0455weeper.x", "\\u0455weeper.x"),
+        (" sweeper.x", "\\x20sweeper.x"),
+        (7, "7 (not a dotted name)"),
+    ],
+)
+def test_a_recorded_name_is_printed_as_what_it_is(name, shown):
+    assert printable_name(name) == shown
