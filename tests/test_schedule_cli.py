@@ -202,4 +202,4 @@ def test_table_and_plot_of_the_torch_shapes(capsys, tmp_path, shape):
     code, out, _ = run_schedule(capsys, tmp_path, "--steps", "60", "--every", "10", f"shape={shape}", "shape.step_per=epoch")
     assert code == 0
     assert "step_per='epoch'" in out  # the caption prints the shape as it ran
-    assert (tmp_path / "results" / f"schedule-{shape}.png").stat().st_size > 0
+    assert (tmp_path / "results" / f"schedule-steps-60_shape-{shape}_shape.step_per-epoch.png").stat().st_size > 0  # by the options
