@@ -239,6 +239,7 @@ def test_dry_run_shows_deletes_shuffles_replaced_nodes_and_exclusive_ends(workdi
         "  lr.high: log [0.0003, 0.03)",  # half-open: the end is exclusive, as in Hydra
         "  shape: choice(constant, triangular)",  # the mapping replaced the default shapes
         "  triangular.warmup_pct: [0.1, 0.6)",
+        "  compare: shape (constant, triangular); each its own sampler and an equal share of the trials",
     ]
     assert made_under(workdir) == []
 

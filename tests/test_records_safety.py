@@ -103,7 +103,8 @@ def test_a_damaged_store_gets_one_line_that_says_so(finished, tmp_path, store):
     damaged.write_bytes(b"not a database " * 1000)
     other = folder / "results" / ("mlflow.db" if store == "studies.db" else "studies.db")
     before = other.read_bytes()
-    line = one_line_refusal(sweep(folder), "aside to start afresh")
+    # One trial more to run: the sweep opens both stores (a finished sweep says so before either).
+    line = one_line_refusal(sweep(folder, "sweep.n_trials=3"), "aside to start afresh")
     assert "server" not in line and "password" not in line
     assert damaged.read_bytes() == b"not a database " * 1000 and other.read_bytes() == before  # nothing changed
 

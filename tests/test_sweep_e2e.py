@@ -17,7 +17,7 @@ from sweeper.sweep.study import count_trials, plan_sweep
 
 SWEEP = [
     "experiment=digits_transfer", "train.epochs=3", "sweep.workers=1", "sweep.cpu_threads=1", "pruner=median",
-    "sweep.poll=0.5", "sampler.seed=0",
+    "sweep.poll=0.5", "sampler.seed=0", "sweep.compare=none",
 ]  # fmt: skip
 
 

@@ -197,7 +197,7 @@ def test_a_custom_loss_trial_through_sweeper_train_records_its_metrics_in_mlflow
     done = sweeper_process(tmp_path, "train", "--name", "huber", "--quiet", *REGRESSION, *HUBER,
                            "train.epochs=2", "train.batch_size=32", "sweep.name=regression-huber")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    (trial_run,), client = mlflow_runs(tmp_path, "regression-huber")
+    (trial_run,), client = mlflow_runs(tmp_path, "train")  # train runs are filed in their own experiment
     assert trial_run.info.status == "FINISHED"
     assert trial_run.data.params["task.loss._target_"] == "custom_task.huber"  # the task is a param
     assert trial_run.data.params["task.name"] == "regression"
