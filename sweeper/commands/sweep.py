@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         validate_plan(plan)
         with tempfile.TemporaryDirectory() as plots:  # a dry run writes nothing: lr_find's plots go
-            plan, _ = anchor_plan(plan, existing_study(plan), Path(plots))
+            plan, _ = anchor_plan(plan, existing, Path(plots))
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
         print("\n".join(f"  {line}" for line in [*plan.space.describe(), *([plan.arms.describe()] if plan.arms else [])]))
         if done:
