@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
         plot = args.plot or Path(cfg.results_dir) / plot_name(args, shape.name)
         title = f"lr={spec.describe()}, {shape.name}" + _phases_note(plan)
-        plot_schedule(plan, plot, title=title + (f"\nif {followed['name']} never improves after epoch 0" if followed else ""))
+        plot_schedule(plan, plot, title=title + (f", if {followed['name']} never improves after epoch 0" if followed else ""))
     if args.json:
         document = {
             "lr": spec.describe(),
