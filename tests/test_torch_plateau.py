@@ -26,7 +26,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import before_each_optimizer_step
+from helpers.played import before_each_optimizer_step
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from sweeper.cli import main as cli_main
