@@ -329,7 +329,7 @@ def tampered_run(folder: Path, name: str, tags: dict, weights) -> str:
 
 def _export_cases():
     import torch
-    from conftest import RunsCodeWhenLoaded
+    from helpers.payloads import RunsCodeWhenLoaded
 
     return {
         # case -> (run name, tags, weights, exit code, what is said)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import StandInTrainer, with_tests_on_path
+from helpers.processes import with_tests_on_path
+from helpers.trainers import fill_disk
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
@@ -32,39 +33,9 @@ from sweeper.config.errors import NotWritten, disk_full, full_disk_line
 from sweeper.records.mlflow_store import Outage, tracking_settings
 from sweeper.records.recorder import MlflowRecorder, _Unsent
 from sweeper.sweep.workers import kept_whole
-from sweeper.trial.events import EpochEvent, Reporter, StartEvent, TrialResult
+from sweeper.trial.events import Reporter, StartEvent, TrialResult
 
-FILL = "FULL_DISK_FILL"  # the file the trainer fills the disk with, during a trial's first epoch
-
-
-class FillingTrainer(StandInTrainer):
-    """StandInTrainer that fills the disk holding $FULL_DISK_FILL at its first epoch (once: the
-    file stays until the test removes it), as a trial writing data or weights would."""
-
-    @staticmethod
-    def train(cfg, reporters=()) -> TrialResult:
-        path = os.environ.get(FILL)
-        return StandInTrainer.train(cfg, [_FillAtFirstEpoch(Path(path)), *reporters] if path else reporters)
-
-
-class _FillAtFirstEpoch(Reporter):
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_epoch(self, event: EpochEvent) -> None:
-        if event.epoch == 0 and not self.path.exists():
-            fill(self.path)
-
-
-def fill(path: Path) -> None:
-    """Write `path` until its disk is full."""
-    with open(path, "wb") as out:
-        try:
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-        except OSError as error:
-            assert error.errno == errno.ENOSPC, error
+FILL = "FULL_DISK_FILL"  # the file DiskFillingTrainer fills the disk with, during a trial's first epoch
 
 
 @pytest.fixture
@@ -81,7 +52,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-SWEEP = ["sweep.trainer=test_full_disk.FillingTrainer", "train.epochs=2", "sweep.live=false", "sweep.poll=0.2",
+SWEEP = ["sweep.trainer=helpers.trainers.DiskFillingTrainer", "train.epochs=2", "sweep.live=false", "sweep.poll=0.2",
          "sweep.workers=1", "sweep.cpu_threads=1", "sampler.seed=0", "pruner=none", "sweep.n_trials=2",
          "sweep.max_failures=1"]  # fmt: skip
 
@@ -151,7 +122,7 @@ def test_a_report_on_a_full_disk_is_one_line_naming_it(small_disk, workdir, caps
     storage = f"sqlite:///{workdir}/studies.db"
     study = optuna.create_study(study_name="full", storage=storage, direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"overrides": ["lr=fastai"], "status": "finished"}))
-    fill(small_disk / "fill")
+    fill_disk(small_disk / "fill")
     code = main(["report", "full", f"storage.url={storage}", "tracking=none", f"results_dir={small_disk}"])
     err = capsys.readouterr().err
     assert code == 1 and len(err.splitlines()) == 1, err
