@@ -120,13 +120,26 @@ def run_all(args, work: Path) -> list[dict]:
     return [done[key(job)] for job in jobs(args) if key(job) in done]
 
 
-def reference_best(references: list[dict]) -> tuple[str, dict[str, float]]:
+def reference_best(references: list[dict]) -> tuple[str, dict[str, float], str]:
+    """The arm with the best mean of the reference's tuned reruns (pooled), each arm's mean, and
+    how clear the lead is: the pooled difference to each other arm with a 95% interval (Welch)."""
+    from scipy import stats
+
     pooled: dict[str, list[float]] = {}
     for row in references:
         for arm, values in row["tuned_runs"].items():
             pooled.setdefault(arm, []).extend(v for v in values if v == v)
     means = {arm: sum(v) / len(v) for arm, v in pooled.items() if v}
-    return max(means, key=means.get), means
+    best = max(means, key=means.get)
+    gaps = []
+    for arm in means:
+        if arm != best:
+            test = stats.ttest_ind(pooled[best], pooled[arm], equal_var=False)
+            low, high = test.confidence_interval(0.95)
+            gaps.append(
+                f"{best} vs {arm} {means[best] - means[arm]:+.4f} [{low:+.4f}, {high:+.4f}] ({len(pooled[best])} and {len(pooled[arm])} runs)"
+            )
+    return best, means, "; ".join(gaps)
 
 
 def main() -> None:
@@ -159,7 +172,7 @@ def main() -> None:
     if not references or not bench:
         print(f"nothing to summarise yet in {args.work}")
         return
-    best, means = reference_best(references)
+    best, means, gaps = reference_best(references)
     table = [
         {
             "mode": r["mode"],
@@ -207,7 +220,7 @@ def main() -> None:
             f"Reference: {len(references)} compare-mode sweeps of {args.reference_trials} trials (train.seed=1000), each verdict on "
             f"{args.reference_verdict_seeds} seeds; mean of each arm's tuned reruns, pooled: "
             + ", ".join(f"{a} {m:.4f}" for a, m in sorted(means.items(), key=lambda x: -x[1]))
-            + f". The reference's arm: **{best}**.\n\n{ref_lines}",
+            + f". The reference's arm: **{best}** (pooled difference, 95% interval, Welch: {gaps}).\n\n{ref_lines}",
         ],
         sections=["Over the sweep seeds:\n\n" + benchlib.markdown_table(summary)],
     )
