@@ -159,8 +159,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="more overrides for every sweep (experiment=..., model=...)")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.trials, args.epochs, args.verdict_seeds = [0], 6, 1, 2
-        args.reference_sweeps, args.reference_trials, args.reference_verdict_seeds = 1, 6, 2
+        args.seeds, args.trials, args.epochs, args.verdict_seeds = [0], 4, 1, 2
+        args.reference_sweeps, args.reference_trials, args.reference_verdict_seeds = 1, 4, 2
+        args.overrides = [*args.overrides, "search.lr.strategies=[single,fastai]"]  # two arms: a verdict of 2 x 2 x 2 runs
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
         rows = run_all(args, args.work)
