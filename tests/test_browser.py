@@ -22,7 +22,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import StandInTrainer, feed_trial, free_port, with_tests_on_path
+from helpers.played import feed_trial
+from helpers.processes import with_tests_on_path
+from helpers.servers import free_port
+from helpers.trainers import StandInTrainer
 from optuna.distributions import CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
@@ -135,7 +138,7 @@ def record_sweep(results: Path, name: str, *overrides: str) -> optuna.Study:
     """A compare-mode sweep of the stand-in trainer, run here by one worker (seeded: the same
     trials every time), recorded to MLflow under `results` and reported, as `sweeper sweep` does."""
     plan = plan_sweep(
-        [f"results_dir={results}", "sweep.trainer=conftest.StandInTrainer", "sampler.seed=0", "train.epochs=4",
+        [f"results_dir={results}", "sweep.trainer=helpers.trainers.StandInTrainer", "sampler.seed=0", "train.epochs=4",
          "tracking.schedule_plot=false", "sweep.poll=0.1", f"sweep.name={name}", *overrides],
     )  # fmt: skip
     plan, records, study = _begin(plan, results / "sweeps" / name)
@@ -170,7 +173,7 @@ def recorded(tmp_path_factory):
         studies = {direction: record_sweep(folder / "results", name, *overrides) for direction, (name, overrides) in SWEEPS.items()}
         name = SWEEPS["minimize"][0]
         with redirect_stdout(io.StringIO()):
-            assert main(["verdict", name, "--seeds", "2", "--allow-module", "conftest"]) == 0
+            assert main(["verdict", name, "--seeds", "2", "--allow-module", "helpers"]) == 0
     verdict = json.loads((folder / "results" / "sweeps" / name / "verdict.json").read_text())["answer"]
     return folder, studies, verdict
 
