@@ -271,7 +271,8 @@ def _summarise(
     if settings is not None:
         browse = settings.label if settings.is_server else f"mlflow ui --backend-store-uri {settings.label}"
         print(f"MLflow: {browse}  (experiment {settings.experiment})")
-        print(f"compare the strategies: sweeper ui {plan.name}")
+        compared = plan.arms.param if plan.arms else "strategy"  # what `sweeper ui` groups by
+        print(f"compare the {compared} arms in the MLflow UI: sweeper ui {plan.name}")
     print(f"worker logs: {plan.cfg.launcher.folder if plan.cfg.launcher.name == 'slurm' else folder}/")  # jobs' are submitit's
     print(f"Optuna: optuna-dashboard {shlex.quote(plan.storage.label())}  (pip install optuna-dashboard)")
     if counts.finished < plan.n_trials and counts.failed - failed_before >= plan.max_failures:
