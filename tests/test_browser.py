@@ -228,6 +228,20 @@ def _number(text: str) -> bool:
     return True
 
 
+def for_the_picture(page) -> None:
+    """Room to read the groups' names: MLflow's assistant panel closed, the run list widened."""
+    close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
+    if close.count():
+        close.first.click()
+    handle = page.locator("[handleaxis=e]")  # the run list's resize handle
+    if handle.count():
+        box = handle.first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 200, box["y"] + box["height"] / 2, steps=5)
+        page.mouse.up()
+
+
 def check_means(page, link: str, study: optuna.Study, compared: str) -> None:
     """The table view of the same link: each arm's group row holds the mean of its complete trials."""
     page.goto(link.replace("compareRunsMode=CHART", "compareRunsMode=TABLE"), wait_until="domcontentloaded")
@@ -278,9 +292,7 @@ def test_sweeper_ui_shows_each_arm_best_first_without_its_pruned_trials(recorded
                 page = browser.new_page(viewport={"width": 1500, "height": 950})
                 page.goto(link, wait_until="domcontentloaded")
                 check_view(page, study, compared)
-                close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
-                if close.count():  # MLflow's assistant panel, beside the page: not the sweep's
-                    close.first.click()
+                for_the_picture(page)
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(SCREENSHOTS / PICTURES[direction]))
                 # The sweep's run, its report leading its description (and the verdict, once given).
