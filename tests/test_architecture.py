@@ -59,3 +59,37 @@ def test_the_readers_after_a_sweep_pick_nothing_out_of_a_study_s_record_themselv
         if raw.search(line)
     ]
     assert found == [], found
+
+
+# The readers that take a study from their caller (the sweep's own process passes its live one).
+READERS_OF_A_STUDY = {
+    "analysis/report.py": "write_report",
+    "analysis/verdict.py": "give_verdict",
+    "analysis/confirm.py": "confirm_strategies",
+    "analysis/ablation.py": "ablate",
+    "analysis/ui.py": "sampled_settings",
+}
+
+
+def test_the_readers_after_a_sweep_hold_only_a_checked_study():
+    """A stored study reaches `sweeper.analysis` and `sweeper.commands` only as the checked copy
+    `sweeper.boundary.checked_study` builds: opened in one place (which_sweep.load_sweep_study,
+    which returns that copy), and each reader that is handed a study checks it first."""
+    import ast
+    import re
+
+    opens = re.compile(r"\b(load_study|create_study|RDBStorage|JournalStorage|InMemoryStorage)\b|\._storage\b")
+    found = [
+        f"{path.relative_to(ROOT / 'sweeper')}: {line.strip()}"
+        for package in ("analysis", "commands")
+        for path in sorted((ROOT / "sweeper" / package).glob("*.py"))
+        for line in path.read_text().splitlines()
+        if opens.search(line)
+    ]
+    assert found == ["analysis/which_sweep.py: raw = optuna.load_study(study_name=name, storage=storage)"], found
+    assert "return checked_study(raw)" in (ROOT / "sweeper" / "analysis" / "which_sweep.py").read_text()
+    for module, name in READERS_OF_A_STUDY.items():
+        tree = ast.parse((ROOT / "sweeper" / module).read_text())
+        function = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == name)
+        checks = [ast.unparse(s) for s in function.body if isinstance(s, ast.Assign)]
+        assert "study = checked_study(study)" in checks, f"{module}: {name} reads the study it is handed unchecked"

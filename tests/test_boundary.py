@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -20,13 +21,17 @@ from pathlib import Path
 import optuna
 import pytest
 from omegaconf import OmegaConf
+from optuna.trial import TrialState
 
+from sweeper.analysis.verdict import give_verdict
+from sweeper.boundary.checked_study import UNREADABLE_ATTR, checked_study
 from sweeper.boundary.printed import printable, printable_name
 from sweeper.boundary.recorded_config import Allowed, read_recorded
 from sweeper.boundary.recorded_study import trial_config
 from sweeper.cli import main
 from sweeper.config import ConfigError, compose_config
 from sweeper.records.run_record import shape_name_of
+from sweeper.trial.events import EpochEvent, TrialResult
 
 CANARY = "canary"
 SECRET = "B0undary-s3cret-Qz"  # an environment variable's value: it must reach no record and no terminal
@@ -349,3 +354,81 @@ def test_export_of_a_tampered_run_runs_nothing_and_shows_nothing_raw(case, plant
     assert "\x1b" not in out + err and "Traceback" not in err
     assert not (planted / CANARY).exists()  # nothing ran when the weights were read
     assert (planted / "out.pt").exists() is (expected == 0)  # written only when it holds plain weights
+
+
+# --- the study the readers hold: a copy built from checked values ------------------------------
+
+
+def write_tampered_values(folder: Path) -> str:
+    """A study as a sweep writes one (an lr drawn from its range, a strategy from its choices),
+    whose stored rows were then changed under Optuna, as anyone with access to a shared database
+    can: trial 0 is left honest; each other trial holds one thing that does not check."""
+    storage = write_study(folder, study_record(objectives=5, compare="strategy"), trial_record(BASE))
+    study = optuna.load_study(study_name=SWEEP, storage=storage)
+    lr = optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    strategy = optuna.distributions.CategoricalDistribution(["fastai", "geometric"])
+    for number in range(5):
+        attrs = {**trial_record(BASE), "reason": f"honest{ESCAPE}"}
+        trial = optuna.trial.create_trial(
+            value=0.5 + number / 100,
+            params={"lr": 1e-3, "strategy": "fastai"},
+            distributions={"lr": lr, "strategy": strategy},
+            user_attrs=attrs,
+        )
+        study.add_trial(trial)
+    first = study.trials[2]._trial_id  # the first of the five
+    with sqlite3.connect(folder / "studies.db") as db:
+        db.execute("UPDATE trial_params SET param_value = 5.0 WHERE param_name = 'lr' AND trial_id = ?", (first + 1,))
+        bad = '{"name": "CategoricalDistribution", "attributes": {"choices": [[1, 2], [3]]}}'
+        db.execute("UPDATE trial_params SET distribution_json = ? WHERE param_name = 'strategy' AND trial_id = ?", (bad, first + 2))
+        db.execute("UPDATE trial_values SET value = NULL, value_type = 'INF_POS' WHERE trial_id = ?", (first + 3,))
+        db.execute("UPDATE trial_user_attributes SET value_json = ? WHERE key = 'overrides' AND trial_id = ?", ('{"a": NaN}', first + 4))
+        db.execute("UPDATE trial_user_attributes SET value_json = '[1, 2]' WHERE key = 'status' AND trial_id = ?", (first + 4,))
+        db.execute("UPDATE trial_user_attributes SET value_json = '[3]' WHERE key = 'overrides' AND trial_id = ?", (first + 1,))
+        db.execute(
+            "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, 'notes', ?)", (first + 4, json.dumps("x" * 200_000))
+        )
+    return storage
+
+
+def test_the_study_a_reader_holds_keeps_only_what_checks(planted):
+    raw = optuna.load_study(study_name=SWEEP, storage=write_tampered_values(planted))
+    study = checked_study(raw)
+    assert checked_study(study) is study  # read once: a checked study is not checked again
+    assert study.user_attrs["objectives"] == ["value"] and "compare" not in study.user_attrs  # wrong types: read as absent
+    honest, lr_outside, choices_not_plain, infinite, attrs_not_plain = study.trials[2:]
+    assert [t.number for t in study.trials] == [t.number for t in raw.trials]  # each trial under its own number
+    assert honest.params == {"lr": 1e-3, "strategy": "fastai"} and honest.values == [0.5]
+    assert honest.user_attrs["reason"] == f"honest{ESCAPE}"  # kept as recorded: printed escaped wherever it is printed
+    assert lr_outside.params == {"strategy": "fastai"} and "param 'lr'" in lr_outside.user_attrs[UNREADABLE_ATTR]
+    assert choices_not_plain.params == {"lr": 1e-3} and "param 'strategy'" in choices_not_plain.user_attrs[UNREADABLE_ATTR]
+    assert infinite.state == TrialState.FAIL and "not finite numbers" in infinite.user_attrs["reason"]
+    assert not {"overrides", "notes", "status"} & set(attrs_not_plain.user_attrs)  # not JSON, too long, not a word
+    assert "overrides" not in lr_outside.user_attrs and "overrides" in honest.user_attrs  # [3]: no overrides to join
+    assert not any(t.system_attrs for t in study.trials)
+
+
+def test_report_and_verdict_read_a_tampered_study_without_a_crash(planted, capsys):
+    storage = write_tampered_values(planted)
+    code = main(["report", SWEEP, f"storage.url={storage}", "tracking=none", "results_dir=results"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    written = "".join(p.read_text(errors="replace") for p in (planted / "results").rglob("*.md"))
+    assert "\x1b" not in out + err + written
+    # the verdict, handed the raw study as a caller might, reads it through the boundary all the same
+    raw = optuna.load_study(study_name=SWEEP, storage=storage)
+    trained = TrialResult("finished", 0.5, "accuracy", epochs=[EpochEvent(0, 0, 0.5, 0.5, {"accuracy": 0.5}, 0.5)])
+    verdict = give_verdict(raw, lambda cfg, reporters: trained, seeds=2, folder=planted / "verdict", say=lambda line: None)
+    assert verdict.arms and "\x1b" not in (planted / "verdict" / "verdict.md").read_text()
+
+
+def test_a_study_optuna_itself_cannot_parse_is_refused_in_one_line(planted, capsys):
+    storage = write_study(planted, study_record(), trial_record(BASE))
+    with sqlite3.connect(planted / "studies.db") as db:  # a choice index past the choices: Optuna's own reading fails
+        db.execute(
+            "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (1, 'x', 7, ?)",
+            ('{"name": "CategoricalDistribution", "attributes": {"choices": ["a"]}}',),
+        )
+    code = main(["report", SWEEP, f"storage.url={storage}", "tracking=none", "results_dir=results"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "its study cannot be read" in err and len(err.splitlines()) == 1, out + err

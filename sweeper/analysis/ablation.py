@@ -27,6 +27,7 @@ import pandas as pd
 from sweeper.analysis.confirm import TrainFn, compose_trial, summarize_seeds, verdict, write_seed_tables
 from sweeper.analysis.repeats import FACTORS, seed_count
 from sweeper.analysis.report import objective_columns, trials_table
+from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.config import ConfigError
 from sweeper.records.run_record import ABLATION_KIND
@@ -117,6 +118,7 @@ def ablate(
     if factor not in FACTORS:
         raise ConfigError(f"--ablate: {factor!r} is not a factor; choose {' or '.join(FACTORS)}.")
     seed_count(seeds)
+    study = checked_study(study)  # a study given by any caller is read through the boundary
     (objective, direction), *_ = objective_columns(study)
     trials = trials_table(study)
     complete = trials[trials["state"] == "complete"] if len(trials) else trials

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from sweeper.analysis.repeats import seed_count
 from sweeper.analysis.report import best_by, markdown_table, objective_columns, trials_table
+from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.boundary.recorded_study import trial_config
 from sweeper.config import ConfigError
@@ -66,6 +67,7 @@ def confirm_strategies(
 ) -> Confirmation:
     """Train each strategy's best trial again with `seeds` fresh seeds; write and return the result."""
     seed_count(seeds)
+    study = checked_study(study)  # a study given by any caller is read through the boundary
     (objective, direction), *_ = objective_columns(study)
     best = best_by(trials_table(study), "strategy", objective, direction)
     if strategies:

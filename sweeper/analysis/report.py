@@ -39,6 +39,7 @@ from optuna.exceptions import ExperimentalWarning  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from sweeper.analysis import tables  # noqa: E402
+from sweeper.boundary.checked_study import checked_study  # noqa: E402
 from sweeper.boundary.printed import printable  # noqa: E402
 from sweeper.boundary.recorded_config import Allowed  # noqa: E402
 from sweeper.boundary.recorded_study import study_config_dirs, trial_config, trial_overrides, unchecked_trial_config  # noqa: E402
@@ -383,6 +384,7 @@ def _shared_params(study: optuna.Study) -> list[str]:
 def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources | None = None, allowed: Allowed = Allowed()) -> Report:
     """Write the sweep's comparison into `folder` (see the module doc); return what was written.
     Without `sources` (MLflow off or unreadable) the curves come from the study alone."""
+    study = checked_study(study)  # a study given by any caller is read through the boundary
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     run_ids, curves = (sources.run_ids, sources.read_curve) if sources else ({}, None)

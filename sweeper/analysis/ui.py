@@ -50,6 +50,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import optuna
 from optuna.trial import TrialState
 
+from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.recorded_study import trial_overrides
 from sweeper.config import ConfigError
 from sweeper.records.mlflow_store import mlflow_calls, mlflow_client
@@ -168,6 +169,7 @@ def sampled_settings(study: optuna.Study) -> list[str]:
     the head lr, `search.params`, a shape's settings when every trial ran that shape. The UI's
     parallel-coordinates chart leaves out a run (or group) that lacks one of its params, and a
     conditional setting (one shape's, geometric's lr.low) would leave out the others."""
+    study = checked_study(study)  # a study given by any caller is read through the boundary
     base = set(trial_overrides(study.user_attrs))
     drawn: list[set[str]] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

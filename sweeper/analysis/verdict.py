@@ -43,6 +43,7 @@ from sweeper.analysis.confirm import TrainFn, compose_trial
 from sweeper.analysis.paired import Paired, paired, seeds_needed, with_family
 from sweeper.analysis.repeats import seed_count
 from sweeper.analysis.report import VERDICT_FILE, best_by, markdown_table, objective_columns, plt, save_figure, trials_table
+from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.boundary.recorded_study import trial_overrides
 from sweeper.boundary.recorded_sweep import recorded_compare
@@ -293,6 +294,7 @@ def give_verdict(
 ) -> Verdict:
     """Gather the runs the answer needs, judge them, write and return the verdict (module doc)."""
     seed_count(seeds)
+    study = checked_study(study)  # a study given by any caller is read through the boundary
     (objective, direction), *_ = objective_columns(study)
     maximize = direction == "maximize"
     trials = trials_table(study)

@@ -1,6 +1,6 @@
 """Which sweep a command after the sweep reads (`report`, `confirm`, `ui`): its name from the
-command line, and its study from the configured storage (what it recorded is read through
-sweeper.boundary.recorded_study).
+command line, and its study from the configured storage, as the checked in-memory copy that
+sweeper.boundary.checked_study builds: the raw stored study never reaches a reader.
 
 Light on purpose (Optuna, no pandas, matplotlib, torch or MLflow): a sweep that is not there is
 said in a second, before the commands load what their work needs.
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import optuna
 from omegaconf import DictConfig
 
+from sweeper.boundary.checked_study import CheckedStudy, checked_study
 from sweeper.config import ConfigError
 from sweeper.config.rules import check_sweep_name
 from sweeper.sweep.study import storage_of
@@ -28,8 +29,9 @@ def split_sweep_name(words: Sequence[str]) -> tuple[str | None, list[str]]:
     return (names[0] if names else None), [w for w in words if "=" in w]
 
 
-def load_sweep_study(cfg: DictConfig, name: str | None = None) -> optuna.Study:
-    """The sweep's study in the configured storage (`storage.url`), by name (default sweep.name)."""
+def load_sweep_study(cfg: DictConfig, name: str | None = None) -> CheckedStudy:
+    """The sweep's study in the configured storage (`storage.url`), by name (default sweep.name),
+    checked (sweeper.boundary.checked_study)."""
     name = check_sweep_name(name, "sweep name") if name else str(cfg.sweep.name)
     spec = storage_of(cfg)
     if spec.path is not None and not spec.path.exists():
@@ -41,10 +43,11 @@ def load_sweep_study(cfg: DictConfig, name: str | None = None) -> optuna.Study:
         )
     storage = spec.open()
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        raw = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         known = optuna.get_all_study_names(storage)
         raise ConfigError(
             f"sweep name: no sweep {name!r} in {spec.label()}; it holds {known or 'none'}. Give one of "
             f"them (sweeper report NAME), or the storage the sweep used (storage.url=...)."
         ) from None
+    return checked_study(raw)

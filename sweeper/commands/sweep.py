@@ -29,6 +29,8 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from sweeper.boundary.checked_study import checked_study
+from sweeper.boundary.printed import printable
 from sweeper.config.errors import error_line
 from sweeper.config.rules import sweep_folder
 from sweeper.records.mlflow_store import TrackingSettings, check_server, tracking_settings
@@ -252,19 +254,20 @@ def _summarise(
     study: optuna.Study, plan: SweepPlan, folder: Path, settings: TrackingSettings | None, report: Path | None, failed_before: int
 ) -> int:
     """The outcome, and where to look at it."""
+    study = checked_study(study)  # a shared storage's trials are read as every reader reads them
     counts = count_trials(study)
     print(
         f"\nsweep {plan.name}: {counts.finished}/{plan.n_trials} finished ({counts.complete} complete, "
         f"{counts.pruned} pruned), {counts.failed} failed"
     )
     for reason, times in _failure_reasons(study).most_common(3):
-        print(f"  failed {times}x: {reason}")
+        print(f"  failed {times}x: {printable(reason)}")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = study.best_trials if plan.objectives.several else [study.best_trial] if complete else []
     for trial in best:
         values = ", ".join(f"{n} {v:.4g}" for n, v in zip(plan.objectives.names, trial.values))
         print(f"best: trial {trial.number}, {values}: {sampled(trial, plan)}")
-        print(f"  rerun it: sweeper train {shlex.join(trial.user_attrs.get('overrides', []))}")
+        print(f"  rerun it: {printable('sweeper train ' + shlex.join(trial.user_attrs.get('overrides', [])))}")
     print(f"study: {plan.name} in {plan.storage.label()}")
     if report is not None:
         print(f"report: {report / 'report.md'} (tables and plots beside it)")
