@@ -94,7 +94,12 @@ def checked_study(raw: optuna.Study) -> CheckedStudy:
             f"nothing was read or written; give a study that a sweep of yours recorded"
         )
     storage = optuna.storages.InMemoryStorage()
-    storage.create_new_study(directions, raw.study_name)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a copy, not a study the user created: nothing to log
+    try:
+        storage.create_new_study(directions, raw.study_name)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     study = CheckedStudy(study_name=raw.study_name, storage=storage)
     for key, value in _study_attrs(attrs, len(directions)).items():
         study.set_user_attr(key, value)
