@@ -14,6 +14,7 @@ rerun, ui). The store and its settings are `sweeper.records.mlflow_store`'s; wha
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from sweeper.records.mlflow_store import (
 )
 from sweeper.records.recorder import MAX_TAG_LENGTH, MlflowRecorder, now_ms
 from sweeper.records.run_record import SWEEP_KIND, SWEEP_NODES, TRIAL_KIND, TRIAL_NODES, code_tags, flatten, plain_config, run_label
+from sweeper.records.spool import SPOOL_ENV, SpoolWriter
 from sweeper.secrets import MASK, mask_text, mask_url
 from sweeper.trial.events import Reporter
 
@@ -149,8 +151,24 @@ class SweepTracking:
         extra_tags: Mapping[str, Any] | None = None,
     ) -> Reporter:
         """The Reporter that records one trial as a child run of the sweep's run."""
-        tags = {"trial": str(trial_number), **(extra_tags or {})}
-        return self.run_reporter(trial_cfg, TRIAL_KIND, run_label(f"trial {trial_number}", trial_cfg), tags, overrides)
+        header = self.trial_header(trial_number, trial_cfg, overrides, extra_tags)
+        return self.run_reporter(trial_cfg, TRIAL_KIND, header["run_name"], header["tags"], overrides)
+
+    def trial_header(
+        self,
+        trial_number: int,
+        trial_cfg: DictConfig | Mapping,
+        overrides: Sequence[str] = (),
+        extra_tags: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What makes a trial's run: its name, tags, overrides and config (a spool file's first line)."""
+        return {
+            "trial": trial_number,
+            "run_name": run_label(f"trial {trial_number}", trial_cfg),
+            "tags": {"sweeper.kind": TRIAL_KIND, "sweep": self.sweep, "trial": str(trial_number), **(extra_tags or {})},
+            "overrides": list(overrides),
+            "config": plain_config(trial_cfg),
+        }
 
     def run_reporter(
         self,
@@ -468,9 +486,11 @@ def trial_reporter(
     extra_tags: Mapping[str, Any] | None = None,
     location: Mapping[str, str] | None = None,
 ) -> Reporter:
-    """For a worker process that has the config but not the parent's SweepTracking: the sweep's
-    run is where the study's recorded `location` says, else looked up by its tags (once per
-    process) at the trial's first flush."""
+    """For a worker process that has the config but not the parent's SweepTracking. A local worker
+    of a sweep (SPOOL_ENV set) hands its records to the machine's recorder through a spool file;
+    any other (a job, a worker joined by hand) records to MLflow itself: the sweep's run is where
+    the study's recorded `location` says, else looked up by its tags (once per process) at the
+    trial's first flush."""
     location = location or {}
     sweep = SweepTracking(
         tracking_settings(trial_cfg),
@@ -479,4 +499,7 @@ def trial_reporter(
         location.get("parent_run_id") or None,
         results_dir=str(trial_cfg.get("results_dir", "results")),
     )
+    spool = os.environ.get(SPOOL_ENV)
+    if spool and sweep.settings is not None:
+        return SpoolWriter(Path(spool), sweep.trial_header(trial_number, trial_cfg, overrides, extra_tags))
     return sweep.trial_reporter(trial_number, trial_cfg, overrides, extra_tags)
