@@ -75,19 +75,6 @@ class Store:
         while self.spool is not None and spool_files(self.spool):  # sent, and so removed
             time.sleep(0.005)
 
-    def close(self) -> None:
-        if self.recorder is not None:
-            self.stop.set()
-            self.recorder.join()
-
-
-def run_recorder(sweep, folder: Path, stop) -> None:
-    from sweeper.records.machine_recorder import MachineRecorder
-
-    recorder = MachineRecorder(sweep, folder).start()
-    stop.wait()
-    recorder.close()
-
     def trials_in_sequence(self, count: int) -> float:
         """Seconds a trial, over `count` trials back to back and the wait for their records."""
         from sweeper.training.trainer import train
@@ -105,6 +92,19 @@ def run_recorder(sweep, folder: Path, stop) -> None:
                 self.hooks.append(dict(clock.seconds))
         self.wait_for_records()
         return (time.perf_counter() - started) / count
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.stop.set()
+            self.recorder.join()
+
+
+def run_recorder(sweep, folder: Path, stop) -> None:
+    from sweeper.records.machine_recorder import MachineRecorder
+
+    recorder = MachineRecorder(sweep, folder).start()
+    stop.wait()
+    recorder.close()
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """A sweep's report, written in the background while its trials run.
 
-    live = LiveReport(tracking, study).start()     # the sweep's process, as the workers go
+    live = LiveReport(tracking, study, n_trials).start()   # the sweep's process, as the workers go
     ...
     folder = live.finish("FINISHED")               # after the last trial: only what changed is drawn
 
@@ -9,9 +9,10 @@ composed from their configs, PNGs). Drawn only after the last trial, they are se
 waits for a command whose work is done. So the report is written again, in a thread of the
 sweep's process, as trials finish (at most one at a time, no sooner than MIN_INTERVAL_SECONDS
 after the last, and never longer than its own drawing took again, so that on a busy machine it
-takes at most half of a core from the trials), and the last one keeps each plot whose inputs did
-not change (`DrawnPlots`): the best trials' curves and schedules, unless the last trials beat
-them, and the library imports, done while the trials ran.
+takes at most half of a core from the trials), and at once when the sweep has all its trials,
+while the workers exit. The report written after that keeps each plot whose inputs did not
+change (`DrawnPlots`): all of them once the sweep is complete; else the best trials' curves and
+schedules, unless the last trials beat them. The libraries are imported here too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sweeper.records.run_plot import import_plotting
 from sweeper.records.tracking import SweepTracking, sweep_folder
 
 if TYPE_CHECKING:
@@ -33,9 +35,10 @@ MIN_INTERVAL_SECONDS = 2.0
 
 
 class LiveReport:
-    def __init__(self, tracking: SweepTracking, study: optuna.Study) -> None:
+    def __init__(self, tracking: SweepTracking, study: optuna.Study, n_trials: int) -> None:
         self.tracking = tracking
         self.study = study
+        self.n_trials = n_trials
         self.drawn = None  # DrawnPlots, once the report's module is loaded
         self._stop = threading.Event()
         # Not a daemon: a process that ends early waits for a drawing to finish rather than
@@ -60,8 +63,9 @@ class LiveReport:
             self._thread.join()
 
     def _run(self) -> None:
-        # The report's libraries load now, not after the last trial; here alone: a module two
-        # threads import at once can be seen half made (matplotlib.pyplot's circular imports).
+        # The report's libraries load now, not after the last trial; matplotlib first, one thread
+        # at a time (the recorder draws runs' schedule plots in another).
+        import_plotting()
         import optuna.importance  # noqa: F401 - scikit-learn comes with it
         import optuna.visualization.matplotlib  # noqa: F401
 
@@ -71,7 +75,8 @@ class LiveReport:
         written, pause, last = None, MIN_INTERVAL_SECONDS, 0.0
         while not self._stop.wait(LOOK_SECONDS):
             finished = self._finished()
-            if finished == written or finished == 0 or time.monotonic() - last < pause:
+            last_trial = finished >= self.n_trials  # drawn at once, while the workers exit
+            if finished == written or finished == 0 or (time.monotonic() - last < pause and not last_trial):
                 continue
             began = time.monotonic()
             try:

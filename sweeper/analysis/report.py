@@ -410,7 +410,7 @@ def write_report(
     `drawn`, a plot whose inputs are those it was last drawn from is kept as it is."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    run_ids, curves = (sources.run_ids, sources.read_curve) if sources else ({}, None)
+    run_ids, curves, ended = (sources.run_ids, sources.read_curve, sources.ended) if sources else ({}, None, frozenset())
     trials = trials_table(study, run_ids)
     (objective, direction), *others = objective_columns(study)
     by_strategy = summarize(trials, "strategy", objective, direction) if len(trials) else pd.DataFrame()
@@ -432,9 +432,9 @@ def write_report(
         "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),
     }
     # What each plot is drawn from: the trials (any new one changes them), or the best trial of
-    # each strategy (its curves and schedule).
+    # each strategy (its curves and schedule, whole once its MLflow run has ended).
     every = trials.to_csv(index=False) + str(compared)
-    bests = repr([(key, row.to_dict()) for key, row in sorted(best.items())]) + str(curves is not None)
+    bests = repr([(key, row.to_dict(), int(row["trial"]) in ended) for key, row in sorted(best.items())]) + str(curves is not None)
     drawn = drawn if drawn is not None else DrawnPlots()
     for name, make in makers.items():
         inputs = bests if name in ("best_curves.png", "schedules.png") else every

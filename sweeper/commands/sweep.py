@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     # This machine's workers hand their records to this process (and any left by an earlier run
     # of the sweep that was killed are sent now): MLflow is loaded and its store opened here alone.
     recorder = MachineRecorder(records, spool_folder(folder)).start() if records.settings is not None else None
-    live = LiveReport(records, study)  # the report, written as the trials finish
+    live = LiveReport(records, study, plan.n_trials)  # the report, written as the trials finish
     before = count_trials(study)
     unequal = plan.arms.shares(plan.n_trials) if plan.arms else None
     if unequal:

@@ -3,12 +3,13 @@ momentum as the trial ran them (its reported steps)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sweeper.trial.events import StepEvent, TrialResult
 
-__all__ = ["RecordedSchedule", "schedule_png_as_run"]
+__all__ = ["RecordedSchedule", "import_plotting", "schedule_png_as_run"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,20 @@ class RecordedSchedule:
         return [{"step": s.step, **{f"lr_{g}": lr for g, lr in enumerate(s.lrs)}, "momentum": s.momentum} for s in self.steps]
 
 
+_IMPORTING = threading.Lock()
+
+
+def import_plotting() -> None:
+    """Import matplotlib (pyplot included) in one thread at a time. The sweep's process draws in
+    two (the recorder's schedule plots, the report), and a module two threads import at once can
+    be seen half made (pyplot's circular imports): the second waits for the first here."""
+    with _IMPORTING:
+        import sweeper.schedules.plots  # noqa: F401
+
+
 def schedule_png_as_run(result: TrialResult) -> bytes:
     """A run's schedule.png: what its trial reported, not what its config planned."""
+    import_plotting()
     from sweeper.schedules.plots import schedule_png
 
     return schedule_png(RecordedSchedule(result.steps), title="lr of every layer group, as run")

@@ -68,6 +68,7 @@ class MlflowSources:
 
     run_ids: Mapping[int, str]
     read_curve: Callable[[str, str], list[tuple[int, float]]]
+    ended: frozenset[int] = frozenset()  # trials whose run has ended: its curves are whole
 
 
 def sweep_folder(holder: DictConfig | SweepTracking, sweep: str) -> Path:
@@ -199,6 +200,9 @@ class SweepTracking:
 
     def trial_runs(self) -> dict[int, str]:
         """Trial number -> MLflow run id of this sweep's trials (a retried number: its newest run)."""
+        return {number: run.info.run_id for number, run in self._trial_runs().items()}
+
+    def _trial_runs(self) -> dict[int, Any]:
         if self.settings is None:
             return {}
         with mlflow_calls(self.settings):
@@ -206,7 +210,7 @@ class SweepTracking:
             experiment_id, _ = self.locate(client)
             runs = search_all(client, experiment_id, f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{self.sweep}'")
         ordered = sorted(runs, key=lambda run: run.info.start_time)
-        return {int(run.data.tags["trial"]): run.info.run_id for run in ordered if run.data.tags.get("trial", "").isdigit()}
+        return {int(run.data.tags["trial"]): run for run in ordered if run.data.tags.get("trial", "").isdigit()}
 
     def report_sources(self) -> MlflowSources | None:
         """The trials' runs and a reader of their curves, for the report; None when MLflow is off
@@ -214,12 +218,16 @@ class SweepTracking:
         if self.settings is None:
             return None
         try:
-            run_ids = self.trial_runs()
+            runs = self._trial_runs()
         except Exception as error:  # noqa: BLE001 - the report still stands on the study alone
             logger.warning("sweeper report: MLflow runs could not be read (%s); the report uses the study alone.", one_line(error))
             return None
         settings = self.settings
-        return MlflowSources(run_ids, lambda run_id, key: read_curves(settings, run_id, [key])[key])
+        return MlflowSources(
+            {number: run.info.run_id for number, run in runs.items()},
+            lambda run_id, key: read_curves(settings, run_id, [key])[key],
+            frozenset(number for number, run in runs.items() if run.info.status != "RUNNING"),
+        )
 
     def audit(self, study: optuna.Study) -> RecordsAudit:
         """After the workers: end the sweep's runs left RUNNING whose trial is no longer running
