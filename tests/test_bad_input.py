@@ -15,7 +15,8 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import NEEDS_POSTGRES, POSTGRES, free_port
+from helpers.processes import NEEDS_POSTGRES, POSTGRES
+from helpers.servers import free_port
 
 from sweeper.cli import main
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import feed_trial, free_port, with_tests_on_path
+from helpers.played import feed_trial
+from helpers.processes import with_tests_on_path
+from helpers.servers import free_port
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
@@ -98,7 +100,7 @@ def test_sweeper_ui_opens_the_trials_grouped_by_strategy_as_charts(tmp_path, mon
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     env = sweeper_env()
     sweep = [
-        sys.executable, "-m", "sweeper.cli", "sweep", "search=slices", "sweep.trainer=conftest.StandInTrainer",
+        sys.executable, "-m", "sweeper.cli", "sweep", "search=slices", "sweep.trainer=helpers.trainers.StandInTrainer",
         "sweep.n_trials=6", "train.epochs=3", "sweep.live=false", "sweep.workers=2", "sweep.cpu_threads=1",
         "sampler.seed=0", "pruner=none", "sweep.name=ui-sweep",
     ]  # fmt: skip
@@ -141,7 +143,7 @@ def test_a_shapes_sweep_minimizing_loss_is_grouped_by_shape_without_its_pruned_t
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     env = sweeper_env()
     sweep = [
-        sys.executable, "-m", "sweeper.cli", "sweep", "search=shapes", "sweep.trainer=conftest.StandInTrainer",
+        sys.executable, "-m", "sweeper.cli", "sweep", "search=shapes", "sweep.trainer=helpers.trainers.StandInTrainer",
         "search.shape={constant: {}, triangular: {warmup_pct: 'interval(0.1, 0.6)'}}",
         "train.objective=loss", "train.direction=minimize", "sweep.n_trials=8", "train.epochs=3", "sweep.live=false",
         "sweep.workers=1", "sampler.seed=0", "pruner=median", "pruner.n_startup_trials=1", "pruner.n_warmup_steps=0",

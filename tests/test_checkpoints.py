@@ -16,7 +16,9 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import RunsCodeWhenLoaded, wait_for_file, wait_until, with_tests_on_path
+from helpers.payloads import RunsCodeWhenLoaded
+from helpers.processes import with_tests_on_path
+from helpers.waiting import wait_for_file, wait_until
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from torch import nn
@@ -222,7 +224,7 @@ def test_hooks_see_the_trial_and_every_epoch_before_the_next(trial_config):
 
 REAL = [
     *SMALL, "train.epochs=3", "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none",
-    "sampler.seed=0", "sweep.trainer=conftest.GatedTrainer", "sweep.workers=2", "sweep.n_trials=2",
+    "sampler.seed=0", "sweep.trainer=helpers.trainers.GatedTrainer", "sweep.workers=2", "sweep.n_trials=2",
     # a live trial beats every second and counts as dead after 10 s without
     "storage.heartbeat_interval=1", "storage.grace_period=10",
     "sweep.checkpoint_every=0",  # after every epoch: these trials take a second
@@ -272,7 +274,7 @@ def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_unin
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("mlp-synthetic").experiment_id], f"tags.trial = '{retry.number}'")
     rerun = subprocess.run(
-        [sys.executable, "-m", "sweeper.cli", "rerun", run.info.run_id, "--strict", "--allow-module", "conftest"],
+        [sys.executable, "-m", "sweeper.cli", "rerun", run.info.run_id, "--strict", "--allow-module", "helpers"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]

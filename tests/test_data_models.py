@@ -15,7 +15,7 @@ from sweeper.training.trainer import evaluate, prepare
 from sweeper.zoo.data import LoaderData, TensorData, digits, digits_classes, image_folder, synthetic, synthetic_regression, tensors_file
 from sweeper.zoo.models import MLP, SmallCNN, pretrained_on_digits, resnet
 
-needs_torchvision = pytest.mark.extras("torchvision")  # the vision extra (conftest: where these run)
+needs_torchvision = pytest.mark.extras("torchvision")  # the vision extra (conftest.py: where these run)
 
 
 def write_tensors(path: Path, n: int = 40, features: int = 4) -> Path:

@@ -10,7 +10,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import EXTRAS_ENV, TESTS
+from helpers.processes import EXTRAS_ENV, TESTS
 
 EXTRAS = ("torchvision", "transformers")
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import MlflowServer, wait_for_file, with_tests_on_path
+from helpers.processes import with_tests_on_path
+from helpers.servers import MlflowServer
+from helpers.waiting import wait_for_file
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
@@ -35,18 +37,18 @@ from sweeper.sweep.study import count_trials
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Small sweeps on the stand-in trainer (conftest.py): real worker processes and stores, trials
+# Small sweeps on the stand-in trainer (tests/helpers/trainers.py): real worker processes and stores, trials
 # of a known length. The first six trials cover every shape (sweep.cover). Seeded: each worker k
 # draws with seed + k, the same points every time; which worker runs which trial is still a race,
 # so no test here depends on the points drawn.
 STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=3", "sweep.cpu_threads=1", "sampler.seed=0"]
 # The real trainer, small: the digits in 11 batches an epoch. The tests that pace its trials run
-# it behind the test's gates (conftest.GatedTrainer, tests/ on PYTHONPATH).
+# it behind the test's gates (helpers.trainers.GatedTrainer, tests/ on PYTHONPATH).
 REAL = [
     "data=digits", "train.batch_size=128", "train.epochs=2", "train.threads=1",
     "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none", "sampler.seed=0",
 ]  # fmt: skip
-GATED = "sweep.trainer=conftest.GatedTrainer"
+GATED = "sweep.trainer=helpers.trainers.GatedTrainer"
 
 
 _STARTED: list[subprocess.Popen] = []
@@ -178,7 +180,7 @@ def faulty_sweep(tmp_path_factory):
         "STAND_IN_MODULES": str(modules),  # what each trial's process had loaded of MLflow
     }  # fmt: skip
     sweep = start_sweep(
-        tmp_path, "sweep.trainer=conftest.StandInTrainer", *STAND_IN, "sweep.workers=2", "sweep.n_trials=8",
+        tmp_path, "sweep.trainer=helpers.trainers.StandInTrainer", *STAND_IN, "sweep.workers=2", "sweep.n_trials=8",
         # Random draws (seeded): the raising and diverging shapes come up again after the cover,
         # in an order that depends on which worker asks first, so no failure count may end it.
         "sampler=random", "sweep.max_failures=100", "sweep.compare=none",
@@ -357,7 +359,7 @@ OPEN_AT_ONCE = """
 import os, sys, time
 from pathlib import Path
 import optuna
-from conftest import flock_queue
+from helpers.waiting import flock_queue
 from sweeper.sweep.study import StorageSpec
 
 url, folder, openers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import wait_until, with_tests_on_path
+from helpers.processes import with_tests_on_path
+from helpers.waiting import wait_until
 from mlflow import MlflowClient
 from test_report import TRIALS, sweep_trial
 
@@ -136,7 +137,7 @@ def test_a_sweep_into_a_log_file_shows_epochs_and_short_numbers_and_no_library_n
     gates = workdir / "gates"
     env = {**os.environ, "PYTHONPATH": with_tests_on_path(), "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "0"}
     command = [
-        sys.executable, "-m", "sweeper.cli", "sweep", "sweep.trainer=conftest.StandInTrainer", "search=slices",
+        sys.executable, "-m", "sweeper.cli", "sweep", "sweep.trainer=helpers.trainers.StandInTrainer", "search=slices",
         "sweep.n_trials=1", "sweep.workers=1", "sweep.cpu_threads=1", "train.epochs=3", "pruner=none", "sweep.poll=0.2",
         "tracking.schedule_plot=false",
     ]  # fmt: skip

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import before_each_optimizer_step
+from helpers.played import before_each_optimizer_step
 from test_trainer import OptimizerSpy  # reads torch's param groups before each step
 
 from sweeper.config import ConfigError
@@ -274,7 +274,7 @@ def test_a_fused_sweep_records_every_trial_as_the_one_trial_trainer_trains_it(sw
 def test_a_trainer_without_train_many_cannot_fuse(workdir):
     from sweeper.sweep.study import plan_sweep
 
-    with pytest.raises(ConfigError, match="sweep.fuse: 4, but sweep.trainer 'conftest.StandInTrainer' has no train_many"):
-        plan_sweep(["sweep.fuse=4", "sweep.trainer=conftest.StandInTrainer", "tracking=none"])
+    with pytest.raises(ConfigError, match="sweep.fuse: 4, but sweep.trainer 'helpers.trainers.StandInTrainer' has no train_many"):
+        plan_sweep(["sweep.fuse=4", "sweep.trainer=helpers.trainers.StandInTrainer", "tracking=none"])
     with pytest.raises(ConfigError, match="sweep.fuse: 0 must be a whole number of trials >= 1"):
         plan_sweep(["sweep.fuse=0", "tracking=none"], validate=False)

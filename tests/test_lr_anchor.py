@@ -9,7 +9,7 @@ import math
 
 import optuna
 import pytest
-from conftest import with_tests_on_path
+from helpers.processes import with_tests_on_path
 from mlflow.tracking import MlflowClient
 
 from sweeper.commands.sweep import _begin
@@ -128,7 +128,7 @@ def test_rule_settings_mistakes_are_one_line(node, fragment):
 @pytest.fixture
 def auto_sweep(workdir, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
-    return ["sweep.trainer=conftest.StandInTrainer", "tracking=none", "search=slices", "search.lr.high=auto", "sweep.n_trials=4"]
+    return ["sweep.trainer=helpers.trainers.StandInTrainer", "tracking=none", "search=slices", "search.lr.high=auto", "sweep.n_trials=4"]
 
 
 FLAT = {"lrs": LRS, "losses": [1.0] * NUM_IT, "suggestions": {"valley": 1e-3, "steep": 1e-3, "minimum": 1e-3}}
@@ -245,7 +245,7 @@ def test_requests_that_cannot_be_anchored_are_refused(override, fragment):
 @pytest.mark.slow
 def test_a_real_sweep_finds_the_ranges_once_records_them_and_reports_the_cost(sweeper_cli, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
-    args = ["sweep.trainer=conftest.StandInTrainer", "search=slices", "search.lr.high=auto", "search.lr.anchor.num_it=40"]
+    args = ["sweep.trainer=helpers.trainers.StandInTrainer", "search=slices", "search.lr.high=auto", "search.lr.anchor.num_it=40"]
     first = sweeper_cli("sweep", *args, "sweep.n_trials=2")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "lr_find: " in first.stdout and "once, before the first trial" in first.stdout

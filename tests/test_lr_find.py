@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import before_each_optimizer_step
+from helpers.played import before_each_optimizer_step
 
 from sweeper.cli import main
 from sweeper.training import lr_find as lr_find_module

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import feed_trial
+from helpers.played import feed_trial
 from mlflow import MlflowClient
 
 from sweeper.records.machine_recorder import MachineRecorder

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 import requests
-from conftest import MlflowServer, feed_trial
+from helpers.played import feed_trial
+from helpers.servers import MlflowServer
 
 from sweeper.records.run_record import plain_config, result_curves
 from sweeper.records.tracking import prepare_sweep
@@ -148,7 +149,7 @@ def test_the_ui_s_server_is_given_its_store_outside_its_argv(tmp_path):
     import os
     from pathlib import Path
 
-    from conftest import free_port
+    from helpers.servers import free_port
 
     from sweeper.analysis.ui import MlflowUiServer
 

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 import optuna
 import pytest
-from conftest import NEEDS_POSTGRES, POSTGRES, claim_order
+from helpers.processes import NEEDS_POSTGRES, POSTGRES
+from helpers.waiting import claim_order
 
 from sweeper.sweep.study import StorageSpec, count_trials
 

@@ -6,7 +6,7 @@ something outside stops them.
 - A worker stopped (SIGSTOP) past the heartbeat grace finds its trial taken over, and goes on.
 - A results_dir that cannot be written stops a sweep in one line, before anything is written.
 
-The sweeps here run GatedTrainer: the stand-in trainer (conftest.py) held at the start of each
+The sweeps here run GatedTrainer: the stand-in trainer (tests/helpers/trainers.py) held at the start of each
 trial until the test opens the gate, so a test looks at workers that are surely mid-trial.
 """
 
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import StandInTrainer, with_tests_on_path
+from helpers.processes import with_tests_on_path
+from helpers.trainers import StandInTrainer
 from optuna.trial import TrialState
 
 from sweeper.cli import main

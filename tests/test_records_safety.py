@@ -1,7 +1,7 @@
 """Nothing left half-made: the two stores agree on what a sweep is, and a sweep that lost
 anything says what and exits non-zero, with no run left RUNNING.
 
-Real `sweeper sweep` processes on the stand-in trainer (conftest.py) with the embedded stores,
+Real `sweeper sweep` processes on the stand-in trainer (tests/helpers/trainers.py) with the embedded stores,
 read back with Optuna and MLflow's own client:
 - a study storage emptied or replaced under an MLflow store that holds the sweep is refused, and
   so is an MLflow store that lacks the run the study recorded; damaged stores get one line that
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import feed_trial, wait_for_file, with_tests_on_path
+from helpers.played import feed_trial
+from helpers.processes import with_tests_on_path
+from helpers.waiting import wait_for_file
 from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
@@ -32,7 +34,7 @@ from sweeper.records.tracking import prepare_sweep
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["sweep.trainer=conftest.StandInTrainer", "sweep.n_trials=2", "train.epochs=2", "sweep.live=false",
+SMALL = ["sweep.trainer=helpers.trainers.StandInTrainer", "sweep.n_trials=2", "train.epochs=2", "sweep.live=false",
          "sweep.poll=0.2", "sweep.workers=1", "sweep.cpu_threads=1", "sampler.seed=0", "pruner=none"]  # fmt: skip
 
 
@@ -111,7 +113,7 @@ def test_a_damaged_store_gets_one_line_that_says_so(finished, tmp_path, store):
 
 def test_a_killed_workers_run_is_ended_and_the_sweep_says_so(tmp_path):
     # One trial holds after its first epoch (its MLflow run exists, RUNNING) and writes its
-    # worker's pid to gates/held-0; the test kills that worker there (conftest.Gates).
+    # worker's pid to gates/held-0; the test kills that worker there (helpers.gates.Gates).
     gates = tmp_path / "gates"
     started = subprocess.Popen(
         [sys.executable, "-m", "sweeper.cli", "sweep", *SMALL, "sweep.workers=2", "storage.heartbeat_interval=1",

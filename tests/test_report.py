@@ -9,7 +9,7 @@ import math
 import optuna
 import pandas as pd
 import pytest
-from conftest import feed_trial
+from helpers.played import feed_trial
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial

@@ -77,7 +77,7 @@ def test_every_imported_name_is_found():
             "data.source._target_=sweeper.zoo.models.os.system",
         ),  # os.system to Hydra
         ({"shape___target_": "sweeper.schedules.shapes.FunctionShape", "shape__fn": "subprocess.call"}, "shape.fn=subprocess.call"),
-        ({"sweep__trainer": "conftest.StandInTrainer"}, "sweep.trainer=conftest.StandInTrainer"),
+        ({"sweep__trainer": "helpers.trainers.StandInTrainer"}, "sweep.trainer=helpers.trainers.StandInTrainer"),
         ({"sweep__trainer": "antigravity"}, "sweep.trainer=antigravity"),  # no dot: imported as a module
         ({"model__net___target_": "sweeperx.evil"}, "model.net._target_=sweeperx.evil"),  # a prefix of a name is not its module
     ],

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import with_tests_on_path
+from helpers.processes import with_tests_on_path
 from omegaconf import OmegaConf
 
 from sweeper.boundary.recorded_config import ALLOWED_CALLABLES, Allowed, checked_config, find_imports, read_recorded

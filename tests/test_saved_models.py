@@ -9,7 +9,7 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-from conftest import RunsCodeWhenLoaded
+from helpers.payloads import RunsCodeWhenLoaded
 from mlflow import MlflowClient
 
 from sweeper.commands.train import reporters_for

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import optuna
 import pytest
-from conftest import NEEDS_POSTGRES, POSTGRES, MlflowServer, free_port, with_tests_on_path
+from helpers.processes import NEEDS_POSTGRES, POSTGRES, with_tests_on_path
+from helpers.servers import MlflowServer, free_port
 from mlflow import MlflowClient
 
 from sweeper.cli import main
@@ -157,7 +158,7 @@ ECHOES = [
 
 @pytest.mark.parametrize(("override", "password"), [pytest.param(o, p, id=i) for i, o, p in ECHOES])
 def test_an_error_about_a_url_on_the_command_line_never_prints_its_password(override, password, workdir, capfd, caplog):
-    argv = ["sweep", override.format(port=ECHO_PORT), "sweep.trainer=conftest.StandInTrainer", "results_dir=results"]
+    argv = ["sweep", override.format(port=ECHO_PORT), "sweep.trainer=helpers.trainers.StandInTrainer", "results_dir=results"]
     code = main(argv)
     out, err = capfd.readouterr()
     assert code == 2 and err.startswith("sweeper sweep: error: ") and len(err.splitlines()) == 1, err
@@ -203,7 +204,7 @@ def secret_sweep(tmp_path_factory):
     server = MlflowServer(tmp_path / "server").start()
     name = f"secret-{uuid.uuid4().hex[:8]}"
     overrides = [
-        "sweep.trainer=conftest.StandInTrainer", "tracking=server", f"sweep.name={name}", "sweep.n_trials=2",
+        "sweep.trainer=helpers.trainers.StandInTrainer", "tracking=server", f"sweep.name={name}", "sweep.n_trials=2",
         "sweep.workers=1", "sweep.poll=0.2", "sweep.live=false", "train.epochs=2", "pruner=none",
     ]  # fmt: skip
     if POSTGRES:

@@ -4,7 +4,7 @@ munge, slurmctld, slurmd and slurmdbd's accounting) with the study in PostgreSQL
 stops them, a job SLURM ends has its trial run again, a job that starts late joins, and the jobs
 get the sweep's command line through their environment.
 
-The trials run on the stand-in trainer (conftest.StandInTrainer) behind the test's gates: what is
+The trials run on the stand-in trainer (helpers.trainers.StandInTrainer) behind the test's gates: what is
 tested is the launching, not the training.
 """
 
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import POSTGRES, wait_for_file, wait_until
+from helpers.processes import POSTGRES
+from helpers.waiting import wait_for_file, wait_until
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from test_faults import finish, leave_no_sweep_behind, start_sweep  # noqa: F401 - the fixture cleans up

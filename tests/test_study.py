@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import claim_order
+from helpers.waiting import claim_order
 from optuna.trial import TrialState
 
 from sweeper.config import ConfigError, compose_config, config_dir

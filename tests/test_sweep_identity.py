@@ -6,7 +6,7 @@
 - `report`, `confirm`, `confirm --ablate` and `rerun` of a sweep of another model, run from a
   folder whose default config would name another sweep, file everything under that sweep's run.
 
-Real `sweeper` processes on the stand-in trainer (conftest.py), with MLflow on (embedded), read
+Real `sweeper` processes on the stand-in trainer (tests/helpers/trainers.py), with MLflow on (embedded), read
 back with Optuna and MLflow's own client.
 """
 
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import with_tests_on_path
+from helpers.processes import with_tests_on_path
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["sweep.trainer=conftest.StandInTrainer", "sweep.n_trials=3", "train.epochs=2", "sweep.live=false",
+SMALL = ["sweep.trainer=helpers.trainers.StandInTrainer", "sweep.n_trials=3", "train.epochs=2", "sweep.live=false",
          "sweep.poll=0.2", "sweep.workers=1", "sweep.cpu_threads=1", "sampler.seed=0"]  # fmt: skip
 # The README's commands in the order it gives them (`sweeper sweep` first).
 FIRST = ["sweep"]
@@ -163,18 +163,16 @@ def test_report_of_another_sweep_uses_its_records(cnn_sweep, capsys):
 def test_confirm_ablation_and_rerun_are_filed_under_the_sweep(cnn_sweep, capsys):
     folder, client, parent = cnn_sweep
     assert (
-        in_process(folder, "confirm", "cnn-digits", "--seeds", "2", "--strategy", "fastai", "--allow-module", "conftest", capsys=capsys)[0]
+        in_process(folder, "confirm", "cnn-digits", "--seeds", "2", "--strategy", "fastai", "--allow-module", "helpers", capsys=capsys)[0]
         == 0
     )
-    code, out = in_process(
-        folder, "confirm", "cnn-digits", "--ablate", "slice", "--seeds", "2", "--allow-module", "conftest", capsys=capsys
-    )
+    code, out = in_process(folder, "confirm", "cnn-digits", "--ablate", "slice", "--seeds", "2", "--allow-module", "helpers", capsys=capsys)
     assert code == 0 and "held equal: shape, shape settings, head lr and seeds" in out
     # The study names code (the stand-in trainer) that is not sweeper's: refused until allowed.
     code, _ = in_process(folder, "confirm", "cnn-digits", "--seeds", "2", capsys=capsys)
     assert code == 2
     trial = runs_of(client, "cnn-digits", "trial")[0]
-    assert in_process(folder, "rerun", trial.info.run_id, "--allow-module", "conftest", capsys=capsys)[0] == 0
+    assert in_process(folder, "rerun", trial.info.run_id, "--allow-module", "helpers", capsys=capsys)[0] == 0
 
     confirms = runs_of(client, "cnn-digits", "confirm")
     ablations = runs_of(client, "cnn-digits", "ablation")

@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import custom_task
 import optuna
 import pytest
 import torch
-from conftest import with_tests_on_path
+from helpers import custom_task
+from helpers.processes import with_tests_on_path
 from omegaconf import OmegaConf
 from sklearn import metrics as sk
 
@@ -27,7 +27,7 @@ from sweeper.zoo.data import synthetic_regression
 from sweeper.zoo.tasks import CLASSIFICATION, accuracy, build_task, mae, mse, r2
 
 REGRESSION = ("data=synthetic_regression", "task=regression", "train.objective=r2", "train.device=cpu")
-HUBER = ("task.loss._target_=custom_task.huber",)
+HUBER = ("task.loss._target_=helpers.custom_task.huber",)
 
 
 def seeded(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -113,7 +113,7 @@ def test_classification_is_the_default_and_the_task_of_configs_recorded_without_
 
 def test_available_metrics_follow_the_configured_task():
     assert available_metrics(compose_config(["task=regression", "tracking=none"])) == ("mse", "mae", "r2", "loss")
-    custom = compose_config(["task=regression", "tracking=none", "+task.metrics.max_error._target_=custom_task.max_error",
+    custom = compose_config(["task=regression", "tracking=none", "+task.metrics.max_error._target_=helpers.custom_task.max_error",
                              "+task.metrics.max_error._partial_=true"])  # fmt: skip
     assert available_metrics(custom) == ("mse", "mae", "r2", "max_error", "loss")
 
@@ -166,7 +166,7 @@ def test_the_trainer_on_regression_data_reports_the_tasks_metrics_and_trains_on_
 
 def test_lr_find_uses_the_tasks_loss(trial_config):
     custom_task.CALLS.clear()
-    result = lr_find(trial_config(*REGRESSION, "task.loss._target_=custom_task.huber_counted"), end_lr=1e-1, num_it=12)
+    result = lr_find(trial_config(*REGRESSION, "task.loss._target_=helpers.custom_task.huber_counted"), end_lr=1e-1, num_it=12)
     assert len(custom_task.CALLS) == len(result.lrs) == 12  # one call per batch of the test, no other loss
     assert result.losses[0] == pytest.approx(custom_task.CALLS[0], rel=1e-6)  # the smoothed curve starts at it
 
@@ -199,7 +199,7 @@ def test_a_custom_loss_trial_through_sweeper_train_records_its_metrics_in_mlflow
     assert done.returncode == 0, done.stderr[-3000:]
     (trial_run,), client = mlflow_runs(tmp_path, "train")  # train runs are filed in their own experiment
     assert trial_run.info.status == "FINISHED"
-    assert trial_run.data.params["task.loss._target_"] == "custom_task.huber"  # the task is a param
+    assert trial_run.data.params["task.loss._target_"] == "helpers.custom_task.huber"  # the task is a param
     assert trial_run.data.params["task.name"] == "regression"
     for name in ("valid_mse", "valid_mae", "valid_r2", "valid_loss", "objective"):
         history = client.get_metric_history(trial_run.info.run_id, name)

@@ -8,7 +8,8 @@ import threading
 import time
 
 import pytest
-from conftest import feed_trial, free_port
+from helpers.played import feed_trial
+from helpers.servers import free_port
 from mlflow import MlflowClient
 
 from sweeper.config import ConfigError

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import before_each_optimizer_step
+from helpers.played import before_each_optimizer_step
 from omegaconf import OmegaConf
 
 from sweeper.config import ConfigError, build_shape

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import finished_sweep
+from helpers.processes import finished_sweep
 
 from sweeper.config import ConfigError
 from sweeper.zoo.groups import split_groups

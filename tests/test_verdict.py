@@ -1,5 +1,5 @@
 """`sweeper verdict` end to end through the CLI, on worlds whose answer is known
-(tests/verdict_worlds.py): a compare-mode sweep, then the verdict, read back from its output,
+(tests/helpers/verdict_worlds.py): a compare-mode sweep, then the verdict, read back from its output,
 its files and the report that leads with it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import optuna
 import pandas as pd
 import pytest
-from conftest import with_tests_on_path
+from helpers.processes import with_tests_on_path
 
 STRATEGIES = "search.lr.strategies=[single,geometric]"
 
@@ -20,7 +20,7 @@ def world(sweeper_cli, tmp_path, monkeypatch):
 
     def run(name: str, trials: int, seeds: int) -> tuple[str, dict]:
         monkeypatch.setenv("VERDICT_WORLD", name)
-        common = ["sweep.trainer=verdict_worlds.World", "tracking=none"]
+        common = ["sweep.trainer=helpers.verdict_worlds.World", "tracking=none"]
         swept = sweeper_cli(
             "sweep", "search=slices", STRATEGIES, *common, "pruner=none", "sampler.seed=0", "sweep.workers=1",
             "train.epochs=2", f"sweep.n_trials={trials}", f"sweep.name={name}",
@@ -29,7 +29,7 @@ def world(sweeper_cli, tmp_path, monkeypatch):
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/results/studies.db")
         per_arm = pd.Series([t.params["strategy"] for t in study.trials]).value_counts().to_dict()
         assert per_arm == {"single": trials // 2, "geometric": trials // 2}  # compare mode: equal shares
-        said = sweeper_cli("verdict", name, f"--seeds={seeds}", "--allow-module", "verdict_worlds", *common)
+        said = sweeper_cli("verdict", name, f"--seeds={seeds}", "--allow-module", "helpers", *common)
         assert said.returncode == 0, said.stderr[-3000:]
         # a line per finished run (not a terminal): 2 arms x 2 settings x seeds
         assert f"verdict: run {4 * seeds}/{4 * seeds} " in said.stdout

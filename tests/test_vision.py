@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import finished_sweep
+from helpers.processes import finished_sweep
 from test_data_models import write_image_folder
 from torch import nn
 

@@ -13,7 +13,7 @@ import os
 import sys
 
 import pytest
-from conftest import wait_until
+from helpers.waiting import wait_until
 
 from sweeper.sweep.warm import WarmServer
 

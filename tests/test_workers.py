@@ -1,6 +1,6 @@
 """Workers: device slots, the ask -> train -> tell loop, failures, launchers.
 
-The trainer is the stand-in of conftest.py (fast and deterministic), so these tests are about
+The trainer is the stand-in of tests/helpers/trainers.py (fast and deterministic), so these tests are about
 the workers alone; tests/test_sweep_e2e.py runs the real trainer, tests/test_faults.py kills workers.
 """
 
@@ -13,7 +13,8 @@ import time
 
 import optuna
 import pytest
-from conftest import StandInTrainer, flock_queue
+from helpers.trainers import StandInTrainer
+from helpers.waiting import flock_queue
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -197,7 +198,7 @@ def test_parallel_workers_end_at_exactly_n_trials_each_on_its_gpu_and_resume(swe
     # count exact. Two GPUs are "visible": the stand-in reports the CUDA_VISIBLE_DEVICES it got.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     # The first three trials wait until all three have begun: every worker takes part, however
-    # late it starts (conftest.Gates).
+    # late it starts (helpers.gates.Gates).
     monkeypatch.setenv("TRIAL_GATES", str(tmp_path / "gates"))
     monkeypatch.setenv("TRIAL_BARRIER", "3")
     done = sweeper_cli("sweep", *stand_in_sweep, "sweep.workers=3", "sweep.n_trials=10", "sweep.poll=0.1")

@@ -457,7 +457,7 @@ class PruningReporter(Reporter):
 # --- the plan ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepPlan:
     """A validated sweep: everything a worker needs, derived from overrides alone."""
 
@@ -519,8 +519,9 @@ def plan_sweep(
     space_lines = [*space.describe(), *([arms.describe()] if arms else [])]
     definition = definition_of(cfg, space_lines, space.fixed, dict(zip(objectives.names, objectives.directions)))
     plan = SweepPlan(
-        cfg, command_line, tuple(base), config_dirs, space, objectives, storage, name, n_trials,
-        timeout, max_failures, definition, allow_changes, fuse, arms,
+        cfg=cfg, command_line=command_line, overrides=tuple(base), config_dirs=config_dirs, space=space,
+        objectives=objectives, storage=storage, name=name, n_trials=n_trials, timeout=timeout,
+        max_failures=max_failures, definition=definition, allow_changes=allow_changes, fuse=fuse, arms=arms,
     )  # fmt: skip
     if validate:
         quick_checks(plan)

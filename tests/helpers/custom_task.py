@@ -1,5 +1,5 @@
 """A user's own loss and metric, named by _target_ in tests (tests/ is on the PYTHONPATH of the
-processes they start): `task.loss._target_=custom_task.huber`."""
+processes they start): `task.loss._target_=helpers.custom_task.huber`."""
 
 from __future__ import annotations
 

@@ -35,8 +35,8 @@ def _draw(*key: object) -> float:
 
 
 class World:
-    """The trainer (sweep.trainer=verdict_worlds.World): a dotted name, as a recorded config's
-    code must be to be allowed (--allow-module verdict_worlds)."""
+    """The trainer (sweep.trainer=helpers.verdict_worlds.World): a dotted name, as a recorded config's
+    code must be to be allowed (--allow-module helpers)."""
 
     @staticmethod
     def available_metrics(cfg) -> tuple[str, ...]:

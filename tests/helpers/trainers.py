@@ -1,0 +1,115 @@
+"""Trainers that sweeps load by name (`sweep.trainer=helpers.trainers.StandInTrainer`): a fast
+deterministic stand-in, and the real trainer paced by the test's gates."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from helpers.gates import Gates
+from sweeper.trial.events import EpochEvent, Reporter, StartEvent, TrialResult
+
+
+class StandInTrainer:
+    """A fast, deterministic stand-in for sweeper.training.trainer with the same interface.
+
+    Sweep workers are separate processes, so they load it by name (the stand_in_sweep fixture).
+    Its accuracy rises with the epochs and peaks at lr.high = 3e-3, so pruners see clearly
+    better and worse trials. Environment knobs:
+    STAND_IN_EPOCH_SECONDS (sleep per epoch: work, its length never decides a test),
+    STAND_IN_RAISE_SHAPE (raise for that shape), STAND_IN_DIVERGE_SHAPE (end as "diverged" for
+    that shape), STAND_IN_MODULES (a folder: each trial writes there which MLflow modules its
+    process has loaded), and the TRIAL_* gates (Gates). It reports as its device the
+    CUDA_VISIBLE_DEVICES it was started with, which is what torch would see.
+    """
+
+    @staticmethod
+    def available_metrics(cfg) -> tuple[str, ...]:
+        return ("accuracy", "loss")
+
+    @staticmethod
+    def train(cfg, reporters=()) -> TrialResult:
+        start = time.time()
+        shape = cfg.shape._target_.rsplit(".", 1)[-1]
+        if os.environ.get("STAND_IN_RAISE_SHAPE") == shape:
+            raise RuntimeError(f"stand-in failure for {shape}")
+        gates = Gates.from_env()
+        ticket = gates.enter() if gates else 0
+        for reporter in reporters:
+            device = os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu"
+            reporter.on_start(StartEvent({}, (cfg.lr.get("high", 1e-3),), 1, cfg.train.epochs, device))
+        if os.environ.get("STAND_IN_MODULES"):
+            loaded = sorted(m for m in sys.modules if m.partition(".")[0] == "mlflow")
+            Path(os.environ["STAND_IN_MODULES"], f"{os.getpid()}-{time.time_ns()}").write_text(json.dumps(loaded))
+        result = TrialResult("finished", None, cfg.train.objective)
+        for epoch in range(cfg.train.epochs):
+            time.sleep(float(os.environ.get("STAND_IN_EPOCH_SECONDS", "0")))
+            if os.environ.get("STAND_IN_DIVERGE_SHAPE") == shape:
+                result.status, result.reason = "diverged", f"loss became nan at epoch {epoch}"
+                break
+            distance = abs(math.log10(cfg.lr.get("high", 1e-3)) - math.log10(3e-3))
+            accuracy = (1 - distance / 3) * (epoch + 1) / cfg.train.epochs
+            metrics = {"accuracy": accuracy, "loss": 1 - accuracy}
+            event = EpochEvent(epoch, epoch, 1 - accuracy, 1 - accuracy, metrics, metrics[cfg.train.objective])
+            result.epochs.append(event)
+            result.objective = event.objective
+            if any([reporter.on_epoch(event) for reporter in reporters]):
+                result.status = "pruned"
+                break
+            if epoch == 0 and gates:
+                gates.hold(ticket, reporters)  # mid-trial: its first epoch recorded, more to come
+        result.seconds = time.time() - start
+        for reporter in reporters:
+            reporter.on_end(result)
+        return result
+
+
+class GatedTrainer:
+    """sweeper.training.trainer itself, each trial starting when the TRIAL_* gates (Gates) let it: real
+    training, paced by the test. Workers load it by name (sweep.trainer=helpers.trainers.GatedTrainer)."""
+
+    @staticmethod
+    def available_metrics(cfg) -> tuple[str, ...]:
+        from sweeper.training import trainer
+
+        return trainer.available_metrics(cfg)
+
+    @staticmethod
+    def prepare(cfg):
+        from sweeper.training import trainer
+
+        return trainer.prepare(cfg)
+
+    @staticmethod
+    def resolve_device(name: str):
+        from sweeper.training import trainer
+
+        return trainer.resolve_device(name)
+
+    @staticmethod
+    def train(cfg, reporters=()) -> TrialResult:
+        from sweeper.training import trainer
+
+        gates = Gates.from_env()
+        if not gates:
+            return trainer.train(cfg, reporters)
+        ticket = gates.enter()
+        reporters = list(reporters)
+        return trainer.train(cfg, [*reporters, _HoldInSecondEpoch(gates, ticket, reporters)])
+
+
+class _HoldInSecondEpoch(Reporter):
+    """GatedTrainer's TRIAL_HOLD_AFTER: holds at the first step of the second epoch it hears of."""
+
+    def __init__(self, gates: Gates, ticket: int, reporters: Sequence) -> None:
+        self.gates, self.ticket, self.reporters, self.held = gates, ticket, reporters, False
+
+    def on_step(self, event) -> None:
+        if event.epoch >= 1 and not self.held:
+            self.held = True
+            self.gates.hold(self.ticket, self.reporters)
