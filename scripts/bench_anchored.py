@@ -1,20 +1,22 @@
-"""Anchored on lr_find: trials to come within 0.5 points of the best accuracy known, against the
+"""Anchored on lr_find: trials to come within 0.5 points of the best objective known, against the
 fixed default range.
 
     .venv/bin/python scripts/bench_anchored.py                 # digits MLP, seeds 0-9, 12 trials a sweep
+    .venv/bin/python scripts/bench_anchored.py --name anchored_cnn model=cnn
+    .venv/bin/python scripts/bench_anchored.py --name anchored_regression data=synthetic_regression task=regression train.objective=r2
 
 Two arms, the same sweep otherwise (search=slices: the strategy, the head lr and geometric's
 low_ratio; the config's shape; TPE as configured, its seed the sweep seed; train.seed fixed, so
 the task and its best are the same for every sweep): `fixed` samples the head lr from the default
 `tag(log, interval(3e-4, 3e-2))`, `anchored` from each strategy's range set by lr_find
 (`search.lr.high=auto`). A sweep is one worker loop (`run_worker`, in-process, SQLite), so a seed
-gives the same sweep again; sweeps run side by side, one per core.
+gives the same sweep again; sweeps run side by side, one per core (`--processes`).
 
 lr_find depends on the model, data and train.seed, not on the sweep's seed: it runs once (in its
 own process, as a sweep runs it) and every anchored sweep is charged its seconds, as trials
 (`lr_find_trials`: its seconds / the median seconds of a trial).
 
-"Best known": the best validation accuracy any trial of any sweep of this run reached. A sweep's
+"Best known": the best objective (validation accuracy, or r2 for regression) any trial of any sweep of this run reached. A sweep's
 `trials_to_target` is the first trial (1-based) whose best-so-far is within `--margin` of it;
 one that never gets there counts as `trials + 1` (marked in `reached`).
 """
@@ -57,7 +59,7 @@ def find_anchor(overrides: list[str], folder: str) -> dict:
 
 
 def run_arm(job: tuple[str, int, list[str], dict, str]) -> list[dict]:
-    """One sweep; its trials in order, with their accuracy and seconds."""
+    """One sweep; its trials in order, with their objective and seconds."""
     import optuna
     from optuna.trial import TrialState
 
@@ -79,7 +81,7 @@ def run_arm(job: tuple[str, int, list[str], dict, str]) -> list[dict]:
     study = optuna.load_study(study_name="bench", storage=plan.storage.open())
     rows = []
     for trial in sorted(study.trials, key=lambda t: t.number):
-        accuracy = trial.value if trial.state == TrialState.COMPLETE else 0.0  # a failed or diverged trial found nothing
+        value = trial.value if trial.state == TrialState.COMPLETE else 0.0  # a pruned, failed or diverged trial found nothing
         params = trial.params
         rows.append(
             {
@@ -88,7 +90,7 @@ def run_arm(job: tuple[str, int, list[str], dict, str]) -> list[dict]:
                 "trial": trial.number + 1,
                 "strategy": params.get("strategy", ""),
                 "lr_high": _value(trial.user_attrs.get("overrides", []), "lr.high"),
-                "accuracy": accuracy,
+                "objective": value,
                 "seconds": trial.duration.total_seconds() if trial.duration else math.nan,
             }
         )
@@ -106,7 +108,7 @@ def summarise(trials: list[dict], best_known: float, margin: float, n_trials: in
             own = [t for t in trials if t["arm"] == arm and t["seed"] == seed]
             best_so_far, reached_at = 0.0, None
             for t in own:
-                best_so_far = max(best_so_far, t["accuracy"])
+                best_so_far = max(best_so_far, t["objective"])
                 if reached_at is None and best_so_far >= best_known - margin:
                     reached_at = t["trial"]
             cost = (reached_at if reached_at else n_trials + 1) + (lr_find_trials if arm == "anchored" else 0.0)
@@ -151,6 +153,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--trials", type=int, default=12, help="trials per sweep, the same for both arms")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--name", default="anchored", help="results/bench/<name>.md, .csv and <name>_trials.csv")
+    parser.add_argument("--processes", type=int, default=0, help="sweeps side by side (0: one per core)")
     parser.add_argument("--margin", type=float, default=0.005, help="within this of the best known (0.005: half a point)")
     parser.add_argument("overrides", nargs="*", help="more overrides for every sweep (model=..., data=...)")
     args = parser.parse_args()
@@ -159,31 +163,32 @@ def main() -> None:
         args.overrides = [*args.overrides, "search.lr.anchor.num_it=30"]
     from sweeper.sweep.workers import usable_cores
 
+    processes = args.processes or usable_cores()
     with tempfile.TemporaryDirectory() as folder:
         overrides = base_overrides(args, folder)
         started = time.perf_counter()
         record = find_anchor(overrides, folder)
         lr_find_seconds = time.perf_counter() - started
         jobs = [(arm, seed, overrides, record, folder) for seed in args.seeds for arm in ARMS]
-        with multiprocessing.get_context("spawn").Pool(min(len(jobs), usable_cores())) as pool:
+        with multiprocessing.get_context("spawn").Pool(min(len(jobs), processes)) as pool:
             trials = [row for rows in pool.map(run_arm, jobs, chunksize=1) for row in rows]
     trial_seconds = benchlib.median(t["seconds"] for t in trials if not math.isnan(t["seconds"]))
-    best_known = max(t["accuracy"] for t in trials)
+    best_known = max(t["objective"] for t in trials)
     rows = summarise(trials, best_known, args.margin, args.trials, record["seconds"] / trial_seconds)
-    benchlib.write_csv(args.out_dir / "anchored_trials.csv", trials)
+    benchlib.write_csv(args.out_dir / f"{args.name}_trials.csv", trials)
     ranges = "; ".join(
         f"{s}: [{f['range'][0]:.3g}, {f['range'][1]:.3g})" if f["range"] else f"{s}: fallback ({f['reason']})"
         for s, f in record["strategies"].items()
     )
     benchlib.publish(
         args.out_dir,
-        "anchored",
+        args.name,
         "Anchored on lr_find: trials to reach the best, against the fixed range",
         rows,
         notes=[
             f"{args.trials} trials a sweep, {args.epochs} epochs a trial, sweep seeds {', '.join(map(str, args.seeds))}; "
             f"overrides: `{' '.join(overrides[:1] + overrides[2:5] + list(args.overrides))}`.",
-            f"Best known accuracy (the best of every trial here): {best_known:.4f}; target: within {args.margin} of it.",
+            f"Best known objective (the best of every trial here): {best_known:.4f}; target: within {args.margin} of it.",
             f"lr_find: {record['seconds']:.1f} s for every strategy ({lr_find_seconds:.1f} s with the plan), a median trial "
             f"{trial_seconds:.1f} s: lr_find costs {record['seconds'] / trial_seconds:.1f} trials, added to every anchored "
             f"sweep's `cost_in_trials`. Ranges: {ranges}.",

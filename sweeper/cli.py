@@ -114,8 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # stdout at nothing, so that the interpreter's last flush does not fail on it again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_BROKEN_PIPE
-        except Exception:  # noqa: BLE001 - any other error: its traceback, which may quote a URL
-            print(_masked(traceback.format_exc(), argv, args), end="", file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - any other error: its traceback, which may quote a URL
+            from sweeper.config.errors import disk_full, full_disk_line
+
+            # A full disk is no bug of ours: one line naming what could not be written, no traceback.
+            shown = f"sweeper {args.command}: error: {full_disk_line(error)}\n" if disk_full(error) else traceback.format_exc()
+            print(_masked(shown, argv, args), end="", file=sys.stderr)
             return EXIT_FAILED
     # A command stopped by a signal did what it does on Ctrl-C (a sweep stops its workers and
     # says how to resume); its exit code says which signal it was.

@@ -93,11 +93,21 @@ def test_pruning_benchmark_writes_its_plot(tmp_path):
 
 
 @pytest.mark.slow
+def test_verdict_benchmark_scores_each_modes_answer_against_the_reference(tmp_path):
+    run_script("verdict", tmp_path)
+    rows = check_table(tmp_path, "verdict", {"mode", "seed", "verdict names", "verdict", "right"}, {"sweep s", "verdict s"})
+    assert {row["mode"] for row in rows} == {"compare", "one study"}
+    assert {row["verdict"] for row in rows} <= {"real", "too close"}
+    text = check_markdown(tmp_path, "verdict", "verdict", {"mode", "names the reference's arm", "too close to tell"})
+    assert "The reference's arm: **" in text
+
+
+@pytest.mark.slow
 def test_anchored_benchmark_counts_trials_to_the_target_with_lr_finds_cost(tmp_path):
     run_script("anchored", tmp_path)
     rows = check_table(tmp_path, "anchored", {"arm", "seed", "trials_to_target", "cost_in_trials"}, {"trials_to_target", "cost_in_trials"})
     assert {row["arm"] for row in rows} == {"fixed", "anchored"}
-    check_table(tmp_path, "anchored_trials", {"arm", "trial", "strategy", "accuracy"}, {"trial"})
+    check_table(tmp_path, "anchored_trials", {"arm", "trial", "strategy", "objective"}, {"trial"})
     check_markdown(tmp_path, "anchored", "anchored", {"arm", "median trials_to_target"})
 
 

@@ -164,6 +164,54 @@ def test_a_report_of_a_tampered_study_imports_nothing_and_quotes_it_escaped(case
         assert "\x1b" not in text and SECRET not in text
 
 
+# What a study records about the sweep itself: where its runs are (which decides where a reader
+# writes), its objectives' and compared arms' names (printed, written into reports).
+ELSEWHERE = {"experiment": SWEEP, "experiment_id": "1", "parent_run_id": ""}
+SWEEP_CASES = {
+    "tracking-server-of-the-record-s-choosing": study_record(tracking={"uri": "http://127.0.0.1:9/", **ELSEWHERE}),
+    "tracking-store-where-none-is": study_record(tracking={"uri": "sqlite:///elsewhere/mlflow.db", **ELSEWHERE}),
+    "tracking-not-a-location": study_record(tracking=["sqlite:///x.db"]),
+    "names-with-terminal-codes": study_record(objectives=[ESCAPE], compare={"param": "strategy", "arms": [ESCAPE, "fastai"]}),
+    "compared-setting-that-is-no-column": study_record(compare={"param": "__class__", "arms": ["fastai"]}),
+}
+# every command that reads a study: the user asks for nothing to be written but the report (and
+# its folder under results/); resume is the sweep's own check of an existing study (--dry-run)
+ALL_READERS = {
+    **READERS,
+    "report": ["report", SWEEP],
+    "verdict": ["verdict", SWEEP, "--seeds", "2"],
+    "ui": ["ui", SWEEP, "--port", "9"],
+    "resume": ["sweep", "--dry-run", f"sweep.name={SWEEP}", "sweep.n_trials=2", "sweep.trainer=sweeper.training.engine"],
+}
+ALL_CASES = {
+    **{case: (attrs, trial) for case, (attrs, trial, _) in STUDY_CASES.items()},
+    **{c: (a, trial_record(BASE)) for c, a in SWEEP_CASES.items()},
+}
+WRITES = {"report": "results/sweeps", "verdict": "results/sweeps"}  # what the user asked for
+
+
+@pytest.mark.parametrize("reader", sorted(ALL_READERS))
+@pytest.mark.parametrize("case", sorted(ALL_CASES))
+def test_every_reader_of_a_tampered_study_runs_nothing_writes_nothing_and_shows_nothing_raw(case, reader, planted, capsys):
+    study_attrs, trial_attrs = ALL_CASES[case]
+    storage = write_study(planted, study_attrs, trial_attrs)
+    before = made_under(planted)
+    if reader in READERS and case in SWEEP_CASES and "tracking" not in case:
+        pytest.skip("a sweep-level name alone refuses nothing: confirm would train (covered by report, verdict, ui, resume)")
+    code = main([*ALL_READERS[reader], f"storage.url={storage}", "tracking=none", "results_dir=results"])
+    out, err = capsys.readouterr()
+    written = "".join(p.read_text(errors="replace") for p in (planted / "results").rglob("*.md"))
+    assert code in (0, 2), out + err  # done, or refused in one line: never a crash
+    assert "Traceback" not in err and (code == 0 or len(err.splitlines()) == 1), err
+    for text in (out, err, written):
+        assert "\x1b" not in text and SECRET not in text  # no raw terminal code, nothing of the environment
+    assert not (planted / CANARY).exists()  # nothing imported
+    new = [p for p in made_under(planted) if p not in before and not p.startswith(WRITES.get(reader, "\0"))]
+    assert not [p for p in new if p not in ("results", "results/sweeps")], new  # nothing written but what was asked
+    if "tracking" in case and reader != "resume":  # resume refuses a study of another definition first
+        assert code == 2 and ("not your tracking store" in err or "not a location" in err), err
+
+
 def test_what_confirm_builds_is_what_was_checked(planted):
     """The config handed to the trainer holds no interpolation: nothing resolves after the check
     (an interpolation that read the environment the trainer changes would build unchecked code)."""
@@ -257,3 +305,47 @@ def test_recorded_text_is_printed_with_its_control_characters_escaped(text, show
 )
 def test_a_recorded_name_is_printed_as_what_it_is(name, shown):
     assert printable_name(name) == shown
+
+
+# --- export: a sweep's kept weights, read from MLflow records ----------------------------------
+
+
+def tampered_run(folder: Path, name: str, tags: dict, weights) -> str:
+    """A trial run of sweep SWEEP in a real MLflow store under `folder`, its model.pt `weights`."""
+    import torch
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder}/results/mlflow.db")
+    experiment = client.create_experiment(SWEEP, artifact_location=str(folder / "results" / "mlartifacts"))
+    run = client.create_run(experiment, run_name=name, tags={"sweeper.kind": "trial", "sweep": SWEEP, **tags})
+    client.log_metric(run.info.run_id, "objective", 0.9)
+    artifact = folder / "upload" / "model.pt"
+    artifact.parent.mkdir()
+    torch.save(weights, artifact)
+    client.log_artifact(run.info.run_id, str(artifact))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _export_cases():
+    import torch
+    from helpers.payloads import RunsCodeWhenLoaded
+
+    return {
+        # case -> (run name, tags, weights, exit code, what is said)
+        "weights-that-run-code-when-loaded": ("t", {"saved_model": "model.pt"}, {"w": RunsCodeWhenLoaded(CANARY)}, 2, "not a state dict"),
+        "weights-named-elsewhere": ("t", {"saved_model": "../../../x"}, {"w": torch.zeros(2)}, 2, "nothing was written"),
+        "run-name-with-terminal-codes": (ESCAPE, {"saved_model": "model.pt"}, {"w": torch.zeros(2)}, 0, "\\x1b[2K"),
+    }
+
+
+@pytest.mark.parametrize("case", ["weights-that-run-code-when-loaded", "weights-named-elsewhere", "run-name-with-terminal-codes"])
+def test_export_of_a_tampered_run_runs_nothing_and_shows_nothing_raw(case, planted, capsys):
+    name, tags, weights, expected, said = _export_cases()[case]
+    run_id = tampered_run(planted, name, tags, weights)
+    code = main(["export", run_id, "out.pt", "results_dir=results"])
+    out, err = capsys.readouterr()
+    assert code == expected and said in out + err, out + err
+    assert "\x1b" not in out + err and "Traceback" not in err
+    assert not (planted / CANARY).exists()  # nothing ran when the weights were read
+    assert (planted / "out.pt").exists() is (expected == 0)  # written only when it holds plain weights

@@ -82,16 +82,24 @@ def variants(trials: pd.DataFrame, best: pd.Series, factor: str) -> dict[str, li
 
 
 def _geometric_low(base: Sequence[str], complete: pd.DataFrame) -> float:
-    high = float(_value(base, "lr.high") or "nan")
-    if _value(base, "lr") == "geometric" and _value(base, "lr.low"):
-        return float(_value(base, "lr.low"))  # as sampled
+    high = _learning_rate(base, "lr.high") or float("nan")
+    if _value(base, "lr") == "geometric" and _learning_rate(base, "lr.low"):
+        return _learning_rate(base, "lr.low")  # as sampled
     geometric = complete[complete["strategy"] == "geometric"]
-    if len(geometric):  # the best geometric trial's ratio (the table is sorted best first)
-        overrides = shlex.split(geometric.iloc[0]["overrides"])
-        ratio = float(_value(overrides, "lr.low")) / float(_value(overrides, "lr.high"))
-    else:
-        ratio = FALLBACK_LOW_RATIO
-    return high * ratio
+    # the best geometric trial's ratio (the table is sorted best first), where it recorded both
+    overrides = shlex.split(geometric.iloc[0]["overrides"]) if len(geometric) else []
+    low, its_high = _learning_rate(overrides, "lr.low"), _learning_rate(overrides, "lr.high")
+    return high * (low / its_high if low and its_high else FALLBACK_LOW_RATIO)
+
+
+def _learning_rate(overrides: Sequence[str], key: str) -> float | None:
+    """A learning rate a trial recorded, or None where it holds no positive number (a record
+    is read, never trusted: sweeper's own trials record every lr they ran)."""
+    try:
+        value = float(_value(overrides, key) or "nan")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def ablate(

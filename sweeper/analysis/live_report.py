@@ -9,8 +9,9 @@ composed from their configs, PNGs). Drawn only after the last trial, they are se
 waits for a command whose work is done. So the report is written again, in a thread of the
 sweep's process, as trials finish (at most one at a time, no sooner than MIN_INTERVAL_SECONDS
 after the last, and never longer than its own drawing took again, so that on a busy machine it
-takes at most half of a core from the trials), and at once when the sweep has all its trials,
-while the workers exit. The report written after that keeps each plot whose inputs did not
+takes at most half of a core from the trials; not in the sweep's tail, where every trial still
+to finish is running, so that no drawing is under way, and stale, when the last one ends), and
+at once when the sweep has all its trials, while the workers exit. The report written after that keeps each plot whose inputs did not
 change (`DrawnPlots`): all of them once the sweep is complete; else the best trials' curves and
 schedules, unless the last trials beat them. The libraries are imported here too.
 """
@@ -74,9 +75,12 @@ class LiveReport:
         self.drawn = DrawnPlots()
         written, pause, last = None, MIN_INTERVAL_SECONDS, 0.0
         while not self._stop.wait(LOOK_SECONDS):
-            finished = self._finished()
+            finished, running = self._counts()
             last_trial = finished >= self.n_trials  # drawn at once, while the workers exit
-            if finished == written or finished == 0 or (time.monotonic() - last < pause and not last_trial):
+            # In the sweep's tail (every trial still to finish is running) a drawing would most
+            # likely be under way when the last trial ends, and stale: the user would wait for it.
+            tail = running and finished + running >= self.n_trials and not last_trial
+            if finished == written or finished == 0 or tail or (time.monotonic() - last < pause and not last_trial):
                 continue
             began = time.monotonic()
             try:
@@ -86,7 +90,10 @@ class LiveReport:
             written, last = finished, time.monotonic()
             pause = max(MIN_INTERVAL_SECONDS, last - began)
 
-    def _finished(self) -> int:
+    def _counts(self) -> tuple[int, int]:
+        """(finished, running) trials of the sweep."""
         from optuna.trial import TrialState
 
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        states = [trial.state for trial in self.study.get_trials(deepcopy=False)]
+        finished = sum(state in (TrialState.COMPLETE, TrialState.PRUNED) for state in states)
+        return finished, states.count(TrialState.RUNNING)

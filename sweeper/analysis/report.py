@@ -43,11 +43,11 @@ from sweeper.analysis import tables  # noqa: E402
 from sweeper.boundary.printed import printable  # noqa: E402
 from sweeper.boundary.recorded_config import Allowed  # noqa: E402
 from sweeper.boundary.recorded_study import study_config_dirs, trial_config, trial_overrides, unchecked_trial_config  # noqa: E402
+from sweeper.boundary.recorded_sweep import recorded_anchor, recorded_compare, recorded_objectives  # noqa: E402
 from sweeper.config import ConfigError  # noqa: E402
 from sweeper.config.errors import error_line  # noqa: E402
 from sweeper.records.tracking import MlflowSources, SweepTracking, sweep_folder  # noqa: E402
 from sweeper.schedules.plots import log_y  # noqa: E402
-from sweeper.sweep.lr_anchor import ANCHOR_ATTR  # noqa: E402
 
 __all__ = [
     "DrawnPlots",
@@ -93,10 +93,7 @@ class Report:
 def objective_columns(study: optuna.Study) -> list[tuple[str, str]]:
     """(column name, direction) of each objective, named as the sweep recorded them."""
     directions = [d.name.lower() for d in study.directions]
-    names = list(study.user_attrs.get("objectives") or [])
-    if len(names) != len(directions):
-        names = ["value"] if len(directions) == 1 else [f"value_{i}" for i in range(len(directions))]
-    return list(zip(names, directions))
+    return list(zip(recorded_objectives(study.user_attrs, len(directions)), directions))
 
 
 def _override_value(overrides: Sequence[str], key: str) -> str | None:
@@ -422,7 +419,7 @@ def write_report(
 
     notes, plots = [], []
     best = best_by(trials, "strategy", objective, direction) if len(trials) else {}
-    compared = (study.user_attrs.get("compare") or {}).get("param")
+    compared = recorded_compare(study.user_attrs).get("param")
     makers = {
         "best_so_far.png": lambda p: plot_best_so_far(trials, compared or "strategy", objective, direction, p),
         "best_curves.png": lambda p: plot_best_curves(study, best, objective, curves, p) if best else None,
@@ -475,7 +472,7 @@ def _summary_markdown(
     verdict: str | None = None,
 ) -> str:
     counts = trials["state"].value_counts().to_dict() if len(trials) else {}
-    compared = study.user_attrs.get("compare") or {}
+    compared = recorded_compare(study.user_attrs)
     lines = [f"**Verdict** (`sweeper verdict`): {verdict}", ""] if verdict else []
     if compared:
         lines += [
@@ -504,12 +501,10 @@ def _summary_markdown(
 
 def _anchor_markdown(study: optuna.Study, trials: pd.DataFrame) -> list[str]:
     """The head-lr ranges lr_find set (search.lr.high=auto), and what lr_find cost next to the trials."""
-    record = study.user_attrs.get(ANCHOR_ATTR)
-    if record is None:
-        return []
     try:
-        return _anchor_lines(record, trials)
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError):  # a record is untrusted input
+        record = recorded_anchor(study.user_attrs)
+        return _anchor_lines(record, trials) if record is not None else []
+    except (ConfigError, AttributeError, IndexError, KeyError, TypeError, ValueError):  # a record is untrusted input
         return ["lr_find's record in the study cannot be read (damaged, or not sweeper's); its ranges are left out.", ""]
 
 

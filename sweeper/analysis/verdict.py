@@ -44,11 +44,12 @@ from sweeper.analysis.paired import Paired, paired, seeds_needed, with_family
 from sweeper.analysis.repeats import seed_count
 from sweeper.analysis.report import VERDICT_FILE, best_by, markdown_table, objective_columns, plt, save_figure, trials_table
 from sweeper.boundary.recorded_config import Allowed
+from sweeper.boundary.recorded_study import trial_overrides
+from sweeper.boundary.recorded_sweep import recorded_compare
 from sweeper.config import ConfigError
 from sweeper.records.run_record import ABLATION_KIND, CONFIRM_KIND
 from sweeper.records.tracking import SweepTracking
 from sweeper.schedules.slices import parse_lr
-from sweeper.sweep.arms import COMPARE_ATTR
 from sweeper.trial.events import Reporter
 
 __all__ = ["ArmBest", "Verdict", "give_verdict", "levelled"]
@@ -89,7 +90,7 @@ class Verdict:
 
 def _compared(study: optuna.Study, trials: pd.DataFrame) -> tuple[str, list[str]]:
     """(param, arms): as the sweep's compare mode recorded them, else its strategies."""
-    recorded = study.user_attrs.get(COMPARE_ATTR) or {}
+    recorded = recorded_compare(study.user_attrs)
     param = recorded.get("param") if recorded.get("param") in FACTORS.values() else "strategy"
     drawn = [str(v) for v in trials[param].dropna().unique()] if len(trials) else []
     order = [str(a) for a in recorded.get("arms") or []] if recorded.get("param") == param else []
@@ -303,7 +304,7 @@ def give_verdict(
             f"sweep {study.study_name!r} has complete trials of {len(arms)} {param} ({', '.join(arms) or 'none'}); "
             f"a verdict compares two or more: let the sweep run (raise sweep.n_trials)."
         )
-    base = study.user_attrs.get("overrides", [])
+    base = trial_overrides(study.user_attrs)  # the sweep's own overrides, checked as a trial's are
     complete = trials[trials["state"] == "complete"].sort_values("trial")
     found = {}
     for arm in arms:

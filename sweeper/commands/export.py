@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sweeper.boundary.printed import printable
 from sweeper.config import ConfigError, compose_config
 
 
@@ -34,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
     client = store_client(settings)
     with mlflow_calls(settings):
         run, tensors = export_model(client, args.source, Path(args.path))
-    print(f"wrote {args.path}: {tensors} tensors, the weights of MLflow run {run.info.run_id} ({run.info.run_name})")
+    # the run's name is recorded text: printed escaped (sweeper.boundary.printed)
+    print(f"wrote {args.path}: {tensors} tensors, the weights of MLflow run {run.info.run_id} ({printable(run.info.run_name)})")
     return 0

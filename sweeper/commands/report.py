@@ -16,6 +16,7 @@ import argparse
 from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name
 from sweeper.boundary.recorded_config import allowed_code
 from sweeper.config import compose_config
+from sweeper.config.errors import NotWritten, disk_full
 from sweeper.records.tracking import open_sweep, sweep_folder
 
 
@@ -31,7 +32,13 @@ def run(args: argparse.Namespace) -> int:
 
     tracking = open_sweep(cfg, study)
     # what the report builds to plan a schedule is checked as any record: the user's own allowed modules
-    report = write_report(study, sweep_folder(cfg, study.study_name), tracking.report_sources(), allowed_code(cfg))
+    folder = sweep_folder(cfg, study.study_name)
+    try:
+        report = write_report(study, folder, tracking.report_sources(), allowed_code(cfg))
+    except OSError as error:
+        if disk_full(error):  # a write error need not name its file
+            raise NotWritten(f"the report in {folder}") from error
+        raise
     tracking.attach_report(report)
     print(report.summary)
     print(f"report: {report.folder / 'report.md'}")

@@ -16,6 +16,7 @@ import argparse
 
 from sweeper.analysis.ui import MlflowUiServer, browsable_base, run_link, share_view, sweep_link
 from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name
+from sweeper.boundary.recorded_sweep import recorded_compare
 from sweeper.config import ConfigError, compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from sweeper.analysis.report import objective_columns  # pandas and matplotlib: once the sweep is found
 
     (objective, direction), *_ = objective_columns(study)
-    compared = (study.user_attrs.get("compare") or {}).get("param") or "strategy"
+    compared = recorded_compare(study.user_attrs).get("param") or "strategy"
     key = share_view(tracking, objective, direction, compared)
     if tracking.settings.is_server:
         _links(study.study_name, browsable_base(tracking.settings.uri), tracking, key, compared)

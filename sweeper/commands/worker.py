@@ -20,6 +20,7 @@ import faulthandler
 import sys
 import time
 
+from sweeper.config.errors import NotWritten, disk_full
 from sweeper.sweep.launchers import SweepArguments
 from sweeper.sweep.lifeline import end_with_parent
 from sweeper.sweep.study import SweepPlan, load_trainer, plan_sweep
@@ -54,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
         ran = run_worker(plan, index=args.index, deadline=deadline, stop=stop)
     except KeyboardInterrupt:  # from a trial's training: Optuna has marked the trial failed
         ran = None
+    except Exception as error:
+        if disk_full(error):  # the trial it ran stays unfinished, failed by the heartbeat check on resume
+            raise NotWritten(f"the study {plan.name} in {plan.storage.label()}") from error
+        raise
     if stop.requested:
         print(f"worker {args.index}: {stop.what}; a trial it had started runs again when the sweep resumes")
         return stop.exit_code

@@ -82,7 +82,7 @@ class MachineRecorder:
         # The workers have ended. A store that is down now (a server restarting) is given a while
         # to come back before the sweep ends; what it still lacks then stays in the folder.
         deadline = time.monotonic() + EXIT_WAIT_SECONDS
-        while not self._pass() and time.monotonic() < deadline:
+        while not self._pass() and time.monotonic() < deadline and not self._store_full():
             time.sleep(EXIT_RETRY_SECONDS)
         if self._runs:
             logger.warning(
@@ -92,6 +92,10 @@ class MachineRecorder:
                 len(self._runs),
                 self.folder,
             )
+
+    def _store_full(self) -> bool:
+        """Whether the store refuses for a full disk: waiting will not bring space back."""
+        return any(replay.recorder is not None and replay.recorder.disk_full for replay in self._runs.values())
 
     def _pass(self) -> bool:
         """Read every spool file and send what is new; True when every file whose writer is gone

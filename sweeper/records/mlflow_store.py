@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError
 
 from sweeper.config import ConfigError, error_line
+from sweeper.config.errors import disk_full
 from sweeper.config.rules import whole
 from sweeper.secrets import mask_text, mask_url
 
@@ -132,9 +133,11 @@ def mlflow_client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     # A new embedded store logs its schema migrations at INFO ("Creating initial MLflow database
-    # tables...") into the command's output; its warnings and errors still show.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # tables...") into the command's output, and every database error at ERROR with a traceback
+    # (a full disk: "SQLAlchemy database error") that the error raised to sweeper says again, in
+    # one line (Outage); alembic's warnings still show.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -266,6 +269,14 @@ class Outage:
         if settings.uri in cls.down:
             return
         cls.down.add(settings.uri)
+        if disk_full(error):
+            logger.warning(
+                "sweeper: MLflow tracking at %s cannot be written: the disk is full (%s). Training goes on; "
+                "a trial whose records cannot be written fails (it runs again on resume) instead of finishing without them.",
+                settings.label,
+                one_line(error),
+            )
+            return
         logger.warning(
             "sweeper: MLflow tracking at %s cannot be reached (%s). Training goes on; the records "
             "are kept in memory and sent when it is back.",

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweeper.config.errors import disk_full
 from sweeper.records.environment import describe_environment
 from sweeper.records.mlflow_store import (
     Outage,
@@ -119,6 +120,7 @@ class MlflowRecorder(Reporter):
         self._artifacts: dict[str, bytes] = {}
         self._status: tuple[str, int] | None = None  # (MLflow status, end time) once ended, until sent
         self._ended = False
+        self.disk_full = False  # the store's last answer: its disk is full (not out of reach)
         # Where the times of the records come from, and where the run ran (None: this process);
         # the machine's recorder sets both to what the worker's spool file says.
         self.clock: Callable[[], int] = now_ms
@@ -167,6 +169,11 @@ class MlflowRecorder(Reporter):
         self.flush()
         if result.steps and self.settings.schedule_plot:
             _Sender.submit(lambda: self._attach_plot(result))
+
+    def unwritten(self) -> str | None:
+        with self._lock:
+            ended_unsent = self._ended and self._status is not None
+        return f"its MLflow records ({self.settings.label})" if ended_unsent and self.disk_full else None
 
     # The buffer. Everything recorded passes through mask_text here.
 
@@ -218,9 +225,11 @@ class MlflowRecorder(Reporter):
             with mlflow_calls(self.settings):
                 self._send(mlflow_client(self.settings.uri), create_only)
         except Exception as error:  # noqa: BLE001 - a store that is down, full or refusing: retry later
+            self.disk_full = disk_full(error)
             Outage.failed(self.settings, error)
             _Unsent.keep(self)
             return False
+        self.disk_full = False
         Outage.recovered(self.settings)
         return True
 
@@ -386,7 +395,7 @@ class _Unsent:
     @classmethod
     def at_exit(cls) -> None:
         cls.retry()
-        if cls.recorders:
+        if any(not recorder.disk_full for recorder in cls.recorders):
             # A store that went down near the end of a sweep (a server restarting) would take
             # these records with it: give it a while to come back before the process ends.
             logger.warning(
@@ -402,8 +411,9 @@ class _Unsent:
                 cls.retry()
         for recorder in cls.recorders:
             logger.warning(
-                "sweeper: MLflow at %s was not reachable before this process ended; run %s lost the records it had not sent.",
+                "sweeper: MLflow at %s was not %s before this process ended; run %s lost the records it had not sent.",
                 recorder.settings.label,
+                "written (its disk is full)" if recorder.disk_full else "reachable",
                 recorder.run_id or "(never created)",
             )
 

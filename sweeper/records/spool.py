@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from sweeper.config.errors import disk_full
 from sweeper.records.environment import torch_environment
 from sweeper.records.recorder import now_ms
 from sweeper.secrets import mask_text
@@ -73,6 +74,7 @@ class SpoolWriter(Reporter):
         self.files = folder / f"{stem}.files"
         self.header = dict(header)
         self._fd: int | None = None
+        self._failed: OSError | None = None  # the write that failed, if one did
 
     def on_start(self, event: StartEvent) -> None:
         # The file is made now: a trial that fails before it starts training has no run.
@@ -139,8 +141,14 @@ class SpoolWriter(Reporter):
             self._lost(error)
             self.close()
 
+    def unwritten(self) -> str | None:
+        """What of the trial could not be written, its disk being full: the trial is then failed,
+        not told finished without its records (sweeper.sweep.workers.kept_whole)."""
+        return f"its MLflow records ({self.path.parent})" if self._failed is not None and disk_full(self._failed) else None
+
     def _lost(self, error: OSError, what: str = "the records of this trial") -> None:
         """Recording must never end a trial: say once what is lost, and go on."""
+        self._failed = error
         logger.warning("sweeper: %s could not be written to %s (%s); training goes on without them.", what, self.path.parent, error)
 
 

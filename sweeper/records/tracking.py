@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from sweeper.boundary.recorded_sweep import UNKNOWN, recorded_tracking
 from sweeper.config import ConfigError
 from sweeper.records.mlflow_store import (
     TrackingSettings,
@@ -347,10 +348,11 @@ def open_sweep(cfg: DictConfig, study: optuna.Study) -> SweepTracking:
     what is not the sweep's: how to talk to the store, and the URL's password (a recorded URL
     has it masked)."""
     results_dir = str(cfg.get("results_dir", "results"))
-    recorded = study.user_attrs.get("tracking", "unknown")
-    if recorded is None:  # the sweep ran with tracking off
+    if study.user_attrs.get("tracking", UNKNOWN) is None:  # the sweep ran with tracking off
         return SweepTracking(None, study.study_name, results_dir=results_dir)
     settings = tracking_settings(cfg)
+    # checked (sweeper.boundary): the user's own store, or an SQLite store that exists here
+    recorded = recorded_tracking(study.user_attrs, settings.label if settings is not None else None)
     if isinstance(recorded, Mapping):
         settings = _recorded_settings(recorded, settings, cfg)
     elif settings is not None:  # a sweep from before locations were recorded: its experiment bore its name

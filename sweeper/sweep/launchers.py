@@ -150,6 +150,7 @@ class WarmWorker:
     cold: Callable[[], LocalWorker]  # the same worker started as a process of its own
     started: bool = False
     fallback: LocalWorker | None = None
+    log_size: int | None = None  # the log's size before this worker: what earlier runs wrote
 
     def go(self) -> None:
         if not self.server.start(self.index, self.command, self.env, self.log):
@@ -226,15 +227,17 @@ def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: f
     for slot in slots:
         command, sweep = worker_command(plan, slot.index, deadline, parent=server.pid)
         cold = functools.partial(_launch_local, plan, [slot], logs, deadline)
+        log = logs / f"worker-{slot.index}.log"
         workers.append(
             WarmWorker(
                 f"worker {slot.index} ({slot.label})",
-                logs / f"worker-{slot.index}.log",
+                log,
                 server,
                 slot.index,
                 command,
                 {**os.environ, **slot.env(), **sweep, **_records(logs)},
                 lambda cold=cold: cold()[0],
+                log_size=log.stat().st_size if log.exists() else None,
             )
         )
     return workers

@@ -175,11 +175,13 @@ class WorkerNotes:
     worker killed by a signal is noted once, by the signal's name (a crash leaves its Python
     stack in its log: `sweeper worker` enables faulthandler)."""
 
-    MARK = "sweeper: "
+    MARKS = ("sweeper: ", "sweeper worker: ")  # a warning; the error a worker stopped with
+    STOPPED = (0, 130, 143)  # done, or stopped by Ctrl-C or SIGTERM (the sweep says so itself)
 
     def __init__(self, workers: Sequence) -> None:
         self._workers = list(workers)
-        self._read = {worker.label: (worker.log, 0) for worker in workers}
+        # from where this run's workers began to write (a resumed sweep's logs hold the earlier runs')
+        self._read = {worker.label: (worker.log, getattr(worker, "log_size", None) or 0) for worker in workers}
         self._last = ""
         self._killed: set[str] = set()
 
@@ -190,6 +192,9 @@ class WorkerNotes:
             if code is not None and code < 0 and worker.label not in self._killed:
                 self._killed.add(worker.label)
                 notes.append(f"{worker.label}: {how_it_ended(code)}; its trial fails and runs again on resume; its log: {worker.log}")
+            elif code is not None and code not in self.STOPPED and worker.label not in self._killed:
+                self._killed.add(worker.label)  # its error is in its log, if the log could be written (a full disk)
+                notes.append(f"{worker.label}: {how_it_ended(code)}; its log: {worker.log}")
         return notes
 
     def _read_logs(self) -> list[str]:
@@ -204,9 +209,10 @@ class WorkerNotes:
             whole = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
             self._read[label] = (log, offset + len(whole))
             for line in whole.decode(errors="replace").splitlines():
-                if self.MARK not in line:
+                mark = next((mark for mark in self.MARKS if mark in line), None)
+                if mark is None:
                     continue
-                note = line[line.index(self.MARK) + len(self.MARK) :]
+                note = line[line.index(mark) + len(mark) :]
                 if note != self._last:
                     notes.append(f"{label}: {note}")
                     self._last = note

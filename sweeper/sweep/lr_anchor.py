@@ -28,13 +28,13 @@ from typing import Any
 
 import optuna
 
+from sweeper.boundary.recorded_sweep import ANCHOR_ATTR  # study user attr: what lr_find found, the ranges set from it
 from sweeper.config import ConfigError
 from sweeper.sweep.lr_anchor_rule import anchored_range
 from sweeper.sweep.study import SweepPlan
 
 __all__ = ["ANCHOR_ATTR", "anchor_plan", "describe_anchor", "find_in_subprocess", "lr_find_requests", "recorded_plan"]
 
-ANCHOR_ATTR = "lr_anchor"  # study user attr: what lr_find found and the ranges set from it
 
 Finder = Callable[[dict[str, Any]], dict[str, Any]]  # request -> per strategy curve (lr_find_job)
 
@@ -72,8 +72,11 @@ def anchor_plan(
         return plan, None
     if study is not None and ANCHOR_ATTR in study.user_attrs:
         record = study.user_attrs[ANCHOR_ATTR]
-        say(f"lr ranges: as the sweep recorded them (lr_find took {record['seconds']:.1f} s when it began; not run again)")
-        return _applied(plan, record), record
+        applied = _applied(plan, record)  # a record that is not one is refused here, in one line
+        seconds = record.get("seconds") if isinstance(record, Mapping) else None
+        took = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) and math.isfinite(seconds) else "an unrecorded time"
+        say(f"lr ranges: as the sweep recorded them (lr_find took {took} when it began; not run again)")
+        return applied, record
     record = _find(plan, folder, find or find_in_subprocess)
     for line in describe_anchor(record):
         say(line)

@@ -20,6 +20,7 @@ outcome (`Outcome`, `study.tell`). sweep.fuse=1 is the one-trial loop above, unc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -64,6 +65,7 @@ __all__ = [
     "TrialTakenOver",
     "plan_slots",
     "record_outcome",
+    "kept_whole",
     "reporters_for",
     "run_fused",
     "run_trial",
@@ -253,12 +255,24 @@ def record_outcome(trial: optuna.Trial, result: TrialResult, plan: SweepPlan) ->
     return Outcome(TrialState.COMPLETE, plan.objectives.values(result))
 
 
+def kept_whole(result: TrialResult, reporters: Sequence[Reporter]) -> TrialResult:
+    """`result`, failed when a reporter could not write what it keeps of the trial (its disk
+    full): Optuna is never told a trial finished whose records are lost; it runs again."""
+    unwritten = [what for reporter in reporters if (what := reporter.unwritten())]
+    if not unwritten or result.status not in ("finished", "pruned"):
+        return result
+    lost = f"{', '.join(unwritten)} could not be written: the disk is full; the trial runs again on resume"
+    print(f"sweeper: trial failed: {lost}", flush=True)
+    return dataclasses.replace(result, status="failed", reason=lost)
+
+
 def run_trial(trial: optuna.Trial, plan: SweepPlan, train: TrainFn) -> float | list[float]:
     """The objective: compose the trial's config from its overrides, train it, return its value(s)."""
     overrides, recorded = start_trial(trial, plan)
     try:
         trial_cfg = compose_config(overrides, plan.config_dirs)
-        result = train(trial_cfg, reporters_for(trial, trial_cfg, plan, recorded))
+        reporters = reporters_for(trial, trial_cfg, plan, recorded)
+        result = kept_whole(train(trial_cfg, reporters), reporters)
     except Exception as error:
         _record(trial, "reason", _reason(f"{type(error).__name__}: {error}"))
         raise
@@ -309,9 +323,9 @@ def run_fused(study: optuna.Study, trials: Sequence[optuna.Trial], plan: SweepPl
                     for trial, _, _ in group:
                         tell(trial, failed)
                     continue
-                for (trial, _, _), result in zip(group, results):
+                for (trial, _, _), result, heard in zip(group, results, reporters):
                     try:
-                        tell(trial, record_outcome(trial, result, plan))
+                        tell(trial, record_outcome(trial, kept_whole(result, heard), plan))
                     except TrialTakenOver:
                         _say_taken_over(trial, plan)
         finally:  # Ctrl-C, or anything unforeseen: what was claimed and not told fails, to run again

@@ -91,6 +91,12 @@ class Reporter:
     def on_end(self, result: TrialResult) -> None:
         pass
 
+    def unwritten(self) -> str | None:
+        """After `on_end`: what of the trial this reporter could not write, its disk being full
+        (e.g. "its MLflow records"); None when everything was written or is kept to be sent
+        later. A trial with something unwritten is failed, not told finished without it."""
+        return None
+
 
 class TrainerHook(Reporter):
     """A Reporter that also sees the trial's state: the trainer calls `on_trial` with the prepared

@@ -1,8 +1,10 @@
 """Trainers that sweeps load by name (`sweep.trainer=helpers.trainers.StandInTrainer`): a fast
-deterministic stand-in, and the real trainer paced by the test's gates."""
+deterministic stand-in, one that fills its disk mid-trial, and the real trainer paced by the
+test's gates."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -113,3 +115,34 @@ class _HoldInSecondEpoch(Reporter):
         if event.epoch >= 1 and not self.held:
             self.held = True
             self.gates.hold(self.ticket, self.reporters)
+
+
+class DiskFillingTrainer(StandInTrainer):
+    """StandInTrainer that fills the disk holding $FULL_DISK_FILL at a trial's first epoch (once:
+    the file stays until the test removes it), as a trial writing data or weights would."""
+
+    @staticmethod
+    def train(cfg, reporters=()) -> TrialResult:
+        path = os.environ.get("FULL_DISK_FILL")
+        return StandInTrainer.train(cfg, [_FillAtFirstEpoch(Path(path)), *reporters] if path else reporters)
+
+
+class _FillAtFirstEpoch(Reporter):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_epoch(self, event: EpochEvent) -> None:
+        if event.epoch == 0 and not self.path.exists():
+            fill_disk(self.path)
+
+
+def fill_disk(path: Path) -> None:
+    """Write `path` until its disk is full."""
+    with open(path, "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
