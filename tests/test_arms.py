@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from sweeper.config import ConfigError, compose_config
 from sweeper.sweep.arms import ArmPruner, Arms, ArmSampler, arms_of
 from sweeper.sweep.space import build_space
-from sweeper.sweep.study import plan_sweep
+from sweeper.sweep.study import make_pruner, plan_sweep
 
 ARMS = Arms("strategy", ("a", "b"))
 
@@ -120,3 +120,35 @@ def test_unequal_shares_are_said_with_the_count_that_splits():
     assert ARMS.shares(6) is None
     assert "sweep.n_trials=40 does not split equally" in Arms("strategy", ("x", "y", "z")).shares(40)
     assert "sweep.n_trials=42 gives each 14" in Arms("strategy", ("x", "y", "z")).shares(40)
+
+
+def test_the_default_compare_sweep_prunes_the_later_half_of_each_arm():
+    """12 trials over 3 arms, pruner=median (n_startup_trials=4): an arm's 4 trials would never
+    reach 4 complete ones, so nothing could be pruned. Capped at half an arm's share, its first 2
+    run in full and its later ones are pruned when they fall below the arm's median."""
+    cfg = compose_config(["tracking=none"])
+    arms = arms_of(cfg.sweep.compare, build_space(cfg), False, cfg.sampler._target_)
+    assert (cfg.sweep.n_trials, cfg.pruner.n_startup_trials, cfg.pruner.n_warmup_steps) == (12, 4, 2)
+
+    def run(pruner) -> list[TrialState]:
+        study = compare_study(ArmSampler(arms, lambda i: optuna.samplers.RandomSampler(seed=i)), pruner)
+
+        def objective(trial):
+            trial.suggest_categorical("strategy", list(arms.values))
+            worse = trial.number / 100  # each arm's later trials do worse: the pruner's cue
+            for epoch in range(6):
+                trial.report(0.5 + 0.05 * epoch - worse, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned
+            return 0.8 - worse
+
+        study.optimize(objective, n_trials=cfg.sweep.n_trials)
+        return [t.state for t in study.trials]
+
+    unscaled = ArmPruner(optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2), arms.param)
+    assert set(run(unscaled)) == {TrialState.COMPLETE}  # the bug: never pruned
+    states = run(make_pruner(cfg, arms))
+    assert states == [TrialState.COMPLETE] * 6 + [TrialState.PRUNED] * 6  # arm by arm: 2 run in full, 2 pruned
+    assert arms.startup_trials(4, 12) == 2 and arms.startup_trials(4, 60) == 4 and arms.startup_trials(4, 3) == 1
+    assert "after its first 2 complete trials" in arms.pruning_note(cfg.pruner, 12)
+    assert arms.pruning_note(cfg.pruner, 60) is None  # 20 trials an arm: the configured 4 stand

@@ -240,6 +240,7 @@ def test_dry_run_shows_deletes_shuffles_replaced_nodes_and_exclusive_ends(workdi
         "  shape: choice(constant, triangular)",  # the mapping replaced the default shapes
         "  triangular.warmup_pct: [0.1, 0.6)",
         "  compare: shape (constant, triangular); each its own sampler and an equal share of the trials",
+        "  pruning: within each shape arm, after its first 3 complete trials (pruner.n_startup_trials=4, capped at half of an arm's 6 trials)",
     ]
     assert made_under(workdir) == []
 

@@ -311,6 +311,10 @@ def test_searching_a_key_also_set_on_the_command_line_is_a_clash():
             {"mode": "exp_range", "step_size_up": 25},
         ),
         ({"shape": "sequential", "sequential.milestones": "[20]", "sequential.shapes.0.start_factor": 0.05}, {"milestones": (20,)}),
+        (
+            {"shape": "torch_plateau", "torch_plateau.factor": 0.3, "torch_plateau.patience": 2, "torch_plateau.cooldown": 1},
+            {"factor": 0.3, "patience": 2, "cooldown": 1, "mode": None},  # mode: train.direction's, when a trial runs it
+        ),
     ],
 )
 def test_torch_shapes_settings_are_sampled_by_the_grammar(params, expected):

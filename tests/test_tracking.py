@@ -60,7 +60,7 @@ def test_trials_are_nested_runs_with_params_tags_every_curve_and_artifacts(track
     pruned = children[1]
     # Pruned on purpose, not a crash: FINISHED, and its name and tags say pruned.
     assert pruned.info.status == "FINISHED" and pruned.data.tags["pruned"] == "true"
-    assert pruned.info.run_name == "trial 1 · geometric · torch_one_cycle · 0.001 · pruned"
+    assert pruned.info.run_name == "trial 1 · pruned · geometric · torch_one_cycle · 0.001"  # cut short, "pruned" still shows
 
     # Every step and epoch value, at its step, exactly as the trainer reported it.
     for number, child in children.items():

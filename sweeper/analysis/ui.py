@@ -13,12 +13,27 @@ How the MLflow UI (3.x) is told what to show, learnt from its code:
   is the UI's own "share" feature, so the link keeps working for anyone who opens it.
 - `compareRunsMode=CHART` opens the chart view, in which a grouping shows each group's mean and
   spread per curve.
+- `groupBy` may name several keys (`{"aggregateFunction": ..., "groupByKeys": [...]}`): a group
+  per combination of their values, named `strategy: fastai, status: pruned` (a value a run lacks
+  reads `(none)`).
+- A shared view drops the fields about single runs (`runsHidden`, `runsVisibilityMap`,
+  `runsPinned`, `runsExpanded`): it cannot hide a run from its group's mean.
+- Groups are ordered by their aggregate of the sort metric (`orderByKey`, `orderByAsc`).
+- `compareRunCharts` and `compareRunSections`, when given, are the charts and their order; in a
+  section marked `isReordered` the UI appends the metrics it finds beyond them at its end (in one
+  that is not, it files them alphabetically, `loss` before `objective`).
+- A `PARALLEL` chart draws `selectedParams` and `selectedMetrics`, and leaves out a run (or a
+  group, when grouped) that lacks one of them.
+What the URL state cannot express is recorded: the trials' `status` tag and their names say
+`pruned`, and the sweep's run (a group of its own in the view) holds the report, the per-trial
+parallel coordinates (`report/parallel_coordinate.png`) and the verdict.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -26,50 +41,153 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import optuna
+from optuna.trial import TrialState
+
+from sweeper.boundary.recorded_study import trial_overrides
 from sweeper.config import ConfigError
 from sweeper.records.mlflow_store import mlflow_calls, mlflow_client
-from sweeper.records.run_record import TRIAL_KIND
+from sweeper.records.run_record import ABLATION_KIND, CONFIRM_KIND, RERUN_KIND
 from sweeper.records.tracking import SweepTracking
 
-__all__ = ["MlflowUiServer", "run_link", "share_view", "sweep_link", "sweep_view", "browsable_base"]
+__all__ = [
+    "MlflowUiServer",
+    "browsable_base",
+    "run_link",
+    "sampled_settings",
+    "share_view",
+    "sweep_link",
+    "sweep_view",
+]
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 START_SECONDS = 90  # for a new server to answer (its first start creates nothing: the store exists)
 
 
-def sweep_view(sweep: str, objective: str, direction: str = "maximize", compared: str = "strategy") -> dict[str, Any]:
-    """The UI state that compares a sweep's arms: its trials alone, grouped by the compared tag
-    (`strategy`, or `shape` after a shapes comparison; each curve's mean and spread per group),
-    best objective first in either direction. Pruned trials are left out: their partial scores
-    would pull a group's mean down (`tags.status = 'pruned'` shows them)."""
+OTHER_KINDS = (CONFIRM_KIND, ABLATION_KIND, RERUN_KIND)  # filed under the sweep, but no trials of it
+MODEL_SECTION, SYSTEM_SECTION = "sweeper-model-metrics", "sweeper-system-metrics"
+
+
+def sweep_view(
+    sweep: str, objective: str, direction: str = "maximize", compared: str = "strategy", sampled: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The UI state that compares a sweep's arms, as MLflow 3's experiment page reads it.
+
+    - The sweep's trials grouped by the compared tag (`strategy`, or `shape` after a shapes
+      comparison) and by their `status` tag: `strategy: fastai, status: finished` holds the
+      complete trials, whose mean (in the table and in every chart, with its spread) no pruned
+      trial's partial score pulls down; `strategy: fastai, status: pruned` holds the pruned
+      ones, named `trial 9 · pruned · ...`. A shared view cannot hide single runs (MLflow drops
+      `runsHidden` from it), so their own group is what keeps them out of the others' means.
+    - The sweep's own run (the report, the verdict in its description) is in view too, a group
+      of its own (`strategy: (none), status: finished`): one click opens it.
+    - Best first in either direction: MLflow orders groups by their mean of the sort metric, and
+      the rows within a group by it.
+    - The charts in order: the objective, a parallel-coordinates chart of the settings the search
+      drew (`sampled`, not the ~50 config keys every run holds), then the validation and training
+      losses; MLflow appends the others (step loss, each group's lr, momentum) after them, since
+      the section counts as reordered.
+    """
+    metrics = list(dict.fromkeys(["objective", f"valid_{objective}", "valid_loss", "train_loss"]))
+    charts = [_line_chart(metrics[0]), _parallel_chart(sampled), *(_line_chart(key) for key in metrics[1:])]
     return {
-        "searchFilter": f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{sweep}' and tags.status != 'pruned'",
+        "searchFilter": f"tags.sweep = '{sweep}'" + "".join(f" and tags.`sweeper.kind` != '{kind}'" for kind in OTHER_KINDS),
         "orderByKey": "metrics.`objective`",
         "orderByAsc": direction == "minimize",
-        "groupBy": f"tag.average.{compared}",  # mode.aggregate.key, as the UI writes it
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": key} for key in (compared, "status")]},
         "useGroupedValuesInCharts": True,
-        "groupsExpanded": {},
+        "groupsExpanded": {},  # every group open
+        "runsHiddenMode": "SHOW_ALL",
         "runListHidden": False,
         "hideEmptyCharts": True,
+        "isAccordionReordered": True,
+        "compareRunSections": [_section(MODEL_SECTION, "Model metrics", reordered=True), _section(SYSTEM_SECTION, "System metrics")],
+        "compareRunCharts": charts,
         "selectedColumns": [
             "metrics.`objective`",
             f"metrics.`valid_{objective}`",
             "metrics.`valid_loss`",
+            "tags.`status`",
             "tags.`strategy`",
             "tags.`shape`",
-            "params.`lr.high`",
+            *(f"params.`{key}`" for key in sampled),
         ],  # fmt: skip
     }
 
 
-def share_view(tracking: SweepTracking, objective: str, direction: str = "maximize", compared: str = "strategy") -> str:
+def _section(uuid: str, name: str, reordered: bool = False) -> dict[str, Any]:
+    return {"uuid": uuid, "name": name, "display": True, "isReordered": reordered, "deleted": False, "isGenerated": True}
+
+
+def _chart(kind: str, uuid: str) -> dict[str, Any]:
+    return {
+        "uuid": f"sweeper-{uuid}",
+        "type": kind,
+        "metricSectionId": MODEL_SECTION,
+        "runsCountToCompare": 10,
+        "deleted": False,
+        "isGenerated": True,
+    }
+
+
+def _line_chart(metric: str) -> dict[str, Any]:
+    """A metric over its steps (epochs for the epoch metrics), as the UI makes one."""
+    return {
+        **_chart("LINE", metric),
+        "metricKey": metric,
+        "lineSmoothness": 0,
+        "xAxisKey": "step",
+        "xAxisScaleType": "linear",
+        "scaleType": "linear",
+        "selectedXAxisMetricKey": "",
+        "yAxisKey": "metric",
+        "yAxisExpressions": [],
+        "ignoreOutliers": False,
+        "useGlobalXaxisKey": True,
+        "useGlobalLineSmoothing": True,
+    }
+
+
+def _parallel_chart(sampled: Sequence[str]) -> dict[str, Any]:
+    return {
+        **_chart("PARALLEL", "sampled-settings"),
+        "selectedParams": list(sampled),
+        "selectedMetrics": ["objective"],
+        "showAllRuns": False,
+    }
+
+
+def sampled_settings(study: optuna.Study) -> list[str]:
+    """The config keys (MLflow params) of the numbers the search drew for every complete trial:
+    the head lr, `search.params`, a shape's settings when every trial ran that shape. The UI's
+    parallel-coordinates chart leaves out a run (or group) that lacks one of its params, and a
+    conditional setting (one shape's, geometric's lr.low) would leave out the others."""
+    base = set(trial_overrides(study.user_attrs))
+    drawn: list[set[str]] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        overrides = (o.partition("=") for o in trial_overrides(trial.user_attrs) if o not in base)
+        drawn.append({key for key, _, value in overrides if _is_number(value)})
+    return sorted(set.intersection(*drawn)) if drawn else []
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def share_view(
+    tracking: SweepTracking, objective: str, direction: str = "maximize", compared: str = "strategy", sampled: Sequence[str] = ()
+) -> str:
     """Keep the sweep's view in its experiment (idempotent); return the key that opens it."""
-    state = json.dumps(sweep_view(tracking.sweep, objective, direction, compared), sort_keys=True)
+    state = json.dumps(sweep_view(tracking.sweep, objective, direction, compared, sampled), sort_keys=True)
     key = hashlib.sha256(state.encode()).hexdigest()[:20]
     with mlflow_calls(tracking.settings):
         mlflow_client(tracking.settings.uri).set_experiment_tag(tracking.experiment_id, SHARED_VIEW_TAG + key, state)

@@ -119,7 +119,7 @@ def _typed(overrides: Sequence[str], base: Sequence[str], cfg) -> tuple[str, flo
 # --- the runs ---------------------------------------------------------------------------------
 
 
-class Progress:
+class RunCounter:
     """Run k of n with an estimate of the time left: a line per finished run (as a log reads it)."""
 
     def __init__(self, total: int, say: Callable[[str], None]) -> None:
@@ -156,7 +156,7 @@ def _run_grid(
     allowed: Allowed,
     say: Callable[[str], None],
 ) -> pd.DataFrame:
-    progress = Progress(len(grid) * len(seeds), say)
+    progress = RunCounter(len(grid) * len(seeds), say)
     rows = []
     for seed in seeds:  # seed by seed: the pairs of a seed finish together
         for (owner, value), overrides in grid.items():

@@ -77,7 +77,7 @@ _SHAPES = (
     "FastaiOneCycle", "TorchOneCycle", "Constant", "WarmupCosine", "Triangular", "WarmupStableDecay", "Points", "FunctionShape",
     "FastaiFlatCos", "FastaiSGDR", "TorchCosineRestarts", "TorchExponential", "TorchPolynomial",
 )  # fmt: skip
-_TORCH_SCHEDULERS = ("TorchStep", "TorchMultiStep", "TorchLinear", "TorchCyclic", "TorchCosine")
+_TORCH_SCHEDULERS = ("TorchStep", "TorchMultiStep", "TorchLinear", "TorchCyclic", "TorchCosine", "TorchPlateau")
 _SAMPLERS = ("TPESampler", "CmaEsSampler", "GPSampler", "GridSampler", "NSGAIISampler", "QMCSampler", "RandomSampler")
 _PRUNERS = ("MedianPruner", "PercentilePruner", "HyperbandPruner", "SuccessiveHalvingPruner", "NopPruner")
 

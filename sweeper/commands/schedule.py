@@ -9,6 +9,10 @@ sets, over both phases of a fine-tune config. The lr defaults to the config's `l
 override sets the same way on every command (`lr='slice(1e-5,1e-3)'`), and the groups to its
 model's; the shape and its settings come from Hydra overrides (`shape=...`, `shape.pct_start=...`),
 like the optimizer (an SGD without momentum keeps its momentum at 0).
+
+A shape that follows the validation objective (torch_plateau) cannot be known before training:
+it is shown for an objective that never improves after the first epoch, and the table, the
+plot and the JSON (`follows_objective`) say so.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ import re
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import ConfigError, build_shape, compose_config
-from sweeper.schedules.shapes import shape_document
+from sweeper.schedules.shapes import follows_objective, shape_document
 from sweeper.schedules.slices import parse_lr
 from sweeper.trial.plan import Plan, plan_config, whole_epoch_steps
 
@@ -71,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     shape = build_shape(cfg.shape)
     plan = plan_config(cfg, steps=steps, n_groups=args.groups, lr=spec)
 
+    followed = _followed_objective(cfg, plan)
     rows = plan.rows()
     shown = [r for r in rows if r["step"] % args.every == 0 or r["step"] == steps - 1]
     plot = None
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         from sweeper.schedules.plots import plot_schedule  # matplotlib (~1 s) loads only for a plot
 
         plot = args.plot or Path(cfg.results_dir) / plot_name(args, shape.name)
-        plot_schedule(plan, plot, title=f"lr={spec.describe()}, {shape.name}" + _phases_note(plan))
+        title = f"lr={spec.describe()}, {shape.name}" + _phases_note(plan)
+        plot_schedule(plan, plot, title=title + (f", if {followed['name']} never improves after epoch 0" if followed else ""))
     if args.json:
         document = {
             "lr": spec.describe(),
@@ -97,13 +103,14 @@ def run(args: argparse.Namespace) -> int:
                 }
                 for phase in plan.phases
             ],
+            "follows_objective": followed,
             "rows": shown,
             "plot": str(plot) if plot else None,
         }
         json.dump(document, sys.stdout, indent=1)
         print()
         return 0
-    _print_table(spec.describe(), plan, shown)
+    _print_table(spec.describe(), plan, shown, followed)
     if plot:
         print(f"plot: {plot}")
     return 0
@@ -125,6 +132,18 @@ def plot_name(args: argparse.Namespace, shape_name: str) -> str:
     return f"schedule-{slug}.png"
 
 
+NEVER_IMPROVES = "an objective that never improves after the first epoch (the first sets the best; no later one beats it)"
+
+
+def _followed_objective(cfg: DictConfig, plan: Plan) -> dict | None:
+    """For a plan whose lrs follow the validation objective (torch_plateau): which objective, in
+    which mode, and what the preview assumes of it; None for any other plan."""
+    if not plan.follows_objective:
+        return None
+    mode = next(p.schedule.shape.mode for p in plan.phases if follows_objective(p.schedule.shape))
+    return {"name": cfg.train.objective, "mode": mode, "shown_for": NEVER_IMPROVES}
+
+
 def _phases_note(plan: Plan) -> str:
     """ "": one phase; else ": frozen 10 steps + unfrozen 90 steps"."""
     if len(plan.phases) == 1 and plan.phases[0].name == "train":
@@ -132,7 +151,7 @@ def _phases_note(plan: Plan) -> str:
     return ": " + " + ".join(f"{p.name} {p.schedule.total} steps" for p in plan.phases)
 
 
-def _print_table(lr_text: str, plan: Plan, rows: list[dict]) -> None:
+def _print_table(lr_text: str, plan: Plan, rows: list[dict], followed: dict | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -141,7 +160,10 @@ def _print_table(lr_text: str, plan: Plan, rows: list[dict]) -> None:
     phased = bool(_phases_note(plan))
     table = Table(
         title=f"lr={lr_text} -> peaks [{peaks}], {plan.total} steps" + _phases_note(plan),
-        caption="\n".join(f"{p.name}: {p.schedule.shape}" if phased else str(p.schedule.shape) for p in plan.phases),
+        caption="\n".join(
+            [f"{p.name}: {p.schedule.shape}" if phased else str(p.schedule.shape) for p in plan.phases]
+            + ([f"lrs follow {followed['name']} (mode {followed['mode']}), shown for {followed['shown_for']}"] if followed else [])
+        ),
     )
     table.add_column("step", justify="right")
     if phased:

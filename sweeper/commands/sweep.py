@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeper.analysis.live_report import LiveReport
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as plots:  # a dry run writes nothing: lr_find's plots go
             plan, _ = anchor_plan(plan, existing, Path(plots))
         print(f"sweep {plan.name}: {plan.n_trials} trials in {plan.storage.label()}; space:")
-        print("\n".join(f"  {line}" for line in [*plan.space.describe(), *([plan.arms.describe()] if plan.arms else [])]))
+        arms = [plan.arms.describe(), *filter(None, [_pruning(plan)])] if plan.arms else []
+        print("\n".join(f"  {line}" for line in [*plan.space.describe(), *arms]))
         if done:
             print(_finished_already(existing, plan))
         return 0
@@ -96,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     recorder = MachineRecorder(records, spool_folder(folder)).start() if records.settings is not None else None
     live = LiveReport(records, study, plan.n_trials)  # the report, written as the trials finish
     before = count_trials(study)
-    unequal = plan.arms.shares(plan.n_trials) if plan.arms else None
-    if unequal:
-        print(f"note: {unequal}", flush=True)
+    for note in [plan.arms.shares(plan.n_trials), _pruning(plan)] if plan.arms else []:
+        if note:
+            print(f"note: {note}", flush=True)
     interrupted = False
     try:
         if before.finished >= plan.n_trials:  # another command finished it while this one started
@@ -233,6 +235,11 @@ def _wait_for_exit(workers: list[WorkerHandle], seconds: float) -> None:
         time.sleep(min(left, EXIT_CHECK_SECONDS))
 
 
+def _pruning(plan: SweepPlan) -> str | None:
+    """How compare mode scales the pruner's startup to an arm's share (None: it does not)."""
+    return plan.arms.pruning_note(OmegaConf.to_container(plan.cfg.pruner, resolve=True), plan.n_trials)
+
+
 def _finished_already(study: optuna.Study, plan: SweepPlan) -> str:
     finished = count_trials(study).finished
     return (
@@ -264,7 +271,8 @@ def _summarise(
     if settings is not None:
         browse = settings.label if settings.is_server else f"mlflow ui --backend-store-uri {settings.label}"
         print(f"MLflow: {browse}  (experiment {settings.experiment})")
-        print(f"compare the strategies: sweeper ui {plan.name}")
+        compared = plan.arms.param if plan.arms else "strategy"  # what `sweeper ui` groups by
+        print(f"compare the {compared} arms in the MLflow UI: sweeper ui {plan.name}")
     print(f"worker logs: {plan.cfg.launcher.folder if plan.cfg.launcher.name == 'slurm' else folder}/")  # jobs' are submitit's
     print(f"Optuna: optuna-dashboard {shlex.quote(plan.storage.label())}  (pip install optuna-dashboard)")
     if counts.finished < plan.n_trials and counts.failed - failed_before >= plan.max_failures:

@@ -6,7 +6,9 @@
 
 Starts the MLflow UI on 127.0.0.1 over the store the sweep recorded to (an embedded store; for a
 tracking server it only prints the link) and prints a link that opens the sweep's trials,
-grouped by slice strategy, in the chart view: each curve's mean and spread per strategy.
+grouped by the compared setting (slice strategy, or shape) and by how they ended, in the chart
+view: each curve's mean and spread per strategy over its complete trials, the objective's chart
+first; and a link to the sweep's own run (its report, the verdict).
 Ctrl-C stops it.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from sweeper.analysis.ui import MlflowUiServer, browsable_base, run_link, share_view, sweep_link
+from sweeper.analysis.ui import MlflowUiServer, browsable_base, run_link, sampled_settings, share_view, sweep_link
 from sweeper.analysis.which_sweep import load_sweep_study, split_sweep_name
 from sweeper.boundary.recorded_sweep import recorded_compare
 from sweeper.config import ConfigError, compose_config
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     (objective, direction), *_ = objective_columns(study)
     compared = recorded_compare(study.user_attrs).get("param") or "strategy"
-    key = share_view(tracking, objective, direction, compared)
+    key = share_view(tracking, objective, direction, compared, sampled_settings(study))
     if tracking.settings.is_server:
         _links(study.study_name, browsable_base(tracking.settings.uri), tracking, key, compared)
         return 0
@@ -61,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _links(name: str, base: str, tracking, key: str, compared: str) -> None:
     print(f"sweep {name} in MLflow: {sweep_link(base, tracking.experiment_id, key)}", flush=True)
-    print(f"  (complete trials grouped by {compared}, best first; pruned trials are left out of the groups)", flush=True)
+    print(
+        f"  (complete trials grouped by {compared}, best first; pruned ones in groups of their own, out of the others' means; "
+        f"the sweep's run is the group '{compared}: (none)')",
+        flush=True,
+    )
     if tracking.parent_run_id:
         print(
             f"the sweep's run (its report, and the verdict once given): {run_link(base, tracking.experiment_id, tracking.parent_run_id)}",

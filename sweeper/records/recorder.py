@@ -51,6 +51,7 @@ from sweeper.records.mlflow_store import (
 from sweeper.records.run_plot import schedule_png_as_run
 from sweeper.records.run_record import (
     RUN_STATUS,
+    ended_label,
     epoch_metrics,
     plain_config,
     run_params,
@@ -161,8 +162,8 @@ class MlflowRecorder(Reporter):
                 }
             )
             if result.status != "finished" and self._run_name:
-                # Seen in the runs list at a glance: "trial 3 · geometric · ... · pruned".
-                self.queue_tags({"mlflow.runName": f"{self._run_name} · {result.status}"})
+                # Seen in the runs list at a glance: "trial 3 · pruned · geometric · ...".
+                self.queue_tags({"mlflow.runName": ended_label(self._run_name, result.status)})
             with self._lock:
                 self._status = (RUN_STATUS.get(result.status, "FAILED"), self.clock())
                 self._ended = True

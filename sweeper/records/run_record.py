@@ -34,6 +34,7 @@ __all__ = [
     "TRIAL_KIND",
     "TRIAL_NODES",
     "code_tags",
+    "ended_label",
     "epoch_metrics",
     "flatten",
     "plain_config",
@@ -153,6 +154,13 @@ def run_label(prefix: str, cfg: DictConfig | Mapping) -> str:
     if isinstance(high, (int, float)):
         parts.append(f"{high:.2g}")
     return " · ".join(parts)
+
+
+def ended_label(label: str, status: str) -> str:
+    """A run's name once it ended early, its status right after its number (`trial 3 · pruned ·
+    geometric · ...`): the MLflow UI's narrow run-name column cuts a name's end off."""
+    head, separator, rest = label.partition(" · ")
+    return f"{head} · {status}{separator}{rest}"
 
 
 def run_params(config: Mapping, event: StartEvent | None = None) -> dict[str, str]:

@@ -25,7 +25,7 @@ import bisect
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sweeper.schedules.shapes import Shape, ShapeError, _check_step_per, steps_per_epoch
+from sweeper.schedules.shapes import Shape, ShapeError, _check_step_per, follows_objective, steps_per_epoch
 
 __all__ = ["Sequential"]
 
@@ -46,6 +46,11 @@ class Sequential:
             raise ShapeError(
                 f"shape.shapes: {self.shapes!r} must be a list of shapes, each with its _target_, e.g. "
                 f"[{{_target_: sweeper.schedules.torch_schedulers.TorchLinear}}, {{_target_: sweeper.schedules.torch_schedulers.TorchCosine}}]."
+            )
+        if any(follows_objective(s) for s in shapes):
+            # torch's SequentialLR steps its schedulers without a metric: it cannot hold one either
+            raise ShapeError(
+                "shape.shapes: torch_plateau cannot be a piece of a sequence: it follows the validation objective; use it alone."
             )
         if any(steps_per_epoch(s) for s in shapes):
             raise ShapeError("shape.shapes: a shape in a sequence is stepped as the sequence is: set shape.step_per, not the pieces'.")

@@ -57,6 +57,7 @@ __all__ = [
     "WarmupStableDecay",
     "combine_position",
     "combined_cos",
+    "follows_objective",
     "linear_decay",
     "sched_cos",
     "sched_lin",
@@ -645,12 +646,17 @@ class Schedule:
     epoch `step * epochs // total`, and the shape sees that epoch of `epochs` as its step and
     total (so `epochs` must be given, and the batches split evenly into epochs, as they do in
     training).
+
+    A shape that follows the validation objective (`follows_objective`: torch_plateau) sets every
+    group's lr at once from `metrics`, the objective after each epoch so far; the epochs after
+    them are planned for an objective that never improves.
     """
 
     peaks: tuple[float, ...]
     shape: Shape
     total: int
     epochs: int | None = None
+    metrics: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.total < 1:
@@ -668,8 +674,30 @@ class Schedule:
     def at(self, step: int) -> tuple[list[float], float | None]:
         """The lr of every group and the momentum for training batch `step`."""
         shape_step, shape_total = self.scheduler_step(step)
-        lrs = [self.shape.lr(peak, shape_step, shape_total) for peak in self.peaks]
+        if follows_objective(self.shape):
+            lrs = list(self._followed[shape_step])
+        else:
+            lrs = [self.shape.lr(peak, shape_step, shape_total) for peak in self.peaks]
         return lrs, self.shape.momentum(shape_step, shape_total)
+
+    @functools.cached_property
+    def _followed(self) -> list[list[float]]:
+        """A shape that follows the objective: every group's lr for each of its steps."""
+        return self.shape.group_lrs(self.peaks, self.epochs, self.metrics)
+
+    @functools.cached_property
+    def table(self) -> tuple[np.ndarray, np.ndarray]:
+        """`at` every step at once: the lrs [step, group] and the momentum [step] (NaN: the
+        optimizer's own). A shape stepped once an epoch is asked once an epoch."""
+        steps = np.arange(self.total)
+        shape_steps = steps * self.epochs // self.total if steps_per_epoch(self.shape) else steps
+        _, firsts, which = np.unique(shape_steps, return_index=True, return_inverse=True)
+        lrs, momenta = [], []
+        for first in firsts:
+            step_lrs, momentum = self.at(int(first))
+            lrs.append(step_lrs)
+            momenta.append(np.nan if momentum is None else momentum)
+        return np.array(lrs, dtype=np.float64)[which], np.array(momenta, dtype=np.float64)[which]
 
     def rows(self) -> list[dict[str, float | int | None]]:
         """One row per step: {"step", "lr_0", ..., "lr_{n-1}", "momentum"}."""
@@ -686,6 +714,12 @@ class Schedule:
 def steps_per_epoch(shape: Shape) -> bool:
     """Is `shape` stepped once an epoch (`step_per="epoch"`) rather than once a batch?"""
     return getattr(shape, "step_per", "batch") == "epoch"
+
+
+def follows_objective(shape: Shape) -> bool:
+    """Does `shape` follow the validation objective, fed once an epoch (torch_plateau)? Such a
+    shape has `group_lrs(peaks, epochs, metrics)`: every group's lr for each epoch."""
+    return getattr(shape, "follows_objective", False)
 
 
 def shape_document(shape: Shape) -> dict:

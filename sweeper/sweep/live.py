@@ -23,14 +23,16 @@ from rich.table import Table
 
 from sweeper.sweep.study import Counts, SweepPlan
 
-__all__ = ["LiveView", "Progress", "WorkerNotes", "how_it_ended", "read_progress", "sampled"]
+__all__ = ["LiveView", "SweepStatus", "WorkerNotes", "how_it_ended", "read_progress", "sampled"]
 
 # Seconds at least between two lines that tell only of epochs done (non-interactive output).
 EPOCHS_EVERY = 5.0
 
 
 @dataclass(frozen=True)
-class Progress:
+class SweepStatus:
+    """The sweep at one moment, as the live view and the log lines show it."""
+
     counts: Counts
     n_trials: int
     best: str | None  # the best trial, in words
@@ -71,7 +73,7 @@ def _rounded(override: str) -> str:
     return f"{key}={number:.3g}"
 
 
-def read_progress(study: optuna.Study, plan: SweepPlan, workers: Sequence = ()) -> Progress:
+def read_progress(study: optuna.Study, plan: SweepPlan, workers: Sequence = ()) -> SweepStatus:
     trials = study.get_trials(deepcopy=False)
     running = tuple(
         (
@@ -86,7 +88,7 @@ def read_progress(study: optuna.Study, plan: SweepPlan, workers: Sequence = ()) 
         if t.state == TrialState.RUNNING
     )
     states = tuple((w.label, _state(w.poll())) for w in workers)
-    return Progress(Counts.of(trials), plan.n_trials, _best(study, trials, plan), running, states)
+    return SweepStatus(Counts.of(trials), plan.n_trials, _best(study, trials, plan), running, states)
 
 
 def _state(code: int | None) -> str:
@@ -139,7 +141,7 @@ class LiveView:
         if self._live is not None:
             self._live.stop()
 
-    def show(self, progress: Progress) -> None:
+    def show(self, progress: SweepStatus) -> None:
         if self._live is not None:
             self._live.update(self._render(progress), refresh=True)
             return
@@ -154,7 +156,7 @@ class LiveView:
         """A message above the progress, kept in the scrollback (a worker's warning)."""
         self.console.print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, markup=False, soft_wrap=True)
 
-    def _render(self, progress: Progress) -> Group:
+    def _render(self, progress: SweepStatus) -> Group:
         trials = Table(title=f"{self.title}: {progress.line()}", title_justify="left", expand=True)
         for column in ("trial", "worker", "device", "epochs", "objective", "sampled"):
             trials.add_column(column, overflow="fold")

@@ -419,8 +419,12 @@ def make_sampler(cfg: DictConfig, space: SearchSpace, worker: int = 0, arms: Arm
 
 
 def make_pruner(cfg: DictConfig, arms: Arms | None = None) -> optuna.pruners.BasePruner:
-    """The configured pruner; in compare mode it compares a trial with its own arm's alone."""
-    pruner = _instantiate("pruner", OmegaConf.to_container(cfg.pruner, resolve=True))
+    """The configured pruner; in compare mode it compares a trial with its own arm's alone, and
+    waits for fewer complete trials where an arm's share is small (Arms.startup_trials)."""
+    node = OmegaConf.to_container(cfg.pruner, resolve=True)
+    if arms is not None and arms.pruning_note(node, int(cfg.sweep.n_trials)):
+        node["n_startup_trials"] = arms.startup_trials(node["n_startup_trials"], int(cfg.sweep.n_trials))
+    pruner = _instantiate("pruner", node)
     if arms is None or isinstance(pruner, optuna.pruners.NopPruner):
         return pruner
     return ArmPruner(pruner, arms.param)

@@ -12,6 +12,11 @@ raises fails it alone (failed, with the reason). An exception in the shared work
 evaluation) fails every member still training; Ctrl-C does too, and still propagates. A member
 that stops leaves the engine's stack (`Engine.drop_stopped`); the others train on.
 
+The plan of a member whose shape follows the validation objective (torch_plateau) is fed its
+objective after every epoch (`Member.follow_objective`), and after a restore the objectives of
+the restored epochs: the lrs of the epochs after them are what torch's scheduler, fed the same
+objectives, would set (a resumed trial's state is its recorded objectives, nothing else).
+
 Hooks (`TrainerHook`) are reporters that also see a trial's state: a member with a trial of its
 own (the one-trial engine's) hands it to them after every reporter heard `on_start`, asks them
 to `restore` it from where an earlier attempt left off (a checkpoint: the restored steps and
@@ -66,6 +71,11 @@ class Member:
         except Exception as error:
             self.stop("failed", f"{type(error).__name__}: {error}")
             return False
+
+    def follow_objective(self) -> None:
+        """Feed the plan the objective of every epoch so far: a shape that follows it
+        (torch_plateau) sets the lrs of the epochs after them from it."""
+        self.plan = self.plan.fed([epoch.objective for epoch in self.result.epochs])
 
     def stop(self, status: str, reason: str | None) -> None:
         """End the member: its status, then its reporters' on_end, once. It leaves the engine's
@@ -172,6 +182,7 @@ def _train(engine: Engine) -> None:
                 event = EpochEvent(epoch, step, sum(losses_now) / len(losses_now), metrics["loss"], metrics, objective)
                 member.result.epochs.append(event)
                 member.result.objective = objective
+                member.follow_objective()
                 # any reporter may stop the member; else its hooks may checkpoint the epoch
                 if member.tell(lambda reporter, event=event: reporter.on_epoch(event)):
                     member.stop("pruned", f"stopped by a reporter after epoch {epoch}")
@@ -196,6 +207,7 @@ def _start(member: Member) -> None:
     member.tell(lambda hook: hook.on_trial(member.trial), member.hooks)
     if member.active and any(hook.restore(member.result) for hook in member.hooks):
         _replay(member)
+        member.follow_objective()  # the restored epochs' objectives: a plateau's state is theirs
 
 
 def _replay(member: Member) -> None:

@@ -9,6 +9,9 @@ classification when a config has none). Before every training batch the lr of ev
 group and the momentum (SGD's momentum, Adam's beta1) are set by hand from the trial's plan
 (`sweeper.trial.plan`): the very values `sweeper schedule` prints for the same settings. After
 every epoch the model is evaluated on the whole validation set: the task's metrics and its loss.
+A shape that follows the validation objective (`shape=torch_plateau`, torch's ReduceLROnPlateau)
+is fed `train.objective` after every epoch, in `train.direction`'s mode unless `shape.mode` is
+set, and the lrs of the epochs after it follow (`sweeper.training.loop`).
 Reporters hear of every step and epoch, and any of them may stop the trial after an epoch.
 
 Bad settings raise before any training (ConfigError, SliceError, ShapeError, GroupError). Once
@@ -325,7 +328,7 @@ class OneTrial:
 
     def step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         trial = self.trial
-        lrs, momentum = trial.plan.at(step)
+        lrs, momentum = self.members[0].plan.at(step)  # fed the objective so far (torch_plateau)
         set_hyperparameters(trial.optimizer, trial.owners, lrs, momentum)
         with self.autocast:
             loss = trial.task.loss(trial.model(x), y)

@@ -19,6 +19,11 @@ Phases, as fastai runs them:
   "unfrozen": every group, `epochs` epochs of the configured slice and shape.
 Each phase's schedule starts at step 0 of its own total; the tables run over both.
 
+The objective: a shape that follows the validation objective (torch_plateau) is planned for an
+objective that never improves; the trainer feeds the plan the objective after every epoch
+(`Plan.fed`), and the epochs after it are planned again from what it was. Its mode, where the
+shape sets none, is train.direction's (`configured_shape`).
+
 Momentum: `momenta` is NaN (`at` says None) where the optimizer keeps its own: where the shape
 moves none, and for an optimizer whose momentum is 0 (torch's SGD by default). fastai's SGD
 without momentum keeps no momentum whatever its schedule says; here the shape's momentum never
@@ -37,13 +42,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import ConfigError, build_shape, instantiate_node, plain
-from sweeper.schedules.shapes import FastaiOneCycle, Schedule, Shape
+from sweeper.schedules.shapes import FastaiOneCycle, Schedule, Shape, follows_objective
 from sweeper.schedules.slices import parse_lr
 
 __all__ = [
     "FROZEN_PCT_START",
     "Phase",
     "Plan",
+    "configured_shape",
     "count_groups",
     "frozen_shape",
     "optimizer_momentum_off",
@@ -83,17 +89,32 @@ class Plan:
     def __post_init__(self) -> None:
         if not self.phases:
             raise ConfigError("the plan has no phase: train at least one epoch (train.epochs or train.freeze_epochs).")
-        lrs = np.empty((self.total, len(self.peaks)), dtype=np.float64)  # exact Python floats
-        momenta = np.full((self.total, len(self.peaks)), np.nan)
-        step = 0
-        for phase in self.phases:
-            for phase_step in range(phase.schedule.total):
-                lrs[step], momentum = phase.schedule.at(phase_step)
-                if momentum is not None and not self.momentum_off:
-                    momenta[step] = momentum
-                step += 1
+        lrs = np.concatenate([phase.schedule.table[0] for phase in self.phases])  # exact Python floats
+        momenta = np.concatenate([phase.schedule.table[1] for phase in self.phases])
+        if self.momentum_off:
+            momenta[:] = np.nan
         object.__setattr__(self, "lrs", lrs)
-        object.__setattr__(self, "momenta", momenta)
+        object.__setattr__(self, "momenta", np.repeat(momenta[:, None], len(self.peaks), axis=1))
+
+    @property
+    def follows_objective(self) -> bool:
+        """Does a phase's lr follow the validation objective (torch_plateau)? Its plan is then
+        for an objective that never improves, until `fed` the objectives."""
+        return any(follows_objective(phase.schedule.shape) for phase in self.phases)
+
+    def fed(self, objectives: Sequence[float]) -> Plan:
+        """This plan after the validation objective of the epochs so far (over every phase): a
+        phase whose shape follows it is planned again from them; a plan without one is itself."""
+        if not self.follows_objective:
+            return self
+        phases, first = [], 0
+        for phase in self.phases:
+            if follows_objective(phase.schedule.shape):
+                own = tuple(float(value) for value in objectives[first : first + phase.epochs])
+                phase = dataclasses.replace(phase, schedule=dataclasses.replace(phase.schedule, metrics=own))
+            phases.append(phase)  # a phase that does not follow it keeps its schedule and its table
+            first += phase.epochs
+        return Plan(self.peaks, tuple(phases), self.momentum_off)
 
     @property
     def total(self) -> int:
@@ -198,12 +219,21 @@ def plan_config(cfg: DictConfig | Mapping, *, steps: int, n_groups: int | None =
     n_groups = count_groups(cfg.model) if n_groups is None else n_groups
     return plan_trial(
         spec.peaks(n_groups),
-        build_shape(cfg.shape),
+        configured_shape(cfg),
         epochs=cfg.train.epochs,
         freeze_epochs=cfg.train.get("freeze_epochs", 0),
         steps=steps,
         momentum_off=momentum and optimizer_momentum_off(cfg.optimizer),
     )
+
+
+def configured_shape(cfg: DictConfig | Mapping) -> Shape:
+    """The config's shape, as a trial runs it: one that follows the validation objective
+    (torch_plateau) and sets no mode takes train.direction's (maximize: max)."""
+    shape = build_shape(cfg["shape"])
+    if follows_objective(shape):
+        return shape.for_direction(cfg["train"].get("direction", "maximize"))
+    return shape
 
 
 def whole_epoch_steps(cfg: DictConfig | Mapping, about: int) -> int:
