@@ -7,7 +7,11 @@ sweep's parent run), then per trial the reporter `trial_reporter` gives, a neste
 its params, tags, config and environment artifacts, step metrics (lr of each group, momentum,
 loss) sent in batches when each epoch ends, epoch metrics, and the schedule plot at the end.
 Stores: `sqlite` (tracking=local, the embedded default) and `server` (a `mlflow server` this
-script starts on a free port of 127.0.0.1 over its own SQLite file, stopped at the end).
+script starts on a free port of 127.0.0.1 over its own SQLite file, stopped at the end), both
+recorded from the trial's process as a worker that is not the sweep's records (a job, a worker
+joined by hand); and `handed over` (sqlite, as a sweep's local worker records): the trial writes
+its records to a spool file (`sweeper.records.spool`) and the machine's recorder, in a process
+of its own as in the sweep's, sends them (`sweeper.records.machine_recorder`).
 
 Rounds interleave the variants (unrecorded, sqlite, server, unrecorded, ...). A sample is what a
 worker does: `--sequence` trials back to back (reporter made + train()), then the wait until the
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,21 +40,43 @@ TRIALS = {  # name -> overrides of the trial that is recorded
     "cnn-digits": ("model=cnn",),
 }
 HOOKS = ("on_start", "on_step", "on_epoch", "on_end")
+HANDED_OVER = "sqlite, handed over"
 
 
 class Store:
     """One way of running the trial: unrecorded, or recorded into one MLflow store."""
 
-    def __init__(self, name: str, cfg) -> None:
+    def __init__(self, name: str, cfg, folder: Path) -> None:
         from sweeper.records import tracking
 
         self.name, self.cfg, self.trials = name, cfg, 0
-        self.sweep = tracking.prepare_sweep(cfg, "bench") if name != "none" else None
+        self.sweep = tracking.prepare_sweep(cfg, f"bench-{name}") if name != "none" else None
         self.hooks: list[dict[str, float]] = []
+        self.spool = folder / f"spool-{name}" if name == HANDED_OVER else None
+        self.recorder = None
+        if self.spool is not None:  # the machine's recorder, in a process of its own as in a sweep
+            context = multiprocessing.get_context("spawn")
+            self.stop = context.Event()
+            self.recorder = context.Process(target=run_recorder, args=(self.sweep, self.spool, self.stop))
+            self.recorder.start()
+
+    def reporter(self):
+        from sweeper.records.spool import SpoolWriter
+
+        if self.spool is not None:
+            return SpoolWriter(self.spool, self.sweep.trial_header(self.trials, self.cfg))
+        return self.sweep.trial_reporter(self.trials, self.cfg)
+
+    def wait_for_records(self) -> None:
+        from sweeper.records.recorder import wait_for_records
+        from sweeper.records.spool import spool_files
+
+        wait_for_records()
+        while self.spool is not None and spool_files(self.spool):  # sent, and so removed
+            time.sleep(0.005)
 
     def trials_in_sequence(self, count: int) -> float:
         """Seconds a trial, over `count` trials back to back and the wait for their records."""
-        from sweeper.records.recorder import wait_for_records
         from sweeper.training.trainer import train
 
         started = time.perf_counter()
@@ -57,14 +84,27 @@ class Store:
             reporters = []
             if self.sweep is not None:
                 self.trials += 1
-                clock = benchlib.HookClock(self.sweep.trial_reporter(self.trials, self.cfg))
+                clock = benchlib.HookClock(self.reporter())
                 reporters.append(clock)
             result = train(self.cfg, reporters)
             benchlib.check_finished(result, "the trial")
             if reporters:
                 self.hooks.append(dict(clock.seconds))
-        wait_for_records()
+        self.wait_for_records()
         return (time.perf_counter() - started) / count
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.stop.set()
+            self.recorder.join()
+
+
+def run_recorder(sweep, folder: Path, stop) -> None:
+    from sweeper.records.machine_recorder import MachineRecorder
+
+    recorder = MachineRecorder(sweep, folder).start()
+    stop.wait()
+    recorder.close()
 
 
 @contextlib.contextmanager
@@ -124,7 +164,7 @@ def measure(trial_name: str, stores: dict[str, Store], repeats: int, sequence: i
 def main() -> None:
     parser = benchlib.parser(__doc__)
     parser.add_argument("--trials", nargs="+", default=list(TRIALS), choices=list(TRIALS))
-    parser.add_argument("--stores", nargs="+", default=["sqlite", "server"], choices=["sqlite", "server"])
+    parser.add_argument("--stores", nargs="+", default=["sqlite", "server", "spool"], choices=["sqlite", "server", "spool"])
     parser.add_argument("--epochs", type=int, default=6, help="epochs per trial (the default config's 6)")
     parser.add_argument("--repeats", type=int, default=ROUNDS, help="interleaved rounds (after one warm-up round)")
     parser.add_argument("--sequence", type=int, default=SEQUENCE, help="trials back to back in a sample")
@@ -136,17 +176,21 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
-        choices = {"none": ["tracking=none"], "sqlite": ["tracking=local"]}
+        choices = {"none": ["tracking=none"], "sqlite": ["tracking=local"], HANDED_OVER: ["tracking=local"]}
         if "server" in args.stores:
             choices["server"] = ["tracking=server", f"tracking.uri={stack.enter_context(mlflow_server(folder / 'server'))}"]
         for trial_name in args.trials:
             base = [*TRIALS[trial_name], f"train.epochs={args.epochs}", "train.device=cpu", f"results_dir={folder}"]
             stores = {
-                name: Store(name, compose_config([*base, *overrides]))
+                name: Store(name, compose_config([*base, *overrides]), folder)
                 for name, overrides in choices.items()
-                if name == "none" or name in args.stores
+                if name == "none" or name in args.stores or (name == HANDED_OVER and "spool" in args.stores)
             }
-            rows += measure(trial_name, stores, args.repeats, args.sequence, folder)
+            try:
+                rows += measure(trial_name, stores, args.repeats, args.sequence, folder)
+            finally:
+                for store in stores.values():
+                    store.close()
     benchlib.publish(
         args.out_dir,
         "tracking",
@@ -162,7 +206,9 @@ def main() -> None:
             "(every epoch's flush handed to the background), `end_ms` (the wait for the run's last "
             "records and its end to be stored; the plot follows in the background); `plot_ms`: drawing that schedule plot "
             "alone (`sweeper.schedules.plots.plot_schedule`). `trial_s_for_3pct`: the trial length at which "
-            "`overhead_ms` is 3%."
+            "`overhead_ms` is 3%. Handed over: the hooks only write lines to the spool file (the run is made, "
+            "sent and ended, and the plot drawn, by the recorder's process); the sample still ends when the "
+            "recorder has sent the last trial's records (its spool file removed)."
         ],
     )
 

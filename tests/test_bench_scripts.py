@@ -65,7 +65,7 @@ def test_tracking_benchmark_records_to_sqlite_and_a_local_server(tmp_path):
     run_script("tracking", tmp_path)
     columns = {"trial", "store", "trial_s", "recorded_s", "ratio", "overhead_ms", "start_ms", "end_ms"}
     rows = check_table(tmp_path, "tracking", columns, {"trial_s", "recorded_s", "ratio", "start_ms", "end_ms"})
-    assert {row["store"] for row in rows} == {"sqlite", "server"}
+    assert {row["store"] for row in rows} == {"sqlite", "server", "sqlite, handed over"}
     check_markdown(tmp_path, "tracking", "tracking", {"store", "ratio"})
 
 

@@ -11,6 +11,7 @@ with the real trainer, every training step's), equal to what Optuna was told.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -166,6 +167,8 @@ def faulty_sweep(tmp_path_factory):
     one worker is killed (SIGKILL) in the middle of a trial that would have finished."""
     tmp_path = tmp_path_factory.mktemp("faulty")
     gates = tmp_path / "gates"
+    modules = tmp_path / "modules"
+    modules.mkdir()
     env = {
         "PYTHONPATH": with_tests_on_path(),
         "STAND_IN_EPOCH_SECONDS": "0.1",
@@ -174,6 +177,7 @@ def faulty_sweep(tmp_path_factory):
         # The first trial past its first epoch (only healthy shapes get there) holds until its
         # worker is killed: the victim is mid-trial however slowly the test looks.
         "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "0", "TRIAL_HOLD_MAX": "1",
+        "STAND_IN_MODULES": str(modules),  # what each trial's process had loaded of MLflow
     }  # fmt: skip
     sweep = start_sweep(
         tmp_path, "sweep.trainer=helpers.trainers.StandInTrainer", *STAND_IN, "sweep.workers=2", "sweep.n_trials=8",
@@ -198,7 +202,8 @@ def faulty_sweep(tmp_path_factory):
     code, out, err = finish(sweep)
     assert code == 0, out[-3000:] + err[-3000:]
     study = optuna.load_study(study_name="mlp-digits", storage=storage)
-    return {"study": study, "victim": victim, "out": out, "tracking": f"sqlite:///{tmp_path}/results/mlflow.db"}
+    loaded = {path.name.split("-")[0]: json.loads(path.read_text()) for path in modules.iterdir()}
+    return {"study": study, "victim": victim, "out": out, "tracking": f"sqlite:///{tmp_path}/results/mlflow.db", "loaded": loaded}
 
 
 def test_a_killed_worker_s_trial_fails_by_heartbeat_and_runs_again(faulty_sweep):
@@ -209,6 +214,25 @@ def test_a_killed_worker_s_trial_fails_by_heartbeat_and_runs_again(faulty_sweep)
     assert count_trials(study).finished == 8 and count_trials(study).running == 0
     # the one failure without a reason of its own: its worker could not record one
     assert "failed 1x: no reason recorded (its worker stopped or died)" in faulty_sweep["out"]
+
+
+def test_the_killed_worker_s_run_keeps_what_it_recorded_and_is_ended(faulty_sweep):
+    """Its records went through the machine's recorder: what it wrote before the kill is in MLflow."""
+    study, victim = faulty_sweep["study"], faulty_sweep["victim"]
+    client = MlflowClient(faulty_sweep["tracking"])
+    experiment = client.get_experiment_by_name(study.study_name)
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.`sweeper.kind` = 'trial' and tags.trial = '{victim.number}'")
+    assert run.info.status == "KILLED" and run.data.tags["status"] == "killed"  # no run left RUNNING
+    recorded = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "objective")]
+    assert recorded == [(0, study.trials[victim.number].intermediate_values[1])]  # its first epoch, as Optuna heard it
+
+
+def test_one_process_on_the_machine_loads_mlflow_not_each_worker(faulty_sweep):
+    """Several worker processes ran the trials, and the records of all of them are in MLflow (the
+    tests above): sent by the sweep's process, while no worker loaded it."""
+    loaded = faulty_sweep["loaded"]
+    assert len(loaded) >= 2  # trials of several worker processes
+    assert set(map(tuple, loaded.values())) == {()}
 
 
 def test_a_trial_that_diverges_fails_alone_and_its_run_says_so(faulty_sweep):
@@ -296,9 +320,8 @@ def test_a_sweep_goes_on_while_the_mlflow_server_is_down_and_records_everything(
         (gates / "up").touch()
         code, out, err = finish(sweep)
         assert code == 0, out[-3000:] + err[-3000:]
-        logs = "".join(p.read_text() for p in (tmp_path / "results" / "sweeps" / name).glob("worker-*.log"))
-        for text in (out + err, logs):  # said clearly, where the user looks
-            assert "cannot be reached" in text and "Training goes on" in text, text[-3000:]
+        # said clearly, where the user looks: the sweep's process records for its workers
+        assert "cannot be reached" in out + err and "Training goes on" in out + err, (out + err)[-3000:]
         study = optuna.load_study(study_name=name, storage=storage)
         assert count_trials(study).finished == 6
         check_nothing_lost(study, server.url, steps=True)  # what was recorded late is recorded

@@ -140,6 +140,28 @@ def test_write_report_writes_tables_plots_and_markdown(study, tmp_path):
     assert f"- importance.png: left out: {sum(t.state == TrialState.COMPLETE for t in study.trials)} complete trials" in markdown
 
 
+def test_a_report_written_again_redraws_only_the_plots_a_new_trial_changes(study, tmp_path):
+    """As a sweep's report is written while its trials run: a trial that beats no strategy's best
+    changes the trials' plots, not the best trials' curves and schedules; a new best does."""
+    from sweeper.analysis.report import DrawnPlots
+
+    drawn = DrawnPlots()
+    write_report(study, tmp_path / "demo", drawn=drawn)
+    folder = tmp_path / "demo"
+    names = ("best_curves.png", "schedules.png", "best_so_far.png", "distribution.png")
+    for name in names:
+        (folder / name).write_bytes(b"as drawn before")  # what a redrawing would replace
+    study.add_trial(sweep_trial("fastai", "constant", TrialState.COMPLETE, 0.60))  # no strategy's best
+    again = write_report(study, folder, drawn=drawn)
+    kept = {name for name in names if (folder / name).read_bytes() == b"as drawn before"}
+    assert kept == {"best_curves.png", "schedules.png"}
+    assert {folder / name for name in names} <= set(again.files)  # listed, and shown, all the same
+    study.add_trial(sweep_trial("fastai", "constant", TrialState.COMPLETE, 0.95))  # fastai's new best
+    last = write_report(study, folder, drawn=drawn)
+    assert all((folder / name).read_bytes() != b"as drawn before" for name in names)
+    assert last.markdown == write_report(study, tmp_path / "fresh").markdown  # the report one written afresh is
+
+
 def test_an_empty_sweep_still_gets_a_report(tmp_path):
     study = optuna.create_study(study_name="empty", direction="minimize")
     report = write_report(study, tmp_path / "empty")

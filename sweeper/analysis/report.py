@@ -20,6 +20,7 @@ what its overrides or the sweep's base config say.
 
 from __future__ import annotations
 
+import functools
 import math
 import shlex
 import warnings
@@ -50,6 +51,7 @@ from sweeper.records.tracking import MlflowSources, SweepTracking, sweep_folder 
 from sweeper.schedules.plots import log_y  # noqa: E402
 
 __all__ = [
+    "DrawnPlots",
     "Report",
     "best_by",
     "describe_trial",
@@ -294,6 +296,11 @@ def read_verdict(folder: Path) -> str | None:
 def _planned_schedule(overrides: Sequence[str], steps: int = 200, allowed: Allowed = Allowed()) -> list[list[float]]:
     """lr per group at about `steps` points of training (both phases of a fine-tune), as the
     trial's config plans it (`sweeper.trial.plan`, the trainer's own plan)."""
+    return _planned_lrs(tuple(overrides), steps, allowed)
+
+
+@functools.lru_cache(maxsize=64)  # a report written again as trials finish composes each best trial's config once
+def _planned_lrs(overrides: tuple[str, ...], steps: int, allowed: Allowed) -> list[list[float]]:
     from sweeper.trial.plan import plan_config, whole_epoch_steps
 
     cfg = trial_config(overrides, (), allowed)  # what it builds (the shape, a splitter) is checked first: the overrides are the study's
@@ -381,13 +388,28 @@ def _shared_params(study: optuna.Study) -> list[str]:
 # --- the report -------------------------------------------------------------------------------
 
 
-def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources | None = None, allowed: Allowed = Allowed()) -> Report:
+@dataclass
+class DrawnPlots:
+    """The plots last drawn into a report's folder, each by what it was drawn from: a report
+    written again (as a sweep's trials finish) redraws only the plots whose inputs changed."""
+
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+def write_report(
+    study: optuna.Study,
+    folder: str | Path,
+    sources: MlflowSources | None = None,
+    allowed: Allowed = Allowed(),
+    drawn: DrawnPlots | None = None,
+) -> Report:
     """Write the sweep's comparison into `folder` (see the module doc); return what was written.
-    Without `sources` (MLflow off or unreadable) the curves come from the study alone."""
+    Without `sources` (MLflow off or unreadable) the curves come from the study alone. With
+    `drawn`, a plot whose inputs are those it was last drawn from is kept as it is."""
     study = checked_study(study)  # a study given by any caller is read through the boundary
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    run_ids, curves = (sources.run_ids, sources.read_curve) if sources else ({}, None)
+    run_ids, curves, ended = (sources.run_ids, sources.read_curve, sources.ended) if sources else ({}, None, frozenset())
     trials = trials_table(study, run_ids)
     (objective, direction), *others = objective_columns(study)
     by_strategy = summarize(trials, "strategy", objective, direction) if len(trials) else pd.DataFrame()
@@ -408,7 +430,17 @@ def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources
         "importance.png": lambda p: plot_optuna(study, "importance", objective, p) if _importance_ready(trials) else _left_out(trials),
         "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),
     }
+    # What each plot is drawn from: the trials (any new one changes them), or the best trial of
+    # each strategy (its curves and schedule, whole once its MLflow run has ended).
+    every = trials.to_csv(index=False) + str(compared)
+    bests = repr([(key, row.to_dict(), int(row["trial"]) in ended) for key, row in sorted(best.items())]) + str(curves is not None)
+    drawn = drawn if drawn is not None else DrawnPlots()
     for name, make in makers.items():
+        inputs = bests if name in ("best_curves.png", "schedules.png") else every
+        if drawn.inputs.get(name) == inputs and (folder / name).exists():
+            plots.append(folder / name)
+            continue
+        drawn.inputs.pop(name, None)
         try:
             made = make(folder / name)
         except LeftOut as why:
@@ -422,6 +454,7 @@ def write_report(study: optuna.Study, folder: str | Path, sources: MlflowSources
             notes.append(f"- {name}: not drawn (no complete trial yet)")
         else:
             plots.append(made)
+            drawn.inputs[name] = inputs
 
     summary = _summary_markdown(study, trials, by_strategy, by_shape, objective, direction, others, read_verdict(folder))
     markdown = _report_markdown(study, summary, trials, plots, notes, objective, direction)
@@ -535,9 +568,10 @@ def _report_markdown(
     return "\n".join(lines)
 
 
-def finish_sweep(tracking: SweepTracking, study: optuna.Study, status: str = "FINISHED") -> Path:
+def finish_sweep(tracking: SweepTracking, study: optuna.Study, status: str = "FINISHED", drawn: DrawnPlots | None = None) -> Path:
     """At the sweep's end: write the comparison report, attach it to the sweep's run and end that
-    run (`status`: FINISHED, or KILLED for a sweep stopped early). Returns the folder."""
-    report = write_report(study, sweep_folder(tracking, tracking.sweep), tracking.report_sources())
+    run (`status`: FINISHED, or KILLED for a sweep stopped early). Returns the folder. `drawn`:
+    the plots a report written while the trials ran drew already."""
+    report = write_report(study, sweep_folder(tracking, tracking.sweep), tracking.report_sources(), drawn=drawn)
     tracking.attach_report(report, status)
     return report.folder

@@ -19,7 +19,6 @@ import argparse
 import gc
 import shlex
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,11 +28,14 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from sweeper.analysis.live_report import LiveReport
 from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.printed import printable
 from sweeper.config.errors import error_line
 from sweeper.config.rules import sweep_folder
+from sweeper.records.machine_recorder import MachineRecorder
 from sweeper.records.mlflow_store import TrackingSettings, check_server, tracking_settings
+from sweeper.records.spool import spool_folder
 from sweeper.records.tracking import prepare_sweep
 from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
 from sweeper.sweep.live import LiveView, WorkerNotes, read_progress, sampled
@@ -93,21 +95,30 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         _discard(held, made)
         raise
+    # This machine's workers hand their records to this process (and any left by an earlier run
+    # of the sweep that was killed are sent now): MLflow is loaded and its store opened here alone.
+    recorder = MachineRecorder(records, spool_folder(folder)).start() if records.settings is not None else None
+    live = LiveReport(records, study, plan.n_trials)  # the report, written as the trials finish
     before = count_trials(study)
     for note in [plan.arms.shares(plan.n_trials), _pruning(plan)] if plan.arms else []:
         if note:
             print(f"note: {note}", flush=True)
     interrupted = False
-    if before.finished >= plan.n_trials:  # another command finished it while this one started
-        _discard(held, made)
-        print(_finished_already(study, plan))
-    else:
-        try:
-            interrupted = _run_workers(study, plan, folder, deadline, held)
-        except KeyboardInterrupt:  # a second Ctrl-C while the workers stop
-            interrupted = True
+    try:
+        if before.finished >= plan.n_trials:  # another command finished it while this one started
+            _discard(held, made)
+            print(_finished_already(study, plan))
+        else:
+            try:
+                interrupted = _run_workers(study, plan, folder, deadline, held, live)
+            except KeyboardInterrupt:  # a second Ctrl-C while the workers stop
+                interrupted = True
+    finally:
+        live.stop()
+        if recorder is not None:  # every record the workers wrote is sent before the audit looks
+            recorder.close()
     audit = records.audit(study)  # runs left RUNNING by stopped workers ended; lost records found
-    report = _finish(records, study, plan, "KILLED" if interrupted else "FINISHED")
+    report = _finish(live, records, study, plan, "KILLED" if interrupted else "FINISHED")
     code = _summarise(study, plan, folder, records.settings, report, failed_before=before.failed)
     for line in audit.lines():
         print(f"records: {line}")
@@ -154,14 +165,11 @@ def _discard(held: list[LocalWorker], made: list[Path]) -> None:
             pass
 
 
-def _finish(records: Any, study: optuna.Study, plan: SweepPlan, status: str) -> Path | None:
+def _finish(live: LiveReport, records: Any, study: optuna.Study, plan: SweepPlan, status: str) -> Path | None:
     """The report, and the sweep's run ended; None (said in one line) when the report could not
     be written (a full disk, a folder that cannot be written): the run is ended all the same."""
-    # Imported here: its pandas and matplotlib loaded in the background while the trials ran.
-    from sweeper.analysis.report import finish_sweep
-
     try:
-        return finish_sweep(records, study, status)
+        return live.finish(status)
     except Exception as error:  # noqa: BLE001 - whatever failed, the sweep's run must not stay RUNNING
         records.end(status)
         print(
@@ -171,17 +179,17 @@ def _finish(records: Any, study: optuna.Study, plan: SweepPlan, status: str) -> 
         return None
 
 
-def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path, deadline: float | None, held: list[LocalWorker]) -> bool:
+def _run_workers(
+    study: optuna.Study, plan: SweepPlan, folder: Path, deadline: float | None, held: list[LocalWorker], live: LiveReport
+) -> bool:
     """Let the held workers go (or launch the cluster's jobs now) and follow them to the end;
     True when Ctrl-C stopped them early."""
     for worker in held:
         worker.go()
     workers = held or launch_workers(plan, folder, deadline)
-    # The report's libraries load while the trials run (this process mostly waits meanwhile),
-    # not after the last trial, where the user waits for them. Not a daemon: a process that ends
-    # early waits for the imports to finish rather than stopping a thread in the middle of one.
-    report_imports = threading.Thread(target=_load_report_libraries, name="report imports")
-    report_imports.start()
+    # The report is written while the trials run (this process mostly waits meanwhile), not
+    # after the last trial, where the user waits for it.
+    live.start()
     interrupted = False
     try:
         _watch(study, plan, workers)
@@ -189,23 +197,15 @@ def _run_workers(study: optuna.Study, plan: SweepPlan, folder: Path, deadline: f
         interrupted = True
     except BaseException:
         _stop(workers)  # watching failed: leave no orphans
+        live.stop()
         raise
     # Stopped only now, out of the except block: Ctrl-C may have cut a read of the study short,
     # and until the exception (and the frames it keeps) is gone that read can hold the storage's
     # lock, which stopping workers wait on to record their trials.
     gc.collect()
     _stop(workers)
-    # Before anything here imports them too: a module two threads import at once can be seen
-    # half made (matplotlib.pyplot's circular imports).
-    report_imports.join()
+    live.stop()  # its last drawing done: nothing of the report runs beside what follows
     return interrupted
-
-
-def _load_report_libraries() -> None:
-    import optuna.importance  # noqa: F401 - scikit-learn comes with it
-    import optuna.visualization.matplotlib  # noqa: F401
-
-    import sweeper.analysis.report  # noqa: F401 - pandas and matplotlib
 
 
 def _stop(workers: list[WorkerHandle]) -> None:

@@ -21,8 +21,6 @@ import sys
 import time
 
 from sweeper.config.errors import NotWritten, disk_full
-from sweeper.records.mlflow_store import tracking_settings
-from sweeper.records.recorder import connect_early
 from sweeper.sweep.launchers import SweepArguments
 from sweeper.sweep.lifeline import end_with_parent
 from sweeper.sweep.study import SweepPlan, load_trainer, plan_sweep
@@ -70,15 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
 def wait_for_go(plan: SweepPlan) -> bool:
     """A worker `sweeper sweep` started before checking the sweep: load what its trials need
-    (the trainer, MLflow) while the sweep checks, then wait for the word on stdin: "go" once the
-    study and the MLflow store exist (the store's client then opens in the background while the
-    first trial is composed); end of input if the sweep stopped (or died) first."""
+    (the trainer) while the sweep checks, then wait for the word on stdin: "go" once the study
+    and the MLflow store exist; end of input if the sweep stopped (or died) first. Its records
+    go to the sweep's recorder: MLflow is not loaded here."""
     load_trainer(plan.cfg)
-    settings = tracking_settings(plan.cfg)
-    if settings is not None:
-        import mlflow  # noqa: F401 - imported now, not at the first trial
-    if sys.stdin.readline().strip() != "go":
-        return False
-    if settings is not None:
-        connect_early(settings)
-    return True
+    import sweeper.records.tracking  # noqa: F401 - imported now, not at the first trial
+
+    return sys.stdin.readline().strip() == "go"

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GitState", "PACKAGES", "describe_environment", "git_state", "package_versions"]
+__all__ = ["GitState", "PACKAGES", "describe_environment", "git_state", "package_versions", "torch_environment"]
 
 # The libraries whose versions can change a result or how it is recorded.
 PACKAGES = (
@@ -89,13 +89,22 @@ def describe_environment(device: str | None = None) -> dict[str, Any]:
         "host": socket.gethostname(),
         "device": device,
     }
-    torch = sys.modules.get("torch")  # only if the trainer loaded it: importing it costs seconds
+    torch = torch_environment()
     if torch is not None:
-        info["torch"] = {
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "threads": torch.get_num_threads(),
-            "deterministic": torch.are_deterministic_algorithms_enabled(),
-            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        }
+        info["torch"] = torch
     return info
+
+
+def torch_environment() -> dict[str, Any] | None:
+    """torch's settings in this process, or None if the trainer did not load it (importing it
+    costs seconds)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return {
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }

@@ -3,6 +3,10 @@
     reporter = record_run(cfg, kind="train")     # or SweepTracking.trial_reporter(...) for a trial
     train(cfg, [reporter, ...])
 
+A sweep's local workers do not hold one: they write spool files (sweeper.records.spool) and the
+machine's recorder (sweeper.records.machine_recorder) replays each into one of these, in the
+sweep's process, with the times the worker wrote.
+
 How it talks to MLflow, and why:
 - `MlflowClient` with explicit run ids, never the fluent API's active run: workers are processes
   and one process may hold several recorders.
@@ -13,7 +17,7 @@ How it talks to MLflow, and why:
   with the next flush of any run in this process, or when the process exits).
 - Nothing secret is recorded: every param, tag and text artifact goes through `mask_text`.
 Artifacts: `config.yaml` (the resolved config), `environment.json`, and `schedule.png` (the lr of
-every group and the momentum the run actually used).
+every group and the momentum the run actually used; sweeper.records.run_plot).
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +48,7 @@ from sweeper.records.mlflow_store import (
     mlflow_client,
     tracking_settings,
 )
+from sweeper.records.run_plot import schedule_png_as_run
 from sweeper.records.run_record import (
     RUN_STATUS,
     ended_label,
@@ -60,7 +64,7 @@ from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, Tr
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["Locate", "MlflowRecorder", "connect_early", "now_ms", "record_run", "wait_for_records"]
+__all__ = ["Locate", "MlflowRecorder", "now_ms", "record_run", "wait_for_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +122,10 @@ class MlflowRecorder(Reporter):
         self._status: tuple[str, int] | None = None  # (MLflow status, end time) once ended, until sent
         self._ended = False
         self.disk_full = False  # the store's last answer: its disk is full (not out of reach)
+        # Where the times of the records come from, and where the run ran (None: this process);
+        # the machine's recorder sets both to what the worker's spool file says.
+        self.clock: Callable[[], int] = now_ms
+        self.environment: dict[str, Any] | None = None
         self.queue_tags(tags or {})
         if overrides:
             self.queue_tags({"overrides": " ".join(overrides)})
@@ -125,7 +133,7 @@ class MlflowRecorder(Reporter):
     # Reporter events. They never raise: a recording problem must not end a trial.
 
     def on_start(self, event: StartEvent) -> None:
-        self._start_ms = now_ms()
+        self._start_ms = self.clock()
         self._start = event
         # The run exists, with the tags that file it (sweep, kind, trial), before the first batch:
         # a worker killed mid-trial leaves a run the sweep can find and end. The rest follows.
@@ -157,7 +165,7 @@ class MlflowRecorder(Reporter):
                 # Seen in the runs list at a glance: "trial 3 · pruned · geometric · ...".
                 self.queue_tags({"mlflow.runName": ended_label(self._run_name, result.status)})
             with self._lock:
-                self._status = (RUN_STATUS.get(result.status, "FAILED"), now_ms())
+                self._status = (RUN_STATUS.get(result.status, "FAILED"), self.clock())
                 self._ended = True
         self.flush()
         if result.steps and self.settings.schedule_plot:
@@ -179,7 +187,7 @@ class MlflowRecorder(Reporter):
     def record_config(self, config: Mapping, device: str | None = None) -> None:
         """Queue the resolved config (config.yaml) and where the run ran (environment.json)."""
         self.attach("config.yaml", OmegaConf.to_yaml(OmegaConf.create(dict(config))))
-        self.attach("environment.json", json.dumps(describe_environment(device), indent=1))
+        self.attach("environment.json", json.dumps(self.environment or describe_environment(device), indent=1))
 
     def queue_params(self, params: Mapping[str, Any]) -> None:
         masked = {key: mask_text(str(value))[:MAX_PARAM_LENGTH] for key, value in params.items()}
@@ -195,7 +203,7 @@ class MlflowRecorder(Reporter):
     def _queue_metrics(self, values: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
-        now = now_ms()
+        now = self.clock()
         metrics = [Metric(key, float(value), now, step) for key, value in values.items()]
         with self._lock:
             self._metrics.extend(metrics)
@@ -315,7 +323,7 @@ class MlflowRecorder(Reporter):
 
     def _attach_plot(self, result: TrialResult) -> None:
         with _never_raises("schedule plot"):
-            self.attach("schedule.png", _schedule_png(result))
+            self.attach("schedule.png", schedule_png_as_run(result))
         self._flush_now()
 
 
@@ -329,30 +337,6 @@ def _never_raises(what: str) -> Iterator[None]:
         yield
     except Exception:  # noqa: BLE001 - tracking must never end a trial; say what went wrong
         logger.exception("sweeper: recording the %s of a run in MLflow failed; training goes on", what)
-
-
-@dataclass(frozen=True)
-class _RecordedSchedule:
-    """The lr of every group and the momentum a run used, in the shape plot_schedule draws."""
-
-    steps: Sequence[StepEvent]
-
-    @property
-    def peaks(self) -> tuple[float, ...]:
-        return tuple(max(step.lrs[g] for step in self.steps) for g in range(len(self.steps[0].lrs)))
-
-    @property
-    def total(self) -> int:
-        return len(self.steps)
-
-    def rows(self) -> list[dict[str, float | int | None]]:
-        return [{"step": s.step, **{f"lr_{g}": lr for g, lr in enumerate(s.lrs)}, "momentum": s.momentum} for s in self.steps]
-
-
-def _schedule_png(result: TrialResult) -> bytes:
-    from sweeper.schedules.plots import schedule_png
-
-    return schedule_png(_RecordedSchedule(result.steps), title="lr of every layer group, as run")
 
 
 class _Sender:
@@ -378,17 +362,6 @@ class _Sender:
 
 
 os.register_at_fork(after_in_child=_Sender.forget)
-
-
-def connect_early(settings: TrackingSettings) -> None:
-    """Open this process's client of the store from the background sender now (importing MLflow
-    and reading the store's schema take seconds), so the first trial's run is made at once."""
-
-    def connect() -> None:
-        with _never_raises("connection"), mlflow_calls(settings):
-            mlflow_client(settings.uri)
-
-    _Sender.submit(connect)
 
 
 def wait_for_records() -> None:

@@ -14,6 +14,7 @@ rerun, ui). The store and its settings are `sweeper.records.mlflow_store`'s; wha
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from sweeper.records.mlflow_store import (
 )
 from sweeper.records.recorder import MAX_TAG_LENGTH, MlflowRecorder, now_ms
 from sweeper.records.run_record import SWEEP_KIND, SWEEP_NODES, TRIAL_KIND, TRIAL_NODES, code_tags, flatten, plain_config, run_label
+from sweeper.records.spool import SPOOL_ENV, SpoolWriter
 from sweeper.secrets import MASK, mask_text, mask_url
 from sweeper.trial.events import Reporter
 
@@ -67,6 +69,7 @@ class MlflowSources:
 
     run_ids: Mapping[int, str]
     read_curve: Callable[[str, str], list[tuple[int, float]]]
+    ended: frozenset[int] = frozenset()  # trials whose run has ended: its curves are whole
 
 
 def sweep_folder(holder: DictConfig | SweepTracking, sweep: str) -> Path:
@@ -150,8 +153,24 @@ class SweepTracking:
         extra_tags: Mapping[str, Any] | None = None,
     ) -> Reporter:
         """The Reporter that records one trial as a child run of the sweep's run."""
-        tags = {"trial": str(trial_number), **(extra_tags or {})}
-        return self.run_reporter(trial_cfg, TRIAL_KIND, run_label(f"trial {trial_number}", trial_cfg), tags, overrides)
+        header = self.trial_header(trial_number, trial_cfg, overrides, extra_tags)
+        return self.run_reporter(trial_cfg, TRIAL_KIND, header["run_name"], header["tags"], overrides)
+
+    def trial_header(
+        self,
+        trial_number: int,
+        trial_cfg: DictConfig | Mapping,
+        overrides: Sequence[str] = (),
+        extra_tags: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What makes a trial's run: its name, tags, overrides and config (a spool file's first line)."""
+        return {
+            "trial": trial_number,
+            "run_name": run_label(f"trial {trial_number}", trial_cfg),
+            "tags": {"sweeper.kind": TRIAL_KIND, "sweep": self.sweep, "trial": str(trial_number), **(extra_tags or {})},
+            "overrides": list(overrides),
+            "config": plain_config(trial_cfg),
+        }
 
     def run_reporter(
         self,
@@ -182,6 +201,9 @@ class SweepTracking:
 
     def trial_runs(self) -> dict[int, str]:
         """Trial number -> MLflow run id of this sweep's trials (a retried number: its newest run)."""
+        return {number: run.info.run_id for number, run in self._trial_runs().items()}
+
+    def _trial_runs(self) -> dict[int, Any]:
         if self.settings is None:
             return {}
         with mlflow_calls(self.settings):
@@ -189,7 +211,7 @@ class SweepTracking:
             experiment_id, _ = self.locate(client)
             runs = search_all(client, experiment_id, f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{self.sweep}'")
         ordered = sorted(runs, key=lambda run: run.info.start_time)
-        return {int(run.data.tags["trial"]): run.info.run_id for run in ordered if run.data.tags.get("trial", "").isdigit()}
+        return {int(run.data.tags["trial"]): run for run in ordered if run.data.tags.get("trial", "").isdigit()}
 
     def report_sources(self) -> MlflowSources | None:
         """The trials' runs and a reader of their curves, for the report; None when MLflow is off
@@ -197,12 +219,16 @@ class SweepTracking:
         if self.settings is None:
             return None
         try:
-            run_ids = self.trial_runs()
+            runs = self._trial_runs()
         except Exception as error:  # noqa: BLE001 - the report still stands on the study alone
             logger.warning("sweeper report: MLflow runs could not be read (%s); the report uses the study alone.", one_line(error))
             return None
         settings = self.settings
-        return MlflowSources(run_ids, lambda run_id, key: read_curves(settings, run_id, [key])[key])
+        return MlflowSources(
+            {number: run.info.run_id for number, run in runs.items()},
+            lambda run_id, key: read_curves(settings, run_id, [key])[key],
+            frozenset(number for number, run in runs.items() if run.info.status != "RUNNING"),
+        )
 
     def audit(self, study: optuna.Study) -> RecordsAudit:
         """After the workers: end the sweep's runs left RUNNING whose trial is no longer running
@@ -470,9 +496,11 @@ def trial_reporter(
     extra_tags: Mapping[str, Any] | None = None,
     location: Mapping[str, str] | None = None,
 ) -> Reporter:
-    """For a worker process that has the config but not the parent's SweepTracking: the sweep's
-    run is where the study's recorded `location` says, else looked up by its tags (once per
-    process) at the trial's first flush."""
+    """For a worker process that has the config but not the parent's SweepTracking. A local worker
+    of a sweep (SPOOL_ENV set) hands its records to the machine's recorder through a spool file;
+    any other (a job, a worker joined by hand) records to MLflow itself: the sweep's run is where
+    the study's recorded `location` says, else looked up by its tags (once per process) at the
+    trial's first flush."""
     location = location or {}
     sweep = SweepTracking(
         tracking_settings(trial_cfg),
@@ -481,4 +509,7 @@ def trial_reporter(
         location.get("parent_run_id") or None,
         results_dir=str(trial_cfg.get("results_dir", "results")),
     )
+    spool = os.environ.get(SPOOL_ENV)
+    if spool and sweep.settings is not None:
+        return SpoolWriter(Path(spool), sweep.trial_header(trial_number, trial_cfg, overrides, extra_tags))
     return sweep.trial_reporter(trial_number, trial_cfg, overrides, extra_tags)

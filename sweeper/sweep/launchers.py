@@ -25,6 +25,7 @@ from typing import Protocol
 from omegaconf import DictConfig
 
 from sweeper.config import ConfigError
+from sweeper.records.spool import SPOOL_ENV, spool_folder
 from sweeper.sweep.slurm_jobs import check_slurm, submit_jobs
 from sweeper.sweep.study import SweepPlan, plan_sweep
 from sweeper.sweep.warm import WarmServer
@@ -218,9 +219,8 @@ def launch_held_workers(plan: SweepPlan, logs: Path, deadline: float | None) -> 
 def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: float | None) -> list[WarmWorker]:
     """The server starts now and imports what a trial needs while the sweep checks; the workers
     are forked from it at go()."""
-    preload = ["sweeper.commands.worker", str(plan.cfg.sweep.trainer)]
-    if plan.cfg.get("tracking", {}).get("enabled", False):
-        preload += ["mlflow", "sweeper.records.recorder"]
+    # Not MLflow: the workers hand their records to the sweep's recorder (sweeper.records.spool).
+    preload = ["sweeper.commands.worker", str(plan.cfg.sweep.trainer), "sweeper.records.tracking"]
     server = WarmServer(preload)
     logs.mkdir(parents=True, exist_ok=True)
     workers = []
@@ -235,12 +235,17 @@ def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: f
                 server,
                 slot.index,
                 command,
-                {**os.environ, **slot.env(), **sweep},
+                {**os.environ, **slot.env(), **sweep, **_records(logs)},
                 lambda cold=cold: cold()[0],
                 log_size=log.stat().st_size if log.exists() else None,
             )
         )
     return workers
+
+
+def _records(sweep_folder: Path) -> dict[str, str]:
+    """A local worker's records go to this machine's recorder, the sweep's (see sweeper.records.spool)."""
+    return {SPOOL_ENV: str(spool_folder(sweep_folder).resolve())}
 
 
 def _local_slots(plan: SweepPlan) -> list[Slot]:
@@ -257,7 +262,7 @@ def _launch_local(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: 
         with open(log, "ab") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
                 command,
-                env={**os.environ, **slot.env(), **sweep},
+                env={**os.environ, **slot.env(), **sweep, **_records(logs)},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.PIPE if held else subprocess.DEVNULL,  # a held worker waits for "go" there

@@ -5,8 +5,10 @@ test's gates."""
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,8 @@ class StandInTrainer:
     better and worse trials. Environment knobs:
     STAND_IN_EPOCH_SECONDS (sleep per epoch: work, its length never decides a test),
     STAND_IN_RAISE_SHAPE (raise for that shape), STAND_IN_DIVERGE_SHAPE (end as "diverged" for
-    that shape), and the TRIAL_* gates (Gates). It reports as its device the
+    that shape), STAND_IN_MODULES (a folder: each trial writes there which MLflow modules its
+    process has loaded), and the TRIAL_* gates (Gates). It reports as its device the
     CUDA_VISIBLE_DEVICES it was started with, which is what torch would see.
     """
 
@@ -42,6 +45,9 @@ class StandInTrainer:
         for reporter in reporters:
             device = os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu"
             reporter.on_start(StartEvent({}, (cfg.lr.get("high", 1e-3),), 1, cfg.train.epochs, device))
+        if os.environ.get("STAND_IN_MODULES"):
+            loaded = sorted(m for m in sys.modules if m.partition(".")[0] == "mlflow")
+            Path(os.environ["STAND_IN_MODULES"], f"{os.getpid()}-{time.time_ns()}").write_text(json.dumps(loaded))
         result = TrialResult("finished", None, cfg.train.objective)
         for epoch in range(cfg.train.epochs):
             time.sleep(float(os.environ.get("STAND_IN_EPOCH_SECONDS", "0")))

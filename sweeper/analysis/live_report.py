@@ -1,0 +1,99 @@
+"""A sweep's report, written in the background while its trials run.
+
+    live = LiveReport(tracking, study, n_trials).start()   # the sweep's process, as the workers go
+    ...
+    folder = live.finish("FINISHED")               # after the last trial: only what changed is drawn
+
+Drawing the report's plots takes seconds (Optuna's importance, the schedules of the best trials
+composed from their configs, PNGs). Drawn only after the last trial, they are seconds the user
+waits for a command whose work is done. So the report is written again, in a thread of the
+sweep's process, as trials finish (at most one at a time, no sooner than MIN_INTERVAL_SECONDS
+after the last, and never longer than its own drawing took again, so that on a busy machine it
+takes at most half of a core from the trials; not in the sweep's tail, where every trial still
+to finish is running, so that no drawing is under way, and stale, when the last one ends), and
+at once when the sweep has all its trials, while the workers exit. The report written after that keeps each plot whose inputs did not
+change (`DrawnPlots`): all of them once the sweep is complete; else the best trials' curves and
+schedules, unless the last trials beat them. The libraries are imported here too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sweeper.records.run_plot import import_plotting
+from sweeper.records.tracking import SweepTracking, sweep_folder
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["LiveReport"]
+
+LOOK_SECONDS = 0.5  # how often the thread looks for newly finished trials
+MIN_INTERVAL_SECONDS = 2.0
+
+
+class LiveReport:
+    def __init__(self, tracking: SweepTracking, study: optuna.Study, n_trials: int) -> None:
+        self.tracking = tracking
+        self.study = study
+        self.n_trials = n_trials
+        self.drawn = None  # DrawnPlots, once the report's module is loaded
+        self._stop = threading.Event()
+        # Not a daemon: a process that ends early waits for a drawing to finish rather than
+        # stopping a thread in the middle of an import or a PNG.
+        self._thread = threading.Thread(target=self._run, name="report")
+
+    def start(self) -> LiveReport:
+        self._thread.start()
+        return self
+
+    def finish(self, status: str) -> Path:
+        """Stop writing in the background; write the final report (what changed since the last
+        one), attach it to the sweep's run and end that run."""
+        self.stop()
+        from sweeper.analysis.report import finish_sweep
+
+        return finish_sweep(self.tracking, self.study, status, self.drawn)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
+
+    def _run(self) -> None:
+        # The report's libraries load now, not after the last trial; matplotlib first, one thread
+        # at a time (the recorder draws runs' schedule plots in another).
+        import_plotting()
+        import optuna.importance  # noqa: F401 - scikit-learn comes with it
+        import optuna.visualization.matplotlib  # noqa: F401
+
+        from sweeper.analysis.report import DrawnPlots, write_report
+
+        self.drawn = DrawnPlots()
+        written, pause, last = None, MIN_INTERVAL_SECONDS, 0.0
+        while not self._stop.wait(LOOK_SECONDS):
+            finished, running = self._counts()
+            last_trial = finished >= self.n_trials  # drawn at once, while the workers exit
+            # In the sweep's tail (every trial still to finish is running) a drawing would most
+            # likely be under way when the last trial ends, and stale: the user would wait for it.
+            tail = running and finished + running >= self.n_trials and not last_trial
+            if finished == written or finished == 0 or tail or (time.monotonic() - last < pause and not last_trial):
+                continue
+            began = time.monotonic()
+            try:
+                write_report(self.study, sweep_folder(self.tracking, self.tracking.sweep), self.tracking.report_sources(), drawn=self.drawn)
+            except Exception:  # noqa: BLE001, S112 - the final report says what fails; this one only saves it time
+                continue
+            written, last = finished, time.monotonic()
+            pause = max(MIN_INTERVAL_SECONDS, last - began)
+
+    def _counts(self) -> tuple[int, int]:
+        """(finished, running) trials of the sweep."""
+        from optuna.trial import TrialState
+
+        states = [trial.state for trial in self.study.get_trials(deepcopy=False)]
+        finished = sum(state in (TrialState.COMPLETE, TrialState.PRUNED) for state in states)
+        return finished, states.count(TrialState.RUNNING)
