@@ -79,17 +79,20 @@ def finished_trials_without_records(mlflow_db: Path, study_db: Path) -> list[int
 
 
 @pytest.mark.slow
-def test_a_full_mlflow_disk_fails_the_trial_before_optuna_hears_it_finished(small_disk, tmp_path):
-    """The MLflow store on a disk that fills mid-trial (the study on another): the trial fails
-    with the reason, in one line, and the sweep exits 1; once space returns, the same command
-    runs the trials it still needs and no finished trial lacks its records."""
+def test_a_full_mlflow_disk_keeps_the_records_until_the_same_command_sends_them(small_disk, tmp_path):
+    """The MLflow store on a disk that fills mid-trial (the study and the workers' spool folder on
+    another): the sweep says so in one line and exits 1, and the finished trials' records stay in
+    the spool folder; once space returns, the same command (no trial left to run) sends them, and
+    no finished trial lacks its records."""
     store = [f"tracking.uri=sqlite:///{small_disk}/mlflow.db", f"tracking.artifacts={small_disk}/mlartifacts"]
     full = sweep(tmp_path, *store, **{FILL: str(small_disk / "fill")})
-    assert full.returncode == 1, full.stdout[-3000:] + full.stderr[-3000:]
-    assert "Traceback" not in full.stdout + full.stderr, full.stdout + full.stderr
-    said = [line for line in full.stdout.splitlines() if "could not be written: the disk is full" in line]
-    assert said and all(line.count("disk is full") == 1 for line in said), full.stdout  # one line per thing
-    assert finished_trials_without_records(small_disk / "mlflow.db", tmp_path / "results" / "studies.db") == []
+    out = full.stdout + full.stderr
+    assert full.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out
+    said = [line for line in out.splitlines() if "could not be written: the disk is full" in line]
+    assert said and all(line.count("disk is full") == 1 for line in said), out  # one line per thing
+    lacking = finished_trials_without_records(small_disk / "mlflow.db", tmp_path / "results" / "studies.db")
+    assert lacking and list((tmp_path / "results" / "sweeps" / "mlp-digits" / "records").rglob("*.jsonl"))  # kept, not lost
 
     (small_disk / "fill").unlink()  # space returns
     again = sweep(tmp_path, *store)

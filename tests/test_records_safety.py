@@ -24,7 +24,7 @@ import optuna
 import pytest
 from helpers.played import feed_trial
 from helpers.processes import with_tests_on_path
-from helpers.waiting import wait_for_file
+from helpers.waiting import wait_for_file, wait_until
 from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
@@ -123,9 +123,12 @@ def test_a_killed_workers_run_is_ended_and_the_sweep_says_so(tmp_path):
     )  # fmt: skip
     try:
         pid = int(wait_for_file(gates / "held-0", started))
-        (victim_run,) = [
-            r for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING" and r.data.tags.get("worker", "").endswith(f":{pid}")
-        ]
+        # the sweep's recorder replays the worker's records into MLflow as they come: wait for its run
+        (victim_run,) = wait_until(
+            lambda: [r for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING" and r.data.tags.get("worker", "").endswith(f":{pid}")],
+            "the held trial's run in MLflow",
+            started,
+        )
         os.kill(pid, signal.SIGKILL)
         out, err = started.communicate(timeout=240)
     finally:

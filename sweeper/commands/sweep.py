@@ -35,7 +35,7 @@ from sweeper.config.errors import error_line
 from sweeper.config.rules import sweep_folder
 from sweeper.records.machine_recorder import MachineRecorder
 from sweeper.records.mlflow_store import TrackingSettings, check_server, tracking_settings
-from sweeper.records.spool import spool_folder
+from sweeper.records.spool import spool_files, spool_folder
 from sweeper.records.tracking import prepare_sweep
 from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
 from sweeper.sweep.live import LiveView, WorkerNotes, read_progress, sampled
@@ -70,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
     if existing is not None:
         check_definition(existing, plan)
     folder = sweep_folder(plan.cfg.results_dir, plan.name)
-    done = existing is not None and count_trials(existing).finished >= plan.n_trials
+    # Records the store could not take yet (a full disk, a server away) wait in the spool folder:
+    # a run of the sweep sends them, even one with no trial left to run.
+    unsent = spool_files(spool_folder(folder))
+    done = existing is not None and count_trials(existing).finished >= plan.n_trials and not unsent
     if args.dry_run:
         validate_plan(plan)
         with tempfile.TemporaryDirectory() as plots:  # a dry run writes nothing: lr_find's plots go

@@ -85,10 +85,12 @@ class MachineRecorder:
         while not self._pass() and time.monotonic() < deadline and not self._store_full():
             time.sleep(EXIT_RETRY_SECONDS)
         if self._runs:
+            why = "could not be written: the disk is full" if self._store_full() else "could not take them"
             logger.warning(
-                "sweeper: MLflow at %s could not take the records of %d run(s); they stay in %s, and the next "
-                "run of this sweep sends them.",
+                "sweeper: MLflow at %s %s; the records of %d run(s) stay in %s, and the next run of this sweep "
+                "(the same command) sends them.",
                 self.tracking.settings.label,
+                why,
                 len(self._runs),
                 self.folder,
             )
