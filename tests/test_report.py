@@ -162,6 +162,55 @@ def test_a_report_written_again_redraws_only_the_plots_a_new_trial_changes(study
     assert last.markdown == write_report(study, tmp_path / "fresh").markdown  # the report one written afresh is
 
 
+def test_every_plot_is_made_and_laid_out_holding_the_drawing_lock(study, tmp_path, monkeypatch):
+    """The sweep's process draws in two threads (the recorder's schedule plots, the report), and
+    matplotlib is not thread-safe: its text layout (two at once broke its mathtext parser), and
+    pyplot's figures and style (Optuna's plots change the style while they are made). So no
+    figure is made and no text laid out, by any of the plots, while another thread could take
+    the drawing lock."""
+    import threading
+
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    from sweeper.records.run_plot import schedule_png_as_run
+    from sweeper.schedules import plots
+    from sweeper.trial.events import StepEvent
+
+    held: dict[str, list[bool]] = {"figure": [], "text": []}
+
+    def others_kept_out() -> bool:
+        taken = []
+
+        def try_to_take() -> None:
+            taken.append(plots._DRAWING.acquire(blocking=False))
+            if taken[0]:
+                plots._DRAWING.release()
+
+        other = threading.Thread(target=try_to_take)
+        other.start()
+        other.join()
+        return not taken[0]
+
+    def watch(cls, method, kind):
+        original = getattr(cls, method)
+
+        def watched(self, *args, **kwargs):
+            held[kind].append(others_kept_out())
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, watched)
+
+    watch(Figure, "__init__", "figure")
+    watch(Text, "_get_layout", "text")
+    steps = [StepEvent(s, 0, "train", (1e-4 * (s + 1), 1e-3 * (s + 1)), 0.9, 1.0) for s in range(8)]
+    schedule_png_as_run(TrialResult("finished", 0.9, "accuracy", steps=steps))
+    report = write_report(study, tmp_path / "demo")
+    assert "not drawn" not in report.markdown
+    assert len(held["figure"]) >= 5 and len(held["text"]) > 20
+    assert all(held["figure"]) and all(held["text"])
+
+
 def test_an_empty_sweep_still_gets_a_report(tmp_path):
     study = optuna.create_study(study_name="empty", direction="minimize")
     report = write_report(study, tmp_path / "empty")

@@ -48,7 +48,7 @@ from sweeper.boundary.recorded_sweep import recorded_anchor, recorded_compare, r
 from sweeper.config import ConfigError  # noqa: E402
 from sweeper.config.errors import error_line  # noqa: E402
 from sweeper.records.tracking import MlflowSources, SweepTracking, sweep_folder  # noqa: E402
-from sweeper.schedules.plots import log_y  # noqa: E402
+from sweeper.schedules.plots import drawing, log_y, save_figure  # noqa: E402
 
 __all__ = [
     "DrawnPlots",
@@ -60,7 +60,6 @@ __all__ = [
     "summarize",
     "finish_sweep",
     "read_verdict",
-    "save_figure",
     "trials_table",
     "write_report",
 ]
@@ -210,13 +209,6 @@ def describe_trial(row: pd.Series, objective: str) -> str:
 
 
 # --- plots ------------------------------------------------------------------------------------
-
-
-def save_figure(figure: plt.Figure, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
 
 
 def plot_best_curves(
@@ -442,7 +434,8 @@ def write_report(
             continue
         drawn.inputs.pop(name, None)
         try:
-            made = make(folder / name)
+            with drawing():  # the whole figure: pyplot's state is shared with the recorder's thread
+                made = make(folder / name)
         except LeftOut as why:
             notes.append(f"- {name}: left out: {why}")
             continue

@@ -42,7 +42,7 @@ from sweeper.analysis.ablation import FACTORS, variants
 from sweeper.analysis.confirm import TrainFn, compose_trial
 from sweeper.analysis.paired import Paired, paired, seeds_needed, with_family
 from sweeper.analysis.repeats import seed_count
-from sweeper.analysis.report import VERDICT_FILE, best_by, markdown_table, objective_columns, plt, save_figure, trials_table
+from sweeper.analysis.report import VERDICT_FILE, best_by, markdown_table, objective_columns, plt, trials_table
 from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.boundary.recorded_study import trial_overrides
@@ -50,6 +50,7 @@ from sweeper.boundary.recorded_sweep import recorded_compare
 from sweeper.config import ConfigError
 from sweeper.records.run_record import ABLATION_KIND, CONFIRM_KIND
 from sweeper.records.tracking import SweepTracking
+from sweeper.schedules.plots import drawing, save_figure
 from sweeper.schedules.slices import parse_lr
 from sweeper.trial.events import Reporter
 
@@ -399,7 +400,8 @@ def _write(verdict: Verdict, sweep: str, param: str, objective: str, direction: 
     table.to_csv(files[2], index=False)
     record = {"answer": verdict.answer, "param": param, "seeds": seeds, "arms": {a.arm: a.typed for a in verdict.arms.values()}}
     files[3].write_text(json.dumps(record, indent=1))
-    plot = _plot(verdict.comparisons, objective, folder / "verdict.png")
+    with drawing():  # the recorder may be drawing a run's schedule in another thread
+        plot = _plot(verdict.comparisons, objective, folder / "verdict.png")
     verdict.files = [*files, plot]
 
 

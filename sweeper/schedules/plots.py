@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -14,16 +17,29 @@ from matplotlib.ticker import NullLocator  # noqa: E402
 
 from sweeper.schedules.shapes import Schedule  # noqa: E402
 
-__all__ = ["log_y", "plot_schedule", "save_figure", "schedule_png"]
+__all__ = ["drawing", "log_y", "plot_schedule", "save_figure", "schedule_png"]
+
+# matplotlib draws in one thread at a time: its text layout (the mathtext parser, the shared font
+# objects) and pyplot's style and figure registry are process-wide and not thread-safe, and the
+# sweep's process draws in two threads (the recorder's schedule plots, the report's).
+_DRAWING = threading.RLock()
+
+
+@contextmanager
+def drawing() -> Iterator[None]:
+    """Hold matplotlib for a figure's whole life: made, laid out, saved, closed."""
+    with _DRAWING:
+        yield
 
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
     """Write `figure` as a PNG at `path` (folders made as needed) and free it."""
-    figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with drawing():
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
     return path
 
 
@@ -45,6 +61,11 @@ def schedule_png(schedule: Schedule, title: str = "") -> bytes:
     """plot_schedule's PNG, as bytes. Every recorded trial draws one as it ends, so it is kept
     cheap: a figure outside pyplot's registry, fixed margins instead of tight_layout (which
     costs as much as drawing the whole figure), and no minor ticks on the log axis."""
+    with drawing():
+        return _schedule_png(schedule, title)
+
+
+def _schedule_png(schedule: Schedule, title: str) -> bytes:
     rows = schedule.rows()
     steps = [row["step"] for row in rows]
     momenta = [row["momentum"] for row in rows]
