@@ -1,12 +1,14 @@
-"""What users type, through the installed `sweeper` console script, as they would type it.
+"""What users type, as they would type it to the installed `sweeper` console script.
 
 The slice the fastai way on every command (a number, slice(hi), slice(None, hi), slice(lo, hi), a
 list), Hydra's override grammar whole (deletes, shuffle, exclusive ends, a replaced search node,
 hydra-optuna-sweeper's older mapping form), and settings every trial would fail on. A refusal is
 exit 2, one line on stderr that names the setting and the fix, no traceback, and nothing made in
 the working directory (no results/, studies.db or mlflow.db). Arguments are given as the shell
-hands them over: `lr='slice(1e-5,1e-3)'` typed in bash arrives as lr=slice(1e-5,1e-3). Runs of
-the console script are `slow` (a few seconds each), as in tests/test_bad_input.py.
+hands them over: `lr='slice(1e-5,1e-3)'` typed in bash arrives as lr=slice(1e-5,1e-3). Most
+cases run the command in this process (`sweeper.cli.main`, the console script's own function:
+the same parsing, messages and exit codes, without seconds of process start each); a few run the
+console script itself, as in tests/test_bad_input.py, and are `slow`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 from omegaconf import OmegaConf
 from test_bad_input import check_refusal, made_under
 
+from sweeper.cli import main
 from sweeper.config import compose_config
 from sweeper.schedules.slices import parse_lr
 from sweeper.sweep.study import plan_sweep
@@ -164,20 +167,39 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def sweeper(argv: list[str], workdir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The console script, in `workdir`."""
     return subprocess.run([str(SCRIPT), *argv], cwd=workdir, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("argv", "fragments"),
-    [pytest.param(argv, fragments, id=name, marks=marks) for name, argv, fragments, *marks in REFUSALS],
-)
-def test_refused_in_one_line_naming_the_setting_and_the_fix(argv, fragments, inputs, workdir):
+def typed(argv: list[str], capsys) -> subprocess.CompletedProcess:
+    """The console script's command in this process, in the working directory (`workdir`)."""
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
+REFUSAL_CASES = [pytest.param(argv, fragments, id=name, marks=marks) for name, argv, fragments, *marks in REFUSALS]
+# Through the console script too: one of each kind (a slice, Hydra's grammar, a config file, the data).
+SCRIPT_CASES = ("lr-word", "delete-other-value-worker", "yaml-tab", "data-shape-sweep")
+
+
+def check_refused(argv: list[str], fragments: list[str], inputs: Path, workdir: Path, run) -> None:
     argv = [a.replace("{inputs}", str(inputs)) for a in argv]
-    done = sweeper(argv, workdir)
+    done = run(argv)
     assert "Traceback" not in done.stderr, done.stderr
     check_refusal(argv[0], done.returncode, done.stderr, [f.replace("{inputs}", str(inputs)) for f in fragments], workdir)
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize(("argv", "fragments"), REFUSAL_CASES)
+def test_refused_in_one_line_naming_the_setting_and_the_fix(argv, fragments, inputs, workdir, capsys):
+    check_refused(argv, fragments, inputs, workdir, lambda argv: typed(argv, capsys))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("argv", "fragments"), [case for case in REFUSAL_CASES if case.id in SCRIPT_CASES])
+def test_the_console_script_refuses_them_the_same_way(argv, fragments, inputs, workdir):
+    check_refused(argv, fragments, inputs, workdir, lambda argv: sweeper(argv, workdir))
 
 
 # The forms of the README's table, as typed in bash, and the lr group each one sets.
@@ -192,19 +214,17 @@ FORM_IDS = [form for form, _ in LR_FORMS]
 TINY = ["data=synthetic", "data.source.n_samples=120", "train.epochs=1", "tracking=none"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("form", "lr"), LR_FORMS, ids=FORM_IDS)
-def test_sweeper_train_takes_the_lr_as_fastai_takes_it(form, lr, workdir):
-    done = sweeper(["train", "--quiet", "--name", "run", f"lr={form}", *TINY], workdir)
+def test_sweeper_train_takes_the_lr_as_fastai_takes_it(form, lr, workdir, capsys):
+    done = typed(["train", "--quiet", "--name", "run", f"lr={form}", *TINY], capsys)
     assert done.returncode == 0, done.stderr
     recorded = yaml.safe_load((workdir / "results" / "train" / "run" / "config.yaml").read_text())
     assert recorded["lr"] == lr
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("form", "lr"), LR_FORMS, ids=FORM_IDS)
-def test_a_sweep_with_a_fixed_lr_samples_no_slice_and_says_so(form, lr, workdir):
-    done = sweeper(["sweep", "--dry-run", f"lr={form}", "search.shape=null", "train.batch_size=choice(32,64)"], workdir)
+def test_a_sweep_with_a_fixed_lr_samples_no_slice_and_says_so(form, lr, workdir, capsys):
+    done = typed(["sweep", "--dry-run", f"lr={form}", "search.shape=null", "train.batch_size=choice(32,64)"], capsys)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [
         f"  lr: fixed at {parse_lr(lr).describe()}; search.lr is not sampled",
@@ -224,14 +244,13 @@ def test_the_trials_of_such_a_sweep_all_run_that_lr(form, lr):
         assert OmegaConf.to_container(compose_config([*plan.overrides, *trial_overrides]).lr) == lr
 
 
-@pytest.mark.slow
-def test_dry_run_shows_deletes_shuffles_replaced_nodes_and_exclusive_ends(workdir):
-    done = sweeper(
+def test_dry_run_shows_deletes_shuffles_replaced_nodes_and_exclusive_ends(workdir, capsys):
+    done = typed(
         [
             "sweep", "--dry-run", "search.shape={constant: {}, triangular: {warmup_pct: 'interval(0.1, 0.6)'}}",
             "search=shapes", "~search.lr.low_ratio", "lr=fastai", "train.batch_size=shuffle(range(16,64,16))",
         ],
-        workdir,
+        capsys,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [

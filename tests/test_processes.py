@@ -394,3 +394,28 @@ def test_a_check_that_fails_while_the_workers_start_ends_them_and_writes_nothing
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"sweeper sweep: error: {setting}:"), done.stderr
     assert not any(tmp_path.iterdir())  # no log, no results folder
+
+
+def test_the_command_ends_without_the_teardown_but_after_what_exit_does_that_matters(tmp_path):
+    """`sweeper` ends its process at once when the command returns (the teardown of thousands of
+    modules took ~2 s after a sweep), but only after what the interpreter's exit does that
+    matters: a running thread finishes, the atexit handlers run (the recorder's last sends),
+    and what was printed without a newline is flushed. The exit code is the command's."""
+    script = f"""
+import atexit, threading
+from pathlib import Path
+from sweeper.cli import _exit_now
+
+folder = Path({str(tmp_path)!r})
+def slow_writer():
+    threading.Event().wait(1.0)  # still running when the command returns
+    (folder / "thread").write_text("finished")
+threading.Thread(target=slow_writer).start()  # not a daemon: exit waits for it
+atexit.register(lambda: (folder / "atexit").write_text((folder / "thread").read_text()))
+print("said, without a newline", end="")
+_exit_now(3)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "said, without a newline"
+    assert (tmp_path / "atexit").read_text() == "finished"  # the handler ran after the thread ended

@@ -174,6 +174,34 @@ def test_the_audit_names_finished_trials_without_records(tracked_config):
     assert "finished trial(s) 1" in " ".join(audit.lines())
 
 
+def test_the_audit_leaves_the_trials_another_commands_recorder_is_sending(tracked_config, tmp_path):
+    """Two sweep commands of one sweep on one machine: the first to end must not judge a trial
+    whose records the other's recorder is still sending (it ended that run KILLED and said its
+    records were lost). Its spool file says so while that recorder holds the folder."""
+    import fcntl
+
+    from sweeper.records.spool import RECORDER_LOCK, spool_folder
+
+    cfg = tracked_config()
+    tracking = prepare_sweep(cfg, "shared")
+    client = MlflowClient(tracking.settings.uri)
+    run = client.create_run(tracking.experiment_id, tags={"sweep": "shared", "sweeper.kind": "trial", "trial": "0"})
+    study = optuna.create_study(study_name="shared", direction="maximize")
+    study.add_trial(create_trial(params={"lr.high": 1e-3}, distributions={"lr.high": FloatDistribution(1e-4, 1e-2)}, value=0.5))
+    spool = spool_folder(tmp_path / "sweep")
+    spool.mkdir(parents=True)
+    (spool / "4242-0-0123abcd.jsonl").write_text("")  # trial 0's records, not all sent yet
+    other = os.open(spool / RECORDER_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)  # the other command's recorder
+    audit = tracking.audit(study, spool)
+    assert audit.complete and not audit.closed
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    os.close(other)  # that recorder gone, and the file still there: the run is judged
+    audit = tracking.audit(study, spool)
+    assert audit.lost == [0] and len(audit.closed) == 1
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
 def test_two_sweeps_started_together_make_one_study_and_one_parent_run(tmp_path):
     command = [sys.executable, "-m", "sweeper.cli", "sweep", *SMALL, "sweep.n_trials=4"]
     both = [

@@ -47,3 +47,33 @@ def test_forked_workers_run_their_commands_into_their_own_logs(server, tmp_path)
     server.close()  # no more workers: the server ends on its own
     wait_until(lambda: not server.alive(), "the server to end once its input closed")
     assert server.process.returncode == 0
+
+
+def test_stopping_a_worker_that_ends_as_it_is_stopped_is_no_error(tmp_path, monkeypatch):
+    """Ctrl-C reaches the workers too: one may end between the sweep's look at it and its
+    signal. That worker is stopped, not an error that ends the sweep with a traceback."""
+    from sweeper.sweep import launchers
+
+    class JustEnded:
+        closed = False
+
+        def exit_code(self, index: int) -> int | None:
+            return None  # still running when looked at
+
+        def worker_pid(self, index: int) -> int:
+            return 4242
+
+        def wait_exit(self, index: int, timeout: float) -> int:
+            return 130
+
+        def close(self) -> None:
+            self.closed = True
+
+    def gone(pid: int, sig: int) -> None:
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(launchers.os, "kill", gone)
+    server = JustEnded()
+    worker = launchers.WarmWorker("worker 0", tmp_path / "log", server, 0, [], {}, cold=lambda: None, started=True)
+    worker.stop()
+    assert server.closed

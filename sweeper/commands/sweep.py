@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         live.stop()
         if recorder is not None:  # every record the workers wrote is sent before the audit looks
             recorder.close()
-    audit = records.audit(study)  # runs left RUNNING by stopped workers ended; lost records found
+    audit = records.audit(study, spool_folder(folder))  # runs left RUNNING by stopped workers ended; lost records found
     report = _finish(live, records, study, plan, "KILLED" if interrupted else "FINISHED")
     code = _summarise(study, plan, folder, records.settings, report, failed_before=before.failed)
     for line in audit.lines():

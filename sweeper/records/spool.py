@@ -43,6 +43,7 @@ __all__ = [
     "read_lines",
     "spool_files",
     "spool_folder",
+    "trials_in_another_recorders_hands",
     "start_event",
     "step_event",
     "writer_gone",
@@ -184,6 +185,33 @@ def spool_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(folder.glob(f"*{SUFFIX}"), key=lambda path: path.name)
+
+
+RECORDER_LOCK = "recorder.lock"  # held by the one recorder that reads a spool folder
+
+
+def trials_in_another_recorders_hands(folder: Path) -> set[int]:
+    """The trials whose spool files wait in `folder` while another process's recorder holds it
+    (a second sweep command of the sweep on this machine): that recorder sends them and only
+    then removes their files. Empty when no recorder holds the folder."""
+    lock = folder / RECORDER_LOCK
+    if not lock.is_file():
+        return set()
+    fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        # Listed while that recorder holds the folder: a file it has finished sending is gone.
+        return {trial for trial in map(_trial_of, spool_files(folder)) if trial is not None}
+    finally:
+        os.close(fd)  # a lock taken goes with it
+    return set()
+
+
+def _trial_of(path: Path) -> int | None:
+    """The trial number a spool file's name carries (`<pid>-<trial>-<id>.jsonl`), if any."""
+    parts = path.stem.split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
 def step_event(values: list[Any]) -> StepEvent:

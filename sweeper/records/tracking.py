@@ -37,7 +37,7 @@ from sweeper.records.mlflow_store import (
 )
 from sweeper.records.recorder import MAX_TAG_LENGTH, MlflowRecorder, now_ms
 from sweeper.records.run_record import SWEEP_KIND, SWEEP_NODES, TRIAL_KIND, TRIAL_NODES, code_tags, flatten, plain_config, run_label
-from sweeper.records.spool import SPOOL_ENV, SpoolWriter
+from sweeper.records.spool import SPOOL_ENV, SpoolWriter, trials_in_another_recorders_hands
 from sweeper.secrets import MASK, mask_text, mask_url
 from sweeper.trial.events import Reporter
 
@@ -230,28 +230,34 @@ class SweepTracking:
             frozenset(number for number, run in runs.items() if run.info.status != "RUNNING"),
         )
 
-    def audit(self, study: optuna.Study) -> RecordsAudit:
+    def audit(self, study: optuna.Study, spool: Path | None = None) -> RecordsAudit:
         """After the workers: end the sweep's runs left RUNNING whose trial is no longer running
         (a worker that died or was stopped mid-trial: KILLED), and find the finished trials
-        MLflow holds no finished run for (records lost)."""
+        MLflow holds no finished run for (records lost). Trials whose records another command's
+        recorder is sending from this machine's `spool` folder are not judged: that recorder
+        ends their runs."""
         if self.settings is None or self.parent_run_id is None:
             return RecordsAudit()
         try:
-            return self._audit(study)
+            return self._audit(study, trials_in_another_recorders_hands(spool) if spool is not None else set())
         except Exception as error:  # noqa: BLE001 - a store that cannot be read cannot show the records are there
             return RecordsAudit(unread=f"MLflow at {self.settings.label} could not be read to check the records ({one_line(error)})")
 
-    def _audit(self, study: optuna.Study) -> RecordsAudit:
+    def _audit(self, study: optuna.Study, sent_elsewhere: set[int]) -> RecordsAudit:
         from mlflow.entities import RunTag
         from optuna.trial import TrialState
 
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        # Read after the spool folder was (a file is removed once its run is in the store).
+        trials = {t.number: t for t in study.get_trials(deepcopy=False) if t.number not in sent_elsewhere}
         with mlflow_calls(self.settings):
             client = mlflow_client(self.settings.uri)
             runs = search_all(client, self.experiment_id, f"tags.sweep = '{self.sweep}'")
             closed = []
             for run in runs:
-                trial = trials.get(int(run.data.tags.get("trial", -1))) if run.data.tags.get("sweeper.kind") == TRIAL_KIND else None
+                number = int(run.data.tags.get("trial", -1)) if run.data.tags.get("sweeper.kind") == TRIAL_KIND else None
+                if number in sent_elsewhere:
+                    continue
+                trial = trials.get(number) if number is not None else None
                 if (
                     run.info.status == "RUNNING"
                     and run.info.run_id != self.parent_run_id

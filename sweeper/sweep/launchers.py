@@ -11,6 +11,7 @@ also ends when the sweep that started it ends, however it ends (SIGKILL included
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -174,9 +175,12 @@ class WarmWorker:
         elif self.started and self.poll() is None:
             pid = self.server.worker_pid(self.index)
             if pid is not None:
-                os.kill(pid, signal.SIGINT)
+                # The worker may end between the look above and the signal (Ctrl-C reaches it too).
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
                 if self.server.wait_exit(self.index, STOP_SECONDS) is None:
-                    os.kill(pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                     self.server.wait_exit(self.index, STOP_SECONDS)
         self.server.close()
 
