@@ -195,13 +195,15 @@ class JobWorker:
     def stop(self) -> None:
         """Stop the job's worker as Ctrl-C stops a local one (its trial marked failed, its
         records sent), and cancel the job if it is still queued after STOP_SECONDS."""
-        if self.job.done():
+        state = self._cluster_state()
+        if state is None:
             return
-        if self._cluster_state() == "PENDING":
+        if state == "PENDING":
             self.job.cancel(check=False)
             self.code = 1
             return
-        _slurm("scancel", "--signal=INT", self.job_id)
+        if not self.job.done():  # its worker still runs (a worker that has ended is only waited for)
+            _slurm("scancel", "--signal=INT", self.job_id)
         deadline = time.monotonic() + STOP_SECONDS
         while self._cluster_state() is not None and time.monotonic() < deadline:
             time.sleep(STOP_POLL_SECONDS)
@@ -211,10 +213,10 @@ class JobWorker:
 
     def _cluster_state(self) -> str | None:
         """The job's state in the queue (PENDING, RUNNING, COMPLETING...); None once it has left."""
-        if self.job.done():
-            return None
         if not hasattr(self.job, "_interrupt"):  # submitit's local cluster: processes, not a queue
-            return "RUNNING"
+            return None if self.job.done() else "RUNNING"
+        # The queue's word, not submitit's: a job whose worker has ended is listed until SLURM
+        # has let it go, and a stopped sweep leaves nothing in the queue.
         states = _slurm("squeue", "--noheader", "--format=%T", f"--jobs={self.job_id}").split()
         return states[0] if states else None
 
