@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     folder = sweep_folder(plan.cfg.results_dir, plan.name)
     # Records the store could not take yet (a full disk, a server away) wait in the spool folder:
     # a run of the sweep sends them, even one with no trial left to run.
-    unsent = spool_files(spool_folder(folder))
+    spool = spool_folder(folder)
+    unsent = spool_files(spool)
     done = existing is not None and count_trials(existing).finished >= plan.n_trials and not unsent
     if args.dry_run:
         validate_plan(plan)
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     # This machine's workers hand their records to this process (and any left by an earlier run
     # of the sweep that was killed are sent now): MLflow is loaded and its store opened here alone.
-    recorder = MachineRecorder(records, spool_folder(folder)).start() if records.settings is not None else None
+    recorder = MachineRecorder(records, spool).start() if records.settings is not None else None
     live = LiveReport(records, study, plan.n_trials)  # the report, written as the trials finish
     before = count_trials(study)
     for note in [plan.arms.shares(plan.n_trials), _pruning(plan)] if plan.arms else []:
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         live.stop()
         if recorder is not None:  # every record the workers wrote is sent before the audit looks
             recorder.close()
-    audit = records.audit(study, spool_folder(folder))  # runs left RUNNING by stopped workers ended; lost records found
+    audit = records.audit(study, spool)  # runs left RUNNING by stopped workers ended; lost records found
     report = _finish(live, records, study, plan, "KILLED" if interrupted else "FINISHED")
     code = _summarise(study, plan, folder, records.settings, report, failed_before=before.failed)
     for line in audit.lines():
@@ -199,15 +200,13 @@ def _run_workers(
     except KeyboardInterrupt:
         interrupted = True
     except BaseException:
-        _stop(workers)  # watching failed: leave no orphans
-        live.stop()
+        _stop(workers)  # watching failed: leave no orphans (the report stops with the command)
         raise
     # Stopped only now, out of the except block: Ctrl-C may have cut a read of the study short,
     # and until the exception (and the frames it keeps) is gone that read can hold the storage's
     # lock, which stopping workers wait on to record their trials.
     gc.collect()
     _stop(workers)
-    live.stop()  # its last drawing done: nothing of the report runs beside what follows
     return interrupted
 
 

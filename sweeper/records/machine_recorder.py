@@ -24,7 +24,6 @@ machine take turns.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from sweeper.records.environment import describe_environment
 from sweeper.records.mlflow_store import mlflow_calls, mlflow_client, one_line
 from sweeper.records.recorder import EXIT_RETRY_SECONDS, EXIT_WAIT_SECONDS, MlflowRecorder
-from sweeper.records.spool import RECORDER_LOCK, epoch_event, read_lines, spool_files, start_event, step_event, writer_gone
+from sweeper.records.spool import epoch_event, read_lines, spool_files, start_event, step_event, take_recorder_lock, writer_gone
 from sweeper.trial.events import StepEvent, TrialResult
 
 if TYPE_CHECKING:
@@ -121,14 +120,8 @@ class MachineRecorder:
 
     def _holds_folder(self) -> bool:
         if self._lock_fd is None:
-            fd = os.open(self.folder / RECORDER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another sweep command of this sweep records here
-                os.close(fd)
-                return False
-            self._lock_fd = fd
-        return True
+            self._lock_fd = take_recorder_lock(self.folder)  # None: another sweep command of this sweep records here
+        return self._lock_fd is not None
 
 
 class _Replay:

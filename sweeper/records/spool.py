@@ -43,9 +43,10 @@ __all__ = [
     "read_lines",
     "spool_files",
     "spool_folder",
-    "trials_in_another_recorders_hands",
     "start_event",
     "step_event",
+    "take_recorder_lock",
+    "trials_in_another_recorders_hands",
     "writer_gone",
 ]
 
@@ -190,22 +191,30 @@ def spool_files(folder: Path) -> list[Path]:
 RECORDER_LOCK = "recorder.lock"  # held by the one recorder that reads a spool folder
 
 
+def take_recorder_lock(folder: Path) -> int | None:
+    """The recorder's lock on a spool folder, taken: its descriptor (the lock lasts until it is
+    closed), or None while another process's recorder holds it."""
+    fd = os.open(folder / RECORDER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def trials_in_another_recorders_hands(folder: Path) -> set[int]:
     """The trials whose spool files wait in `folder` while another process's recorder holds it
     (a second sweep command of the sweep on this machine): that recorder sends them and only
     then removes their files. Empty when no recorder holds the folder."""
-    lock = folder / RECORDER_LOCK
-    if not lock.is_file():
+    if not (folder / RECORDER_LOCK).is_file():  # no recorder ever read it: nothing is made here
         return set()
-    fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        # Listed while that recorder holds the folder: a file it has finished sending is gone.
-        return {trial for trial in map(_trial_of, spool_files(folder)) if trial is not None}
-    finally:
-        os.close(fd)  # a lock taken goes with it
-    return set()
+    fd = take_recorder_lock(folder)
+    if fd is not None:
+        os.close(fd)
+        return set()
+    # Listed while that recorder holds the folder: a file it has finished sending is gone.
+    return {trial for trial in map(_trial_of, spool_files(folder)) if trial is not None}
 
 
 def _trial_of(path: Path) -> int | None:

@@ -61,24 +61,33 @@ class Arms:
     def record(self) -> dict[str, Any]:
         return {"param": self.param, "arms": list(self.values)}
 
+    def largest_share(self, n_trials: int) -> int:
+        """The trials of the arm that gets the most of `n_trials` (one more where they do not split equally)."""
+        return -(-n_trials // len(self.values))
+
     def startup_trials(self, configured: int, n_trials: int) -> int:
         """A pruner's `n_startup_trials` within one arm: the configured count, capped at half of
         the arm's share of `n_trials` (at least 1), so the later half of every arm's trials may
         be pruned. A resumed sweep with more trials only raises it, up to the configured count."""
-        share = -(-n_trials // len(self.values))  # the larger share when they do not split equally
-        return max(1, min(configured, share // 2))
+        return max(1, min(configured, self.largest_share(n_trials) // 2))
 
-    def pruning_note(self, pruner: Mapping[str, Any], n_trials: int) -> str | None:
-        """What the cap of startup_trials makes of the configured pruner (None: nothing changed)."""
+    def capped_startup(self, pruner: Mapping[str, Any], n_trials: int) -> int | None:
+        """The pruner's `n_startup_trials` within one arm where the cap changes the configured
+        count (startup_trials); None where it does not, or the pruner has no such setting."""
         configured = pruner.get("n_startup_trials")
         if not isinstance(configured, int) or isinstance(configured, bool):
             return None
         startup = self.startup_trials(configured, n_trials)
-        if startup == configured:
+        return None if startup == configured else startup
+
+    def pruning_note(self, pruner: Mapping[str, Any], n_trials: int) -> str | None:
+        """What the cap of startup_trials makes of the configured pruner (None: nothing changed)."""
+        startup = self.capped_startup(pruner, n_trials)
+        if startup is None:
             return None
         return (
             f"pruning: within each {self.param} arm, after its first {startup} complete trials "
-            f"(pruner.n_startup_trials={configured}, capped at half of an arm's {-(-n_trials // len(self.values))} trials)"
+            f"(pruner.n_startup_trials={pruner['n_startup_trials']}, capped at half of an arm's {self.largest_share(n_trials)} trials)"
         )
 
     def shares(self, n_trials: int) -> str | None:

@@ -422,8 +422,9 @@ def make_pruner(cfg: DictConfig, arms: Arms | None = None) -> optuna.pruners.Bas
     """The configured pruner; in compare mode it compares a trial with its own arm's alone, and
     waits for fewer complete trials where an arm's share is small (Arms.startup_trials)."""
     node = OmegaConf.to_container(cfg.pruner, resolve=True)
-    if arms is not None and arms.pruning_note(node, int(cfg.sweep.n_trials)):
-        node["n_startup_trials"] = arms.startup_trials(node["n_startup_trials"], int(cfg.sweep.n_trials))
+    startup = arms.capped_startup(node, int(cfg.sweep.n_trials)) if arms is not None else None
+    if startup is not None:
+        node["n_startup_trials"] = startup
     pruner = _instantiate("pruner", node)
     if arms is None or isinstance(pruner, optuna.pruners.NopPruner):
         return pruner
