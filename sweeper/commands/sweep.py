@@ -37,19 +37,12 @@ from sweeper.records.machine_recorder import MachineRecorder
 from sweeper.records.mlflow_store import TrackingSettings, check_server, tracking_settings
 from sweeper.records.spool import spool_files, spool_folder
 from sweeper.records.tracking import prepare_sweep
+from sweeper.sweep.counts import count_trials
 from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
 from sweeper.sweep.live import LiveView, WorkerNotes, read_progress, sampled
 from sweeper.sweep.lr_anchor import ANCHOR_ATTR, anchor_plan, record_in_parent_run
-from sweeper.sweep.study import (
-    SweepPlan,
-    check_definition,
-    count_trials,
-    existing_study,
-    open_study,
-    plan_sweep,
-    quick_checks,
-    validate_plan,
-)
+from sweeper.sweep.plan import SweepPlan, plan_sweep, quick_checks, validate_plan
+from sweeper.sweep.study import check_definition, existing_study, open_study
 
 EXIT_INCOMPLETE = 1
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C

@@ -23,7 +23,8 @@ import time
 from sweeper.config.errors import NotWritten, disk_full
 from sweeper.sweep.launchers import SweepArguments
 from sweeper.sweep.lifeline import end_with_parent
-from sweeper.sweep.study import SweepPlan, load_trainer, plan_sweep
+from sweeper.sweep.plan import SweepPlan, plan_sweep
+from sweeper.sweep.trainer import load_trainer
 from sweeper.sweep.workers import StopRequest, run_worker
 
 

@@ -27,8 +27,8 @@ from omegaconf import DictConfig
 
 from sweeper.config import ConfigError
 from sweeper.records.spool import SPOOL_ENV, spool_folder
+from sweeper.sweep.plan import SweepPlan, plan_sweep
 from sweeper.sweep.slurm_jobs import check_slurm, submit_jobs
-from sweeper.sweep.study import SweepPlan, plan_sweep
 from sweeper.sweep.warm import WarmServer
 from sweeper.sweep.workers import Slot, StopRequest, plan_slots, run_worker, usable_cores, visible_gpus
 
