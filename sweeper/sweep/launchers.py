@@ -224,7 +224,7 @@ def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: f
     """The server starts now and imports what a trial needs while the sweep checks; the workers
     are forked from it at go()."""
     # Not MLflow: the workers hand their records to the sweep's recorder (sweeper.records.spool).
-    preload = ["sweeper.commands.worker", str(plan.cfg.sweep.trainer), "sweeper.records.tracking"]
+    preload = ["sweeper.commands.worker", str(plan.cfg.sweep.trainer), "sweeper.records.tracking", "sweeper.commands.worker:warm_up"]
     server = WarmServer(preload)
     logs.mkdir(parents=True, exist_ok=True)
     workers = []
