@@ -70,7 +70,8 @@ import sys
 from sweeper.commands.worker import warm_up
 warm_up()
 before = set(sys.modules)
-from sweeper.sweep.study import plan_sweep, open_study
+from sweeper.sweep.plan import plan_sweep
+from sweeper.sweep.study import open_study
 plan = plan_sweep(["results_dir={tmp_path}", "tracking=none"], [], validate=False)
 open_study(plan, create=True)
 new = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("sqlalchemy", "alembic", "optuna", "hydra", "omegaconf"))
