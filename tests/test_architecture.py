@@ -84,7 +84,7 @@ def test_the_readers_after_a_sweep_hold_only_a_checked_study():
         for package in ("analysis", "commands")
         for path in sorted((ROOT / "sweeper" / package).glob("*.py"))
         for line in path.read_text().splitlines()
-        if opens.search(line)
+        if opens.search(line) and ":memory:" not in line  # an empty study of its own (a worker warming up) reads no record
     ]
     assert found == ["analysis/which_sweep.py: raw = optuna.load_study(study_name=name, storage=storage)"], found
     assert "return checked_study(raw)" in (ROOT / "sweeper" / "analysis" / "which_sweep.py").read_text()
