@@ -44,16 +44,17 @@ def test_ruff_is_clean(command):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
-def test_the_readers_after_a_sweep_pick_nothing_out_of_a_study_s_record_themselves():
-    """`sweeper.analysis` and `sweeper.commands` hand a study's attributes whole to
-    `sweeper.boundary`, which checks what they hold (sweeper.boundary.recorded_study,
-    recorded_sweep); a reader that picked a recorded value out itself would skip the check."""
+def test_the_readers_of_a_study_pick_nothing_out_of_its_record_themselves():
+    """`sweeper.analysis`, `sweeper.commands` and `sweeper.sweep` (a resume, a worker joining)
+    hand a study's attributes whole to `sweeper.boundary`, which checks what they hold
+    (sweeper.boundary.recorded_study, recorded_sweep); a reader that picked a recorded value out
+    itself would skip the check."""
     import re
 
     raw = re.compile(r"\bstudy\.user_attrs\s*(\.get\(|\[)")
     found = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-        for package in ("analysis", "commands")
+        for package in ("analysis", "commands", "sweep")
         for path in sorted((ROOT / "sweeper" / package).glob("*.py"))
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if raw.search(line)
