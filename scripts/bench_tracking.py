@@ -68,7 +68,7 @@ class Store:
         return self.sweep.trial_reporter(self.trials, self.cfg)
 
     def wait_for_records(self) -> None:
-        from sweeper.records.recorder import wait_for_records
+        from sweeper.records.sender import wait_for_records
         from sweeper.records.spool import spool_files
 
         wait_for_records()

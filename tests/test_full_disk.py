@@ -31,7 +31,8 @@ from sqlalchemy.exc import OperationalError
 from sweeper.cli import main
 from sweeper.config.errors import NotWritten, disk_full, full_disk_line
 from sweeper.records.mlflow_store import Outage, tracking_settings
-from sweeper.records.recorder import MlflowRecorder, _Unsent
+from sweeper.records.recorder import MlflowRecorder
+from sweeper.records.sender import Unsent
 from sweeper.sweep.workers import kept_whole
 from sweeper.trial.events import Reporter, StartEvent, TrialResult
 
@@ -197,10 +198,10 @@ def test_a_recorder_whose_store_is_full_says_what_it_could_not_write(monkeypatch
     full = OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
     recorder = recorder_whose_store_fails(full, monkeypatch)
     assert recorder.unwritten().startswith("its MLflow records (sqlite:///") and recorder.unwritten().endswith("/x.db)")
-    _Unsent.recorders.remove(recorder)  # not sent at this process's exit
+    Unsent.recorders.remove(recorder)  # not sent at this process's exit
 
 
 def test_a_recorder_whose_store_is_out_of_reach_keeps_its_records_for_later(monkeypatch, workdir):
     recorder = recorder_whose_store_fails(ConnectionError("connection refused"), monkeypatch)
     assert recorder.unwritten() is None  # kept and sent when the store is back: the trial finishes
-    _Unsent.recorders.remove(recorder)
+    Unsent.recorders.remove(recorder)

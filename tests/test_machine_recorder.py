@@ -18,8 +18,8 @@ from helpers.played import feed_trial
 from mlflow import MlflowClient
 
 from sweeper.records.machine_recorder import MachineRecorder
-from sweeper.records.recorder import wait_for_records
 from sweeper.records.run_record import plain_config
+from sweeper.records.sender import wait_for_records
 from sweeper.records.spool import SpoolWriter, spool_files
 from sweeper.records.tracking import prepare_sweep
 from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent

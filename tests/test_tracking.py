@@ -13,8 +13,9 @@ from helpers.servers import free_port
 from mlflow import MlflowClient
 
 from sweeper.config import ConfigError
-from sweeper.records.recorder import MlflowRecorder, record_run, wait_for_records
+from sweeper.records.recorder import MlflowRecorder, record_run
 from sweeper.records.run_record import plain_config, result_curves
+from sweeper.records.sender import wait_for_records
 from sweeper.records.tracking import prepare_sweep, trial_reporter
 from sweeper.trial.events import Reporter
 
@@ -217,7 +218,7 @@ def test_the_trial_never_waits_on_the_store_between_its_start_and_its_end(tracke
     """Steps and epochs only queue; the background sender sends. Held (inside a task that waits
     on an event) from the run's start on, the sender sends nothing, and the trial's epochs still
     go on; released at the last epoch, it sends every value."""
-    from sweeper.records.recorder import _Sender
+    from sweeper.records.sender import Sender
 
     cfg = tracked_config()
     reporter = record_run(cfg, run_name="held")
@@ -231,7 +232,7 @@ def test_the_trial_never_waits_on_the_store_between_its_start_and_its_end(tracke
         """Listed after the recorder, whose on_start waits for its run to be created."""
 
         def on_start(self, event):
-            _Sender.submit(hold)
+            Sender.submit(hold)
 
         def on_epoch(self, event):
             if event.epoch == 2:  # three epochs, each flushed by the recorder, while the sender is held

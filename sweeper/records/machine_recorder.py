@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from sweeper.records.environment import describe_environment
 from sweeper.records.mlflow_store import mlflow_calls, mlflow_client, one_line
-from sweeper.records.recorder import EXIT_RETRY_SECONDS, EXIT_WAIT_SECONDS, MlflowRecorder
+from sweeper.records.recorder import MlflowRecorder
+from sweeper.records.sender import EXIT_RETRY_SECONDS, EXIT_WAIT_SECONDS
 from sweeper.records.spool import epoch_event, read_lines, spool_files, start_event, step_event, take_recorder_lock, writer_gone
 from sweeper.trial.events import StepEvent, TrialResult
 

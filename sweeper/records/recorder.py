@@ -22,16 +22,13 @@ every group and the momentum the run actually used; sweeper.records.run_plot).
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import json
 import logging
-import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,13 +55,14 @@ from sweeper.records.run_record import (
     run_tags,
     step_metrics,
 )
+from sweeper.records.sender import Sender, Unsent
 from sweeper.secrets import mask_text
 from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["Locate", "MlflowRecorder", "now_ms", "record_run", "wait_for_records"]
+__all__ = ["Locate", "MlflowRecorder", "now_ms", "record_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +71,6 @@ MAX_ENTITIES_PER_CALL = 1000
 MAX_PARAMS_OR_TAGS_PER_CALL = 100
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
-# How long a process that ends with records unsent waits for the store to come back, and how often it tries.
-EXIT_WAIT_SECONDS = 60
-EXIT_RETRY_SECONDS = 2
 
 
 # --- the recorder -----------------------------------------------------------------------------
@@ -92,7 +87,7 @@ class MlflowRecorder(Reporter):
 
     The trial's thread only queues: the run's creation, its params and tags (derived from the
     config there), the epoch flushes and the schedule plot are the background sender's work
-    (`_Sender`). `on_end` returns once the run's end is in the store (or kept for later, the store
+    (`sweeper.records.sender`). `on_end` returns once the run's end is in the store (or kept for later, the store
     being down), so a trial told finished has its records; its schedule.png follows.
     """
 
@@ -137,7 +132,7 @@ class MlflowRecorder(Reporter):
         self._start = event
         # The run exists, with the tags that file it (sweep, kind, trial), before the first batch:
         # a worker killed mid-trial leaves a run the sweep can find and end. The rest follows.
-        _Sender.submit(lambda: self._deliver(create_only=True)).result()
+        Sender.submit(lambda: self.deliver(create_only=True)).result()
         self.flush_later()
 
     def on_step(self, event: StepEvent) -> None:
@@ -169,7 +164,7 @@ class MlflowRecorder(Reporter):
                 self._ended = True
         self.flush()
         if result.steps and self.settings.schedule_plot:
-            _Sender.submit(lambda: self._attach_plot(result))
+            Sender.submit(lambda: self._attach_plot(result))
 
     def unwritten(self) -> str | None:
         with self._lock:
@@ -211,24 +206,24 @@ class MlflowRecorder(Reporter):
     def flush(self) -> bool:
         """Send everything queued, and wait for it; False when the store cannot be reached (all
         of it is kept, and sent with a later flush)."""
-        return _Sender.submit(self._flush_now).result()
+        return Sender.submit(self._flush_now).result()
 
     def flush_later(self) -> None:
         """Send everything queued from the background sender; the caller goes on at once."""
-        _Sender.submit(self._flush_now)
+        Sender.submit(self._flush_now)
 
     def _flush_now(self) -> bool:
-        _Unsent.retry(self.settings, but=self)
-        return self._deliver()
+        Unsent.retry(self.settings, but=self)
+        return self.deliver()
 
-    def _deliver(self, create_only: bool = False) -> bool:
+    def deliver(self, create_only: bool = False) -> bool:
         try:
             with mlflow_calls(self.settings):
                 self._send(mlflow_client(self.settings.uri), create_only)
         except Exception as error:  # noqa: BLE001 - a store that is down, full or refusing: retry later
             self.disk_full = disk_full(error)
             Outage.failed(self.settings, error)
-            _Unsent.keep(self)
+            Unsent.keep(self)
             return False
         self.disk_full = False
         Outage.recovered(self.settings)
@@ -337,89 +332,6 @@ def _never_raises(what: str) -> Iterator[None]:
         yield
     except Exception:  # noqa: BLE001 - tracking must never end a trial; say what went wrong
         logger.exception("sweeper: recording the %s of a run in MLflow failed; training goes on", what)
-
-
-class _Sender:
-    """The one thread of a process that talks to MLflow for its runs, in the order asked: a
-    flush is a task for it, so the trial's thread never waits on the store (except for a run's
-    end). Its tasks finish before the process ends: the executor's threads are joined at exit,
-    before `_Unsent.at_exit` retries what the store refused."""
-
-    _executor: ThreadPoolExecutor | None = None
-    _lock = threading.Lock()
-
-    @classmethod
-    def submit(cls, task: Callable[[], Any]) -> Future:
-        with cls._lock:
-            if cls._executor is None:
-                cls._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-records")
-            return cls._executor.submit(task)
-
-    @classmethod
-    def forget(cls) -> None:
-        """In a forked child: the parent's thread is not there; a new one starts when needed."""
-        cls._executor, cls._lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_Sender.forget)
-
-
-def wait_for_records() -> None:
-    """Wait until every record this process queued so far is sent (or kept for a store that is
-    down); a process waits so at its end anyway."""
-    _Sender.submit(lambda: None).result()
-
-
-class _Unsent:
-    """Runs whose records the store refused (it was down): sent with the next flush of any run
-    in this process, or when the process exits."""
-
-    recorders: list[MlflowRecorder] = []
-
-    @classmethod
-    def keep(cls, recorder: MlflowRecorder) -> None:
-        """Keep a recorder whose flush failed (in the sender, or at exit)."""
-        if recorder not in cls.recorders:
-            cls.recorders.append(recorder)
-
-    @classmethod
-    def retry(cls, settings: TrackingSettings | None = None, but: MlflowRecorder | None = None) -> None:
-        """Send the kept runs (of one store, when `settings` are given; `but` one, which is about
-        to be sent anyway)."""
-        for recorder in list(cls.recorders):
-            if recorder is but or (settings is not None and recorder.settings.uri != settings.uri):
-                continue
-            cls.recorders.remove(recorder)
-            if not recorder._deliver():  # kept again
-                return  # still down: the others would fail alike
-
-    @classmethod
-    def at_exit(cls) -> None:
-        cls.retry()
-        if any(not recorder.disk_full for recorder in cls.recorders):
-            # A store that went down near the end of a sweep (a server restarting) would take
-            # these records with it: give it a while to come back before the process ends.
-            logger.warning(
-                "sweeper: MLflow at %s is out of reach with the records of %d run(s) unsent; "
-                "waiting up to %d s for it before this process ends.",
-                cls.recorders[0].settings.label,
-                len(cls.recorders),
-                EXIT_WAIT_SECONDS,
-            )
-            deadline = time.monotonic() + EXIT_WAIT_SECONDS
-            while cls.recorders and time.monotonic() < deadline:
-                time.sleep(EXIT_RETRY_SECONDS)
-                cls.retry()
-        for recorder in cls.recorders:
-            logger.warning(
-                "sweeper: MLflow at %s was not %s before this process ended; run %s lost the records it had not sent.",
-                recorder.settings.label,
-                "written (its disk is full)" if recorder.disk_full else "reachable",
-                recorder.run_id or "(never created)",
-            )
-
-
-atexit.register(_Unsent.at_exit)
 
 
 # --- single runs ------------------------------------------------------------------------------
