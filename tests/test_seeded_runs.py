@@ -6,11 +6,10 @@ beside their tables. And the run counter on a terminal: a progress bar under the
 from __future__ import annotations
 
 import io
-import json
 
-import optuna
 import pandas as pd
 import pytest
+from helpers.recorded_studies import write_recorded_study
 from rich.console import Console
 
 from sweeper.analysis import confirm
@@ -18,30 +17,16 @@ from sweeper.analysis.seeded_runs import RunCounter
 from sweeper.cli import main
 
 SWEEP = "recorded"
-BASE = ["train.device=cpu", "train.epochs=1", "tracking=none"]
 CODE = ["--allow-module", "helpers", "tracking=none", "results_dir=results"]
 
 
 @pytest.fixture
 def sweep(workdir, monkeypatch) -> str:
-    """A study as a sweep records it: geometric's best trial beats single's; in this world the
-    slice matters (geometric 0.1 above at every lr), and every seed has its own luck."""
+    """A recorded study: geometric's best trial beats single's; in this world the slice matters
+    (geometric 0.1 above at every lr), and every seed has its own luck."""
     monkeypatch.setenv("VERDICT_WORLD", "slice")
-    storage = f"sqlite:///{workdir}/studies.db"
-    study = optuna.create_study(study_name=SWEEP, storage=storage, direction="maximize")
-    attrs = {
-        "overrides": BASE,
-        "config_dirs": [],
-        "objectives": ["accuracy"],
-        "definition": {"trainer": json.dumps("helpers.verdict_worlds.World")},
-    }
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
-    for strategy, value in (("geometric", 0.9), ("single", 0.8)):
-        overrides = [*BASE, f"lr={strategy}", "lr.high=0.003", "shape=fastai_one_cycle"]
-        record = {"overrides": overrides, "status": "finished", "strategy": strategy, "shape": "fastai_one_cycle"}
-        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=record))
-    return storage
+    settings = ["lr.high=0.003", "shape=fastai_one_cycle"]
+    return write_recorded_study(workdir, SWEEP, [("geometric", 0.9, settings, {}), ("single", 0.8, settings, {})])
 
 
 @pytest.fixture

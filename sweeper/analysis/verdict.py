@@ -35,7 +35,6 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from omegaconf import OmegaConf
 
 from sweeper.analysis.ablation import FACTORS, variants
 from sweeper.analysis.confirm import compose_trial
@@ -44,14 +43,15 @@ from sweeper.analysis.paired_plot import plot_paired
 from sweeper.analysis.repeats import seed_count
 from sweeper.analysis.report import VERDICT_FILE, best_by, markdown_table, objective_columns, trials_table
 from sweeper.analysis.seeded_runs import SeededRun, TrainFn, run_seeds
+from sweeper.analysis.typed_settings import rerun_command, typed_settings
 from sweeper.boundary.checked_study import checked_study
+from sweeper.boundary.printed import printable
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.boundary.recorded_study import trial_overrides
 from sweeper.boundary.recorded_sweep import recorded_compare
 from sweeper.config import ConfigError
 from sweeper.records.run_record import ABLATION_KIND, CONFIRM_KIND
 from sweeper.records.tracking import SweepTracking
-from sweeper.schedules.slices import parse_lr
 
 __all__ = ["ArmBest", "Verdict", "give_verdict", "levelled"]
 
@@ -67,8 +67,15 @@ class ArmBest:
     sweep_value: float
     trials: int  # complete trials of the arm
     levelled: bool
-    typed: str  # e.g. lr='slice(1e-05, 0.001)' shape=fastai_one_cycle shape.pct_start=0.25
+    typed: str  # e.g. lr='slice(1e-05,0.001)' shape=fastai_one_cycle shape.pct_start=0.25 (checked values only)
     head_lr: float | None
+    rerun: str | None = None  # `sweeper rerun <its MLflow run id>`, where it has one
+
+    @property
+    def shown(self) -> str:
+        """The arm and what to type, as printed (a recorded arm name escaped)."""
+        rerun = f"; rerun its best trial: {self.rerun}" if self.rerun else ""
+        return f"{printable(self.arm)}: {self.typed}{rerun}"
 
 
 @dataclass
@@ -106,15 +113,6 @@ def levelled(values: Sequence[float], maximize: bool) -> bool:
     keep = math.ceil(len(values) * (1 - LEVEL_TAIL))
     pick = max if maximize else min
     return pick(values) == pick(values[:keep])
-
-
-def _typed(overrides: Sequence[str], base: Sequence[str], cfg) -> tuple[str, float | None]:
-    """The settings the trial drew, as a user types them: the lr the fastai way, then the shape,
-    its settings and any searched key; and its head lr."""
-    spec = parse_lr(OmegaConf.to_container(cfg.lr, resolve=True))
-    drawn = [o for o in overrides if o not in set(base) and not o.split("=", 1)[0].lstrip("+~").startswith("lr")]
-    lr = spec.describe().replace(" ", "")
-    return " ".join([f"lr='{lr}'" if "(" in lr else f"lr={lr}", shlex.join(drawn)]).strip(), spec.high
 
 
 # --- the runs ---------------------------------------------------------------------------------
@@ -255,13 +253,15 @@ def give_verdict(
     config_dirs: Sequence[str] = (),
     allowed: Allowed = Allowed(),
     say: Callable[[str], None] | None = None,
+    run_ids: Mapping[int, str] | None = None,
 ) -> Verdict:
-    """Gather the runs the answer needs, judge them, write and return the verdict (module doc)."""
+    """Gather the runs the answer needs, judge them, write and return the verdict (module doc).
+    `run_ids`: the trials' MLflow runs (trial number -> run id), where the store has them."""
     seed_count(seeds)
     study = checked_study(study)  # a study given by any caller is read through the boundary
     (objective, direction), *_ = objective_columns(study)
     maximize = direction == "maximize"
-    trials = trials_table(study)
+    trials = trials_table(study, run_ids)  # run ids (MLflow's, of the trials): each arm's best is offered as a rerun
     param, arms = _compared(study, trials)
     best = best_by(trials, param, objective, direction) if len(trials) else {}
     arms = [a for a in arms if a in best]
@@ -276,9 +276,10 @@ def give_verdict(
     for arm in arms:
         row = best[arm]
         overrides = shlex.split(row["overrides"])
-        typed, head_lr = _typed(overrides, base, compose_trial(overrides, config_dirs, allowed))
+        typed, head_lr = typed_settings(overrides, base, compose_trial(overrides, config_dirs, allowed), config_dirs)
         values = complete[complete[param] == arm][objective].dropna().to_list()
-        found[arm] = ArmBest(arm, int(row["trial"]), float(row[objective]), len(values), levelled(values, maximize), typed, head_lr)
+        rerun = rerun_command(row.get("mlflow_run_id"))
+        found[arm] = ArmBest(arm, int(row["trial"]), float(row[objective]), len(values), levelled(values, maximize), typed, head_lr, rerun)
     first = best[(max if maximize else min)(arms, key=lambda a: found[a].sweep_value)]
     first_seed = int(compose_trial(shlex.split(first["overrides"]), config_dirs, allowed).train.seed) + 1
     seed_list = list(range(first_seed, first_seed + seeds))
@@ -340,9 +341,9 @@ def _write(verdict: Verdict, sweep: str, param: str, objective: str, direction: 
         f"the first minus the second (> 0: the first is better), with simultaneous 95% intervals and p-values Holm-corrected "
         f"across all {len(verdict.comparisons)} comparisons.",
         "",
-        "## Each arm's best settings (as you type them)",
+        "## Each arm's best settings (as you type them, after the sweep's own overrides)",
         "",
-        *[f"- {a.arm} (trial {a.trial}, {a.trials} complete trials): `sweeper train {a.typed}`" for a in verdict.arms.values()],
+        *[f"- {_arm_line(a)}" for a in verdict.arms.values()],
         "",
         markdown_table(arms),
         "",
@@ -367,3 +368,8 @@ def _write(verdict: Verdict, sweep: str, param: str, objective: str, direction: 
     title = "Paired differences per seed (green: real after Holm)"
     plot = plot_paired(verdict.comparisons, objective, folder / "verdict.png", title)
     verdict.files = [*files, plot]
+
+
+def _arm_line(arm: ArmBest) -> str:
+    rerun = f"; rerun it: `{arm.rerun}`" if arm.rerun else ""
+    return f"{printable(arm.arm)} (trial {arm.trial}, {arm.trials} complete trials): `{arm.typed}`{rerun}"
