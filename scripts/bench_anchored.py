@@ -51,7 +51,7 @@ def base_overrides(args, folder: str) -> list[str]:
 def find_anchor(overrides: list[str], folder: str) -> dict:
     """lr_find's record, as `sweeper sweep` makes it (its own process, every strategy)."""
     from sweeper.sweep.lr_anchor import anchor_plan
-    from sweeper.sweep.study import plan_sweep
+    from sweeper.sweep.plan import plan_sweep
 
     plan = plan_sweep([*overrides, "search.lr.high=auto", "sweep.name=anchor"], validate=False)
     _, record = anchor_plan(plan, None, Path(folder))
@@ -64,7 +64,8 @@ def run_arm(job: tuple[str, int, list[str], dict, str]) -> list[dict]:
     from optuna.trial import TrialState
 
     from sweeper.sweep.lr_anchor import ANCHOR_ATTR, recorded_plan
-    from sweeper.sweep.study import open_study, plan_sweep
+    from sweeper.sweep.plan import plan_sweep
+    from sweeper.sweep.study import open_study
     from sweeper.sweep.workers import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

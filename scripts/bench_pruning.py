@@ -30,7 +30,8 @@ def run_pruned_sweep(job: tuple[str, int, int, int, str]) -> list[dict]:
     import optuna
     from optuna.trial import TrialState
 
-    from sweeper.sweep.study import open_study, plan_sweep
+    from sweeper.sweep.plan import plan_sweep
+    from sweeper.sweep.study import open_study
     from sweeper.sweep.workers import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

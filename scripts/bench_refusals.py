@@ -41,7 +41,7 @@ def prepare(folder: Path) -> Path:
     """The folder every command starts from: two sweeps' studies as `sweeper sweep` makes them
     (made with this checkout's code, in a process of its own), and an existing model.pt."""
     make = (
-        "import sys\nfrom sweeper.sweep.study import open_study, plan_sweep\n"
+        "import sys\nfrom sweeper.sweep.plan import plan_sweep\nfrom sweeper.sweep.study import open_study\n"
         "for name, finished in (('first', 0), ('done', 2)):\n"
         f"    study = open_study(plan_sweep([f'sweep.name={{name}}', *{list(SWEEP)!r}], validate=False), create=True)\n"
         "    for value in range(finished):\n"

@@ -26,7 +26,7 @@ ROUNDS = 2
 
 
 def measure(workers: int, base: list[str], args, folder: Path) -> dict:
-    from sweeper.sweep.study import count_trials
+    from sweeper.sweep.counts import count_trials
 
     per_device = f"sweep.workers_per_device={workers}" if args.device.startswith("cuda") else f"sweep.workers={workers}"
     run = benchlib.run_sweep([*base, per_device, f"results_dir={folder}"], folder)

@@ -46,7 +46,8 @@ def run_sweep_and_verdict(overrides: list[str], folder: Path, verdict_seeds: int
     import optuna
 
     from sweeper.analysis.verdict import give_verdict
-    from sweeper.sweep.study import open_study, plan_sweep
+    from sweeper.sweep.plan import plan_sweep
+    from sweeper.sweep.study import open_study
     from sweeper.sweep.workers import run_worker
     from sweeper.training.engine import train
 

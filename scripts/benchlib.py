@@ -275,8 +275,10 @@ def run_sweep(overrides: Sequence[str], folder: Path) -> SweepRun:
     import optuna
     from optuna.trial import TrialState
 
+    from sweeper.sweep.counts import count_trials
     from sweeper.sweep.launchers import launch_workers
-    from sweeper.sweep.study import count_trials, open_study, plan_sweep
+    from sweeper.sweep.plan import plan_sweep
+    from sweeper.sweep.study import open_study
     from sweeper.sweep.workers import tracking_module
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

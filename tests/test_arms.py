@@ -11,8 +11,9 @@ from optuna.trial import TrialState
 
 from sweeper.config import ConfigError, compose_config
 from sweeper.sweep.arms import ArmPruner, Arms, ArmSampler, arms_of
+from sweeper.sweep.plan import plan_sweep
+from sweeper.sweep.sampling import make_pruner
 from sweeper.sweep.space import build_space
-from sweeper.sweep.study import make_pruner, plan_sweep
 
 ARMS = Arms("strategy", ("a", "b"))
 

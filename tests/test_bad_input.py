@@ -217,7 +217,7 @@ def test_bad_input_creates_no_study_in_a_database(name, workdir, monkeypatch, ca
     sweep = f"bad-{uuid.uuid4().hex[:8]}"
     code = main([*argv, "storage=postgres", f"sweep.name={sweep}", "results_dir=results"])
     check_refusal("sweep", code, capsys.readouterr().err, fragments, workdir)
-    from sweeper.sweep.study import StorageSpec
+    from sweeper.sweep.storage import StorageSpec
 
     assert sweep not in optuna.get_all_study_names(StorageSpec(POSTGRES).open())
 

@@ -35,7 +35,7 @@ from sweeper.cli import main
 from sweeper.commands.sweep import _begin
 from sweeper.records.run_record import plain_config
 from sweeper.records.tracking import prepare_sweep
-from sweeper.sweep.study import plan_sweep
+from sweeper.sweep.plan import plan_sweep
 from sweeper.sweep.workers import run_worker
 from sweeper.trial.events import Reporter, StepEvent
 

@@ -31,7 +31,7 @@ from helpers.waiting import wait_for_file
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.sweep.study import count_trials
+from sweeper.sweep.counts import count_trials
 
 # Limits on waits are for hangs only: on a loaded machine a sweep may take minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -360,7 +360,7 @@ import os, sys, time
 from pathlib import Path
 import optuna
 from helpers.waiting import flock_queue
-from sweeper.sweep.study import StorageSpec
+from sweeper.sweep.storage import StorageSpec
 
 url, folder, openers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 create = optuna.storages.RDBStorage.__init__

@@ -272,7 +272,7 @@ def test_a_fused_sweep_records_every_trial_as_the_one_trial_trainer_trains_it(sw
 
 
 def test_a_trainer_without_train_many_cannot_fuse(workdir):
-    from sweeper.sweep.study import plan_sweep
+    from sweeper.sweep.plan import plan_sweep
 
     with pytest.raises(ConfigError, match="sweep.fuse: 4, but sweep.trainer 'helpers.trainers.StandInTrainer' has no train_many"):
         plan_sweep(["sweep.fuse=4", "sweep.trainer=helpers.trainers.StandInTrainer", "tracking=none"])

@@ -27,7 +27,7 @@ from test_bad_input import check_refusal, made_under
 from sweeper.cli import main
 from sweeper.config import compose_config
 from sweeper.schedules.slices import parse_lr
-from sweeper.sweep.study import plan_sweep
+from sweeper.sweep.plan import plan_sweep
 
 SCRIPT = Path(sys.executable).with_name("sweeper")
 NEEDS_TORCHVISION = pytest.mark.extras("torchvision")  # runs in .venv-extras (tests/test_extras.py)

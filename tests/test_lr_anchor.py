@@ -17,7 +17,7 @@ from sweeper.config import ConfigError
 from sweeper.sweep import lr_anchor
 from sweeper.sweep.lr_anchor import ANCHOR_ATTR, anchor_plan, recorded_plan
 from sweeper.sweep.lr_anchor_rule import AnchorRule, anchored_range, rule_from
-from sweeper.sweep.study import plan_sweep
+from sweeper.sweep.plan import plan_sweep
 
 NUM_IT = 100
 LRS = [1e-7 * (10 / 1e-7) ** (i / NUM_IT) for i in range(NUM_IT)]  # lr_find's lrs, fastai's defaults

@@ -14,7 +14,8 @@ import pytest
 from helpers.processes import NEEDS_POSTGRES, POSTGRES
 from helpers.waiting import claim_order
 
-from sweeper.sweep.study import StorageSpec, count_trials
+from sweeper.sweep.counts import count_trials
+from sweeper.sweep.storage import StorageSpec
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, NEEDS_POSTGRES]
 

@@ -28,8 +28,10 @@ from helpers.trainers import StandInTrainer
 from optuna.trial import TrialState
 
 from sweeper.cli import main
+from sweeper.sweep.counts import count_trials
 from sweeper.sweep.live import how_it_ended
-from sweeper.sweep.study import count_trials, open_study, plan_sweep
+from sweeper.sweep.plan import plan_sweep
+from sweeper.sweep.study import open_study
 from sweeper.sweep.workers import ProgressReporter, StopRequest, run_worker
 from sweeper.trial.events import StepEvent
 

@@ -298,7 +298,7 @@ def test_each_payload_runs_when_built_unchecked(name, planted, recorded_config):
     """The control: built as a rerun built a recorded config before the check (resolved whole
     for its record, the trainer loaded, the trial prepared), the payload creates the canary, so
     its absence in the tests above means it did not run."""
-    from sweeper.sweep.study import load_trainer
+    from sweeper.sweep.trainer import load_trainer
     from sweeper.training.trainer import prepare
 
     folder = record(planted, recorded_config, BY_ID[name][0])

@@ -20,7 +20,8 @@ import pytest
 from test_bad_input import made_under
 
 from sweeper.cli import main
-from sweeper.sweep.study import open_study, plan_sweep
+from sweeper.sweep.plan import plan_sweep
+from sweeper.sweep.study import open_study
 
 # Read in a fresh interpreter: the command's exit code, then what it loaded (the last line).
 LOADED = """

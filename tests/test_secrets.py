@@ -187,7 +187,7 @@ def recorded_in_mlflow(server: MlflowServer, experiment: str) -> bytes:
 
 
 def recorded_in_study(storage: str, name: str) -> str:
-    from sweeper.sweep.study import StorageSpec
+    from sweeper.sweep.storage import StorageSpec
 
     study = optuna.load_study(study_name=name, storage=StorageSpec(storage).open())
     attrs = [study.user_attrs] + [[t.user_attrs, t.system_attrs, t.params] for t in study.trials]
@@ -231,7 +231,7 @@ def secret_sweep(tmp_path_factory):
     finally:
         server.stop()
         if POSTGRES:
-            from sweeper.sweep.study import StorageSpec
+            from sweeper.sweep.storage import StorageSpec
 
             try:
                 optuna.delete_study(study_name=name, storage=StorageSpec(POSTGRES).open())
@@ -280,7 +280,7 @@ def test_nothing_tells_a_server_to_listen_on_every_interface():
 def test_the_test_postgres_server_listens_on_loopback_only():
     import sqlalchemy
 
-    from sweeper.sweep.study import StorageSpec
+    from sweeper.sweep.storage import StorageSpec
 
     engine = sqlalchemy.create_engine(StorageSpec(POSTGRES).driver_url)
     with engine.connect() as connection:

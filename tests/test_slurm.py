@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from test_faults import finish, leave_no_sweep_behind, start_sweep  # noqa: F401 - the fixture cleans up
 
-from sweeper.sweep.study import StorageSpec
+from sweeper.sweep.storage import StorageSpec
 
 SLURM_CONF = os.environ.get("SWEEPER_TEST_SLURM_CONF")
 pytestmark = [

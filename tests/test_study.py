@@ -10,19 +10,13 @@ from helpers.waiting import claim_order
 from optuna.trial import TrialState
 
 from sweeper.config import ConfigError, compose_config, config_dir
+from sweeper.sweep.counts import Counts, next_move
+from sweeper.sweep.objectives import objectives_of
+from sweeper.sweep.plan import plan_sweep
+from sweeper.sweep.sampling import PruningReporter, make_pruner, make_sampler
 from sweeper.sweep.space import build_space
-from sweeper.sweep.study import (
-    Counts,
-    PruningReporter,
-    StorageSpec,
-    make_pruner,
-    make_sampler,
-    next_move,
-    objectives_of,
-    open_study,
-    plan_sweep,
-    storage_of,
-)
+from sweeper.sweep.storage import StorageSpec, storage_of
+from sweeper.sweep.study import open_study
 from sweeper.trial.events import EpochEvent
 
 SAMPLERS = sorted(p.stem for p in (config_dir() / "sampler").glob("*.yaml"))

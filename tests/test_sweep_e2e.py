@@ -13,7 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeper.sweep.study import count_trials, plan_sweep
+from sweeper.sweep.counts import count_trials
+from sweeper.sweep.plan import plan_sweep
 
 SWEEP = [
     "experiment=digits_transfer", "train.epochs=3", "sweep.workers=1", "sweep.cpu_threads=1", "pruner=median",

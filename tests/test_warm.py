@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
+from helpers.processes import with_tests_on_path
 from helpers.waiting import wait_until
 
 from sweeper.sweep.warm import WarmServer
@@ -47,6 +49,37 @@ def test_forked_workers_run_their_commands_into_their_own_logs(server, tmp_path)
     server.close()  # no more workers: the server ends on its own
     wait_until(lambda: not server.alive(), "the server to end once its input closed")
     assert server.process.returncode == 0
+
+
+def test_warm_ups_run_before_the_fork_and_one_that_fails_stops_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
+    server = WarmServer(["helpers.warm_marks:fail", "helpers.warm_marks:warm"])
+    try:
+        assert server.start(0, [sys.executable, "-m", "helpers.warm_report"], dict(os.environ), tmp_path / "w.log")
+        assert server.wait_exit(0, 300) == 0
+    finally:
+        server.kill()
+    assert (tmp_path / "w.log").read_text().split() == ["warm"]
+
+
+def test_the_workers_warm_up_leaves_their_study_and_config_nothing_to_import(tmp_path):
+    """What a worker pays once per process before its first trial (SQLAlchemy, alembic, Optuna's
+    storage, Hydra's first composition) is paid by the warm server's warm-up, before the fork."""
+    script = f"""
+import sys
+from sweeper.commands.worker import warm_up
+warm_up()
+before = set(sys.modules)
+from sweeper.sweep.plan import plan_sweep
+from sweeper.sweep.study import open_study
+plan = plan_sweep(["results_dir={tmp_path}", "tracking=none"], [], validate=False)
+open_study(plan, create=True)
+new = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("sqlalchemy", "alembic", "optuna", "hydra", "omegaconf"))
+print(new)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_stopping_a_worker_that_ends_as_it_is_stopped_is_no_error(tmp_path, monkeypatch):

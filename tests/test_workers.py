@@ -20,8 +20,10 @@ from rich.console import Console
 
 from sweeper.config import ConfigError
 from sweeper.sweep import workers
+from sweeper.sweep.counts import Counts, count_trials
 from sweeper.sweep.live import LiveView, read_progress
-from sweeper.sweep.study import Counts, count_trials, open_study, plan_sweep
+from sweeper.sweep.plan import plan_sweep
+from sweeper.sweep.study import open_study
 from sweeper.sweep.workers import Slot, plan_slots, run_worker, visible_gpus
 
 SWEEP = {"workers": "auto", "workers_per_device": 1, "cpu_threads": "auto"}

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["LiveReport"]
 
 LOOK_SECONDS = 0.5  # how often the thread looks for newly finished trials
+TAIL_LOOK_SECONDS = 0.1  # in the sweep's tail: the last trial's end starts the last drawing at once
 MIN_INTERVAL_SECONDS = 2.0
 
 
@@ -73,13 +74,14 @@ class LiveReport:
         from sweeper.analysis.report import DrawnPlots, write_report
 
         self.drawn = DrawnPlots()
-        written, pause, last = None, MIN_INTERVAL_SECONDS, 0.0
-        while not self._stop.wait(LOOK_SECONDS):
+        written, pause, last, look = None, MIN_INTERVAL_SECONDS, 0.0, LOOK_SECONDS
+        while not self._stop.wait(look):
             finished, running = self._counts()
             last_trial = finished >= self.n_trials  # drawn at once, while the workers exit
             # In the sweep's tail (every trial still to finish is running) a drawing would most
             # likely be under way when the last trial ends, and stale: the user would wait for it.
             tail = running and finished + running >= self.n_trials and not last_trial
+            look = TAIL_LOOK_SECONDS if tail else LOOK_SECONDS
             if finished == written or finished == 0 or tail or (time.monotonic() - last < pause and not last_trial):
                 continue
             began = time.monotonic()

@@ -329,7 +329,8 @@ def plot_schedules(
             axis.plot([i / max(1, len(values) - 1) for i in range(len(values))], values, label=f"group {group}{head}")
         axis.set(title=f"{strategy}: trial {row['trial']}, {row['shape']}", xlabel="fraction of training")
         log_y(axis)
-        axis.legend(fontsize="small")
+        if lrs:  # a panel that says why it has no curve has nothing to name
+            axis.legend(fontsize="small")
     axes[0][0].set_ylabel("learning rate")
     return save_figure(figure, path)
 

@@ -32,7 +32,7 @@ from sweeper.config import ConfigError
 from sweeper.records.mlflow_store import TrackingSettings, connect, read_artifact, read_curves, store_client, tracking_settings
 from sweeper.records.recorder import MlflowRecorder
 from sweeper.records.run_record import RERUN_KIND, SWEEP_MEMBER_KINDS, result_curves
-from sweeper.sweep.study import load_trainer
+from sweeper.sweep.trainer import load_trainer
 from sweeper.trial.events import EpochEvent, Reporter, StepEvent, TrialResult
 
 __all__ = [

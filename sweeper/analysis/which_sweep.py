@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from sweeper.boundary.checked_study import CheckedStudy, checked_study
 from sweeper.config import ConfigError
 from sweeper.config.rules import check_sweep_name
-from sweeper.sweep.study import storage_of
+from sweeper.sweep.storage import storage_of
 
 __all__ = ["load_sweep_study", "split_sweep_name"]
 

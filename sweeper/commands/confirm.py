@@ -26,7 +26,7 @@ from sweeper.boundary.recorded_config import Allowed, allowed_code
 from sweeper.boundary.recorded_study import study_config_dirs, study_trainer
 from sweeper.config import compose_config
 from sweeper.records.tracking import open_sweep, sweep_folder
-from sweeper.sweep.study import load_trainer
+from sweeper.sweep.trainer import load_trainer
 
 if TYPE_CHECKING:
     import optuna

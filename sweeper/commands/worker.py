@@ -23,7 +23,8 @@ import time
 from sweeper.config.errors import NotWritten, disk_full
 from sweeper.sweep.launchers import SweepArguments
 from sweeper.sweep.lifeline import end_with_parent
-from sweeper.sweep.study import SweepPlan, load_trainer, plan_sweep
+from sweeper.sweep.plan import SweepPlan, plan_sweep
+from sweeper.sweep.trainer import load_trainer
 from sweeper.sweep.workers import StopRequest, run_worker
 
 
@@ -74,4 +75,20 @@ def wait_for_go(plan: SweepPlan) -> bool:
     load_trainer(plan.cfg)
     import sweeper.records.tracking  # noqa: F401 - imported now, not at the first trial
 
+    warm_up()
     return sys.stdin.readline().strip() == "go"
+
+
+def warm_up() -> None:
+    """Pay now, while the sweep checks itself, what a worker's first study and first trial config
+    cost once per process: importing SQLAlchemy, alembic and Optuna's storage (a third of a
+    second's work before its first trial) and Hydra's first composition (its override parser).
+    Run by the warm server before it forks the workers (sweeper.sweep.warm), so it keeps nothing
+    open: the study is an in-memory SQLite one, closed again; the config is thrown away."""
+    import optuna
+
+    from sweeper.config.compose import compose_config
+
+    storage = optuna.storages.RDBStorage("sqlite:///:memory:")
+    storage.engine.dispose()
+    compose_config()

@@ -27,8 +27,8 @@ from omegaconf import DictConfig
 
 from sweeper.config import ConfigError
 from sweeper.records.spool import SPOOL_ENV, spool_folder
+from sweeper.sweep.plan import SweepPlan, plan_sweep
 from sweeper.sweep.slurm_jobs import check_slurm, submit_jobs
-from sweeper.sweep.study import SweepPlan, plan_sweep
 from sweeper.sweep.warm import WarmServer
 from sweeper.sweep.workers import Slot, StopRequest, plan_slots, run_worker, usable_cores, visible_gpus
 
@@ -224,7 +224,7 @@ def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: f
     """The server starts now and imports what a trial needs while the sweep checks; the workers
     are forked from it at go()."""
     # Not MLflow: the workers hand their records to the sweep's recorder (sweeper.records.spool).
-    preload = ["sweeper.commands.worker", str(plan.cfg.sweep.trainer), "sweeper.records.tracking"]
+    preload = ["sweeper.commands.worker", str(plan.cfg.sweep.trainer), "sweeper.records.tracking", "sweeper.commands.worker:warm_up"]
     server = WarmServer(preload)
     logs.mkdir(parents=True, exist_ok=True)
     workers = []

@@ -21,7 +21,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from sweeper.sweep.study import Counts, SweepPlan
+from sweeper.sweep.counts import Counts
+from sweeper.sweep.plan import SweepPlan
 
 __all__ = ["LiveView", "SweepStatus", "WorkerNotes", "how_it_ended", "read_progress", "sampled"]
 

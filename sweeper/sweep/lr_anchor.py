@@ -31,7 +31,7 @@ import optuna
 from sweeper.boundary.recorded_sweep import ANCHOR_ATTR  # study user attr: what lr_find found, the ranges set from it
 from sweeper.config import ConfigError
 from sweeper.sweep.lr_anchor_rule import anchored_range
-from sweeper.sweep.study import SweepPlan
+from sweeper.sweep.plan import SweepPlan
 
 __all__ = ["ANCHOR_ATTR", "anchor_plan", "describe_anchor", "find_in_subprocess", "lr_find_requests", "recorded_plan"]
 

@@ -160,7 +160,15 @@ def serve(requests: IO[bytes], answers: IO[bytes], sweep: int, preload: Sequence
 
 
 def _load(name: str) -> None:
-    """Import a module (or the module an attribute is in); a failure is the worker's to report."""
+    """Import a module (or the module an attribute is in), or call `module:function` (a warm-up
+    that leaves nothing open); a failure is the worker's to report."""
+    module, _, function = name.partition(":")
+    if function:
+        try:
+            getattr(importlib.import_module(module), function)()
+        except Exception:  # noqa: BLE001 - the worker does the same work again and says what failed
+            pass
+        return
     for candidate in (name, name.rpartition(".")[0]):
         try:
             importlib.import_module(candidate)

@@ -41,16 +41,12 @@ from optuna.trial import TrialState
 from sweeper.config import compose_config
 from sweeper.config.rules import warn_oversubscribed, whole
 from sweeper.secrets import mask_text
+from sweeper.sweep.counts import count_trials, fail_stale_trials, next_move
 from sweeper.sweep.lr_anchor import recorded_plan
-from sweeper.sweep.study import (
-    PruningReporter,
-    SweepPlan,
-    count_trials,
-    fail_stale_trials,
-    load_trainer,
-    next_move,
-    open_study,
-)
+from sweeper.sweep.plan import SweepPlan
+from sweeper.sweep.sampling import PruningReporter
+from sweeper.sweep.study import open_study
+from sweeper.sweep.trainer import load_trainer
 from sweeper.training.checkpoints import checkpoint_every, checkpoints_on, for_sweep_trial
 from sweeper.training.saved_models import best_in_study, keepers, save_model_setting
 from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrialResult

@@ -30,7 +30,8 @@ def finished_sweep(sweeper_cli, tmp_path: Path, sweep: Sequence[str], n_trials: 
     check that every trial finished with an objective in [0, 1], and return the Optuna study."""
     import optuna
 
-    from sweeper.sweep.study import count_trials, plan_sweep
+    from sweeper.sweep.counts import count_trials
+    from sweeper.sweep.plan import plan_sweep
 
     done = sweeper_cli("sweep", *sweep, f"sweep.n_trials={n_trials}", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
