@@ -432,3 +432,79 @@ def test_a_study_optuna_itself_cannot_parse_is_refused_in_one_line(planted, caps
     code = main(["report", SWEEP, f"storage.url={storage}", "tracking=none", "results_dir=results"])
     out, err = capsys.readouterr()
     assert code == 2 and "its study cannot be read" in err and len(err.splitlines()) == 1, out + err
+
+
+# --- resume: what a sweep compares itself with before it goes on --------------------------------
+
+# A sweep with lr_find's ranges (search.lr.high=auto), so that a resume reads every attribute it
+# compares itself with: its objectives, its definition, lr_find's record.
+RESUMED = [
+    "sweep.name=resumed", "sweep.trainer=helpers.trainers.StandInTrainer", "search=slices", "search.lr.high=auto",
+    "sweep.n_trials=2", "storage.url=sqlite:///studies.db", "tracking=none", "results_dir=results",
+]  # fmt: skip
+FOUND = {"suggestions": {"valley": 1e-3}, "range": [1e-4, 1e-2], "reason": None}
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory) -> tuple[Path, dict]:
+    """A study as `sweeper sweep` leaves one (its definition, objectives and lr_find's record), in
+    a folder of its own: each case tampers with a copy."""
+    from sweeper.sweep.plan import plan_sweep
+    from sweeper.sweep.study import open_study
+
+    folder = tmp_path_factory.mktemp("resumable")
+    plan = plan_sweep([*RESUMED[:-3], f"storage.url=sqlite:///{folder}/studies.db", *RESUMED[-2:]], validate=False)
+    study = open_study(plan, create=True)
+    study.set_user_attr("lr_anchor", {"seconds": 1.5, "strategies": dict.fromkeys(plan.space.strategies(), FOUND)})
+    return folder / "studies.db", dict(study.user_attrs)
+
+
+def _definition(attrs: dict, **changes) -> dict:
+    return {**attrs["definition"], **changes}
+
+
+# case -> (the study attribute, its tampered value from the honest attributes, what the refusal says)
+RESUME_CASES = {
+    "objectives-not-a-list": ("objectives", lambda a: 5, "the study's recorded objectives"),
+    "objectives-with-terminal-codes": ("objectives", lambda a: [ESCAPE], "the study's recorded objectives"),
+    "definition-not-a-mapping": ("definition", lambda a: 5, "the study's recorded definition"),
+    "definition-value-not-json-text": ("definition", lambda a: {"trainer": 5}, "the study's recorded definition"),
+    "definition-past-the-limits": ("definition", lambda a: _definition(a, trainer="x" * 200_000), "the study's recorded definition"),
+    "definition-nested-past-the-parser": ("definition", lambda a: _definition(a, trainer="[" * 90_000), "another definition"),
+    "definition-with-terminal-codes": ("definition", lambda a: _definition(a, trainer=ESCAPE), "trainer: \\x1b[2K"),
+    "lr-anchor-seconds-not-a-number": ("lr_anchor", lambda a: {**a["lr_anchor"], "seconds": "soon"}, "the study's recorded lr_anchor"),
+    "lr-anchor-seconds-negative": ("lr_anchor", lambda a: {**a["lr_anchor"], "seconds": -1}, "the study's recorded lr_anchor"),
+    "lr-anchor-range-reversed": (
+        "lr_anchor",
+        lambda a: {**a["lr_anchor"], "strategies": {s: {**FOUND, "range": [1e-2, 1e-4]} for s in a["lr_anchor"]["strategies"]}},
+        "the study's recorded lr_anchor",
+    ),
+    "lr-anchor-without-a-strategy": ("lr_anchor", lambda a: {**a["lr_anchor"], "strategies": {}}, "have none for"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_a_resume_reads_what_the_study_recorded_through_the_boundary(case, resumable, workdir, capsys):
+    """`sweeper sweep` of an existing study (--dry-run: it would go on) compares itself with what
+    the study recorded: a record that is not sweeper's is refused in one line naming the
+    attribute, before anything is written, and its text is shown escaped."""
+    import shutil
+
+    stored, honest = resumable
+    shutil.copy(stored, workdir / "studies.db")
+    key, tampered, said = RESUME_CASES[case]
+    optuna.load_study(study_name="resumed", storage="sqlite:///studies.db").set_user_attr(key, tampered(honest))
+    before = made_under(workdir)
+    code = main(["sweep", "--dry-run", *RESUMED])
+    out, err = capsys.readouterr()
+    assert code == 2 and len(err.splitlines()) == 1 and said in err, out + err  # one line, no traceback
+    assert "\x1b" not in out + err
+    assert made_under(workdir) == before
+
+
+def test_an_honest_resume_reads_the_recorded_ranges(resumable, workdir, capsys):
+    import shutil
+
+    shutil.copy(resumable[0], workdir / "studies.db")
+    assert main(["sweep", "--dry-run", *RESUMED]) == 0, capsys.readouterr()
+    assert "lr ranges: as the sweep recorded them (lr_find took 1.5 s when it began; not run again)" in capsys.readouterr().out

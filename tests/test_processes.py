@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from optuna.trial import TrialState
 
 from sweeper.cli import main
 from sweeper.sweep.counts import count_trials
-from sweeper.sweep.live import how_it_ended
+from sweeper.sweep.live import how_it_ended, record_death
 from sweeper.sweep.plan import plan_sweep
 from sweeper.sweep.study import open_study
 from sweeper.sweep.workers import ProgressReporter, StopRequest, run_worker
@@ -264,6 +265,9 @@ def test_a_worker_killed_by_a_signal_is_named_by_it_and_a_crash_leaves_its_stack
     # faulthandler wrote the Python stack of the crash into the worker's log
     logs = sweep.worker_logs()
     assert "Fatal Python error: Segmentation fault" in logs and "test_processes.py" in logs, logs[-3000:]
+    # the trial it left running says so itself, for the heartbeat check that fails it later
+    (trial,) = sweep.study().trials
+    assert trial.user_attrs["reason"].startswith("its worker was killed by SIGSEGV; its log: "), trial.user_attrs
 
 
 @pytest.mark.parametrize(
@@ -278,6 +282,37 @@ def test_a_worker_killed_by_a_signal_is_named_by_it_and_a_crash_leaves_its_stack
 )
 def test_a_worker_s_exit_code_is_said_in_words(code, said):
     assert how_it_ended(code).startswith(said)
+
+
+class DeadWorker:
+    label, log = "worker 0 (cpu x1)", Path("results/sweeps/s/worker-0.log")
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+
+    def pid(self) -> int:
+        return self._pid
+
+
+def test_the_trial_of_a_worker_killed_by_a_signal_is_failed_with_the_signal_s_name(tmp_path, capsys):
+    """Its worker died without a word, and the heartbeat check that fails its trial knows
+    nothing of why: the sweep, which saw the signal, records it on the trial, and the summary
+    names it instead of "no reason recorded"."""
+    from sweeper.boundary.checked_study import checked_study
+    from sweeper.commands.sweep import _failure_reasons
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db")
+    own, other = study.ask(), study.ask()
+    own.set_user_attr("worker", f"{socket.gethostname()}:4242")
+    other.set_user_attr("worker", f"{socket.gethostname()}:4343")  # another worker's, still running
+    record_death(study, DeadWorker(4242), -signal.SIGSEGV)
+    for trial in (own, other):
+        study.tell(trial, state=TrialState.FAIL)  # as the heartbeat check does, without a reason
+    reasons = _failure_reasons(checked_study(study))
+    assert reasons == {
+        "its worker was killed by SIGSEGV; its log: results/sweeps/s/worker-0.log": 1,
+        "no reason recorded (its worker stopped or died)": 1,
+    }, reasons
 
 
 # --- a worker whose trial was taken over ------------------------------------------------------

@@ -52,7 +52,7 @@ def test_every_imported_name_is_found():
         Import("data.extra[0]._target_", "x.y.Z"),
         Import("optimizer._target_", "torch.optim.AdamW"),
         Import("shape._target_", "sweeper.schedules.shapes.FunctionShape"),
-        Import("shape.fn", "mypkg.shapes.sqrt"),
+        Import("shape.fn", "mypkg.shapes.sqrt", function=True),
         Import("sweep.trainer", "sweeper.training.engine"),
         Import("sampler._target_", "optuna.samplers.TPESampler"),
     ]

@@ -10,6 +10,7 @@ a refused rerun proves the payload did not run. The recorded configs are folders
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 from helpers.processes import with_tests_on_path
 from omegaconf import OmegaConf
 
-from sweeper.boundary.recorded_config import ALLOWED_CALLABLES, Allowed, checked_config, find_imports, read_recorded
+from sweeper.boundary.recorded_config import ALLOWED_CALLABLES, ALLOWED_FUNCTIONS, Allowed, checked_config, find_imports, read_recorded
 from sweeper.cli import main
 from sweeper.config import compose_config
 
@@ -382,7 +383,7 @@ def test_the_allow_list_holds_every_callable_our_configs_name():
         node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         group = path.parent.relative_to(config_dir()).as_posix()
         named |= {i.name for i in find_imports({group: node} if group != "." else node)}
-    assert named <= ALLOWED_CALLABLES, named - ALLOWED_CALLABLES
+    assert named <= ALLOWED_CALLABLES | ALLOWED_FUNCTIONS, named - ALLOWED_CALLABLES - ALLOWED_FUNCTIONS
     assert {
         "sweeper.zoo.models.resnet_split",
         "sweeper.schedules.shapes.linear_decay",
@@ -390,6 +391,8 @@ def test_the_allow_list_holds_every_callable_our_configs_name():
     } <= named  # groups, fn, trainer found
     for name in ALLOWED_CALLABLES:
         assert callable(get_object(name)) or name == "sweeper.training.engine", name
+    for name in ALLOWED_FUNCTIONS:
+        assert inspect.isfunction(get_object(name)), name
 
 
 def test_the_checked_config_is_what_runs(planted, recorded_config, monkeypatch, capsys):

@@ -45,5 +45,5 @@ def test_digits_transfer_sweep_runs_exactly_n_trials_inside_the_space(sweeper_cl
     assert all(t.user_attrs["status"] in ("finished", "pruned") for t in finished)
 
     assert f"sweep {plan.name}: 12/12 finished" in done.stdout
-    assert "rerun it: sweeper train experiment=digits_transfer" in done.stdout
+    assert "rerun it: sweeper rerun RUN_ID, with trial " in done.stdout
     assert (tmp_path / "results" / "sweeps" / plan.name / "trials.csv").is_file()

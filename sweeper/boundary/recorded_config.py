@@ -19,7 +19,8 @@ the setting and the fix, raised before anything is imported or written.
    (nested nodes, lists, `_args_`, nodes copied in by interpolation), the arguments of allowed
    callables that name code (CODE_ARGUMENTS: a FunctionShape's `fn`), and the settings the
    trainer imports by name (`model.groups` when it is a dotted path, `sweep.trainer`).
-3. Allow each only if it is one of ALLOWED_CALLABLES, exact dotted names: a package is no
+3. Allow each only if it is one of ALLOWED_CALLABLES (a code argument: ALLOWED_FUNCTIONS, the
+   functions of pos; a class there would be called with pos), exact dotted names: a package is no
    boundary, since `sweeper.zoo.models.os.system` is `os.system` to Hydra. The user may vouch for a
    module of their own as a whole (`--allow-module`, or `tracking.allow_modules` in their own
    config, never the recorded one's); the standard library and the packages sweeper runs on
@@ -60,6 +61,7 @@ from sweeper.secrets import mask_text
 
 __all__ = [
     "ALLOWED_CALLABLES",
+    "ALLOWED_FUNCTIONS",
     "CODE_ARGUMENTS",
     "WRITE_FOLDERS",
     "Allowed",
@@ -102,11 +104,10 @@ ALLOWED_CALLABLES = frozenset(
         "sweeper.zoo.data.tensors_file",
         "sweeper.zoo.data.image_folder",
         "sweeper.zoo.data.synthetic_tokens",
-        # cycle shapes, and the functions a FunctionShape may call (shape.fn)
+        # cycle shapes
         *(f"sweeper.schedules.shapes.{name}" for name in _SHAPES),
         *(f"sweeper.schedules.torch_schedulers.{name}" for name in _TORCH_SCHEDULERS),
         "sweeper.schedules.sequential.Sequential",
-        "sweeper.schedules.shapes.linear_decay",
         # the task's loss and metrics (task.loss, task.metrics: _partial_)
         "torch.nn.functional.cross_entropy",
         "torch.nn.functional.mse_loss",
@@ -125,8 +126,12 @@ ALLOWED_CALLABLES = frozenset(
         *(f"optuna.pruners.{name}" for name in _PRUNERS),
     }
 )
-# Arguments of allowed callables whose value is the dotted path of code the callable imports.
+# Arguments of allowed callables whose value is the dotted path of a function the callable
+# imports and calls with one number (a FunctionShape's pos).
 CODE_ARGUMENTS = {"sweeper.schedules.shapes.FunctionShape": ("fn", "mom_fn")}
+# What a code argument may name of sweeper's: functions of pos. Not ALLOWED_CALLABLES: a model,
+# a shape class or an optimizer called with pos passes no check and fails the trial half-way.
+ALLOWED_FUNCTIONS = frozenset({"sweeper.schedules.shapes.linear_decay"})
 # Arguments of allowed callables that name the folder they write in.
 WRITE_FOLDERS = {"sweeper.zoo.models.pretrained_on_digits": "cache_dir"}
 # Not modules of the user's: allowing one whole would allow what it holds that runs commands,
@@ -171,6 +176,7 @@ _NOT_READ = "nothing was read from it; give a config that `sweeper train` or a s
 class Import:
     setting: str  # where the name is written, e.g. model.net._target_
     name: Any  # what it names, e.g. sweeper.zoo.models.MLP (not always a string)
+    function: bool = False  # named by a code argument (CODE_ARGUMENTS): a function of pos
 
     @property
     def shown(self) -> str:
@@ -189,10 +195,12 @@ class Allowed:
     writes_to: str = "results/cache"
     own_nodes: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
-    def allows(self, name: Any) -> bool:
+    def allows(self, found: Import) -> bool:
+        name = found.name
         if not isinstance(name, str) or "." not in name:
             return False
-        return name in ALLOWED_CALLABLES or any(name == m or name.startswith(m + ".") for m in self.modules)
+        ours = ALLOWED_FUNCTIONS if found.function else ALLOWED_CALLABLES
+        return name in ours or any(name == m or name.startswith(m + ".") for m in self.modules)
 
 
 def allowed_code(cfg: DictConfig, extra: Iterable[str] = ()) -> Allowed:
@@ -344,7 +352,7 @@ def checked_config(recorded: DictConfig, allowed: Allowed, writes_to: str | Path
 def check_config(config: DictConfig | Mapping, allowed: Allowed) -> list[Import]:
     """The config's imports, each allowed; else ConfigError naming what is not, and the fix."""
     imports = find_imports(config)
-    refused = [i for i in imports if not allowed.allows(i.name)]
+    refused = [i for i in imports if not allowed.allows(i)]
     if refused:
         listed = ", ".join(f"{i.setting}={i.shown}" for i in refused)
         raise ConfigError(f"the recorded config names code that sweeper does not allow: {listed}. Nothing was run; {_fix(refused)}.")
@@ -371,7 +379,7 @@ def _imports(node: Any, path: str) -> Iterator[Import]:
             if key in arguments[1:] and value is None:
                 continue  # an optional code argument left unset (a shape's mom_fn: null) imports nothing
             if key in arguments or _names_code(setting, value):
-                yield Import(setting, value)  # a name that is not a string is refused whole
+                yield Import(setting, value, function=key in arguments[1:])  # a name that is not a string is refused whole
             else:
                 yield from _imports(value, setting)
     elif isinstance(node, list):
@@ -411,6 +419,11 @@ def _fix(refused: list[Import]) -> str:
         return (
             "if it is code of yours that you trust, allow its module by typing the module's name "
             "yourself: --allow-module MODULE (or tracking.allow_modules=[MODULE] in your own config)"
+        )
+    if any(i.function for i in refused):
+        return (
+            "a FunctionShape's fn and mom_fn may name only a function of pos, sweeper's own "
+            "(sweeper.boundary.recorded_config.ALLOWED_FUNCTIONS) or one in a module you allow"
         )
     return "a recorded config may build only sweeper's allowed callables (sweeper.boundary.recorded_config.ALLOWED_CALLABLES), by their dotted names"
 

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_recorded(source.config)
     print(f"rerun of {source.label}; the recorded config imports:")
     for found in find_imports(config):
-        print(f"  {found.setting}: {found.shown}" + ("" if allowed.allows(found.name) else "  (not allowed)"))
+        print(f"  {found.setting}: {found.shown}" + ("" if allowed.allows(found) else "  (not allowed)"))
     check_config(config, allowed)
     if args.dry_run:
         return 0

@@ -26,7 +26,7 @@ from typing import Any
 
 import optuna
 from omegaconf import OmegaConf
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.analysis.live_report import LiveReport
 from sweeper.boundary.checked_study import checked_study
@@ -211,7 +211,7 @@ def _stop(workers: list[WorkerHandle]) -> None:
 
 
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list[WorkerHandle]) -> None:
-    notes = WorkerNotes(workers)
+    notes = WorkerNotes(workers, study)
     with LiveView(f"sweep {plan.name}", plan.cfg.sweep.live) as view:
         while True:
             done = all(w.poll() is not None for w in workers)  # read before the study: no update lost
@@ -264,7 +264,7 @@ def _summarise(
     for trial in best:
         values = ", ".join(f"{n} {v:.4g}" for n, v in zip(plan.objectives.names, trial.values))
         print(f"best: trial {trial.number}, {values}: {sampled(trial, plan)}")
-        print(f"  rerun it: {printable('sweeper train ' + shlex.join(trial.user_attrs.get('overrides', [])))}")
+        print(f"  {_rerun_advice(trial, settings is not None)}")
     print(f"study: {plan.name} in {plan.storage.label()}")
     if report is not None:
         print(f"report: {report / 'report.md'} (tables and plots beside it)")
@@ -285,6 +285,16 @@ def _summarise(
         print(f"the workers stopped before {plan.n_trials} finished trials: see their logs; run again to resume.")
         return EXIT_INCOMPLETE
     return 0
+
+
+def _rerun_advice(trial: FrozenTrial, tracked: bool) -> str:
+    """How to train the trial again: `sweeper rerun` of its MLflow run, which checks what was
+    recorded before it builds anything. Its recorded overrides are shown as text, never as a
+    command to type: a shared study's overrides may name anything."""
+    if tracked:
+        return f"rerun it: sweeper rerun RUN_ID, with trial {trial.number}'s MLflow run id (the report lists it)"
+    overrides = printable(shlex.join(trial.user_attrs.get("overrides", [])))
+    return f"its overrides, as the study recorded them (tracking was off: no run to rerun): {overrides}"
 
 
 def _failure_reasons(study: optuna.Study) -> Counter[str]:

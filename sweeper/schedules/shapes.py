@@ -29,6 +29,7 @@ import bisect
 import dataclasses
 import functools
 import importlib
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -621,9 +622,27 @@ def _imported(setting: str, path: object) -> Callable[[float], float]:
             f"{setting}: cannot import {path!r}; give the dotted path of a function of pos that is "
             f"importable here (e.g. mypkg.schedules.my_shape)."
         ) from None
-    if not callable(function):
-        raise ShapeError(f"{setting}: {path!r} is not callable.")
+    # A class is callable too, but called with pos it builds an object, not a number: refused
+    # here, before anything is written, rather than as a TypeError at the first step.
+    what = "a class" if isinstance(function, type) else None if callable(function) else f"a {type(function).__name__}"
+    if what is None and not _takes_one_argument(function):
+        what = "a callable of other arguments"
+    if what:
+        raise ShapeError(
+            f"{setting}: {path!r} is {what}, not a function of pos; give the dotted path of a function "
+            f"pos -> number (e.g. sweeper.schedules.shapes.linear_decay)."
+        )
     return function
+
+
+def _takes_one_argument(function: Callable) -> bool:
+    try:
+        inspect.signature(function).bind(0.5)
+    except ValueError:
+        return True  # a builtin without a signature (math.cos): called, it says what it takes
+    except TypeError:
+        return False
+    return True
 
 
 def linear_decay(pos: float) -> float:

@@ -22,6 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from sweeper.boundary.printed import printable
+from sweeper.boundary.recorded_sweep import CHANGES_ATTR, DEFINITION_ATTR  # what the study keeps; read there, checked
 from sweeper.boundary.renamed import current_name
 from sweeper.config import plain
 from sweeper.secrets import mask_text
@@ -36,8 +38,6 @@ __all__ = [
     "differences",
 ]
 
-DEFINITION_ATTR = "definition"  # study user attr: the flat definition {key: JSON text}
-CHANGES_ATTR = "definition_changes"  # study user attr: the changes continued with sweep.allow_changes
 SHOWN_DIFFERENCES = 6  # in the one-line refusal; the rest are counted
 
 
@@ -70,12 +70,14 @@ def _flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def differences(recorded: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
-    """One entry per setting that differs: `key: recorded -> now` (absent: "unset")."""
+    """One entry per setting that differs: `key: recorded -> now` (absent: "unset"). `recorded`
+    is the study's, as sweeper.boundary.recorded_sweep.recorded_definition checked it: its text
+    is shown escaped (a shared study's record may hold terminal codes)."""
     found = []
     for key in sorted(set(recorded) | set(now)):
         old, new = _current(recorded.get(key)), now.get(key)
         if old != new:
-            found.append(f"{key}: {_shown(old)} -> {_shown(new)}")
+            found.append(f"{printable(key)}: {_shown(old)} -> {_shown(new)}")
     return found
 
 
@@ -86,7 +88,7 @@ def _current(value: str | None) -> str | None:
         return None
     try:
         decoded = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what the parser takes: compared as text
         return value
     renamed = current_name(decoded)
     return value if renamed == decoded else json.dumps(renamed)
@@ -95,7 +97,7 @@ def _current(value: str | None) -> str | None:
 def _shown(value: str | None) -> str:
     if value is None:
         return "unset"
-    text = value.strip('"') if value.startswith('"') else value
+    text = printable(value.strip('"') if value.startswith('"') else value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

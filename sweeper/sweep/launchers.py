@@ -101,6 +101,9 @@ class LocalWorker:
     def poll(self) -> int | None:
         return self.process.poll()
 
+    def pid(self) -> int | None:
+        return self.process.pid
+
     def go(self) -> None:
         """Let a worker started held (`sweeper worker --held`) open the study and take trials."""
         if self.process.stdin is None:
@@ -162,6 +165,11 @@ class WarmWorker:
         if self.fallback is not None:
             return self.fallback.poll()
         return self.server.exit_code(self.index) if self.started else None
+
+    def pid(self) -> int | None:
+        if self.fallback is not None:
+            return self.fallback.pid()
+        return self.server.worker_pid(self.index) if self.started else None
 
     def discard(self) -> None:
         """Before go nothing is forked: ending the server ends everything."""

@@ -9,8 +9,10 @@ the running trials finish epochs (a fused run's trials all end together).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from rich.table import Table
 from sweeper.sweep.counts import Counts
 from sweeper.sweep.plan import SweepPlan
 
-__all__ = ["LiveView", "SweepStatus", "WorkerNotes", "how_it_ended", "read_progress", "sampled"]
+__all__ = ["LiveView", "SweepStatus", "WorkerNotes", "how_it_ended", "read_progress", "record_death", "sampled"]
 
 # Seconds at least between two lines that tell only of epochs done (non-interactive output).
 EPOCHS_EVERY = 5.0
@@ -110,6 +112,22 @@ def how_it_ended(code: int) -> str:
     return f"killed by {name}"
 
 
+def record_death(study: optuna.Study, worker: object, code: int) -> None:
+    """The reason of the trials `worker` (killed by a signal: `code` < 0) left running, on the
+    trials themselves: they are the ones whose `worker` attribute is its host and pid. A worker
+    without a pid here (a cluster job's) or a study that cannot be written leaves them as they are:
+    the note already said how the worker ended."""
+    pid = worker.pid() if callable(getattr(worker, "pid", None)) else None
+    if pid is None:
+        return
+    mark = f"{socket.gethostname()}:{pid}"
+    reason = f"its worker was {how_it_ended(code)}; its log: {getattr(worker, 'log', 'unknown')}"
+    with contextlib.suppress(Exception):  # a full disk, a trial failed meanwhile: the note stands
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("worker") == mark:
+                study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+
+
 def _best(study: optuna.Study, trials: Sequence[FrozenTrial], plan: SweepPlan) -> str | None:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
@@ -176,13 +194,16 @@ class WorkerNotes:
     read from their log files as they grow, for the sweep's console: nobody watches the logs
     while a sweep runs. The same note from several workers in a row is passed on once. A
     worker killed by a signal is noted once, by the signal's name (a crash leaves its Python
-    stack in its log: `sweeper worker` enables faulthandler)."""
+    stack in its log: `sweeper worker` enables faulthandler), and, given the `study`, the trial
+    it left running records that as its reason: the heartbeat check fails that trial later,
+    knowing nothing of why, and the sweep's summary and report read the reason there."""
 
     MARKS = ("sweeper: ", "sweeper worker: ")  # a warning; the error a worker stopped with
     STOPPED = (0, 130, 143)  # done, or stopped by Ctrl-C or SIGTERM (the sweep says so itself)
 
-    def __init__(self, workers: Sequence) -> None:
+    def __init__(self, workers: Sequence, study: optuna.Study | None = None) -> None:
         self._workers = list(workers)
+        self._study = study
         # from where this run's workers began to write (a resumed sweep's logs hold the earlier runs')
         self._read = {worker.label: (worker.log, getattr(worker, "log_size", None) or 0) for worker in workers}
         self._last = ""
@@ -195,6 +216,8 @@ class WorkerNotes:
             if code is not None and code < 0 and worker.label not in self._killed:
                 self._killed.add(worker.label)
                 notes.append(f"{worker.label}: {how_it_ended(code)}; its trial fails and runs again on resume; its log: {worker.log}")
+                if self._study is not None:
+                    record_death(self._study, worker, code)
             elif code is not None and code not in self.STOPPED and worker.label not in self._killed:
                 self._killed.add(worker.label)  # its error is in its log, if the log could be written (a full disk)
                 notes.append(f"{worker.label}: {how_it_ended(code)}; its log: {worker.log}")

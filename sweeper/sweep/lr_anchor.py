@@ -28,7 +28,7 @@ from typing import Any
 
 import optuna
 
-from sweeper.boundary.recorded_sweep import ANCHOR_ATTR  # study user attr: what lr_find found, the ranges set from it
+from sweeper.boundary.recorded_sweep import ANCHOR_ATTR, recorded_anchor  # what lr_find found: read there, checked
 from sweeper.config import ConfigError
 from sweeper.sweep.lr_anchor_rule import anchored_range
 from sweeper.sweep.plan import SweepPlan
@@ -70,12 +70,10 @@ def anchor_plan(
     for no anchoring). A study that holds a record is read, and lr_find is not run again."""
     if plan.space.anchor is None:
         return plan, None
-    if study is not None and ANCHOR_ATTR in study.user_attrs:
-        record = study.user_attrs[ANCHOR_ATTR]
-        applied = _applied(plan, record)  # a record that is not one is refused here, in one line
-        seconds = record.get("seconds") if isinstance(record, Mapping) else None
-        took = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) and math.isfinite(seconds) else "an unrecorded time"
-        say(f"lr ranges: as the sweep recorded them (lr_find took {took} when it began; not run again)")
+    record = recorded_anchor(study.user_attrs) if study is not None else None  # one that is not sweeper's: refused
+    if record is not None:
+        applied = _applied(plan, record)
+        say(f"lr ranges: as the sweep recorded them (lr_find took {record['seconds']:.1f} s when it began; not run again)")
         return applied, record
     record = _find(plan, folder, find or find_in_subprocess)
     for line in describe_anchor(record):
@@ -87,7 +85,7 @@ def recorded_plan(plan: SweepPlan, study: optuna.Study) -> SweepPlan:
     """A joining worker's plan: the ranges the sweep recorded (this never runs lr_find)."""
     if plan.space.anchor is None:
         return plan
-    record = study.user_attrs.get(ANCHOR_ATTR)
+    record = recorded_anchor(study.user_attrs)
     if record is None:
         raise ConfigError(
             f"search.lr.high: auto, but the sweep {plan.name!r} has no lr ranges recorded yet; start (or resume) it "
@@ -118,29 +116,18 @@ def _find(plan: SweepPlan, folder: Path, find: Finder) -> dict[str, Any]:
 
 
 def _applied(plan: SweepPlan, record: Mapping[str, Any]) -> SweepPlan:
-    """The plan with the recorded ranges; a record that is not one (damaged, or not this sweep's
-    strategies) is refused rather than guessed at."""
-    strategies = record.get("strategies") if isinstance(record, Mapping) else None
+    """The plan with the ranges of `record` (what lr_find found, as recorded_anchor or _find
+    gives it); one that lacks a strategy of this sweep is refused rather than guessed at."""
     ranges = {}
     for strategy in plan.space.strategies():
-        found = (strategies or {}).get(strategy)
-        span = found.get("range") if isinstance(found, Mapping) else "missing"
-        if span is not None and not _is_range(span):
+        found = record["strategies"].get(strategy)
+        if found is None:
             raise ConfigError(
-                f"search.lr.high: the study's recorded lr range for {strategy} is not a range ({str(span)[:60]}); "
+                f"search.lr.high: the study's recorded lr ranges have none for {strategy}; "
                 f"give this sweep another name (sweep.name=...) to find the ranges again."
             )
-        ranges[strategy] = tuple(span) if span is not None else None
+        ranges[strategy] = tuple(found["range"]) if found["range"] is not None else None
     return replace(plan, space=plan.space.with_high_ranges(ranges))
-
-
-def _is_range(span: Any) -> bool:
-    return (
-        isinstance(span, (list, tuple))
-        and len(span) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in span)
-        and span[0] < span[1]
-    )
 
 
 def describe_anchor(record: Mapping[str, Any]) -> list[str]:

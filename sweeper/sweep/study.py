@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import optuna
 
+from sweeper.boundary.recorded_sweep import recorded_changes, recorded_definition, recorded_objective_names
 from sweeper.config import ConfigError
 from sweeper.records.environment import git_state
 from sweeper.secrets import mask_text
@@ -70,7 +71,7 @@ def check_definition(study: optuna.Study, plan: SweepPlan, *, record: bool = Fal
     """Refuse to go on with a study whose recorded definition differs from the plan's, unless
     sweep.allow_changes; `record` keeps an allowed change (and a definition the study lacked)."""
     _check_resumable(study, plan)
-    recorded = study.user_attrs.get(DEFINITION_ATTR)
+    recorded = recorded_definition(study.user_attrs)  # a shared study's record: checked, or refused in one line
     if recorded is None:  # a study from before definitions were recorded: it has one from now on
         if record:
             study.set_user_attr(DEFINITION_ATTR, plan.definition)
@@ -86,7 +87,7 @@ def check_definition(study: optuna.Study, plan: SweepPlan, *, record: bool = Fal
             f"(sweep.allow_changes=true: the study records the change)."
         )
     if record:
-        changes = [*study.user_attrs.get(CHANGES_ATTR, []), change_record(found, git_state().code_version)]
+        changes = [*recorded_changes(study.user_attrs), change_record(found, git_state().code_version)]
         study.set_user_attr(CHANGES_ATTR, changes)
         study.set_user_attr(DEFINITION_ATTR, plan.definition)
 
@@ -102,7 +103,7 @@ def _free_name(study: optuna.Study, plan: SweepPlan) -> str:
 
 def _check_resumable(study: optuna.Study, plan: SweepPlan) -> None:
     directions = tuple(d.name.lower() for d in study.directions)
-    names = tuple(study.user_attrs.get("objectives", plan.objectives.names))
+    names = recorded_objective_names(study.user_attrs) or plan.objectives.names
     if directions != plan.objectives.directions or names != plan.objectives.names:
         raise ConfigError(
             f"sweep.name: the sweep {plan.name!r} in {plan.storage.label()} optimises "

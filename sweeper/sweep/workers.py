@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize beats with
 from optuna.trial import TrialState
 
+from sweeper.boundary.recorded_sweep import recorded_run_location
 from sweeper.config import compose_config
 from sweeper.config.rules import warn_oversubscribed, whole
 from sweeper.secrets import mask_text
@@ -201,7 +202,7 @@ def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan, o
             trial_number=trial.number,
             overrides=overrides,
             extra_tags={"worker": trial.user_attrs["worker"]},
-            location=trial.study.user_attrs.get("tracking"),
+            location=recorded_run_location(trial.study.user_attrs),  # a shared study's record: checked
         )
         best = lambda result: best_in_study(trial.study, plan.objectives.directions, plan.objectives.values(result))  # noqa: E731
         reporters += [*keepers(save_model_setting(plan.cfg), recorder, best), recorder]  # weights before the run ends
