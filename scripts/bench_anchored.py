@@ -19,10 +19,15 @@ own process, as a sweep runs it) and every anchored sweep is charged its seconds
 "Best known": the best objective (validation accuracy, or r2 for regression) any trial of any sweep of this run reached. A sweep's
 `trials_to_target` is the first trial (1-based) whose best-so-far is within `--margin` of it;
 one that never gets there counts as `trials + 1` (marked in `reached`).
+
+`--merge A B` runs nothing: it puts the sweeps of earlier runs of the same task (other sweep
+seeds, the same settings) in one table under `--name`, the best known taken over all of their
+trials; each anchored sweep keeps the lr_find charge its own run measured.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import multiprocessing
 import tempfile
@@ -102,7 +107,8 @@ def _value(overrides: list[str], key: str) -> float:
     return float(next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")), "nan"))
 
 
-def summarise(trials: list[dict], best_known: float, margin: float, n_trials: int, lr_find_trials: float) -> list[dict]:
+def summarise(trials: list[dict], best_known: float, margin: float, n_trials: int, lr_find_trials: dict[int, float]) -> list[dict]:
+    """Each sweep's trials to the target; `lr_find_trials`: the charge of each seed's anchored sweep."""
     rows = []
     for arm in ARMS:
         for seed in sorted({t["seed"] for t in trials}):
@@ -112,7 +118,7 @@ def summarise(trials: list[dict], best_known: float, margin: float, n_trials: in
                 best_so_far = max(best_so_far, t["objective"])
                 if reached_at is None and best_so_far >= best_known - margin:
                     reached_at = t["trial"]
-            cost = (reached_at if reached_at else n_trials + 1) + (lr_find_trials if arm == "anchored" else 0.0)
+            cost = (reached_at if reached_at else n_trials + 1) + (lr_find_trials[seed] if arm == "anchored" else 0.0)
             rows.append(
                 {
                     "arm": arm,
@@ -149,6 +155,56 @@ def arm_table(rows: list[dict]) -> str:
     return "Over the sweep seeds:\n\n" + benchlib.markdown_table(table)
 
 
+def read_run(out_dir: Path, name: str) -> tuple[list[dict], dict[int, float]]:
+    """An earlier run's trials, and the lr_find charge of each of its anchored sweeps."""
+    with open(out_dir / f"{name}_trials.csv") as rows:
+        trials = [
+            {**row, "seed": int(row["seed"]), "trial": int(row["trial"]), "lr_high": float(row["lr_high"]),
+             "objective": float(row["objective"]), "seconds": float(row["seconds"])}
+            for row in csv.DictReader(rows)
+        ]  # fmt: skip
+    with open(out_dir / f"{name}.csv") as rows:
+        charges = {
+            int(row["seed"]): float(row["cost_in_trials"]) - float(row["trials_to_target"])
+            for row in csv.DictReader(rows)
+            if row["arm"] == "anchored"
+        }
+    return trials, charges
+
+
+def merge(args) -> None:
+    trials, charges, runs = [], {}, []
+    for name in args.merge:
+        own, own_charges = read_run(args.out_dir, name)
+        if set(own_charges) & set(charges):
+            raise SystemExit(f"--merge: {name} repeats sweep seeds {sorted(set(own_charges) & set(charges))}")
+        trials += own
+        charges |= own_charges
+        runs.append(
+            f"{name} (seeds {', '.join(map(str, sorted(own_charges)))}; lr_find {benchlib.median(own_charges.values()):.1f} trials)"
+        )
+    write_results(args, trials, charges, [f"Merged, nothing run: {'; '.join(runs)}. Each run's machine and load are in its own file."])
+
+
+def write_results(args, trials: list[dict], charges: dict[int, float], notes: list[str], more_notes: tuple[str, ...] = ()) -> None:
+    """The trials, each sweep's count against the best known, and the table over the seeds."""
+    best_known = max(t["objective"] for t in trials)
+    rows = summarise(trials, best_known, args.margin, args.trials, charges)
+    benchlib.write_csv(args.out_dir / f"{args.name}_trials.csv", trials)
+    benchlib.publish(
+        args.out_dir,
+        args.name,
+        "Anchored on lr_find: trials to reach the best, against the fixed range",
+        rows,
+        notes=[
+            *notes,
+            f"Best known objective (the best of every trial here): {best_known:.4f}; target: within {args.margin} of it.",
+            *more_notes,
+        ],
+        sections=[arm_table(rows)],
+    )
+
+
 def main() -> None:
     parser = benchlib.parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
@@ -157,11 +213,15 @@ def main() -> None:
     parser.add_argument("--name", default="anchored", help="results/bench/<name>.md, .csv and <name>_trials.csv")
     parser.add_argument("--processes", type=int, default=0, help="sweeps side by side (0: one per core)")
     parser.add_argument("--margin", type=float, default=0.005, help="within this of the best known (0.005: half a point)")
+    parser.add_argument("--merge", nargs="+", default=None, help="run nothing: these earlier runs (their names) in one table")
     parser.add_argument("overrides", nargs="*", help="more overrides for every sweep (model=..., data=...)")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.trials, args.epochs = [0], 4, 1
         args.overrides = [*args.overrides, "search.lr.anchor.num_it=30"]
+    if args.merge:
+        merge(args)
+        return
     from sweeper.sweep.workers import usable_cores
 
     processes = args.processes or usable_cores()
@@ -174,27 +234,23 @@ def main() -> None:
         with multiprocessing.get_context("spawn").Pool(min(len(jobs), processes)) as pool:
             trials = [row for rows in pool.map(run_arm, jobs, chunksize=1) for row in rows]
     trial_seconds = benchlib.median(t["seconds"] for t in trials if not math.isnan(t["seconds"]))
-    best_known = max(t["objective"] for t in trials)
-    rows = summarise(trials, best_known, args.margin, args.trials, record["seconds"] / trial_seconds)
-    benchlib.write_csv(args.out_dir / f"{args.name}_trials.csv", trials)
     ranges = "; ".join(
         f"{s}: [{f['range'][0]:.3g}, {f['range'][1]:.3g})" if f["range"] else f"{s}: fallback ({f['reason']})"
         for s, f in record["strategies"].items()
     )
-    benchlib.publish(
-        args.out_dir,
-        args.name,
-        "Anchored on lr_find: trials to reach the best, against the fixed range",
-        rows,
-        notes=[
+    write_results(
+        args,
+        trials,
+        dict.fromkeys(args.seeds, record["seconds"] / trial_seconds),
+        [
             f"{args.trials} trials a sweep, {args.epochs} epochs a trial, sweep seeds {', '.join(map(str, args.seeds))}; "
-            f"overrides: `{' '.join(overrides[:1] + overrides[2:5] + list(args.overrides))}`.",
-            f"Best known objective (the best of every trial here): {best_known:.4f}; target: within {args.margin} of it.",
+            f"overrides: `{' '.join(overrides[:1] + overrides[2:5] + list(args.overrides))}`."
+        ],
+        (
             f"lr_find: {record['seconds']:.1f} s for every strategy ({lr_find_seconds:.1f} s with the plan), a median trial "
             f"{trial_seconds:.1f} s: lr_find costs {record['seconds'] / trial_seconds:.1f} trials, added to every anchored "
             f"sweep's `cost_in_trials`. Ranges: {ranges}.",
-        ],
-        sections=[arm_table(rows)],
+        ),
     )
 
 

@@ -109,6 +109,11 @@ def test_anchored_benchmark_counts_trials_to_the_target_with_lr_finds_cost(tmp_p
     assert {row["arm"] for row in rows} == {"fixed", "anchored"}
     check_table(tmp_path, "anchored_trials", {"arm", "trial", "strategy", "objective"}, {"trial"})
     check_markdown(tmp_path, "anchored", "anchored", {"arm", "median trials_to_target"})
+    # --merge puts earlier runs in one table: one run alone gives its own rows back
+    for suffix in (".csv", "_trials.csv"):
+        (tmp_path / f"alone{suffix}").write_bytes((tmp_path / f"anchored{suffix}").read_bytes())
+    run_script("anchored", tmp_path, "--name", "merged", "--merge", "alone")
+    assert read_rows(tmp_path / "merged.csv") == rows
 
 
 @pytest.mark.slow

@@ -33,6 +33,12 @@ MEMBERS = (
     ["optimizer.weight_decay=0.1", "shape=constant"],
     ["shape=torch_cyclic", "shape.step_size_up=1", "shape.step_per=epoch"],  # torch's CyclicLR (its momentum), once an epoch
 )
+# torch's step-counting shapes, each with a change inside the 20 batches
+TORCH_MEMBERS = (
+    ["shape=torch_multistep", "shape.milestones=[5,12]"],
+    ["shape=torch_linear", "shape.start_factor=0.2", "shape.total_iters=8"],
+    ["shape=torch_cosine", "shape.T_max=7", "shape.eta_min=1e-5"],  # past T_max, back up
+)
 
 
 @pytest.fixture
@@ -68,17 +74,21 @@ class FusedSpy:
 
 
 @pytest.mark.parametrize(
-    "shared",
+    ("shared", "members"),
     [
-        [],  # MLP, AdamW, fit_one_cycle
-        ["optimizer=sgd", "train.freeze_epochs=1", "shape=fastai_fine_tune"],  # MLP, SGD, fine_tune
-        ["model=cnn", "model.net.channels=[8,16]", "train.epochs=1", "train.freeze_epochs=1"],  # CNN (batch norm), AdamW, fine_tune
-        ["model=cnn", "model.net.channels=[8,16]", "optimizer=sgd", "train.epochs=1"],  # CNN, SGD, fit_one_cycle
+        ([], MEMBERS),  # MLP, AdamW, fit_one_cycle
+        (["optimizer=sgd", "train.freeze_epochs=1", "shape=fastai_fine_tune"], MEMBERS),  # MLP, SGD, fine_tune
+        (
+            ["model=cnn", "model.net.channels=[8,16]", "train.epochs=1", "train.freeze_epochs=1"],
+            MEMBERS,
+        ),  # CNN (batch norm), AdamW, fine_tune
+        (["model=cnn", "model.net.channels=[8,16]", "optimizer=sgd", "train.epochs=1"], MEMBERS),  # CNN, SGD, fit_one_cycle
+        (["optimizer=sgd"], TORCH_MEMBERS),  # MLP, SGD (its own momentum), torch's shapes
     ],
-    ids=["mlp-adamw-one_cycle", "mlp-sgd-fine_tune", "cnn-adamw-fine_tune", "cnn-sgd-one_cycle"],
+    ids=["mlp-adamw-one_cycle", "mlp-sgd-fine_tune", "cnn-adamw-fine_tune", "cnn-sgd-one_cycle", "mlp-sgd-torch_shapes"],
 )
-def test_each_member_trains_as_the_one_trial_trainer_with_the_lrs_it_uses(config, shared, monkeypatch):
-    cfgs = [config(*shared, *own) for own in MEMBERS]
+def test_each_member_trains_as_the_one_trial_trainer_with_the_lrs_it_uses(config, shared, members, monkeypatch):
+    cfgs = [config(*shared, *own) for own in members]
     fused_spy = FusedSpy(monkeypatch)
     fused = train_many(cfgs)
     for member, (cfg, result) in enumerate(zip(cfgs, fused)):

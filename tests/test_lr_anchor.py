@@ -222,6 +222,22 @@ def test_the_report_shows_the_ranges_and_lr_finds_cost_and_survives_a_damaged_re
     assert "lr_find's record in the study cannot be read" in write_report(study, tmp_path / "damaged").markdown
 
 
+def test_a_dry_run_shows_each_strategys_range_and_writes_nothing(auto_sweep, workdir, monkeypatch, capsys):
+    from sweeper.cli import main
+
+    finder = CountingFinder(flat=("fastai",))
+    monkeypatch.setattr(lr_anchor, "find_in_subprocess", finder)
+    assert main(["sweep", "--dry-run", *auto_sweep]) == 0
+    out = capsys.readouterr().out
+    assert len(finder.calls) == 1
+    space = out[out.index("; space:") :]
+    for strategy in ("single", "geometric"):
+        assert f"lr.high.{strategy}: log [0.000547723, 0.00547723)" in space, out
+    assert "lr.high.fastai: log [0.0003, 0.03)" in space, out  # the flat curve: the configured range
+    assert "fastai: nothing usable: the curve is flat" in out
+    assert list(workdir.iterdir()) == []
+
+
 def test_a_worker_never_finds_ranges_itself(auto_sweep):
     plan = plan_sweep(auto_sweep, validate=False)
     study = optuna.create_study()

@@ -10,7 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from sweeper.config import ConfigError, build_shape, compose_config
+from sweeper.config import ConfigError, build_shape, compose_config, config_dir
 from sweeper.schedules.slices import parse_lr
 from sweeper.sweep.space import SearchSpace, build_space, parse_dimension, split_overrides, validate_space
 
@@ -307,6 +307,10 @@ def test_searching_a_key_also_set_on_the_command_line_is_a_clash():
     [
         ({"shape": "torch_multistep", "torch_multistep.milestones": "[30,60,90]"}, {"milestones": (30, 60, 90)}),
         (
+            {"shape": "torch_linear", "torch_linear.start_factor": 0.05, "torch_linear.total_iters": 50},
+            {"start_factor": 0.05, "end_factor": 1.0, "total_iters": 50},
+        ),
+        (
             {"shape": "torch_cyclic", "torch_cyclic.mode": "exp_range", "torch_cyclic.step_size_up": 25},
             {"mode": "exp_range", "step_size_up": 25},
         ),
@@ -328,3 +332,14 @@ def test_torch_shapes_settings_are_sampled_by_the_grammar(params, expected):
         assert getattr(shape, setting) == value
     if shape.name == "sequential":
         assert shape.shapes[0].start_factor == 0.05
+
+
+# Not searched: points and function are the user's own curve; fastai_fine_tune is fit_one_cycle's
+# shape after a frozen phase (train.freeze_epochs), not a shape of its own.
+NOT_SEARCHED = {"points", "function", "fastai_fine_tune"}
+
+
+def test_search_shapes_offers_every_shape_but_the_users_own_curves():
+    offered = set(compose_config(["search=shapes"]).search.shape)
+    shipped = {path.stem for path in (config_dir() / "shape").glob("*.yaml")}
+    assert offered == shipped - NOT_SEARCHED

@@ -76,6 +76,9 @@ def scheduled(cfg) -> list[tuple[list[float], float | None]]:
         (["optimizer=sgd", "shape=torch_cyclic", "shape.step_size_up=3", "shape.mode=triangular2"], 2),  # CyclicLR's momentum
         (["shape=sequential", "shape.milestones=[4]", "shape.shapes.0.total_iters=4"], 2),
         (["train.epochs=3", "shape=torch_step", "shape.step_size=1", "shape.step_per=epoch"], 2),  # a staircase
+        (["shape=torch_multistep", "shape.milestones=[5,12]"], 2),
+        (["optimizer=sgd", "shape=torch_linear", "shape.start_factor=0.2", "shape.total_iters=8"], 2),  # SGD's own momentum
+        (["shape=torch_cosine", "shape.T_max=7", "shape.eta_min=1e-5"], 2),  # past T_max, back up
     ],
     ids=[
         "fit_one_cycle",
@@ -92,6 +95,9 @@ def scheduled(cfg) -> list[tuple[list[float], float | None]]:
         "sgd-torch_cyclic",
         "sequential",
         "step-per-epoch",
+        "torch_multistep",
+        "sgd-torch_linear",
+        "torch_cosine",
     ],
 )
 def test_optimizer_uses_exactly_the_scheduled_lr_and_momentum(config, overrides, param_groups_per_layer_group):

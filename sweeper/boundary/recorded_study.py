@@ -52,10 +52,9 @@ MAX_OVERRIDES = 1_000
 def trial_overrides(attrs: Mapping[str, Any], key: str = "overrides") -> list[str]:
     """The overrides a study (or a trial) recorded under `key`, each checked (step 1)."""
     overrides = attrs.get(key) or []
-    if not isinstance(overrides, list) or len(overrides) > MAX_OVERRIDES or not all(isinstance(o, str) for o in overrides):
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError(f"the study's recorded {key}: not a list of overrides; {_NOTHING_RUN}")
-    for override in overrides:
-        _check_override(override)
+    _check_overrides(overrides, key)
     return overrides
 
 
@@ -93,8 +92,7 @@ def study_trainer(attrs: Mapping[str, Any], allowed: Allowed) -> str:
 def unchecked_trial_config(overrides: Sequence[str], config_dirs: Sequence[str]) -> dict[str, Any]:
     """A trial's config from checked recorded overrides (steps 1 and 2): resolved, plain, and
     without the user's own nodes. Its imports are not checked: for reading it, not building it."""
-    for override in overrides:
-        _check_override(override)
+    _check_overrides(overrides)
     composed = OmegaConf.to_container(compose_config(overrides, config_dirs), resolve=False)
     for node in USERS_OWN:
         composed.pop(node, None)
@@ -112,6 +110,17 @@ def trial_config(overrides: Sequence[str], config_dirs: Sequence[str], allowed: 
     check_config(config, allowed)
     config.update(allowed.own_nodes)
     return OmegaConf.create(config)
+
+
+def _check_overrides(overrides: Sequence[str], key: str = "overrides") -> None:
+    """Step 1 for each override, and no more of them than a sweep records (whichever reader
+    joined them: a report's table, an ablation's changed copy)."""
+    if len(overrides) > MAX_OVERRIDES:
+        raise ConfigError(
+            f"the study's recorded {key}: {len(overrides)} overrides, more than a sweep records ({MAX_OVERRIDES}); {_NOTHING_RUN}"
+        )
+    for override in overrides:
+        _check_override(override)
 
 
 def _check_override(override: str) -> None:
