@@ -37,6 +37,29 @@ CASES = [
     ("unknown-model-setting", ["sweep", "model.group=[head]"], ["model.group: no such setting; did you mean model.groups?"]),
     ("unknown-model-argument", ["train", "model.net.hiden=[64]"], ["model.net.hiden", "did you mean model.net.hidden?"]),
     ("new-model-argument", ["train", "model.net.width=64"], ["model.net.width", "add it with +model.net.width=64"]),
+    # an argument added with + that the node's target does not take: refused before it is built
+    (
+        "unknown-optimizer-argument",
+        ["train", "+optimizer.weight_decy=0.1"],
+        ["optimizer.weight_decy: no such setting of torch.optim.AdamW; did you mean optimizer.weight_decay?"],
+    ),
+    (
+        "unknown-net-argument",
+        ["train", "+model.net.hiden=[64]"],
+        ["model.net.hiden: no such setting of sweeper.zoo.models.MLP", "model.net.hidden?"],
+    ),
+    ("unknown-data-argument", ["train", "data=synthetic", "+data.source.n_sample=9"], ["data.source.n_sample", "data.source.n_samples?"]),
+    (
+        "unknown-sampler-argument",
+        ["sweep", "+sampler.n_startup_trial=3"],
+        ["sampler.n_startup_trial", "did you mean sampler.n_startup_trials?"],
+    ),
+    ("unknown-pruner-argument", ["sweep", "+pruner.n_warmup_step=3"], ["pruner.n_warmup_step", "did you mean pruner.n_warmup_steps?"]),
+    (
+        "argument-none-close",
+        ["train", "+optimizer.zzz=1"],
+        ["optimizer.zzz: no such setting of torch.optim.AdamW; it takes params, lr,", "weight_decay"],
+    ),
     ("unknown-space-setting", ["sweep", "search.lr.hihg=3"], ["did you mean search.lr.high?"]),
     ("unknown-group", ["train", "modle=cnn"], ["modle: no such setting; did you mean model?"]),
     ("unknown-top-level", ["train", "+result_dir=out"], ["did you mean results_dir?"]),

@@ -140,6 +140,61 @@ def test_write_report_writes_tables_plots_and_markdown(study, tmp_path):
     assert f"- importance.png: left out: {sum(t.state == TrialState.COMPLETE for t in study.trials)} complete trials" in markdown
 
 
+@pytest.fixture
+def drawn_figures(monkeypatch) -> list:
+    """The figures the report saves, kept open to be read back (as drawn, before the file)."""
+    from sweeper.analysis import report
+
+    figures = []
+
+    def keep(figure, path):
+        figures.append(figure)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    return figures
+
+
+def test_parallel_coordinates_keep_the_losing_trials_visible(study, tmp_path, drawn_figures):
+    from sweeper.analysis.report import plot_optuna
+
+    plot_optuna(study, "parallel_coordinate", "accuracy", tmp_path / "parallel_coordinate.png")
+    (figure,) = drawn_figures
+    lines = [c for c in figure.axes[0].collections if c.get_array() is not None]
+    assert lines, "no trial lines drawn"
+    for collection in lines:
+        collection.update_scalarmappable()
+        # Optuna's Blues draws the worst trial in near-white (0.97, 0.98, 1.0) on white: every line
+        # must stand apart from the background by a clear margin in some channel
+        for r, g, b, _ in collection.get_colors():
+            assert min(r, g, b) < 0.8, (r, g, b)
+
+
+def test_distributions_draw_every_complete_trial_as_a_point(study, tmp_path, drawn_figures):
+    from sweeper.analysis.report import plot_distributions
+
+    table = trials_table(study)
+    plot_distributions(table, "accuracy", tmp_path / "distribution.png")
+    (figure,) = drawn_figures
+    complete = table[table["state"] == "complete"]
+    for axis, by in zip(figure.axes, ("strategy", "shape")):
+        points = [line for line in axis.get_lines() if line.get_marker() == "o"]
+        drawn = {label.get_text(): sorted(line.get_ydata()) for label, line in zip(axis.get_xticklabels(), points)}
+        expected = {name: sorted(group["accuracy"]) for name, group in complete.groupby(by)}
+        assert drawn == expected, by  # each group's points are its complete trials' values
+
+
+def test_the_report_words_what_the_verdict_holds_equal_for_the_compared_setting(study, tmp_path):
+    write_report(study, tmp_path / "strategies")
+    assert "every other strategy swapped in" in (tmp_path / "strategies" / "report.md").read_text()
+    study.set_user_attr("compare", {"param": "shape", "arms": SHAPES})
+    markdown = write_report(study, tmp_path / "shapes").folder.joinpath("report.md").read_text()
+    assert "every other shape swapped in, all else equal" in markdown and "(the same slice and lrs)" in markdown
+    assert "strategy swapped in" not in markdown and "same head lr" not in markdown
+
+
 def test_a_report_written_again_redraws_only_the_plots_a_new_trial_changes(study, tmp_path):
     """As a sweep's report is written while its trials run: a trial that beats no strategy's best
     changes the trials' plots, not the best trials' curves and schedules; a new best does."""

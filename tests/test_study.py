@@ -10,7 +10,7 @@ from helpers.waiting import claim_order
 from optuna.trial import TrialState
 
 from sweeper.config import ConfigError, compose_config, config_dir
-from sweeper.sweep.counts import Counts, next_move
+from sweeper.sweep.counts import Counts, Move, next_move
 from sweeper.sweep.objectives import objectives_of
 from sweeper.sweep.plan import plan_sweep
 from sweeper.sweep.sampling import PruningReporter, make_pruner, make_sampler
@@ -141,17 +141,23 @@ def test_unreachable_database_error_hides_the_password():
 @pytest.mark.parametrize(
     ("counts", "out_of_time", "move"),
     [
-        (Counts(), False, "run"),
-        (Counts(complete=3, running=0), False, "run"),
-        (Counts(complete=3, running=1), False, "wait"),  # the running one may still fail
-        (Counts(complete=2, pruned=1, failed=5, running=0), False, "run"),  # failures do not count
-        (Counts(complete=3, pruned=1), False, "stop"),
-        (Counts(complete=9), False, "stop"),
-        (Counts(complete=1), True, "stop"),
+        (Counts(), False, Move.RUN),
+        (Counts(complete=3, running=0), False, Move.RUN),
+        (Counts(complete=3, running=1), False, Move.WAIT),  # the running one may still fail
+        (Counts(complete=2, pruned=1, failed=5, running=0), False, Move.RUN),  # failures do not count
+        (Counts(complete=3, pruned=1), False, Move.STOP),
+        (Counts(complete=9), False, Move.STOP),
+        (Counts(complete=1), True, Move.STOP),
     ],
 )
 def test_next_move_counts_finished_and_running_trials(counts, out_of_time, move):
     assert next_move(counts, n_trials=4, out_of_time=out_of_time) == move
+
+
+def test_next_move_claims_fused_trials_only_where_one_would_run():
+    assert next_move(Counts(complete=1), n_trials=4, out_of_time=False, fuse=3) == Move.FUSE
+    assert next_move(Counts(complete=3, running=1), n_trials=4, out_of_time=False, fuse=3) == Move.WAIT
+    assert next_move(Counts(complete=4), n_trials=4, out_of_time=False, fuse=3) == Move.STOP
 
 
 @pytest.mark.parametrize("storage", ["local", "journal"])

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from sweeper.config import ConfigError
 from sweeper.sweep import workers
-from sweeper.sweep.counts import Counts, count_trials
+from sweeper.sweep.counts import Counts, Move, count_trials
 from sweeper.sweep.live import LiveView, read_progress
 from sweeper.sweep.plan import plan_sweep
 from sweeper.sweep.study import open_study
@@ -138,7 +138,7 @@ def test_racing_workers_never_overshoot_n_trials(plan_args, monkeypatch):
 
     def decision_held_open(*args):
         move = decide(*args)
-        if move != "run":
+        if move != Move.RUN:
             return move
         me = threading.get_ident()
         with guard:

@@ -8,8 +8,9 @@ each cycle shape (same slice; each shape with the settings of its own best trial
 seeds. Runs of one seed differ in that factor alone, so they are compared in pairs (the paired
 t-test over seeds): the seed's luck cancels out.
 
-Writes ablation_<factor>.csv (one row per run), ablation_<factor>_summary.csv and
-ablation_<factor>.md into the sweep's folder; every run is recorded in MLflow under the sweep's
+Writes ablation_<factor>.csv (one row per run), ablation_<factor>_summary.csv,
+ablation_<factor>.md and ablation_<factor>.png (the leader minus each other value, seed by seed)
+into the sweep's folder; every run is recorded in MLflow under the sweep's
 run, tagged `sweeper.kind=ablation` and `ablation=<factor>`.
 """
 
@@ -17,22 +18,22 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pandas as pd
 
-from sweeper.analysis.confirm import TrainFn, compose_trial, summarize_seeds, verdict, write_seed_tables
+from sweeper.analysis.confirm import PlotSpec, compose_trial, summarize_seeds, verdict, write_seed_tables
 from sweeper.analysis.repeats import FACTORS, seed_count
 from sweeper.analysis.report import objective_columns, trials_table
+from sweeper.analysis.seeded_runs import SeededRun, TrainFn, run_seeds
 from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.config import ConfigError
 from sweeper.records.run_record import ABLATION_KIND
 from sweeper.records.tracking import SweepTracking
-from sweeper.trial.events import Reporter
 
 __all__ = ["Ablation", "ablate", "variants"]
 
@@ -46,6 +47,7 @@ class Ablation:
     summary: pd.DataFrame  # per variant: mean, std, ..., paired p-value vs the leader
     verdict: str
     folder: Path
+    files: list[Path]  # what was written: the tables, the Markdown, the plot
 
 
 def _without(overrides: Sequence[str], *keys: str) -> list[str]:
@@ -113,6 +115,7 @@ def ablate(
     tracking: SweepTracking | None = None,
     config_dirs: Sequence[str] = (),
     allowed: Allowed = Allowed(),
+    say: Callable[[str], None] | None = None,
 ) -> Ablation:
     """Train the sweep's best trial with every value of `factor` on the same `seeds` fresh seeds."""
     if factor not in FACTORS:
@@ -133,23 +136,22 @@ def ablate(
             f"there is nothing to compare it with."
         )
     first_seed = int(compose_trial(shlex.split(best["overrides"]), config_dirs, allowed).train.seed) + 1
-    rows = []
-    for seed in range(first_seed, first_seed + seeds):  # seed by seed: pairs finish together
-        for variant, overrides in found.items():
-            cfg = compose_trial([*overrides, f"train.seed={seed}"], config_dirs, allowed)
-            recorder = _recorder(tracking, cfg, factor, variant, int(best["trial"]), seed)
-            result = train(cfg, [recorder])
-            rows.append(
-                {
-                    FACTORS[factor]: variant,
-                    "seed": seed,
-                    "status": result.status,
-                    objective: result.objective if result.status == "finished" else math.nan,
-                    "sweep_value": best[objective] if best[FACTORS[factor]] == variant else math.nan,
-                    "mlflow_run_id": getattr(recorder, "run_id", None) or "",
-                }
-            )
-    runs = pd.DataFrame(rows)
+    column = FACTORS[factor]
+    planned = [
+        SeededRun(
+            overrides,
+            seed,
+            ABLATION_KIND,
+            f"ablation {factor} · {variant} · seed {seed}",
+            f"({variant}, seed {seed})",
+            tags={"ablation": factor, "variant": variant, "ablates_trial": str(int(best["trial"]))},
+            describes={column: variant},
+            carries={"sweep_value": best[objective] if best[column] == variant else math.nan},
+        )
+        for seed in range(first_seed, first_seed + seeds)  # seed by seed: pairs finish together
+        for variant, overrides in found.items()
+    ]
+    runs = run_seeds(planned, train, objective, what="ablation", tracking=tracking, config_dirs=config_dirs, allowed=allowed, say=say)
     summary = summarize_seeds(runs, objective, direction, by=FACTORS[factor], paired=True)
     said = _verdict(summary, objective, seeds, factor, best)
     intro = (
@@ -158,8 +160,9 @@ def ablate(
         "p-values from the paired t-test over seeds."
     )
     title = f"Ablation of the {factor} in sweep {study.study_name}"
-    write_seed_tables(Path(folder), f"ablation_{factor}", title, intro, runs, summary, said)
-    return Ablation(factor, runs, summary, said, Path(folder))
+    plotted = PlotSpec(FACTORS[factor], objective, direction == "maximize")
+    written = write_seed_tables(Path(folder), f"ablation_{factor}", title, intro, runs, summary, said, plotted)
+    return Ablation(factor, runs, summary, said, Path(folder), written.files)
 
 
 def _verdict(summary: pd.DataFrame, objective: str, seeds: int, factor: str, best: pd.Series) -> str:
@@ -172,10 +175,3 @@ def _verdict(summary: pd.DataFrame, objective: str, seeds: int, factor: str, bes
         else f"At {seeds} seeds the {factor} does not clearly matter for this model: some gaps are within the noise"
     )
     return f"{answer} (held equal: {held}).\n\n{verdict(summary, objective, seeds, by=FACTORS[factor])}"
-
-
-def _recorder(tracking: SweepTracking | None, cfg, factor: str, variant: str, trial: int, seed: int) -> Reporter:
-    if tracking is None:
-        return Reporter()
-    tags = {"ablation": factor, "variant": variant, "ablates_trial": str(trial)}
-    return tracking.run_reporter(cfg, ABLATION_KIND, f"ablation {factor} · {variant} · seed {seed}", tags)

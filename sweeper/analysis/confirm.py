@@ -7,7 +7,8 @@ larger than the noise: per strategy the mean, standard deviation, min and max, a
 the leader against each other strategy: paired, seed by seed, when every strategy ran the same
 seeds (the sweep's trials shared one seed: the same initial weights and batches), else Welch's.
 
-Writes confirm.csv (one row per run), confirm_summary.csv and confirm.md into the sweep's folder;
+Writes confirm.csv (one row per run), confirm_summary.csv, confirm.md and confirm.png (the
+leader minus each other strategy, seed by seed, where they ran the same seeds) into the sweep's folder;
 every run is recorded in MLflow (nested under the sweep's run, tagged `sweeper.kind=confirm`).
 """
 
@@ -23,19 +24,20 @@ import optuna
 import pandas as pd
 from omegaconf import DictConfig
 
+from sweeper.analysis.paired import ALPHA, Paired, paired, with_family
+from sweeper.analysis.paired_plot import plot_paired
 from sweeper.analysis.repeats import seed_count
 from sweeper.analysis.report import best_by, markdown_table, objective_columns, trials_table
+from sweeper.analysis.seeded_runs import SeededRun, TrainFn, run_seeds
 from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.boundary.recorded_study import trial_config
 from sweeper.config import ConfigError
 from sweeper.records.run_record import CONFIRM_KIND
 from sweeper.records.tracking import SweepTracking
-from sweeper.trial.events import Reporter, TrialResult
 
-__all__ = ["Confirmation", "compose_trial", "confirm_strategies", "summarize_seeds", "verdict", "write_seed_tables"]
+__all__ = ["Confirmation", "compose_trial", "confirm_strategies", "leader_differences", "summarize_seeds", "verdict", "write_seed_tables"]
 
-TrainFn = Callable[[DictConfig, Sequence[Reporter]], TrialResult]
 SIGNIFICANCE = 0.05  # below this p-value a lead is called real
 
 
@@ -46,6 +48,7 @@ class Confirmation:
     verdict: str
     markdown: str
     folder: Path
+    files: list[Path]  # what was written: the tables, the Markdown, the plot
 
 
 def compose_trial(overrides: Sequence[str], config_dirs: Sequence[str], allowed: Allowed) -> DictConfig:
@@ -64,6 +67,7 @@ def confirm_strategies(
     config_dirs: Sequence[str] = (),
     strategies: Sequence[str] | None = None,
     allowed: Allowed = Allowed(),
+    say: Callable[[str], None] | None = None,
 ) -> Confirmation:
     """Train each strategy's best trial again with `seeds` fresh seeds; write and return the result."""
     seed_count(seeds)
@@ -78,56 +82,88 @@ def confirm_strategies(
     if not best:
         raise ConfigError(f"sweep {study.study_name!r} has no complete trial yet; let it run, then confirm.")
 
-    rows = []
+    planned = []
     for strategy, trial in best.items():
         overrides = shlex.split(trial["overrides"])
         first_seed = int(compose_trial(overrides, config_dirs, allowed).train.seed) + 1
         for seed in range(first_seed, first_seed + seeds):
-            cfg = compose_trial([*overrides, f"train.seed={seed}"], config_dirs, allowed)
-            recorder = _recorder(tracking, cfg, strategy, int(trial["trial"]), seed)
-            result = train(cfg, [recorder])
-            rows.append(
-                {
-                    "strategy": strategy,
-                    "trial": int(trial["trial"]),
-                    "seed": seed,
-                    "status": result.status,
-                    objective: result.objective if result.status == "finished" else math.nan,
-                    "sweep_value": trial[objective],
-                    "mlflow_run_id": getattr(recorder, "run_id", None) or "",
-                }
+            planned.append(
+                SeededRun(
+                    overrides,
+                    seed,
+                    CONFIRM_KIND,
+                    f"confirm {strategy} seed {seed}",
+                    f"({strategy}, seed {seed})",
+                    tags={"confirms_trial": str(int(trial["trial"]))},
+                    describes={"strategy": strategy, "trial": int(trial["trial"])},
+                    carries={"sweep_value": trial[objective]},
+                )
             )
-    runs = pd.DataFrame(rows)
+    runs = run_seeds(planned, train, objective, what="confirm", tracking=tracking, config_dirs=config_dirs, allowed=allowed, say=say)
     # Strategies whose trials share a seed (a sweep's trials do, unless train.seed is searched)
     # ran the same seeds here: the same initial weights and batches, seed by seed (common random
     # numbers, as the members of a fused run). Each is then compared with the leader in pairs.
-    paired = len(best) > 1 and runs.groupby("strategy")["seed"].apply(frozenset).nunique() == 1
-    summary = summarize_seeds(runs, objective, direction, paired=paired)
+    same_seeds = len(best) > 1 and runs.groupby("strategy")["seed"].apply(frozenset).nunique() == 1
+    summary = summarize_seeds(runs, objective, direction, paired=same_seeds)
     said = verdict(summary, objective, seeds)
     test = (
         "every strategy ran the same seeds, so each is compared with the leader seed by seed (paired t-test)"
-        if paired
+        if same_seeds
         else "the strategies ran different seeds: Welch's t-test"
     )
     intro = f"Each strategy's best trial, trained again with {seeds} fresh seeds; {objective} ({direction}); {test}."
-    markdown = write_seed_tables(Path(folder), "confirm", f"Confirmation of sweep {study.study_name}", intro, runs, summary, said)
-    return Confirmation(runs, summary, said, markdown, Path(folder))
+    plotted = PlotSpec("strategy", objective, direction == "maximize") if same_seeds else None
+    written = write_seed_tables(Path(folder), "confirm", f"Confirmation of sweep {study.study_name}", intro, runs, summary, said, plotted)
+    return Confirmation(runs, summary, said, written.markdown, Path(folder), written.files)
 
 
-def write_seed_tables(folder: Path, stem: str, title: str, intro: str, runs: pd.DataFrame, summary: pd.DataFrame, said: str) -> str:
-    """<stem>.csv (one row per run), <stem>_summary.csv and <stem>.md into `folder`; returns the Markdown."""
+@dataclass
+class SeedTables:
+    """What write_seed_tables wrote: the Markdown and every file (tables, the plot where there is one)."""
+
+    markdown: str
+    files: list[Path]
+
+
+def write_seed_tables(
+    folder: Path, stem: str, title: str, intro: str, runs: pd.DataFrame, summary: pd.DataFrame, said: str, plotted: PlotSpec | None
+) -> SeedTables:
+    """<stem>.csv (one row per run), <stem>_summary.csv, <stem>.md and, when the values ran the
+    same seeds (`plotted`), <stem>.png: the leader minus each other value, seed by seed."""
     folder.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(folder / f"{stem}.csv", index=False)
-    summary.to_csv(folder / f"{stem}_summary.csv", index=False)
-    markdown = "\n".join([f"# {title}", "", intro, "", markdown_table(summary), "", said, "", "## Runs", "", markdown_table(runs), ""])
-    (folder / f"{stem}.md").write_text(markdown)
-    return markdown
+    files = [folder / f"{stem}.md", folder / f"{stem}.csv", folder / f"{stem}_summary.csv"]
+    runs.to_csv(files[1], index=False)
+    summary.to_csv(files[2], index=False)
+    if plotted is None:
+        picture = "(No plot of paired differences: no two values ran the same seeds.)"
+    else:
+        differences = leader_differences(runs, summary, plotted.by, plotted.objective, plotted.maximize)
+        title_of_plot = f"The leader minus each other {plotted.by} per seed (green: p < {ALPHA}, each comparison alone)"
+        files.append(plot_paired(differences, plotted.objective, folder / f"{stem}.png", title_of_plot))
+        picture = f"![the leader minus each other {plotted.by}, seed by seed]({stem}.png)"
+    markdown = "\n".join(
+        [f"# {title}", "", intro, "", markdown_table(summary), "", said, "", picture, "", "## Runs", "", markdown_table(runs), ""]
+    )
+    files[0].write_text(markdown)
+    return SeedTables(markdown, files)
 
 
-def _recorder(tracking: SweepTracking | None, cfg: DictConfig, strategy: str, trial: int, seed: int) -> Reporter:
-    if tracking is None:
-        return Reporter()
-    return tracking.run_reporter(cfg, CONFIRM_KIND, f"confirm {strategy} seed {seed}", {"confirms_trial": str(trial)})
+@dataclass(frozen=True)
+class PlotSpec:
+    """How write_seed_tables pairs the runs for its plot: by which column, on which objective."""
+
+    by: str
+    objective: str
+    maximize: bool
+
+
+def leader_differences(runs: pd.DataFrame, summary: pd.DataFrame, by: str, objective: str, maximize: bool) -> list[Paired]:
+    """The leader (summary's first) against each other value of `by`, seed by seed, each judged
+    alone, as the summary's p-values are (a 95% interval each, not corrected for the others)."""
+    by_seed = runs.pivot(index="seed", columns=by, values=objective)
+    leader = summary.loc[0, by]
+    found = [paired(leader, v, "", by_seed[leader].to_list(), by_seed[v].to_list(), maximize) for v in summary[by].iloc[1:]]
+    return [with_family([c])[0] for c in found]
 
 
 def summarize_seeds(runs: pd.DataFrame, objective: str, direction: str, by: str = "strategy", paired: bool = False) -> pd.DataFrame:

@@ -40,6 +40,7 @@ from optuna.exceptions import ExperimentalWarning  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from sweeper.analysis import tables  # noqa: E402
+from sweeper.analysis.typed_settings import rerun_command  # noqa: E402
 from sweeper.boundary.checked_study import checked_study  # noqa: E402
 from sweeper.boundary.printed import printable  # noqa: E402
 from sweeper.boundary.recorded_config import Allowed  # noqa: E402
@@ -202,10 +203,13 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
 
 
 def describe_trial(row: pd.Series, objective: str) -> str:
-    """One line: trial number, objective, strategy, shape, and the command that reruns it."""
-    command = printable(f"sweeper train {row['overrides']}".strip())  # the study's overrides, escaped
-    run = f", MLflow run {row['mlflow_run_id']}" if row.get("mlflow_run_id") else ""
-    return f"trial {row['trial']} ({objective} {row[objective]:.4g}, {row['strategy']}, {row['shape']}{run}): `{command}`"
+    """One line: trial number, objective, strategy, shape, and the command that reruns it: by
+    its MLflow run id, through the boundary, never the study's overrides as a command to type
+    (a shared study's overrides may name code: sweeper.analysis.typed_settings)."""
+    rerun = rerun_command(row.get("mlflow_run_id"))
+    how = f"rerun it: `{rerun}`" if rerun else "no MLflow run to rerun (tracking was off); its overrides are in trials.csv"
+    named = printable(f"{row['strategy']}, {row['shape']}")
+    return f"trial {row['trial']} ({objective} {row[objective]:.4g}, {named}): {how}"
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -546,6 +550,9 @@ def _report_markdown(
         columns = [c for c in columns if c not in ("overrides", "reason")]
         lines += ["", f"## Trials (best {len(shown)} of {len(trials)}; all in trials.csv)", "", markdown_table(shown[columns])]
     verdict = shlex.join(["sweeper", "verdict", "--seeds", "5", study.study_name])
+    # what the verdict swaps in and holds equal: the setting the sweep compared (sweeper.analysis.verdict)
+    compared = recorded_compare(study.user_attrs).get("param")
+    swapped, held = ("shape", "the same slice and lrs") if compared == "shape" else ("strategy", "the same head lr")
     lines += [
         "",
         "## What these comparisons hold equal",
@@ -555,8 +562,8 @@ def _report_markdown(
         "  there is confounded: it may come from the other settings, not from the slice.",
         "- Each strategy's best was picked on one seed, and the best of many noisy draws is optimistic.",
         f"- `{verdict}` gives the one answer: each arm's best config trained again on the same fresh seeds",
-        "  (paired), and at each arm's best settings every other strategy swapped in, all else equal (the",
-        "  same head lr): effect sizes with 95% intervals, Holm-corrected, in words (verdict.md).",
+        f"  (paired), and at each arm's best settings every other {swapped} swapped in, all else equal",
+        f"  ({held}): effect sizes with 95% intervals, Holm-corrected, in words (verdict.md).",
         "",
     ]
     return "\n".join(lines)

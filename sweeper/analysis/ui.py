@@ -54,7 +54,7 @@ from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.recorded_study import trial_overrides
 from sweeper.config import ConfigError
 from sweeper.records.mlflow_store import mlflow_calls, mlflow_client
-from sweeper.records.run_record import ABLATION_KIND, CONFIRM_KIND, RERUN_KIND
+from sweeper.records.run_record import ABLATION_KIND, CONFIRM_KIND, RERUN_KIND, runs_filter
 from sweeper.records.tracking import SweepTracking
 
 __all__ = [
@@ -98,7 +98,7 @@ def sweep_view(
     metrics = list(dict.fromkeys(["objective", f"valid_{objective}", "valid_loss", "train_loss"]))
     charts = [_line_chart(metrics[0]), _parallel_chart(sampled), *(_line_chart(key) for key in metrics[1:])]
     return {
-        "searchFilter": f"tags.sweep = '{sweep}'" + "".join(f" and tags.`sweeper.kind` != '{kind}'" for kind in OTHER_KINDS),
+        "searchFilter": runs_filter(sweep, not_kinds=OTHER_KINDS),
         "orderByKey": "metrics.`objective`",
         "orderByAsc": direction == "minimize",
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": key} for key in (compared, "status")]},

@@ -29,30 +29,29 @@ from __future__ import annotations
 import json
 import math
 import shlex
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 import pandas as pd
-from omegaconf import OmegaConf
 
 from sweeper.analysis.ablation import FACTORS, variants
-from sweeper.analysis.confirm import TrainFn, compose_trial
+from sweeper.analysis.confirm import compose_trial
 from sweeper.analysis.paired import Paired, paired, seeds_needed, with_family
+from sweeper.analysis.paired_plot import plot_paired
 from sweeper.analysis.repeats import seed_count
-from sweeper.analysis.report import VERDICT_FILE, best_by, markdown_table, objective_columns, plt, trials_table
+from sweeper.analysis.report import VERDICT_FILE, best_by, markdown_table, objective_columns, trials_table
+from sweeper.analysis.seeded_runs import SeededRun, TrainFn, run_seeds
+from sweeper.analysis.typed_settings import rerun_command, typed_settings
 from sweeper.boundary.checked_study import checked_study
+from sweeper.boundary.printed import printable
 from sweeper.boundary.recorded_config import Allowed
 from sweeper.boundary.recorded_study import trial_overrides
 from sweeper.boundary.recorded_sweep import recorded_compare
 from sweeper.config import ConfigError
 from sweeper.records.run_record import ABLATION_KIND, CONFIRM_KIND
 from sweeper.records.tracking import SweepTracking
-from sweeper.schedules.plots import drawing, save_figure
-from sweeper.schedules.slices import parse_lr
-from sweeper.trial.events import Reporter
 
 __all__ = ["ArmBest", "Verdict", "give_verdict", "levelled"]
 
@@ -68,8 +67,15 @@ class ArmBest:
     sweep_value: float
     trials: int  # complete trials of the arm
     levelled: bool
-    typed: str  # e.g. lr='slice(1e-05, 0.001)' shape=fastai_one_cycle shape.pct_start=0.25
+    typed: str  # e.g. lr='slice(1e-05,0.001)' shape=fastai_one_cycle shape.pct_start=0.25 (checked values only)
     head_lr: float | None
+    rerun: str | None = None  # `sweeper rerun <its MLflow run id>`, where it has one
+
+    @property
+    def shown(self) -> str:
+        """The arm and what to type, as printed (a recorded arm name escaped)."""
+        rerun = f"; rerun its best trial: {self.rerun}" if self.rerun else ""
+        return f"{printable(self.arm)}: {self.typed}{rerun}"
 
 
 @dataclass
@@ -109,29 +115,7 @@ def levelled(values: Sequence[float], maximize: bool) -> bool:
     return pick(values) == pick(values[:keep])
 
 
-def _typed(overrides: Sequence[str], base: Sequence[str], cfg) -> tuple[str, float | None]:
-    """The settings the trial drew, as a user types them: the lr the fastai way, then the shape,
-    its settings and any searched key; and its head lr."""
-    spec = parse_lr(OmegaConf.to_container(cfg.lr, resolve=True))
-    drawn = [o for o in overrides if o not in set(base) and not o.split("=", 1)[0].lstrip("+~").startswith("lr")]
-    lr = spec.describe().replace(" ", "")
-    return " ".join([f"lr='{lr}'" if "(" in lr else f"lr={lr}", shlex.join(drawn)]).strip(), spec.high
-
-
 # --- the runs ---------------------------------------------------------------------------------
-
-
-class RunCounter:
-    """Run k of n with an estimate of the time left: a line per finished run (as a log reads it)."""
-
-    def __init__(self, total: int, say: Callable[[str], None]) -> None:
-        self.total, self.say, self.done, self.start = total, say, 0, time.monotonic()
-
-    def finished(self, label: str, value: float) -> None:
-        self.done += 1
-        spent = time.monotonic() - self.start
-        left = spent / self.done * (self.total - self.done)
-        self.say(f"verdict: run {self.done}/{self.total} {label}: {value:.4g} ({spent:.0f} s so far, about {left:.0f} s left)")
 
 
 def _grid(trials: pd.DataFrame, best: Mapping[str, pd.Series], arms: Sequence[str], param: str) -> dict[tuple[str, str], list[str]]:
@@ -146,48 +130,25 @@ def _grid(trials: pd.DataFrame, best: Mapping[str, pd.Series], arms: Sequence[st
     return grid
 
 
-def _run_grid(
-    grid: Mapping[tuple[str, str], list[str]],
-    seeds: Sequence[int],
-    train: TrainFn,
-    objective: str,
-    param: str,
-    trial_of: Mapping[str, int],
-    tracking: SweepTracking | None,
-    config_dirs: Sequence[str],
-    allowed: Allowed,
-    say: Callable[[str], None],
-) -> pd.DataFrame:
-    progress = RunCounter(len(grid) * len(seeds), say)
-    rows = []
-    for seed in seeds:  # seed by seed: the pairs of a seed finish together
+def _planned(grid: Mapping[tuple[str, str], list[str]], seeds: Sequence[int], param: str, trial_of: Mapping[str, int]) -> list[SeededRun]:
+    """The grid's runs, seed by seed (the pairs of a seed finish together): an arm's own value at
+    its settings is its tuned run (recorded as a confirmation), any other a swap (as an ablation)."""
+    planned = []
+    for seed in seeds:
         for (owner, value), overrides in grid.items():
-            cfg = compose_trial([*overrides, f"train.seed={seed}"], config_dirs, allowed)
-            recorder = _recorder(tracking, cfg, param, owner, value, trial_of[owner], seed)
-            result = train(cfg, [recorder])
-            score = result.objective if result.status == "finished" else math.nan
-            label = f"({value} at {owner}'s settings, seed {seed})" if owner != value else f"({owner} tuned, seed {seed})"
-            progress.finished(label, score)
-            rows.append(
-                {
-                    "settings_of": owner,
-                    param: value,
-                    "seed": seed,
-                    "status": result.status,
-                    objective: score,
-                    "mlflow_run_id": getattr(recorder, "run_id", None) or "",
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def _recorder(tracking: SweepTracking | None, cfg, param: str, owner: str, value: str, trial: int, seed: int) -> Reporter:
-    if tracking is None:
-        return Reporter()
-    tags = {"verdict": "true", "settings_of": owner, "variant": value, "confirms_trial": str(trial)}
-    if owner == value:
-        return tracking.run_reporter(cfg, CONFIRM_KIND, f"verdict · {owner} tuned · seed {seed}", tags)
-    return tracking.run_reporter(cfg, ABLATION_KIND, f"verdict · {value} at {owner}'s settings · seed {seed}", {**tags, "ablation": param})
+            tags = {"verdict": "true", "settings_of": owner, "variant": value, "confirms_trial": str(trial_of[owner])}
+            describes = {"settings_of": owner, param: value}
+            if owner == value:
+                name, label, kind = f"verdict · {owner} tuned · seed {seed}", f"({owner} tuned, seed {seed})", CONFIRM_KIND
+            else:
+                name, label, kind = (
+                    f"verdict · {value} at {owner}'s settings · seed {seed}",
+                    f"({value} at {owner}'s settings, seed {seed})",
+                    ABLATION_KIND,
+                )
+                tags["ablation"] = param
+            planned.append(SeededRun(overrides, seed, kind, name, label, tags=tags, describes=describes))
+    return planned
 
 
 # --- the comparisons and the words ------------------------------------------------------------
@@ -291,14 +252,16 @@ def give_verdict(
     tracking: SweepTracking | None = None,
     config_dirs: Sequence[str] = (),
     allowed: Allowed = Allowed(),
-    say: Callable[[str], None] = lambda line: print(line, flush=True),
+    say: Callable[[str], None] | None = None,
+    run_ids: Mapping[int, str] | None = None,
 ) -> Verdict:
-    """Gather the runs the answer needs, judge them, write and return the verdict (module doc)."""
+    """Gather the runs the answer needs, judge them, write and return the verdict (module doc).
+    `run_ids`: the trials' MLflow runs (trial number -> run id), where the store has them."""
     seed_count(seeds)
     study = checked_study(study)  # a study given by any caller is read through the boundary
     (objective, direction), *_ = objective_columns(study)
     maximize = direction == "maximize"
-    trials = trials_table(study)
+    trials = trials_table(study, run_ids)  # run ids (MLflow's, of the trials): each arm's best is offered as a rerun
     param, arms = _compared(study, trials)
     best = best_by(trials, param, objective, direction) if len(trials) else {}
     arms = [a for a in arms if a in best]
@@ -313,15 +276,17 @@ def give_verdict(
     for arm in arms:
         row = best[arm]
         overrides = shlex.split(row["overrides"])
-        typed, head_lr = _typed(overrides, base, compose_trial(overrides, config_dirs, allowed))
+        typed, head_lr = typed_settings(overrides, base, compose_trial(overrides, config_dirs, allowed), config_dirs)
         values = complete[complete[param] == arm][objective].dropna().to_list()
-        found[arm] = ArmBest(arm, int(row["trial"]), float(row[objective]), len(values), levelled(values, maximize), typed, head_lr)
+        rerun = rerun_command(row.get("mlflow_run_id"))
+        found[arm] = ArmBest(arm, int(row["trial"]), float(row[objective]), len(values), levelled(values, maximize), typed, head_lr, rerun)
     first = best[(max if maximize else min)(arms, key=lambda a: found[a].sweep_value)]
     first_seed = int(compose_trial(shlex.split(first["overrides"]), config_dirs, allowed).train.seed) + 1
     seed_list = list(range(first_seed, first_seed + seeds))
     grid = _grid(trials, best, arms, param)
     trial_of = {arm: found[arm].trial for arm in arms}
-    runs = _run_grid(grid, seed_list, train, objective, param, trial_of, tracking, config_dirs, allowed, say)
+    planned = _planned(grid, seed_list, param, trial_of)
+    runs = run_seeds(planned, train, objective, what="verdict", tracking=tracking, config_dirs=config_dirs, allowed=allowed, say=say)
     leader, comparisons = _comparisons(runs, arms, param, objective, maximize)
     per_arm = max(f.trials for f in found.values())
     answer = _words(leader, comparisons, found, param, objective, seeds, per_arm)
@@ -376,9 +341,9 @@ def _write(verdict: Verdict, sweep: str, param: str, objective: str, direction: 
         f"the first minus the second (> 0: the first is better), with simultaneous 95% intervals and p-values Holm-corrected "
         f"across all {len(verdict.comparisons)} comparisons.",
         "",
-        "## Each arm's best settings (as you type them)",
+        "## Each arm's best settings (as you type them, after the sweep's own overrides)",
         "",
-        *[f"- {a.arm} (trial {a.trial}, {a.trials} complete trials): `sweeper train {a.typed}`" for a in verdict.arms.values()],
+        *[f"- {_arm_line(a)}" for a in verdict.arms.values()],
         "",
         markdown_table(arms),
         "",
@@ -400,21 +365,11 @@ def _write(verdict: Verdict, sweep: str, param: str, objective: str, direction: 
     table.to_csv(files[2], index=False)
     record = {"answer": verdict.answer, "param": param, "seeds": seeds, "arms": {a.arm: a.typed for a in verdict.arms.values()}}
     files[3].write_text(json.dumps(record, indent=1))
-    with drawing():  # the recorder may be drawing a run's schedule in another thread
-        plot = _plot(verdict.comparisons, objective, folder / "verdict.png")
+    title = "Paired differences per seed (green: real after Holm)"
+    plot = plot_paired(verdict.comparisons, objective, folder / "verdict.png", title)
     verdict.files = [*files, plot]
 
 
-def _plot(comparisons: Sequence[Paired], objective: str, path: Path) -> Path:
-    """Each comparison's difference on every seed (a dot each) with its mean and interval."""
-    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(comparisons) + 2), 4.5))
-    for x, c in enumerate(comparisons):
-        colour = "tab:green" if c.real else "tab:gray"
-        axis.plot([x] * c.n, c.diffs, "o", color=colour, alpha=0.6)
-        if not math.isnan(c.low):
-            axis.errorbar([x], [c.mean], yerr=[[c.mean - c.low], [c.high - c.mean]], fmt="_", color="black", capsize=6, markersize=18)
-    axis.axhline(0, color="black", linewidth=0.8)
-    labels = [f"{c.first} vs {c.second}\n{'tuned' if c.where == 'tuned' else 'at ' + c.where + chr(39) + 's'}" for c in comparisons]
-    axis.set_xticks(range(len(comparisons)), labels, fontsize="small")
-    axis.set(ylabel=f"{objective} difference (> 0: first better)", title="Paired differences per seed (green: real after Holm)")
-    return save_figure(figure, path)
+def _arm_line(arm: ArmBest) -> str:
+    rerun = f"; rerun it: `{arm.rerun}`" if arm.rerun else ""
+    return f"{printable(arm.arm)} (trial {arm.trial}, {arm.trials} complete trials): `{arm.typed}`{rerun}"

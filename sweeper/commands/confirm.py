@@ -5,9 +5,10 @@
     sweeper confirm --seeds 8 --strategy fastai --strategy geometric experiment=digits_transfer
     sweeper confirm mlp-digits --ablate slice --seeds 5   # all else equal: each strategy on the best trial
 
-Trains each strategy's best trial again with fresh seeds, here, one run after another, and
-prints the mean and spread per strategy with a t-test of the leader against each other one.
-Writes confirm.md, confirm.csv and confirm_summary.csv into results/sweeps/<name>/ and records
+Trains each strategy's best trial again with fresh seeds, here, one run after another (run k of
+n with the time left as each ends), and prints the mean and spread per strategy with a t-test of
+the leader against each other one. Writes confirm.md, confirm.csv, confirm_summary.csv and
+confirm.png (the leader minus each other, seed by seed) into results/sweeps/<name>/ and records
 every run in MLflow under the sweep's run. `--ablate slice` (or `shape`) instead trains the best
 trial with each strategy (or shape), all else equal, paired by seed (sweeper.analysis.ablation).
 """
@@ -79,10 +80,9 @@ def run(args: argparse.Namespace) -> int:
             config_dirs=study_config_dirs(study.user_attrs, args.config_dir),
             allowed=allowed,
         )
-        names = [f"ablation_{args.ablate}.md", f"ablation_{args.ablate}.csv", f"ablation_{args.ablate}_summary.csv"]
-        tracking.attach_files([ablation.folder / n for n in names], "ablation")
+        tracking.attach_files(ablation.files, "ablation")
         print(ablation.verdict)
-        print(f"ablation: {ablation.folder / names[0]}")
+        print(f"ablation: {ablation.files[0]}")
         return 0
     confirmation = confirm_strategies(
         study,
@@ -94,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
         strategies=args.strategy,
         allowed=allowed,
     )
-    folder = confirmation.folder
-    tracking.attach_files([folder / "confirm.md", folder / "confirm.csv", folder / "confirm_summary.csv"], "confirm")
+    tracking.attach_files(confirmation.files, "confirm")
     print(confirmation.verdict)
-    print(f"confirmation: {folder / 'confirm.md'}")
+    print(f"confirmation: {confirmation.files[0]}")
     return 0

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sweeper.records.mlflow_store import mlflow_calls, store_client, tracking_settings
-    from sweeper.training.saved_models import export_model, refuse_existing
+    from sweeper.records.model_export import export_model
+    from sweeper.training.saved_models import refuse_existing
 
     refuse_existing(Path(args.path))  # before anything loads or opens the store
     cfg = compose_config(args.overrides, args.config_dir)

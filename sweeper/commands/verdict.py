@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg, study, tracking, allowed, trainer = recorded_sweep(args)
     folder = sweep_folder(cfg, study.study_name)
+    sources = tracking.report_sources()  # the trials' MLflow runs: each arm's best trial is offered as a rerun
     verdict = give_verdict(
         study,
         trainer.train,
@@ -42,14 +43,16 @@ def run(args: argparse.Namespace) -> int:
         tracking=tracking,
         config_dirs=study_config_dirs(study.user_attrs, args.config_dir),
         allowed=allowed,
+        run_ids=sources.run_ids if sources else None,
     )
     tracking.attach_files(verdict.files, "verdict", {"verdict": verdict.answer})
     tracking.attach_table(verdict.comparison_table, f"verdict/comparisons-{time.strftime('%Y%m%dT%H%M%S')}.json")
-    tracking.attach_report(write_report(study, folder, tracking.report_sources()))  # the report leads with the answer now
+    tracking.attach_report(write_report(study, folder, sources))  # the report leads with the answer now
     print()
     print(verdict.answer)
     print()
+    print("Each arm's best settings, as you type them after the sweep's own overrides:")
     for arm in verdict.arms.values():
-        print(f"  {arm.arm}: sweeper train {arm.typed}")
+        print(f"  {arm.shown}")
     print(f"verdict: {folder / 'verdict.md'}")
     return 0

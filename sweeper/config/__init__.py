@@ -5,6 +5,7 @@ nothing above it."""
 from sweeper.config.compose import (
     ComposedConfigs,
     build_shape,
+    check_arguments,
     check_results_dir,
     compose_config,
     config_dir,
@@ -21,6 +22,7 @@ __all__ = [
     "ComposedConfigs",
     "ConfigError",
     "build_shape",
+    "check_arguments",
     "check_results_dir",
     "compose_config",
     "config_dir",

@@ -17,6 +17,7 @@ Overrides are Hydra's, with two readings of ours (`hydra_overrides`), the same o
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import inspect
 import os
@@ -43,6 +44,7 @@ from sweeper.schedules.slices import SliceSpec, parse_lr
 __all__ = [
     "ConfigError",
     "build_shape",
+    "check_arguments",
     "check_results_dir",
     "compose_config",
     "config_dir",
@@ -292,7 +294,7 @@ def instantiate_node(node: DictConfig, setting: str) -> object:
     setting) already says what to fix, so it surfaces unchanged, and anything else is reported
     with the setting that named the target.
     """
-    _check_numbers(node, setting)
+    check_arguments(node, setting)
     try:
         return instantiate(node)
     except InstantiationException as error:
@@ -303,26 +305,42 @@ def instantiate_node(node: DictConfig, setting: str) -> object:
         raise ConfigError(f"{setting}: cannot build {target}: {cause or error}") from None
 
 
-def _check_numbers(node: DictConfig, setting: str) -> None:
-    """A string where the target takes a number (its default is one) fails deep inside it, e.g.
-    torch's optimizers raise TypeError on their first comparison: refuse it here instead."""
+def check_arguments(node: Mapping, setting: str) -> None:
+    """Refuse, before anything is built, what the target of a node (`_target_`) would fail on deep
+    inside itself: a key it does not take (a typo: `optimizer.weight_decy`), said with the closest
+    one it does, and a string where it takes a number (torch's optimizers raise TypeError on their
+    first comparison). Nodes nested in it that build something are checked too. A target that takes
+    any keyword (**kwargs), or one that cannot be inspected, is left to build and report itself."""
     try:
-        parameters = inspect.signature(get_object(node._target_)).parameters
+        target = node.get("_target_")
+        parameters = inspect.signature(get_object(target)).parameters
     except Exception:  # noqa: BLE001 - no target, or none to inspect: instantiate reports it
         return
-    for name, parameter in parameters.items():
-        default = parameter.default
-        if name not in node or not isinstance(default, (int, float)) or isinstance(default, bool):
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for key in node.keys():
+        key = str(key)
+        if key.startswith("_") and key.endswith("_"):  # Hydra's own: _target_, _partial_, _args_, ...
             continue
+        if key not in parameters and not takes_any:
+            raise ConfigError(_not_taken(setting, key, str(target), [n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]))
         try:
-            value = node[name]
+            value = node[key]
         except OmegaConfBaseException:  # unresolvable: instantiate reports it as it always has
             continue
-        if isinstance(value, str):
+        if isinstance(value, Mapping) and "_target_" in value:
+            check_arguments(value, f"{setting}.{key}")
+        default = parameters[key].default if key in parameters else None
+        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
             raise ConfigError(
-                f"{setting}.{name}: {value!r} is not a number, and {node._target_} takes a number "
-                f"there; give one, e.g. {setting}.{name}={default!r}."
+                f"{setting}.{key}: {value!r} is not a number, and {target} takes a number "
+                f"there; give one, e.g. {setting}.{key}={default!r}."
             )
+
+
+def _not_taken(setting: str, key: str, target: str, taken: list[str]) -> str:
+    close = difflib.get_close_matches(key, taken, n=1, cutoff=0.6)
+    fix = f"did you mean {setting}.{close[0]}?" if close else f"it takes {', '.join(taken)}."
+    return f"{setting}.{key}: no such setting of {target}; {fix}"
 
 
 def check_results_dir(results_dir: str) -> None:

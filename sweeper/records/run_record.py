@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +42,7 @@ __all__ = [
     "run_label",
     "run_params",
     "run_tags",
+    "runs_filter",
     "shape_name_of",
     "step_metrics",
     "strategy_of",
@@ -52,6 +53,18 @@ __all__ = [
 RUN_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
 # Run kinds (tag sweeper.kind): a filter on it shows one kind alone, e.g. the trials of a sweep.
 SWEEP_KIND, TRIAL_KIND, CONFIRM_KIND, ABLATION_KIND, RERUN_KIND = "sweep", "trial", "confirm", "ablation", "rerun"
+
+
+def runs_filter(sweep: str, kind: str | None = None, *, not_kinds: Iterable[str] = (), tags: Mapping[str, str] | None = None) -> str:
+    """MLflow's filter string for the runs of a sweep: of one kind (tag sweeper.kind), none of
+    `not_kinds`, and holding these `tags`. Its values are names sweeper checked (sweep names,
+    kinds, its own tags), so they need no quoting."""
+    clauses = [*([f"tags.`sweeper.kind` = '{kind}'"] if kind else []), f"tags.sweep = '{sweep}'"]
+    clauses += [f"tags.`sweeper.kind` != '{other}'" for other in not_kinds]
+    clauses += [f"tags.{key} = '{value}'" for key, value in (tags or {}).items()]
+    return " and ".join(clauses)
+
+
 # The kinds filed under a sweep's run.
 SWEEP_MEMBER_KINDS = (TRIAL_KIND, CONFIRM_KIND, ABLATION_KIND, RERUN_KIND)
 # Config nodes that describe the sweep around a trial (a trial's own are TRIAL_NODES).

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from sweeper.boundary.recorded_sweep import UNKNOWN, recorded_tracking
-from sweeper.config import ConfigError
+from sweeper.config import ConfigError, rules
 from sweeper.records.mlflow_store import (
     TrackingSettings,
     connect,
@@ -36,7 +36,17 @@ from sweeper.records.mlflow_store import (
     tracking_settings,
 )
 from sweeper.records.recorder import MAX_TAG_LENGTH, MlflowRecorder, now_ms
-from sweeper.records.run_record import SWEEP_KIND, SWEEP_NODES, TRIAL_KIND, TRIAL_NODES, code_tags, flatten, plain_config, run_label
+from sweeper.records.run_record import (
+    SWEEP_KIND,
+    SWEEP_NODES,
+    TRIAL_KIND,
+    TRIAL_NODES,
+    code_tags,
+    flatten,
+    plain_config,
+    run_label,
+    runs_filter,
+)
 from sweeper.records.spool import SPOOL_ENV, SpoolWriter, trials_in_another_recorders_hands
 from sweeper.secrets import MASK, mask_text, mask_url
 from sweeper.trial.events import Reporter
@@ -74,8 +84,7 @@ class MlflowSources:
 
 def sweep_folder(holder: DictConfig | SweepTracking, sweep: str) -> Path:
     """Where a sweep's files go (worker logs, reports, confirmations): results/sweeps/<sweep>/."""
-    results = holder.results_dir if isinstance(holder, SweepTracking) else holder.get("results_dir", "results")
-    return Path(results) / "sweeps" / sweep
+    return rules.sweep_folder(holder.results_dir if isinstance(holder, SweepTracking) else holder.get("results_dir", "results"), sweep)
 
 
 # --- sweeps -----------------------------------------------------------------------------------
@@ -85,7 +94,7 @@ def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> Any 
     """The parent run of a sweep (the newest, should there be several), or None."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`sweeper.kind` = '{SWEEP_KIND}' and tags.sweep = '{sweep}'",
+        filter_string=runs_filter(sweep, SWEEP_KIND),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -209,7 +218,7 @@ class SweepTracking:
         with mlflow_calls(self.settings):
             client = mlflow_client(self.settings.uri)
             experiment_id, _ = self.locate(client)
-            runs = search_all(client, experiment_id, f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{self.sweep}'")
+            runs = search_all(client, experiment_id, runs_filter(self.sweep, TRIAL_KIND))
         ordered = sorted(runs, key=lambda run: run.info.start_time)
         return {int(run.data.tags["trial"]): run for run in ordered if run.data.tags.get("trial", "").isdigit()}
 
@@ -463,7 +472,7 @@ def _sweep_run(
         return run
     run = find_sweep_run(client, experiment_id, study_name)
     if run is not None and study is None:
-        trials = client.search_runs([experiment_id], f"tags.`sweeper.kind` = '{TRIAL_KIND}' and tags.sweep = '{study_name}'", max_results=1)
+        trials = client.search_runs([experiment_id], runs_filter(study_name, TRIAL_KIND), max_results=1)
         if trials:
             raise ConfigError(
                 f"storage.url: MLflow at {settings.label} holds sweep {study_name!r} (run {run.info.run_id}, with "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -46,10 +47,20 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def next_move(counts: Counts, n_trials: int, out_of_time: bool, failed_too_often: bool = False) -> str:
-    """ "run" a trial, "wait" for running ones (one may fail and need redoing), or "stop"."""
+class Move(Enum):
+    """What a worker does next, under the sweep's claim lock."""
+
+    RUN = "run"  # start one trial
+    FUSE = "fuse"  # claim up to sweep.fuse trials, trained together as one fused model
+    WAIT = "wait"  # for the running trials: one may fail and need redoing
+    STOP = "stop"
+
+
+def next_move(counts: Counts, n_trials: int, out_of_time: bool, failed_too_often: bool = False, fuse: int = 1) -> Move:
+    """Start trials while the finished and running ones leave room for them, wait while the
+    running ones could still fail, stop once n_trials are finished (or out of time, or failing)."""
     if counts.finished >= n_trials or out_of_time or failed_too_often:
-        return "stop"
+        return Move.STOP
     if counts.finished + counts.running < n_trials:
-        return "run"
-    return "wait"
+        return Move.FUSE if fuse > 1 else Move.RUN
+    return Move.WAIT

@@ -10,7 +10,7 @@ import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import ConfigError
+from sweeper.config import ConfigError, check_arguments
 from sweeper.sweep.arms import ArmPruner, Arms, ArmSampler
 from sweeper.sweep.optuna_quiet import experimental_features_on_purpose
 from sweeper.sweep.space import SearchSpace
@@ -47,6 +47,7 @@ def make_pruner(cfg: DictConfig, arms: Arms | None = None) -> optuna.pruners.Bas
 
 
 def _instantiate(group: str, node: dict) -> Any:
+    check_arguments(node, group)
     try:
         with experimental_features_on_purpose():
             return instantiate(node)

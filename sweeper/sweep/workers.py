@@ -42,7 +42,7 @@ from sweeper.boundary.recorded_sweep import recorded_run_location
 from sweeper.config import compose_config
 from sweeper.config.rules import warn_oversubscribed, whole
 from sweeper.secrets import mask_text
-from sweeper.sweep.counts import count_trials, fail_stale_trials, next_move
+from sweeper.sweep.counts import Counts, Move, count_trials, fail_stale_trials, next_move
 from sweeper.sweep.lr_anchor import recorded_plan
 from sweeper.sweep.plan import SweepPlan
 from sweeper.sweep.sampling import PruningReporter
@@ -429,66 +429,95 @@ def run_worker(
     `index` offsets the sampler's seed so parallel workers draw differently; `deadline` is a
     time.time() after which no trial starts.
     """
-    trainer = load_trainer(plan.cfg) if train is None or plan.fuse > 1 else None
-    train = train or trainer.train
-    study = open_study(plan, create=False, worker=index)
-    plan = recorded_plan(plan, study)  # search.lr.high=auto: the ranges the sweep recorded
-    claim = plan.storage.claim(plan.name)
-    poll = float(plan.cfg.sweep.poll)
-    stop = stop or StopRequest()
-    running: optuna.Trial | None = None
-
-    def objective(trial: optuna.Trial) -> float | list[float]:
-        nonlocal running
-        running = trial
-        claim.release()  # the trial exists now: others may count it and start theirs
-        stop.check()  # asked to stop while the trial was being made: it fails, to run again
-        # The stop request listens last, so the other reporters have recorded the step or epoch.
-        return run_trial(trial, plan, lambda cfg, reporters: train(cfg, [*reporters, stop]))
-
-    # Failures count from this worker's start, so a sweep resumed after its cause was fixed
-    # (or after Ctrl-C, which fails the trials it stops) starts with a clean slate.
-    failed_before = count_trials(study).failed
-    ran = 0
-    while not stop.requested:
-        with claim:
-            counts = count_trials(study)
+    worker = _Worker(plan, index, train, stop or StopRequest())
+    while not worker.stop.requested:
+        with worker.claim:  # each move lets go of the claim as soon as others may count again
+            counts = count_trials(worker.study)
             out_of_time = deadline is not None and time.time() >= deadline
-            failed_too_often = counts.failed - failed_before >= plan.max_failures
-            move = next_move(counts, plan.n_trials, out_of_time, failed_too_often)
-            move = "fuse" if move == "run" and plan.fuse > 1 else move
-            if move == "run":
-                running = None
-                try:
-                    study.optimize(objective, n_trials=1, catch=(Exception,))
-                except Exception:
-                    # Optuna cannot tell a trial that is already finished; one failed by the
-                    # heartbeat check has been queued again, and the sweep goes on without it.
-                    if running is None or not _finished_meanwhile(study, running):
-                        raise
-                    _say_taken_over(running, plan)
-                ran += 1
-            elif move == "fuse":
-                # claim up to sweep.fuse trials (each a RUNNING trial others count), then let go
-                fail_stale_trials(study)  # as study.optimize does before it asks
-                claimed = [study.ask() for _ in range(min(plan.fuse, plan.n_trials - counts.finished - counts.running))]
-        if move == "fuse":
-            run_fused(study, claimed, plan, trainer, stop)
-            ran += len(claimed)
-        if move == "stop":
-            if failed_too_often and counts.finished < plan.n_trials:
-                print(
-                    f"worker {index}: stopped: {counts.failed - failed_before} trials failed since it started "
-                    f"(sweep.max_failures={plan.max_failures}); their reasons are in the study and above.",
-                    flush=True,
-                )
-            break
-        if move == "wait":
-            # A dead worker's trial counts as running until its heartbeat goes stale: look for
-            # those here too, or waiting workers would wait on it for ever.
-            fail_stale_trials(study)
-            time.sleep(poll)
-    return ran
+            failed_too_often = counts.failed - worker.failed_before >= worker.plan.max_failures
+            move = next_move(counts, worker.plan.n_trials, out_of_time, failed_too_often, worker.plan.fuse)
+            if not _MOVES[move](worker, counts):
+                break
+    return worker.ran
+
+
+class _Worker:
+    """One worker's loop: its study, its claim on the sweep, and what it has done; one method per
+    Move, each True to go on and False to stop."""
+
+    def __init__(self, plan: SweepPlan, index: int, train: TrainFn | None, stop: StopRequest) -> None:
+        self.trainer = load_trainer(plan.cfg) if train is None or plan.fuse > 1 else None
+        self.train = train or self.trainer.train
+        self.index = index
+        self.study = open_study(plan, create=False, worker=index)
+        self.plan = recorded_plan(plan, self.study)  # search.lr.high=auto: the ranges the sweep recorded
+        self.claim = self.plan.storage.claim(self.plan.name)
+        self.stop = stop
+        # Failures count from this worker's start, so a sweep resumed after its cause was fixed
+        # (or after Ctrl-C, which fails the trials it stops) starts with a clean slate.
+        self.failed_before = count_trials(self.study).failed
+        self.ran = 0
+        self._running: optuna.Trial | None = None
+
+    def run_one(self, counts: Counts) -> bool:
+        """Train one trial (study.optimize for one, which keeps the trial's heartbeat beating)."""
+        self._running = None
+        try:
+            self.study.optimize(self._objective, n_trials=1, catch=(Exception,))
+        except Exception:
+            # Optuna cannot tell a trial that is already finished; one failed by the
+            # heartbeat check has been queued again, and the sweep goes on without it.
+            if self._running is None or not _finished_meanwhile(self.study, self._running):
+                raise
+            _say_taken_over(self._running, self.plan)
+        self.ran += 1
+        return True
+
+    def _objective(self, trial: optuna.Trial) -> float | list[float]:
+        self._running = trial
+        self.claim.release()  # the trial exists now: others may count it and start theirs
+        self.stop.check()  # asked to stop while the trial was being made: it fails, to run again
+        # The stop request listens last, so the other reporters have recorded the step or epoch.
+        return run_trial(trial, self.plan, lambda cfg, reporters: self.train(cfg, [*reporters, self.stop]))
+
+    def run_fused(self, counts: Counts) -> bool:
+        """Claim up to sweep.fuse trials (each a RUNNING trial others count), let go of the claim,
+        and train them together."""
+        fail_stale_trials(self.study)  # as study.optimize does before it asks
+        free = self.plan.n_trials - counts.finished - counts.running
+        claimed = [self.study.ask() for _ in range(min(self.plan.fuse, free))]
+        self.claim.release()
+        run_fused(self.study, claimed, self.plan, self.trainer, self.stop)
+        self.ran += len(claimed)
+        return True
+
+    def wait(self, counts: Counts) -> bool:
+        """Wait for the running trials (one may fail and need redoing)."""
+        self.claim.release()
+        # A dead worker's trial counts as running until its heartbeat goes stale: look for
+        # those here too, or waiting workers would wait on it for ever.
+        fail_stale_trials(self.study)
+        time.sleep(float(self.plan.cfg.sweep.poll))
+        return True
+
+    def finish(self, counts: Counts) -> bool:
+        """Stop, saying why if it is too many failures."""
+        failed = counts.failed - self.failed_before
+        if failed >= self.plan.max_failures and counts.finished < self.plan.n_trials:
+            print(
+                f"worker {self.index}: stopped: {failed} trials failed since it started "
+                f"(sweep.max_failures={self.plan.max_failures}); their reasons are in the study and above.",
+                flush=True,
+            )
+        return False
+
+
+_MOVES: dict[Move, Callable[[_Worker, Counts], bool]] = {
+    Move.RUN: _Worker.run_one,
+    Move.FUSE: _Worker.run_fused,
+    Move.WAIT: _Worker.wait,
+    Move.STOP: _Worker.finish,
+}
 
 
 def _finished_meanwhile(study: optuna.Study, trial: optuna.Trial) -> bool:

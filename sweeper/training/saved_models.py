@@ -14,18 +14,17 @@ it with plain torch:
     state = torch.load("model.pt", weights_only=True)
     model.load_state_dict(state)
 
-`sweeper export NAME|RUN_ID PATH` writes them to PATH: a sweep's name picks its best trial among
-those that kept weights (by train.objective and train.direction), a run id that run. A recorded
-run is untrusted (run stores are shared): the artifact is read with weights_only=True, which runs
-no code from it, and only a mapping of names to tensors is written out.
+`sweeper export NAME|RUN_ID PATH` (sweeper.records.model_export) writes them to PATH: a sweep's
+name picks its best trial among those that kept weights (by train.objective and train.direction),
+a run id that run. A recorded run is untrusted (run stores are shared): the artifact is read with
+weights_only=True (`read_state_dict`, here), which runs no code from it, and only a mapping of
+names to tensors is written out.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,6 @@ from sweeper.trial.events import Reporter, TrainerHook, TrialResult
 
 if TYPE_CHECKING:
     import torch
-    from mlflow import MlflowClient
 
 # torch is imported inside the functions that use it: a sweep's parent process imports this
 # module for its settings check and never loads torch.
@@ -49,7 +47,6 @@ __all__ = [
     "ModelKeeper",
     "best_in_study",
     "best_so_far",
-    "export_model",
     "keepers",
     "read_state_dict",
     "refuse_existing",
@@ -61,7 +58,6 @@ logger = logging.getLogger(__name__)
 SAVE_MODEL = ("best", "all", "none")
 MODEL_ARTIFACT = "model.pt"
 SAVED_TAG = "saved_model"  # run tag: the artifact holding the weights
-RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id, as its stores make them
 
 
 def save_model_setting(cfg: DictConfig) -> str:
@@ -154,65 +150,8 @@ def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def find_model_run(client: MlflowClient, source: str) -> Any:
-    """The run whose weights `sweeper export` writes: `source` is a run id, or a sweep's name
-    (its best trial among those that kept weights)."""
-    from sweeper.config.rules import check_sweep_name
-
-    if RUN_ID.fullmatch(source):
-        try:
-            run = client.get_run(source)
-        except Exception:  # noqa: BLE001 - MLflow says "not found" in several ways
-            run = None
-        if run is not None:
-            if SAVED_TAG not in run.data.tags:
-                raise ConfigError(
-                    f"export: MLflow run {source} kept no weights (it ran with tracking.save_model=none, did not "
-                    f"finish, or was not the sweep's best when it ended); give a run tagged {SAVED_TAG}."
-                )
-            return run
-    name = check_sweep_name(source, "export")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    query = f"tags.`sweeper.kind` = 'trial' and tags.sweep = '{name}' and tags.{SAVED_TAG} = '{MODEL_ARTIFACT}'"
-    runs = (
-        [run for run in client.search_runs(experiments, query, max_results=1000) if "objective" in run.data.metrics] if experiments else []
-    )
-    if not runs:
-        raise ConfigError(
-            f"export: no MLflow run id {source!r} and no sweep {source!r} with kept weights in this store; give a "
-            f"run id from the MLflow UI or a sweep's name, and the store that holds it (tracking.uri=...)."
-        )
-    maximize = runs[0].data.params.get("train.direction", "maximize") == "maximize"
-    return (max if maximize else min)(runs, key=lambda run: run.data.metrics["objective"])
-
-
 def refuse_existing(path: Path) -> None:
     """An export never overwrites: a ConfigError when `path` exists (checked by `sweeper export`
     first of all, and again just before writing)."""
     if path.exists():
         raise ConfigError(f"export: {path} exists already; give a new path, or remove it first.")
-
-
-def export_model(client: MlflowClient, source: str, path: Path) -> tuple[Any, int]:
-    """Write the weights of `source` (a run id or a sweep's name) to `path`; returns the run and
-    the number of tensors. Refuses a `path` that exists: nothing is overwritten."""
-    import torch
-
-    refuse_existing(path)
-    run = find_model_run(client, source)
-    artifact = run.data.tags[SAVED_TAG]
-    if artifact != MODEL_ARTIFACT:
-        raise ConfigError(
-            f"export: MLflow run {run.info.run_id} names {artifact!r} as its weights, not {MODEL_ARTIFACT}; nothing was written."
-        )
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            downloaded = Path(client.download_artifacts(run.info.run_id, MODEL_ARTIFACT, folder))
-        except Exception as error:  # noqa: BLE001 - gone from the artifact store
-            raise ConfigError(
-                f"export: MLflow run {run.info.run_id} lacks its {MODEL_ARTIFACT} ({error_line(error)[:200]}); nothing was written."
-            ) from None
-        state = read_state_dict(downloaded, f"MLflow run {run.info.run_id}'s {MODEL_ARTIFACT}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return run, len(state)

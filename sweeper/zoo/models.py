@@ -17,14 +17,18 @@ import hashlib
 import json
 import math
 import os
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sweeper.boundary.printed import printable
 from sweeper.config import ConfigError
 from sweeper.zoo.vision import classifier
+from sweeper.zoo.weights_file import weights_for
 
 __all__ = ["MLP", "SmallCNN", "pretrained_on_digits", "resnet", "resnet_split"]
 
@@ -108,16 +112,34 @@ def pretrained_on_digits(
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"digits-body-{key}.pt"
-    if path.exists():
-        body_state = torch.load(path, weights_only=True)
-    else:
+    body_state = _cached_body(path, net.body)
+    if body_state is None:
+        print(f"pre-training the digits body (first use; cached at {printable(path)}) ...", end="", file=sys.stderr, flush=True)
+        start = time.monotonic()
         body_state = _pretrain_body(net, list(classes), epochs, lr, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(body_state, partial)
         os.replace(partial, path)  # atomic: parallel workers never read half a file
+        print(f" done in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
     net.body.load_state_dict(body_state)
     return net
+
+
+def _cached_body(path: Path, body: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The body's weights cached at `path`, checked against `body`; None (after a line that says
+    why, for one that is there) when they must be pre-trained. The cache may be shared (a folder
+    of several users, a copied results/): a file is loaded only when it fits the body key by key."""
+    if not path.exists():
+        return None
+    state, problem = weights_for(body, path)
+    # On stderr (stdout is the trial's progress). Only the warning has the "sweeper: " mark that
+    # a sweep passes on from its workers' logs to its console: every trial uses the cached body.
+    if problem is None:
+        print(f"using the cached body {printable(path)}", file=sys.stderr, flush=True)
+        return state
+    print(f"sweeper: ignoring the cached body {printable(path)}: {problem}; pre-training it afresh", file=sys.stderr, flush=True)
+    return None
 
 
 def _pretrain_body(net: nn.Module, classes: list[int], epochs: int, lr: float, seed: int) -> dict[str, torch.Tensor]:

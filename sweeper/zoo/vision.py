@@ -21,7 +21,9 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from sweeper.boundary.printed import printable
 from sweeper.config import ConfigError, error_line
+from sweeper.zoo.weights_file import weights_for
 
 __all__ = ["MATCHING_PAIR", "classifier", "import_torchvision"]
 
@@ -84,7 +86,13 @@ def classifier(
                 f"model.net.weights_path: {weights_path!r} does not exist; give a state_dict file "
                 f"saved with torch.save(model.state_dict(), path), or null."
             )
-        net.load_state_dict(torch.load(path, weights_only=True))
+        state, problem = weights_for(net, path)
+        if problem:
+            raise ConfigError(
+                f"model.net.weights_path: {printable(weights_path)} does not fit torchvision's {arch} (1000 classes): "
+                f"{problem}; give the state_dict of that model (torch.save(model.state_dict(), path)), or null."
+            )
+        net.load_state_dict(state)
     _fit_first_conv(net, in_shape[0], arch)
     _fit_last_linear(net, num_classes, arch)
     return net
