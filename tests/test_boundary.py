@@ -294,7 +294,7 @@ def test_every_reader_of_a_tampered_record_runs_nothing_writes_nothing_and_shows
     look-alike name as advice to type, nothing written but what the user asked for."""
     tampered = CASES[case]
     if reader in ("rerun", "export") and tampered.config is None and tampered.run_name == "trial-0" and tampered.weights is None:
-        pytest.skip("the case leaves the trial's run honest: a rerun would train it")
+        pytest.skip("the case leaves the trial's run honest: rerun would train it, export has nothing tampered to read")
     if reader == "resume" and tampered.study == study_record():
         pytest.skip("a resume reads no trial's overrides: what this case tampers with (RESUME_CASES tamper with what it reads)")
     if reader in ("confirm", "ablation") and tampered.said is None:
