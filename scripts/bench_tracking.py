@@ -64,8 +64,8 @@ class Store:
         from sweeper.records.spool import SpoolWriter
 
         if self.spool is not None:
-            return SpoolWriter(self.spool, self.sweep.trial_header(self.trials, self.cfg))
-        return self.sweep.trial_reporter(self.trials, self.cfg)
+            return SpoolWriter(self.spool, self.sweep.trial_header(self.cfg, trial_number=self.trials))
+        return self.sweep.trial_reporter(self.cfg, trial_number=self.trials)
 
     def wait_for_records(self) -> None:
         from sweeper.records.sender import wait_for_records

@@ -70,7 +70,7 @@ def recorded_sweep(cfg, name: str):
     for number, strategy in enumerate(STRATEGIES):
         trial_cfg = cfg.copy()
         trial_cfg.lr = {"strategy": strategy, "low": 1e-5, "high": 1e-3}
-        result = feed_trial(tracking.trial_reporter(number, trial_cfg), plain_config(trial_cfg), seed=number)
+        result = feed_trial(tracking.trial_reporter(trial_cfg, trial_number=number), plain_config(trial_cfg), seed=number)
         distributions = {"strategy": CategoricalDistribution(STRATEGIES)}
         study.add_trial(create_trial(params={"strategy": strategy}, distributions=distributions, value=result.objective))
     finish_sweep(tracking, study)

@@ -53,10 +53,10 @@ def test_a_spooled_trial_is_recorded_as_the_direct_recorder_records_it(tracked_c
     cfg = tracked_config("lr=geometric", "lr.low=1e-5", "lr.high=1e-3")
     tracking = prepare_sweep(cfg, "spooled")
     overrides, tags = ["lr=geometric", "lr.high=0.001"], {"worker": "w0"}
-    direct = tracking.trial_reporter(0, cfg, overrides, tags)
+    direct = tracking.trial_reporter(cfg, trial_number=0, overrides=overrides, extra_tags=tags)
     feed_trial([KeepsWeights(direct), direct], plain_config(cfg))  # the reference
     folder = tmp_path / "spool"
-    writer = SpoolWriter(folder, tracking.trial_header(1, cfg, overrides, tags))
+    writer = SpoolWriter(folder, tracking.trial_header(cfg, trial_number=1, overrides=overrides, extra_tags=tags))
     feed_trial([KeepsWeights(writer), writer], plain_config(cfg))  # the same trial, handed over
     MachineRecorder(tracking, folder).start().close()
     wait_for_records()
@@ -99,7 +99,7 @@ def test_a_worker_killed_mid_trial_loses_nothing_it_wrote_and_never_loaded_mlflo
     cfg = tracked_config()
     tracking = prepare_sweep(cfg, "killed")
     folder = tmp_path / "spool"
-    header = json.dumps(tracking.trial_header(3, cfg))
+    header = json.dumps(tracking.trial_header(cfg, trial_number=3))
     worker = subprocess.run(
         [sys.executable, "-c", KILLED_MID_TRIAL, str(folder), header], capture_output=True, text=True, env=os.environ, timeout=300
     )
@@ -119,7 +119,7 @@ def test_a_recorder_stopped_part_way_and_started_again_records_nothing_twice(tra
     cfg = tracked_config()
     tracking = prepare_sweep(cfg, "restarted")
     folder = tmp_path / "spool"
-    writer = SpoolWriter(folder, tracking.trial_header(0, cfg))
+    writer = SpoolWriter(folder, tracking.trial_header(cfg, trial_number=0))
     writer.on_start(StartEvent(plain_config(cfg), (1e-3,), 1, 4, "cpu"))
     for step in range(2):
         writer.on_step(StepEvent(step, 0, "train", (1e-3,), 0.9, 1.0 / (step + 1)))

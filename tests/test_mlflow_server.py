@@ -56,7 +56,9 @@ def test_a_sweep_recorded_over_rest_reads_back_through_the_rest_api(mlflow_serve
     tracking = prepare_sweep(cfg, "rest")
     results = {}
     for number in range(3):
-        reporter = tracking.trial_reporter(number, cfg, [f"lr.high={number}e-3"], {"worker": f"w{number % 2}"})
+        reporter = tracking.trial_reporter(
+            cfg, trial_number=number, overrides=[f"lr.high={number}e-3"], extra_tags={"worker": f"w{number % 2}"}
+        )
         result = feed_trial(reporter, plain_config(cfg), seed=number)
         results[number] = (reporter.run_id, result)
 
@@ -94,12 +96,12 @@ def test_a_server_that_stops_mid_sweep_loses_no_record(mlflow_server, server_con
             if event.epoch == 0:
                 mlflow_server.stop()
 
-    first = tracking.trial_reporter(0, cfg)
+    first = tracking.trial_reporter(cfg, trial_number=0)
     result = feed_trial([StopServerAfterFirstEpoch(), first], plain_config(cfg), epochs=3)  # the trial goes on
     assert sum("cannot be reached" in r.getMessage() for r in caplog.records) == 1
 
     mlflow_server.start()  # back, on the same port and store
-    second = tracking.trial_reporter(1, cfg)
+    second = tracking.trial_reporter(cfg, trial_number=1)
     feed_trial(second, plain_config(cfg))  # its flushes also send what the first trial kept
     runs = search_runs(mlflow_server, tracking.experiment_id, f"tags.mlflow.parentRunId = '{tracking.parent_run_id}'")
     assert {r["info"]["run_id"]: r["info"]["status"] for r in runs} == {first.run_id: "FINISHED", second.run_id: "FINISHED"}

@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from sweeper.records.audit import audit_records
 from sweeper.records.run_record import plain_config
 from sweeper.records.tracking import prepare_sweep
 
@@ -167,9 +168,9 @@ def test_the_audit_names_finished_trials_without_records(tracked_config):
     distribution = {"lr.high": FloatDistribution(1e-4, 1e-2)}
     for number in range(3):
         if number != 1:  # trial 1's records never reached MLflow
-            feed_trial(tracking.trial_reporter(number, cfg), plain_config(cfg), seed=number)
+            feed_trial(tracking.trial_reporter(cfg, trial_number=number), plain_config(cfg), seed=number)
         study.add_trial(create_trial(params={"lr.high": 1e-3}, distributions=distribution, value=0.5, state=TrialState.COMPLETE))
-    audit = tracking.audit(study)
+    audit = audit_records(tracking, study)
     assert audit.lost == [1] and not audit.complete
     assert "finished trial(s) 1" in " ".join(audit.lines())
 
@@ -193,11 +194,11 @@ def test_the_audit_leaves_the_trials_another_commands_recorder_is_sending(tracke
     (spool / "4242-0-0123abcd.jsonl").write_text("")  # trial 0's records, not all sent yet
     other = os.open(spool / RECORDER_LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(other, fcntl.LOCK_EX)  # the other command's recorder
-    audit = tracking.audit(study, spool)
+    audit = audit_records(tracking, study, spool)
     assert audit.complete and not audit.closed
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
     os.close(other)  # that recorder gone, and the file still there: the run is judged
-    audit = tracking.audit(study, spool)
+    audit = audit_records(tracking, study, spool)
     assert audit.lost == [0] and len(audit.closed) == 1
     assert client.get_run(run.info.run_id).info.status == "KILLED"
 

@@ -277,7 +277,7 @@ def test_finish_attaches_the_report_to_the_sweep_run_with_mlflow_curves(study, t
     tracking = prepare_sweep(cfg, "demo")
     for number, (_, _, state, _) in enumerate(TRIALS):
         if state == TrialState.COMPLETE:
-            feed_trial(tracking.trial_reporter(number, cfg), plain_config(cfg), seed=number)
+            feed_trial(tracking.trial_reporter(cfg, trial_number=number), plain_config(cfg), seed=number)
     folder = finish_sweep(tracking, study)
     assert folder == sweep_folder(cfg, "demo")
 

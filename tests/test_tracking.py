@@ -36,7 +36,9 @@ def test_trials_are_nested_runs_with_params_tags_every_curve_and_artifacts(track
     tracking = prepare_sweep(cfg, "nest")
     results = {}
     for number, status in [(0, "finished"), (1, "pruned")]:
-        reporter = tracking.trial_reporter(number, cfg, ["lr=geometric", "lr.high=0.001"], {"worker": "w0"})
+        reporter = tracking.trial_reporter(
+            cfg, trial_number=number, overrides=["lr=geometric", "lr.high=0.001"], extra_tags={"worker": "w0"}
+        )
         results[number] = feed_trial(reporter, plain_config(cfg), status=status, seed=number)
 
     wait_for_records()  # each run's schedule.png is drawn and sent after its end, in the background
@@ -81,7 +83,7 @@ def test_trials_are_nested_runs_with_params_tags_every_curve_and_artifacts(track
 def test_the_schedule_plot_can_be_left_out_and_the_schedule_is_still_recorded(tracked_config):
     cfg = tracked_config("tracking.schedule_plot=false")
     tracking = prepare_sweep(cfg, "no-plot")
-    result = feed_trial(tracking.trial_reporter(0, cfg), plain_config(cfg))
+    result = feed_trial(tracking.trial_reporter(cfg, trial_number=0), plain_config(cfg))
     client = MlflowClient(tracking.settings.uri)
     (run,) = children_of(client, tracking).values()
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "environment.json"}
@@ -140,7 +142,7 @@ def test_a_password_in_a_url_never_reaches_params_tags_or_artifacts(tracked_conf
     url = f"postgresql://sweeper:{SECRET}@db.example.org:5432/sweeps"
     cfg = tracked_config(f"storage.url={url}")
     tracking = prepare_sweep(cfg, "secret")
-    reporter = tracking.trial_reporter(0, cfg, [f"storage.url={url}"], {"storage": url})
+    reporter = tracking.trial_reporter(cfg, trial_number=0, overrides=[f"storage.url={url}"], extra_tags={"storage": url})
     feed_trial(reporter, plain_config(cfg))
 
     client = MlflowClient(tracking.settings.uri)
@@ -250,7 +252,11 @@ def test_tracking_off_is_a_no_op(tracked_config, tmp_path):
     cfg = tracked_config("tracking=none")
     tracking = prepare_sweep(cfg, "quiet")
     assert tracking.settings is None and tracking.parent_run_id is None
-    for reporter in (tracking.trial_reporter(0, cfg), record_run(cfg), trial_reporter(cfg, study_name="quiet", trial_number=0)):
+    for reporter in (
+        tracking.trial_reporter(cfg, trial_number=0),
+        record_run(cfg),
+        trial_reporter(cfg, study_name="quiet", trial_number=0),
+    ):
         assert type(reporter) is Reporter
         feed_trial(reporter, plain_config(cfg))
     assert not (tmp_path / "results" / "mlflow.db").exists()

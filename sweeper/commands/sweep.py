@@ -33,6 +33,7 @@ from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.printed import printable
 from sweeper.config.errors import error_line
 from sweeper.config.rules import sweep_folder
+from sweeper.records.audit import audit_records
 from sweeper.records.machine_recorder import MachineRecorder
 from sweeper.records.mlflow_store import TrackingSettings, check_server, tracking_settings
 from sweeper.records.spool import spool_files, spool_folder
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         live.stop()
         if recorder is not None:  # every record the workers wrote is sent before the audit looks
             recorder.close()
-    audit = records.audit(study, spool)  # runs left RUNNING by stopped workers ended; lost records found
+    audit = audit_records(records, study, spool)  # runs left RUNNING by stopped workers ended; lost records found
     report = _finish(live, records, study, plan, "KILLED" if interrupted else "FINISHED")
     code = _summarise(study, plan, folder, records.settings, report, failed_before=before.failed)
     for line in audit.lines():

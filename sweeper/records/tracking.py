@@ -1,7 +1,7 @@
 """A sweep's MLflow records: its parent run, its trials' child runs, and reading them back.
 
     tracking = prepare_sweep(cfg, "mlp-digits")            # the parent process, before workers
-    reporter = tracking.trial_reporter(7, trial_cfg, overrides, {"worker": "host:123"})
+    reporter = tracking.trial_reporter(trial_cfg, trial_number=7, extra_tags={"worker": "host:123"})
     train(trial_cfg, [reporter, ...])                      # in a worker: a nested child run
     tracking.attach_report(report, "FINISHED")             # the comparison report, parent ended
 
@@ -47,7 +47,7 @@ from sweeper.records.run_record import (
     run_label,
     runs_filter,
 )
-from sweeper.records.spool import SPOOL_ENV, SpoolWriter, trials_in_another_recorders_hands
+from sweeper.records.spool import SPOOL_ENV, SpoolWriter
 from sweeper.secrets import MASK, mask_text, mask_url
 from sweeper.trial.events import Reporter
 
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MlflowSources",
-    "RecordsAudit",
     "SweepTracking",
     "find_sweep_run",
     "open_sweep",
@@ -101,27 +100,6 @@ def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> Any 
     return runs[0] if runs else None
 
 
-@dataclass(frozen=True)
-class RecordsAudit:
-    """What a sweep's records lack at its end (SweepTracking.audit)."""
-
-    closed: Sequence[str] = ()  # runs left RUNNING by stopped workers, now ended (KILLED)
-    lost: Sequence[int] = ()  # finished trials without a finished MLflow run
-    unread: str | None = None  # why the store could not be checked
-
-    @property
-    def complete(self) -> bool:
-        return not self.lost and self.unread is None
-
-    def lines(self) -> list[str]:
-        found = [f"ended {len(self.closed)} run(s) left running by stopped workers: {', '.join(self.closed)}"] if self.closed else []
-        if self.lost:
-            found.append(f"MLflow lacks the records of finished trial(s) {', '.join(map(str, self.lost))}; see the worker logs")
-        if self.unread:
-            found.append(self.unread)
-        return found
-
-
 class _Parents:
     """Parent run ids found in this process, so each worker asks the store only once."""
 
@@ -156,19 +134,21 @@ class SweepTracking:
 
     def trial_reporter(
         self,
-        trial_number: int,
         trial_cfg: DictConfig | Mapping,
+        *,
+        trial_number: int,
         overrides: Sequence[str] = (),
         extra_tags: Mapping[str, Any] | None = None,
     ) -> Reporter:
         """The Reporter that records one trial as a child run of the sweep's run."""
-        header = self.trial_header(trial_number, trial_cfg, overrides, extra_tags)
+        header = self.trial_header(trial_cfg, trial_number=trial_number, overrides=overrides, extra_tags=extra_tags)
         return self.run_reporter(trial_cfg, TRIAL_KIND, header["run_name"], header["tags"], overrides)
 
     def trial_header(
         self,
-        trial_number: int,
         trial_cfg: DictConfig | Mapping,
+        *,
+        trial_number: int,
         overrides: Sequence[str] = (),
         extra_tags: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
@@ -238,50 +218,6 @@ class SweepTracking:
             lambda run_id, key: read_curves(settings, run_id, [key])[key],
             frozenset(number for number, run in runs.items() if run.info.status != "RUNNING"),
         )
-
-    def audit(self, study: optuna.Study, spool: Path | None = None) -> RecordsAudit:
-        """After the workers: end the sweep's runs left RUNNING whose trial is no longer running
-        (a worker that died or was stopped mid-trial: KILLED), and find the finished trials
-        MLflow holds no finished run for (records lost). Trials whose records another command's
-        recorder is sending from this machine's `spool` folder are not judged: that recorder
-        ends their runs."""
-        if self.settings is None or self.parent_run_id is None:
-            return RecordsAudit()
-        try:
-            return self._audit(study, trials_in_another_recorders_hands(spool) if spool is not None else set())
-        except Exception as error:  # noqa: BLE001 - a store that cannot be read cannot show the records are there
-            return RecordsAudit(unread=f"MLflow at {self.settings.label} could not be read to check the records ({one_line(error)})")
-
-    def _audit(self, study: optuna.Study, sent_elsewhere: set[int]) -> RecordsAudit:
-        from mlflow.entities import RunTag
-        from optuna.trial import TrialState
-
-        # Read after the spool folder was (a file is removed once its run is in the store).
-        trials = {t.number: t for t in study.get_trials(deepcopy=False) if t.number not in sent_elsewhere}
-        with mlflow_calls(self.settings):
-            client = mlflow_client(self.settings.uri)
-            runs = search_all(client, self.experiment_id, f"tags.sweep = '{self.sweep}'")
-            closed = []
-            for run in runs:
-                number = int(run.data.tags.get("trial", -1)) if run.data.tags.get("sweeper.kind") == TRIAL_KIND else None
-                if number in sent_elsewhere:
-                    continue
-                trial = trials.get(number) if number is not None else None
-                if (
-                    run.info.status == "RUNNING"
-                    and run.info.run_id != self.parent_run_id
-                    and (trial is None or trial.state != TrialState.RUNNING)
-                ):
-                    client.log_batch(run.info.run_id, tags=[RunTag("status", "killed")])
-                    client.set_terminated(run.info.run_id, status="KILLED")
-                    closed.append(run.data.tags.get("mlflow.runName", run.info.run_id))
-        recorded = {
-            int(run.data.tags["trial"])
-            for run in runs
-            if run.data.tags.get("sweeper.kind") == TRIAL_KIND and run.info.status == "FINISHED" and "objective" in run.data.metrics
-        }
-        finished = [n for n, t in trials.items() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        return RecordsAudit(closed, sorted(set(finished) - recorded))
 
     def end(self, status: str) -> None:
         """End the sweep's run (FINISHED, KILLED) without a report."""
@@ -525,6 +461,7 @@ def trial_reporter(
         results_dir=str(trial_cfg.get("results_dir", "results")),
     )
     spool = os.environ.get(SPOOL_ENV)
+    about = {"trial_number": trial_number, "overrides": overrides, "extra_tags": extra_tags}
     if spool and sweep.settings is not None:
-        return SpoolWriter(Path(spool), sweep.trial_header(trial_number, trial_cfg, overrides, extra_tags))
-    return sweep.trial_reporter(trial_number, trial_cfg, overrides, extra_tags)
+        return SpoolWriter(Path(spool), sweep.trial_header(trial_cfg, **about))
+    return sweep.trial_reporter(trial_cfg, **about)
