@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from sweeper.records.run_plot import import_plotting
 from sweeper.records.tracking import SweepTracking, sweep_folder
+from sweeper.records.trial_runs import report_sources
 
 if TYPE_CHECKING:
     import optuna
@@ -86,7 +87,7 @@ class LiveReport:
                 continue
             began = time.monotonic()
             try:
-                write_report(self.study, sweep_folder(self.tracking, self.tracking.sweep), self.tracking.report_sources(), drawn=self.drawn)
+                write_report(self.study, sweep_folder(self.tracking, self.tracking.sweep), report_sources(self.tracking), drawn=self.drawn)
             except Exception:  # noqa: BLE001, S112 - the final report says what fails; this one only saves it time
                 continue
             written, last = finished, time.monotonic()

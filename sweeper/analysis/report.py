@@ -1,6 +1,6 @@
 """The comparison of slice strategies and cycle shapes in a sweep: tables, plots and Markdown.
 
-    report = write_report(study, Path("results/sweeps/mlp-digits"), sweep_tracking.report_sources())
+    report = write_report(study, Path("results/sweeps/mlp-digits"), report_sources(sweep_tracking))
 
 writes into the folder
 - `trials.csv`: one row per trial (state, status, objective(s), strategy, shape, sampled params,
@@ -48,7 +48,8 @@ from sweeper.boundary.recorded_study import study_config_dirs, trial_config, tri
 from sweeper.boundary.recorded_sweep import recorded_anchor, recorded_compare, recorded_objectives  # noqa: E402
 from sweeper.config import ConfigError  # noqa: E402
 from sweeper.config.errors import error_line  # noqa: E402
-from sweeper.records.tracking import MlflowSources, SweepTracking, sweep_folder  # noqa: E402
+from sweeper.records.tracking import SweepTracking, sweep_folder  # noqa: E402
+from sweeper.records.trial_runs import MlflowSources, report_sources  # noqa: E402
 from sweeper.schedules.plots import drawing, log_y, save_figure  # noqa: E402
 
 __all__ = [
@@ -573,6 +574,6 @@ def finish_sweep(tracking: SweepTracking, study: optuna.Study, status: str = "FI
     """At the sweep's end: write the comparison report, attach it to the sweep's run and end that
     run (`status`: FINISHED, or KILLED for a sweep stopped early). Returns the folder. `drawn`:
     the plots a report written while the trials ran drew already."""
-    report = write_report(study, sweep_folder(tracking, tracking.sweep), tracking.report_sources(), drawn=drawn)
+    report = write_report(study, sweep_folder(tracking, tracking.sweep), report_sources(tracking), drawn=drawn)
     tracking.attach_report(report, status)
     return report.folder

@@ -18,6 +18,7 @@ from sweeper.boundary.recorded_config import allowed_code
 from sweeper.config import compose_config
 from sweeper.config.errors import NotWritten, disk_full
 from sweeper.records.tracking import open_sweep, sweep_folder
+from sweeper.records.trial_runs import report_sources
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     # what the report builds to plan a schedule is checked as any record: the user's own allowed modules
     folder = sweep_folder(cfg, study.study_name)
     try:
-        report = write_report(study, folder, tracking.report_sources(), allowed_code(cfg))
+        report = write_report(study, folder, report_sources(tracking), allowed_code(cfg))
     except OSError as error:
         if disk_full(error):  # a write error need not name its file
             raise NotWritten(f"the report in {folder}") from error

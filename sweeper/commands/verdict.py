@@ -21,6 +21,7 @@ from sweeper.analysis.verdict import give_verdict
 from sweeper.boundary.recorded_study import study_config_dirs
 from sweeper.commands.confirm import recorded_sweep
 from sweeper.records.tracking import sweep_folder
+from sweeper.records.trial_runs import report_sources
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg, study, tracking, allowed, trainer = recorded_sweep(args)
     folder = sweep_folder(cfg, study.study_name)
-    sources = tracking.report_sources()  # the trials' MLflow runs: each arm's best trial is offered as a rerun
+    sources = report_sources(tracking)  # the trials' MLflow runs: each arm's best trial is offered as a rerun
     verdict = give_verdict(
         study,
         trainer.train,

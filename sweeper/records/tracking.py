@@ -1,4 +1,6 @@
-"""A sweep's MLflow records: its parent run, its trials' child runs, and reading them back.
+"""A sweep's MLflow records: its parent run and its trials' child runs, where they are and what
+is attached to the sweep's run. Reading the trials' runs back is `sweeper.records.trial_runs`'s,
+the audit at a sweep's end `sweeper.records.audit`'s.
 
     tracking = prepare_sweep(cfg, "mlp-digits")            # the parent process, before workers
     reporter = tracking.trial_reporter(trial_cfg, trial_number=7, extra_tags={"worker": "host:123"})
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,8 +33,6 @@ from sweeper.records.mlflow_store import (
     mlflow_calls,
     mlflow_client,
     one_line,
-    read_curves,
-    search_all,
     tracking_settings,
 )
 from sweeper.records.recorder import MAX_TAG_LENGTH, MlflowRecorder, now_ms
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from sweeper.analysis.report import Report
 
 __all__ = [
-    "MlflowSources",
     "SweepTracking",
     "find_sweep_run",
     "open_sweep",
@@ -69,16 +68,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MlflowSources:
-    """Where the report finds the trials' MLflow runs: trial number -> run id, and a reader of
-    one metric's history of a run, [(step, value)]."""
-
-    run_ids: Mapping[int, str]
-    read_curve: Callable[[str, str], list[tuple[int, float]]]
-    ended: frozenset[int] = frozenset()  # trials whose run has ended: its curves are whole
 
 
 def sweep_folder(holder: DictConfig | SweepTracking, sweep: str) -> Path:
@@ -187,37 +176,6 @@ class SweepTracking:
             # No parent run (the sweep began with tracking off): the trial is recorded unnested.
             _Parents.found[key] = (experiment_id, parent.info.run_id if parent else None)
         return _Parents.found[key]
-
-    def trial_runs(self) -> dict[int, str]:
-        """Trial number -> MLflow run id of this sweep's trials (a retried number: its newest run)."""
-        return {number: run.info.run_id for number, run in self._trial_runs().items()}
-
-    def _trial_runs(self) -> dict[int, Any]:
-        if self.settings is None:
-            return {}
-        with mlflow_calls(self.settings):
-            client = mlflow_client(self.settings.uri)
-            experiment_id, _ = self.locate(client)
-            runs = search_all(client, experiment_id, runs_filter(self.sweep, TRIAL_KIND))
-        ordered = sorted(runs, key=lambda run: run.info.start_time)
-        return {int(run.data.tags["trial"]): run for run in ordered if run.data.tags.get("trial", "").isdigit()}
-
-    def report_sources(self) -> MlflowSources | None:
-        """The trials' runs and a reader of their curves, for the report; None when MLflow is off
-        or cannot be read (the report then stands on the study alone, and says so)."""
-        if self.settings is None:
-            return None
-        try:
-            runs = self._trial_runs()
-        except Exception as error:  # noqa: BLE001 - the report still stands on the study alone
-            logger.warning("sweeper report: MLflow runs could not be read (%s); the report uses the study alone.", one_line(error))
-            return None
-        settings = self.settings
-        return MlflowSources(
-            {number: run.info.run_id for number, run in runs.items()},
-            lambda run_id, key: read_curves(settings, run_id, [key])[key],
-            frozenset(number for number, run in runs.items() if run.info.status != "RUNNING"),
-        )
 
     def end(self, status: str) -> None:
         """End the sweep's run (FINISHED, KILLED) without a report."""
