@@ -33,7 +33,7 @@ from sweeper.sweep.counts import count_trials
 from sweeper.sweep.live import how_it_ended, record_death
 from sweeper.sweep.plan import plan_sweep
 from sweeper.sweep.study import open_study
-from sweeper.sweep.workers import ProgressReporter, StopRequest, run_worker
+from sweeper.sweep.workers import StopRequest, TrialAttributesWriter, run_worker
 from sweeper.trial.events import StepEvent
 
 SECRET = "Pr0c-s3cret-Vw4"  # recognisable anywhere it might leak
@@ -328,7 +328,7 @@ def fail_as_the_heartbeat_check_does(plan, number: int) -> None:
     storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
 
 
-class FailsItsTrialAtFirstEpoch(ProgressReporter):
+class FailsItsTrialAtFirstEpoch(TrialAttributesWriter):
     """Fails its trial as the heartbeat check does, when the trial's first epoch is reported."""
 
     def __init__(self, trial, plan) -> None:
@@ -347,7 +347,7 @@ def test_a_worker_whose_trial_was_taken_over_says_so_and_goes_on(tmp_path, stand
     # The worker's own trainer fails its first trial at the chosen point, in the worker's own
     # thread: the takeover happens exactly there, with nothing left to chance.
     def train(cfg, reporters):
-        (progress,) = [r for r in reporters if type(r) is ProgressReporter]
+        (progress,) = [r for r in reporters if type(r) is TrialAttributesWriter]
         first = progress.trial.number == 0
         if first and when == "between two epochs":
             reporters = [FailsItsTrialAtFirstEpoch(progress.trial, plan), *reporters]

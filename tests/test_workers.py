@@ -21,7 +21,7 @@ from rich.console import Console
 from sweeper.config import ConfigError
 from sweeper.sweep import workers
 from sweeper.sweep.counts import Counts, Move, count_trials
-from sweeper.sweep.live import LiveView, read_progress
+from sweeper.sweep.live import LiveView, read_status
 from sweeper.sweep.plan import plan_sweep
 from sweeper.sweep.study import open_study
 from sweeper.sweep.workers import Slot, plan_slots, run_worker, visible_gpus
@@ -275,7 +275,7 @@ def test_live_view_shows_counts_best_and_running_trials(plan_args):
     running.report(0.5, 1)
     console = Console(record=True, width=160)
     with LiveView("sweep test", enabled=True, console=console) as view:
-        view.show(read_progress(study, plan))
+        view.show(read_status(study, plan))
     shown = console.export_text()
     assert "3/3 finished (3 complete, 0 pruned), 0 failed, 1 running" in shown
     best = max(t.value for t in study.trials if t.value is not None)

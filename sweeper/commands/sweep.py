@@ -40,7 +40,7 @@ from sweeper.records.spool import spool_files, spool_folder
 from sweeper.records.tracking import prepare_sweep
 from sweeper.sweep.counts import count_trials
 from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
-from sweeper.sweep.live import LiveView, WorkerNotes, read_progress, sampled
+from sweeper.sweep.live import LiveView, WorkerNotes, read_status, sampled
 from sweeper.sweep.lr_anchor import ANCHOR_ATTR, anchor_plan, record_in_parent_run
 from sweeper.sweep.plan import SweepPlan, plan_sweep, quick_checks, validate_plan
 from sweeper.sweep.study import check_definition, existing_study, open_study
@@ -218,7 +218,7 @@ def _watch(study: optuna.Study, plan: SweepPlan, workers: list[WorkerHandle]) ->
             done = all(w.poll() is not None for w in workers)  # read before the study: no update lost
             for note in notes.new():
                 view.say(note)
-            view.show(read_progress(study, plan, workers))
+            view.show(read_status(study, plan, workers))
             if done:
                 return
             _wait_for_exit(workers, float(plan.cfg.sweep.poll))

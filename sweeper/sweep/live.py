@@ -26,7 +26,7 @@ from rich.table import Table
 from sweeper.sweep.counts import Counts
 from sweeper.sweep.plan import SweepPlan
 
-__all__ = ["LiveView", "SweepStatus", "WorkerNotes", "how_it_ended", "read_progress", "record_death", "sampled"]
+__all__ = ["LiveView", "SweepStatus", "WorkerNotes", "how_it_ended", "read_status", "record_death", "sampled"]
 
 # Seconds at least between two lines that tell only of epochs done (non-interactive output).
 EPOCHS_EVERY = 5.0
@@ -76,7 +76,7 @@ def _rounded(override: str) -> str:
     return f"{key}={number:.3g}"
 
 
-def read_progress(study: optuna.Study, plan: SweepPlan, workers: Sequence = ()) -> SweepStatus:
+def read_status(study: optuna.Study, plan: SweepPlan, workers: Sequence = ()) -> SweepStatus:
     trials = study.get_trials(deepcopy=False)
     running = tuple(
         (

@@ -55,9 +55,9 @@ from sweeper.trial.spec import FusingTrainer, trial_spec
 
 __all__ = [
     "Outcome",
-    "ProgressReporter",
     "Slot",
     "StopRequest",
+    "TrialAttributesWriter",
     "TrialFailed",
     "TrialTakenOver",
     "plan_slots",
@@ -174,7 +174,7 @@ def _record(trial: optuna.Trial, key: str, value: Any) -> None:
         raise TrialTakenOver(f"trial {trial.number} was failed by the heartbeat check while it ran") from None
 
 
-class ProgressReporter(Reporter):
+class TrialAttributesWriter(Reporter):
     """Keeps the trial's device and epochs done in the study, for the live view. Being the first
     reporter to write to the study at each epoch, it is the one that finds a trial taken over:
     the trial stops there (TrialTakenOver) instead of training to its end for nothing."""
@@ -191,7 +191,7 @@ class ProgressReporter(Reporter):
 
 def reporters_for(trial: optuna.Trial, trial_cfg: DictConfig, plan: SweepPlan, overrides: Sequence[str]) -> list[Reporter]:
     """Everything that listens to one trial. The one place to add a listener."""
-    reporters: list[Reporter] = [ProgressReporter(trial)]
+    reporters: list[Reporter] = [TrialAttributesWriter(trial)]
     if not plan.objectives.several:  # Optuna cannot prune multi-objective studies
         reporters.append(PruningReporter(trial))
     tracking = tracking_module()
