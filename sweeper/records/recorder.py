@@ -10,8 +10,8 @@ sweep's process, with the times the worker wrote.
 How it talks to MLflow, and why:
 - `MlflowClient` with explicit run ids, never the fluent API's active run: workers are processes
   and one process may hold several recorders.
-- Buffered: steps are queued and sent with `log_batch` (at most 1000 entities a call) when an
-  epoch ends and when the run ends, never one round trip per step.
+- Buffered (`sweeper.records.run_buffer`): steps are queued and sent with `log_batch` (at most
+  1000 entities a call) when an epoch ends and when the run ends, never one round trip per step.
 - A tracking store that cannot be reached never fails a trial: the records stay queued, one
   clear warning is logged, and the next flush tries again (a run that ended meanwhile is sent
   with the next flush of any run in this process, or when the process exits).
@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from sweeper.records.mlflow_store import (
     mlflow_client,
     tracking_settings,
 )
+from sweeper.records.run_buffer import RunBuffer
 from sweeper.records.run_plot import schedule_png_as_run
 from sweeper.records.run_record import (
     RUN_STATUS,
@@ -65,13 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["Locate", "MlflowRecorder", "now_ms", "record_run"]
 
 logger = logging.getLogger(__name__)
-
-# MLflow's limits per log_batch call and per value.
-MAX_ENTITIES_PER_CALL = 1000
-MAX_PARAMS_OR_TAGS_PER_CALL = 100
-MAX_PARAM_LENGTH = 6000
-MAX_TAG_LENGTH = 8000
-
 
 # --- the recorder -----------------------------------------------------------------------------
 
@@ -109,13 +102,7 @@ class MlflowRecorder(Reporter):
         self._run_name = mask_text(run_name) if run_name else None
         self._start_ms: int | None = None
         self._start: StartEvent | None = None  # the start, its params and tags not derived yet
-        self._lock = threading.Lock()  # the queues below, shared by the trial's thread and the sender
-        self._params: dict[str, str] = {}
-        self._tags: dict[str, str] = {}
-        self._metrics: list[Any] = []
-        self._artifacts: dict[str, bytes] = {}
-        self._status: tuple[str, int] | None = None  # (MLflow status, end time) once ended, until sent
-        self._ended = False
+        self._buffer = RunBuffer()  # what the run has still to send
         self.disk_full = False  # the store's last answer: its disk is full (not out of reach)
         # Where the times of the records come from, and where the run ran (None: this process);
         # the machine's recorder sets both to what the worker's spool file says.
@@ -159,25 +146,20 @@ class MlflowRecorder(Reporter):
             if result.status != "finished" and self._run_name:
                 # Seen in the runs list at a glance: "trial 3 · pruned · geometric · ...".
                 self.queue_tags({"mlflow.runName": ended_label(self._run_name, result.status)})
-            with self._lock:
-                self._status = (RUN_STATUS.get(result.status, "FAILED"), self.clock())
-                self._ended = True
+            self._buffer.end(RUN_STATUS.get(result.status, "FAILED"), self.clock())
         self.flush()
         if result.steps and self.settings.schedule_plot:
             Sender.submit(lambda: self._attach_plot(result))
 
     def unwritten(self) -> str | None:
-        with self._lock:
-            ended_unsent = self._ended and self._status is not None
+        ended_unsent = self._buffer.ended_unsent()
         return f"its MLflow records ({self.settings.label})" if ended_unsent and self.disk_full else None
 
-    # The buffer. Everything recorded passes through mask_text here.
+    # What is queued goes through the run's buffer (masked there) and is sent by a flush.
 
     def attach(self, name: str, data: bytes | str) -> None:
         """Queue an artifact (sent with the next flush)."""
-        data = mask_text(data).encode() if isinstance(data, str) else data
-        with self._lock:
-            self._artifacts[name] = data
+        self._buffer.attach(name, data)
 
     def record_config(self, config: Mapping, device: str | None = None) -> None:
         """Queue the resolved config (config.yaml) and where the run ran (environment.json)."""
@@ -185,23 +167,17 @@ class MlflowRecorder(Reporter):
         self.attach("environment.json", json.dumps(self.environment or describe_environment(device), indent=1))
 
     def queue_params(self, params: Mapping[str, Any]) -> None:
-        masked = {key: mask_text(str(value))[:MAX_PARAM_LENGTH] for key, value in params.items()}
-        with self._lock:
-            self._params.update(masked)
+        self._buffer.add_params(params)
 
     def queue_tags(self, tags: Mapping[str, Any], *, keep_queued: bool = False) -> None:
         """Queue tags; with `keep_queued`, a tag already queued keeps its value."""
-        masked = {key: mask_text(str(value))[:MAX_TAG_LENGTH] for key, value in tags.items()}
-        with self._lock:
-            self._tags.update(masked if not keep_queued else {k: v for k, v in masked.items() if k not in self._tags})
+        self._buffer.add_tags(tags, keep_queued=keep_queued)
 
     def _queue_metrics(self, values: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = self.clock()
-        metrics = [Metric(key, float(value), now, step) for key, value in values.items()]
-        with self._lock:
-            self._metrics.extend(metrics)
+        self._buffer.add_metrics(Metric(key, float(value), now, step) for key, value in values.items())
 
     def flush(self) -> bool:
         """Send everything queued, and wait for it; False when the store cannot be reached (all
@@ -248,7 +224,7 @@ class MlflowRecorder(Reporter):
             # derived ones; once the run has ended (the store was down meanwhile) its status is
             # the end's, which may have been sent already.
             derived = {**run_tags(config), "device": event.device}
-            if self._ended:
+            if self._buffer.ended:
                 derived.pop("status")
             self.queue_tags(derived, keep_queued=True)
             self.record_config(config, event.device)
@@ -258,10 +234,10 @@ class MlflowRecorder(Reporter):
 
         if not create_only:
             self._describe_start()  # before the run is made: its derived tags go with it
+        buffer = self._buffer
         if self.run_id is None:
             experiment_id, parent = self._locate(client)
-            with self._lock:
-                tags = dict(self._tags)
+            tags = buffer.tags()
             run = client.create_run(
                 experiment_id,
                 start_time=self._start_ms or now_ms(),
@@ -269,16 +245,12 @@ class MlflowRecorder(Reporter):
                 run_name=self._run_name,
             )
             self.run_id = run.info.run_id
-            self._drop_sent(self._tags, tags.items())
+            buffer.sent_tags(tags.items())
         if create_only:
             return
-        # Each call sends one chunk and only then drops it, so a failure part way resends nothing
-        # twice; a value queued again meanwhile (a tag's newer value) stays queued.
+        # One chunk a call, dropped from the buffer only once sent.
         while True:
-            with self._lock:
-                params = list(self._params.items())[:MAX_PARAMS_OR_TAGS_PER_CALL]
-                tags = list(self._tags.items())[:MAX_PARAMS_OR_TAGS_PER_CALL]
-                metrics = self._metrics[: MAX_ENTITIES_PER_CALL - len(params) - len(tags)]
+            params, tags, metrics = buffer.next_batch()
             if not (params or tags or metrics):
                 break
             client.log_batch(
@@ -287,34 +259,17 @@ class MlflowRecorder(Reporter):
                 params=[Param(k, v) for k, v in params],
                 tags=[RunTag(k, v) for k, v in tags],
             )
-            self._drop_sent(self._params, params)
-            self._drop_sent(self._tags, tags)
-            with self._lock:
-                del self._metrics[: len(metrics)]
-        with self._lock:
-            artifacts = list(self._artifacts.items())
-        for name, data in artifacts:
+            buffer.sent_batch(params, tags, metrics)
+        for name, data in buffer.artifacts():
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / name
                 path.write_bytes(data)
                 client.log_artifact(self.run_id, str(path))
-            with self._lock:
-                if self._artifacts.get(name) is data:
-                    del self._artifacts[name]
-        with self._lock:
-            status = self._status
-        if status is not None:
-            client.set_terminated(self.run_id, status=status[0], end_time=status[1])
-            with self._lock:
-                if self._status is status:
-                    self._status = None
-
-    def _drop_sent(self, queue: dict[str, str], sent: Iterable[tuple[str, str]]) -> None:
-        """Drop what was sent from a queue, unless a newer value was queued meanwhile."""
-        with self._lock:
-            for key, value in sent:
-                if queue.get(key) == value:
-                    del queue[key]
+            buffer.sent_artifact(name, data)
+        end = buffer.pending_end()
+        if end is not None:
+            client.set_terminated(self.run_id, status=end[0], end_time=end[1])
+            buffer.sent_end(end)
 
     def _attach_plot(self, result: TrialResult) -> None:
         with _never_raises("schedule plot"):

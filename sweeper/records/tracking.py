@@ -35,7 +35,8 @@ from sweeper.records.mlflow_store import (
     one_line,
     tracking_settings,
 )
-from sweeper.records.recorder import MAX_TAG_LENGTH, MlflowRecorder, now_ms
+from sweeper.records.recorder import MlflowRecorder, now_ms
+from sweeper.records.run_buffer import MAX_TAG_LENGTH
 from sweeper.records.run_record import (
     SWEEP_KIND,
     SWEEP_NODES,
