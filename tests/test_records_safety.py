@@ -14,6 +14,7 @@ read back with Optuna and MLflow's own client:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -89,6 +90,46 @@ def test_an_emptied_study_storage_is_refused(finished, tmp_path):
     assert optuna.get_all_study_names(f"sqlite:///{folder}/results/studies.db") == []
 
 
+def test_a_refusal_after_the_workers_went_takes_back_what_they_made(finished, tmp_path):
+    """A new sweep (its study and folder new) lets its workers go before MLflow is asked; when
+    MLflow then refuses it (here: its store holds a sweep of that name, with trial runs, whose
+    study is gone), the workers are stopped and the study and the folder removed: as little is
+    left as by a refusal before the workers."""
+    folder = copy_of(finished, tmp_path)
+    (folder / "results" / "studies.db").unlink()
+    subprocess.run(["rm", "-r", f"{folder}/results/sweeps"], check=True)
+    before = mlflow_state(folder)
+    one_line_refusal(sweep(folder, "sweep.workers=2"), "storage.url", "no study of that name", "sweep.name=")
+    assert mlflow_state(folder) == before
+    assert optuna.get_all_study_names(f"sqlite:///{folder}/results/studies.db") == []
+    assert not (folder / "results" / "sweeps").exists() or not any((folder / "results" / "sweeps").iterdir())
+
+
+def test_a_new_sweeps_workers_go_before_its_mlflow_run_is_made(tmp_path, monkeypatch):
+    """The sweep's MLflow run is made while the first trials run: here the sweep waits, before
+    it makes the run, for a trial to have begun; were the workers held until the run existed,
+    no trial would begin and the wait would fail."""
+    from sweeper.cli import main
+    from sweeper.commands import sweep as sweep_command
+
+    gates = tmp_path / "gates"
+    made = sweep_command.prepare_sweep
+
+    def after_a_trial_began(*args, **kwargs):
+        wait_for_file(gates / "ticket-0", timeout=240)
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_command, "prepare_sweep", after_a_trial_began)
+    monkeypatch.chdir(tmp_path)
+    for variable, value in environment(TRIAL_GATES=str(gates)).items():
+        monkeypatch.setenv(variable, value)
+    assert main(["sweep", *SMALL]) == 0
+    (parent,) = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("sweeper.kind") == "sweep"]
+    trials = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("sweeper.kind") != "sweep"]
+    assert parent.info.status == "FINISHED" and len(trials) == 2
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in trials)  # filed under it all the same
+
+
 def test_a_replaced_mlflow_store_is_refused(finished, tmp_path):
     folder = copy_of(finished, tmp_path)
     study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{folder}/results/studies.db")
@@ -144,11 +185,16 @@ def test_a_killed_workers_run_is_ended_and_the_sweep_says_so(tmp_path):
 
 
 def mlflow_runs(folder: Path) -> list:
-    if not (folder / "results" / "mlflow.db").exists():
+    store = folder / "results" / "mlflow.db"
+    if not store.exists():
         return []
-    client = MlflowClient(f"sqlite:///{folder}/results/mlflow.db")
-    experiment = client.get_experiment_by_name("mlp-digits")
-    return client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
+    # A new sweep's store may be being made (its schema migrated) as its first trials run: read
+    # it under the lock sweeper's processes make it under.
+    with open(f"{store}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(f"sqlite:///{store}")
+        experiment = client.get_experiment_by_name("mlp-digits")
+        return client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
 
 
 def test_a_report_that_cannot_be_written_fails_the_sweep_and_ends_its_run(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,13 +36,19 @@ __all__ = ["LiveReport"]
 LOOK_SECONDS = 0.5  # how often the thread looks for newly finished trials
 TAIL_LOOK_SECONDS = 0.1  # in the sweep's tail: the last trial's end starts the last drawing at once
 MIN_INTERVAL_SECONDS = 2.0
+SETTLE_SECONDS = 2.0  # the longest the last drawing waits for the last trials' records
 
 
 class LiveReport:
-    def __init__(self, tracking: SweepTracking, study: optuna.Study, n_trials: int) -> None:
+    def __init__(self, tracking: SweepTracking, study: optuna.Study, n_trials: int, settled: Callable[[], bool] | None = None) -> None:
+        """`settled`: whether every finished trial's records are in the store (the machine's
+        recorder sends them a moment after the trial ends); the drawing made once the sweep has
+        all its trials waits for it (at most SETTLE_SECONDS), so that the report written after
+        the workers have exited finds that drawing current and draws nothing again."""
         self.tracking = tracking
         self.study = study
         self.n_trials = n_trials
+        self.settled = settled or (lambda: True)
         self.drawn = None  # DrawnPlots, once the report's module is loaded
         self._stop = threading.Event()
         # Not a daemon: a process that ends early waits for a drawing to finish rather than
@@ -76,9 +83,15 @@ class LiveReport:
 
         self.drawn = DrawnPlots()
         written, pause, last, look = None, MIN_INTERVAL_SECONDS, 0.0, LOOK_SECONDS
+        settling: float | None = None  # when the sweep was seen to have all its trials
         while not self._stop.wait(look):
             finished, running = self._counts()
             last_trial = finished >= self.n_trials  # drawn at once, while the workers exit
+            if last_trial:
+                settling = settling or time.monotonic()
+                if not self.settled() and time.monotonic() - settling < SETTLE_SECONDS:
+                    look = TAIL_LOOK_SECONDS
+                    continue
             # In the sweep's tail (every trial still to finish is running) a drawing would most
             # likely be under way when the last trial ends, and stale: the user would wait for it.
             tail = running and finished + running >= self.n_trials and not last_trial

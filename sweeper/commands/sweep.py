@@ -16,11 +16,15 @@ look at the results.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import gc
 import shlex
+import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.analysis.live_report import LiveReport
 from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.printed import printable
-from sweeper.config.errors import error_line
+from sweeper.config.errors import ConfigError, error_line
 from sweeper.config.rules import sweep_folder
 from sweeper.records.audit import audit_records
 from sweeper.records.machine_recorder import MachineRecorder
@@ -48,6 +52,7 @@ from sweeper.sweep.study import check_definition, existing_study, open_study
 EXIT_INCOMPLETE = 1
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 EXIT_CHECK_SECONDS = 0.1  # how soon the sweep sees its last worker exit
+RUN_LOCK = ".run.lock"  # in the sweep's folder: held while a command finds or makes its MLflow run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,14 +94,20 @@ def run(args: argparse.Namespace) -> int:
     made = [path for path in (folder, *folder.parents) if not path.exists()]
     held = launch_held_workers(plan, folder, deadline)
     try:
-        plan, records, study = _begin(plan, folder)
-    except BaseException:
-        _discard(held, made)
+        plan, records, study = _begin(plan, folder, held, fresh=folder in made)
+    except BaseException as error:
+        if isinstance(error, ConfigError) or not any(worker.went for worker in held):
+            _discard(held, made)  # nothing of the sweep is left (a refusal after go took back its study)
+            raise
+        _stop(held)  # the workers went: they stop as Ctrl-C stops them, and the study stays, to resume
+        if isinstance(error, KeyboardInterrupt):
+            print(f"sweep {plan.name}: interrupted; run the same command again to resume it.")
+            return EXIT_INTERRUPTED
         raise
     # This machine's workers hand their records to this process (and any left by an earlier run
     # of the sweep that was killed are sent now): MLflow is loaded and its store opened here alone.
     recorder = MachineRecorder(records, spool).start() if records.settings is not None else None
-    live = LiveReport(records, study, plan.n_trials)  # the report, written as the trials finish
+    live = LiveReport(records, study, plan.n_trials, recorder.settled if recorder else None)  # the report, written as the trials finish
     before = count_trials(study)
     for note in [plan.arms.shares(plan.n_trials), _pruning(plan)] if plan.arms else []:
         if note:
@@ -128,27 +139,63 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _begin(plan: SweepPlan, folder: Path) -> tuple[SweepPlan, Any, optuna.Study]:
+def _begin(plan: SweepPlan, folder: Path, held: list[LocalWorker], *, fresh: bool) -> tuple[SweepPlan, Any, optuna.Study]:
     """Check the sweep (the slow checks), then make or resume its study and its MLflow run; the
-    plan comes back with the lr ranges lr_find set (search.lr.high=auto: found once, recorded)."""
+    plan comes back with the lr ranges lr_find set (search.lr.high=auto: found once, recorded).
+
+    A new sweep of this machine's workers (its study and its folder new, its storage embedded)
+    lets them go as soon as its study exists: MLflow's import and its store's checks (seconds)
+    then run beside the first trials, whose records wait in the spool meanwhile. Should MLflow
+    refuse the sweep, the workers are stopped and what they made is taken back (the study, the
+    folder): the refusal leaves nothing, as one made before the workers went."""
     validate_plan(plan)
     check_server(plan.cfg)  # unreachable: said before anything is written here
-    # Under the sweep's claim: two commands started at once make one study and one parent run.
-    with plan.storage.claim(plan.name):
-        # A sweep of this name with another definition is refused before anything is written.
-        existing = existing_study(plan)
-        if existing is not None:
-            check_definition(existing, plan)
-        plan, anchor = anchor_plan(plan, existing, folder)
-        # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
-        records = prepare_sweep(plan.cfg, plan.name, existing)
-        study = open_study(plan, create=True)
-        if anchor is not None and ANCHOR_ATTR not in study.user_attrs:  # found now: kept before any worker joins
-            study.set_user_attr(ANCHOR_ATTR, anchor)
+    # Two commands of one sweep started at once make one study and one parent run: the run is
+    # made under a lock of its own, not the study's claim, which the workers take for every trial.
+    with _run_lock(folder):
+        with plan.storage.claim(plan.name):
+            # A sweep of this name with another definition is refused before anything is written.
+            existing = existing_study(plan)
+            if existing is not None:
+                check_definition(existing, plan)
+            plan, anchor = anchor_plan(plan, existing, folder)
+            early = bool(held) and existing is None and fresh and plan.storage.path is not None
+            # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
+            records = None if early else prepare_sweep(plan.cfg, plan.name, existing)
+            study = open_study(plan, create=True)
+            anchor_is_new = anchor is not None and ANCHOR_ATTR not in study.user_attrs
+            if anchor_is_new:  # found now: kept before any worker joins
+                study.set_user_attr(ANCHOR_ATTR, anchor)
+        if early:
+            records = _prepare_beside_workers(plan, folder, held)
+        if anchor_is_new:
             record_in_parent_run(records, anchor, folder)
-    # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
-    study.set_user_attr("tracking", records.location())
+        # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
+        study.set_user_attr("tracking", records.location())
     return plan, records, study
+
+
+def _prepare_beside_workers(plan: SweepPlan, folder: Path, held: list[LocalWorker]) -> Any:
+    """Let the workers go, then make the sweep's MLflow run. A refusal stops the workers and
+    removes the new study and folder before it is said."""
+    for worker in held:
+        worker.go()
+    try:
+        return prepare_sweep(plan.cfg, plan.name, None)
+    except ConfigError:
+        _stop(held)
+        optuna.delete_study(study_name=plan.name, storage=plan.storage.open())
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _run_lock(folder: Path) -> Iterator[None]:
+    """One command of a sweep at a time finds or makes its MLflow run (a file lock in its folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / RUN_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _discard(held: list[LocalWorker], made: list[Path]) -> None:
@@ -156,6 +203,8 @@ def _discard(held: list[LocalWorker], made: list[Path]) -> None:
     for their logs (those that are empty now: a store made meanwhile stays)."""
     for worker in held:
         worker.discard()
+    if made:  # the sweep's folder is new: its lock goes with it
+        (made[0] / RUN_LOCK).unlink(missing_ok=True)
     for path in made:  # the deepest first
         try:
             path.rmdir()
@@ -183,7 +232,7 @@ def _run_workers(
     """Let the held workers go (or launch the cluster's jobs now) and follow them to the end;
     True when Ctrl-C stopped them early."""
     for worker in held:
-        worker.go()
+        worker.go()  # those not gone yet (a new sweep's went as soon as its study existed)
     workers = held or launch_workers(plan, folder, deadline)
     # The report is written while the trials run (this process mostly waits meanwhile), not
     # after the last trial, where the user waits for it.

@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
@@ -37,7 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeper.config.errors import ConfigError, error_line
-from sweeper.config.schema import Schema, check_keys, schema_of
+from sweeper.config.loaded import KeptConfigFiles
+from sweeper.config.schema import Schema, check_keys, config_files, schema_of
 from sweeper.schedules.shapes import Shape, ShapeError
 from sweeper.schedules.slices import SliceSpec, parse_lr
 
@@ -57,6 +59,7 @@ __all__ = [
 
 CONFIG_PATH_VARIABLE = "SWEEPER_CONFIG_PATH"
 _COMPOSING = threading.RLock()
+_KEPT = KeptConfigFiles()  # the config files, read once per process (sweeper.config.loaded)
 
 
 def config_dir() -> Path:
@@ -84,12 +87,14 @@ def compose_config(overrides: Iterable[str] = (), config_dirs: Iterable[str | os
     """Compose the root config with overrides (`hydra_overrides`), the user's config directories added."""
     overrides = hydra_overrides(overrides)
     users = user_config_dirs(config_dirs)
-    schema = schema_of([config_dir(), *users])
+    tree = config_files([config_dir(), *users])
+    schema = schema_of(tree)
     if users:
         overrides.append(f"hydra.searchpath=[{','.join(f'file://{d}' for d in users)}]")
     try:
         # Hydra keeps its state in one global per process: threads compose one at a time.
         with _COMPOSING, initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="sweeper"):
+            _KEPT.install(GlobalHydra.instance().hydra.config_loader, tree)
             cfg = compose(config_name="config", overrides=overrides)
     except HydraException as error:
         raise ConfigError(_composition_error(error, schema)) from None
@@ -121,7 +126,9 @@ class ComposedConfigs:
         try:
             ConfigLoaderImpl._apply_overrides_to_config(_parser().parse_overrides(values), cfg)
         except HydraException as error:
-            raise ConfigError(_composition_error(error, schema_of([config_dir(), *user_config_dirs(self.config_dirs)]))) from None
+            raise ConfigError(
+                _composition_error(error, schema_of(config_files([config_dir(), *user_config_dirs(self.config_dirs)])))
+            ) from None
         return cfg
 
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from sweeper.config.errors import ConfigError
 
-__all__ = ["OPEN", "Schema", "check_keys", "schema_of"]
+__all__ = ["OPEN", "ConfigFiles", "Schema", "check_keys", "config_files", "schema_of"]
 
 # Mappings whose keys are the user's names, not settings: metric names (task.metrics), the shapes
 # a space compares and the other keys it samples (checked by sweeper.sweep.space), objectives.
@@ -74,15 +74,18 @@ class Schema:
         return f"{full}: no such setting; {where} are {', '.join(known)}."
 
 
-def schema_of(config_dirs: Iterable[Path]) -> Schema:
-    """The schema of the config tree made of these directories (ours first); read again when a
-    file there is added, removed or changed."""
-    files = tuple((root, path, path.stat().st_mtime_ns) for root in map(Path, config_dirs) for path in sorted(root.rglob("*.yaml")))
-    return _schema(files)
+ConfigFiles = tuple[tuple[Path, Path, int], ...]  # (directory, file, mtime) of every file of a tree
+
+
+def config_files(config_dirs: Iterable[Path]) -> ConfigFiles:
+    """The files of the config tree made of these directories (ours first), with their mtimes:
+    what is read again when a file is added, removed or changed."""
+    return tuple((root, path, path.stat().st_mtime_ns) for root in map(Path, config_dirs) for path in sorted(root.rglob("*.yaml")))
 
 
 @functools.lru_cache(maxsize=8)
-def _schema(files: tuple[tuple[Path, Path, int], ...]) -> Schema:
+def schema_of(files: ConfigFiles) -> Schema:
+    """The schema of the config tree whose files these are (`config_files`)."""
     schema = Schema()
     for root, path, _ in files:
         group = path.parent.relative_to(root).as_posix()

@@ -67,6 +67,10 @@ class MachineRecorder:
         self._thread.start()
         return self
 
+    def settled(self) -> bool:
+        """Whether every record the workers wrote is in the store: no spool file is left."""
+        return not spool_files(self.folder)
+
     def close(self) -> None:
         """Send everything the spool files hold now, then stop (the workers have ended)."""
         self._stop.set()

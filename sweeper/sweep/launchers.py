@@ -97,6 +97,7 @@ class LocalWorker:
     log: Path
     process: subprocess.Popen
     log_size: int | None = None  # the log's size before this worker (None: it is new), kept whole by discard()
+    went: bool = False  # told to go (a held worker)
 
     def poll(self) -> int | None:
         return self.process.poll()
@@ -105,9 +106,11 @@ class LocalWorker:
         return self.process.pid
 
     def go(self) -> None:
-        """Let a worker started held (`sweeper worker --held`) open the study and take trials."""
-        if self.process.stdin is None:
+        """Let a worker started held (`sweeper worker --held`) open the study and take trials
+        (once: a worker told already is left as it is)."""
+        if self.process.stdin is None or self.went:
             return
+        self.went = True
         try:
             self.process.stdin.write(b"go\n")
             self.process.stdin.close()
@@ -156,7 +159,13 @@ class WarmWorker:
     fallback: LocalWorker | None = None
     log_size: int | None = None  # the log's size before this worker: what earlier runs wrote
 
+    @property
+    def went(self) -> bool:
+        return self.started
+
     def go(self) -> None:
+        if self.started:
+            return
         if not self.server.start(self.index, self.command, self.env, self.log):
             self.fallback = self.cold()
         self.started = True

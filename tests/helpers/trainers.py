@@ -119,21 +119,35 @@ class _HoldInSecondEpoch(Reporter):
 
 class DiskFillingTrainer(StandInTrainer):
     """StandInTrainer that fills the disk holding $FULL_DISK_FILL at a trial's first epoch (once:
-    the file stays until the test removes it), as a trial writing data or weights would."""
+    the file stays until the test removes it), as a trial writing data or weights would. It
+    fills once the sweep has made its MLflow run (a new sweep's first trials start while it is
+    made): the disk fills under a sweep whose stores exist."""
 
     @staticmethod
     def train(cfg, reporters=()) -> TrialResult:
         path = os.environ.get("FULL_DISK_FILL")
-        return StandInTrainer.train(cfg, [_FillAtFirstEpoch(Path(path)), *reporters] if path else reporters)
+        return StandInTrainer.train(cfg, [_FillAtFirstEpoch(Path(path), cfg), *reporters] if path else reporters)
 
 
 class _FillAtFirstEpoch(Reporter):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cfg) -> None:
         self.path = path
+        self.cfg = cfg
 
     def on_epoch(self, event: EpochEvent) -> None:
         if event.epoch == 0 and not self.path.exists():
+            _wait_for_the_sweeps_run(self.cfg)
             fill_disk(self.path)
+
+
+def _wait_for_the_sweeps_run(cfg) -> None:
+    """Until the sweep's study records where its MLflow run is (the sweep sets it once made)."""
+    import optuna
+
+    from helpers.waiting import wait_until
+
+    study = optuna.load_study(study_name=str(cfg.sweep.name), storage=str(cfg.storage.url))
+    wait_until(lambda: "tracking" in study.user_attrs, "the sweep's MLflow run")
 
 
 def fill_disk(path: Path) -> None:
