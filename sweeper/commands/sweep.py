@@ -43,10 +43,10 @@ from sweeper.records.mlflow_store import TrackingSettings, check_server, trackin
 from sweeper.records.spool import spool_files, spool_folder
 from sweeper.records.tracking import prepare_sweep
 from sweeper.sweep.counts import count_trials
-from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, launch_held_workers, launch_workers
+from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, check_trainer_beside, launch_held_workers, launch_workers
 from sweeper.sweep.live import LiveView, WorkerNotes, read_status, sampled
 from sweeper.sweep.lr_anchor import ANCHOR_ATTR, anchor_plan, record_in_parent_run
-from sweeper.sweep.plan import SweepPlan, plan_sweep, quick_checks, validate_plan
+from sweeper.sweep.plan import SweepPlan, check_space, plan_sweep, quick_checks, validate_plan
 from sweeper.sweep.study import check_definition, existing_study, open_study
 
 EXIT_INCOMPLETE = 1
@@ -148,7 +148,11 @@ def _begin(plan: SweepPlan, folder: Path, held: list[LocalWorker], *, fresh: boo
     then run beside the first trials, whose records wait in the spool meanwhile. Should MLflow
     refuse the sweep, the workers are stopped and what they made is taken back (the study, the
     folder): the refusal leaves nothing, as one made before the workers went."""
-    validate_plan(plan)
+    # The trainer's checks (torch, for sweeper's own) run in a process forked from the warm
+    # server, which has loaded the trainer already, beside the checks of the space here.
+    trainer_checked = check_trainer_beside(plan, held)
+    check_space(plan)
+    trainer_checked()
     check_server(plan.cfg)  # unreachable: said before anything is written here
     # Two commands of one sweep started at once make one study and one parent run: the run is
     # made under a lock of its own, not the study's claim, which the workers take for every trial.

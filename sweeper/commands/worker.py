@@ -23,7 +23,7 @@ import time
 from sweeper.config.errors import NotWritten, disk_full
 from sweeper.sweep.launchers import SweepArguments
 from sweeper.sweep.lifeline import end_with_parent
-from sweeper.sweep.plan import SweepPlan, plan_sweep
+from sweeper.sweep.plan import SweepPlan, check_trainer, plan_sweep
 from sweeper.sweep.trainer import load_trainer
 from sweeper.sweep.workers import StopRequest, run_worker
 
@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deadline", type=float, help="start no trial after this time.time() (default: now + sweep.timeout)")
     parser.add_argument("--no-validate", action="store_true", help="skip the checks `sweeper sweep` already ran")
     parser.add_argument("--held", action="store_true", help=argparse.SUPPRESS)  # `sweeper sweep`'s: wait for "go" on stdin
+    # `sweeper sweep`'s: run the trainer's checks of the sweep (sweeper.sweep.plan.check_trainer), then exit
+    parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = [*sweep.overrides, *args.overrides]
         args.config_dir = [*sweep.config_dirs, *args.config_dir]
     plan = plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
+    if args.check:
+        check_trainer(plan)
+        return 0
     if args.held and not wait_for_go(plan):
         return 0  # the sweep stopped before it began (it says why)
     deadline = args.deadline

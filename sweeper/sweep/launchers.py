@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from omegaconf import DictConfig
 
 from sweeper.config import ConfigError
 from sweeper.records.spool import SPOOL_ENV, spool_folder
-from sweeper.sweep.plan import SweepPlan, plan_sweep
+from sweeper.sweep.plan import SweepPlan, check_trainer, plan_sweep
 from sweeper.sweep.slurm_jobs import check_slurm, submit_jobs
 from sweeper.sweep.warm import WarmServer
 from sweeper.sweep.workers import Slot, StopRequest, plan_slots, run_worker, usable_cores, visible_gpus
@@ -36,12 +37,16 @@ __all__ = [
     "SweepArguments",
     "WorkerHandle",
     "check_launcher",
+    "check_trainer_beside",
     "launch_held_workers",
     "launch_workers",
     "worker_command",
 ]
 
 STOP_SECONDS = 15  # for a stopped worker to mark its trial failed and send its records
+CHECK_INDEX = -1  # the warm server's job that checks the sweep with its trainer (not a worker)
+CHECK_SECONDS = 3600.0  # it builds one trial: data and model; the sweep's end ends it sooner
+EXIT_REFUSED = 2  # a command's exit code for a setting it refuses, said in one line
 SWEEP_ARGUMENTS = "SWEEPER_SWEEP_ARGUMENTS"  # the environment variable that carries them
 
 
@@ -262,6 +267,38 @@ def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: f
             )
         )
     return workers
+
+
+def check_trainer_beside(plan: SweepPlan, held: Sequence[LocalWorker | WarmWorker]) -> Callable[[], None]:
+    """Start the trainer's checks of the sweep (`check_trainer`: it loads the trainer, torch for
+    sweeper's own, and builds one trial) in a process forked from the warm server, which has
+    loaded the trainer already, while this process checks the rest; return the wait for their
+    outcome, which raises the ConfigError they found. The sweep's process then never loads
+    torch. Without a warm server, or when the forked check fails otherwise than with a
+    ConfigError, they run here (where such a failure is shown as it is)."""
+    server = held[0].server if held and isinstance(held[0], WarmWorker) else None
+    if server is None:
+        return lambda: check_trainer(plan)
+    handle, name = tempfile.mkstemp(prefix="sweeper-check-", suffix=".log")  # not under results/: a refused sweep writes nothing there
+    os.close(handle)
+    log = Path(name)
+    command, sweep = worker_command(plan, CHECK_INDEX, None, parent=server.pid)
+    if not server.start(CHECK_INDEX, [*command, "--check"], {**os.environ, **sweep}, log):
+        log.unlink(missing_ok=True)
+        return lambda: check_trainer(plan)
+
+    def outcome() -> None:
+        code = server.wait_exit(CHECK_INDEX, CHECK_SECONDS)
+        said = log.read_text(errors="replace").strip().splitlines()
+        log.unlink(missing_ok=True)
+        if code == 0:
+            return
+        refused = said[-1].partition(": error: ")[2] if code == EXIT_REFUSED and said else ""
+        if refused:
+            raise ConfigError(refused)
+        check_trainer(plan)
+
+    return outcome
 
 
 def _records(sweep_folder: Path) -> dict[str, str]:

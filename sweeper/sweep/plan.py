@@ -107,7 +107,21 @@ def quick_checks(plan: SweepPlan) -> None:
 def validate_plan(plan: SweepPlan) -> None:
     """The checks that take seconds: the trainer's metrics, a trial composed at every edge of the
     space, a database server reached, and one trial built with the trainer's own checks.
-    `sweeper sweep` runs them while its workers start."""
+    `sweeper sweep` runs them while its workers start (the trainer's in one of them)."""
+    check_space(plan)
+    check_trainer(plan)
+
+
+def check_space(plan: SweepPlan) -> None:
+    """A trial composed at every edge of the space, and a database server reached: no torch."""
+    validate_space(plan.space, plan.overrides, plan.config_dirs)
+    if plan.storage.path is None:  # a database server: reachable now, before anything is recorded
+        plan.storage.open()
+
+
+def check_trainer(plan: SweepPlan) -> None:
+    """What the trainer says of the sweep: its metrics, and one trial built with its own checks
+    (the trainer loaded: torch, for sweeper's own)."""
     cfg, objectives = plan.cfg, plan.objectives
     trainer = load_trainer(cfg)
     if plan.fuse > 1 and not callable(getattr(trainer, "train_many", None)):
@@ -117,7 +131,4 @@ def validate_plan(plan: SweepPlan) -> None:
         )
     setting = "sweep.objectives" if objectives.several else "train.objective"
     check_objectives(objectives, tuple(trainer.available_metrics(cfg)), setting)
-    validate_space(plan.space, plan.overrides, plan.config_dirs)
-    if plan.storage.path is None:  # a database server: reachable now, before anything is recorded
-        plan.storage.open()
     check_trial(trainer, plan.space, plan.overrides, plan.config_dirs)
