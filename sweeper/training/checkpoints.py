@@ -195,7 +195,7 @@ class EpochCheckpoints(TrainerHook):
 
     def on_trial(self, trial: Trial) -> None:
         super().on_trial(trial)
-        self._epochs = sum(phase.epochs for phase in trial.plan.phases)
+        self._epochs = sum(phase.epochs for phase in trial.schedule.phases)
         self._last = time.monotonic()
 
     def after_epoch(self, result: TrialResult) -> None:

@@ -6,8 +6,8 @@ The story: `prepare` checks every setting and builds the trial (device, seeds, d
 its layer groups, an optimizer with a param group per layer group); `run` trains it phase by
 phase. The loss and the validation metrics are the task's (`cfg.task`, `sweeper.zoo.tasks`;
 classification when a config has none). Before every training batch the lr of every layer
-group and the momentum (SGD's momentum, Adam's beta1) are set by hand from the trial's plan
-(`sweeper.trial.plan`): the very values `sweeper schedule` prints for the same settings. After
+group and the momentum (SGD's momentum, Adam's beta1) are set by hand from the trial's schedule
+(`sweeper.trial.schedule`): the very values `sweeper schedule` prints for the same settings. After
 every epoch the model is evaluated on the whole validation set: the task's metrics and its loss.
 A shape that follows the validation objective (`shape=torch_plateau`, torch's ReduceLROnPlateau)
 is fed `train.objective` after every epoch, in `train.direction`'s mode unless `shape.mode` is
@@ -34,7 +34,7 @@ Phases:
   freezes them too. Phase "unfrozen": every group trains for `train.epochs` epochs with the
   configured slice and shape (`train.epochs=0` stops after the frozen phase: the head alone).
   Each phase's schedule starts at step 0 of its own total; `StepEvent.step` counts over both.
-  The phases and their lrs and momentum are `sweeper.trial.plan`'s plan, the one `sweeper
+  The phases and their lrs and momentum are `sweeper.trial.schedule`'s schedule, the one `sweeper
   schedule` prints. A phase whose shape moves no momentum trains with the optimizer's
   configured momentum, not with where the frozen phase left it.
 
@@ -79,7 +79,7 @@ from sweeper.schedules.slices import parse_lr
 from sweeper.training.loop import Member, run_loop
 from sweeper.training.seeding import seed_everything, use_deterministic_algorithms
 from sweeper.trial.events import Reporter, StartEvent, TrialResult
-from sweeper.trial.plan import Phase, Plan, plan_config
+from sweeper.trial.schedule import Phase, TrialSchedule, schedule_of
 from sweeper.trial.spec import TRIAL_NODES
 from sweeper.zoo.data import TrialData
 from sweeper.zoo.groups import LayerGroups, split_groups
@@ -136,7 +136,7 @@ class Trial:
     peaks: list[float]  # peak lr of each layer group
     optimizer: torch.optim.Optimizer
     owners: list[int]  # the layer group of each optimizer param group
-    plan: Plan  # the phases, and the lr and momentum of every step
+    schedule: TrialSchedule  # the phases, and the lr and momentum of every step
     batch_size: int
     sync_every: int  # steps between loss reads
     train_in_frozen: set[int]  # ids of parameters that train in frozen groups (train_bn)
@@ -198,8 +198,8 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     norms = norm_parameters(model)
     no_decay = no_decay_parameters(model, settings)
     optimizer, owners = build_optimizer(cfg.optimizer, groups, peaks, no_decay)
-    plan = plan_config(cfg, steps=(freeze_epochs + epochs) * data.n_train_batches(batch_size), n_groups=len(groups))
-    if plan.sets_momentum and not {"betas", "momentum"} & optimizer.defaults.keys():
+    schedule = schedule_of(cfg, steps=(freeze_epochs + epochs) * data.n_train_batches(batch_size), n_groups=len(groups))
+    if schedule.sets_momentum and not {"betas", "momentum"} & optimizer.defaults.keys():
         moved_by = f"shape {shape.name}" + (" and fine_tune's frozen one-cycle" if freeze_epochs else "")
         raise ConfigError(
             f"optimizer: {type(optimizer).__name__} has neither momentum nor betas for the "
@@ -218,7 +218,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
         peaks=peaks,
         optimizer=optimizer,
         owners=owners,
-        plan=plan,
+        schedule=schedule,
         batch_size=batch_size,
         sync_every=sync_every,
         train_in_frozen=norms if settings.get("train_bn", True) else set(),
@@ -301,17 +301,17 @@ class OneTrial:
 
     def __init__(self, trial: Trial, reporters: Sequence[Reporter]) -> None:
         self.trial = trial
-        self.plan = trial.plan
+        self.schedule = trial.schedule
         self.sync_every = trial.sync_every
         start = StartEvent(
             config=OmegaConf.to_container(trial.config, resolve=True),
             peaks=tuple(trial.peaks),
             n_groups=len(trial.groups),
-            total_steps=trial.plan.total,
+            total_steps=trial.schedule.total,
             device=str(trial.device),
         )
         result = TrialResult("finished", None, trial.config.train.objective, device=str(trial.device))
-        self.members = [Member(start, trial.plan, reporters, result, trial.started, trial=trial)]
+        self.members = [Member(start, trial.schedule, reporters, result, trial.started, trial=trial)]
         self.autocast = autocast(trial.device, trial.amp)
 
     @property
@@ -328,7 +328,7 @@ class OneTrial:
 
     def step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         trial = self.trial
-        lrs, momentum = self.members[0].plan.at(step)  # fed the objective so far (torch_plateau)
+        lrs, momentum = self.members[0].schedule.at(step)  # fed the objective so far (torch_plateau)
         set_hyperparameters(trial.optimizer, trial.owners, lrs, momentum)
         with self.autocast:
             loss = trial.task.loss(trial.model(x), y)
