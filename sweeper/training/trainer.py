@@ -73,8 +73,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sweeper.config import ConfigError, build_shape, instantiate_node, plain
-from sweeper.config.rules import check_required, whole
+from sweeper.config import ConfigError, build_shape, check_values, instantiate_node, plain
+from sweeper.config.rules import check_required
 from sweeper.schedules.slices import parse_lr
 from sweeper.training.loop import Member, run_loop
 from sweeper.training.seeding import seed_everything, use_deterministic_algorithms
@@ -163,6 +163,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
 
     # settings that need nothing built come first, so a typo fails in milliseconds
     check_required(cfg, TRIAL_NODES)
+    check_values(cfg)  # a config built by hand, not composed, is checked as a composed one
     task = build_task(_task_node(cfg))
     objective = settings.objective
     if objective not in task.metric_names:
@@ -171,23 +172,21 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
             f"{task.name}; choose one of {list(task.metric_names)}."
         )
     device = resolve_device(str(settings.device))
-    epochs = _whole(settings, "epochs", 0)
-    freeze_epochs = _whole(settings, "freeze_epochs", 0, default=0)
+    epochs, freeze_epochs = settings.epochs, settings.get("freeze_epochs", 0)
     if epochs + freeze_epochs < 1:
         raise ConfigError(
             f"train.epochs={epochs} with train.freeze_epochs={freeze_epochs} trains nothing; "
             f"set train.epochs to 1 or more (train.epochs=0 is for a frozen phase alone)."
         )
-    batch_size = _whole(settings, "batch_size", 1)
-    sync_every = _whole(settings, "sync_every", 1, default=16)
+    batch_size, sync_every = settings.batch_size, settings.get("sync_every", 16)
     lr_spec = parse_lr(plain(cfg.lr))
     shape = build_shape(cfg.shape)
 
     # reproducibility first, then everything that draws random numbers
     if settings.get("threads") is not None:
-        torch.set_num_threads(_whole(settings, "threads", 1))
+        torch.set_num_threads(settings.threads)
     use_deterministic_algorithms(bool(settings.deterministic))
-    generator = seed_everything(_whole(settings, "seed", 0))
+    generator = seed_everything(settings.seed)
     data = _build(cfg.data.source, "data.source", TrialData).to(device)
     model = _build(cfg.model.net, "model.net", nn.Module).to(device)
     task.check_targets(next(data.valid_batches(1))[1], _outputs(cfg), f"data={cfg.data.get('name', 'the data')}")
@@ -390,10 +389,6 @@ def _task_node(cfg: DictConfig | Mapping) -> object:
 def _outputs(cfg: DictConfig) -> int:
     """The model's output size (data.outputs; data.num_classes in configs recorded before it)."""
     return cfg.data.get("outputs", cfg.data.get("num_classes"))
-
-
-def _whole(settings: DictConfig, name: str, minimum: int, default: int | None = None) -> int:
-    return whole(f"train.{name}", settings.get(name, default), minimum)
 
 
 def _build(node: DictConfig, setting: str, kind: type) -> object:
