@@ -88,7 +88,7 @@ def main() -> None:
         per_step = {}
         for members in (n, n // 2):
             run = prepare_many(trial_configs(model, members, folder))
-            steps = run.lead.plan.total
+            steps = run.lead.schedule.total
             per_step[members] = timed(lambda run=run: run_many(run))[0] / steps
         cost_rows.append({
             "model": name, "N": n,

@@ -122,7 +122,7 @@ def plot_seconds(cfg, folder: Path, repeats: int = 3) -> float:
     from sweeper.schedules.plots import plot_schedule
     from sweeper.training.trainer import prepare
 
-    schedule = prepare(cfg).plan
+    schedule = prepare(cfg).schedule
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()

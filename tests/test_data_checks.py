@@ -56,10 +56,6 @@ def test_built_in_data_fits_its_own_config():
             lambda tmp: tensors_file(str(tmp / "empty.pt")),
             "data.source.path: {tmp}/empty.pt cannot be read as tensors (EOFError); point it at a .pt file saved with torch.save({'x': ..., 'y': ...}).",
         ),
-        (
-            lambda tmp: digits_classes([5, 6], train_per_class=True),
-            "data.source.train_per_class: True must be a whole number >= 1, or null, e.g. data.source.train_per_class=1.",
-        ),
     ],
 )
 def test_data_that_cannot_train_is_refused_when_built(tmp_path, build, message):

@@ -15,7 +15,7 @@ import torch
 from sweeper.cli import main
 from sweeper.config import compose_config
 from sweeper.schedules.shapes import FastaiOneCycle, Schedule
-from sweeper.trial.plan import plan_config
+from sweeper.trial.schedule import schedule_of
 
 
 def run_schedule(capsys, tmp_path: Path, *args: str) -> tuple[int, str, str]:
@@ -85,7 +85,7 @@ def test_a_fine_tune_config_prints_and_plots_both_phases(capsys, tmp_path):
     assert [(p["name"], p["epochs"], p["steps"]) for p in document["phases"]] == [("frozen", 1, 10), ("unfrozen", 3, 30)]
     assert document["phases"][0]["trainable"] == [False, False, True]
     assert document["phases"][0]["shape"]["pct_start"] == 0.99 and document["phases"][0]["shape"]["moms"] == [0.9, 0.8, 0.9]
-    assert document["rows"] == plan_config(compose_config(settings), steps=40).rows()  # the trainer's plan
+    assert document["rows"] == schedule_of(compose_config(settings), steps=40).rows()  # the trainer's schedule
     assert [r["phase"] for r in document["rows"]] == ["frozen"] * 10 + ["unfrozen"] * 30
     assert Path(document["plot"]).stat().st_size > 0
     code, out, _ = run_schedule(capsys, tmp_path, "--steps", "40", "--every", "10", "--no-plot", *settings)  # the table too
@@ -112,7 +112,9 @@ def test_sgd_without_momentum_shows_no_momentum(capsys, tmp_path):
 
 
 def test_the_groups_default_to_the_models(capsys, tmp_path):
-    code, out, _ = run_schedule(capsys, tmp_path, "--json", "--no-plot", "--steps", "5", "model.groups=tests.test_planner.split_in_two")
+    code, out, _ = run_schedule(
+        capsys, tmp_path, "--json", "--no-plot", "--steps", "5", "model.groups=tests.test_trial_schedule.split_in_two"
+    )
     assert code == 0 and len(json.loads(out)["peaks"]) == 2  # a splitter's groups, counted on the model
 
 
@@ -185,13 +187,15 @@ SHAPE_CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent /
 
 
 @pytest.mark.parametrize("shape", SHAPE_CONFIGS)
-def test_json_for_every_shape_is_the_plan_and_the_shapes_settings(capsys, tmp_path, shape):
+def test_json_for_every_shape_is_the_schedule_and_the_shapes_settings(capsys, tmp_path, shape):
     code, out, _ = run_schedule(capsys, tmp_path, "--json", "--no-plot", "--steps", "30", "--groups", "2", f"shape={shape}")
     assert code == 0
     document = json.loads(out)  # a function shape's resolved function is not in it (it cannot be JSON)
     cfg = compose_config([f"shape={shape}"])
-    plan = plan_config(cfg, steps=30, n_groups=2)
-    assert [[row["lr_0"], row["lr_1"], row["momentum"]] for row in document["rows"]] == [[*plan.at(s)[0], plan.at(s)[1]] for s in range(30)]
+    schedule = schedule_of(cfg, steps=30, n_groups=2)
+    assert [[row["lr_0"], row["lr_1"], row["momentum"]] for row in document["rows"]] == [
+        [*schedule.at(s)[0], schedule.at(s)[1]] for s in range(30)
+    ]
     settings = {k: v for k, v in document["shape"].items() if k != "name"}
     written = {k: v for k, v in json.loads(json.dumps(dict(cfg.shape), default=list)).items() if k not in ("_target_", "name")}
     assert settings.keys() == written.keys()  # every setting of the config, and only those

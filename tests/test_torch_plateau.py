@@ -1,8 +1,8 @@
 """torch_plateau: torch's ReduceLROnPlateau, the one shape whose lrs follow the validation
 objective, checked against `torch.optim.lr_scheduler.ReduceLROnPlateau` itself fed the same
-objectives, every group's lr epoch by epoch; in the planner (a plan fed the objectives), in the
+objectives, every group's lr epoch by epoch; in the trial schedule (a schedule fed the objectives), in the
 trainer and fused trials (the lrs the optimizer got, against torch fed the objectives the run
-recorded), across a checkpoint resume, and in `sweeper schedule` (the plan for an objective that
+recorded), across a checkpoint resume, and in `sweeper schedule` (the schedule for an objective that
 never improves, which it says).
 
 The cases of torch's test/optim/test_lrscheduler.py (test_reduce_lr_on_plateau1 to 8) are run
@@ -13,7 +13,7 @@ one optimizer) have no form here (one shape sets the lrs; a plateau is no piece 
 torch takes, is refused (the first cuts every lr to min_lr, as 0 does; the second counts a
 worse objective as an improvement); a per-group min_lr has one lr per layer group (each layer
 group is one or two torch param groups with the same lr); test_reduce_lr_on_plateau_state_dict's
-state is the objectives a trial recorded, from which the plan is made again on resume.
+state is the objectives a trial recorded, from which the schedule is made again on resume.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from sweeper.training.checkpoints import EpochCheckpoints
 from sweeper.training.fused import FusedOptimizer, prepare_many, run_many
 from sweeper.training.trainer import prepare, run
 from sweeper.trial.events import Reporter
-from sweeper.trial.plan import configured_shape, plan_trial
+from sweeper.trial.schedule import configured_shape, schedule_from_peaks
 
 PEAKS = (0.05, 0.5)  # torch's test optimizer: two param groups
 
@@ -154,11 +154,11 @@ def test_a_noisy_objective_with_nan_counts_the_nan_as_no_improvement_as_torch():
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=[str(s) for s in SETTINGS])
-def test_the_plan_without_objectives_is_torchs_for_an_objective_that_never_improves(settings):
+def test_the_schedule_without_objectives_is_torchs_for_an_objective_that_never_improves(settings):
     shape = shape_of(settings)
     for never_improves in (flat(40), [1.0 + (i if settings.get("mode") != "max" else -i) for i in range(40)]):
         assert shape.group_lrs(PEAKS, 40, ()) == torch_lrs(settings, never_improves, 40)
-    # known objectives, then the plan goes on as if they stopped improving after them
+    # known objectives, then the schedule goes on as if they stopped improving after them
     known = improving(10)
     assert shape.group_lrs(PEAKS, 40, known) == torch_lrs(settings, known + [known[-1] if settings.get("mode") != "max" else -1e9] * 30, 40)
 
@@ -173,18 +173,18 @@ def test_a_schedule_steps_it_once_an_epoch_on_every_batch_of_the_epoch():
     assert schedule.table[0].tolist() == [schedule.at(step)[0] for step in range(12 * 7)]
 
 
-def test_a_fine_tune_plan_feeds_the_plateau_its_own_phases_objectives():
+def test_a_fine_tune_schedule_feeds_the_plateau_its_own_phases_objectives():
     shape = TorchPlateau(mode="min", patience=0, factor=0.5)
-    plan = plan_trial((1e-4, 1e-3, 1e-2), shape, epochs=6, freeze_epochs=2, steps=8 * 5)
+    schedule = schedule_from_peaks((1e-4, 1e-3, 1e-2), shape, epochs=6, freeze_epochs=2, steps=8 * 5)
     objectives = [3.0, 2.0, 1.0, 1.5, 0.8, 0.9, 0.95, 0.5]  # two frozen epochs, then six unfrozen
-    fed = plan.fed(objectives)
-    assert np.array_equal(fed.lrs[:10], plan.lrs[:10])  # the frozen one-cycle is not the plateau's
-    unfrozen = plan.phases[1].schedule.peaks
+    fed = schedule.fed(objectives)
+    assert np.array_equal(fed.lrs[:10], schedule.lrs[:10])  # the frozen one-cycle is not the plateau's
+    unfrozen = schedule.phases[1].schedule.peaks
     wanted = torch_lrs(dict(mode="min", patience=0, factor=0.5), objectives[2:], 6, peaks=unfrozen)
     assert fed.lrs[10:].tolist() == [wanted[step // 5] for step in range(30)]
-    assert plan.fed(objectives[:3]).lrs[10:15].tolist() == [wanted[0]] * 5  # what is known so far
-    one_cycle = plan_trial((1e-3,), TorchCosine(), epochs=2, steps=10)
-    assert one_cycle.fed([0.5, 0.4]) is one_cycle  # a plan that follows no objective is itself
+    assert schedule.fed(objectives[:3]).lrs[10:15].tolist() == [wanted[0]] * 5  # what is known so far
+    one_cycle = schedule_from_peaks((1e-3,), TorchCosine(), epochs=2, steps=10)
+    assert one_cycle.fed([0.5, 0.4]) is one_cycle  # a schedule that follows no objective is itself
 
 
 @pytest.mark.parametrize(
@@ -236,7 +236,7 @@ def test_it_pickles_to_an_equal_value():
 # --- the preview: `sweeper schedule` ---------------------------------------------------------------
 
 
-def test_sweeper_schedule_shows_the_plan_for_an_objective_that_never_improves_and_says_so(capsys, tmp_path):
+def test_sweeper_schedule_shows_the_schedule_for_an_objective_that_never_improves_and_says_so(capsys, tmp_path):
     args = [
         "schedule",
         f"results_dir={tmp_path}/results",
@@ -273,13 +273,13 @@ def test_a_shape_that_follows_no_objective_says_nothing_of_one(capsys):
 
 SMALL = ["data=synthetic", "data.source.n_samples=300", "train.batch_size=32", "train.threads=1", "train.deterministic=true"]
 # accuracy rises by more than 10% after the first epoch (no cut), then less (a cut after every
-# epoch, patience 0): unlike the plan for an objective that never improves, which cuts at once
+# epoch, patience 0): unlike the schedule for an objective that never improves, which cuts at once
 PLATEAU = ["shape=torch_plateau", "shape.patience=0", "shape.threshold=0.1", "shape.factor=0.5"]
 
 
 def torch_fed(result, settings: dict, peaks) -> list[list[float]]:
     """What torch's scheduler sets in each epoch of `result`, fed the objectives it recorded;
-    checked to differ from the plan for an objective that never improves (else a trainer that
+    checked to differ from the schedule for an objective that never improves (else a trainer that
     fed nothing would pass)."""
     objectives = [epoch.objective for epoch in result.epochs]
     fed = torch_lrs(settings, objectives, len(objectives), peaks=peaks)
@@ -320,7 +320,7 @@ def test_fused_members_each_follow_their_own_objective(trial_config, monkeypatch
     per_epoch = len(results[0].steps) // 3
     for index, (result, member) in enumerate(zip(results, fused.members)):
         assert result.status == "finished"
-        wanted = torch_fed(result, settings[index], member.plan.peaks)
+        wanted = torch_fed(result, settings[index], member.schedule.peaks)
         assert [row[index] for row in given] == [wanted[s // per_epoch] for s in range(len(given))]
 
 

@@ -18,7 +18,7 @@ from helpers.waiting import flock_queue
 from optuna.trial import TrialState
 from rich.console import Console
 
-from sweeper.config import ConfigError
+from sweeper.config import ConfigError, check_values
 from sweeper.sweep import workers
 from sweeper.sweep.counts import Counts, Move, count_trials
 from sweeper.sweep.live import LiveView, read_status
@@ -56,8 +56,9 @@ def test_slots_for_the_machine(settings, gpus, cores, expected):
     ],
 )
 def test_bad_slot_settings(settings, fragment):
+    """Refused with the config (sweeper.config.values), before any slot is planned."""
     with pytest.raises(ConfigError, match=fragment):
-        plan_slots({**SWEEP, **settings}, [], 2)
+        check_values({"sweep": {**SWEEP, **settings}})
 
 
 @pytest.mark.parametrize(

@@ -292,16 +292,16 @@ def read_verdict(folder: Path) -> str | None:
 
 def _planned_schedule(overrides: Sequence[str], steps: int = 200, allowed: Allowed = Allowed()) -> list[list[float]]:
     """lr per group at about `steps` points of training (both phases of a fine-tune), as the
-    trial's config plans it (`sweeper.trial.plan`, the trainer's own plan)."""
+    trial's config plans it (`sweeper.trial.schedule`, the trainer's own schedule)."""
     return _planned_lrs(tuple(overrides), steps, allowed)
 
 
 @functools.lru_cache(maxsize=64)  # a report written again as trials finish composes each best trial's config once
 def _planned_lrs(overrides: tuple[str, ...], steps: int, allowed: Allowed) -> list[list[float]]:
-    from sweeper.trial.plan import plan_config, whole_epoch_steps
+    from sweeper.trial.schedule import schedule_of, whole_epoch_steps
 
     cfg = trial_config(overrides, (), allowed)  # what it builds (the shape, a splitter) is checked first: the overrides are the study's
-    return plan_config(cfg, steps=whole_epoch_steps(cfg, steps), momentum=False).lrs.T.tolist()
+    return schedule_of(cfg, steps=whole_epoch_steps(cfg, steps), momentum=False).lrs.T.tolist()
 
 
 def _recorded_schedule(run_id: str, curves: Callable[[str, str], list[tuple[int, float]]]) -> list[list[float]]:

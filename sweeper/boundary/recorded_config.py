@@ -56,7 +56,7 @@ from omegaconf.grammar_parser import parse
 
 from sweeper.boundary.printed import printable_name
 from sweeper.boundary.renamed import current_name
-from sweeper.config import ConfigError, plain
+from sweeper.config import ConfigError, check_values, plain
 from sweeper.secrets import mask_text
 
 __all__ = [
@@ -346,7 +346,9 @@ def checked_config(recorded: DictConfig, allowed: Allowed, writes_to: str | Path
         # The cache is keyed by what it holds: moving it changes no result, only where it lands.
         node[WRITE_FOLDERS[_target(node)]] = str(writes_to)
     check_config(config, allowed)
-    return OmegaConf.create(config)
+    checked = OmegaConf.create(config)
+    check_values(checked)  # not composed: its values are checked here, as a composed config's are
+    return checked
 
 
 def check_config(config: DictConfig | Mapping, allowed: Allowed) -> list[Import]:

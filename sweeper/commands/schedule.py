@@ -4,7 +4,7 @@
     sweeper schedule experiment=digits_transfer          # fine_tune: frozen, then unfrozen
 
 prints the lr of every layer group and the momentum at every step (a table, or JSON with --json)
-and writes a plot to results/: the trial's plan (`sweeper.trial.plan`), the very values the trainer
+and writes a plot to results/: the trial's schedule (`sweeper.trial.schedule`), the very values the trainer
 sets, over both phases of a fine-tune config. The lr defaults to the config's `lr` node, which an
 override sets the same way on every command (`lr='slice(1e-5,1e-3)'`), and the groups to its
 model's; the shape and its settings come from Hydra overrides (`shape=...`, `shape.pct_start=...`),
@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeper.config import ConfigError, build_shape, compose_config
 from sweeper.schedules.shapes import follows_objective, shape_document
 from sweeper.schedules.slices import parse_lr
-from sweeper.trial.plan import Plan, plan_config, whole_epoch_steps
+from sweeper.trial.schedule import TrialSchedule, schedule_of, whole_epoch_steps
 
 DEFAULT_STEPS = 100
 MAX_NAME = 120  # characters of a plot's name drawn from the command line
@@ -73,23 +73,23 @@ def run(args: argparse.Namespace) -> int:
         )
     spec = parse_lr(args.lr if args.lr is not None else OmegaConf.to_container(cfg.lr, resolve=True))
     shape = build_shape(cfg.shape)
-    plan = plan_config(cfg, steps=steps, n_groups=args.groups, lr=spec)
+    schedule = schedule_of(cfg, steps=steps, n_groups=args.groups, lr=spec)
 
-    followed = _followed_objective(cfg, plan)
-    rows = plan.rows()
+    followed = _followed_objective(cfg, schedule)
+    rows = schedule.rows()
     shown = [r for r in rows if r["step"] % args.every == 0 or r["step"] == steps - 1]
     plot = None
     if not args.no_plot:
         from sweeper.schedules.plots import plot_schedule  # matplotlib (~1 s) loads only for a plot
 
         plot = args.plot or Path(cfg.results_dir) / plot_name(args, shape.name)
-        title = f"lr={spec.describe()}, {shape.name}" + _phases_note(plan)
-        plot_schedule(plan, plot, title=title + (f", if {followed['name']} never improves after epoch 0" if followed else ""))
+        title = f"lr={spec.describe()}, {shape.name}" + _phases_note(schedule)
+        plot_schedule(schedule, plot, title=title + (f", if {followed['name']} never improves after epoch 0" if followed else ""))
     if args.json:
         document = {
             "lr": spec.describe(),
             "strategy": spec.strategy,
-            "peaks": list(plan.peaks),
+            "peaks": list(schedule.peaks),
             "shape": shape_document(shape),
             "steps": steps,
             "phases": [
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                     "trainable": list(phase.trainable),
                     "shape": shape_document(phase.schedule.shape),
                 }
-                for phase in plan.phases
+                for phase in schedule.phases
             ],
             "follows_objective": followed,
             "rows": shown,
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(document, sys.stdout, indent=1)
         print()
         return 0
-    _print_table(spec.describe(), plan, shown, followed)
+    _print_table(spec.describe(), schedule, shown, followed)
     if plot:
         print(f"plot: {plot}")
     return 0
@@ -135,33 +135,33 @@ def plot_name(args: argparse.Namespace, shape_name: str) -> str:
 NEVER_IMPROVES = "an objective that never improves after the first epoch (the first sets the best; no later one beats it)"
 
 
-def _followed_objective(cfg: DictConfig, plan: Plan) -> dict | None:
-    """For a plan whose lrs follow the validation objective (torch_plateau): which objective, in
-    which mode, and what the preview assumes of it; None for any other plan."""
-    if not plan.follows_objective:
+def _followed_objective(cfg: DictConfig, schedule: TrialSchedule) -> dict | None:
+    """For a schedule whose lrs follow the validation objective (torch_plateau): which objective, in
+    which mode, and what the preview assumes of it; None for any other schedule."""
+    if not schedule.follows_objective:
         return None
-    mode = next(p.schedule.shape.mode for p in plan.phases if follows_objective(p.schedule.shape))
+    mode = next(p.schedule.shape.mode for p in schedule.phases if follows_objective(p.schedule.shape))
     return {"name": cfg.train.objective, "mode": mode, "shown_for": NEVER_IMPROVES}
 
 
-def _phases_note(plan: Plan) -> str:
+def _phases_note(schedule: TrialSchedule) -> str:
     """ "": one phase; else ": frozen 10 steps + unfrozen 90 steps"."""
-    if len(plan.phases) == 1 and plan.phases[0].name == "train":
+    if len(schedule.phases) == 1 and schedule.phases[0].name == "train":
         return ""
-    return ": " + " + ".join(f"{p.name} {p.schedule.total} steps" for p in plan.phases)
+    return ": " + " + ".join(f"{p.name} {p.schedule.total} steps" for p in schedule.phases)
 
 
-def _print_table(lr_text: str, plan: Plan, rows: list[dict], followed: dict | None) -> None:
+def _print_table(lr_text: str, schedule: TrialSchedule, rows: list[dict], followed: dict | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    n_groups = len(plan.peaks)
-    peaks = ", ".join(f"{p:.4g}" for p in plan.peaks)
-    phased = bool(_phases_note(plan))
+    n_groups = len(schedule.peaks)
+    peaks = ", ".join(f"{p:.4g}" for p in schedule.peaks)
+    phased = bool(_phases_note(schedule))
     table = Table(
-        title=f"lr={lr_text} -> peaks [{peaks}], {plan.total} steps" + _phases_note(plan),
+        title=f"lr={lr_text} -> peaks [{peaks}], {schedule.total} steps" + _phases_note(schedule),
         caption="\n".join(
-            [f"{p.name}: {p.schedule.shape}" if phased else str(p.schedule.shape) for p in plan.phases]
+            [f"{p.name}: {p.schedule.shape}" if phased else str(p.schedule.shape) for p in schedule.phases]
             + ([f"lrs follow {followed['name']} (mode {followed['mode']}), shown for {followed['shown_for']}"] if followed else [])
         ),
     )

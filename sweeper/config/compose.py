@@ -40,6 +40,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sweeper.config.errors import ConfigError, error_line
 from sweeper.config.loaded import KeptConfigFiles
 from sweeper.config.schema import Schema, check_keys, config_files, schema_of
+from sweeper.config.values import check_values
 from sweeper.schedules.shapes import Shape, ShapeError
 from sweeper.schedules.slices import SliceSpec, parse_lr
 
@@ -100,7 +101,8 @@ def compose_config(overrides: Iterable[str] = (), config_dirs: Iterable[str | os
         raise ConfigError(_composition_error(error, schema)) from None
     except yaml.MarkedYAMLError as error:  # a config file of the user's that is not YAML
         raise ConfigError(_yaml_error(error)) from None
-    check_keys(cfg, schema)  # what a file or a +key=value added
+    check_keys(cfg, schema)  # what a file or a +key=value added: a mistyped key is said first
+    check_values(cfg)
     return cfg
 
 
@@ -129,6 +131,7 @@ class ComposedConfigs:
             raise ConfigError(
                 _composition_error(error, schema_of(config_files([config_dir(), *user_config_dirs(self.config_dirs)])))
             ) from None
+        check_values(cfg)  # the values just set, as compose_config checks its own
         return cfg
 
 

@@ -1,5 +1,5 @@
 """Rules for single settings, each written once: whole numbers, seconds, and how many workers a
-machine takes.
+machine takes. Which setting takes which rule is `sweeper.config.values`' table.
 
 YAML's `true` is a bool and Python's bool is an int, so an `isinstance(value, int)` check takes
 `sweep.n_trials=true` for one trial. Every rule here refuses bools.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import ConfigError
+from sweeper.config.errors import ConfigError
 
 __all__ = ["check_required", "check_sweep_name", "is_number", "seconds", "sweep_folder", "warn_oversubscribed", "whole"]
 

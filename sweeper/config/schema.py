@@ -15,7 +15,8 @@ names and `Any`, the facts the YAML states already. What the files cannot say is
 - some mappings are tables whose keys are names the user picks (OPEN);
 - experiment overlays change settings that others define: their keys are not settings of their own.
 
-The rules of single values (whole numbers, seconds, names) are `sweeper.config.rules`'.
+The rules of single values (whole numbers, seconds, names) are `sweeper.config.values`' table,
+checked right after the keys.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from omegaconf.errors import InterpolationResolutionError
 
 from sweeper.config import ConfigError, error_line
 from sweeper.config.errors import disk_full
-from sweeper.config.rules import whole
 from sweeper.secrets import mask_text, mask_url
 
 if TYPE_CHECKING:
@@ -81,8 +80,6 @@ def tracking_settings(cfg: DictConfig) -> TrackingSettings | None:
     node = cfg.get("tracking")
     if node is None or not node.get("enabled", False):
         return None
-    if not isinstance(node.enabled, bool):
-        raise ConfigError(f"tracking.enabled: {node.enabled!r} must be true or false.")
     try:
         uri = node.uri
     except InterpolationResolutionError as error:
@@ -95,19 +92,12 @@ def tracking_settings(cfg: DictConfig) -> TrackingSettings | None:
             "tracking.uri: empty; give sqlite:///PATH (embedded) or http(s)://host:port (a tracking "
             "server), or turn tracking off with tracking=none."
         )
-    experiment = node.get("experiment")
-    if not experiment:
-        raise ConfigError("tracking.experiment: empty; name the MLflow experiment, e.g. tracking.experiment=digits.")
     timeout, retries = node.get("request_timeout", 10), node.get("request_retries", 1)
-    whole("tracking.request_timeout", timeout, 1, unit="whole seconds", example=10)
-    whole("tracking.request_retries", retries, 0, example=1)
     schedule_plot = node.get("schedule_plot", True)
-    if not isinstance(schedule_plot, bool):
-        raise ConfigError(f"tracking.schedule_plot: {schedule_plot!r} must be true or false.")
     artifacts = node.get("artifacts")
     return TrackingSettings(
         uri=_absolute_sqlite(str(uri)),
-        experiment=str(experiment),
+        experiment=str(node.get("experiment")),
         artifacts=Path(artifacts).resolve().as_uri() if artifacts else None,
         request_timeout=timeout,
         request_retries=retries,

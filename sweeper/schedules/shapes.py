@@ -20,7 +20,7 @@ Each shape is named after the library that defines it and equals it batch for ba
   two can move the momentum too (`mom_points`, `mom_fn`).
 
 A `Schedule` joins a shape with the peak lr of every group over one phase of training;
-`sweeper.trial.plan` joins the phases of a trial.
+`sweeper.trial.schedule` joins the phases of a trial.
 """
 
 from __future__ import annotations

@@ -45,7 +45,6 @@ __all__ = ["ARM_ATTR", "COMPARE_ATTR", "Arms", "ArmPruner", "ArmSampler", "ArmVi
 ARM_ATTR = "sweeper:arm"  # trial system attr: the arm the trial belongs to
 COMPARE_ATTR = "compare"  # study user attr: {"param": ..., "arms": [...]}, for the report and the verdict
 COMPARED = {"strategy": "search.lr.strategies", "shape": "search.shape"}
-SETTINGS = ("auto", "none", *COMPARED)
 
 
 @dataclass(frozen=True)
@@ -105,8 +104,6 @@ class Arms:
 
 def arms_of(setting: Any, space: SearchSpace, several_objectives: bool, sampler_target: str) -> Arms | None:
     """The arms `sweep.compare` asks for in this space, or None (one sampler over everything)."""
-    if setting not in SETTINGS:
-        raise ConfigError(f"sweep.compare: {setting!r} must be one of {list(SETTINGS)}.")
     if setting == "none":
         return None
     drawn = {param: _choices(dim) for param, dim in (("strategy", space.strategy), ("shape", space.shape))}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 from sweeper.config import ConfigError, check_results_dir, compose_config
-from sweeper.config.rules import check_required, check_sweep_name, seconds, whole
+from sweeper.config.rules import check_required, check_sweep_name
 from sweeper.sweep.arms import Arms, arms_of
 from sweeper.sweep.identity import (
     definition_of,
@@ -20,8 +20,6 @@ from sweeper.sweep.sampling import make_pruner, make_sampler
 from sweeper.sweep.space import SearchSpace, build_space, split_overrides, validate_space
 from sweeper.sweep.storage import StorageSpec, storage_of
 from sweeper.sweep.trainer import check_trial, load_trainer
-from sweeper.training.checkpoints import checkpoints_on
-from sweeper.training.saved_models import save_model_setting
 from sweeper.trial.spec import TRIAL_NODES
 
 
@@ -65,24 +63,14 @@ def plan_sweep(
     name = check_sweep_name(str(cfg.sweep.name))
     check_required(cfg, TRIAL_NODES)  # before the definition reads them through interpolations
     allow_changes = cfg.sweep.get("allow_changes", False)
-    if not isinstance(allow_changes, bool):
-        raise ConfigError(f"sweep.allow_changes: {allow_changes!r} must be true or false.")
     space = build_space(cfg, sweeps)
     objectives = objectives_of(cfg)
     storage = storage_of(cfg)
     n_trials, timeout = cfg.sweep.n_trials, cfg.sweep.timeout
-    whole("sweep.n_trials", n_trials, 1, unit="a whole number of trials")
-    seconds("sweep.timeout", timeout, null="for none")
-    poll = cfg.sweep.poll
-    seconds("sweep.poll", poll, example=0.5)
-    checkpoints_on(cfg)  # checked here, where a mistake stops the sweep: a worker would fail on it
-    save_model_setting(cfg)
     max_failures = cfg.sweep.get("max_failures")
     if max_failures is None:
         max_failures = n_trials
-    whole("sweep.max_failures", max_failures, 1, null="for sweep.n_trials")
     fuse = cfg.sweep.get("fuse", 1)
-    whole("sweep.fuse", fuse, 1, unit="a whole number of trials")
     arms = arms_of(cfg.sweep.get("compare", "none"), space, objectives.several, str(cfg.sampler.get("_target_", "")))
     space_lines = [*space.describe(), *([arms.describe()] if arms else [])]
     definition = definition_of(cfg, space_lines, space.fixed, dict(zip(objectives.names, objectives.directions)))

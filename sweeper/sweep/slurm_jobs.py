@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeper.config import ConfigError
-from sweeper.config.rules import is_number, whole
 
 __all__ = ["JobWorker", "SlurmSettings", "check_slurm", "submit_jobs"]
 
@@ -72,19 +71,14 @@ class SlurmSettings:
 
 
 def check_slurm(launcher: DictConfig) -> SlurmSettings:
-    """Every launcher.* setting of launcher=slurm, each refused in one line that names it and
-    the fix."""
+    """The launcher.* settings of launcher=slurm, read into what submitit takes; their single
+    numbers are checked with the config (sweeper.config.values), the rest here, each refused in
+    one line that names it and the fix."""
     cluster = launcher.cluster
     if cluster not in CLUSTERS:
         raise ConfigError(f"launcher.cluster: {cluster!r} is not one of {', '.join(CLUSTERS)}; e.g. launcher.cluster=slurm.")
-    jobs = whole("launcher.jobs", launcher.jobs, 1, unit="a whole number of worker jobs")
-    parallel = whole("launcher.array_parallelism", launcher.array_parallelism, 1, null="(all jobs at once)", example=4)
-    timeout = whole("launcher.timeout_min", launcher.timeout_min, 1, unit="a whole number of minutes", example=240)
-    cpus = whole("launcher.cpus_per_task", launcher.cpus_per_task, 1, example=8)
-    gpus = whole("launcher.gpus_per_node", launcher.gpus_per_node, 0, example=1)
-    memory = launcher.mem_gb
-    if memory is not None and not (is_number(memory) and memory > 0):
-        raise ConfigError(f"launcher.mem_gb: {memory!r} must be gigabytes > 0, or null (the partition's default), e.g. launcher.mem_gb=32.")
+    jobs, parallel, timeout = launcher.jobs, launcher.array_parallelism, launcher.timeout_min
+    cpus, gpus, memory = launcher.cpus_per_task, launcher.gpus_per_node, launcher.mem_gb
     gres = launcher.gres
     if gres is not None and not (isinstance(gres, str) and GRES.fullmatch(gres)):
         raise ConfigError(f"launcher.gres: {gres!r} is not a SLURM gres request; e.g. launcher.gres=gpu:1 or launcher.gres=gpu:a100:2.")

@@ -21,7 +21,6 @@ from omegaconf.errors import InterpolationResolutionError
 
 from sweeper.config import ConfigError
 from sweeper.config.errors import error_line
-from sweeper.config.rules import whole
 from sweeper.secrets import mask_text, mask_url
 from sweeper.sweep.optuna_quiet import experimental_features_on_purpose
 
@@ -111,9 +110,7 @@ def storage_of(cfg: DictConfig) -> StorageSpec:
         raise ConfigError("storage.url: empty; give sqlite:///PATH, journal:PATH or a database URL.")
     url = str(url)
     interval, grace = cfg.storage.get("heartbeat_interval"), cfg.storage.get("grace_period")
-    retries = cfg.sweep.retries
-    whole("sweep.retries", retries, 0)
-    spec = StorageSpec(url, interval, grace, retries)
+    spec = StorageSpec(url, interval, grace, cfg.sweep.retries)
     if interval is None:
         return spec
     if spec.kind == "journal":
@@ -121,7 +118,6 @@ def storage_of(cfg: DictConfig) -> StorageSpec:
             f"storage.heartbeat_interval: {interval} is set, but journal storages have no heartbeats; "
             f"set it (and storage.grace_period) to null, or use storage=local (SQLite)."
         )
-    whole("storage.heartbeat_interval", interval, 1, unit="whole seconds", null="")
     if not isinstance(grace, int) or grace <= interval:
         raise ConfigError(
             f"storage.grace_period: {grace!r} must be whole seconds above storage.heartbeat_interval "

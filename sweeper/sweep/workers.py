@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 
 from sweeper.boundary.recorded_sweep import recorded_run_location
 from sweeper.config import compose_config
-from sweeper.config.rules import warn_oversubscribed, whole
+from sweeper.config.rules import warn_oversubscribed
 from sweeper.secrets import mask_text
 from sweeper.sweep.counts import Counts, Move, count_trials, fail_stale_trials, next_move
 from sweeper.sweep.lr_anchor import recorded_plan
@@ -134,12 +134,8 @@ def usable_cores() -> int:
 
 def plan_slots(sweep: DictConfig | Mapping, gpus: Sequence[str], cores: int) -> list[Slot]:
     """Worker slots for this machine from `sweep.workers`, `workers_per_device`, `cpu_threads`."""
-    per_device = sweep["workers_per_device"]
-    whole("sweep.workers_per_device", per_device, 1)
-    workers = sweep["workers"]
-    warn_oversubscribed(whole("sweep.workers", workers, 1, auto=True), cores)
-    threads = sweep["cpu_threads"]
-    whole("sweep.cpu_threads", threads, 1, auto=True)
+    per_device, workers, threads = sweep["workers_per_device"], sweep["workers"], sweep["cpu_threads"]
+    warn_oversubscribed(workers, cores)  # here, where the cores are counted
     if gpus:
         count = len(gpus) * per_device if workers == "auto" else workers
         # GPU workers share the cores too (data loading, the optimizer on small models).

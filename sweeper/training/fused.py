@@ -6,7 +6,7 @@ A slice/shape sweep changes the schedule, never the model. So N trials whose con
 in what a fused step takes per member (the lr of every layer group over time, momentum/beta1
 over time, weight decay: `lr`, `shape`, `optimizer.weight_decay`, `optimizer.momentum`,
 `optimizer.betas[0]`) train as one: every member is prepared by the one-trial trainer
-(`sweeper.training.trainer.prepare`: the same checks, the same plan, the same initial weights), their
+(`sweeper.training.trainer.prepare`: the same checks, the same schedule, the same initial weights), their
 parameters and buffers are stacked on a leading member dimension
 (`torch.func.stack_module_state`), and one forward and backward pass serves them all
 (`torch.func.vmap` over `functional_call`; the members' losses are summed, so each member's
@@ -53,7 +53,7 @@ from sweeper.config import ConfigError
 from sweeper.training.loop import Member, run_loop
 from sweeper.training.trainer import VALID_BATCH, Trial, autocast, build_optimizer, no_decay_parameters, prepare
 from sweeper.trial.events import Reporter, StartEvent, TrialResult
-from sweeper.trial.plan import Phase, Plan, plan_config
+from sweeper.trial.schedule import Phase, TrialSchedule, schedule_of
 from sweeper.trial.spec import TRIAL_NODES
 
 __all__ = ["FusedOptimizer", "FusedRun", "PER_MEMBER", "prepare_many", "run_many", "train_many", "why_not_fused"]
@@ -222,11 +222,11 @@ class FusedRun:
     buffers: dict[str, Tensor]  # [active member, ...]: batch-norm statistics per member
     optimizer: FusedOptimizer
     rows: list[int]  # the member index of each row of the stack
-    plan: Plan = field(init=False)  # the phases, common to every member (one batch stream)
+    schedule: TrialSchedule = field(init=False)  # the phases, common to every member (one batch stream)
     sync_every: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.plan, self.sync_every = self.lead.plan, self.lead.sync_every
+        self.schedule, self.sync_every = self.lead.schedule, self.lead.sync_every
         self.autocast = autocast(self.lead.device, self.lead.amp)
         task = self.lead.task
 
@@ -244,7 +244,7 @@ class FusedRun:
         return self.lead.data.train_batches(self.lead.batch_size, self.lead.generator)
 
     def step(self, step: int, x: Tensor, y: Tensor) -> Tensor:
-        lrs = np.stack([self.members[index].plan.lrs[step] for index in self.rows])
+        lrs = np.stack([self.members[index].schedule.lrs[step] for index in self.rows])
         momenta = np.array([self.momenta[index][step] for index in self.rows])
         with self.autocast:
             losses = self.losses_of(self.params, self.buffers, x, y)
@@ -297,7 +297,7 @@ class FusedRun:
 
 def prepare_many(cfgs: Sequence[DictConfig | Mapping], reporters: Sequence[Sequence[Reporter]] | None = None) -> FusedRun:
     """Check that the configs fuse, prepare the first with the one-trial trainer (every check,
-    the model, the data) and the others' plans and optimizer settings over its layer groups; a
+    the model, the data) and the others' schedules and optimizer settings over its layer groups; a
     bad setting (or configs that cannot fuse) raises here, before any training."""
     refusal = why_not_fused(cfgs)
     if refusal:
@@ -306,13 +306,13 @@ def prepare_many(cfgs: Sequence[DictConfig | Mapping], reporters: Sequence[Seque
     lead = prepare(cfgs[0])
     kind = FusedOptimizer.check(lead.optimizer)
     no_decay = no_decay_parameters(lead.model, lead.config.train)
-    members = [_member(lead, lead.config, lead.plan, lead.optimizer, reporters[0], lead.started)]
+    members = [_member(lead, lead.config, lead.schedule, lead.optimizer, reporters[0], lead.started)]
     for cfg, heard_by in zip(cfgs[1:], reporters[1:]):
         started = time.perf_counter()
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-        plan = plan_config(cfg, steps=lead.plan.total, n_groups=len(lead.groups))
-        optimizer, _ = build_optimizer(cfg.optimizer, lead.groups, plan.peaks, no_decay)
-        members.append(_member(lead, cfg, plan, optimizer, heard_by, started))
+        schedule = schedule_of(cfg, steps=lead.schedule.total, n_groups=len(lead.groups))
+        optimizer, _ = build_optimizer(cfg.optimizer, lead.groups, schedule.peaks, no_decay)
+        members.append(_member(lead, cfg, schedule, optimizer, heard_by, started))
     # every member starts from the same weights (one seed): the lead's, stacked
     params = {name: p.detach().expand(len(members), *p.shape).clone().requires_grad_() for name, p in lead.model.named_parameters()}
     buffers = {name: b.expand(len(members), *b.shape).clone() for name, b in lead.model.named_buffers()}
@@ -337,7 +337,7 @@ def prepare_many(cfgs: Sequence[DictConfig | Mapping], reporters: Sequence[Seque
 
 
 def _member(
-    lead: Trial, cfg: DictConfig, plan: Plan, optimizer: torch.optim.Optimizer, reporters: Sequence[Reporter], started: float
+    lead: Trial, cfg: DictConfig, schedule: TrialSchedule, optimizer: torch.optim.Optimizer, reporters: Sequence[Reporter], started: float
 ) -> tuple[Member, list[float], np.ndarray]:
     """One member of a fused run; the weight decay of each of its optimizer param groups (as
     torch.optim built them for it); the momentum it steps with at every step."""
@@ -345,21 +345,21 @@ def _member(
     result = TrialResult("finished", None, cfg.train.objective, device=str(lead.device))
     start = StartEvent(
         config=OmegaConf.to_container(cfg, resolve=True),
-        peaks=plan.peaks,
-        n_groups=len(plan.peaks),
-        total_steps=plan.total,
+        peaks=schedule.peaks,
+        n_groups=len(schedule.peaks),
+        total_steps=schedule.total,
         device=result.device,
     )
-    member = Member(start, plan, reporters, result, started)
-    return member, [g["weight_decay"] for g in optimizer.param_groups], _momenta(plan, own[0])
+    member = Member(start, schedule, reporters, result, started)
+    return member, [g["weight_decay"] for g in optimizer.param_groups], _momenta(schedule, own[0])
 
 
-def _momenta(plan: Plan, own: float) -> np.ndarray:
-    """The momentum (or beta1) the optimizer uses at every step: the plan's, else the configured
+def _momenta(schedule: TrialSchedule, own: float) -> np.ndarray:
+    """The momentum (or beta1) the optimizer uses at every step: the schedule's, else the configured
     one, which the trainer restores at the start of every phase."""
-    momenta = plan.momenta[:, 0].copy()
+    momenta = schedule.momenta[:, 0].copy()
     used = own
-    starts = set(plan.starts)
+    starts = set(schedule.starts)
     for step, value in enumerate(momenta):
         used = own if step in starts else used
         used = used if math.isnan(value) else value

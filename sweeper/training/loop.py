@@ -5,14 +5,14 @@ architecture as one stacked model (`fused.run_many`).
 
 The skeleton owns the order of events; an `Engine` owns the model(s) and what one step does. The
 members of a run (one trial, or the trials of a fused run) train in lock step over the phases of
-one plan: every batch is one step of every member still training. Each member is still a whole
+one schedule: every batch is one step of every member still training. Each member is still a whole
 trial: its own reporters hear its own steps and epochs (`sweeper.trial.events`), any of them may
 stop it after an epoch (pruned), a non-finite loss ends it alone (diverged), and a reporter that
 raises fails it alone (failed, with the reason). An exception in the shared work (a step, an
 evaluation) fails every member still training; Ctrl-C does too, and still propagates. A member
 that stops leaves the engine's stack (`Engine.drop_stopped`); the others train on.
 
-The plan of a member whose shape follows the validation objective (torch_plateau) is fed its
+The schedule of a member whose shape follows the validation objective (torch_plateau) is fed its
 objective after every epoch (`Member.follow_objective`), and after a restore the objectives of
 the restored epochs: the lrs of the epochs after them are what torch's scheduler, fed the same
 objectives, would set (a resumed trial's state is its recorded objectives, nothing else).
@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import torch
 
 from sweeper.trial.events import EpochEvent, Reporter, StartEvent, StepEvent, TrainerHook, TrialResult
-from sweeper.trial.plan import Phase, Plan
+from sweeper.trial.schedule import Phase, TrialSchedule
 
 __all__ = ["Engine", "Member", "run_loop"]
 
@@ -50,7 +50,7 @@ class Member:
     """One trial of a run: its reporters and its result, and what its hooks are handed."""
 
     start: StartEvent
-    plan: Plan
+    schedule: TrialSchedule
     reporters: Sequence[Reporter]
     result: TrialResult
     started: float  # time.perf_counter() when preparing it began
@@ -73,9 +73,9 @@ class Member:
             return False
 
     def follow_objective(self) -> None:
-        """Feed the plan the objective of every epoch so far: a shape that follows it
+        """Feed the schedule the objective of every epoch so far: a shape that follows it
         (torch_plateau) sets the lrs of the epochs after them from it."""
-        self.plan = self.plan.fed([epoch.objective for epoch in self.result.epochs])
+        self.schedule = self.schedule.fed([epoch.objective for epoch in self.result.epochs])
 
     def stop(self, status: str, reason: str | None) -> None:
         """End the member: its status, then its reporters' on_end, once. It leaves the engine's
@@ -96,7 +96,7 @@ class Engine(Protocol):
     """What a run trains and how: the loop asks, the engine does the work on the device."""
 
     members: list[Member]
-    plan: Plan  # the phases and their epochs, common to every member
+    schedule: TrialSchedule  # the phases and their epochs, common to every member
     sync_every: int  # steps between two reads of the losses (a read waits for the device)
 
     @property
@@ -149,7 +149,7 @@ def _train(engine: Engine) -> None:
     # members train in lock step: a resumed trial goes on after the steps and epochs it restored
     step, epoch = len(members[0].result.steps), len(members[0].result.epochs)
     passed = 0
-    for phase in engine.plan.phases:
+    for phase in engine.schedule.phases:
         engine.enter(phase)
         for _ in range(phase.epochs):
             passed += 1
@@ -249,7 +249,7 @@ def _report_steps(engine: Engine, unread: list[tuple[torch.Tensor, list[int], tu
                 member.result.diverged_step = step
                 member.stop("diverged", f"loss became {value} at step {step} (epoch {epoch})")
                 continue
-            lrs, momentum = member.plan.at(step)
+            lrs, momentum = member.schedule.at(step)
             event = StepEvent(step, epoch, phase, tuple(lrs), momentum, value)
             member.result.steps.append(event)
             member.tell(lambda reporter, event=event: reporter.on_step(event))

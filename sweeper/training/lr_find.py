@@ -84,7 +84,7 @@ def lr_find(
     trial = prepare(cfg)
     model, optimizer = trial.model, trial.optimizer
     saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    trial.set_trainable(trial.plan.phases[0].trainable)
+    trial.set_trainable(trial.schedule.phases[0].trainable)
     batches = _batches(trial, num_it)
     # each param group's lr as a multiple of the head's: 1 for all, as fastai, unless the slice is followed
     ratios = [trial.peaks[owner] / trial.peaks[-1] if follow_slice else 1.0 for owner in trial.owners]

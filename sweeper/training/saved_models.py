@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MODEL_ARTIFACT",
     "SAVED_TAG",
-    "SAVE_MODEL",
     "ModelKeeper",
     "best_in_study",
     "best_so_far",
@@ -55,20 +54,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SAVE_MODEL = ("best", "all", "none")
 MODEL_ARTIFACT = "model.pt"
 SAVED_TAG = "saved_model"  # run tag: the artifact holding the weights
 
 
 def save_model_setting(cfg: DictConfig) -> str:
-    """`tracking.save_model`, checked (`none` when tracking is off: there is no run to keep them in)."""
+    """`tracking.save_model` (`none` when tracking is off: there is no run to keep them in)."""
     node = cfg.get("tracking")
     if node is None or not node.get("enabled", False):
         return "none"
-    value = node.get("save_model", "best")
-    if value not in SAVE_MODEL:
-        raise ConfigError(f"tracking.save_model: {value!r} must be one of {list(SAVE_MODEL)}, e.g. tracking.save_model=best.")
-    return value
+    return node.get("save_model", "best")
 
 
 class ModelKeeper(TrainerHook):

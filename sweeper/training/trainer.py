@@ -6,8 +6,8 @@ The story: `prepare` checks every setting and builds the trial (device, seeds, d
 its layer groups, an optimizer with a param group per layer group); `run` trains it phase by
 phase. The loss and the validation metrics are the task's (`cfg.task`, `sweeper.zoo.tasks`;
 classification when a config has none). Before every training batch the lr of every layer
-group and the momentum (SGD's momentum, Adam's beta1) are set by hand from the trial's plan
-(`sweeper.trial.plan`): the very values `sweeper schedule` prints for the same settings. After
+group and the momentum (SGD's momentum, Adam's beta1) are set by hand from the trial's schedule
+(`sweeper.trial.schedule`): the very values `sweeper schedule` prints for the same settings. After
 every epoch the model is evaluated on the whole validation set: the task's metrics and its loss.
 A shape that follows the validation objective (`shape=torch_plateau`, torch's ReduceLROnPlateau)
 is fed `train.objective` after every epoch, in `train.direction`'s mode unless `shape.mode` is
@@ -34,7 +34,7 @@ Phases:
   freezes them too. Phase "unfrozen": every group trains for `train.epochs` epochs with the
   configured slice and shape (`train.epochs=0` stops after the frozen phase: the head alone).
   Each phase's schedule starts at step 0 of its own total; `StepEvent.step` counts over both.
-  The phases and their lrs and momentum are `sweeper.trial.plan`'s plan, the one `sweeper
+  The phases and their lrs and momentum are `sweeper.trial.schedule`'s schedule, the one `sweeper
   schedule` prints. A phase whose shape moves no momentum trains with the optimizer's
   configured momentum, not with where the frozen phase left it.
 
@@ -73,13 +73,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sweeper.config import ConfigError, build_shape, instantiate_node, plain
-from sweeper.config.rules import check_required, whole
+from sweeper.config import ConfigError, build_shape, check_values, instantiate_node, plain
+from sweeper.config.rules import check_required
 from sweeper.schedules.slices import parse_lr
 from sweeper.training.loop import Member, run_loop
 from sweeper.training.seeding import seed_everything, use_deterministic_algorithms
 from sweeper.trial.events import Reporter, StartEvent, TrialResult
-from sweeper.trial.plan import Phase, Plan, plan_config
+from sweeper.trial.schedule import Phase, TrialSchedule, schedule_of
 from sweeper.trial.spec import TRIAL_NODES
 from sweeper.zoo.data import TrialData
 from sweeper.zoo.groups import LayerGroups, split_groups
@@ -136,7 +136,7 @@ class Trial:
     peaks: list[float]  # peak lr of each layer group
     optimizer: torch.optim.Optimizer
     owners: list[int]  # the layer group of each optimizer param group
-    plan: Plan  # the phases, and the lr and momentum of every step
+    schedule: TrialSchedule  # the phases, and the lr and momentum of every step
     batch_size: int
     sync_every: int  # steps between loss reads
     train_in_frozen: set[int]  # ids of parameters that train in frozen groups (train_bn)
@@ -163,6 +163,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
 
     # settings that need nothing built come first, so a typo fails in milliseconds
     check_required(cfg, TRIAL_NODES)
+    check_values(cfg)  # a config built by hand, not composed, is checked as a composed one
     task = build_task(_task_node(cfg))
     objective = settings.objective
     if objective not in task.metric_names:
@@ -171,23 +172,21 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
             f"{task.name}; choose one of {list(task.metric_names)}."
         )
     device = resolve_device(str(settings.device))
-    epochs = _whole(settings, "epochs", 0)
-    freeze_epochs = _whole(settings, "freeze_epochs", 0, default=0)
+    epochs, freeze_epochs = settings.epochs, settings.get("freeze_epochs", 0)
     if epochs + freeze_epochs < 1:
         raise ConfigError(
             f"train.epochs={epochs} with train.freeze_epochs={freeze_epochs} trains nothing; "
             f"set train.epochs to 1 or more (train.epochs=0 is for a frozen phase alone)."
         )
-    batch_size = _whole(settings, "batch_size", 1)
-    sync_every = _whole(settings, "sync_every", 1, default=16)
+    batch_size, sync_every = settings.batch_size, settings.get("sync_every", 16)
     lr_spec = parse_lr(plain(cfg.lr))
     shape = build_shape(cfg.shape)
 
     # reproducibility first, then everything that draws random numbers
     if settings.get("threads") is not None:
-        torch.set_num_threads(_whole(settings, "threads", 1))
+        torch.set_num_threads(settings.threads)
     use_deterministic_algorithms(bool(settings.deterministic))
-    generator = seed_everything(_whole(settings, "seed", 0))
+    generator = seed_everything(settings.seed)
     data = _build(cfg.data.source, "data.source", TrialData).to(device)
     model = _build(cfg.model.net, "model.net", nn.Module).to(device)
     task.check_targets(next(data.valid_batches(1))[1], _outputs(cfg), f"data={cfg.data.get('name', 'the data')}")
@@ -198,8 +197,8 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
     norms = norm_parameters(model)
     no_decay = no_decay_parameters(model, settings)
     optimizer, owners = build_optimizer(cfg.optimizer, groups, peaks, no_decay)
-    plan = plan_config(cfg, steps=(freeze_epochs + epochs) * data.n_train_batches(batch_size), n_groups=len(groups))
-    if plan.sets_momentum and not {"betas", "momentum"} & optimizer.defaults.keys():
+    schedule = schedule_of(cfg, steps=(freeze_epochs + epochs) * data.n_train_batches(batch_size), n_groups=len(groups))
+    if schedule.sets_momentum and not {"betas", "momentum"} & optimizer.defaults.keys():
         moved_by = f"shape {shape.name}" + (" and fine_tune's frozen one-cycle" if freeze_epochs else "")
         raise ConfigError(
             f"optimizer: {type(optimizer).__name__} has neither momentum nor betas for the "
@@ -218,7 +217,7 @@ def prepare(cfg: DictConfig | Mapping) -> Trial:
         peaks=peaks,
         optimizer=optimizer,
         owners=owners,
-        plan=plan,
+        schedule=schedule,
         batch_size=batch_size,
         sync_every=sync_every,
         train_in_frozen=norms if settings.get("train_bn", True) else set(),
@@ -301,17 +300,17 @@ class OneTrial:
 
     def __init__(self, trial: Trial, reporters: Sequence[Reporter]) -> None:
         self.trial = trial
-        self.plan = trial.plan
+        self.schedule = trial.schedule
         self.sync_every = trial.sync_every
         start = StartEvent(
             config=OmegaConf.to_container(trial.config, resolve=True),
             peaks=tuple(trial.peaks),
             n_groups=len(trial.groups),
-            total_steps=trial.plan.total,
+            total_steps=trial.schedule.total,
             device=str(trial.device),
         )
         result = TrialResult("finished", None, trial.config.train.objective, device=str(trial.device))
-        self.members = [Member(start, trial.plan, reporters, result, trial.started, trial=trial)]
+        self.members = [Member(start, trial.schedule, reporters, result, trial.started, trial=trial)]
         self.autocast = autocast(trial.device, trial.amp)
 
     @property
@@ -328,7 +327,7 @@ class OneTrial:
 
     def step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         trial = self.trial
-        lrs, momentum = self.members[0].plan.at(step)  # fed the objective so far (torch_plateau)
+        lrs, momentum = self.members[0].schedule.at(step)  # fed the objective so far (torch_plateau)
         set_hyperparameters(trial.optimizer, trial.owners, lrs, momentum)
         with self.autocast:
             loss = trial.task.loss(trial.model(x), y)
@@ -390,10 +389,6 @@ def _task_node(cfg: DictConfig | Mapping) -> object:
 def _outputs(cfg: DictConfig) -> int:
     """The model's output size (data.outputs; data.num_classes in configs recorded before it)."""
     return cfg.data.get("outputs", cfg.data.get("num_classes"))
-
-
-def _whole(settings: DictConfig, name: str, minimum: int, default: int | None = None) -> int:
-    return whole(f"train.{name}", settings.get(name, default), minimum)
 
 
 def _build(node: DictConfig, setting: str, kind: type) -> object:

@@ -122,10 +122,8 @@ class LoaderData:
             yield x.to(self.device, non_blocking=on_gpu), y.to(self.device, non_blocking=on_gpu)
 
 
-def _split(x: Tensor, y: Tensor, val_fraction: float, seed: int, setting: str = "data.source.val_fraction") -> TensorData:
+def _split(x: Tensor, y: Tensor, val_fraction: float, seed: int) -> TensorData:
     """A seeded random split into training and validation sets (the same for every trial)."""
-    if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
-        raise ConfigError(f"{setting}: {val_fraction!r} must be between 0 and 1, e.g. {setting}=0.25.")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_valid = max(1, round(len(y) * val_fraction))
     valid, train = order[:n_valid], order[n_valid:]
@@ -203,7 +201,6 @@ def digits_classes(
     y = torch.tensor([classes.index(int(label)) for label in y])
     if train_per_class is None:
         return _checked(_split(x, y, val_fraction, split_seed), shape, num_classes, "data.source.classes")
-    whole("data.source.train_per_class", train_per_class, 1, null="")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(split_seed))
     train = torch.cat([order[y[order] == label][:train_per_class] for label in range(len(classes))])
     valid = order[~torch.isin(order, train)]
@@ -249,7 +246,6 @@ def synthetic_regression(
     that a model's first outputs are on their scale."""
     from sklearn.datasets import make_regression
 
-    whole("data.source.outputs", outputs, 1)
     x, y = make_regression(
         n_samples=n_samples,
         n_features=n_features,

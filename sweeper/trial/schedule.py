@@ -1,10 +1,10 @@
-"""A trial's plan: the lr of every layer group and the momentum at every training batch, over
+"""A trial's schedule: the lr of every layer group and the momentum at every training batch, over
 every phase. The trainer applies it, `sweeper schedule` prints and plots it, the report draws it.
 
-    plan = plan_config(cfg, steps=120)          # from a composed config
-    plan.lrs[step, group], plan.momenta[step, group], plan.at(step), plan.rows()
+    schedule = schedule_of(cfg, steps=120)          # from a composed config
+    schedule.lrs[step, group], schedule.momenta[step, group], schedule.at(step), schedule.rows()
 
-The plan is a value: small frozen dataclasses (it pickles, compares and prints as its config)
+The schedule is a value: small frozen dataclasses (it pickles, compares and prints as its config)
 and two [step, group] tables filled once when it is made. A fused engine stacks the tables of
 its members into [member, step, group] tensors.
 
@@ -20,8 +20,8 @@ Phases, as fastai runs them:
 Each phase's schedule starts at step 0 of its own total; the tables run over both.
 
 The objective: a shape that follows the validation objective (torch_plateau) is planned for an
-objective that never improves; the trainer feeds the plan the objective after every epoch
-(`Plan.fed`), and the epochs after it are planned again from what it was. Its mode, where the
+objective that never improves; the trainer feeds the schedule the objective after every epoch
+(`TrialSchedule.fed`), and the epochs after it are planned again from what it was. Its mode, where the
 shape sets none, is train.direction's (`configured_shape`).
 
 Momentum: `momenta` is NaN (`at` says None) where the optimizer keeps its own: where the shape
@@ -48,13 +48,13 @@ from sweeper.schedules.slices import parse_lr
 __all__ = [
     "FROZEN_PCT_START",
     "Phase",
-    "Plan",
+    "TrialSchedule",
     "configured_shape",
     "count_groups",
     "frozen_shape",
     "optimizer_momentum_off",
-    "plan_config",
-    "plan_trial",
+    "schedule_from_peaks",
+    "schedule_of",
     "whole_epoch_steps",
 ]
 
@@ -72,7 +72,7 @@ class Phase:
 
 
 @dataclass(frozen=True)
-class Plan:
+class TrialSchedule:
     """Every phase of a trial, and its lr and momentum tables over all of them.
 
     The tables are filled once, here: mid-training a shape's arithmetic (NumPy float32 for the
@@ -88,7 +88,7 @@ class Plan:
 
     def __post_init__(self) -> None:
         if not self.phases:
-            raise ConfigError("the plan has no phase: train at least one epoch (train.epochs or train.freeze_epochs).")
+            raise ConfigError("the schedule has no phase: train at least one epoch (train.epochs or train.freeze_epochs).")
         lrs = np.concatenate([phase.schedule.table[0] for phase in self.phases])  # exact Python floats
         momenta = np.concatenate([phase.schedule.table[1] for phase in self.phases])
         if self.momentum_off:
@@ -98,13 +98,13 @@ class Plan:
 
     @property
     def follows_objective(self) -> bool:
-        """Does a phase's lr follow the validation objective (torch_plateau)? Its plan is then
+        """Does a phase's lr follow the validation objective (torch_plateau)? Its schedule is then
         for an objective that never improves, until `fed` the objectives."""
         return any(follows_objective(phase.schedule.shape) for phase in self.phases)
 
-    def fed(self, objectives: Sequence[float]) -> Plan:
-        """This plan after the validation objective of the epochs so far (over every phase): a
-        phase whose shape follows it is planned again from them; a plan without one is itself."""
+    def fed(self, objectives: Sequence[float]) -> TrialSchedule:
+        """This schedule after the validation objective of the epochs so far (over every phase): a
+        phase whose shape follows it is planned again from them; a schedule without one is itself."""
         if not self.follows_objective:
             return self
         phases, first = [], 0
@@ -114,7 +114,7 @@ class Plan:
                 phase = dataclasses.replace(phase, schedule=dataclasses.replace(phase.schedule, metrics=own))
             phases.append(phase)  # a phase that does not follow it keeps its schedule and its table
             first += phase.epochs
-        return Plan(self.peaks, tuple(phases), self.momentum_off)
+        return TrialSchedule(self.peaks, tuple(phases), self.momentum_off)
 
     @property
     def total(self) -> int:
@@ -141,7 +141,7 @@ class Plan:
         for phase, start in zip(reversed(self.phases), reversed(self.starts)):
             if step >= start:
                 return phase
-        raise IndexError(f"step {step} is before the plan's first step")
+        raise IndexError(f"step {step} is before the schedule's first step")
 
     def at(self, step: int) -> tuple[list[float], float | None]:
         """The lr of every group and the momentum (None: the optimizer's own) at `step`.
@@ -172,7 +172,7 @@ def frozen_shape(shape: Shape) -> FastaiOneCycle:
     return FastaiOneCycle(pct_start=FROZEN_PCT_START)
 
 
-def plan_trial(
+def schedule_from_peaks(
     peaks: Sequence[float],
     shape: Shape,
     *,
@@ -180,7 +180,7 @@ def plan_trial(
     steps: int,
     freeze_epochs: int = 0,
     momentum_off: bool = False,
-) -> Plan:
+) -> TrialSchedule:
     """fit_one_cycle, or fine_tune's frozen and unfrozen phases (see the module docstring).
 
     `steps` counts the training batches of every epoch of every phase; with frozen epochs the
@@ -202,22 +202,24 @@ def plan_trial(
     if epochs:
         schedule = Schedule(tuple(peaks), shape, epochs * per_epoch if freeze_epochs else steps, epochs)
         phases.append(Phase("unfrozen" if freeze_epochs else "train", epochs, schedule, (True,) * n_groups))
-    return Plan(tuple(float(p) for p in peaks), tuple(phases), momentum_off)
+    return TrialSchedule(tuple(float(p) for p in peaks), tuple(phases), momentum_off)
 
 
-def plan_config(cfg: DictConfig | Mapping, *, steps: int, n_groups: int | None = None, lr: object = None, momentum: bool = True) -> Plan:
-    """The plan of a trial of `cfg` with `steps` training batches over all its epochs.
+def schedule_of(
+    cfg: DictConfig | Mapping, *, steps: int, n_groups: int | None = None, lr: object = None, momentum: bool = True
+) -> TrialSchedule:
+    """The schedule of a trial of `cfg` with `steps` training batches over all its epochs.
 
     `n_groups` is the model's number of layer groups when the caller has split it (the
     trainer); by default it is counted from the config (`count_groups`). `lr`, any form
     `sweeper.schedules.slices.parse_lr` reads, stands in for the config's lr. `momentum=False` leaves
     the optimizer's momentum unasked (whether it is 0 may mean importing the optimizer, torch
-    with it): for a plan whose lrs alone are read, as the sweep's report reads them.
+    with it): for a schedule whose lrs alone are read, as the sweep's report reads them.
     """
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     spec = parse_lr(plain(cfg.lr) if lr is None else lr)
     n_groups = count_groups(cfg.model) if n_groups is None else n_groups
-    return plan_trial(
+    return schedule_from_peaks(
         spec.peaks(n_groups),
         configured_shape(cfg),
         epochs=cfg.train.epochs,

@@ -1,6 +1,6 @@
-"""The planner: fine_tune's two phases and SGD without momentum against fastai 2.8.12 itself
-(tests/data/fastai_parity.json, made by scripts/fastai_reference.py), the plan as a value, and
-one plan for the trainer, `sweeper schedule` and the report."""
+"""The trial schedule: fine_tune's two phases and SGD without momentum against fastai 2.8.12 itself
+(tests/data/fastai_parity.json, made by scripts/fastai_reference.py), the schedule as a value, and
+one schedule for the trainer, `sweeper schedule` and the report."""
 
 from __future__ import annotations
 
@@ -20,14 +20,22 @@ from sweeper.config import compose_config
 from sweeper.schedules.shapes import Constant, FastaiOneCycle, TorchOneCycle
 from sweeper.schedules.slices import peak_lrs
 from sweeper.training.trainer import prepare, set_hyperparameters
-from sweeper.trial.plan import Plan, count_groups, frozen_shape, optimizer_momentum_off, plan_config, plan_trial, whole_epoch_steps
+from sweeper.trial.schedule import (
+    TrialSchedule,
+    count_groups,
+    frozen_shape,
+    optimizer_momentum_off,
+    schedule_from_peaks,
+    schedule_of,
+    whole_epoch_steps,
+)
 
 FASTAI = json.loads((Path(__file__).parent / "data" / "fastai_parity.json").read_text())
 EXACT = 1e-12  # fastai's positions are its accumulated pct_train, ours step / total
 
 
 def split_in_two(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """A splitter (model.groups=tests.test_planner.split_in_two): the body, then the head."""
+    """A splitter (model.groups=tests.test_trial_schedule.split_in_two): the body, then the head."""
     return [model.body, model.head]
 
 
@@ -43,13 +51,13 @@ def test_fine_tune_matches_fastai_in_both_phases_batch_for_batch(case):
     kwargs = {k: tuple(v) if k == "moms" else v for k, v in case["kwargs"].items()}
     shape = FastaiOneCycle(pct_start=args["pct_start"], div=args["div"], **kwargs)
     steps = (case["freeze_epochs"] + case["epochs"]) * case["n_batches"]
-    plan = plan_trial(peaks, shape, epochs=case["epochs"], freeze_epochs=case["freeze_epochs"], steps=steps)
-    assert plan.total == len(case["lrs"])
-    assert [plan.phase_at(step).name for step in range(plan.total)] == case["phases"]
+    schedule = schedule_from_peaks(peaks, shape, epochs=case["epochs"], freeze_epochs=case["freeze_epochs"], steps=steps)
+    assert schedule.total == len(case["lrs"])
+    assert [schedule.phase_at(step).name for step in range(schedule.total)] == case["phases"]
     for step, (lrs, moms) in enumerate(zip(case["lrs"], case["moms"])):
-        for group, (lr, expected) in enumerate(zip(plan.lrs[step], lrs, strict=True)):
+        for group, (lr, expected) in enumerate(zip(schedule.lrs[step], lrs, strict=True)):
             assert math.isclose(lr, expected, rel_tol=EXACT), (step, group, lr, expected)
-        for momentum, expected in zip(plan.momenta[step], moms, strict=True):  # moms reach the frozen phase too
+        for momentum, expected in zip(schedule.momenta[step], moms, strict=True):  # moms reach the frozen phase too
             assert math.isclose(momentum, expected, rel_tol=EXACT), (step, momentum, expected)
 
 
@@ -67,24 +75,26 @@ def fastai_sgd_batches(case: dict):
         yield from batches
 
 
-def sgd_run(momentum_off: bool) -> tuple[list[list[float]], torch.optim.Optimizer, Plan]:
-    """fastai's fit_one_cycle(2, 0.1) of y = a x + b, with torch's SGD(momentum=0) and our plan."""
+def sgd_run(momentum_off: bool) -> tuple[list[list[float]], torch.optim.Optimizer, TrialSchedule]:
+    """fastai's fit_one_cycle(2, 0.1) of y = a x + b, with torch's SGD(momentum=0) and our schedule."""
     case = FASTAI["sgd_no_momentum"]
     layer = torch.nn.Linear(1, 1)
     with torch.no_grad():
         layer.weight.fill_(case["initial"][0])
         layer.bias.fill_(case["initial"][1])
     optimizer = torch.optim.SGD(layer.parameters(), lr=case["lr_max"], momentum=0.0)
-    plan = plan_trial([case["lr_max"]], FastaiOneCycle(), epochs=case["n_epoch"], steps=len(case["lrs"]), momentum_off=momentum_off)
+    schedule = schedule_from_peaks(
+        [case["lr_max"]], FastaiOneCycle(), epochs=case["n_epoch"], steps=len(case["lrs"]), momentum_off=momentum_off
+    )
     params = []
     for step, (x, y) in enumerate(fastai_sgd_batches(case)):
-        set_hyperparameters(optimizer, [0], *plan.at(step))
+        set_hyperparameters(optimizer, [0], *schedule.at(step))
         loss = torch.nn.functional.mse_loss(layer(x).view(-1), y.view(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         params.append([layer.weight.item(), layer.bias.item()])
-    return params, optimizer, plan
+    return params, optimizer, schedule
 
 
 def test_sgd_without_momentum_keeps_none_as_fastais_sgd():
@@ -92,11 +102,11 @@ def test_sgd_without_momentum_keeps_none_as_fastais_sgd():
     assert not case["grad_avg_kept"]  # fastai's SGD(mom=0) keeps no average of the gradients...
     assert case["moms"][0] == [0.95]  # ...though fit_one_cycle schedules its mom all the same
     assert optimizer_momentum_off(compose_config(["optimizer=sgd", "optimizer.momentum=0.0"]).optimizer)
-    params, optimizer, plan = sgd_run(momentum_off=True)
-    assert all(plan.at(step)[1] is None for step in range(plan.total))  # the plan never sets it
+    params, optimizer, schedule = sgd_run(momentum_off=True)
+    assert all(schedule.at(step)[1] is None for step in range(schedule.total))  # the schedule never sets it
     assert optimizer.param_groups[0]["momentum"] == 0.0
     assert all(state.get("momentum_buffer") is None for state in optimizer.state.values())  # no buffers
-    for step, (lr, expected) in enumerate(zip(plan.lrs[:, 0], case["lrs"])):
+    for step, (lr, expected) in enumerate(zip(schedule.lrs[:, 0], case["lrs"])):
         assert math.isclose(lr, expected[0], rel_tol=EXACT), step
     for step, (ours, theirs) in enumerate(zip(params, case["params"], strict=True)):
         assert ours == pytest.approx(theirs, rel=1e-6), step  # every update is fastai's
@@ -119,50 +129,50 @@ def test_which_optimizers_keep_their_momentum_at_zero(overrides, off):
     assert optimizer_momentum_off(compose_config(overrides).optimizer) is off
 
 
-def test_the_plan_is_a_step_by_group_table_over_both_phases():
+def test_the_schedule_is_a_step_by_group_table_over_both_phases():
     peaks = peak_lrs(slice(1e-4, 1e-2), 3)
-    plan = plan_trial(peaks, FastaiOneCycle(pct_start=0.3, div=5.0), epochs=3, freeze_epochs=1, steps=40)
-    assert plan.lrs.shape == plan.momenta.shape == (40, 3)
-    assert [p.name for p in plan.phases] == ["frozen", "unfrozen"] and plan.starts == (0, 10)
-    assert [p.trainable for p in plan.phases] == [(False, False, True), (True, True, True)]
-    assert plan.phases[0].schedule.peaks == (2e-3, 2e-3, 2e-2)  # slice(base_lr), base_lr = 2 x the head peak
+    schedule = schedule_from_peaks(peaks, FastaiOneCycle(pct_start=0.3, div=5.0), epochs=3, freeze_epochs=1, steps=40)
+    assert schedule.lrs.shape == schedule.momenta.shape == (40, 3)
+    assert [p.name for p in schedule.phases] == ["frozen", "unfrozen"] and schedule.starts == (0, 10)
+    assert [p.trainable for p in schedule.phases] == [(False, False, True), (True, True, True)]
+    assert schedule.phases[0].schedule.peaks == (2e-3, 2e-3, 2e-2)  # slice(base_lr), base_lr = 2 x the head peak
     for step in range(40):
-        phase = plan.phase_at(step)
-        lrs, momentum = phase.schedule.at(step - plan.starts[plan.phases.index(phase)])
-        assert plan.at(step) == (lrs, momentum)  # the very floats of each phase's schedule
-        assert list(plan.momenta[step]) == [momentum] * 3  # every group the same momentum
-    rows = plan.rows()
+        phase = schedule.phase_at(step)
+        lrs, momentum = phase.schedule.at(step - schedule.starts[schedule.phases.index(phase)])
+        assert schedule.at(step) == (lrs, momentum)  # the very floats of each phase's schedule
+        assert list(schedule.momenta[step]) == [momentum] * 3  # every group the same momentum
+    rows = schedule.rows()
     assert [r["phase"] for r in rows] == ["frozen"] * 10 + ["unfrozen"] * 30
-    assert [r["lr_2"] for r in rows] == plan.lrs[:, 2].tolist()
+    assert [r["lr_2"] for r in rows] == schedule.lrs[:, 2].tolist()
 
 
-def test_the_plan_is_a_picklable_value():
-    plan = plan_trial([1e-3, 1e-2], FastaiOneCycle(), epochs=2, freeze_epochs=1, steps=30)
-    copy = pickle.loads(pickle.dumps(plan))
-    assert copy == plan and np.array_equal(copy.lrs, plan.lrs)
-    assert np.array_equal(copy.momenta, plan.momenta, equal_nan=True)
+def test_the_schedule_is_a_picklable_value():
+    schedule = schedule_from_peaks([1e-3, 1e-2], FastaiOneCycle(), epochs=2, freeze_epochs=1, steps=30)
+    copy = pickle.loads(pickle.dumps(schedule))
+    assert copy == schedule and np.array_equal(copy.lrs, schedule.lrs)
+    assert np.array_equal(copy.momenta, schedule.momenta, equal_nan=True)
     with pytest.raises(AttributeError):
-        plan.peaks = (1.0, 1.0)  # frozen
+        schedule.peaks = (1.0, 1.0)  # frozen
 
 
-def test_the_plan_draws_as_a_schedule(tmp_path):
+def test_the_schedule_draws_as_a_plot(tmp_path):
     from sweeper.schedules.plots import plot_schedule
 
-    plan = plan_trial([1e-3, 1e-2], Constant(), epochs=2, freeze_epochs=1, steps=30)
-    assert plan.shape == Constant()  # the configured one; the frozen phase's is fine_tune's
-    assert plot_schedule(plan, tmp_path / "plan.png").read_bytes().startswith(b"\x89PNG")
+    schedule = schedule_from_peaks([1e-3, 1e-2], Constant(), epochs=2, freeze_epochs=1, steps=30)
+    assert schedule.shape == Constant()  # the configured one; the frozen phase's is fine_tune's
+    assert plot_schedule(schedule, tmp_path / "schedule.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_shape_without_momentum_leaves_nan_where_the_optimizer_keeps_its_own():
-    plan = plan_trial([1e-3], Constant(), epochs=1, freeze_epochs=1, steps=8)
-    assert not np.isnan(plan.momenta[:4]).any() and np.isnan(plan.momenta[4:]).all()  # frozen one-cycle, then constant
-    assert plan.at(5)[1] is None and plan.sets_momentum
-    assert not plan_trial([1e-3], FastaiOneCycle(), epochs=2, steps=8, momentum_off=True).sets_momentum
+    schedule = schedule_from_peaks([1e-3], Constant(), epochs=1, freeze_epochs=1, steps=8)
+    assert not np.isnan(schedule.momenta[:4]).any() and np.isnan(schedule.momenta[4:]).all()  # frozen one-cycle, then constant
+    assert schedule.at(5)[1] is None and schedule.sets_momentum
+    assert not schedule_from_peaks([1e-3], FastaiOneCycle(), epochs=2, steps=8, momentum_off=True).sets_momentum
 
 
 def test_steps_must_split_into_whole_epochs_of_both_phases():
     with pytest.raises(ValueError, match="multiple of 4"):
-        plan_trial([1e-3], FastaiOneCycle(), epochs=3, freeze_epochs=1, steps=10)
+        schedule_from_peaks([1e-3], FastaiOneCycle(), epochs=3, freeze_epochs=1, steps=10)
     cfg = compose_config(["train.freeze_epochs=1", "train.epochs=6"])
     assert whole_epoch_steps(cfg, 100) == 98 and whole_epoch_steps(cfg, 2) == 7
     assert whole_epoch_steps(compose_config(), 100) == 100  # one phase: any count
@@ -170,7 +180,7 @@ def test_steps_must_split_into_whole_epochs_of_both_phases():
 
 @pytest.mark.parametrize(
     ("overrides", "n_groups"),
-    [([], 3), (["model.groups=2"], 2), (["model.groups=null"], 1), (["model.groups=tests.test_planner.split_in_two"], 2)],
+    [([], 3), (["model.groups=2"], 2), (["model.groups=null"], 1), (["model.groups=tests.test_trial_schedule.split_in_two"], 2)],
 )
 def test_groups_are_counted_as_the_trial_splits_the_model(overrides, n_groups):
     assert count_groups(compose_config(overrides).model) == n_groups
@@ -180,20 +190,20 @@ def test_groups_are_counted_as_the_trial_splits_the_model(overrides, n_groups):
     "overrides",
     [
         ["train.freeze_epochs=1", "train.epochs=2", "shape=fastai_fine_tune", "shape.moms=[0.9,0.8,0.9]", "shape.div_final=1e3"],
-        ["model.groups=tests.test_planner.split_in_two", "lr=fastai"],  # a splitter: two groups
+        ["model.groups=tests.test_trial_schedule.split_in_two", "lr=fastai"],  # a splitter: two groups
         ["optimizer=sgd", "optimizer.momentum=0.0", "train.freeze_epochs=1", "train.epochs=1"],
         ["shape=fastai_sgdr", "train.epochs=7"],
     ],
     ids=["fine_tune", "splitter", "sgd-no-momentum", "sgdr"],
 )
-def test_trainer_schedule_command_and_report_plan_alike(overrides, tmp_path, capsys):
+def test_trainer_schedule_command_and_report_schedule_alike(overrides, tmp_path, capsys):
     overrides = ["train.batch_size=256", "train.device=cpu", *overrides]
     trial = prepare(compose_config(overrides))
-    plan = trial.plan
-    assert plan == plan_config(compose_config(overrides), steps=plan.total)  # one plan from the config
-    assert len(plan.peaks) == len(trial.groups)
-    assert main(["schedule", "--json", "--no-plot", "--steps", str(plan.total), *overrides]) == 0
+    schedule = trial.schedule
+    assert schedule == schedule_of(compose_config(overrides), steps=schedule.total)  # one schedule from the config
+    assert len(schedule.peaks) == len(trial.groups)
+    assert main(["schedule", "--json", "--no-plot", "--steps", str(schedule.total), *overrides]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert [p["name"] for p in document["phases"]] == [p.name for p in plan.phases]
-    assert document["rows"] == plan.rows()  # every phase, every group, every step
-    assert _planned_schedule(overrides, steps=plan.total, allowed=Allowed(("tests",))) == plan.lrs.T.tolist()
+    assert [p["name"] for p in document["phases"]] == [p.name for p in schedule.phases]
+    assert document["rows"] == schedule.rows()  # every phase, every group, every step
+    assert _planned_schedule(overrides, steps=schedule.total, allowed=Allowed(("tests",))) == schedule.lrs.T.tolist()
