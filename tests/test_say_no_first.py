@@ -125,3 +125,24 @@ def test_commands_after_a_sweep_refuse_before_loading_their_work(existing, argv,
     assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
     assert loaded == HEAVY_NONE
     assert snapshot(existing) == before
+
+
+def test_a_sweep_its_trainer_refuses_is_said_by_the_warm_servers_check_without_torch_here(workdir):
+    """The trainer's checks (its metrics, one trial built) run in a process forked from the warm
+    server, which loads the trainer: the sweep's own process says the refusal, loading no torch."""
+    code, loaded, _, err = command(["sweep", "train.objective=f1", "results_dir=results"], workdir)
+    assert code == 2 and err.startswith("sweeper sweep: error: train.objective") and "['accuracy', 'loss']" in err, err
+    assert len(err.splitlines()) == 1
+    assert "torch" not in loaded
+    assert made_under(workdir) == []
+
+
+@pytest.mark.slow
+def test_a_real_sweeps_process_loads_no_torch(workdir):
+    """sweeper's own trainer, trained by the workers: the sweep's process checks, records and
+    reports without loading torch."""
+    argv = ["sweep", "sweep.n_trials=1", "train.epochs=1", "sweep.workers=1", "sweep.live=false", "results_dir=results"]
+    code, loaded, out, err = command(argv, workdir)
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert "1/1 finished" in out
+    assert "torch" not in loaded
