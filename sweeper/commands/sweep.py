@@ -151,9 +151,9 @@ def _begin(plan: SweepPlan, folder: Path, held: list[LocalWorker], *, fresh: boo
     # The trainer's checks (torch, for sweeper's own) run in a process forked from the warm
     # server, which has loaded the trainer already, beside the checks of the space here.
     trainer_checked = check_trainer_beside(plan, held)
+    check_server(plan.cfg)  # unreachable: said before anything is written here
     check_space(plan)
     trainer_checked()
-    check_server(plan.cfg)  # unreachable: said before anything is written here
     # Two commands of one sweep started at once make one study and one parent run: the run is
     # made under a lock of its own, not the study's claim, which the workers take for every trial.
     with _run_lock(folder):
