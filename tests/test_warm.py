@@ -110,3 +110,21 @@ def test_stopping_a_worker_that_ends_as_it_is_stopped_is_no_error(tmp_path, monk
     worker = launchers.WarmWorker("worker 0", tmp_path / "log", server, 0, [], {}, cold=lambda: None, started=True)
     worker.stop()
     assert server.closed
+
+
+def test_an_early_request_is_served_between_two_loads_and_the_others_once_all_are_loaded(tmp_path, monkeypatch):
+    """The sweep's check of its trainer needs only the server's first loads: it is forked between
+    two loads, while a worker asked for at the same time waits until every load is done."""
+    done = tmp_path / "early-done"
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
+    monkeypatch.setenv("EARLY_DONE", str(done))
+    server = WarmServer(["helpers.warm_marks:warm", "helpers.warm_marks:after_the_early_one"])
+    try:
+        report = [sys.executable, "-m", "helpers.warm_report"]
+        assert server.start(0, report, dict(os.environ), tmp_path / "worker.log")  # waits for every load
+        touch = [sys.executable, "-m", "helpers.warm_touch", str(done)]
+        assert server.start(1, touch, dict(os.environ), tmp_path / "early.log", early=True)
+        assert server.wait_exit(1, 300) == 0 and server.wait_exit(0, 300) == 0
+    finally:
+        server.kill()
+    assert (tmp_path / "worker.log").read_text().split() == ["warm,after-early"]

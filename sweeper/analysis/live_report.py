@@ -18,6 +18,8 @@ schedules, unless the last trials beat them. The libraries are imported here too
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +38,7 @@ __all__ = ["LiveReport"]
 LOOK_SECONDS = 0.5  # how often the thread looks for newly finished trials
 TAIL_LOOK_SECONDS = 0.1  # in the sweep's tail: the last trial's end starts the last drawing at once
 MIN_INTERVAL_SECONDS = 2.0
+REPORT_NICE = 10  # the report's thread yields the cores to the trials
 SETTLE_SECONDS = 2.0  # the longest the last drawing waits for the last trials' records
 
 
@@ -73,6 +76,10 @@ class LiveReport:
             self._thread.join()
 
     def _run(self) -> None:
+        # The trials come first: on a machine whose cores the workers fill, this thread (the
+        # libraries' import, each drawing) takes what they leave (a thread's own nice, Linux).
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REPORT_NICE)
         # The report's libraries load now, not after the last trial; matplotlib first, one thread
         # at a time (the recorder draws runs' schedule plots in another).
         import_plotting()

@@ -283,7 +283,7 @@ def check_trainer_beside(plan: SweepPlan, held: Sequence[LocalWorker | WarmWorke
     os.close(handle)
     log = Path(name)
     command, sweep = worker_command(plan, CHECK_INDEX, None, parent=server.pid)
-    if not server.start(CHECK_INDEX, [*command, "--check"], {**os.environ, **sweep}, log):
+    if not server.start(CHECK_INDEX, [*command, "--check"], {**os.environ, **sweep}, log, early=True):
         log.unlink(missing_ok=True)
         return lambda: check_trainer(plan)
 

@@ -18,7 +18,7 @@ server ignores it, the workers stop as they do). The server ends with the sweep 
 death signal), and the workers with the server, so a killed sweep leaves nothing running.
 
 Protocol, one line each: the sweep writes a JSON request per worker to the server's stdin
-({"index", "module", "argv", "env", "log"}: the worker runs as `python -m MODULE ARGV` would); the server answers on its stdout `started INDEX PID` and,
+({"index", "module", "argv", "env", "log", "early"}: the worker runs as `python -m MODULE ARGV` would); the server answers on its stdout `started INDEX PID` and,
 once that worker has ended, `exit PID CODE` (CODE as subprocess reports it: -N for signal N).
 End of its stdin: the server waits for its workers, then ends.
 """
@@ -68,13 +68,14 @@ class WarmServer:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def start(self, index: int, command: Sequence[str], env: dict[str, str], log: Path) -> bool:
+    def start(self, index: int, command: Sequence[str], env: dict[str, str], log: Path, *, early: bool = False) -> bool:
         """Ask for worker `index`, to run `command` (`python -m MODULE ARGS...`, as a started worker
-        would); False when the server is gone (the caller starts the worker cold)."""
+        would); False when the server is gone (the caller starts the worker cold). `early`: it
+        may be forked before the server has loaded everything (it needs only the first loads)."""
         python, option, module, *argv = command
         if option != "-m":
             raise ValueError(f"the warm server runs modules (python -m MODULE ...), not {list(command)}")
-        request = json.dumps({"index": index, "module": module, "argv": argv, "env": env, "log": str(log)})
+        request = json.dumps({"index": index, "module": module, "argv": argv, "env": env, "log": str(log), "early": early})
         try:
             self.process.stdin.write(request.encode() + b"\n")
             self.process.stdin.flush()
@@ -136,27 +137,63 @@ class WarmServer:
 def serve(requests: IO[bytes], answers: IO[bytes], sweep: int, preload: Sequence[str]) -> Callable[[], int] | None:
     """The server's loop. Returns None in the server once its input has ended and its workers
     with it; in a forked worker it returns that worker's job, for the caller to run and exit
-    with (the interpreter then ends as a started process does: threads joined, atexit run)."""
+    with (the interpreter then ends as a started process does: threads joined, atexit run).
+
+    A request marked `early` that comes while the server is still loading is served between two
+    loads (the sweep's check of its trainer, which needs only the first ones); the others wait
+    for every load."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the sweep and its workers
     end_with_parent(sweep)
+    serving = _Serving(requests, answers)
     for name in preload:
         _load(name)
-    running: set[int] = set()
-    pending = b""  # read, not yet a whole line
-    while True:
-        ready, _, _ = select.select([requests], [], [], REAP_SECONDS)
+        job = serving.step(0, early_only=True)
+        if job is not None:
+            return job
+    job = serving.fork_waiting()
+    while job is None and not serving.ended:
+        job = serving.step(REAP_SECONDS)
+    if job is not None:
+        return job
+    _reap(answers, serving.running, block=True)
+    return None
+
+
+class _Serving:
+    """The requests read so far, the workers forked and not yet reaped."""
+
+    def __init__(self, requests: IO[bytes], answers: IO[bytes]) -> None:
+        self.requests, self.answers = requests, answers
+        self.running: set[int] = set()
+        self.pending = b""  # read, not yet a whole line
+        self.waiting: list[dict] = []  # requests read while loading, to fork once loaded
+        self.ended = False  # the sweep closed the server's input
+
+    def step(self, timeout: float, *, early_only: bool = False) -> Callable[[], int] | None:
+        """Fork what was asked for within `timeout` (with `early_only`, the early requests; the
+        others wait) and reap ended workers; in a forked worker, its job."""
+        ready, _, _ = select.select([self.requests], [], [], timeout)
         if ready:
-            chunk = os.read(requests.fileno(), 1 << 16)
-            if not chunk:
-                break
-            *lines, pending = (pending + chunk).split(b"\n")
+            chunk = os.read(self.requests.fileno(), 1 << 16)
+            self.ended = not chunk
+            *lines, self.pending = (self.pending + chunk).split(b"\n")
             for line in lines:
-                job = _fork(json.loads(line), answers, running)
+                request = json.loads(line)
+                if early_only and not request.get("early"):
+                    self.waiting.append(request)
+                    continue
+                job = _fork(request, self.answers, self.running)
                 if job is not None:
                     return job
-        _reap(answers, running, block=False)
-    _reap(answers, running, block=True)
-    return None
+        _reap(self.answers, self.running, block=False)
+        return None
+
+    def fork_waiting(self) -> Callable[[], int] | None:
+        while self.waiting:
+            job = _fork(self.waiting.pop(0), self.answers, self.running)
+            if job is not None:
+                return job
+        return None
 
 
 def _load(name: str) -> None:
