@@ -30,7 +30,7 @@ fi
 started=$SECONDS
 echo "== storage"
 .venv/bin/python scripts/bench_storage.py "${storage[@]}" --out "$out/storage.md"
-for name in trainer tracking sweep pruning scaling checkpoints fused end_to_end refusals; do
+for name in trainer tracking sweep pruning scaling checkpoints fused end_to_end first_sweep refusals; do
   echo "== $name"
   .venv/bin/python "scripts/bench_$name.py" "${quick[@]}" --out-dir "$out"
 done
