@@ -39,6 +39,7 @@ REFUSED = [
     ),
     (["tracking.enabled=yes"], "tracking.enabled: 'yes' must be true or false."),
     (["sweep.allow_changes=1"], "sweep.allow_changes: 1 must be true or false."),
+    (["sweep.live=flase"], "sweep.live: 'flase' must be auto, true or false."),
     (
         ["data=digits_transfer", "data.source.train_per_class=true"],
         "data.source.train_per_class: True must be a whole number >= 1, or null, e.g. data.source.train_per_class=1.",

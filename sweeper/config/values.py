@@ -87,11 +87,13 @@ class Positive:
 
 @dataclass(frozen=True)
 class Flag:
-    """true or false (YAML's), nothing that merely reads as one."""
+    """true or false (YAML's), nothing that merely reads as one; with `auto`, auto too."""
+
+    auto: bool = False
 
     def check(self, setting: str, value: object) -> None:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{setting}: {value!r} must be true or false.")
+        if not isinstance(value, bool) and not (self.auto and value == "auto"):
+            raise ConfigError(f"{setting}: {value!r} must be {'auto, true' if self.auto else 'true'} or false.")
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ VALUES: dict[str, Whole | Seconds | Positive | Flag | Fraction | Named | OneOf |
     "sweep.n_trials": Whole(1, unit="a whole number of trials"),
     "sweep.timeout": Seconds(null="for none"),
     "sweep.poll": Seconds(example=0.5),
+    "sweep.live": Flag(auto=True),
     "sweep.max_failures": Whole(1, null="for sweep.n_trials"),
     "sweep.fuse": Whole(1, unit="a whole number of trials"),
     "sweep.compare": OneOf(COMPARE),
