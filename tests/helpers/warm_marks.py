@@ -19,11 +19,13 @@ def after_the_early_one() -> None:
     written the file EARLY_DONE names (WARM_WAIT_LIMIT seconds at most: a server that serves no
     request before it has loaded everything waits that long, and its workers say "late")."""
     import os
-    import time
     from pathlib import Path
 
-    done = Path(os.environ["EARLY_DONE"])
-    limit = time.monotonic() + float(os.environ.get("WARM_WAIT_LIMIT", "60"))
-    while not done.exists() and time.monotonic() < limit:
-        time.sleep(0.02)
-    WARMED.append("after-early" if done.exists() else "late")
+    from helpers.waiting import wait_for_file
+
+    try:
+        wait_for_file(Path(os.environ["EARLY_DONE"]), timeout=float(os.environ.get("WARM_WAIT_LIMIT", "60")))
+    except AssertionError:
+        WARMED.append("late")
+    else:
+        WARMED.append("after-early")
