@@ -13,13 +13,13 @@ import argparse
 import atexit
 import importlib
 import os
-import signal
 import sys
 import threading
 import traceback
 from collections.abc import Sequence
 
 from sweeper.boundary.printed import printable
+from sweeper.commands.stop_signals import StopSignals
 from sweeper.secrets import mask_text, passwords_in
 
 # name -> module in sweeper.commands; each module has HELP, add_arguments(parser) and run(args).
@@ -133,42 +133,6 @@ def _masked(text: str, argv: Sequence[str], args: argparse.Namespace) -> str:
     control character escaped: an error may quote a record, which may hold terminal escapes."""
     masked = mask_text(text, passwords_in([*argv, *getattr(args, "overrides", []), *os.environ.values()]))
     return printable(masked, keep="\n")
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (kill, a cluster scheduler, systemd) stop a command the same
-    way: KeyboardInterrupt in its main thread, which the commands handle (a sweep stops its
-    workers, who mark their trials failed and send their records; `sweeper train` ends its run).
-    The signal is kept for the exit code: 128 + its number, as a shell reports a process the
-    signal ended (130, 143), so a caller can tell Ctrl-C from a kill. A command may handle the
-    signals its own way while it runs (a worker only sets a flag); the handlers are restored
-    when it returns."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():  # the only thread signals reach
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._interrupt)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _interrupt(self, signum: int, frame: object) -> None:
-        self.received = signum
-        raise KeyboardInterrupt
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.received or signal.SIGINT)
-
-    @property
-    def what(self) -> str:
-        return "interrupted" if self.received in (None, signal.SIGINT) else f"stopped by {signal.Signals(self.received).name}"
 
 
 def entry_point() -> None:

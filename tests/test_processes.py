@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from helpers.trainers import StandInTrainer
 from optuna.trial import TrialState
 
 from sweeper.cli import main
+from sweeper.commands.stop_signals import StopSignals, raise_if_stopped
+from sweeper.commands.sweep import _wait_for_exit
 from sweeper.sweep.counts import count_trials
 from sweeper.sweep.live import how_it_ended, record_death
 from sweeper.sweep.plan import plan_sweep
@@ -253,6 +256,34 @@ def test_a_worker_hears_sigterm_as_ctrl_c():
     assert stop.requested and stop.what == "stopped by SIGTERM" and stop.exit_code == 143
     with pytest.raises(KeyboardInterrupt):  # the running trial stops at its next step
         stop.on_step(StepEvent(0, 0, "train", (1e-3,), None, 1.0))
+
+
+class _Running:
+    """A worker that never exits on its own."""
+
+    def poll(self) -> None:
+        return None
+
+
+def test_a_stop_whose_keyboardinterrupt_python_swallowed_still_stops_the_sweep_s_wait(monkeypatch):
+    class Collected:
+        pass
+
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", swallowed.append)  # where Python's "Exception ignored" goes
+
+    with StopSignals() as stop:
+        target = Collected()
+        # SIGTERM arrives while the main thread is in a weakref callback: the handler's
+        # KeyboardInterrupt is printed as "Exception ignored" and the program goes on.
+        watched = weakref.ref(target, lambda _: signal.raise_signal(signal.SIGTERM))
+        del target
+        assert watched() is None and stop.received == signal.SIGTERM
+        assert [type(seen.exc_value) for seen in swallowed] == [KeyboardInterrupt]
+        with pytest.raises(KeyboardInterrupt):  # the sweep's wait for its workers stops anyway
+            _wait_for_exit([_Running()], seconds=5)
+        raise_if_stopped()  # once: the sweep's handling of the stop is not stopped again
+    assert stop.exit_code == 143 and StopSignals.active is None
 
 
 @pytest.mark.slow

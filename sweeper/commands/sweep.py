@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.analysis.live_report import LiveReport
 from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.printed import printable
+from sweeper.commands.stop_signals import raise_if_stopped
 from sweeper.config.errors import ConfigError, error_line
 from sweeper.config.rules import sweep_folder
 from sweeper.records.audit import audit_records
@@ -282,6 +283,7 @@ def _wait_for_exit(workers: list[WorkerHandle], seconds: float) -> None:
     sweep's report should not wait on a poll interval."""
     deadline = time.monotonic() + seconds
     while any(w.poll() is None for w in workers):
+        raise_if_stopped()  # a Ctrl-C or SIGTERM whose KeyboardInterrupt Python swallowed
         left = deadline - time.monotonic()
         if left <= 0:
             return
