@@ -19,8 +19,8 @@ import traceback
 from collections.abc import Sequence
 
 from sweeper.boundary.printed import printable
-from sweeper.commands.stop_signals import StopSignals
 from sweeper.secrets import mask_text, passwords_in
+from sweeper.stop_signals import StopSignals
 
 # name -> module in sweeper.commands; each module has HELP, add_arguments(parser) and run(args).
 # Modules are imported only when their command runs, so `sweeper schedule` starts fast.

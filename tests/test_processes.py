@@ -30,8 +30,8 @@ from helpers.trainers import StandInTrainer
 from optuna.trial import TrialState
 
 from sweeper.cli import main
-from sweeper.commands.stop_signals import StopSignals, raise_if_stopped
 from sweeper.commands.sweep import _wait_for_exit
+from sweeper.stop_signals import StopSignals, raise_if_stopped
 from sweeper.sweep.counts import count_trials
 from sweeper.sweep.live import how_it_ended, record_death
 from sweeper.sweep.plan import plan_sweep

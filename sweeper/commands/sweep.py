@@ -35,7 +35,6 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.analysis.live_report import LiveReport
 from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.printed import printable
-from sweeper.commands.stop_signals import raise_if_stopped
 from sweeper.config.errors import ConfigError, error_line
 from sweeper.config.rules import sweep_folder
 from sweeper.records.audit import audit_records
@@ -43,6 +42,7 @@ from sweeper.records.machine_recorder import MachineRecorder
 from sweeper.records.mlflow_store import TrackingSettings, check_server, tracking_settings
 from sweeper.records.spool import spool_files, spool_folder
 from sweeper.records.tracking import prepare_sweep
+from sweeper.stop_signals import raise_if_stopped
 from sweeper.sweep.counts import count_trials
 from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, check_trainer_beside, launch_held_workers, launch_workers
 from sweeper.sweep.live import LiveView, WorkerNotes, read_status, sampled
