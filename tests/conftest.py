@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +31,22 @@ def pytest_runtest_setup(item) -> None:
         pytest.skip(f"needs {', '.join(missing)}: runs in {EXTRAS_ENV.name} (tests/test_extras.py)")
 
 
+# Each test file's seconds in a run of the suite (scripts/test_durations.py writes it).
+DURATIONS = json.loads((Path(__file__).parent / "durations.json").read_text())
+SLOW_TEST_SECONDS = 10  # a file not in DURATIONS yet: this much per end-to-end test it has
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    # pytest-xdist (--dist loadfile) hands whole files to its workers in this order. The files
-    # with the most end-to-end runs go first, so that the quick files fill the end of every
-    # worker, instead of one worker running a long file alone while the others have finished.
-    # Within a file the order is kept.
+    # pytest-xdist (--dist loadfile) hands whole files to its workers in this order. The longest
+    # files go first, so that the quick files fill the end of every worker, instead of one
+    # worker running a long file alone while the others have finished. Within a file the order
+    # is kept.
     slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow[item.path])
+
+    def seconds(item) -> float:
+        return DURATIONS.get(f"tests/{item.path.name}", SLOW_TEST_SECONDS * slow[item.path])
+
+    items.sort(key=lambda item: -seconds(item))
 
 
 def pytest_xdist_auto_num_workers(config) -> int:

@@ -197,3 +197,21 @@ def test_refusals_benchmark(tmp_path):
     rows = check_table(tmp_path, "refusals", columns, {"this checkout: median s", "this checkout: max s"})
     assert len(rows) == 7 and {row["exit"] for row in rows} == {"0", "2"}  # every answer as the script expects it
     check_markdown(tmp_path, "refusals", "refusals", {"answer", "exit"})
+
+
+def test_test_durations_sums_each_files_tests_and_names_only_files_that_exist(tmp_path):
+    import test_durations
+
+    junit = tmp_path / "suite.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_a" name="one" time="1.25"/>'
+        '<testcase classname="tests.test_a" name="two" time="2.5"/>'
+        '<testcase classname="tests.test_b.TestGroup" name="three" time="0.5"/>'
+        "</testsuite></testsuites>"
+    )
+    assert test_durations.file_seconds(junit) == {"tests/test_a.py": 3.8, "tests/test_b.py": 0.5}
+    # the suite's own order: every file it names is a test file of today's suite
+    tests = Path(__file__).parent
+    named = set(test_durations.json.loads(test_durations.DURATIONS.read_text()))
+    assert named and all((tests.parent / name).is_file() for name in named), sorted(named)

@@ -217,6 +217,59 @@ def test_a_report_written_again_redraws_only_the_plots_a_new_trial_changes(study
     assert last.markdown == write_report(study, tmp_path / "fresh").markdown  # the report one written afresh is
 
 
+def test_a_report_found_outdated_between_two_plots_is_given_up_and_the_next_draws_the_rest(study, tmp_path):
+    """The report a sweep writes while its trials run is given up as soon as the sweep has all its
+    trials: report.md stays as it was, and the report written then draws only the plots left."""
+    from sweeper.analysis.report import DrawnPlots, Outdated
+
+    folder, drawn = tmp_path / "demo", DrawnPlots()
+    write_report(study, folder, drawn=drawn)
+    before = (folder / "report.md").read_text()
+    plots = sorted(folder.glob("*.png"))
+    for plot in plots:
+        plot.write_bytes(b"old")
+    study.add_trial(sweep_trial("fastai", "constant", TrialState.COMPLETE, 0.95))  # a new best: every plot changes
+    asked = []
+
+    def outdated_after_one_plot() -> bool:
+        asked.append(True)
+        return len(asked) > 1
+
+    with pytest.raises(Outdated):
+        write_report(study, folder, drawn=drawn, outdated=outdated_after_one_plot)
+    assert (folder / "report.md").read_text() == before
+    (redrawn,) = [plot for plot in plots if plot.read_bytes() != b"old"]  # drawn before it was given up
+    redrawn.write_bytes(b"new")
+    last = write_report(study, folder, drawn=drawn)
+    assert redrawn.read_bytes() == b"new"  # kept: its inputs have not changed since
+    assert all(plot.read_bytes() not in (b"old", b"new") for plot in plots if plot != redrawn)
+    assert last.markdown == write_report(study, tmp_path / "fresh").markdown
+
+
+def test_the_curves_of_an_ended_run_are_read_once_across_reports(study, tmp_path):
+    from sweeper.analysis.report import DrawnPlots
+    from sweeper.records.trial_runs import MlflowSources
+
+    reads = []
+
+    def read_curve(run_id: str, key: str) -> list[tuple[int, float]]:
+        reads.append((run_id, key))
+        return [(0, 1e-3), (1, 1e-4)] if key in ("loss", "lr_0") else []
+
+    numbers = [trial.number for trial in study.trials]
+    ended = MlflowSources({n: f"run-{n}" for n in numbers}, read_curve, frozenset(numbers))
+    running = MlflowSources({n: f"run-{n}" for n in numbers}, read_curve, frozenset())
+    drawn = DrawnPlots()
+    write_report(study, tmp_path / "a", running, drawn=drawn)
+    assert reads and not drawn.curves  # running runs' curves may still grow: read again
+    reads.clear()
+    write_report(study, tmp_path / "b", ended, drawn=DrawnPlots(curves=drawn.curves))
+    first = list(reads)
+    reads.clear()
+    write_report(study, tmp_path / "c", ended, drawn=DrawnPlots(curves=drawn.curves))
+    assert first and not reads  # the same plots again, not a curve read from MLflow
+
+
 def test_every_plot_is_made_and_laid_out_holding_the_drawing_lock(study, tmp_path, monkeypatch):
     """The sweep's process draws in two threads (the recorder's schedule plots, the report), and
     matplotlib is not thread-safe: its text layout (two at once broke its mathtext parser), and

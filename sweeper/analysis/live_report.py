@@ -83,10 +83,12 @@ class LiveReport:
         # The report's libraries load now, not after the last trial; matplotlib first, one thread
         # at a time (the recorder draws runs' schedule plots in another).
         import_plotting()
-        import optuna.importance  # noqa: F401 - scikit-learn comes with it
         import optuna.visualization.matplotlib  # noqa: F401
 
-        from sweeper.analysis.report import DrawnPlots, write_report
+        from sweeper.analysis.report import MIN_IMPORTANCE_TRIALS, DrawnPlots, Outdated, write_report
+
+        if self.n_trials >= MIN_IMPORTANCE_TRIALS:  # else the importance is left out: no scikit-learn (1 s of a core)
+            import optuna.importance  # noqa: F401
 
         self.drawn = DrawnPlots()
         written, pause, last, look = None, MIN_INTERVAL_SECONDS, 0.0, LOOK_SECONDS
@@ -106,8 +108,19 @@ class LiveReport:
             if finished == written or finished == 0 or tail or (time.monotonic() - last < pause and not last_trial):
                 continue
             began = time.monotonic()
+            # A drawing made before the sweep had all its trials is given up as soon as it has
+            # them (or the command ends): the drawing that counts, of every trial, starts then.
+            outdated = None if last_trial else lambda: self._stop.is_set() or self._counts()[0] >= self.n_trials
             try:
-                write_report(self.study, sweep_folder(self.tracking, self.tracking.sweep), report_sources(self.tracking), drawn=self.drawn)
+                write_report(
+                    self.study,
+                    sweep_folder(self.tracking, self.tracking.sweep),
+                    report_sources(self.tracking),
+                    drawn=self.drawn,
+                    outdated=outdated,
+                )
+            except Outdated:
+                continue
             except Exception:  # noqa: BLE001, S112 - the final report says what fails; this one only saves it time
                 continue
             written, last = finished, time.monotonic()

@@ -54,6 +54,7 @@ from sweeper.schedules.plots import drawing, log_y, save_figure  # noqa: E402
 
 __all__ = [
     "DrawnPlots",
+    "Outdated",
     "Report",
     "best_by",
     "describe_trial",
@@ -392,6 +393,26 @@ class DrawnPlots:
     written again (as a sweep's trials finish) redraws only the plots whose inputs changed."""
 
     inputs: dict[str, str] = field(default_factory=dict)
+    # (run id, metric) -> its curve, for runs that had ended when it was read: whole, so read once
+    curves: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict)
+
+    def reader(self, sources: MlflowSources) -> Callable[[str, str], list[tuple[int, float]]]:
+        """sources.read_curve, keeping the curves of ended runs for the reports written after."""
+        ended = {sources.run_ids[number] for number in sources.ended if number in sources.run_ids}
+
+        def read(run_id: str, key: str) -> list[tuple[int, float]]:
+            if (run_id, key) in self.curves:
+                return self.curves[(run_id, key)]
+            curve = sources.read_curve(run_id, key)
+            if run_id in ended:
+                self.curves[(run_id, key)] = curve
+            return curve
+
+        return read
+
+
+class Outdated(Exception):
+    """A report given up between two plots: what it was drawn from is out of date already."""
 
 
 def write_report(
@@ -400,14 +421,18 @@ def write_report(
     sources: MlflowSources | None = None,
     allowed: Allowed = Allowed(),
     drawn: DrawnPlots | None = None,
+    outdated: Callable[[], bool] | None = None,
 ) -> Report:
     """Write the sweep's comparison into `folder` (see the module doc); return what was written.
     Without `sources` (MLflow off or unreadable) the curves come from the study alone. With
-    `drawn`, a plot whose inputs are those it was last drawn from is kept as it is."""
+    `drawn`, a plot whose inputs are those it was last drawn from is kept as it is. `outdated`
+    is asked before each plot is drawn: True gives the report up there (Outdated), leaving
+    report.md as it was and `drawn` saying which plots were drawn."""
     study = checked_study(study)  # a study given by any caller is read through the boundary
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    run_ids, curves, ended = (sources.run_ids, sources.read_curve, sources.ended) if sources else ({}, None, frozenset())
+    drawn = drawn if drawn is not None else DrawnPlots()
+    run_ids, curves, ended = (sources.run_ids, drawn.reader(sources), sources.ended) if sources else ({}, None, frozenset())
     trials = trials_table(study, run_ids)
     (objective, direction), *others = objective_columns(study)
     by_strategy = summarize(trials, "strategy", objective, direction) if len(trials) else pd.DataFrame()
@@ -432,12 +457,13 @@ def write_report(
     # each strategy (its curves and schedule, whole once its MLflow run has ended).
     every = trials.to_csv(index=False) + str(compared)
     bests = repr([(key, row.to_dict(), int(row["trial"]) in ended) for key, row in sorted(best.items())]) + str(curves is not None)
-    drawn = drawn if drawn is not None else DrawnPlots()
     for name, make in makers.items():
         inputs = bests if name in ("best_curves.png", "schedules.png") else every
         if drawn.inputs.get(name) == inputs and (folder / name).exists():
             plots.append(folder / name)
             continue
+        if outdated is not None and outdated():
+            raise Outdated(name)
         drawn.inputs.pop(name, None)
         try:
             with drawing():  # the whole figure: pyplot's state is shared with the recorder's thread
