@@ -147,7 +147,7 @@ def drawn_figures(monkeypatch) -> list:
 
     figures = []
 
-    def keep(figure, path):
+    def keep(figure, path, margins=None):
         figures.append(figure)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
@@ -396,3 +396,17 @@ def test_the_sweep_name_is_the_word_without_an_equals_sign():
     assert split_sweep_name(["train.epochs=2"]) == (None, ["train.epochs=2"])
     with pytest.raises(ConfigError, match="several names"):
         split_sweep_name(["a", "b"])
+
+
+def test_margins_set_the_room_around_and_between_a_row_of_axes_in_inches():
+    import matplotlib.pyplot as plt
+
+    from sweeper.schedules.plots import Margins
+
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4))
+    Margins(left=0.8, right=0.5, top=0.4, bottom=0.75, between=0.9).apply(figure)
+    boxes = [axis.get_position() for axis in axes]  # figure fractions
+    plt.close(figure)
+    assert boxes[0].x0 * 12 == pytest.approx(0.8) and (1 - boxes[-1].x1) * 12 == pytest.approx(0.5)
+    assert boxes[0].y0 * 4 == pytest.approx(0.75) and (1 - boxes[0].y1) * 4 == pytest.approx(0.4)
+    assert all((right.x0 - left.x1) * 12 == pytest.approx(0.9) for left, right in zip(boxes, boxes[1:]))

@@ -50,7 +50,7 @@ from sweeper.config import ConfigError  # noqa: E402
 from sweeper.config.errors import error_line  # noqa: E402
 from sweeper.records.tracking import SweepTracking, sweep_folder  # noqa: E402
 from sweeper.records.trial_runs import MlflowSources, report_sources  # noqa: E402
-from sweeper.schedules.plots import drawing, log_y, save_figure  # noqa: E402
+from sweeper.schedules.plots import Margins, drawing, log_y, save_figure  # noqa: E402
 
 __all__ = [
     "DrawnPlots",
@@ -242,7 +242,7 @@ def plot_best_curves(
         axes[0][1].set(xlabel="training batch", ylabel="training loss", title="training loss per batch")
         log_y(axes[0][1])
         axes[0][1].legend(fontsize="small")
-    return save_figure(figure, path)
+    return save_figure(figure, path, Margins(between=0.9))  # the loss panel has its own y axis
 
 
 def plot_distributions(trials: pd.DataFrame, objective: str, path: Path) -> Path | None:
@@ -261,7 +261,7 @@ def plot_distributions(trials: pd.DataFrame, objective: str, path: Path) -> Path
             axis.plot([position] * len(group), group, "o", alpha=0.6, markersize=4)
         axis.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize="small")
         axis.set(title=f"{objective} of every complete trial, by {by}", ylabel=objective)
-    return save_figure(figure, path)
+    return save_figure(figure, path, Margins(right=0.5, bottom=0.75, between=0.9))  # names at an angle; two y axes
 
 
 def plot_best_so_far(trials: pd.DataFrame, by: str, objective: str, direction: str, path: Path) -> Path | None:
@@ -277,7 +277,7 @@ def plot_best_so_far(trials: pd.DataFrame, by: str, objective: str, direction: s
     axis.set(xlabel=f"complete trials of the {by}", ylabel=f"best {objective} so far", title=f"Best so far, per {by}")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend(fontsize="small")
-    return save_figure(figure, path)
+    return save_figure(figure, path, Margins())
 
 
 def read_verdict(folder: Path) -> str | None:
@@ -334,7 +334,7 @@ def plot_schedules(
         if lrs:  # a panel that says why it has no curve has nothing to name
             axis.legend(fontsize="small")
     axes[0][0].set_ylabel("learning rate")
-    return save_figure(figure, path)
+    return save_figure(figure, path, Margins(between=0.2))  # one y axis, shared
 
 
 def plot_optuna(study: optuna.Study, kind: str, objective: str, path: Path) -> Path:
