@@ -296,6 +296,36 @@ def test_unknown_keys_and_unusable_values_fail_validation(search_node, fragment)
         validate_space(space)
 
 
+def test_the_edges_are_checked_one_lr_and_one_shape_to_a_trial_each_named_alone_when_it_fails(monkeypatch):
+    import sweeper.config.compose as compose
+    import sweeper.sweep.space as space_module
+
+    space = build_space(compose_config(["search=slices_and_shapes"]))
+    composed = []
+    real = compose.compose_config
+    monkeypatch.setattr(compose, "compose_config", lambda *args, **kwargs: composed.append(args[0]) or real(*args, **kwargs))
+    validate_space(space)
+    lrs = len(space.strategy.distribution.choices)
+    shapes = len(space.shape.distribution.choices)
+    assert len(composed) == max(lrs, shapes) < lrs + shapes  # one per group choice before: 9
+    assert {choice for choices in composed for choice in choices} == {
+        *(f"lr={name}" for name in space.strategy.distribution.choices),
+        *(f"shape={name}" for name in space.shape.distribution.choices),
+    }  # every option of both groups composed
+
+    def refuse(configs, overrides):  # each edge runs alone; an lr and a shape together do not
+        if any(o.startswith("lr=") for o in overrides) and any(o.startswith("shape=") for o in overrides):
+            raise ConfigError("this lr and this shape clash")
+        return real_check(configs, overrides)
+
+    real_check = space_module._check_edge
+    monkeypatch.setattr(space_module, "_check_edge", refuse)
+    with pytest.raises(
+        ConfigError, match=r"^search.lr and search.shape: a trial at the edge of the space \(lr=.* shape=.*\) cannot run: this lr"
+    ):
+        validate_space(space)
+
+
 def test_searching_a_key_also_set_on_the_command_line_is_a_clash():
     space = build_space(compose_config())
     with pytest.raises(ConfigError, match=r"\['shape'\] are set on the command line and searched"):

@@ -32,6 +32,7 @@ distribution), as hydra-optuna-sweeper reads it too.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -659,13 +660,46 @@ def validate_space(
             f"command line, or keep them fixed by removing them from the search (e.g. search=slices "
             f"keeps the shape, search=shapes keeps the slice)."
         )
+    edges = list(space.edges())
     configs = ComposedConfigs(config_dirs)  # the edges share their group choices: composed once each
-    for setting, overrides in space.edges():
+    failed = None
+    for overrides in _trials_at_the_edges(edges):
         try:
-            cfg = configs.compose([*base_overrides, *overrides])
-            parse_lr(OmegaConf.to_container(cfg.lr, resolve=True))
-            build_shape(cfg.shape)
-        except (HydraException, OmegaConfBaseException, ConfigError, ShapeError, SliceError) as error:
-            raise ConfigError(
-                f"{setting}: a trial at the edge of the space ({' '.join(overrides)}) cannot run: {' '.join(str(error).split())}"
-            ) from None
+            _check_edge(configs, [*base_overrides, *overrides])
+        except _EDGE_ERRORS as error:
+            failed = (overrides, error)
+            break
+    if failed is None:
+        return
+    # Some trial cannot run: each edge alone, in order, names the setting that does it.
+    for setting, overrides in edges:
+        try:
+            _check_edge(configs, [*base_overrides, *overrides])
+        except _EDGE_ERRORS as error:
+            raise ConfigError(_cannot_run(setting, overrides, error)) from None
+    overrides, error = failed  # an lr edge and a shape edge that run alone, not together
+    raise ConfigError(_cannot_run("search.lr and search.shape", overrides, error))
+
+
+_EDGE_ERRORS = (HydraException, OmegaConfBaseException, ConfigError, ShapeError, SliceError)
+
+
+def _check_edge(configs: ComposedConfigs, overrides: list[str]) -> None:
+    cfg = configs.compose(overrides)
+    parse_lr(OmegaConf.to_container(cfg.lr, resolve=True))
+    build_shape(cfg.shape)
+
+
+def _cannot_run(setting: str, overrides: Sequence[str], error: Exception) -> str:
+    return f"{setting}: a trial at the edge of the space ({' '.join(overrides)}) cannot run: {' '.join(str(error).split())}"
+
+
+def _trials_at_the_edges(edges: Sequence[tuple[str, list[str]]]) -> Iterator[list[str]]:
+    """The overrides of trials that together stand at every edge: an edge of the lr and one of
+    the shape in one trial (separate groups; the trials of a sweep draw both), each other edge
+    alone. A composition costs ~0.08 s: the default space's 18 edges take 6, not 9."""
+    lrs = [overrides for setting, overrides in edges if setting == "search.lr"]
+    shapes = [overrides for setting, overrides in edges if setting.startswith("search.shape.")]
+    for lr, shape in itertools.zip_longest(lrs, shapes, fillvalue=[]):
+        yield [*lr, *shape]
+    yield from (overrides for setting, overrides in edges if setting != "search.lr" and not setting.startswith("search.shape."))
