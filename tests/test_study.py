@@ -246,3 +246,36 @@ def test_storage_file_lands_under_results_dir(sweep_args, tmp_path):
 def test_trainer_that_cannot_serve_is_a_config_error(sweep_args, trainer, fragment):
     with pytest.raises(ConfigError, match=f"sweep.trainer: .*{fragment}"):
         plan_sweep([*sweep_args, f"sweep.trainer={trainer}"])
+
+
+def test_a_new_name_in_an_existing_study_file_is_found_absent_without_optuna_and_without_a_write(sweep_args, tmp_path, monkeypatch):
+    import sweeper.sweep.study as study_module
+
+    other = open_study(plan_sweep([*sweep_args, "sweep.name=other"], validate=False), create=True)
+    plan = plan_sweep([*sweep_args, "sweep.name=new"], validate=False)
+    file = plan.storage.path
+    before = (file.read_bytes(), file.stat().st_mtime_ns)
+
+    def no_optuna(*args, **kwargs):
+        raise AssertionError("Optuna's storage opened for a name the file does not hold")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(study_module.optuna, "load_study", no_optuna)
+        assert study_module.existing_study(plan) is None
+    assert (file.read_bytes(), file.stat().st_mtime_ns) == before
+    # a name the file holds: the study, read by Optuna
+    found = study_module.existing_study(plan_sweep([*sweep_args, "sweep.name=other"], validate=False))
+    assert found is not None and found._study_id == other._study_id
+
+
+def test_a_study_file_without_optunas_tables_is_left_to_optuna_to_read(tmp_path):
+    import sqlite3
+
+    from sweeper.sweep.study import _named_in_sqlite
+
+    file = tmp_path / "studies.db"
+    with sqlite3.connect(file) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    assert _named_in_sqlite(file, "anything") is None
+    file.write_bytes(b"not a database at all")
+    assert _named_in_sqlite(file, "anything") is None
