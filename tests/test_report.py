@@ -231,7 +231,7 @@ def test_a_report_found_outdated_between_two_plots_is_given_up_and_the_next_draw
     study.add_trial(sweep_trial("fastai", "constant", TrialState.COMPLETE, 0.95))  # a new best: every plot changes
     asked = []
 
-    def outdated_after_one_plot() -> bool:
+    def outdated_after_one_plot(plot: str) -> bool:
         asked.append(True)
         return len(asked) > 1
 
@@ -410,3 +410,22 @@ def test_margins_set_the_room_around_and_between_a_row_of_axes_in_inches():
     assert boxes[0].x0 * 12 == pytest.approx(0.8) and (1 - boxes[-1].x1) * 12 == pytest.approx(0.5)
     assert boxes[0].y0 * 4 == pytest.approx(0.75) and (1 - boxes[0].y1) * 4 == pytest.approx(0.4)
     assert all((right.x0 - left.x1) * 12 == pytest.approx(0.9) for left, right in zip(boxes, boxes[1:]))
+
+
+def test_a_planned_schedule_that_the_boundary_refuses_is_composed_once(monkeypatch):
+    """The report written again as trials finish keeps a refusal (a trainer not allowed) as it
+    keeps a schedule: the best trial's config is not composed again for every drawing."""
+    from sweeper.analysis import report
+
+    composed = []
+
+    def refused(overrides, config_dirs, allowed):
+        composed.append(overrides)
+        raise ConfigError("the recorded config names code that sweeper does not allow: sweep.trainer=mine.Trainer")
+
+    monkeypatch.setattr(report, "trial_config", refused)
+    overrides = ["sweep.trainer=mine.Trainer", "lr=fastai", "lr.high=0.0123"]
+    for _ in range(3):
+        with pytest.raises(ConfigError, match="does not allow: sweep.trainer=mine.Trainer"):
+            report._planned_schedule(overrides)
+    assert len(composed) == 1

@@ -46,8 +46,9 @@ class LiveReport:
     def __init__(self, tracking: SweepTracking, study: optuna.Study, n_trials: int, settled: Callable[[], bool] | None = None) -> None:
         """`settled`: whether every finished trial's records are in the store (the machine's
         recorder sends them a moment after the trial ends); the drawing made once the sweep has
-        all its trials waits for it (at most SETTLE_SECONDS), so that the report written after
-        the workers have exited finds that drawing current and draws nothing again."""
+        all its trials draws the plots of the study at once and waits for it (at most
+        SETTLE_SECONDS) before those of the MLflow records, so that the report written after the
+        workers have exited finds that drawing current and draws nothing again."""
         self.tracking = tracking
         self.study = study
         self.n_trials = n_trials
@@ -96,21 +97,22 @@ class LiveReport:
         while not self._stop.wait(look):
             finished, running = self._counts()
             last_trial = finished >= self.n_trials  # drawn at once, while the workers exit
-            if last_trial:
-                settling = settling or time.monotonic()
-                if not self.settled() and time.monotonic() - settling < SETTLE_SECONDS:
-                    look = TAIL_LOOK_SECONDS
-                    continue
             # In the sweep's tail (every trial still to finish is running) a drawing would most
             # likely be under way when the last trial ends, and stale: the user would wait for it.
             tail = running and finished + running >= self.n_trials and not last_trial
-            look = TAIL_LOOK_SECONDS if tail else LOOK_SECONDS
+            look = TAIL_LOOK_SECONDS if tail or last_trial else LOOK_SECONDS
             if finished == written or finished == 0 or tail or (time.monotonic() - last < pause and not last_trial):
                 continue
             began = time.monotonic()
-            # A drawing made before the sweep had all its trials is given up as soon as it has
-            # them (or the command ends): the drawing that counts, of every trial, starts then.
-            outdated = None if last_trial else lambda: self._stop.is_set() or self._counts()[0] >= self.n_trials
+            if last_trial:
+                # The plots of the study alone at once; those of the MLflow records once the
+                # recorder has sent the last trials' (at most SETTLE_SECONDS after the first look).
+                settling = settling or began
+                outdated = self._records_pending(settling)
+            else:
+                # A drawing made before the sweep had all its trials is given up as soon as it
+                # has them (or the command ends): the drawing that counts, of every trial, starts then.
+                outdated = self._superseded
             try:
                 write_report(
                     self.study,
@@ -125,6 +127,17 @@ class LiveReport:
                 continue
             written, last = finished, time.monotonic()
             pause = max(MIN_INTERVAL_SECONDS, last - began)
+
+    def _superseded(self, plot: str) -> bool:
+        return self._stop.is_set() or self._counts()[0] >= self.n_trials
+
+    def _records_pending(self, settling: float) -> Callable[[str], bool]:
+        from sweeper.analysis.report import FROM_RECORDS
+
+        def pending(plot: str) -> bool:
+            return plot in FROM_RECORDS and not self.settled() and time.monotonic() - settling < SETTLE_SECONDS
+
+        return pending
 
     def _counts(self) -> tuple[int, int]:
         """(finished, running) trials of the sweep."""

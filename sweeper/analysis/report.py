@@ -54,6 +54,7 @@ from sweeper.schedules.plots import Margins, drawing, log_y, save_figure  # noqa
 
 __all__ = [
     "DrawnPlots",
+    "FROM_RECORDS",
     "Outdated",
     "Report",
     "best_by",
@@ -74,6 +75,7 @@ TRIALS_SHOWN = 30  # rows of the trials table in report.md (trials.csv has them 
 # ranks noise: on 6-9 trials it called the strategy unimportant where the ablation found it
 # mattered. So the plot is left out, and the report says why.
 MIN_IMPORTANCE_TRIALS = 20
+FROM_RECORDS = ("best_curves.png", "schedules.png")  # the plots drawn from the trials' MLflow records
 BOX_MIN_POINTS = 5  # fewer points per group: the points alone, no box of quartiles they cannot show
 
 
@@ -294,14 +296,22 @@ def read_verdict(folder: Path) -> str | None:
 def _planned_schedule(overrides: Sequence[str], steps: int = 200, allowed: Allowed = Allowed()) -> list[list[float]]:
     """lr per group at about `steps` points of training (both phases of a fine-tune), as the
     trial's config plans it (`sweeper.trial.schedule`, the trainer's own schedule)."""
-    return _planned_lrs(tuple(overrides), steps, allowed)
+    planned = _planned_lrs(tuple(overrides), steps, allowed)
+    if isinstance(planned, str):
+        raise ConfigError(planned)
+    return planned
 
 
-@functools.lru_cache(maxsize=64)  # a report written again as trials finish composes each best trial's config once
-def _planned_lrs(overrides: tuple[str, ...], steps: int, allowed: Allowed) -> list[list[float]]:
+# A report written again as trials finish composes each best trial's config once (~0.25 s), and
+# keeps a refusal as it keeps a schedule (a trainer not allowed stays so for the same overrides).
+@functools.lru_cache(maxsize=64)
+def _planned_lrs(overrides: tuple[str, ...], steps: int, allowed: Allowed) -> list[list[float]] | str:
     from sweeper.trial.schedule import schedule_of, whole_epoch_steps
 
-    cfg = trial_config(overrides, (), allowed)  # what it builds (the shape, a splitter) is checked first: the overrides are the study's
+    try:
+        cfg = trial_config(overrides, (), allowed)  # what it builds (the shape, a splitter) is checked first: the overrides are the study's
+    except ConfigError as error:
+        return str(error)
     return schedule_of(cfg, steps=whole_epoch_steps(cfg, steps), momentum=False).lrs.T.tolist()
 
 
@@ -421,13 +431,13 @@ def write_report(
     sources: MlflowSources | None = None,
     allowed: Allowed = Allowed(),
     drawn: DrawnPlots | None = None,
-    outdated: Callable[[], bool] | None = None,
+    outdated: Callable[[str], bool] | None = None,
 ) -> Report:
     """Write the sweep's comparison into `folder` (see the module doc); return what was written.
     Without `sources` (MLflow off or unreadable) the curves come from the study alone. With
     `drawn`, a plot whose inputs are those it was last drawn from is kept as it is. `outdated`
-    is asked before each plot is drawn: True gives the report up there (Outdated), leaving
-    report.md as it was and `drawn` saying which plots were drawn."""
+    is asked before each plot is drawn, with its name: True gives the report up there (Outdated),
+    leaving report.md as it was and `drawn` saying which plots were drawn."""
     study = checked_study(study)  # a study given by any caller is read through the boundary
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -442,7 +452,6 @@ def write_report(
     by_strategy.to_csv(files[1], index=False)
     by_shape.to_csv(files[2], index=False)
 
-    notes, plots = [], []
     best = best_by(trials, "strategy", objective, direction) if len(trials) else {}
     compared = recorded_compare(study.user_attrs).get("param")
     makers = {
@@ -453,33 +462,39 @@ def write_report(
         "importance.png": lambda p: plot_optuna(study, "importance", objective, p) if _importance_ready(trials) else _left_out(trials),
         "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),
     }
-    # What each plot is drawn from: the trials (any new one changes them), or the best trial of
-    # each strategy (its curves and schedule, whole once its MLflow run has ended).
-    every = trials.to_csv(index=False) + str(compared)
+    # What each plot is drawn from: the trials (any new one changes them; not their MLflow run
+    # ids, which no plot of them shows), or the best trial of each strategy (its curves and
+    # schedule, whole once its MLflow run has ended).
+    every = trials.drop(columns="mlflow_run_id", errors="ignore").to_csv(index=False) + str(compared)
     bests = repr([(key, row.to_dict(), int(row["trial"]) in ended) for key, row in sorted(best.items())]) + str(curves is not None)
-    for name, make in makers.items():
-        inputs = bests if name in ("best_curves.png", "schedules.png") else every
+    # The plots of the study alone are drawn first, then those of the trials' MLflow records (a
+    # sweep's report may wait for its recorder before those); report.md shows the makers' order.
+    shown: dict[str, Path | str] = {}
+    for name in sorted(makers, key=lambda name: name in FROM_RECORDS):
+        inputs = bests if name in FROM_RECORDS else every
         if drawn.inputs.get(name) == inputs and (folder / name).exists():
-            plots.append(folder / name)
+            shown[name] = folder / name
             continue
-        if outdated is not None and outdated():
+        if outdated is not None and outdated(name):
             raise Outdated(name)
         drawn.inputs.pop(name, None)
         try:
             with drawing():  # the whole figure: pyplot's state is shared with the recorder's thread
-                made = make(folder / name)
+                made = makers[name](folder / name)
         except LeftOut as why:
-            notes.append(f"- {name}: left out: {why}")
+            shown[name] = f"- {name}: left out: {why}"
             continue
         except Exception as error:  # noqa: BLE001 - a plot that cannot be drawn yet is a note, not a failure
             plt.close("all")
-            notes.append(f"- {name}: not drawn ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+            shown[name] = f"- {name}: not drawn ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
             continue
         if made is None:
-            notes.append(f"- {name}: not drawn (no complete trial yet)")
+            shown[name] = f"- {name}: not drawn (no complete trial yet)"
         else:
-            plots.append(made)
+            shown[name] = made
             drawn.inputs[name] = inputs
+    plots = [shown[name] for name in makers if isinstance(shown.get(name), Path)]
+    notes = [shown[name] for name in makers if isinstance(shown.get(name), str)]
 
     summary = _summary_markdown(study, trials, by_strategy, by_shape, objective, direction, others, read_verdict(folder))
     markdown = _report_markdown(study, summary, trials, plots, notes, objective, direction)
