@@ -141,7 +141,7 @@ def record_sweep(results: Path, name: str, *overrides: str) -> optuna.Study:
         [f"results_dir={results}", "sweep.trainer=helpers.trainers.StandInTrainer", "sampler.seed=0", "train.epochs=4",
          "tracking.schedule_plot=false", "sweep.poll=0.1", f"sweep.name={name}", *overrides],
     )  # fmt: skip
-    plan, records, study = _begin(plan, results / "sweeps" / name, [], fresh=False)
+    plan, records, study, _ = _begin(plan, results / "sweeps" / name, [], fresh=False)
     run_worker(plan, train=lambda cfg, reporters: StandInTrainer.train(cfg, [WithSteps(r) for r in reporters]))
     finish_sweep(records, study, "FINISHED")
     return study

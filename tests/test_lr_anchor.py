@@ -194,10 +194,10 @@ def test_a_resumed_sweep_and_its_workers_reuse_the_ranges_lr_find_is_not_run_aga
     finder = CountingFinder()
     monkeypatch.setattr(lr_anchor, "find_in_subprocess", finder)
     folder = tmp_path / "sweep"
-    first, _, study = _begin(plan_sweep(auto_sweep, validate=False), folder, [], fresh=False)
+    first, _, study, _ = _begin(plan_sweep(auto_sweep, validate=False), folder, [], fresh=False)
     assert len(finder.calls) == 1
     recorded = study.user_attrs[ANCHOR_ATTR]
-    resumed, _, study_again = _begin(plan_sweep(auto_sweep, validate=False), folder, [], fresh=False)
+    resumed, _, study_again, _ = _begin(plan_sweep(auto_sweep, validate=False), folder, [], fresh=False)
     assert len(finder.calls) == 1  # the resume read the record: lr_find did not run again
     assert study_again.user_attrs[ANCHOR_ATTR] == recorded
     assert resumed.space.describe() == first.space.describe()

@@ -248,9 +248,11 @@ def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_swee
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # beyond the sweep's own limit
-def test_a_sweep_whose_every_trial_fails_ends_and_says_why(sweeper_cli, stand_in_sweep, monkeypatch):
+@pytest.mark.parametrize("tracking", ["none", "local"])  # local: the workers fail their trials while MLflow loads
+def test_a_sweep_whose_every_trial_fails_ends_and_says_why(sweeper_cli, stand_in_sweep, monkeypatch, tracking):
     monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "FastaiOneCycle")
-    done = sweeper_cli("sweep", *stand_in_sweep, "search=slices", "sweep.workers=2", "sweep.n_trials=3", "sweep.poll=0.1")
+    overrides = [*(o for o in stand_in_sweep if not o.startswith("tracking=")), f"tracking={tracking}"]
+    done = sweeper_cli("sweep", *overrides, "search=slices", "sweep.workers=2", "sweep.n_trials=3", "sweep.poll=0.1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "0/3 finished (0 complete, 0 pruned), " in done.stdout
     assert "x: RuntimeError: stand-in failure for FastaiOneCycle" in done.stdout

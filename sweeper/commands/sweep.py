@@ -43,11 +43,12 @@ from sweeper.records.mlflow_store import TrackingSettings, check_server, trackin
 from sweeper.records.spool import spool_files, spool_folder
 from sweeper.records.tracking import prepare_sweep
 from sweeper.stop_signals import raise_if_stopped
-from sweeper.sweep.counts import count_trials
+from sweeper.sweep.counts import Counts, count_trials
 from sweeper.sweep.launchers import LocalWorker, WorkerHandle, check_launcher, check_trainer_beside, launch_held_workers, launch_workers
 from sweeper.sweep.live import LiveView, WorkerNotes, read_status, sampled
 from sweeper.sweep.lr_anchor import ANCHOR_ATTR, anchor_plan, record_in_parent_run
 from sweeper.sweep.plan import SweepPlan, check_space, plan_sweep, quick_checks, validate_plan
+from sweeper.sweep.storage import load_rdb_storage
 from sweeper.sweep.study import check_definition, existing_study, open_study
 
 EXIT_INCOMPLETE = 1
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     made = [path for path in (folder, *folder.parents) if not path.exists()]
     held = launch_held_workers(plan, folder, deadline)
     try:
-        plan, records, study = _begin(plan, folder, held, fresh=folder in made)
+        plan, records, study, before = _begin(plan, folder, held, fresh=folder in made)
     except BaseException as error:
         if isinstance(error, ConfigError) or not any(worker.went for worker in held):
             _discard(held, made)  # nothing of the sweep is left (a refusal after go took back its study)
@@ -111,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
     # of the sweep that was killed are sent now): MLflow is loaded and its store opened here alone.
     recorder = MachineRecorder(records, spool).start() if records.settings is not None else None
     live = LiveReport(records, study, plan.n_trials, recorder.settled if recorder else None)  # the report, written as the trials finish
-    before = count_trials(study)
     for note in [plan.arms.shares(plan.n_trials), _pruning(plan)] if plan.arms else []:
         if note:
             print(f"note: {note}", flush=True)
@@ -142,9 +142,10 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _begin(plan: SweepPlan, folder: Path, held: list[LocalWorker], *, fresh: bool) -> tuple[SweepPlan, Any, optuna.Study]:
+def _begin(plan: SweepPlan, folder: Path, held: list[LocalWorker], *, fresh: bool) -> tuple[SweepPlan, Any, optuna.Study, Counts]:
     """Check the sweep (the slow checks), then make or resume its study and its MLflow run; the
-    plan comes back with the lr ranges lr_find set (search.lr.high=auto: found once, recorded).
+    plan comes back with the lr ranges lr_find set (search.lr.high=auto: found once, recorded),
+    and the study's trials as they were before any worker of this command went.
 
     A new sweep of this machine's workers (its study and its folder new, its storage embedded)
     lets them go as soon as its study exists: MLflow's import and its store's checks (seconds)
@@ -156,6 +157,8 @@ def _begin(plan: SweepPlan, folder: Path, held: list[LocalWorker], *, fresh: boo
     trainer_checked = check_trainer_beside(plan, held)
     check_server(plan.cfg)  # unreachable: said before anything is written here
     check_space(plan)
+    if plan.storage.kind != "journal":
+        load_rdb_storage()  # the study's imports, while the warm server checks the trainer
     trainer_checked()
     # Two commands of one sweep started at once make one study and one parent run: the run is
     # made under a lock of its own, not the study's claim, which the workers take for every trial.
@@ -170,6 +173,7 @@ def _begin(plan: SweepPlan, folder: Path, held: list[LocalWorker], *, fresh: boo
             # The sweep's MLflow run; a tracking store that cannot be reached stops here, before any study.
             records = None if early else prepare_sweep(plan.cfg, plan.name, existing)
             study = open_study(plan, create=True)
+            before = count_trials(study)  # what this command's summary counts from
             anchor_is_new = anchor is not None and ANCHOR_ATTR not in study.user_attrs
             if anchor_is_new:  # found now: kept before any worker joins
                 study.set_user_attr(ANCHOR_ATTR, anchor)
@@ -179,7 +183,7 @@ def _begin(plan: SweepPlan, folder: Path, held: list[LocalWorker], *, fresh: boo
             record_in_parent_run(records, anchor, folder)
         # Where its runs are: what report, confirm, rerun and ui read (today's config may differ).
         study.set_user_attr("tracking", records.location())
-    return plan, records, study
+    return plan, records, study, before
 
 
 def _prepare_beside_workers(plan: SweepPlan, folder: Path, held: list[LocalWorker]) -> Any:
@@ -187,7 +191,8 @@ def _prepare_beside_workers(plan: SweepPlan, folder: Path, held: list[LocalWorke
     removes the new study and folder before it is said."""
     for worker in held:
         worker.go()
-    _wait_for_a_trial(spool_folder(folder), held)
+    if tracking_settings(plan.cfg) is not None:  # MLflow to load: after the first trial's start
+        _wait_for_a_trial(spool_folder(folder), held)
     try:
         return prepare_sweep(plan.cfg, plan.name, None)
     except ConfigError:

@@ -86,14 +86,11 @@ def wait_for_go(plan: SweepPlan) -> bool:
 
 def warm_up() -> None:
     """Pay now, while the sweep checks itself, what a worker's first study and first trial config
-    cost once per process: importing SQLAlchemy, alembic and Optuna's storage (~0.8 s of a
-    worker's CPU before its first trial) and Hydra's first composition (its override parser).
-    Run by the warm server before it forks the workers (sweeper.sweep.warm), so it keeps nothing
-    open: the study is an in-memory SQLite one, closed again; the config is thrown away."""
-    import optuna
-
+    cost once per process: Optuna's storage (sweeper.sweep.storage.load_rdb_storage) and Hydra's
+    first composition (its override parser). Run by the warm server before it forks the workers
+    (sweeper.sweep.warm), so it keeps nothing open; the config is thrown away."""
     from sweeper.config.compose import compose_config
+    from sweeper.sweep.storage import load_rdb_storage
 
-    storage = optuna.storages.RDBStorage("sqlite:///:memory:")
-    storage.engine.dispose()
+    load_rdb_storage()
     compose_config()

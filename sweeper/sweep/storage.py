@@ -98,6 +98,14 @@ class StorageSpec:
         return ClaimLock(self, study_name)
 
 
+def load_rdb_storage() -> None:
+    """Pay now what a process's first RDB study costs once: importing SQLAlchemy's ORM, alembic
+    and Optuna's storage (~0.3 s of a core; a worker's ~0.8 s before its first trial), by an
+    in-memory SQLite study storage made and closed again: no file, nothing left open."""
+    storage = optuna.storages.RDBStorage("sqlite:///:memory:")
+    storage.engine.dispose()
+
+
 def storage_of(cfg: DictConfig) -> StorageSpec:
     try:
         url = cfg.storage.url
