@@ -130,32 +130,6 @@ def test_a_new_sweeps_workers_go_before_its_mlflow_run_is_made(tmp_path, monkeyp
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in trials)  # filed under it all the same
 
 
-class _Worker:
-    def __init__(self, code: int | None) -> None:
-        self.code, self.polled = code, 0
-
-    def poll(self) -> int | None:
-        self.polled += 1
-        return self.code
-
-
-def test_a_new_sweeps_mlflow_run_waits_for_the_first_trial_to_start_or_for_no_worker_left(tmp_path, monkeypatch):
-    """MLflow's import waits for the first trial's start (its spool file), so that the workers
-    have the cores first; it does not wait on workers that have all exited."""
-    from sweeper.commands import sweep as sweep_command
-
-    monkeypatch.setattr(sweep_command, "FIRST_TRIAL_WAIT_SECONDS", 1e9)  # the test's timeout ends a wait that does not end itself
-    spool = tmp_path / "records"
-    spool.mkdir()
-    (spool / "123-0-abcdef01.jsonl").write_text("")
-    running = _Worker(None)
-    sweep_command._wait_for_a_trial(spool, [running])  # a trial has started: no wait
-    assert running.polled == 0
-    exited = [_Worker(0), _Worker(1)]
-    sweep_command._wait_for_a_trial(tmp_path / "no-records-yet", exited)
-    assert all(worker.polled for worker in exited)
-
-
 def test_a_replaced_mlflow_store_is_refused(finished, tmp_path):
     folder = copy_of(finished, tmp_path)
     study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{folder}/results/studies.db")

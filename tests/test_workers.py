@@ -248,7 +248,7 @@ def test_slurm_launcher_runs_workers_as_submitit_jobs(sweeper_cli, stand_in_swee
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # beyond the sweep's own limit
-@pytest.mark.parametrize("tracking", ["none", "local"])  # local: the workers fail their trials while MLflow loads
+@pytest.mark.parametrize("tracking", ["none", "local"])  # local: the workers may fail their trials while MLflow loads
 def test_a_sweep_whose_every_trial_fails_ends_and_says_why(sweeper_cli, stand_in_sweep, monkeypatch, tracking):
     monkeypatch.setenv("STAND_IN_RAISE_SHAPE", "FastaiOneCycle")
     overrides = [*(o for o in stand_in_sweep if not o.startswith("tracking=")), f"tracking={tracking}"]

@@ -54,8 +54,6 @@ from sweeper.sweep.study import check_definition, existing_study, open_study
 EXIT_INCOMPLETE = 1
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 EXIT_CHECK_SECONDS = 0.1  # how soon the sweep sees its last worker exit
-FIRST_TRIAL_WAIT_SECONDS = 2.0  # the longest a new sweep's MLflow run waits for the first trial to start
-FIRST_TRIAL_LOOK_SECONDS = 0.02
 RUN_LOCK = ".run.lock"  # in the sweep's folder: held while a command finds or makes its MLflow run
 
 
@@ -191,8 +189,6 @@ def _prepare_beside_workers(plan: SweepPlan, folder: Path, held: list[LocalWorke
     removes the new study and folder before it is said."""
     for worker in held:
         worker.go()
-    if tracking_settings(plan.cfg) is not None:  # MLflow to load: after the first trial's start
-        _wait_for_a_trial(spool_folder(folder), held)
     try:
         return prepare_sweep(plan.cfg, plan.name, None)
     except ConfigError:
@@ -200,15 +196,6 @@ def _prepare_beside_workers(plan: SweepPlan, folder: Path, held: list[LocalWorke
         optuna.delete_study(study_name=plan.name, storage=plan.storage.open())
         shutil.rmtree(folder, ignore_errors=True)
         raise
-
-
-def _wait_for_a_trial(spool: Path, held: list[LocalWorker]) -> None:
-    """Until a worker's first trial has started (its spool file is made), at most
-    FIRST_TRIAL_WAIT_SECONDS: the cores go to the workers planning their first trials, not to
-    MLflow's import (~1 s of a core), whose run no record needs before the recorder starts."""
-    deadline = time.monotonic() + FIRST_TRIAL_WAIT_SECONDS
-    while time.monotonic() < deadline and not spool_files(spool) and any(worker.poll() is None for worker in held):
-        time.sleep(FIRST_TRIAL_LOOK_SECONDS)
 
 
 @contextlib.contextmanager
