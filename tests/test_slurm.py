@@ -69,12 +69,20 @@ class Cluster:
         lines = slurm("squeue", "--noheader", "--array", f"--name=sweeper-{self.name}", "--format=%i %T").splitlines()
         return dict(line.split() for line in lines)
 
-    def accounted(self) -> dict[str, str]:
-        """The sweep's jobs as accounting has them (sacct): id -> state."""
-        lines = slurm(
-            "sacct", "--noheader", "--parsable2", "--allocations", f"--name=sweeper-{self.name}", "--format=JobID,State"
-        ).splitlines()
-        return dict(line.split("|") for line in lines)
+    def accounted(self, jobs: set[str]) -> dict[str, str]:
+        """The sweep's jobs as accounting has them (sacct): id -> state, once it has every one of
+        `jobs` ended. The controller hands a job's end to the accounting daemon after the job
+        ends, so a sweep that has seen its jobs end may find accounting a moment behind."""
+
+        def ended() -> dict[str, str] | None:
+            lines = slurm(
+                "sacct", "--noheader", "--parsable2", "--allocations", f"--name=sweeper-{self.name}", "--format=JobID,State"
+            ).splitlines()
+            states = dict(line.split("|") for line in lines)
+            still = ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED")
+            return states if jobs <= set(states) and not any(states[job].startswith(still) for job in jobs) else None
+
+        return wait_until(ended, f"accounting to have jobs {sorted(jobs)} ended", timeout=120)
 
     def study(self) -> optuna.Study:
         return optuna.load_study(study_name=self.name, storage=StorageSpec(POSTGRES).driver_url)
@@ -113,7 +121,7 @@ def test_a_sweep_runs_its_trials_as_jobs_of_one_array_with_the_command_line_in_t
     study = cluster.study()
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
-    assert cluster.accounted() == dict.fromkeys(jobs, "COMPLETED")  # sacct: both ran to their end
+    assert cluster.accounted(jobs) == dict.fromkeys(jobs, "COMPLETED")  # sacct: both ran to their end
     assert cluster.queued() == {}
     if gpus:  # each job saw the GPU SLURM gave it, and they were not the same one
         assert {t.user_attrs["device"] for t in study.trials} == {"0", "1"}
@@ -156,7 +164,7 @@ def test_a_job_that_slurm_ends_has_its_trial_run_again_in_another_job(cluster, e
     code, out, err = finish(sweep)
     assert code == 0, out[-3000:] + err[-3000:]
     ended = {"scancel": "CANCELLED", "time limit": "TIMEOUT"}[end]
-    assert cluster.accounted()[job].startswith(ended)
+    assert cluster.accounted({job})[job].startswith(ended)
     assert f"job {job} was ended by SLURM ({ended})" in out
     study = cluster.study()
     (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]
@@ -185,4 +193,4 @@ def test_a_job_that_starts_late_joins_the_running_sweep(cluster):
     assert code == 0, out[-3000:] + err[-3000:]
     workers = [t.user_attrs["worker"] for t in sorted(cluster.study().trials, key=lambda t: t.number)]
     assert len(workers) == 3 and workers[1] == workers[2] != workers[0]
-    assert cluster.accounted() == {first: "COMPLETED", late: "COMPLETED"}
+    assert cluster.accounted({first, late}) == {first: "COMPLETED", late: "COMPLETED"}
