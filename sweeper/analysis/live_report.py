@@ -19,6 +19,7 @@ schedules, unless the last trials beat them. The libraries are imported here too
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -106,9 +107,12 @@ class LiveReport:
             began = time.monotonic()
             if last_trial:
                 # The plots of the study alone at once; those of the MLflow records once the
-                # recorder has sent the last trials' (at most SETTLE_SECONDS after the first look).
+                # recorder has sent the last trials' (at most SETTLE_SECONDS after the first look),
+                # and till then no report is written again (its tables, its reads of MLflow).
+                if settling is not None and self._records_pending(settling):
+                    continue
                 settling = settling or began
-                outdated = self._records_pending(settling)
+                outdated = functools.partial(self._waits_for_records, settling)
             else:
                 # A drawing made before the sweep had all its trials is given up as soon as it
                 # has them (or the command ends): the drawing that counts, of every trial, starts then.
@@ -131,13 +135,14 @@ class LiveReport:
     def _superseded(self, plot: str) -> bool:
         return self._stop.is_set() or self._counts()[0] >= self.n_trials
 
-    def _records_pending(self, settling: float) -> Callable[[str], bool]:
+    def _records_pending(self, settling: float) -> bool:
+        """Whether the last trials' records are still to be sent, SETTLE_SECONDS at most."""
+        return not self.settled() and time.monotonic() - settling < SETTLE_SECONDS
+
+    def _waits_for_records(self, settling: float, plot: str) -> bool:
         from sweeper.analysis.report import FROM_RECORDS
 
-        def pending(plot: str) -> bool:
-            return plot in FROM_RECORDS and not self.settled() and time.monotonic() - settling < SETTLE_SECONDS
-
-        return pending
+        return plot in FROM_RECORDS and self._records_pending(settling)
 
     def _counts(self) -> tuple[int, int]:
         """(finished, running) trials of the sweep."""
