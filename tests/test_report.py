@@ -270,6 +270,37 @@ def test_the_curves_of_an_ended_run_are_read_once_across_reports(study, tmp_path
     assert first and not reads  # the same plots again, not a curve read from MLflow
 
 
+def test_the_best_trials_plots_drawn_while_the_last_trials_run_are_kept_unless_those_beat_them(study, tmp_path):
+    """In a sweep's tail (every trial left is running) only the best trials' curves and
+    schedules are drawn, nothing else written; the report after the last trial keeps them
+    unless the last trial beats them, and then reads as one written afresh."""
+    from sweeper.analysis.report import FROM_RECORDS, DrawnPlots, draw_best_trials_plots
+    from sweeper.records.trial_runs import MlflowSources
+
+    def read_curve(run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(0, 1e-3), (1, 1e-4)] if key in ("loss", "lr_0") else []
+
+    def sources(ended: bool) -> MlflowSources:
+        numbers = [trial.number for trial in study.trials]
+        return MlflowSources({n: f"run-{n}" for n in numbers}, read_curve, frozenset(numbers if ended else ()))
+
+    folder, drawn = tmp_path / "demo", DrawnPlots()
+    assert not draw_best_trials_plots(study, folder, sources(ended=False), drawn)  # the best runs' curves may still grow
+    assert not drawn.inputs and not folder.exists()
+    assert draw_best_trials_plots(study, folder, sources(ended=True), drawn)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FROM_RECORDS) == sorted(drawn.inputs)  # no report, no table
+    for name in FROM_RECORDS:
+        (folder / name).write_bytes(b"drawn in the tail")
+    study.add_trial(sweep_trial("fastai", "constant", TrialState.COMPLETE, 0.60))  # the last trial beats no best
+    last = write_report(study, folder, sources(ended=True), drawn=drawn)
+    assert all((folder / name).read_bytes() == b"drawn in the tail" for name in FROM_RECORDS)
+    assert {folder / name for name in FROM_RECORDS} <= set(last.files)
+    study.add_trial(sweep_trial("fastai", "constant", TrialState.COMPLETE, 0.95))  # a last trial that beats fastai's best
+    last = write_report(study, folder, sources(ended=True), drawn=drawn)
+    assert all((folder / name).read_bytes() != b"drawn in the tail" for name in FROM_RECORDS)
+    assert last.markdown == write_report(study, tmp_path / "fresh", sources(ended=True)).markdown
+
+
 def test_every_plot_is_made_and_laid_out_holding_the_drawing_lock(study, tmp_path, monkeypatch):
     """The sweep's process draws in two threads (the recorder's schedule plots, the report), and
     matplotlib is not thread-safe: its text layout (two at once broke its mathtext parser), and

@@ -307,3 +307,36 @@ def test_the_sweep_sees_its_last_worker_exit_without_waiting_out_the_poll(monkey
     slept.clear()
     sweep._wait_for_exit([ExitsAfter(0)], seconds=30)
     assert slept == []
+
+
+def test_a_waiting_worker_wakes_when_its_studys_file_changes(tmp_path, monkeypatch):
+    """A worker that waits for the last running trials looks at the embedded study's file and
+    stops waiting once it changes (a trial ended), not sweep.poll later: the sweep ends with its
+    last worker."""
+    study_file = tmp_path / "studies.db"
+    study_file.write_bytes(b"before")
+    stamped = threading.Event()
+    stamp = workers._stamp
+
+    def stamp_seen(path):
+        found = stamp(path)
+        stamped.set()  # the worker has taken the file's state: a change from now on wakes it
+        return found
+
+    monkeypatch.setattr(workers, "_stamp", stamp_seen)
+    waiting = threading.Thread(target=workers._sleep_until_changed, args=(study_file, 600.0), daemon=True)
+    waiting.start()
+    assert stamped.wait(60)
+    with open(study_file, "ab") as study:
+        study.write(b", a trial told")
+    waiting.join(120)  # it wakes within a look (CHANGE_LOOK_SECONDS); 600 s if it slept on
+    assert not waiting.is_alive()
+
+
+@pytest.mark.parametrize("has_file", [True, False])
+def test_a_waiting_worker_sleeps_its_poll_when_nothing_changes(tmp_path, has_file):
+    study_file = tmp_path / "studies.db"
+    study_file.write_bytes(b"as it is")
+    began = time.monotonic()
+    workers._sleep_until_changed(study_file if has_file else None, 0.3)  # None: a server's study
+    assert time.monotonic() - began >= 0.3

@@ -10,10 +10,12 @@ waits for a command whose work is done. So the report is written again, in a thr
 sweep's process, as trials finish (at most one at a time, no sooner than MIN_INTERVAL_SECONDS
 after the last, and never longer than its own drawing took again, so that on a busy machine it
 takes at most half of a core from the trials; not in the sweep's tail, where every trial still
-to finish is running, so that no drawing is under way, and stale, when the last one ends), and
-at once when the sweep has all its trials, while the workers exit. The report written after that keeps each plot whose inputs did not
-change (`DrawnPlots`): all of them once the sweep is complete; else the best trials' curves and
-schedules, unless the last trials beat them. The libraries are imported here too.
+to finish is running, so that no drawing is under way, and stale, when the last one ends: there
+only the best trials' curves and schedules, which the last trials change only if they beat
+them), and at once when the sweep has all its trials, while the workers exit. The report
+written after that keeps each plot whose inputs did not change (`DrawnPlots`): all of them once
+the sweep is complete; else the best trials' curves and schedules, unless the last trials beat
+them. The libraries are imported here too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sweeper.collector import leave_loaded_alone
 from sweeper.records.run_plot import import_plotting
 from sweeper.records.tracking import SweepTracking, sweep_folder
 from sweeper.records.trial_runs import report_sources
@@ -87,14 +90,16 @@ class LiveReport:
         import_plotting()
         import optuna.visualization.matplotlib  # noqa: F401
 
-        from sweeper.analysis.report import MIN_IMPORTANCE_TRIALS, DrawnPlots, Outdated, write_report
+        from sweeper.analysis.report import MIN_IMPORTANCE_TRIALS, DrawnPlots, Outdated, draw_best_trials_plots, write_report
 
         if self.n_trials >= MIN_IMPORTANCE_TRIALS:  # else the importance is left out: no scikit-learn (1 s of a core)
             import optuna.importance  # noqa: F401
+        leave_loaded_alone()  # the libraries stay loaded: no collection walks them again (sweeper.collector)
 
         self.drawn = DrawnPlots()
         written, pause, last, look = None, MIN_INTERVAL_SECONDS, 0.0, LOOK_SECONDS
         settling: float | None = None  # when the sweep was seen to have all its trials
+        best_drawn = None  # the finished trials the best trials' plots were last drawn for
         while not self._stop.wait(look):
             finished, running = self._counts()
             last_trial = finished >= self.n_trials  # drawn at once, while the workers exit
@@ -102,6 +107,18 @@ class LiveReport:
             # likely be under way when the last trial ends, and stale: the user would wait for it.
             tail = running and finished + running >= self.n_trials and not last_trial
             look = TAIL_LOOK_SECONDS if tail or last_trial else LOOK_SECONDS
+            if tail and finished and finished != best_drawn:
+                # Only the best trials' curves and schedules (a third of the drawing): after the
+                # last trial they are drawn again only if it beats them.
+                folder = sweep_folder(self.tracking, self.tracking.sweep)
+                try:
+                    if draw_best_trials_plots(self.study, folder, report_sources(self.tracking), self.drawn, self._superseded):
+                        best_drawn = finished
+                except Outdated:
+                    pass
+                except Exception:  # noqa: BLE001 - the report after the last trial says what fails
+                    best_drawn = finished
+                continue
             if finished == written or finished == 0 or tail or (time.monotonic() - last < pause and not last_trial):
                 continue
             began = time.monotonic()
@@ -131,6 +148,7 @@ class LiveReport:
                 continue
             written, last = finished, time.monotonic()
             pause = max(MIN_INTERVAL_SECONDS, last - began)
+            look = 0.0  # trials may have finished during the drawing: the last one's drawing starts at once
 
     def _superseded(self, plot: str) -> bool:
         return self._stop.is_set() or self._counts()[0] >= self.n_trials

@@ -24,7 +24,7 @@ import functools
 import math
 import shlex
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ __all__ = [
     "Report",
     "best_by",
     "describe_trial",
+    "draw_best_trials_plots",
     "markdown_table",
     "objective_columns",
     "summarize",
@@ -425,6 +426,84 @@ class Outdated(Exception):
     """A report given up between two plots: what it was drawn from is out of date already."""
 
 
+class _Plots:
+    """A report's plots: how each is drawn, and what from (the trials, for the plots of the
+    study: any new trial changes them, not their MLflow run ids, which no plot shows; or the
+    best trial of each strategy, for those of the MLflow records: its curves and schedule, whole
+    once its run has ended)."""
+
+    def __init__(self, study: optuna.Study, sources: MlflowSources | None, drawn: DrawnPlots, allowed: Allowed) -> None:
+        run_ids, curves, ended = (sources.run_ids, drawn.reader(sources), sources.ended) if sources else ({}, None, frozenset())
+        self.trials = trials = trials_table(study, run_ids)
+        (self.objective, self.direction), *self.others = objective_columns(study)
+        objective, direction = self.objective, self.direction
+        best = best_by(trials, "strategy", objective, direction) if len(trials) else {}
+        compared = recorded_compare(study.user_attrs).get("param")
+        self.makers: dict[str, Callable[[Path], Path | None]] = {
+            "best_so_far.png": lambda p: plot_best_so_far(trials, compared or "strategy", objective, direction, p),
+            "best_curves.png": lambda p: plot_best_curves(study, best, objective, curves, p) if best else None,
+            "schedules.png": lambda p: plot_schedules(best, curves, p, allowed) if best else None,
+            "distribution.png": lambda p: plot_distributions(trials, objective, p),
+            "importance.png": lambda p: plot_optuna(study, "importance", objective, p) if _importance_ready(trials) else _left_out(trials),
+            "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),
+        }
+        self.every = trials.drop(columns="mlflow_run_id", errors="ignore").to_csv(index=False) + str(compared)
+        self.bests = repr([(key, row.to_dict(), int(row["trial"]) in ended) for key, row in sorted(best.items())]) + str(curves is not None)
+        self.bests_whole = bool(best) and curves is not None and all(int(row["trial"]) in ended for row in best.values())
+
+    def draw(
+        self, folder: Path, drawn: DrawnPlots, outdated: Callable[[str], bool] | None, names: Collection[str] | None = None
+    ) -> dict[str, Path | str]:
+        """Draw the plots (`names`, else all) whose inputs changed since `drawn`: name -> its
+        file, or a note of why it is not drawn. The plots of the study alone come first, then
+        those of the trials' MLflow records (a sweep's report may wait for its recorder before
+        those); report.md shows the makers' order."""
+        shown: dict[str, Path | str] = {}
+        for name in sorted(self.makers, key=lambda name: name in FROM_RECORDS):
+            if names is not None and name not in names:
+                continue
+            inputs = self.bests if name in FROM_RECORDS else self.every
+            if drawn.inputs.get(name) == inputs and (folder / name).exists():
+                shown[name] = folder / name
+                continue
+            if outdated is not None and outdated(name):
+                raise Outdated(name)
+            drawn.inputs.pop(name, None)
+            try:
+                with drawing():  # the whole figure: pyplot's state is shared with the recorder's thread
+                    made = self.makers[name](folder / name)
+            except LeftOut as why:
+                shown[name] = f"- {name}: left out: {why}"
+                continue
+            except Exception as error:  # noqa: BLE001 - a plot that cannot be drawn yet is a note, not a failure
+                plt.close("all")
+                shown[name] = f"- {name}: not drawn ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+                continue
+            if made is None:
+                shown[name] = f"- {name}: not drawn (no complete trial yet)"
+            else:
+                shown[name] = made
+                drawn.inputs[name] = inputs
+        return shown
+
+
+def draw_best_trials_plots(
+    study: optuna.Study, folder: str | Path, sources: MlflowSources | None, drawn: DrawnPlots, outdated: Callable[[str], bool] | None = None
+) -> bool:
+    """Only the plots of the best trials' MLflow records (FROM_RECORDS), kept in `drawn`, no
+    report written: a sweep draws them while its last trials run, so that the report after the
+    last trial draws them again only if one of those trials beats them. False (nothing drawn)
+    while a best trial's run has not ended: its curves are not whole yet."""
+    study = checked_study(study)
+    plots = _Plots(study, sources, drawn, Allowed())
+    if not plots.bests_whole:
+        return False
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plots.draw(folder, drawn, outdated, names=FROM_RECORDS)
+    return True
+
+
 def write_report(
     study: optuna.Study,
     folder: str | Path,
@@ -442,9 +521,8 @@ def write_report(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     drawn = drawn if drawn is not None else DrawnPlots()
-    run_ids, curves, ended = (sources.run_ids, drawn.reader(sources), sources.ended) if sources else ({}, None, frozenset())
-    trials = trials_table(study, run_ids)
-    (objective, direction), *others = objective_columns(study)
+    every_plot = _Plots(study, sources, drawn, allowed)
+    trials, objective, direction, others = every_plot.trials, every_plot.objective, every_plot.direction, every_plot.others
     by_strategy = summarize(trials, "strategy", objective, direction) if len(trials) else pd.DataFrame()
     by_shape = summarize(trials, "shape", objective, direction) if len(trials) else pd.DataFrame()
     files = [folder / "trials.csv", folder / "by_strategy.csv", folder / "by_shape.csv"]
@@ -452,49 +530,9 @@ def write_report(
     by_strategy.to_csv(files[1], index=False)
     by_shape.to_csv(files[2], index=False)
 
-    best = best_by(trials, "strategy", objective, direction) if len(trials) else {}
-    compared = recorded_compare(study.user_attrs).get("param")
-    makers = {
-        "best_so_far.png": lambda p: plot_best_so_far(trials, compared or "strategy", objective, direction, p),
-        "best_curves.png": lambda p: plot_best_curves(study, best, objective, curves, p) if best else None,
-        "schedules.png": lambda p: plot_schedules(best, curves, p, allowed) if best else None,
-        "distribution.png": lambda p: plot_distributions(trials, objective, p),
-        "importance.png": lambda p: plot_optuna(study, "importance", objective, p) if _importance_ready(trials) else _left_out(trials),
-        "parallel_coordinate.png": lambda p: plot_optuna(study, "parallel_coordinate", objective, p),
-    }
-    # What each plot is drawn from: the trials (any new one changes them; not their MLflow run
-    # ids, which no plot of them shows), or the best trial of each strategy (its curves and
-    # schedule, whole once its MLflow run has ended).
-    every = trials.drop(columns="mlflow_run_id", errors="ignore").to_csv(index=False) + str(compared)
-    bests = repr([(key, row.to_dict(), int(row["trial"]) in ended) for key, row in sorted(best.items())]) + str(curves is not None)
-    # The plots of the study alone are drawn first, then those of the trials' MLflow records (a
-    # sweep's report may wait for its recorder before those); report.md shows the makers' order.
-    shown: dict[str, Path | str] = {}
-    for name in sorted(makers, key=lambda name: name in FROM_RECORDS):
-        inputs = bests if name in FROM_RECORDS else every
-        if drawn.inputs.get(name) == inputs and (folder / name).exists():
-            shown[name] = folder / name
-            continue
-        if outdated is not None and outdated(name):
-            raise Outdated(name)
-        drawn.inputs.pop(name, None)
-        try:
-            with drawing():  # the whole figure: pyplot's state is shared with the recorder's thread
-                made = makers[name](folder / name)
-        except LeftOut as why:
-            shown[name] = f"- {name}: left out: {why}"
-            continue
-        except Exception as error:  # noqa: BLE001 - a plot that cannot be drawn yet is a note, not a failure
-            plt.close("all")
-            shown[name] = f"- {name}: not drawn ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-            continue
-        if made is None:
-            shown[name] = f"- {name}: not drawn (no complete trial yet)"
-        else:
-            shown[name] = made
-            drawn.inputs[name] = inputs
-    plots = [shown[name] for name in makers if isinstance(shown.get(name), Path)]
-    notes = [shown[name] for name in makers if isinstance(shown.get(name), str)]
+    shown = every_plot.draw(folder, drawn, outdated)
+    plots = [shown[name] for name in every_plot.makers if isinstance(shown.get(name), Path)]
+    notes = [shown[name] for name in every_plot.makers if isinstance(shown.get(name), str)]
 
     summary = _summary_markdown(study, trials, by_strategy, by_shape, objective, direction, others, read_verdict(folder))
     markdown = _report_markdown(study, summary, trials, plots, notes, objective, direction)

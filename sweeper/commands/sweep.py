@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.analysis.live_report import LiveReport
 from sweeper.boundary.checked_study import checked_study
 from sweeper.boundary.printed import printable
+from sweeper.collector import setting_up
 from sweeper.config.errors import ConfigError, error_line
 from sweeper.config.rules import sweep_folder
 from sweeper.records.audit import audit_records
@@ -62,6 +64,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # What the sweep loads and builds until its workers go lives as long as it does: no garbage
+    # collection walks it, then or after (sweeper.collector).
+    with setting_up():
+        begun = _set_up(args)
+    return _sweep(begun) if isinstance(begun, _Begun) else begun
+
+
+@dataclass(frozen=True)
+class _Begun:
+    """A sweep checked, its study made or resumed, its workers held or gone."""
+
+    plan: SweepPlan
+    folder: Path
+    spool: Path
+    deadline: float | None
+    held: list[LocalWorker]
+    made: list[Path]  # the folders this command made
+    records: Any  # the sweep's SweepTracking
+    study: optuna.Study
+    before: Counts  # its trials before any worker of this command went
+
+
+def _set_up(args: argparse.Namespace) -> _Begun | int:
+    """Check the sweep and begin it; an exit code where it ends here (--dry-run, a sweep done
+    already, Ctrl-C while it began)."""
     plan = plan_sweep(args.overrides, args.config_dir, validate=False)
     quick_checks(plan)
     check_launcher(plan)
@@ -106,6 +133,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"sweep {plan.name}: interrupted; run the same command again to resume it.")
             return EXIT_INTERRUPTED
         raise
+    return _Begun(plan, folder, spool, deadline, held, made, records, study, before)
+
+
+def _sweep(begun: _Begun) -> int:
+    """Run the workers to the end of the sweep, then its report, its audit and its summary."""
+    plan, folder, spool, deadline, held, made = begun.plan, begun.folder, begun.spool, begun.deadline, begun.held, begun.made
+    records, study, before = begun.records, begun.study, begun.before
     # This machine's workers hand their records to this process (and any left by an earlier run
     # of the sweep that was killed are sent now): MLflow is loaded and its store opened here alone.
     recorder = MachineRecorder(records, spool).start() if records.settings is not None else None

@@ -20,6 +20,7 @@ import faulthandler
 import sys
 import time
 
+from sweeper.collector import setting_up
 from sweeper.config.errors import NotWritten, disk_full
 from sweeper.sweep.launchers import SweepArguments
 from sweeper.sweep.lifeline import end_with_parent
@@ -48,12 +49,15 @@ def run(args: argparse.Namespace) -> int:
         end_with_parent(sweep.parent)
         args.overrides = [*sweep.overrides, *args.overrides]
         args.config_dir = [*sweep.config_dirs, *args.config_dir]
-    plan = plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
-    if args.check:
-        check_trainer(plan)
-        return 0
-    if args.held and not wait_for_go(plan):
-        return 0  # the sweep stopped before it began (it says why)
+    # What the worker loads before its first trial (torch, the trainer, its plan) stays loaded:
+    # no garbage collection between its trials walks it (sweeper.collector).
+    with setting_up():
+        plan = plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
+        if args.check:
+            check_trainer(plan)
+            return 0
+        if args.held and not wait_for_go(plan):
+            return 0  # the sweep stopped before it began (it says why)
     deadline = args.deadline
     if deadline is None and plan.timeout is not None:
         deadline = time.time() + plan.timeout

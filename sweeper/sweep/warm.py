@@ -25,6 +25,7 @@ End of its stdin: the server waits for its workers, then ends.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -38,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+from sweeper.collector import leave_loaded_alone
 from sweeper.sweep.lifeline import end_with_parent
 
 __all__ = ["WarmServer", "serve"]
@@ -144,6 +146,9 @@ def serve(requests: IO[bytes], answers: IO[bytes], sweep: int, preload: Sequence
     for every load."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the sweep and its workers
     end_with_parent(sweep)
+    # The server only imports: no collection runs here, and what it loaded is left out of the
+    # workers' (which would otherwise walk, and copy, every page they share with it).
+    gc.disable()
     serving = _Serving(requests, answers)
     for name in preload:
         _load(name)
@@ -215,8 +220,10 @@ def _load(name: str) -> None:
 
 
 def _fork(request: dict, answers: IO[bytes], running: set[int]) -> Callable[[], int] | None:
+    leave_loaded_alone()
     pid = os.fork()
     if pid == 0:
+        gc.enable()  # the worker collects what it makes
         return lambda: _worker(request)
     running.add(pid)
     answers.write(f"started {request['index']} {pid}\n".encode())

@@ -75,6 +75,7 @@ __all__ = [
 
 TrainFn = Callable[[DictConfig, Sequence[Reporter]], TrialResult]
 MAX_AUTO_CPU_WORKERS = 8  # beyond this, CPU workers mostly add memory (a torch process each)
+CHANGE_LOOK_SECONDS = 0.05  # how often a waiting worker looks whether an embedded study's file changed
 
 
 # --- slots ------------------------------------------------------------------------------------
@@ -493,7 +494,7 @@ class _Worker:
         # A dead worker's trial counts as running until its heartbeat goes stale: look for
         # those here too, or waiting workers would wait on it for ever.
         fail_stale_trials(self.study)
-        time.sleep(float(self.plan.cfg.sweep.poll))
+        _sleep_until_changed(self.plan.storage.path, float(self.plan.cfg.sweep.poll))
         return True
 
     def finish(self, counts: Counts) -> bool:
@@ -514,6 +515,30 @@ _MOVES: dict[Move, Callable[[_Worker, Counts], bool]] = {
     Move.WAIT: _Worker.wait,
     Move.STOP: _Worker.finish,
 }
+
+
+def _sleep_until_changed(path: Path | None, seconds: float) -> None:
+    """Sleep `seconds`, or less once the embedded study's file changes (a trial ended, most
+    likely: the worker stops, or runs it again, at once). The sweep ends when its last worker
+    has: a waiting worker that slept on after the last trial held the command up by up to
+    sweep.poll."""
+    if path is None:  # a server's study: no file to look at
+        time.sleep(seconds)
+        return
+    before = _stamp(path)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, CHANGE_LOOK_SECONDS))
+        if _stamp(path) != before:
+            return
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _finished_meanwhile(study: optuna.Study, trial: optuna.Trial) -> bool:
