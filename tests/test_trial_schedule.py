@@ -207,3 +207,23 @@ def test_trainer_schedule_command_and_report_schedule_alike(overrides, tmp_path,
     assert [p["name"] for p in document["phases"]] == [p.name for p in schedule.phases]
     assert document["rows"] == schedule.rows()  # every phase, every group, every step
     assert _planned_schedule(overrides, steps=schedule.total, allowed=Allowed(("tests",))) == schedule.lrs.T.tolist()
+
+
+def test_a_log_axis_labels_its_decades_in_plain_text_without_the_mathtext_parser(monkeypatch):
+    """Every recorded trial draws its schedule: its log axis is labelled 1e-03, not typeset."""
+    from matplotlib import mathtext
+    from matplotlib.figure import Figure
+
+    from sweeper.schedules.plots import log_y
+
+    typeset = []
+    parse = mathtext.MathTextParser.parse
+    monkeypatch.setattr(mathtext.MathTextParser, "parse", lambda self, s, *a, **k: typeset.append(s) or parse(self, s, *a, **k))
+    figure = Figure()
+    axis = figure.subplots()
+    axis.plot([0, 1, 2], [1e-5, 1e-3, 1e-1])
+    log_y(axis)
+    figure.canvas.draw()
+    labels = [label.get_text() for label in axis.get_yticklabels() if label.get_text()]
+    assert "1e\u221203" in labels and not any("$" in label for label in labels), labels  # 1e-03, its minus typeset as one
+    assert not typeset

@@ -128,3 +128,60 @@ def test_an_early_request_is_served_between_two_loads_and_the_others_once_all_ar
     finally:
         server.kill()
     assert (tmp_path / "worker.log").read_text().split() == ["warm,after-early"]
+
+
+def test_a_call_runs_in_the_server_with_the_environment_given_and_its_workers_have_what_it_made(tmp_path, monkeypatch):
+    """WarmServer.prepare: the server calls a function itself, with a worker's environment (the
+    sweep's plan is composed so, once); the workers forked after it have what it made, the
+    server's own environment is put back, and a call that fails stops nothing."""
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
+    monkeypatch.delenv("WARM_MARK", raising=False)
+    server = WarmServer(["helpers.warm_marks"])
+    try:
+        assert server.prepare("helpers.warm_marks:fail", dict(os.environ))
+        assert server.prepare("helpers.warm_marks:mark_from_environment", {**os.environ, "WARM_MARK": "prepared"})
+        assert server.prepare("helpers.warm_marks:mark_from_environment", dict(os.environ))  # the server's own, put back
+        assert server.start(0, [sys.executable, "-m", "helpers.warm_report"], dict(os.environ), tmp_path / "w.log")
+        assert server.wait_exit(0, 300) == 0
+    finally:
+        server.kill()
+    assert (tmp_path / "w.log").read_text().split() == ["prepared,unmarked"]
+
+
+def test_a_sweeps_workers_take_the_plan_the_server_composed_for_their_command_line(tmp_path, monkeypatch, capsys):
+    """prepare_plan composes a sweep's plan once (in the warm server, before it forks); a worker
+    of exactly that command line that does not validate takes it from memory; another command
+    line, or a worker that validates, composes its own."""
+    from sweeper.cli import main
+    from sweeper.commands import worker
+    from sweeper.sweep.launchers import worker_command
+    from sweeper.sweep.plan import plan_sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(worker, "_PREPARED", {})
+    monkeypatch.setattr(worker, "end_with_parent", lambda parent: None)  # this test's process has no sweep to end with
+    checked, composed = [], []
+    monkeypatch.setattr(worker, "check_trainer", checked.append)
+    monkeypatch.setattr(worker, "plan_sweep", lambda *args, **kwargs: composed.append(args) or plan_sweep(*args, **kwargs))
+    sweep = plan_sweep(["sweep.n_trials=3", "train.epochs=1"], [])
+
+    def as_the_sweep_starts_it(plan, *extra):
+        command, environment = worker_command(plan, 0, None)
+        for name, value in environment.items():  # taken out of the environment by each worker
+            monkeypatch.setenv(name, value)
+        return command[3:] + list(extra)  # `worker --index 0 --no-validate`
+
+    as_the_sweep_starts_it(sweep)
+    worker.prepare_plan()
+    ((key, prepared),) = worker._PREPARED.items()
+    assert key == (tuple(sweep.command_line), ()) and composed  # composed once, there
+    composed.clear()
+    assert main([*as_the_sweep_starts_it(sweep), "--check"]) == 0
+    assert checked == [prepared] and not composed  # from memory
+    other = plan_sweep(["sweep.n_trials=4", "train.epochs=1"], [])
+    composed.clear()
+    assert main([*as_the_sweep_starts_it(other), "--check"]) == 0
+    assert checked[-1] is not prepared and checked[-1].n_trials == 4 and composed
+    validating = [arg for arg in as_the_sweep_starts_it(sweep) if arg != "--no-validate"]
+    assert main([*validating, "--check"]) == 0
+    assert checked[-1] is not prepared and len(composed) == 2

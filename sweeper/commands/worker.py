@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     # What the worker loads before its first trial (torch, the trainer, its plan) stays loaded:
     # no garbage collection between its trials walks it (sweeper.collector).
     with setting_up():
-        plan = plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
+        plan = _prepared(args) or plan_sweep(args.overrides, args.config_dir, validate=not args.no_validate)
         if args.check:
             check_trainer(plan)
             return 0
@@ -74,6 +74,27 @@ def run(args: argparse.Namespace) -> int:
         return stop.exit_code
     print(f"worker {args.index}: ran {ran} trial(s) of sweep {plan.name}")
     return 0
+
+
+# The sweep's plan, composed by the warm server before it forks the workers (prepare_plan), by
+# the overrides and config folders it was composed from.
+_PREPARED: dict[tuple[tuple[str, ...], tuple[str, ...]], SweepPlan] = {}
+
+
+def prepare_plan() -> None:
+    """Compose the plan of the sweep whose worker this environment is (SweepArguments) as a
+    worker does, and keep it: the warm server calls this before it forks the trainer's check
+    and the workers, who then take it from memory instead of composing it each (~0.25 s of a
+    core each, as the workers start together)."""
+    sweep = SweepArguments.take()
+    if sweep is not None:
+        _PREPARED[(tuple(sweep.overrides), tuple(sweep.config_dirs))] = plan_sweep(sweep.overrides, sweep.config_dirs, validate=False)
+
+
+def _prepared(args: argparse.Namespace) -> SweepPlan | None:
+    """The plan prepare_plan composed for exactly this worker's command line, if any; a worker
+    that validates composes its own."""
+    return None if not args.no_validate else _PREPARED.get((tuple(args.overrides), tuple(args.config_dir)))
 
 
 def wait_for_go(plan: SweepPlan) -> bool:

@@ -248,6 +248,8 @@ def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: f
     # Not MLflow: the workers hand their records to the sweep's recorder (sweeper.records.spool).
     preload = ["sweeper.commands.worker", str(plan.cfg.sweep.trainer), "sweeper.records.tracking", "sweeper.commands.worker:warm_up"]
     server = WarmServer(preload)
+    # The plan every worker (and the trainer's check) composes is composed once, in the server.
+    server.prepare("sweeper.commands.worker:prepare_plan", {**os.environ, **worker_command(plan, 0, deadline, parent=server.pid)[1]})
     logs.mkdir(parents=True, exist_ok=True)
     workers = []
     for slot in slots:

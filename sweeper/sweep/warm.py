@@ -18,13 +18,17 @@ server ignores it, the workers stop as they do). The server ends with the sweep 
 death signal), and the workers with the server, so a killed sweep leaves nothing running.
 
 Protocol, one line each: the sweep writes a JSON request per worker to the server's stdin
-({"index", "module", "argv", "env", "log", "early"}: the worker runs as `python -m MODULE ARGV` would); the server answers on its stdout `started INDEX PID` and,
-once that worker has ended, `exit PID CODE` (CODE as subprocess reports it: -N for signal N).
-End of its stdin: the server waits for its workers, then ends.
+({"index", "module", "argv", "env", "log", "early"}: the worker runs as `python -m MODULE ARGV`
+would); the server answers on its stdout `started INDEX PID` and, once that worker has ended,
+`exit PID CODE` (CODE as subprocess reports it: -N for signal N). A request {"call", "env",
+"early"} is a function the server calls itself with that environment, answered by nothing: what
+it prepares (the sweep's plan) is in every worker forked after it. End of its stdin: the server
+waits for its workers, then ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -77,9 +81,18 @@ class WarmServer:
         python, option, module, *argv = command
         if option != "-m":
             raise ValueError(f"the warm server runs modules (python -m MODULE ...), not {list(command)}")
-        request = json.dumps({"index": index, "module": module, "argv": argv, "env": env, "log": str(log), "early": early})
+        return self._ask({"index": index, "module": module, "argv": argv, "env": env, "log": str(log), "early": early})
+
+    def prepare(self, function: str, env: dict[str, str]) -> bool:
+        """Ask the server to call `module:function` itself, between two of its loads, with the
+        environment `env` (a worker's): what it prepares in memory, every worker forked after
+        it has (the sweep's plan, composed once instead of by each worker). Its failure is
+        nobody's: the workers then do the same work again, and say what fails."""
+        return self._ask({"call": function, "env": env, "early": True})
+
+    def _ask(self, request: dict) -> bool:
         try:
-            self.process.stdin.write(request.encode() + b"\n")
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
             self.process.stdin.flush()
         except (BrokenPipeError, ValueError):
             return False
@@ -187,7 +200,7 @@ class _Serving:
                 if early_only and not request.get("early"):
                     self.waiting.append(request)
                     continue
-                job = _fork(request, self.answers, self.running)
+                job = self._serve(request)
                 if job is not None:
                     return job
         _reap(self.answers, self.running, block=False)
@@ -195,10 +208,17 @@ class _Serving:
 
     def fork_waiting(self) -> Callable[[], int] | None:
         while self.waiting:
-            job = _fork(self.waiting.pop(0), self.answers, self.running)
+            job = self._serve(self.waiting.pop(0))
             if job is not None:
                 return job
         return None
+
+    def _serve(self, request: dict) -> Callable[[], int] | None:
+        """A call here (WarmServer.prepare), or a worker forked: in that worker, its job."""
+        if "call" in request:
+            _call_as_worker(request["call"], request["env"])
+            return None
+        return _fork(request, self.answers, self.running)
 
 
 def _load(name: str) -> None:
@@ -217,6 +237,20 @@ def _load(name: str) -> None:
             return
         except Exception:  # noqa: BLE001, S112 - the worker imports it again and says what failed
             continue
+
+
+def _call_as_worker(function: str, env: dict[str, str]) -> None:
+    """Call `module:function` here with a worker's environment, then put the server's back.
+    Anything it prints goes to the server's stderr: its stdout carries the answers."""
+    own = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            _load(function)
+    finally:
+        os.environ.clear()
+        os.environ.update(own)
 
 
 def _fork(request: dict, answers: IO[bytes], running: set[int]) -> Callable[[], int] | None:

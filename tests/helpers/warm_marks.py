@@ -29,3 +29,10 @@ def after_the_early_one() -> None:
         WARMED.append("late")
     else:
         WARMED.append("after-early")
+
+
+def mark_from_environment() -> None:
+    """A call the server makes with a worker's environment (WarmServer.prepare): WARM_MARK there."""
+    import os
+
+    WARMED.append(os.environ.get("WARM_MARK", "unmarked"))
