@@ -265,3 +265,29 @@ def test_two_sweeps_started_together_make_one_study_and_one_parent_run(tmp_path)
     assert len(finished) == 4  # exactly n_trials across both
     trial_runs = [r for r in runs if r.data.tags.get("sweeper.kind") == "trial"]
     assert sorted(int(r.data.tags["trial"]) for r in trial_runs) == sorted(t.number for t in study.trials)
+
+
+def test_a_command_stopped_while_it_makes_a_new_store_leaves_none_and_the_next_makes_it(tmp_path, monkeypatch):
+    """A new sweep makes its embedded MLflow store (MLflow's schema migrations) beside its first
+    trials; a Ctrl-C in the middle of the migrations left a half-made store, which the resume
+    then refused as damaged. The store is made beside its place and moved there whole."""
+    import mlflow.store.db.utils as db_utils
+    from omegaconf import OmegaConf
+
+    from sweeper.records.mlflow_store import connect, tracking_settings
+
+    store = tmp_path / "results" / "mlflow.db"
+    settings = tracking_settings(OmegaConf.create({"tracking": {"enabled": True, "uri": f"sqlite:///{store}", "experiment": "e"}}))
+    upgrade = db_utils._upgrade_db
+
+    def ctrl_c_half_way(engine):  # the first tables are made, the migrations not yet run
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(db_utils, "_upgrade_db", ctrl_c_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        connect(settings)
+    assert sorted(p.name for p in store.parent.iterdir()) == ["mlflow.db.lock"]  # no store, no half-made file
+    monkeypatch.setattr(db_utils, "_upgrade_db", upgrade)
+    client, experiment = connect(settings)  # the next command makes it whole
+    assert client.get_experiment(experiment).name == "e"
+    assert sorted(p.name for p in store.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]

@@ -122,13 +122,17 @@ def _absolute_sqlite(uri: str) -> str:
 def mlflow_client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
+    _quiet_store_logs()
+    return MlflowClient(tracking_uri=uri)
+
+
+def _quiet_store_logs() -> None:
     # A new embedded store logs its schema migrations at INFO ("Creating initial MLflow database
     # tables...") into the command's output, and every database error at ERROR with a traceback
     # (a full disk: "SQLAlchemy database error") that the error raised to sweeper says again, in
     # one line (Outage); alembic's warnings still show.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri)
 
 
 @contextmanager
@@ -212,9 +216,30 @@ def _embedded_store_lock(settings: TrackingSettings, create: bool) -> Iterator[N
     with open(f"{path}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            if create and not path.exists():
+                _make_whole(path)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _make_whole(path: Path) -> None:
+    """A new embedded store, made as MLflow makes it (its schema's migrations, ~2 s of a core) in
+    a file beside `path`, then moved into place whole. A sweep makes its store beside its first
+    trials, and a Ctrl-C or a kill in the middle of the migrations left a half-made store that
+    every later command refused as damaged (a resume included); now it leaves none."""
+    from mlflow import MlflowClient
+
+    _quiet_store_logs()
+    # A name of its own each time: MLflow keeps the engines of the stores it opened by URL.
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    partial = Path(name)
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def experiment_id_of(client: MlflowClient, settings: TrackingSettings, create: bool = True) -> str:
