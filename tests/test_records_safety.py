@@ -291,3 +291,6 @@ def test_a_command_stopped_while_it_makes_a_new_store_leaves_none_and_the_next_m
     client, experiment = connect(settings)  # the next command makes it whole
     assert client.get_experiment(experiment).name == "e"
     assert sorted(p.name for p in store.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert store.stat().st_mode & 0o777 == 0o666 & ~umask  # as SQLite makes a file, not a temporary file's 0o600

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -231,10 +232,10 @@ def _make_whole(path: Path) -> None:
     from mlflow import MlflowClient
 
     _quiet_store_logs()
-    # A name of its own each time: MLflow keeps the engines of the stores it opened by URL.
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    partial = Path(name)
+    # A name of its own each time (MLflow keeps the engines of the stores it opened by URL), and
+    # the mode SQLite would give the store (0o666 less the umask; mkstemp's is 0o600).
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
         os.replace(partial, path)
