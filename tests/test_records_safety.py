@@ -287,6 +287,8 @@ def test_a_command_stopped_while_it_makes_a_new_store_leaves_none_and_the_next_m
     with pytest.raises(KeyboardInterrupt):
         connect(settings)
     assert sorted(p.name for p in store.parent.iterdir()) == ["mlflow.db.lock"]  # no store, no half-made file
+    for killed in (".mlflow.db.0a1b.partial", ".mlflow.db.0a1b.partial-journal"):  # what a kill -9 half way leaves
+        (store.parent / killed).write_bytes(b"half made")
     monkeypatch.setattr(db_utils, "_upgrade_db", upgrade)
     client, experiment = connect(settings)  # the next command makes it whole
     assert client.get_experiment(experiment).name == "e"

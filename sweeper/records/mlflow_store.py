@@ -232,6 +232,10 @@ def _make_whole(path: Path) -> None:
     from mlflow import MlflowClient
 
     _quiet_store_logs()
+    # What a command killed while it made one left (its file, SQLite's journal of it): under the
+    # store's lock, no other is being made.
+    for stale in path.parent.glob(f".{path.name}.*.partial*"):
+        stale.unlink(missing_ok=True)
     # A name of its own each time (MLflow keeps the engines of the stores it opened by URL), and
     # the mode SQLite would give the store (0o666 less the umask; mkstemp's is 0o600).
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
@@ -240,7 +244,8 @@ def _make_whole(path: Path) -> None:
         MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
         os.replace(partial, path)
     finally:
-        partial.unlink(missing_ok=True)
+        for left in (partial, Path(f"{partial}-journal")):
+            left.unlink(missing_ok=True)
 
 
 def experiment_id_of(client: MlflowClient, settings: TrackingSettings, create: bool = True) -> str:
