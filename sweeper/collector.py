@@ -10,8 +10,8 @@ the project machine, five of them while the sweep set itself up and, as often as
 its last trial, while the user waited. What a process makes while it sets itself up (modules,
 their classes and tables) lives as long as the process: the collector is paused meanwhile, and
 then told to leave those objects out of every collection (gc.freeze); what comes after is
-collected as before. The price: cyclic garbage made while it was paused is never freed (imports
-make little: a few MB at most).
+collected as before. The price: cyclic garbage made while it was paused is never freed (the
+five collections a sweep's set-up skips freed some 22,000 objects in all).
 """
 
 from __future__ import annotations

@@ -301,6 +301,16 @@ def test_the_best_trials_plots_drawn_while_the_last_trials_run_are_kept_unless_t
     assert last.markdown == write_report(study, tmp_path / "fresh", sources(ended=True)).markdown
 
 
+def test_the_best_trials_plots_without_mlflow_records_are_drawn_at_once(study, tmp_path):
+    """MLflow off or unreadable: the curves are the study's, whole once the trials finished, so
+    the sweep's tail draws them once instead of looking for ended runs every tenth of a second."""
+    from sweeper.analysis.report import FROM_RECORDS, DrawnPlots, draw_best_trials_plots
+
+    drawn = DrawnPlots()
+    assert draw_best_trials_plots(study, tmp_path / "demo", None, drawn)
+    assert sorted(drawn.inputs) == sorted(FROM_RECORDS)
+
+
 def test_every_plot_is_made_and_laid_out_holding_the_drawing_lock(study, tmp_path, monkeypatch):
     """The sweep's process draws in two threads (the recorder's schedule plots, the report), and
     matplotlib is not thread-safe: its text layout (two at once broke its mathtext parser), and

@@ -449,7 +449,8 @@ class _Plots:
         }
         self.every = trials.drop(columns="mlflow_run_id", errors="ignore").to_csv(index=False) + str(compared)
         self.bests = repr([(key, row.to_dict(), int(row["trial"]) in ended) for key, row in sorted(best.items())]) + str(curves is not None)
-        self.bests_whole = bool(best) and curves is not None and all(int(row["trial"]) in ended for row in best.values())
+        # A best trial whose MLflow run has not ended yet: its curves may still grow.
+        self.bests_running = curves is not None and any(int(row["trial"]) not in ended for row in best.values())
 
     def draw(
         self, folder: Path, drawn: DrawnPlots, outdated: Callable[[str], bool] | None, names: Collection[str] | None = None
@@ -493,10 +494,11 @@ def draw_best_trials_plots(
     """Only the plots of the best trials' MLflow records (FROM_RECORDS), kept in `drawn`, no
     report written: a sweep draws them while its last trials run, so that the report after the
     last trial draws them again only if one of those trials beats them. False (nothing drawn)
-    while a best trial's run has not ended: its curves are not whole yet."""
+    while a best trial's run has not ended: its curves are not whole yet. (Without MLflow's
+    records the curves are the study's, whole: drawn at once, not looked for again.)"""
     study = checked_study(study)
     plots = _Plots(study, sources, drawn, Allowed())
-    if not plots.bests_whole:
+    if plots.bests_running:
         return False
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

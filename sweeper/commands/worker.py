@@ -19,6 +19,7 @@ import argparse
 import faulthandler
 import sys
 import time
+from collections.abc import Sequence
 
 from sweeper.collector import setting_up
 from sweeper.config.errors import NotWritten, disk_full
@@ -88,13 +89,17 @@ def prepare_plan() -> None:
     core each, as the workers start together)."""
     sweep = SweepArguments.take()
     if sweep is not None:
-        _PREPARED[(tuple(sweep.overrides), tuple(sweep.config_dirs))] = plan_sweep(sweep.overrides, sweep.config_dirs, validate=False)
+        _PREPARED[_command_line(sweep.overrides, sweep.config_dirs)] = plan_sweep(sweep.overrides, sweep.config_dirs, validate=False)
 
 
 def _prepared(args: argparse.Namespace) -> SweepPlan | None:
     """The plan prepare_plan composed for exactly this worker's command line, if any; a worker
     that validates composes its own."""
-    return None if not args.no_validate else _PREPARED.get((tuple(args.overrides), tuple(args.config_dir)))
+    return _PREPARED.get(_command_line(args.overrides, args.config_dir)) if args.no_validate else None
+
+
+def _command_line(overrides: Sequence[str], config_dirs: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(overrides), tuple(config_dirs)
 
 
 def wait_for_go(plan: SweepPlan) -> bool:
