@@ -32,7 +32,7 @@ from optuna.trial import TrialState, create_trial
 
 from sweeper.analysis.report import finish_sweep
 from sweeper.cli import main
-from sweeper.commands.sweep import _begin
+from sweeper.commands.sweeping import _begin
 from sweeper.records.run_record import plain_config
 from sweeper.records.tracking import prepare_sweep
 from sweeper.sweep.plan import plan_sweep

@@ -12,7 +12,7 @@ import pytest
 from helpers.processes import with_tests_on_path
 from mlflow.tracking import MlflowClient
 
-from sweeper.commands.sweep import _begin
+from sweeper.commands.sweeping import _begin
 from sweeper.config import ConfigError
 from sweeper.sweep import lr_anchor
 from sweeper.sweep.lr_anchor import ANCHOR_ATTR, anchor_plan, recorded_plan

@@ -30,7 +30,7 @@ from helpers.trainers import StandInTrainer
 from optuna.trial import TrialState
 
 from sweeper.cli import main
-from sweeper.commands.sweep import _wait_for_exit
+from sweeper.commands.sweeping import _wait_for_exit
 from sweeper.stop_signals import StopSignals, raise_if_stopped
 from sweeper.sweep.counts import count_trials
 from sweeper.sweep.live import how_it_ended, record_death
@@ -330,7 +330,7 @@ def test_the_trial_of_a_worker_killed_by_a_signal_is_failed_with_the_signal_s_na
     nothing of why: the sweep, which saw the signal, records it on the trial, and the summary
     names it instead of "no reason recorded"."""
     from sweeper.boundary.checked_study import checked_study
-    from sweeper.commands.sweep import _failure_reasons
+    from sweeper.commands.sweeping import _failure_reasons
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db")
     own, other = study.ask(), study.ask()

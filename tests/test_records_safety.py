@@ -110,7 +110,7 @@ def test_a_new_sweeps_workers_go_before_its_mlflow_run_is_made(tmp_path, monkeyp
     it makes the run, for a trial to have begun; were the workers held until the run existed,
     no trial would begin and the wait would fail."""
     from sweeper.cli import main
-    from sweeper.commands import sweep as sweep_command
+    from sweeper.commands import sweeping as sweep_command
 
     gates = tmp_path / "gates"
     made = sweep_command.prepare_sweep

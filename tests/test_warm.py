@@ -185,3 +185,66 @@ def test_a_sweeps_workers_take_the_plan_the_server_composed_for_their_command_li
     validating = [arg for arg in as_the_sweep_starts_it(sweep) if arg != "--no-validate"]
     assert main([*validating, "--check"]) == 0
     assert checked[-1] is not prepared and len(composed) == 2
+
+
+def test_a_load_asked_for_comes_before_the_workers_asked_for_after_it(tmp_path, monkeypatch):
+    """WarmServer.load: one more module (the sweep's trainer, named once its config is read) is
+    loaded before every worker asked for after it, whether it comes while the server is still
+    loading (behind those loads, an early request still served between them) or once it serves."""
+    done = tmp_path / "early-done"
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
+    monkeypatch.setenv("EARLY_DONE", str(done))
+    report = [sys.executable, "-m", "helpers.warm_report"]
+    server = WarmServer(["helpers.warm_marks", "helpers.warm_marks:after_the_early_one"])
+    try:
+        assert server.load("helpers.warm_marks:warm")  # while the server waits in its second load
+        assert server.start(0, report, dict(os.environ), tmp_path / "loading.log")
+        assert server.start(
+            1, [sys.executable, "-m", "helpers.warm_touch", str(done)], dict(os.environ), tmp_path / "early.log", early=True
+        )
+        assert server.wait_exit(1, 300) == 0 and server.wait_exit(0, 300) == 0
+        assert server.load("helpers.warm_marks:warm")  # every load done: it serves
+        assert server.start(2, report, dict(os.environ), tmp_path / "serving.log")
+        assert server.wait_exit(2, 300) == 0
+    finally:
+        server.kill()
+    assert (tmp_path / "loading.log").read_text().split() == ["after-early,warm"]
+    assert (tmp_path / "serving.log").read_text().split() == ["after-early,warm,warm"]
+
+
+@pytest.fixture
+def servers_made(monkeypatch) -> list[WarmServer]:
+    """Every warm server made from here on (sweeper.sweep.warm's, as early_server and the
+    launchers make them)."""
+    from sweeper.sweep import launchers, warm
+
+    made: list[WarmServer] = []
+
+    class Recorded(WarmServer):
+        def __init__(self, preload):
+            super().__init__(preload)
+            made.append(self)
+
+    monkeypatch.setattr(warm, "WarmServer", Recorded)
+    monkeypatch.setattr(launchers, "WarmServer", Recorded)
+    return made
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_a_sweep_starts_its_server_before_its_config_and_ends_it_unless_its_workers_take_it(workdir, servers_made, stand_in_sweep, capsys):
+    """`sweeper sweep` starts its warm server first of all: a sweep refused on its config (or
+    for its name) ends it, a dry run starts none, and a sweep's workers are forked from that
+    one (no second server), which ends with them."""
+    from sweeper.cli import main
+
+    assert main(["sweep", "sweep.n_trials=many"]) == 2
+    assert "sweep.n_trials" in capsys.readouterr().err
+    assert len(servers_made) == 1 and not servers_made[0].alive()  # ended, and reaped
+    assert main(["sweep", "--dry-run", *stand_in_sweep]) == 0
+    assert len(servers_made) == 1
+    argv = ["sweep", *stand_in_sweep, "sweep.n_trials=1", "sweep.workers=1", "sweep.live=false", "results_dir=results"]
+    assert main(argv) == 0, capsys.readouterr()
+    assert len(servers_made) == 2 and servers_made[1].taken
+    servers_made[1].process.wait(timeout=60)  # its input closed by the sweep: it ended with its workers
+    assert servers_made[1].process.returncode == 0
+    assert list((workdir / "results").glob("sweeps/*/report.md"))  # the sweep ran through

@@ -298,14 +298,14 @@ class ExitsAfter:
 
 
 def test_the_sweep_sees_its_last_worker_exit_without_waiting_out_the_poll(monkeypatch):
-    from sweeper.commands import sweep
+    from sweeper.commands import sweeping
 
     slept = []
-    monkeypatch.setattr(sweep.time, "sleep", slept.append)
-    sweep._wait_for_exit([ExitsAfter(1), ExitsAfter(3)], seconds=30)
+    monkeypatch.setattr(sweeping.time, "sleep", slept.append)
+    sweeping._wait_for_exit([ExitsAfter(1), ExitsAfter(3)], seconds=30)
     assert 0 < sum(slept) < 1  # woke at the exit, not after 30 s
     slept.clear()
-    sweep._wait_for_exit([ExitsAfter(0)], seconds=30)
+    sweeping._wait_for_exit([ExitsAfter(0)], seconds=30)
     assert slept == []
 
 

@@ -30,7 +30,7 @@ from sweeper.config import ConfigError
 from sweeper.records.spool import SPOOL_ENV, spool_folder
 from sweeper.sweep.plan import SweepPlan, check_trainer, plan_sweep
 from sweeper.sweep.slurm_jobs import check_slurm, submit_jobs
-from sweeper.sweep.warm import WarmServer
+from sweeper.sweep.warm import FIRST_LOADS, WarmServer, can_fork_workers
 from sweeper.sweep.workers import Slot, StopRequest, plan_slots, run_worker, usable_cores, visible_gpus
 
 __all__ = [
@@ -228,26 +228,24 @@ def launch_workers(plan: SweepPlan, logs: Path, deadline: float | None) -> list[
     return _launch_jobs(plan, plan.cfg.launcher, deadline)
 
 
-def launch_held_workers(plan: SweepPlan, logs: Path, deadline: float | None) -> list[LocalWorker]:
+def launch_held_workers(plan: SweepPlan, logs: Path, deadline: float | None, server: WarmServer | None = None) -> list[LocalWorker]:
     """Start the local workers before the sweep is checked and its study exists: each imports
     and loads what a trial needs (seconds of a worker's start) while the sweep checks, then waits
-    for `go()`; a sweep that stops first ends them with `discard()`. None for cluster jobs, which
-    are submitted once the sweep may start."""
+    for `go()`; a sweep that stops first ends them with `discard()`. They are forked from the
+    warm server `server` where one was started early (sweeper.sweep.warm.early_server). None for
+    cluster jobs, which are submitted once the sweep may start."""
     if plan.cfg.launcher.name != "local":
         return []
-    if plan.cfg.launcher.get("warm", False) and sys.platform.startswith(
-        "linux"
-    ):  # no thread may run in the server: prctl keeps its lifeline
-        return _launch_warm(plan, _local_slots(plan), logs, deadline)
+    if plan.cfg.launcher.get("warm", False) and can_fork_workers():
+        return _launch_warm(plan, _local_slots(plan), logs, deadline, server)
     return _launch_local(plan, _local_slots(plan), logs, deadline, held=True)
 
 
-def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: float | None) -> list[WarmWorker]:
-    """The server starts now and imports what a trial needs while the sweep checks; the workers
-    are forked from it at go()."""
-    # Not MLflow: the workers hand their records to the sweep's recorder (sweeper.records.spool).
-    preload = ["sweeper.commands.worker", str(plan.cfg.sweep.trainer), "sweeper.records.tracking", "sweeper.commands.worker:warm_up"]
-    server = WarmServer(preload)
+def _launch_warm(plan: SweepPlan, slots: Sequence[Slot], logs: Path, deadline: float | None, server: WarmServer | None) -> list[WarmWorker]:
+    """The server (started now, or early) loads what a trial needs while the sweep checks; the
+    workers are forked from it at go()."""
+    server = (server or WarmServer(FIRST_LOADS)).take()
+    server.load(str(plan.cfg.sweep.trainer))
     # The plan every worker (and the trainer's check) composes is composed once, in the server.
     server.prepare("sweeper.commands.worker:prepare_plan", {**os.environ, **worker_command(plan, 0, deadline, parent=server.pid)[1]})
     logs.mkdir(parents=True, exist_ok=True)

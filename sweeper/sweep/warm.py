@@ -17,13 +17,20 @@ The server and its workers stay in the sweep's process group (Ctrl-C reaches the
 server ignores it, the workers stop as they do). The server ends with the sweep (the parent
 death signal), and the workers with the server, so a killed sweep leaves nothing running.
 
+`sweeper sweep` starts its server first of all (`early_server`), before it has read its config:
+the server loads what every sweep's workers need (FIRST_LOADS) while the sweep's own process
+imports and checks, and is told the trainer to load once the config names it. A sweep that
+does not fork its workers from it (refused, a dry run, cluster jobs, launcher.warm=false) ends
+it.
+
 Protocol, one line each: the sweep writes a JSON request per worker to the server's stdin
 ({"index", "module", "argv", "env", "log", "early"}: the worker runs as `python -m MODULE ARGV`
 would); the server answers on its stdout `started INDEX PID` and, once that worker has ended,
-`exit PID CODE` (CODE as subprocess reports it: -N for signal N). A request {"call", "env",
-"early"} is a function the server calls itself with that environment, answered by nothing: what
-it prepares (the sweep's plan) is in every worker forked after it. End of its stdin: the server
-waits for its workers, then ends.
+`exit PID CODE` (CODE as subprocess reports it: -N for signal N). A request {"load"} is one more
+module to load (after those loading), before any worker asked for after it is forked. A request
+{"call", "env", "early"} is a function the server calls itself with that environment, answered
+by nothing: what it prepares (the sweep's plan) is in every worker forked after it. End of its
+stdin: the server waits for its workers, then ends.
 """
 
 from __future__ import annotations
@@ -39,16 +46,40 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from sweeper.collector import leave_loaded_alone
 from sweeper.sweep.lifeline import end_with_parent
 
-__all__ = ["WarmServer", "serve"]
+__all__ = ["FIRST_LOADS", "WarmServer", "can_fork_workers", "early_server", "serve"]
 
 REAP_SECONDS = 0.05  # how often the server looks for ended workers between requests
+# What the workers of every sweep load, whichever its trainer (not MLflow: the workers hand their
+# records to the sweep's recorder, sweeper.records.spool); the trainer is loaded after them.
+FIRST_LOADS = ("sweeper.commands.worker", "sweeper.records.tracking", "sweeper.commands.worker:warm_up")
+
+
+def can_fork_workers() -> bool:
+    """Whether workers can be forked from a server here: Linux, whose parent-death signal ends
+    the server with its sweep (prctl, sweeper.sweep.lifeline); elsewhere they start cold."""
+    return sys.platform.startswith("linux")
+
+
+@contextlib.contextmanager
+def early_server(wanted: bool) -> Iterator[WarmServer | None]:
+    """A server started now, before the sweep has read its config, loading FIRST_LOADS while the
+    sweep's process imports and checks (about half a second sooner than a server started once
+    the config is read, on a sweep's way to its first trial). Killed on the way out unless the
+    sweep's workers took it (`WarmServer.take`): a refusal, a dry run or cluster jobs fork
+    nothing from it."""
+    server = WarmServer(FIRST_LOADS) if wanted and can_fork_workers() else None
+    try:
+        yield server
+    finally:
+        if server is not None and not server.taken:
+            server.kill()
 
 
 class WarmServer:
@@ -61,6 +92,7 @@ class WarmServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
+        self.taken = False  # by a sweep's workers: they end it (see early_server)
         self._pids: dict[int, int] = {}  # worker index -> pid
         self._exits: dict[int, int] = {}  # pid -> exit code
         self._changed = threading.Condition()
@@ -70,6 +102,11 @@ class WarmServer:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def take(self) -> WarmServer:
+        """The sweep's workers will be forked from this server: they end it, not early_server."""
+        self.taken = True
+        return self
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -82,6 +119,12 @@ class WarmServer:
         if option != "-m":
             raise ValueError(f"the warm server runs modules (python -m MODULE ...), not {list(command)}")
         return self._ask({"index": index, "module": module, "argv": argv, "env": env, "log": str(log), "early": early})
+
+    def load(self, name: str) -> bool:
+        """Ask the server to load one more module (or `module:function`, as a preload), after
+        those it is loading: every worker asked for after this waits for it, an early request
+        does not."""
+        return self._ask({"load": name})
 
     def prepare(self, function: str, env: dict[str, str]) -> bool:
         """Ask the server to call `module:function` itself, between two of its loads, with the
@@ -156,40 +199,40 @@ def serve(requests: IO[bytes], answers: IO[bytes], sweep: int, preload: Sequence
 
     A request marked `early` that comes while the server is still loading is served between two
     loads (the sweep's check of its trainer, which needs only the first ones); the others wait
-    for every load."""
+    for every load, those asked for (`load`) included."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the sweep and its workers
     end_with_parent(sweep)
     # The server only imports: no collection runs here, and what it loaded is left out of the
     # workers' (which would otherwise walk, and copy, every page they share with it).
     gc.disable()
-    serving = _Serving(requests, answers)
-    for name in preload:
-        _load(name)
-        job = serving.step(0, early_only=True)
+    serving = _Serving(requests, answers, preload)
+    while serving.loads or serving.waiting or not serving.ended:
+        if serving.loads:
+            _load(serving.loads.pop(0))
+        job = serving.fork_waiting() if not serving.loads else None
+        if job is None:
+            job = serving.step(0 if serving.loads else REAP_SECONDS)
         if job is not None:
             return job
-    job = serving.fork_waiting()
-    while job is None and not serving.ended:
-        job = serving.step(REAP_SECONDS)
-    if job is not None:
-        return job
     _reap(answers, serving.running, block=True)
     return None
 
 
 class _Serving:
-    """The requests read so far, the workers forked and not yet reaped."""
+    """The modules left to load, the requests read so far, the workers forked and not yet reaped."""
 
-    def __init__(self, requests: IO[bytes], answers: IO[bytes]) -> None:
+    def __init__(self, requests: IO[bytes], answers: IO[bytes], loads: Sequence[str]) -> None:
         self.requests, self.answers = requests, answers
+        self.loads = list(loads)
         self.running: set[int] = set()
         self.pending = b""  # read, not yet a whole line
         self.waiting: list[dict] = []  # requests read while loading, to fork once loaded
         self.ended = False  # the sweep closed the server's input
 
-    def step(self, timeout: float, *, early_only: bool = False) -> Callable[[], int] | None:
-        """Fork what was asked for within `timeout` (with `early_only`, the early requests; the
-        others wait) and reap ended workers; in a forked worker, its job."""
+    def step(self, timeout: float) -> Callable[[], int] | None:
+        """Take what was asked for within `timeout`: a load joins the loads; while any is left,
+        only the early requests are served (the others wait); then reap ended workers. In a
+        forked worker, its job."""
         ready, _, _ = select.select([self.requests], [], [], timeout)
         if ready:
             chunk = os.read(self.requests.fileno(), 1 << 16)
@@ -197,12 +240,14 @@ class _Serving:
             *lines, self.pending = (self.pending + chunk).split(b"\n")
             for line in lines:
                 request = json.loads(line)
-                if early_only and not request.get("early"):
+                if "load" in request:
+                    self.loads.append(request["load"])
+                elif (self.loads or self.waiting) and not request.get("early"):
                     self.waiting.append(request)
-                    continue
-                job = self._serve(request)
-                if job is not None:
-                    return job
+                else:
+                    job = self._serve(request)
+                    if job is not None:
+                        return job
         _reap(self.answers, self.running, block=False)
         return None
 
