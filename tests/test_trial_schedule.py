@@ -227,3 +227,35 @@ def test_a_log_axis_labels_its_decades_in_plain_text_without_the_mathtext_parser
     labels = [label.get_text() for label in axis.get_yticklabels() if label.get_text()]
     assert "1e\u221203" in labels and not any("$" in label for label in labels), labels  # 1e-03, its minus typeset as one
     assert not typeset
+
+
+def test_a_schedule_drawn_again_on_a_figure_of_its_layout_is_the_png_a_fresh_figure_draws(monkeypatch):
+    """Each layout's figure is made once and drawn again with each schedule's curves: what an
+    earlier schedule left in it (its limits, its ticks, its title) shows in no later one."""
+    from sweeper.schedules import plots
+
+    schedules = [
+        prepare(compose_config(overrides)).schedule
+        for overrides in (
+            [],  # three groups, momentum moving, 126 steps
+            ["shape=torch_one_cycle", "lr.high=0.3", "train.epochs=20"],  # the same layout, other limits and steps
+            ["shape=constant", "lr=single", "lr.high=1e-6", "model.groups=2"],  # another layout
+        )
+    ]
+    monkeypatch.setattr(plots, "_SCHEDULE_FIGURES", {})
+    drawn_again = []
+    for schedule in [*schedules, schedules[0]]:
+        drawn_again.append(plots.schedule_png(schedule))
+        figure = plots._SCHEDULE_FIGURES[(len(schedule.peaks), schedule.rows()[0]["momentum"] is not None)]
+        low, high = figure.lr_axis.get_xlim()  # this schedule's steps, with matplotlib's 5% margins
+        assert -0.06 * schedule.total < low < 0 and schedule.total - 1 < high < 1.06 * schedule.total
+        low, high = figure.lr_axis.get_ylim()  # its lrs, within two decades each way (a flat line is widened)
+        assert schedule.lrs.min() / 100 < low <= schedule.lrs.min() and schedule.lrs.max() <= high < schedule.lrs.max() * 100
+        assert figure.lr_axis.get_title() == f"{schedule.shape.name}: {len(schedule.peaks)} groups, {schedule.total} steps"
+    assert len(plots._SCHEDULE_FIGURES) == 2  # one figure a layout
+    fresh = []
+    for schedule in schedules:
+        plots._SCHEDULE_FIGURES.clear()
+        fresh.append(plots.schedule_png(schedule))
+    assert drawn_again == [*fresh, fresh[0]]
+    assert len(set(fresh)) == 3

@@ -26,10 +26,20 @@ __all__ = ["Margins", "drawing", "log_y", "plot_schedule", "save_figure", "sched
 _DRAWING = threading.RLock()
 
 
+# zlib's quickest level: its default took a sixth of a schedule plot's drawing, for files ~7% smaller.
+_QUICK_PNG = {"compress_level": 1}
+
+# A title stands at the top of its axes, as it does where nothing else is there. matplotlib would
+# otherwise lift each above whatever decorates the top of its axes, measuring every tick label of
+# the figure to find out (a sixth of a schedule plot's time): no plot here decorates the top.
+_FIXED_TITLES = {"axes.titley": 1.0}
+
+
 @contextmanager
 def drawing() -> Iterator[None]:
-    """Hold matplotlib for a figure's whole life: made, laid out, saved, closed."""
-    with _DRAWING:
+    """Hold matplotlib for a figure's whole life: made, laid out, saved, closed (and make its
+    axes with their titles where they stand)."""
+    with _DRAWING, matplotlib.rc_context(_FIXED_TITLES):
         yield
 
 
@@ -69,7 +79,7 @@ def save_figure(figure: plt.Figure, path: str | Path, margins: Margins | None = 
             figure.tight_layout()
         else:
             margins.apply(figure)
-        figure.savefig(path, dpi=100)
+        figure.savefig(path, dpi=100, pil_kwargs=_QUICK_PNG)
         plt.close(figure)
     return path
 
@@ -93,32 +103,54 @@ def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path
 
 def schedule_png(schedule: Schedule, title: str = "") -> bytes:
     """plot_schedule's PNG, as bytes. Every recorded trial draws one as it ends, so it is kept
-    cheap: a figure outside pyplot's registry, fixed margins instead of tight_layout (which
-    costs as much as drawing the whole figure), and no minor ticks on the log axis."""
-    with drawing():
-        return _schedule_png(schedule, title)
-
-
-def _schedule_png(schedule: Schedule, title: str) -> bytes:
+    cheap: one figure per layout (how many groups, whether momentum moves), made once outside
+    pyplot's registry and drawn again with each schedule's curves (its axes and their ticks are
+    a third of a drawing), fixed margins instead of tight_layout (which costs as much as drawing
+    the whole figure), no minor ticks on the log axis, and a quick PNG compression."""
     rows = schedule.rows()
     steps = [row["step"] for row in rows]
+    groups = [[row[f"lr_{group}"] for row in rows] for group in range(len(schedule.peaks))]
     momenta = [row["momentum"] for row in rows]
-    has_momentum = momenta[0] is not None
-    figure = Figure(figsize=(8, 6 if has_momentum else 4))
-    axes = figure.subplots(2 if has_momentum else 1, 1, sharex=True, squeeze=False)
-    figure.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.1 if has_momentum else 0.13, hspace=0.1)
-    lr_axis = axes[0][0]
-    for group in range(len(schedule.peaks)):
-        label = f"group {group}" + (" (head)" if group == len(schedule.peaks) - 1 else "")
-        lr_axis.plot(steps, [row[f"lr_{group}"] for row in rows], label=label)
-    log_y(lr_axis)
-    lr_axis.set_ylabel("learning rate")
-    lr_axis.legend(loc="best", fontsize="small")
-    lr_axis.set_title(title or f"{schedule.shape.name}: {len(schedule.peaks)} groups, {schedule.total} steps")
-    if has_momentum:
-        axes[1][0].plot(steps, momenta, color="tab:gray")
-        axes[1][0].set_ylabel("momentum / beta1")
-    axes[-1][0].set_xlabel("training batch")
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=100)
-    return png.getvalue()
+    title = title or f"{schedule.shape.name}: {len(schedule.peaks)} groups, {schedule.total} steps"
+    with drawing():
+        layout = (len(groups), momenta[0] is not None)
+        figure = _SCHEDULE_FIGURES.get(layout) or _SCHEDULE_FIGURES.setdefault(layout, _ScheduleFigure(*layout))
+        return figure.png(steps, groups, momenta, title)
+
+
+class _ScheduleFigure:
+    """The schedule plot of one layout: the lr of every group (log scale) above the momentum."""
+
+    def __init__(self, groups: int, has_momentum: bool) -> None:
+        self.figure = Figure(figsize=(8, 6 if has_momentum else 4))
+        axes = [row[0] for row in self.figure.subplots(2 if has_momentum else 1, 1, sharex=True, squeeze=False)]
+        self.figure.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.1 if has_momentum else 0.13, hspace=0.1)
+        self.lr_axis = axes[0]
+        self.lr_lines = [
+            self.lr_axis.plot([], [], label=f"group {group}" + (" (head)" if group == groups - 1 else ""))[0] for group in range(groups)
+        ]
+        log_y(self.lr_axis)
+        self.lr_axis.set_ylabel("learning rate")
+        self.lr_axis.legend(loc="best", fontsize="small")
+        self.momentum_line = axes[1].plot([], [], color="tab:gray")[0] if has_momentum else None
+        if has_momentum:
+            axes[1].set_ylabel("momentum / beta1")
+        axes[-1].set_xlabel("training batch")
+        self.axes = axes
+
+    def png(self, steps: list[int], groups: list[list[float]], momenta: list[float | None], title: str) -> bytes:
+        for line, lrs in zip(self.lr_lines, groups):
+            line.set_data(steps, lrs)
+        if self.momentum_line is not None:
+            self.momentum_line.set_data(steps, momenta)
+        self.lr_axis.set_title(title)
+        for axis in self.axes:
+            axis.relim()
+            axis.autoscale_view()
+        png = io.BytesIO()
+        self.figure.savefig(png, format="png", dpi=100, pil_kwargs=_QUICK_PNG)
+        return png.getvalue()
+
+
+# Every layout drawn in this process, made once (sweeper draws few: one per model and momentum).
+_SCHEDULE_FIGURES: dict[tuple[int, bool], _ScheduleFigure] = {}
