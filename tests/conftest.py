@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,10 +85,27 @@ def sweeper_cli(tmp_path):
     return run
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory) -> Path:
+    """An embedded MLflow store as a new sweep makes it (sweeper.records.mlflow_store), made once
+    a test process: the tests that need a store, not its making, start from a copy (its
+    schema's migrations are ~2 s of a core each time). Its making is tested in
+    test_records_safety.py and by every sweep run in a fresh folder."""
+    from sweeper.records.mlflow_store import _make_whole
+
+    path = tmp_path_factory.mktemp("empty-mlflow-store") / "mlflow.db"
+    _make_whole(path)
+    return path
+
+
 @pytest.fixture
-def tracked_config(tmp_path):
-    """compose_config for tests whose MLflow store and results live in tmp_path/results."""
+def tracked_config(tmp_path, empty_mlflow_store):
+    """compose_config for tests whose MLflow store (a new one, empty) and results live in
+    tmp_path/results."""
     from sweeper.config import compose_config
+
+    (tmp_path / "results").mkdir(exist_ok=True)
+    shutil.copyfile(empty_mlflow_store, tmp_path / "results" / "mlflow.db")
 
     def compose(*overrides: str):
         return compose_config([f"results_dir={tmp_path}/results", *overrides])

@@ -117,7 +117,10 @@ def test_compare_curves_reports_the_largest_difference_and_missing_steps():
     assert nan.exact  # a diverged value reproduced is reproduced
 
 
-def test_an_unknown_run_id_is_a_clear_error(tracked_config):
+def test_an_unknown_run_id_is_a_clear_error(trial_config):
+    def tracked_config(*overrides: str):  # the embedded store in tmp_path/results, not made yet
+        return trial_config("tracking=local", *overrides)
+
     with pytest.raises(ConfigError, match="there is no MLflow store at"):  # and none is made
         load_source("deadbeef", tracked_config())
     assert not Path(tracking_settings(tracked_config()).uri.removeprefix("sqlite:///")).exists()

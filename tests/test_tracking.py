@@ -248,8 +248,8 @@ def test_the_trial_never_waits_on_the_store_between_its_start_and_its_end(tracke
         assert history(client, reporter.run_id, key) == curve, key  # all of it, once the sender was free
 
 
-def test_tracking_off_is_a_no_op(tracked_config, tmp_path):
-    cfg = tracked_config("tracking=none")
+def test_tracking_off_is_a_no_op(trial_config, tmp_path):
+    cfg = trial_config()  # tracking=none
     tracking = prepare_sweep(cfg, "quiet")
     assert tracking.settings is None and tracking.parent_run_id is None
     for reporter in (

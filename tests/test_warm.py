@@ -187,29 +187,28 @@ def test_a_sweeps_workers_take_the_plan_the_server_composed_for_their_command_li
     assert checked[-1] is not prepared and len(composed) == 2
 
 
-def test_a_load_asked_for_comes_before_the_workers_asked_for_after_it(tmp_path, monkeypatch):
+def test_a_load_asked_for_comes_next_and_before_the_workers_asked_for_after_it(tmp_path, monkeypatch):
     """WarmServer.load: one more module (the sweep's trainer, named once its config is read) is
-    loaded before every worker asked for after it, whether it comes while the server is still
-    loading (behind those loads, an early request still served between them) or once it serves."""
-    done = tmp_path / "early-done"
+    loaded after the load under way and before the preloads not begun (torch, the longest, is
+    what the trainer's check and the workers wait for), and before every worker asked for after
+    it; once everything is loaded, at once."""
+    go = tmp_path / "go"
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
-    monkeypatch.setenv("EARLY_DONE", str(done))
+    monkeypatch.setenv("WARM_GO", str(go))
     report = [sys.executable, "-m", "helpers.warm_report"]
-    server = WarmServer(["helpers.warm_marks", "helpers.warm_marks:after_the_early_one"])
+    server = WarmServer(["helpers.warm_marks:when_told", "helpers.warm_marks:warm"])
     try:
-        assert server.load("helpers.warm_marks:warm")  # while the server waits in its second load
+        assert server.load("helpers.warm_marks:asked")  # read once the first load has ended
         assert server.start(0, report, dict(os.environ), tmp_path / "loading.log")
-        assert server.start(
-            1, [sys.executable, "-m", "helpers.warm_touch", str(done)], dict(os.environ), tmp_path / "early.log", early=True
-        )
-        assert server.wait_exit(1, 300) == 0 and server.wait_exit(0, 300) == 0
-        assert server.load("helpers.warm_marks:warm")  # every load done: it serves
-        assert server.start(2, report, dict(os.environ), tmp_path / "serving.log")
-        assert server.wait_exit(2, 300) == 0
+        go.write_text("go")
+        assert server.wait_exit(0, 300) == 0
+        assert server.load("helpers.warm_marks:asked")  # every load done: it serves
+        assert server.start(1, report, dict(os.environ), tmp_path / "serving.log")
+        assert server.wait_exit(1, 300) == 0
     finally:
         server.kill()
-    assert (tmp_path / "loading.log").read_text().split() == ["after-early,warm"]
-    assert (tmp_path / "serving.log").read_text().split() == ["after-early,warm,warm"]
+    assert (tmp_path / "loading.log").read_text().split() == ["told,asked,warm"]
+    assert (tmp_path / "serving.log").read_text().split() == ["told,asked,warm,asked"]
 
 
 @pytest.fixture

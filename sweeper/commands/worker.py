@@ -116,11 +116,21 @@ def wait_for_go(plan: SweepPlan) -> bool:
 
 def warm_up() -> None:
     """Pay now, while the sweep checks itself, what a worker's first study and first trial config
-    cost once per process: Optuna's storage (sweeper.sweep.storage.load_rdb_storage) and Hydra's
-    first composition (its override parser). Run by the warm server before it forks the workers
-    (sweeper.sweep.warm), so it keeps nothing open; the config is thrown away."""
-    from sweeper.config.compose import compose_config
+    cost once per process (warm_up_study, warm_up_config). The warm server runs them before it
+    forks the workers (sweeper.sweep.warm), so they keep nothing open."""
+    warm_up_study()
+    warm_up_config()
+
+
+def warm_up_study() -> None:
+    """Optuna's storage: SQLAlchemy's ORM, alembic (sweeper.sweep.storage.load_rdb_storage)."""
     from sweeper.sweep.storage import load_rdb_storage
 
     load_rdb_storage()
+
+
+def warm_up_config() -> None:
+    """Hydra's first composition (its override parser); the config is thrown away."""
+    from sweeper.config.compose import compose_config
+
     compose_config()

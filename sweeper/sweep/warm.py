@@ -27,7 +27,8 @@ Protocol, one line each: the sweep writes a JSON request per worker to the serve
 ({"index", "module", "argv", "env", "log", "early"}: the worker runs as `python -m MODULE ARGV`
 would); the server answers on its stdout `started INDEX PID` and, once that worker has ended,
 `exit PID CODE` (CODE as subprocess reports it: -N for signal N). A request {"load"} is one more
-module to load (after those loading), before any worker asked for after it is forked. A request
+module to load (before the preloads not begun yet), before any worker asked for after it is
+forked. A request
 {"call", "env", "early"} is a function the server calls itself with that environment, answered
 by nothing: what it prepares (the sweep's plan) is in every worker forked after it. End of its
 stdin: the server waits for its workers, then ends.
@@ -57,8 +58,15 @@ __all__ = ["FIRST_LOADS", "WarmServer", "can_fork_workers", "early_server", "ser
 
 REAP_SECONDS = 0.05  # how often the server looks for ended workers between requests
 # What the workers of every sweep load, whichever its trainer (not MLflow: the workers hand their
-# records to the sweep's recorder, sweeper.records.spool); the trainer is loaded after them.
-FIRST_LOADS = ("sweeper.commands.worker", "sweeper.records.tracking", "sweeper.commands.worker:warm_up")
+# records to the sweep's recorder, sweeper.records.spool). The trainer, asked for once the sweep
+# has read its config, comes before those not loaded yet: torch, for sweeper's own, is the
+# longest load, and the trainer's check and the workers wait for it.
+FIRST_LOADS = (
+    "sweeper.commands.worker",
+    "sweeper.records.tracking",
+    "sweeper.commands.worker:warm_up_study",
+    "sweeper.commands.worker:warm_up_config",
+)
 
 
 def can_fork_workers() -> bool:
@@ -121,9 +129,9 @@ class WarmServer:
         return self._ask({"index": index, "module": module, "argv": argv, "env": env, "log": str(log), "early": early})
 
     def load(self, name: str) -> bool:
-        """Ask the server to load one more module (or `module:function`, as a preload), after
-        those it is loading: every worker asked for after this waits for it, an early request
-        does not."""
+        """Ask the server to load one more module (or `module:function`, as a preload), next
+        after the load under way (before the preloads not begun, after those asked for before):
+        every worker asked for after this waits for it, an early request does not."""
         return self._ask({"load": name})
 
     def prepare(self, function: str, env: dict[str, str]) -> bool:
@@ -208,7 +216,7 @@ def serve(requests: IO[bytes], answers: IO[bytes], sweep: int, preload: Sequence
     serving = _Serving(requests, answers, preload)
     while serving.loads or serving.waiting or not serving.ended:
         if serving.loads:
-            _load(serving.loads.pop(0))
+            _load(serving.next_load())
         job = serving.fork_waiting() if not serving.loads else None
         if job is None:
             job = serving.step(0 if serving.loads else REAP_SECONDS)
@@ -224,10 +232,15 @@ class _Serving:
     def __init__(self, requests: IO[bytes], answers: IO[bytes], loads: Sequence[str]) -> None:
         self.requests, self.answers = requests, answers
         self.loads = list(loads)
+        self.asked = 0  # of the loads left, how many at their head were asked for (WarmServer.load)
         self.running: set[int] = set()
         self.pending = b""  # read, not yet a whole line
         self.waiting: list[dict] = []  # requests read while loading, to fork once loaded
         self.ended = False  # the sweep closed the server's input
+
+    def next_load(self) -> str:
+        self.asked = max(0, self.asked - 1)
+        return self.loads.pop(0)
 
     def step(self, timeout: float) -> Callable[[], int] | None:
         """Take what was asked for within `timeout`: a load joins the loads; while any is left,
@@ -241,7 +254,8 @@ class _Serving:
             for line in lines:
                 request = json.loads(line)
                 if "load" in request:
-                    self.loads.append(request["load"])
+                    self.loads.insert(self.asked, request["load"])
+                    self.asked += 1
                 elif (self.loads or self.waiting) and not request.get("early"):
                     self.waiting.append(request)
                 else:

@@ -12,6 +12,12 @@ import random
 import numpy as np
 import torch
 
+# torch.use_deterministic_algorithms imports torch._inductor.config (and with it sympy and
+# dynamo: ~1 s of a core) the first time a process seeds a trial. Imported with this module
+# instead, it is loaded once by the warm server a sweep's workers are forked from, not by each
+# worker in its first trial (four at once on the README's first sweep).
+import torch._inductor.config  # noqa: F401
+
 __all__ = ["seed_everything", "use_deterministic_algorithms"]
 
 # cuBLAS is deterministic only with a fixed workspace; it reads this when it first starts.

@@ -36,3 +36,19 @@ def mark_from_environment() -> None:
     import os
 
     WARMED.append(os.environ.get("WARM_MARK", "unmarked"))
+
+
+def when_told() -> None:
+    """A load that lasts until the file WARM_GO names exists (the test's word; 60 s at most)."""
+    import os
+    from pathlib import Path
+
+    from helpers.waiting import wait_for_file
+
+    wait_for_file(Path(os.environ["WARM_GO"]), timeout=60)
+    WARMED.append("told")
+
+
+def asked() -> None:
+    """A load the server is asked for (WarmServer.load)."""
+    WARMED.append("asked")
