@@ -26,12 +26,12 @@ __all__ = ["Margins", "drawing", "log_y", "plot_schedule", "save_figure", "sched
 _DRAWING = threading.RLock()
 
 
-# zlib's quickest level: its default took a sixth of a schedule plot's drawing, for files ~7% smaller.
+# zlib's quickest level: ~5 ms less a schedule plot than its default (~60 ms), for files ~7% bigger.
 _QUICK_PNG = {"compress_level": 1}
 
 # A title stands at the top of its axes, as it does where nothing else is there. matplotlib would
 # otherwise lift each above whatever decorates the top of its axes, measuring every tick label of
-# the figure to find out (a sixth of a schedule plot's time): no plot here decorates the top.
+# the figure to find out (~4 ms of a schedule plot's ~95): no plot here decorates the top.
 _FIXED_TITLES = {"axes.titley": 1.0}
 
 
@@ -104,8 +104,8 @@ def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path
 def schedule_png(schedule: Schedule, title: str = "") -> bytes:
     """plot_schedule's PNG, as bytes. Every recorded trial draws one as it ends, so it is kept
     cheap: one figure per layout (how many groups, whether momentum moves), made once outside
-    pyplot's registry and drawn again with each schedule's curves (its axes and their ticks are
-    a third of a drawing), fixed margins instead of tight_layout (which costs as much as drawing
+    pyplot's registry and drawn again with each schedule's curves (making its axes and their
+    ticks was ~27 ms of a ~95 ms drawing), fixed margins instead of tight_layout (which costs as much as drawing
     the whole figure), no minor ticks on the log axis, and a quick PNG compression."""
     rows = schedule.rows()
     steps = [row["step"] for row in rows]

@@ -28,10 +28,9 @@ Protocol, one line each: the sweep writes a JSON request per worker to the serve
 would); the server answers on its stdout `started INDEX PID` and, once that worker has ended,
 `exit PID CODE` (CODE as subprocess reports it: -N for signal N). A request {"load"} is one more
 module to load (before the preloads not begun yet), before any worker asked for after it is
-forked. A request
-{"call", "env", "early"} is a function the server calls itself with that environment, answered
-by nothing: what it prepares (the sweep's plan) is in every worker forked after it. End of its
-stdin: the server waits for its workers, then ends.
+forked. A request {"call", "env", "early"} is a function the server calls itself with that
+environment, answered by nothing: what it prepares (the sweep's plan) is in every worker forked
+after it. End of its stdin: the server waits for its workers, then ends.
 """
 
 from __future__ import annotations
