@@ -309,28 +309,44 @@ def test_the_sweep_sees_its_last_worker_exit_without_waiting_out_the_poll(monkey
     assert slept == []
 
 
-def test_a_waiting_worker_wakes_when_its_studys_file_changes(tmp_path, monkeypatch):
+def test_a_waiting_worker_wakes_when_its_studys_file_changes(tmp_path):
     """A worker that waits for the last running trials looks at the embedded study's file and
-    stops waiting once it changes (a trial ended), not sweep.poll later: the sweep ends with its
-    last worker."""
+    stops waiting once it is no longer as it was counted (a trial ended), not sweep.poll later:
+    the sweep ends with its last worker. A change before the wait began counts too."""
     study_file = tmp_path / "studies.db"
-    study_file.write_bytes(b"before")
-    stamped = threading.Event()
-    stamp = workers._stamp
-
-    def stamp_seen(path):
-        found = stamp(path)
-        stamped.set()  # the worker has taken the file's state: a change from now on wakes it
-        return found
-
-    monkeypatch.setattr(workers, "_stamp", stamp_seen)
-    waiting = threading.Thread(target=workers._sleep_until_changed, args=(study_file, 600.0), daemon=True)
+    study_file.write_bytes(b"as counted")
+    counted = workers._file_state(study_file)
+    waiting = threading.Thread(target=workers._sleep_until_changed, args=(study_file, 600.0, counted), daemon=True)
     waiting.start()
-    assert stamped.wait(60)
     with open(study_file, "ab") as study:
         study.write(b", a trial told")
     waiting.join(120)  # it wakes within a look (CHANGE_LOOK_SECONDS); 600 s if it slept on
     assert not waiting.is_alive()
+    began = time.monotonic()
+    workers._sleep_until_changed(study_file, 600.0, counted)  # changed already: no sleep at all
+    assert time.monotonic() - began < 300
+
+
+def test_a_trial_that_ends_between_a_waiting_workers_count_and_its_wait_wakes_it_at_once(plan_args, monkeypatch):
+    """The last trial may end just after a worker counted it running, before the worker begins
+    to wait for it: the worker compares the study's file with the file it counted, so it stops
+    then, not sweep.poll (600 s here) later."""
+    plan = plan_sweep([*plan_args, "sweep.n_trials=1", "sweep.poll=600"], validate=False)
+    study = open_study(plan, create=True)
+    others = study.ask()  # another worker's trial, running: this worker counts it and waits
+    look_for_stale = workers.fail_stale_trials
+
+    def the_trial_ends_meanwhile(study):  # what wait() does between the count and the sleep
+        if others.number not in {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}:
+            optuna.load_study(study_name=plan.name, storage=plan.storage.url).tell(others.number, 0.5)
+        look_for_stale(study)
+
+    monkeypatch.setattr(workers, "fail_stale_trials", the_trial_ends_meanwhile)
+    worker = threading.Thread(target=run_worker, args=(plan,), kwargs={"train": StandInTrainer.train}, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive()
+    assert count_trials(study) == Counts(complete=1)
 
 
 @pytest.mark.parametrize("has_file", [True, False])
@@ -338,5 +354,6 @@ def test_a_waiting_worker_sleeps_its_poll_when_nothing_changes(tmp_path, has_fil
     study_file = tmp_path / "studies.db"
     study_file.write_bytes(b"as it is")
     began = time.monotonic()
-    workers._sleep_until_changed(study_file if has_file else None, 0.3)  # None: a server's study
+    path = study_file if has_file else None  # None: a server's study
+    workers._sleep_until_changed(path, 0.3, workers._file_state(path))
     assert time.monotonic() - began >= 0.3

@@ -429,6 +429,7 @@ def run_worker(
     worker = _Worker(plan, index, train, stop or StopRequest())
     while not worker.stop.requested:
         with worker.claim:  # each move lets go of the claim as soon as others may count again
+            worker.counted = _file_state(worker.plan.storage.path)  # before the count: see Worker.wait
             counts = count_trials(worker.study)
             out_of_time = deadline is not None and time.time() >= deadline
             failed_too_often = counts.failed - worker.failed_before >= worker.plan.max_failures
@@ -454,6 +455,7 @@ class _Worker:
         # (or after Ctrl-C, which fails the trials it stops) starts with a clean slate.
         self.failed_before = count_trials(self.study).failed
         self.ran = 0
+        self.counted: tuple[int, int] | None = None  # the embedded study's file as it was counted last
         self._running: optuna.Trial | None = None
 
     def run_one(self, counts: Counts) -> bool:
@@ -494,7 +496,9 @@ class _Worker:
         # A dead worker's trial counts as running until its heartbeat goes stale: look for
         # those here too, or waiting workers would wait on it for ever.
         fail_stale_trials(self.study)
-        _sleep_until_changed(self.plan.storage.path, float(self.plan.cfg.sweep.poll))
+        # Until the study is no longer as it was counted: a trial that ended after the count (the
+        # last one, most often) wakes the worker at once, not a poll later.
+        _sleep_until_changed(self.plan.storage.path, float(self.plan.cfg.sweep.poll), self.counted)
         return True
 
     def finish(self, counts: Counts) -> bool:
@@ -517,28 +521,27 @@ _MOVES: dict[Move, Callable[[_Worker, Counts], bool]] = {
 }
 
 
-def _sleep_until_changed(path: Path | None, seconds: float) -> None:
-    """Sleep `seconds`, or less once the embedded study's file changes (a trial ended, most
-    likely: the worker stops, or runs it again, at once). The sweep ends when its last worker
-    has: a waiting worker that slept on after the last trial held the command up by up to
-    sweep.poll."""
+def _sleep_until_changed(path: Path | None, seconds: float, since: tuple[int, int] | None) -> None:
+    """Sleep `seconds`, or less once the embedded study's file is no longer as it was `since` (its
+    state when the worker counted the trials: a trial ended, most likely, and the worker stops,
+    or runs it again, at once). The sweep ends when its last worker has: a waiting worker that
+    slept on after the last trial held the command up by up to sweep.poll."""
     if path is None:  # a server's study: no file to look at
         time.sleep(seconds)
         return
-    before = _stamp(path)
     deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
+    while _file_state(path) == since and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, CHANGE_LOOK_SECONDS))
-        if _stamp(path) != before:
-            return
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _file_state(path: Path | None) -> tuple[int, int] | None:
+    """An embedded study's file as its modification time and size (None: no file, or a server's
+    study): a trial told, made or beating its heartbeat changes it."""
     try:
-        stat = path.stat()
+        stat = path.stat() if path is not None else None
     except OSError:
         return None
-    return stat.st_mtime_ns, stat.st_size
+    return (stat.st_mtime_ns, stat.st_size) if stat is not None else None
 
 
 def _finished_meanwhile(study: optuna.Study, trial: optuna.Trial) -> bool:
