@@ -114,8 +114,9 @@ def schedule_png(schedule: Schedule, title: str = "") -> bytes:
     title = title or f"{schedule.shape.name}: {len(schedule.peaks)} groups, {schedule.total} steps"
     with drawing():
         layout = (len(groups), momenta[0] is not None)
-        figure = _SCHEDULE_FIGURES.get(layout) or _SCHEDULE_FIGURES.setdefault(layout, _ScheduleFigure(*layout))
-        return figure.png(steps, groups, momenta, title)
+        if layout not in _SCHEDULE_FIGURES:
+            _SCHEDULE_FIGURES[layout] = _ScheduleFigure(*layout)
+        return _SCHEDULE_FIGURES[layout].png(steps, groups, momenta, title)
 
 
 class _ScheduleFigure:

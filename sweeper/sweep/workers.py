@@ -537,11 +537,13 @@ def _sleep_until_changed(path: Path | None, seconds: float, since: tuple[int, in
 def _file_state(path: Path | None) -> tuple[int, int] | None:
     """An embedded study's file as its modification time and size (None: no file, or a server's
     study): a trial told, made or beating its heartbeat changes it."""
+    if path is None:
+        return None
     try:
-        stat = path.stat() if path is not None else None
+        stat = path.stat()
     except OSError:
         return None
-    return (stat.st_mtime_ns, stat.st_size) if stat is not None else None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _finished_meanwhile(study: optuna.Study, trial: optuna.Trial) -> bool:
