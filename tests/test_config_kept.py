@@ -1,6 +1,7 @@
-"""Config files read once per process (sweeper.config.loaded): a composition through the kept
-files is the composition Hydra makes reading every file afresh, whatever the compositions
-before it composed or changed, and a file changed on disk is read again."""
+"""Config files read once per process (sweeper.config.loaded) and configs composed once per set of
+group choices (sweeper.config.compose): a composition through them is the composition Hydra
+makes with all the overrides, reading every file afresh, whatever the compositions before it
+composed or changed, and a file changed on disk is read again."""
 
 from __future__ import annotations
 
@@ -26,16 +27,24 @@ CASES = [[f"{group}={option}"] for group in GROUPS for option in options(group)]
     ["lr=geometric", "lr.high=0.003", "lr.low=3e-05", "shape=torch_one_cycle", "shape.pct_start=0.21"],
     ["model=cnn", "data=digits", "train.epochs=2", "results_dir=elsewhere"],
     ["experiment=digits_transfer"] if (config_dir() / "experiment" / "digits_transfer.yaml").exists() else ["train.epochs=3"],
+    # values on the same group choices as a case before: a copy of that composition
+    ["lr=geometric", "lr.high=0.01", "shape=torch_one_cycle", "shape.pct_start=0.4", "results_dir=other"],
+    ["lr=1e-3", "train.seed=7", "sweep.n_trials=3", "search.shape={constant: {}}"],
+    ["lr=slice(1e-5,1e-3)", "search=slices", "train.epochs=1"],
+    ["model=cnn", "~tracking", "results_dir=elsewhere"],
 ]
 
 
 def afresh(overrides: list[str], config_dirs=()) -> dict:
-    """As Hydra composes with nothing kept from an earlier composition."""
+    """As Hydra composes with all the overrides and nothing kept from an earlier composition."""
     kept, compose._KEPT = compose._KEPT, KeptConfigFiles()
+    composed, compose._COMPOSED = compose._COMPOSED, compose._Compositions(size=0)
+    every_override_composed = lambda text, schema: False  # noqa: E731
+    sets_a_value, compose._sets_a_value = compose._sets_a_value, every_override_composed
     try:
         return OmegaConf.to_container(compose_config(overrides, config_dirs), resolve=False)
     finally:
-        compose._KEPT = kept
+        compose._KEPT, compose._COMPOSED, compose._sets_a_value = kept, composed, sets_a_value
 
 
 def test_every_option_composes_as_hydra_composes_it_afresh():
@@ -71,7 +80,18 @@ def test_the_same_option_name_in_two_users_trees_is_each_trees_own(tmp_path: Pat
     assert [compose_config(["model=mine"], [tree]).model.name for tree in trees] == ["first", "second"]
 
 
-@pytest.mark.parametrize("overrides", [["model=nonesuch"], ["shape.nonesuch=2"], ["train.epoch=3"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=nonesuch"],
+        ["shape.nonesuch=2"],
+        ["train.epoch=3"],
+        ["nonesuch=3"],
+        ["train.epochs=1,2"],
+        ["train.epochs=[1", "model=nonesuch"],
+        ["model=cnn", "train.batch_size=0"],
+    ],
+)
 def test_a_bad_override_is_refused_as_before(overrides):
     with pytest.raises(Exception) as kept_error:
         compose_config(overrides)

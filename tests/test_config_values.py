@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import sweeper
 from sweeper.boundary.recorded_config import Allowed, checked_config
 from sweeper.cli import main
-from sweeper.config import ComposedConfigs, ConfigError, check_values, compose_config
+from sweeper.config import ConfigError, check_values, compose_config
 from sweeper.config.values import COMPARE, VALUES
 from sweeper.sweep.arms import COMPARED
 
@@ -85,9 +85,10 @@ def test_settings_the_config_does_not_hold_or_has_not_set_are_left_to_their_read
 
 
 def test_a_value_set_on_a_composed_config_is_checked_too():
-    """A search space's edges are composed once and their values set on copies."""
+    """A config of the same group choices is composed once and values are set on its copies."""
+    compose_config(["train.batch_size=2"])
     with pytest.raises(ConfigError, match=r"^train\.batch_size: 0 must be a whole number >= 1"):
-        ComposedConfigs().compose(["train.batch_size=0"])
+        compose_config(["train.batch_size=0"])
 
 
 def test_the_trainer_checks_a_config_built_by_hand(trial_config):

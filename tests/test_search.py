@@ -302,8 +302,9 @@ def test_the_edges_are_checked_one_lr_and_one_shape_to_a_trial_each_named_alone_
 
     space = build_space(compose_config(["search=slices_and_shapes"]))
     composed = []
-    real = compose.compose_config
-    monkeypatch.setattr(compose, "compose_config", lambda *args, **kwargs: composed.append(args[0]) or real(*args, **kwargs))
+    real = compose._compose
+    monkeypatch.setattr(compose, "_COMPOSED", compose._Compositions())  # as a process that composed none yet
+    monkeypatch.setattr(compose, "_compose", lambda *args, **kwargs: composed.append(args[0]) or real(*args, **kwargs))
     validate_space(space)
     lrs = len(space.strategy.distribution.choices)
     shapes = len(space.shape.distribution.choices)
@@ -313,10 +314,10 @@ def test_the_edges_are_checked_one_lr_and_one_shape_to_a_trial_each_named_alone_
         *(f"shape={name}" for name in space.shape.distribution.choices),
     }  # every option of both groups composed
 
-    def refuse(configs, overrides):  # each edge runs alone; an lr and a shape together do not
+    def refuse(overrides, config_dirs):  # each edge runs alone; an lr and a shape together do not
         if any(o.startswith("lr=") for o in overrides) and any(o.startswith("shape=") for o in overrides):
             raise ConfigError("this lr and this shape clash")
-        return real_check(configs, overrides)
+        return real_check(overrides, config_dirs)
 
     real_check = space_module._check_edge
     monkeypatch.setattr(space_module, "_check_edge", refuse)

@@ -279,3 +279,35 @@ def test_a_study_file_without_optunas_tables_is_left_to_optuna_to_read(tmp_path)
     assert _named_in_sqlite(file, "anything") is None
     file.write_bytes(b"not a database at all")
     assert _named_in_sqlite(file, "anything") is None
+
+
+def test_a_study_file_of_another_optuna_schema_is_refused_as_optuna_refuses_it(tmp_path):
+    import sqlite3
+
+    spec = StorageSpec(f"sqlite:///{tmp_path / 'studies.db'}")
+    spec.open().engine.dispose()
+    with sqlite3.connect(spec.path) as db:  # as a study written by an older Optuna (v3.0.0's schema)
+        db.execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'")
+    with pytest.raises(ConfigError) as caught:
+        spec.open()
+    assert "storage.url: cannot open sqlite:///" in str(caught.value)
+    assert "optuna storage upgrade" in str(caught.value)  # Optuna's own answer: upgrade the storage
+
+
+def test_opening_studies_reads_optunas_migration_scripts_once_a_process(tmp_path, monkeypatch):
+    from alembic.script import ScriptDirectory
+
+    from sweeper.sweep import storage as storage_module
+
+    specs = [StorageSpec(f"sqlite:///{tmp_path / name}.db") for name in ("a", "b")]
+    for spec in specs:  # made (a new file's schema is stamped from the scripts by Optuna)
+        spec.open().engine.dispose()
+    monkeypatch.setattr(storage_module, "_schema_head", None)  # as a process that opened none yet
+    reads = []
+    original = ScriptDirectory.from_config.__func__
+    monkeypatch.setattr(ScriptDirectory, "from_config", classmethod(lambda cls, *a, **k: reads.append(1) or original(cls, *a, **k)))
+    for spec in [*specs, specs[0]]:
+        opened = spec.open()
+        optuna.create_study(storage=opened, study_name="s", load_if_exists=True)
+        opened.engine.dispose()
+    assert len(reads) == 1  # Optuna's own check reads them at every open: 3

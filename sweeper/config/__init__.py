@@ -4,7 +4,6 @@ wherever a config enters. Imports the schedules (an lr typed the fastai way, a s
 nothing above it."""
 
 from sweeper.config.compose import (
-    ComposedConfigs,
     build_shape,
     check_arguments,
     check_results_dir,
@@ -21,7 +20,6 @@ from sweeper.config.nodes import plain
 from sweeper.config.values import check_values
 
 __all__ = [
-    "ComposedConfigs",
     "ConfigError",
     "build_shape",
     "check_arguments",

@@ -16,6 +16,7 @@ Overrides are Hydra's, with two readings of ours (`hydra_overrides`), the same o
 
 from __future__ import annotations
 
+import collections
 import copy
 import difflib
 import functools
@@ -39,7 +40,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sweeper.config.errors import ConfigError, error_line
 from sweeper.config.loaded import KeptConfigFiles
-from sweeper.config.schema import Schema, check_keys, config_files, schema_of
+from sweeper.config.schema import ConfigFiles, Schema, check_keys, config_files, schema_of
 from sweeper.config.values import check_values
 from sweeper.schedules.shapes import Shape, ShapeError
 from sweeper.schedules.slices import SliceSpec, parse_lr
@@ -85,18 +86,28 @@ def user_config_dirs(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
 
 
 def compose_config(overrides: Iterable[str] = (), config_dirs: Iterable[str | os.PathLike] = ()) -> DictConfig:
-    """Compose the root config with overrides (`hydra_overrides`), the user's config directories added."""
+    """Compose the root config with overrides (`hydra_overrides`), the user's config directories added.
+
+    A composition costs ~0.1 s (Hydra builds the defaults list and merges every file it names),
+    and a process composes many that share their group choices: a worker's trials, the edges of
+    a search space, the configs of commands run in one process. So the config of one set of group
+    choices is composed once (per generation of the config tree, as its files are kept: a file
+    changed is composed again), and the overrides that set a value are applied to a copy of it
+    by Hydra's own ConfigLoaderImpl._apply_overrides_to_config, which compose applies them with
+    once it has composed (the same checks, the same messages): ~5 ms."""
     overrides = hydra_overrides(overrides)
     users = user_config_dirs(config_dirs)
     tree = config_files([config_dir(), *users])
     schema = schema_of(tree)
-    if users:
-        overrides.append(f"hydra.searchpath=[{','.join(f'file://{d}' for d in users)}]")
     try:
-        # Hydra keeps its state in one global per process: threads compose one at a time.
-        with _COMPOSING, initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="sweeper"):
-            _KEPT.install(GlobalHydra.instance().hydra.config_loader, tree)
-            cfg = compose(config_name="config", overrides=overrides)
+        parsed = _parser().parse_overrides(overrides)  # every override read first, as compose reads them
+        if any(override.is_sweep_override() for override in parsed):
+            cfg = _compose(overrides, users, tree)  # Hydra says why a sweep is no config
+        else:
+            values = [o for o, text in zip(parsed, overrides) if _sets_a_value(text, schema)]
+            choices = tuple(text for text in overrides if not _sets_a_value(text, schema))
+            cfg = _COMPOSED.copy_of(choices, users, tree)
+            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
     except HydraException as error:
         raise ConfigError(_composition_error(error, schema)) from None
     except yaml.MarkedYAMLError as error:  # a config file of the user's that is not YAML
@@ -106,38 +117,46 @@ def compose_config(overrides: Iterable[str] = (), config_dirs: Iterable[str | os
     return cfg
 
 
-class ComposedConfigs:
-    """compose_config for many override lists that share their config group choices (a search
-    space's edges: `lr=fastai lr.high=...` at either end): the config is composed once per set of
-    group choices, and the overrides that set a value are applied to a copy of it by Hydra's own
-    ConfigLoaderImpl._apply_overrides_to_config, which compose applies them with (the same
-    checks, the same messages). A composition costs ~0.1 s; a copy and its values ~5 ms."""
-
-    def __init__(self, config_dirs: Iterable[str | os.PathLike] = ()) -> None:
-        self.config_dirs = list(config_dirs)
-        self._composed: dict[tuple[str, ...], DictConfig] = {}
-
-    def compose(self, overrides: Iterable[str]) -> DictConfig:
-        overrides = hydra_overrides(overrides)
-        # A dotted key sets a value; anything else (a group choice, +group=, ~group) needs composing.
-        values = [o for o in overrides if _sets_a_value(o)]
-        choices = tuple(o for o in overrides if not _sets_a_value(o))
-        if choices not in self._composed:
-            self._composed[choices] = compose_config(choices, self.config_dirs)
-        cfg = copy.deepcopy(self._composed[choices])
-        try:
-            ConfigLoaderImpl._apply_overrides_to_config(_parser().parse_overrides(values), cfg)
-        except HydraException as error:
-            raise ConfigError(
-                _composition_error(error, schema_of(config_files([config_dir(), *user_config_dirs(self.config_dirs)])))
-            ) from None
-        check_values(cfg)  # the values just set, as compose_config checks its own
-        return cfg
+def _compose(overrides: list[str], users: list[Path], tree: ConfigFiles) -> DictConfig:
+    """The config as Hydra composes it, its files read through the kept ones."""
+    if users:
+        overrides = [*overrides, f"hydra.searchpath=[{','.join(f'file://{d}' for d in users)}]"]
+    # Hydra keeps its state in one global per process: threads compose one at a time.
+    with _COMPOSING, initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="sweeper"):
+        _KEPT.install(GlobalHydra.instance().hydra.config_loader, tree)
+        return compose(config_name="config", overrides=overrides)
 
 
-def _sets_a_value(override: str) -> bool:
+class _Compositions:
+    """Configs composed from group choices alone, kept for copies (the most recent few)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.composed: collections.OrderedDict[tuple, DictConfig] = collections.OrderedDict()
+
+    def copy_of(self, choices: tuple[str, ...], users: list[Path], tree: ConfigFiles) -> DictConfig:
+        key = (choices, tuple(users), tree)
+        with _COMPOSING:
+            composed = self.composed.get(key)
+            if composed is None:
+                composed = self.composed[key] = _compose(list(choices), users, tree)
+                while len(self.composed) > self.size:
+                    self.composed.popitem(last=False)
+            else:
+                self.composed.move_to_end(key)
+            return copy.deepcopy(composed)  # what a caller changes reaches no later copy
+
+
+_COMPOSED = _Compositions()
+
+
+def _sets_a_value(override: str, schema: Schema) -> bool:
+    """Whether compose applies the override to the composed config (a value), not to the
+    defaults list (a group's option, +/~ a key, a package) or to Hydra's own settings."""
     key = override.split("=", 1)[0]
-    return "." in key and not key.startswith(("+", "~")) and "/" not in key and "@" not in key
+    if key.startswith(("+", "~")) or "/" in key or "@" in key or key.split(".")[0] == "hydra":
+        return False
+    return "." in key or key not in schema.groups
 
 
 @functools.cache

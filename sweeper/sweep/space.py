@@ -50,7 +50,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from sweeper.config import ComposedConfigs, ConfigError, build_shape, hydra_overrides, lr_given, parse_override
+from sweeper.config import ConfigError, build_shape, compose_config, hydra_overrides, lr_given, parse_override
 from sweeper.config.rules import is_number
 from sweeper.schedules.shapes import ShapeError
 from sweeper.schedules.slices import STRATEGIES, SliceError, parse_lr
@@ -661,11 +661,11 @@ def validate_space(
             f"keeps the shape, search=shapes keeps the slice)."
         )
     edges = list(space.edges())
-    configs = ComposedConfigs(config_dirs)  # the edges share their group choices: composed once each
+    config_dirs = list(config_dirs)
     failed = None
     for overrides in _trials_at_the_edges(edges):
         try:
-            _check_edge(configs, [*base_overrides, *overrides])
+            _check_edge([*base_overrides, *overrides], config_dirs)
         except _EDGE_ERRORS as error:
             failed = (overrides, error)
             break
@@ -674,7 +674,7 @@ def validate_space(
     # Some trial cannot run: each edge alone, in order, names the setting that does it.
     for setting, overrides in edges:
         try:
-            _check_edge(configs, [*base_overrides, *overrides])
+            _check_edge([*base_overrides, *overrides], config_dirs)
         except _EDGE_ERRORS as error:
             raise ConfigError(_cannot_run(setting, overrides, error)) from None
     overrides, error = failed  # an lr edge and a shape edge that run alone, not together
@@ -684,8 +684,8 @@ def validate_space(
 _EDGE_ERRORS = (HydraException, OmegaConfBaseException, ConfigError, ShapeError, SliceError)
 
 
-def _check_edge(configs: ComposedConfigs, overrides: list[str]) -> None:
-    cfg = configs.compose(overrides)
+def _check_edge(overrides: list[str], config_dirs: list) -> None:
+    cfg = compose_config(overrides, config_dirs)  # the edges share their group choices: composed once each
     parse_lr(OmegaConf.to_container(cfg.lr, resolve=True))
     build_shape(cfg.shape)
 

@@ -84,6 +84,12 @@ class StorageSpec:
             # One process at a time: opening a new storage creates its tables, and two processes
             # doing so at once (two sweeps started together, a sweep and a joining worker) clash.
             with self.claim(STORAGE_LOCK), experimental_features_on_purpose():
+                storage = optuna.storages.RDBStorage(self.driver_url, engine_kwargs=engine, skip_compatibility_check=True, **heartbeat)
+                if storage.get_current_version() == optuna_schema_head(storage):
+                    return storage
+                storage.engine.dispose()
+                # Not the schema this Optuna writes: its own check says what to do (upgrade the
+                # storage, or Optuna).
                 return optuna.storages.RDBStorage(self.driver_url, engine_kwargs=engine, **heartbeat)
         except Exception as error:  # noqa: BLE001 - any driver error means the same to the user
             fix = (
@@ -98,11 +104,26 @@ class StorageSpec:
         return ClaimLock(self, study_name)
 
 
+_schema_head: str | None = None  # the installed Optuna's schema version, once read
+
+
+def optuna_schema_head(storage: optuna.storages.RDBStorage) -> str:
+    """The schema version the installed Optuna writes, read once a process. Optuna's own check
+    at every open reads each of its migration scripts to find it (~20-60 ms an open; a test
+    process opens hundreds of studies, a worker several)."""
+    global _schema_head
+    if _schema_head is None:
+        _schema_head = storage.get_head_version()
+    return _schema_head
+
+
 def load_rdb_storage() -> None:
     """Pay now what a process's first RDB study costs once: importing SQLAlchemy's ORM, alembic
-    and Optuna's storage (~0.3 s of a core; a worker's ~0.8 s before its first trial), by an
-    in-memory SQLite study storage made and closed again: no file, nothing left open."""
-    storage = optuna.storages.RDBStorage("sqlite:///:memory:")
+    and Optuna's storage (~0.3 s of a core; a worker's ~0.8 s before its first trial), and the
+    schema version of Optuna's studies, by an in-memory SQLite study storage made and closed
+    again: no file, nothing left open."""
+    storage = optuna.storages.RDBStorage("sqlite:///:memory:", skip_compatibility_check=True)
+    optuna_schema_head(storage)
     storage.engine.dispose()
 
 
