@@ -185,4 +185,4 @@ def pruner_table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    benchlib.run(main)

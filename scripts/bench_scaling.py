@@ -112,4 +112,4 @@ def speedups(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    benchlib.run(main)

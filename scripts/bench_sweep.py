@@ -256,4 +256,4 @@ def latency_table(latencies: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    benchlib.run(main)

@@ -141,10 +141,10 @@ def entry_point() -> None:
     imported. After a sweep (torch, MLflow, Optuna, matplotlib: ~3,500 modules) that teardown
     alone took 1.9 s, which the user waited for after the command had said all it had to say."""
     code = main()
-    _exit_now(code)
+    exit_now(code)
 
 
-def _exit_now(code: int) -> None:
+def exit_now(code: int) -> None:
     # What exit does that matters, in its order: non-daemon threads finish (a pool's threads are
     # told to by their atexit hooks, the recorder's sender among them), then the atexit handlers
     # run (the recorder's last retries, logging's flush, temporary folders removed). Only the

@@ -472,7 +472,7 @@ def test_the_command_ends_without_the_teardown_but_after_what_exit_does_that_mat
     script = f"""
 import atexit, threading
 from pathlib import Path
-from sweeper.cli import _exit_now
+from sweeper.cli import exit_now
 
 folder = Path({str(tmp_path)!r})
 def slow_writer():
@@ -481,7 +481,7 @@ def slow_writer():
 threading.Thread(target=slow_writer).start()  # not a daemon: exit waits for it
 atexit.register(lambda: (folder / "atexit").write_text((folder / "thread").read_text()))
 print("said, without a newline", end="")
-_exit_now(3)
+exit_now(3)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
