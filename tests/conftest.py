@@ -38,7 +38,8 @@ SLOW_TEST_SECONDS = 10  # a file not in DURATIONS yet: this much per end-to-end 
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    # pytest-xdist (--dist loadfile) hands whole files to its workers in this order. The longest
+    # pytest-xdist (--dist loadfile --no-loadscope-reorder: without it, xdist puts the files
+    # with the most tests first) hands whole files to its workers in this order. The longest
     # files go first, so that the quick files fill the end of every worker, instead of one
     # worker running a long file alone while the others have finished. Within a file the order
     # is kept.
@@ -114,9 +115,9 @@ def tracked_config(tmp_path, empty_mlflow_store):
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
-    """A started MlflowServer over tmp_path/server; stopped after the test."""
-    server = MlflowServer(tmp_path / "server").start()
+def mlflow_server(tmp_path, empty_mlflow_store):
+    """A started MlflowServer over tmp_path/server (a new store); stopped after the test."""
+    server = MlflowServer(tmp_path / "server", store=empty_mlflow_store).start()
     yield server
     server.stop()
 

@@ -195,13 +195,13 @@ def recorded_in_study(storage: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def secret_sweep(tmp_path_factory):
+def secret_sweep(tmp_path_factory, empty_mlflow_store):
     """One small sweep (the stand-in trainer, two trials) recording to an MLflow server through a
     URL with a password, and storing its study in PostgreSQL through a URL with a password given
     on the command line (the way most likely to leak) when a server is there. Returns everything
     it wrote, printed or recorded, by place."""
     tmp_path = tmp_path_factory.mktemp("secret-sweep")
-    server = MlflowServer(tmp_path / "server").start()
+    server = MlflowServer(tmp_path / "server", store=empty_mlflow_store).start()
     name = f"secret-{uuid.uuid4().hex[:8]}"
     overrides = [
         "sweep.trainer=helpers.trainers.StandInTrainer", "tracking=server", f"sweep.name={name}", "sweep.n_trials=2",
