@@ -33,8 +33,9 @@ from sweeper.cli import main
 from sweeper.commands.sweeping import _wait_for_exit
 from sweeper.stop_signals import StopSignals, raise_if_stopped
 from sweeper.sweep.counts import count_trials
-from sweeper.sweep.live import how_it_ended, record_death
+from sweeper.sweep.live import fail_trials_of_dead_worker, how_it_ended
 from sweeper.sweep.plan import plan_sweep
+from sweeper.sweep.storage import StorageSpec
 from sweeper.sweep.study import open_study
 from sweeper.sweep.workers import StopRequest, TrialAttributesWriter, run_worker
 from sweeper.trial.events import StepEvent
@@ -296,9 +297,11 @@ def test_a_worker_killed_by_a_signal_is_named_by_it_and_a_crash_leaves_its_stack
     # faulthandler wrote the Python stack of the crash into the worker's log
     logs = sweep.worker_logs()
     assert "Fatal Python error: Segmentation fault" in logs and "test_processes.py" in logs, logs[-3000:]
-    # the trial it left running says so itself, for the heartbeat check that fails it later
-    (trial,) = sweep.study().trials
+    # the trial it left running says so itself, failed at once, and waits as a retry for a resume
+    trial, retry = sweep.study().trials
     assert trial.user_attrs["reason"].startswith("its worker was killed by SIGSEGV; its log: "), trial.user_attrs
+    assert trial.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.system_attrs["failed_trial"] == trial.number and retry.params == trial.params
 
 
 @pytest.mark.parametrize(
@@ -326,9 +329,9 @@ class DeadWorker:
 
 
 def test_the_trial_of_a_worker_killed_by_a_signal_is_failed_with_the_signal_s_name(tmp_path, capsys):
-    """Its worker died without a word, and the heartbeat check that fails its trial knows
-    nothing of why: the sweep, which saw the signal, records it on the trial, and the summary
-    names it instead of "no reason recorded"."""
+    """Its worker died without a word, and a heartbeat check that fails its trial knows nothing
+    of why: the sweep, which saw the signal, records it on the trial, and the summary names it
+    instead of "no reason recorded". (A storage without heartbeats: the reason alone.)"""
     from sweeper.boundary.checked_study import checked_study
     from sweeper.commands.sweeping import _failure_reasons
 
@@ -336,7 +339,8 @@ def test_the_trial_of_a_worker_killed_by_a_signal_is_failed_with_the_signal_s_na
     own, other = study.ask(), study.ask()
     own.set_user_attr("worker", f"{socket.gethostname()}:4242")
     other.set_user_attr("worker", f"{socket.gethostname()}:4343")  # another worker's, still running
-    record_death(study, DeadWorker(4242), -signal.SIGSEGV)
+    fail_trials_of_dead_worker(study, DeadWorker(4242), -signal.SIGSEGV)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING] * 2  # no heartbeats: left to the resume
     for trial in (own, other):
         study.tell(trial, state=TrialState.FAIL)  # as the heartbeat check does, without a reason
     reasons = _failure_reasons(checked_study(study))
@@ -344,6 +348,48 @@ def test_the_trial_of_a_worker_killed_by_a_signal_is_failed_with_the_signal_s_na
         "its worker was killed by SIGSEGV; its log: results/sweeps/s/worker-0.log": 1,
         "no reason recorded (its worker stopped or died)": 1,
     }, reasons
+
+
+class StatesUnderClaim:
+    """A stand-in for the sweep's claim: the study's trial states as each claim began and ended."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study, self.seen = study, []
+
+    def __enter__(self) -> None:
+        self.seen.append(("in", [t.state for t in self.study.trials]))
+
+    def __exit__(self, *exc: object) -> None:
+        self.seen.append(("out", [t.state for t in self.study.trials]))
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # asked here, by hand
+def test_the_trials_of_a_dead_worker_are_failed_and_queued_again_at_once(tmp_path):
+    """Where the storage has heartbeats, what Optuna's heartbeat check would do a grace period
+    later (a minute by default) is done when the sweep sees the worker die: its running trials
+    (a fused worker's several) fail with the signal as their reason, and each is queued again
+    once with its parameters; another worker's running trial and a trial finished are left."""
+    storage = StorageSpec(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=600, retries=1).open()
+    study = optuna.create_study(storage=storage, study_name="s")
+    mine = [study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}) for _ in range(3)]
+    other = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for trial in mine:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:4242")
+    other.set_user_attr("worker", f"{socket.gethostname()}:4343")
+    study.tell(mine[2], 0.5)  # it finished before its worker died
+    claim = StatesUnderClaim(study)
+    fail_trials_of_dead_worker(study, DeadWorker(4242), -signal.SIGKILL, claim)
+    fail_trials_of_dead_worker(study, DeadWorker(4242), -signal.SIGKILL, claim)  # seen again: nothing more
+    # Failed and queued again under the claim workers count under: none counts between the two.
+    running, done = TrialState.RUNNING, TrialState.COMPLETE
+    assert claim.seen[0] == ("in", [running, running, done, running]), claim.seen
+    assert claim.seen[1] == ("out", [TrialState.FAIL, TrialState.FAIL, done, running, TrialState.WAITING, TrialState.WAITING])
+    trials = study.trials
+    assert [t.state for t in trials[:4]] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.RUNNING]
+    assert all(t.user_attrs["reason"].startswith("its worker was killed by SIGKILL") for t in trials[:2])
+    retries = trials[4:]
+    assert [t.state for t in retries] == [TrialState.WAITING] * 2
+    assert [(t.system_attrs["failed_trial"], t.params) for t in retries] == [(t.number, t.params) for t in trials[:2]]
 
 
 # --- a worker whose trial was taken over ------------------------------------------------------

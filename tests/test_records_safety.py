@@ -176,7 +176,8 @@ def test_a_killed_workers_run_is_ended_and_the_sweep_says_so(tmp_path):
     finally:
         if started.poll() is None:
             os.killpg(started.pid, signal.SIGKILL)
-    # The other worker failed the dead trial by its heartbeat and ran it again; the sweep ended its run.
+    # The sweep failed the dead worker's trial and queued it again, the other worker ran it; the
+    # sweep ended its run.
     assert "records: ended 1 run(s) left running by stopped workers" in out, out + err
     runs = mlflow_runs(tmp_path)
     assert not [r for r in runs if r.info.status == "RUNNING"]  # nothing left RUNNING

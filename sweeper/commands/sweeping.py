@@ -282,7 +282,7 @@ def _stop(workers: list[WorkerHandle]) -> None:
 
 
 def _watch(study: optuna.Study, plan: SweepPlan, workers: list[WorkerHandle]) -> None:
-    notes = WorkerNotes(workers, study)
+    notes = WorkerNotes(workers, study, plan.storage.claim(plan.name))
     with LiveView(f"sweep {plan.name}", plan.cfg.sweep.live) as view:
         while True:
             done = all(w.poll() is not None for w in workers)  # read before the study: no update lost

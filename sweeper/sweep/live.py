@@ -10,6 +10,7 @@ the running trials finish epochs (a fused run's trials all end together).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import socket
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console, Group
 from rich.live import Live
@@ -25,8 +28,9 @@ from rich.table import Table
 
 from sweeper.sweep.counts import Counts
 from sweeper.sweep.plan import SweepPlan
+from sweeper.sweep.storage import ClaimLock
 
-__all__ = ["LiveView", "SweepStatus", "WorkerNotes", "how_it_ended", "read_status", "record_death", "sampled"]
+__all__ = ["LiveView", "SweepStatus", "WorkerNotes", "fail_trials_of_dead_worker", "how_it_ended", "read_status", "sampled"]
 
 # Seconds at least between two lines that tell only of epochs done (non-interactive output).
 EPOCHS_EVERY = 5.0
@@ -112,20 +116,36 @@ def how_it_ended(code: int) -> str:
     return f"killed by {name}"
 
 
-def record_death(study: optuna.Study, worker: object, code: int) -> None:
-    """The reason of the trials `worker` (killed by a signal: `code` < 0) left running, on the
-    trials themselves: they are the ones whose `worker` attribute is its host and pid. A worker
-    without a pid here (a cluster job's) or a study that cannot be written leaves them as they are:
-    the note already said how the worker ended."""
+def fail_trials_of_dead_worker(study: optuna.Study, worker: object, code: int, claim: ClaimLock | None = None) -> None:
+    """The trials `worker` (killed by a signal: `code` < 0) left running: those whose `worker`
+    attribute is its host and pid. Each keeps how its worker ended as its reason and, where the
+    storage has heartbeats, is failed now and queued again (sweep.retries), as Optuna's heartbeat
+    check (fail_stale_trials) would do storage.grace_period later (a minute by default): this
+    process saw the worker end; the check sees its heartbeat stop. Under the sweep's `claim`,
+    which workers count the trials under: one that counted between the failure and the retry
+    would start a new trial in the retry's place. A worker without a pid here (a cluster job's)
+    leaves its trials to the heartbeat; a study that cannot be written, as they are: the note
+    already said how the worker ended."""
     pid = worker.pid() if callable(getattr(worker, "pid", None)) else None
     if pid is None:
         return
     mark = f"{socket.gethostname()}:{pid}"
     reason = f"its worker was {how_it_ended(code)}; its log: {getattr(worker, 'log', 'unknown')}"
-    with contextlib.suppress(Exception):  # a full disk, a trial failed meanwhile: the note stands
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get("worker") == mark:
-                study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+    storage = study._storage
+    with contextlib.suppress(Exception), claim or contextlib.nullcontext():  # a full disk, a database gone: the note stands
+        left = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get("worker") == mark]
+        for trial in left:
+            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+        if not (isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)):
+            return  # a journal's trials are not retried (no heartbeats)
+        retry = storage.get_heartbeat_stale_trial_callback()
+        for trial in left:
+            try:
+                failed = storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            except UpdateFinishedTrialError:  # the heartbeat check of a worker got there first
+                continue
+            if failed and retry is not None:
+                retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
 
 
 def _best(study: optuna.Study, trials: Sequence[FrozenTrial], plan: SweepPlan) -> str | None:
@@ -195,15 +215,15 @@ class WorkerNotes:
     while a sweep runs. The same note from several workers in a row is passed on once. A
     worker killed by a signal is noted once, by the signal's name (a crash leaves its Python
     stack in its log: `sweeper worker` enables faulthandler), and, given the `study`, the trial
-    it left running records that as its reason: the heartbeat check fails that trial later,
-    knowing nothing of why, and the sweep's summary and report read the reason there."""
+    it left running records that as its reason and is failed and queued again at once
+    (fail_trials_of_dead_worker); the sweep's summary and report read the reason there."""
 
     MARKS = ("sweeper: ", "sweeper worker: ")  # a warning; the error a worker stopped with
     STOPPED = (0, 130, 143)  # done, or stopped by Ctrl-C or SIGTERM (the sweep says so itself)
 
-    def __init__(self, workers: Sequence, study: optuna.Study | None = None) -> None:
+    def __init__(self, workers: Sequence, study: optuna.Study | None = None, claim: ClaimLock | None = None) -> None:
         self._workers = list(workers)
-        self._study = study
+        self._study, self._claim = study, claim
         # from where this run's workers began to write (a resumed sweep's logs hold the earlier runs')
         self._read = {worker.label: (worker.log, getattr(worker, "log_size", None) or 0) for worker in workers}
         self._last = ""
@@ -215,9 +235,9 @@ class WorkerNotes:
             code = worker.poll()
             if code is not None and code < 0 and worker.label not in self._killed:
                 self._killed.add(worker.label)
-                notes.append(f"{worker.label}: {how_it_ended(code)}; its trial fails and runs again on resume; its log: {worker.log}")
+                notes.append(f"{worker.label}: {how_it_ended(code)}; its trial fails and runs again (sweep.retries); its log: {worker.log}")
                 if self._study is not None:
-                    record_death(self._study, worker, code)
+                    fail_trials_of_dead_worker(self._study, worker, code, self._claim)
             elif code is not None and code not in self.STOPPED and worker.label not in self._killed:
                 self._killed.add(worker.label)  # its error is in its log, if the log could be written (a full disk)
                 notes.append(f"{worker.label}: {how_it_ended(code)}; its log: {worker.log}")

@@ -492,10 +492,12 @@ class _Worker:
 
     def wait(self, counts: Counts) -> bool:
         """Wait for the running trials (one may fail and need redoing)."""
-        self.claim.release()
         # A dead worker's trial counts as running until its heartbeat goes stale: look for
-        # those here too, or waiting workers would wait on it for ever.
+        # those here too, or waiting workers would wait on it for ever. Under the claim, as
+        # study.optimize looks before it asks: a worker that counted between a failure and its
+        # retry would start a new trial in the retry's place.
         fail_stale_trials(self.study)
+        self.claim.release()
         # Until the study is no longer as it was counted: a trial that ended after the count (the
         # last one, most often) wakes the worker at once, not a poll later.
         _sleep_until_changed(self.plan.storage.path, float(self.plan.cfg.sweep.poll), self.counted)
