@@ -293,7 +293,7 @@ def test_a_worker_killed_by_a_signal_is_named_by_it_and_a_crash_leaves_its_stack
     (worker,) = sweep.workers_in_trials(1)
     os.kill(worker, signal.SIGSEGV)  # as a native library's crash does
     code, out, err = sweep.finish()
-    assert "worker 0 (cpu x1): killed by SIGSEGV" in out + err, out[-3000:] + err[-3000:]
+    assert "worker 0 (cpu x1): killed by SIGSEGV; its trial fails and runs again (sweep.retries)" in out + err, out[-3000:] + err[-3000:]
     # faulthandler wrote the Python stack of the crash into the worker's log
     logs = sweep.worker_logs()
     assert "Fatal Python error: Segmentation fault" in logs and "test_processes.py" in logs, logs[-3000:]
@@ -339,7 +339,7 @@ def test_the_trial_of_a_worker_killed_by_a_signal_is_failed_with_the_signal_s_na
     own, other = study.ask(), study.ask()
     own.set_user_attr("worker", f"{socket.gethostname()}:4242")
     other.set_user_attr("worker", f"{socket.gethostname()}:4343")  # another worker's, still running
-    fail_trials_of_dead_worker(study, DeadWorker(4242), -signal.SIGSEGV)
+    assert not fail_trials_of_dead_worker(study, DeadWorker(4242), -signal.SIGSEGV)
     assert [t.state for t in study.trials] == [TrialState.RUNNING] * 2  # no heartbeats: left to the resume
     for trial in (own, other):
         study.tell(trial, state=TrialState.FAIL)  # as the heartbeat check does, without a reason
@@ -378,7 +378,7 @@ def test_the_trials_of_a_dead_worker_are_failed_and_queued_again_at_once(tmp_pat
     other.set_user_attr("worker", f"{socket.gethostname()}:4343")
     study.tell(mine[2], 0.5)  # it finished before its worker died
     claim = StatesUnderClaim(study)
-    fail_trials_of_dead_worker(study, DeadWorker(4242), -signal.SIGKILL, claim)
+    assert fail_trials_of_dead_worker(study, DeadWorker(4242), -signal.SIGKILL, claim)
     fail_trials_of_dead_worker(study, DeadWorker(4242), -signal.SIGKILL, claim)  # seen again: nothing more
     # Failed and queued again under the claim workers count under: none counts between the two.
     running, done = TrialState.RUNNING, TrialState.COMPLETE

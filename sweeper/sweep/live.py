@@ -116,7 +116,7 @@ def how_it_ended(code: int) -> str:
     return f"killed by {name}"
 
 
-def fail_trials_of_dead_worker(study: optuna.Study, worker: object, code: int, claim: ClaimLock | None = None) -> None:
+def fail_trials_of_dead_worker(study: optuna.Study, worker: object, code: int, claim: ClaimLock | None = None) -> bool:
     """The trials `worker` (killed by a signal: `code` < 0) left running: those whose `worker`
     attribute is its host and pid. Each keeps how its worker ended as its reason and, where the
     storage has heartbeats, is failed now and queued again (sweep.retries), as Optuna's heartbeat
@@ -125,10 +125,10 @@ def fail_trials_of_dead_worker(study: optuna.Study, worker: object, code: int, c
     which workers count the trials under: one that counted between the failure and the retry
     would start a new trial in the retry's place. A worker without a pid here (a cluster job's)
     leaves its trials to the heartbeat; a study that cannot be written, as they are: the note
-    already said how the worker ended."""
+    says how the worker ended. True where its trials were failed and queued again."""
     pid = worker.pid() if callable(getattr(worker, "pid", None)) else None
     if pid is None:
-        return
+        return False
     mark = f"{socket.gethostname()}:{pid}"
     reason = f"its worker was {how_it_ended(code)}; its log: {getattr(worker, 'log', 'unknown')}"
     storage = study._storage
@@ -137,7 +137,7 @@ def fail_trials_of_dead_worker(study: optuna.Study, worker: object, code: int, c
         for trial in left:
             storage.set_trial_user_attr(trial._trial_id, "reason", reason)
         if not (isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)):
-            return  # a journal's trials are not retried (no heartbeats)
+            return False  # a journal's trials are not retried (no heartbeats)
         retry = storage.get_heartbeat_stale_trial_callback()
         for trial in left:
             try:
@@ -146,6 +146,8 @@ def fail_trials_of_dead_worker(study: optuna.Study, worker: object, code: int, c
                 continue
             if failed and retry is not None:
                 retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+        return True
+    return False
 
 
 def _best(study: optuna.Study, trials: Sequence[FrozenTrial], plan: SweepPlan) -> str | None:
@@ -235,9 +237,9 @@ class WorkerNotes:
             code = worker.poll()
             if code is not None and code < 0 and worker.label not in self._killed:
                 self._killed.add(worker.label)
-                notes.append(f"{worker.label}: {how_it_ended(code)}; its trial fails and runs again (sweep.retries); its log: {worker.log}")
-                if self._study is not None:
-                    fail_trials_of_dead_worker(self._study, worker, code, self._claim)
+                retried = self._study is not None and fail_trials_of_dead_worker(self._study, worker, code, self._claim)
+                then = "its trial fails and runs again (sweep.retries)" if retried else "its trial fails and runs again on resume"
+                notes.append(f"{worker.label}: {how_it_ended(code)}; {then}; its log: {worker.log}")
             elif code is not None and code not in self.STOPPED and worker.label not in self._killed:
                 self._killed.add(worker.label)  # its error is in its log, if the log could be written (a full disk)
                 notes.append(f"{worker.label}: {how_it_ended(code)}; its log: {worker.log}")
