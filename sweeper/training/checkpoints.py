@@ -11,11 +11,12 @@ and the steps and epochs reported so far (the schedule's position is the step co
 is atomic (a temporary file beside it, then os.replace): a worker killed while writing leaves the
 previous checkpoint whole. The file is removed when the trial ends, whatever the ending.
 
-A trial retried after its worker died (Optuna's heartbeat retry: the same parameters, another
-trial number) looks for the checkpoints of the trials it repeats, newest first, restores the
-newest one there is, replays the recorded steps and epochs to its reporters (its MLflow run and
-Optuna's pruner see the whole curve) and trains the epochs that remain. On CPU with
-train.deterministic=true the resumed trial's curves are bitwise those of an uninterrupted run.
+A trial retried after its worker died (Optuna's retry callback, called by the sweep that saw the
+worker die or by the heartbeat check: the same parameters, another trial number) looks for the
+checkpoints of the trials it repeats, newest first, restores the newest one there is, replays
+the recorded steps and epochs to its reporters (its MLflow run and Optuna's pruner see the whole
+curve) and trains the epochs that remain. On CPU with train.deterministic=true the resumed
+trial's curves are bitwise those of an uninterrupted run.
 
 A checkpoint holds only tensors and plain containers: it is read with
 `torch.load(..., weights_only=True)`, which runs no code from the file.
