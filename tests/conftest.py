@@ -7,10 +7,10 @@ import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.forked_cli import run_sweeper
 from helpers.processes import EXTRAS_ENV, with_tests_on_path
 from helpers.servers import MlflowServer
 
@@ -77,11 +77,11 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def sweeper_cli(tmp_path):
-    """Run `sweeper ...` in tmp_path (so results/ lands there); returns the finished process."""
+    """Run `sweeper ...` in tmp_path (so results/ lands there), forked from a process that has
+    loaded what the commands load (helpers.forked_cli); returns the finished process."""
 
     def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:  # a limit for hangs only
-        command = [sys.executable, "-m", "sweeper.cli", *args]
-        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+        return run_sweeper(args, tmp_path, timeout=timeout)
 
     return run
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.forked_cli import run_script as forked_script
 
 REPO = Path(__file__).resolve().parent.parent
 # Packages the scaling benchmark must do without under --no-tracking (a GPU machine may have only
@@ -22,8 +23,14 @@ BLOCKER = f"import sys\nsys.modules.update(dict.fromkeys({NOT_NEEDED!r}))\n"
 
 
 def run_script(name: str, folder: Path, *args: str, env: dict[str, str] | None = None) -> None:
-    command = [sys.executable, str(REPO / "scripts" / f"bench_{name}.py"), "--quick", "--out-dir", str(folder), *args]
-    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=280, env=env)  # within pytest's 300 s
+    """`python scripts/bench_NAME.py --quick ...`, forked from a process that has loaded what the
+    scripts load (helpers.forked_cli); with `env`, started afresh, as that environment may
+    change what the interpreter loads at its start."""
+    script, args = REPO / "scripts" / f"bench_{name}.py", ["--quick", "--out-dir", str(folder), *args]
+    if env is None:
+        done = forked_script(script, args, folder, timeout=280)  # within pytest's 300 s
+    else:
+        done = subprocess.run([sys.executable, str(script), *args], cwd=folder, capture_output=True, text=True, timeout=280, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from helpers.forked_cli import popen, run_sweeper
 from helpers.payloads import RunsCodeWhenLoaded
 from helpers.processes import with_tests_on_path
 from helpers.waiting import wait_for_file, wait_until
@@ -239,10 +239,7 @@ def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_unin
     # The first trial holds at its second epoch's first steps (its first epoch checkpointed)
     # until its worker is killed; the other worker then retries it from that checkpoint.
     env = {**os.environ, "PYTHONPATH": with_tests_on_path(), "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "0", "TRIAL_HOLD_MAX": "1"}
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "sweeper.cli", "sweep", *REAL], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    sweep = popen([sys.executable, "-m", "sweeper.cli", "sweep", *REAL], tmp_path, env, session=True)
     try:
         pid = wait_for_file(gates / "held-0", sweep)
         folder = tmp_path / "results" / "sweeps" / "mlp-synthetic"
@@ -274,10 +271,7 @@ def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_unin
     # The retried trial's MLflow run against a rerun of it from its first step, uninterrupted.
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("mlp-synthetic").experiment_id], f"tags.trial = '{retry.number}'")
-    rerun = subprocess.run(
-        [sys.executable, "-m", "sweeper.cli", "rerun", run.info.run_id, "--strict", "--allow-module", "helpers"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    rerun = run_sweeper(["rerun", run.info.run_id, "--strict", "--allow-module", "helpers"], tmp_path, env, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "(bitwise equal)" in rerun.stdout
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(int(run.data.params["total_steps"])))
@@ -286,10 +280,7 @@ def test_a_worker_killed_mid_trial_is_resumed_elsewhere_to_the_curves_of_an_unin
     # `sweeper export NAME` writes them out
     (best,) = client.search_runs([run.info.experiment_id], f"tags.trial = '{study.best_trial.number}'")
     kept = torch.load(client.download_artifacts(best.info.run_id, "model.pt", str(tmp_path)), weights_only=True)
-    export = subprocess.run(
-        [sys.executable, "-m", "sweeper.cli", "export", "mlp-synthetic", "best.pt"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    export = run_sweeper(["export", "mlp-synthetic", "best.pt"], tmp_path, env, timeout=300)
     assert export.returncode == 0, export.stderr[-3000:]
     exported = torch.load(tmp_path / "best.pt", weights_only=True)
     assert exported.keys() == kept.keys() and all(torch.equal(exported[k], kept[k]) for k in kept)

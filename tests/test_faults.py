@@ -25,6 +25,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.forked_cli import ForkedProcess, popen
 from helpers.processes import with_tests_on_path
 from helpers.servers import MlflowServer
 from helpers.waiting import wait_for_file
@@ -51,24 +52,16 @@ REAL = [
 GATED = "sweep.trainer=helpers.trainers.GatedTrainer"
 
 
-_STARTED: list[subprocess.Popen] = []
+_STARTED: list[ForkedProcess] = []
 
 
-def start_sweep(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+def start_sweep(tmp_path: Path, *overrides: str, env: dict | None = None) -> ForkedProcess:
     """`sweeper sweep` in its own process group (the group a terminal's Ctrl-C reaches), with
     SIGINT at its default, as in a terminal's foreground command, even where these tests run
-    with it ignored (a background job of a non-interactive shell is started so, and a process
-    keeps an ignored signal ignored across exec; a signal it handles starts at its default)."""
+    with it ignored (helpers.forked_cli: forked as Popen would start it, its output read by
+    communicate())."""
     command = [sys.executable, "-m", "sweeper.cli", "sweep", *overrides]
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        sweep = subprocess.Popen(
-            command, cwd=tmp_path, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, start_new_session=True,
-        )  # fmt: skip
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+    sweep = popen(command, tmp_path, {**os.environ, **(env or {})}, session=True)
     _STARTED.append(sweep)
     return sweep
 
@@ -84,7 +77,7 @@ def leave_no_sweep_behind():
             sweep.wait(30)
 
 
-def finish(sweep: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+def finish(sweep: ForkedProcess, timeout: float = 600) -> tuple[int, str, str]:
     out, err = sweep.communicate(timeout=timeout)
     return sweep.returncode, out, err
 
@@ -93,7 +86,7 @@ def storage_of(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/results/studies.db"
 
 
-def wait_for(sweep: subprocess.Popen, storage: str, name: str, what: Callable[[list[FrozenTrial]], object], timeout: float = 300):
+def wait_for(sweep: ForkedProcess, storage: str, name: str, what: Callable[[list[FrozenTrial]], object], timeout: float = 300):
     """Poll the study until `what(trials)` is truthy; return it. The sweep must still be running."""
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -17,11 +17,11 @@ import errno
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from helpers.forked_cli import run_sweeper
 from helpers.processes import with_tests_on_path
 from helpers.trainers import fill_disk
 from mlflow import MlflowClient
@@ -63,8 +63,7 @@ def sweep(folder: Path, *overrides: str, **env: str) -> subprocess.CompletedProc
     for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH", FILL):
         environment.pop(variable, None)
     environment.update(env)
-    command = [sys.executable, "-m", "sweeper.cli", "sweep", *SWEEP, *overrides]
-    return subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=280)
+    return run_sweeper(["sweep", *SWEEP, *overrides], folder, environment, timeout=280)
 
 
 def finished_trials_without_records(mlflow_db: Path, study_db: Path) -> list[int]:

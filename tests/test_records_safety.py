@@ -23,6 +23,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.forked_cli import popen, run_sweeper
 from helpers.played import feed_trial
 from helpers.processes import with_tests_on_path
 from helpers.waiting import wait_for_file, wait_until
@@ -48,8 +49,7 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 def sweep(folder: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "sweeper.cli", "sweep", *SMALL, *overrides]
-    return subprocess.run(command, cwd=folder, env=environment(**env), capture_output=True, text=True, timeout=240)
+    return run_sweeper(["sweep", *SMALL, *overrides], folder, environment(**env), timeout=240)
 
 
 def mlflow_state(folder: Path) -> list[tuple[str, str, str]]:
@@ -157,11 +157,10 @@ def test_a_killed_workers_run_is_ended_and_the_sweep_says_so(tmp_path):
     # One trial holds after its first epoch (its MLflow run exists, RUNNING) and writes its
     # worker's pid to gates/held-0; the test kills that worker there (helpers.gates.Gates).
     gates = tmp_path / "gates"
-    started = subprocess.Popen(
+    started = popen(
         [sys.executable, "-m", "sweeper.cli", "sweep", *SMALL, "sweep.workers=2", "storage.heartbeat_interval=1",
          "storage.grace_period=3"],
-        cwd=tmp_path, env=environment(TRIAL_GATES=str(gates), TRIAL_HOLD_AFTER="0", TRIAL_HOLD_MAX="1"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        tmp_path, environment(TRIAL_GATES=str(gates), TRIAL_HOLD_AFTER="0", TRIAL_HOLD_MAX="1"), session=True,
     )  # fmt: skip
     try:
         pid = int(wait_for_file(gates / "held-0", started))
@@ -252,10 +251,7 @@ def test_the_audit_leaves_the_trials_another_commands_recorder_is_sending(tracke
 
 def test_two_sweeps_started_together_make_one_study_and_one_parent_run(tmp_path):
     command = [sys.executable, "-m", "sweeper.cli", "sweep", *SMALL, "sweep.n_trials=4"]
-    both = [
-        subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
+    both = [popen(command, tmp_path, environment()) for _ in range(2)]
     outputs = [process.communicate(timeout=300) for process in both]
     for process, (out, err) in zip(both, outputs):
         assert process.returncode == 0, out[-2000:] + err[-3000:]

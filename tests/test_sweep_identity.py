@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from helpers.forked_cli import run_sweeper
 from helpers.processes import with_tests_on_path
 from mlflow import MlflowClient
 
@@ -36,8 +36,7 @@ def sweeper(folder: Path, *args: str, timeout: float = 240) -> subprocess.Comple
     env = {**os.environ, "PYTHONPATH": with_tests_on_path()}
     for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
         env.pop(variable, None)
-    command = [sys.executable, "-m", "sweeper.cli", *args]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_sweeper(args, folder, env, timeout)
 
 
 def in_process(folder: Path, *args: str, capsys) -> tuple[int, str]:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from helpers import custom_task
+from helpers.forked_cli import run_sweeper
 from helpers.processes import with_tests_on_path
 from omegaconf import OmegaConf
 from sklearn import metrics as sk
@@ -178,8 +178,7 @@ def sweeper_process(folder: Path, *args: str, timeout: float = 300) -> subproces
     env = {**os.environ, "PYTHONPATH": with_tests_on_path()}  # custom_task importable
     for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
         env.pop(variable, None)
-    command = [sys.executable, "-m", "sweeper.cli", *args]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_sweeper(args, folder, env, timeout)
 
 
 def mlflow_runs(folder: Path, experiment: str, kind: str | None = None) -> list:

@@ -244,10 +244,7 @@ class MlflowUiServer:
         # read a process's argv (ps). Its job runners (GenAI evaluation jobs, four more
         # processes) are of no use here.
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with open(self.log, "ab") as log:  # the server keeps its own descriptor
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
-            )
+        self.process = self.launch(command, env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -257,6 +254,13 @@ class MlflowUiServer:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"mlflow server did not answer within {timeout:.0f} s; its log: {self.log}")
+
+    def launch(self, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """The server's process: its output to the log, in a process group of its own (stop() ends the group)."""
+        with open(self.log, "ab") as log:  # the server keeps its own descriptor
+            return subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+            )
 
     def answers(self) -> bool:
         try:
