@@ -7,12 +7,12 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from helpers.forked_cli import spawn
 from helpers.processes import with_tests_on_path
 from helpers.waiting import wait_until
 from mlflow import MlflowClient
@@ -142,17 +142,16 @@ def test_a_sweep_into_a_log_file_shows_epochs_and_short_numbers_and_no_library_n
         "tracking.schedule_plot=false",
     ]  # fmt: skip
     log = workdir / "sweep.log"
-    with open(log, "w") as out:
-        sweep = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-        try:
-            # The trial holds after its first epoch: the log says so while it holds.
-            wait_until(lambda: "(epoch 1 done)" in log.read_text(), "a progress line with the epochs done", sweep)
-            (gates / "release").touch()
-            assert sweep.wait(timeout=600) == 0, log.read_text()
-        finally:
-            if sweep.poll() is None:
-                sweep.kill()
-                sweep.wait()
+    sweep = spawn(command, env, log, cwd=workdir)  # helpers.forked_cli
+    try:
+        # The trial holds after its first epoch: the log says so while it holds.
+        wait_until(lambda: "(epoch 1 done)" in log.read_text(), "a progress line with the epochs done", sweep)
+        (gates / "release").touch()
+        assert sweep.wait(timeout=600) == 0, log.read_text()
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
     text = log.read_text()
     assert "Creating initial MLflow database tables" not in text and "A new study created" not in text, text
     assert " INFO " not in text and "[I " not in text, text

@@ -46,6 +46,7 @@ def test_a_forked_command_sees_what_a_started_one_sees(server, tmp_path, as_modu
 def test_a_forked_command_in_a_session_of_its_own_ends_with_its_group(server, tmp_path):
     log = tmp_path / "log"
     forked = server.spawn([sys.executable, "-m", "http.server", "0"], tmp_path, None, log, log, session=True)
+    assert log.exists()  # as Popen's output file: there when it returns
     assert forked.poll() is None
     os.killpg(forked.pid, signal.SIGTERM)  # its group is its own: the server is not in it
     assert forked.wait(60) == -signal.SIGTERM

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.forked_cli import popen
 from helpers.processes import with_tests_on_path
 from helpers.trainers import StandInTrainer
 from optuna.trial import TrialState
@@ -113,10 +114,7 @@ class GatedSweep:
             *overrides,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": with_tests_on_path(), GATE: str(self.gate)}
-        self.process = subprocess.Popen(
-            command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
+        self.process = popen(command, folder, env, session=True)  # helpers.forked_cli
 
     def workers_in_trials(self, count: int) -> list[int]:
         """Wait until `count` workers are inside a trial; their process ids."""

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
 import pytest
+from helpers.forked_cli import run_sweeper
 from helpers.processes import NEEDS_POSTGRES, POSTGRES, with_tests_on_path
 from helpers.servers import MlflowServer, free_port
 from mlflow import MlflowClient
@@ -215,8 +214,7 @@ def secret_sweep(tmp_path_factory, empty_mlflow_store):
         "PYTHONPATH": with_tests_on_path(),
     }
     try:
-        command = [sys.executable, "-m", "sweeper.cli", "sweep", *overrides]
-        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        done = run_sweeper(["sweep", *overrides], tmp_path, env, timeout=240)  # helpers.forked_cli
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert "2/2 finished" in done.stdout
         places = {

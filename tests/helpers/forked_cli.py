@@ -211,9 +211,9 @@ def popen(command: Sequence[str], cwd: Path, env: dict[str, str] | None = None, 
     return forked
 
 
-def spawn(command: Sequence[str], env: dict[str, str], log: Path, session: bool) -> ForkedProcess:
-    """`python -m MODULE ...` started in the working directory, stdout and stderr to `log`."""
-    return _server("commands").spawn(command, Path.cwd(), env, log, log, session)
+def spawn(command: Sequence[str], env: dict[str, str], log: Path, session: bool = False, cwd: Path | None = None) -> ForkedProcess:
+    """`python -m MODULE ...` started in `cwd` (default: the working directory), stdout and stderr to `log`."""
+    return _server("commands").spawn(command, cwd or Path.cwd(), env, log, log, session)
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -253,8 +253,8 @@ def serve(parent: int, loads: Sequence[str]) -> int:
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
                 request = json.loads(line)
-                # `started` is said once the command is in its session: as Popen returns once
-                # its process is (a test may signal its group at once).
+                # `started` is said once the command is in its session and its output files
+                # exist: as Popen returns (a test may signal its group, or read them, at once).
                 settled, settle = os.pipe()
                 pid = os.fork()
                 if pid == 0:
@@ -262,6 +262,7 @@ def serve(parent: int, loads: Sequence[str]) -> int:
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     if request["session"]:
                         os.setsid()
+                    _standard_streams(request)
                     for fd in (answers, woken, wake, settled, settle):
                         os.close(fd)
                     return _command(request, base_path)
@@ -286,11 +287,8 @@ def _base_path() -> list[str]:
     return [p for p in sys.path[1:] if os.path.abspath(p) not in own]
 
 
-def _command(request: dict, base_path: list[str]) -> int:
-    """In the forked command: become `python -m MODULE ARGV` or `python SCRIPT ARGV` started in
-    its folder with its environment; the interpreter then ends as that command's would (threads
-    joined, atexit run)."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+def _standard_streams(request: dict) -> None:
+    """In the forked command: stdin empty, stdout and stderr to the files asked for (one file for both if they are one)."""
     stdin = os.open(os.devnull, os.O_RDONLY)
     os.dup2(stdin, 0)
     os.close(stdin)
@@ -301,6 +299,13 @@ def _command(request: dict, base_path: list[str]) -> int:
         os.dup2(handle, fd)
     for handle in {out, err}:
         os.close(handle)
+
+
+def _command(request: dict, base_path: list[str]) -> int:
+    """In the forked command: become `python -m MODULE ARGV` or `python SCRIPT ARGV` started in
+    its folder with its environment; the interpreter then ends as that command's would (threads
+    joined, atexit run)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
