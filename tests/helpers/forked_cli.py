@@ -1,10 +1,12 @@
 """`python -m MODULE ARGS` and `python scripts/SCRIPT.py ARGS` for the tests, forked from a process
 that has imported what they import.
 
-The suite runs about a hundred sweeper commands, a dozen benchmark scripts and a dozen MLflow
-servers in processes of their own, and each spent 1-3 s of a core importing the same modules
+The suite ran 104 `sweeper` processes, 12 benchmark scripts and 12 MLflow servers (a run that
+logged every process at its exit), and each spent 0.6-3 s of a core importing the same modules
 (Hydra, Optuna, SQLAlchemy, MLflow, matplotlib, pandas; torch for the scripts) and composing
-the same default config before its work: on the 2 cores CI has, a tenth of the suite's CPU. A
+the same default config before its work (a sweep's process 0.6 s without MLflow, 2.4 s with it
+and the report's modules; MLflow's command line 3 s). Forked, the CPU the README's test command
+takes fell from 840-847 s to 713-717 s (README: Tests and CI). A
 test process starts a server (`python -m helpers.forked_cli`, `ForkServer`) that does that once;
 each command is then forked from it and runs as the command line started in that folder with
 that environment would: its argv, working directory, environment and sys.path as that command
@@ -79,8 +81,9 @@ class ForkServer:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=TESTS.parent,
         )  # fmt: skip
         self._pending = b""
-        self._started: list[int] = []
-        self.exits: dict[int, int] = {}  # pid -> exit code, as the server reports them
+        self._asked: list[ForkedProcess] = []  # asked for, not yet said started (the server answers in order)
+        self._running: dict[int, ForkedProcess] = {}  # by pid: a pid is the kernel's to give again once its process ended
+        self.ended: list[ForkedProcess] = []  # in the order the server said they ended
 
     def spawn(
         self, command: Sequence[str], cwd: Path, env: dict[str, str] | None, stdout: Path, stderr: Path, session: bool = False
@@ -90,26 +93,25 @@ class ForkServer:
         what = {"module": rest[0], "argv": rest[1:]} if first == "-m" else {"script": str(Path(first).resolve()), "argv": rest}
         request = {**what, "cwd": str(Path(cwd).resolve()), "env": dict(os.environ if env is None else env),
                    "stdout": str(stdout), "stderr": str(stderr), "session": session}  # fmt: skip
+        forked = ForkedProcess(self, stdout, stderr)
+        self._asked.append(forked)
         self.process.stdin.write(json.dumps(request).encode() + b"\n")
         self.process.stdin.flush()
-        while not self._started:
+        while forked.pid is None:
             self.read(None)
-        return ForkedProcess(self, self._started.pop(0))
+        return forked
 
     def run(self, command: Sequence[str], cwd: Path, env: dict[str, str] | None, timeout: float | None) -> subprocess.CompletedProcess:
         """What subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout) gives."""
         with tempfile.TemporaryDirectory(prefix="forked-") as folder:
-            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            forked = self.spawn(command, cwd, env, out, err)
+            forked = self.spawn(command, cwd, env, Path(folder) / "stdout", Path(folder) / "stderr")
             try:
-                code = forked.wait(timeout)
+                out, err = forked.communicate(timeout)
             except subprocess.TimeoutExpired:
-                os.kill(forked.pid, signal.SIGKILL)
-                forked.wait()
-                said = out.read_text(errors="replace"), err.read_text(errors="replace")
-                raise subprocess.TimeoutExpired(list(command), timeout, *said) from None
-            return subprocess.CompletedProcess(list(command), code, out.read_text(errors="replace"), err.read_text(errors="replace"))
+                forked.kill()
+                raise subprocess.TimeoutExpired(list(command), timeout, *forked.communicate()) from None
+            return subprocess.CompletedProcess(list(command), forked.returncode, out, err)
 
     def read(self, deadline: float | None) -> bool:
         """Take the server's answers that come by `deadline` (None: wait for one); False if none came."""
@@ -124,9 +126,13 @@ class ForkServer:
         for line in lines:
             said, pid, *code = line.decode().split()
             if said == "started":
-                self._started.append(int(pid))
+                forked = self._asked.pop(0)
+                forked.pid = int(pid)
+                self._running[forked.pid] = forked
             else:
-                self.exits[int(pid)] = int(code[0])
+                forked = self._running.pop(int(pid))
+                forked.returncode = int(code[0])
+                self.ended.append(forked)
         return True
 
     def close(self) -> None:
@@ -139,12 +145,13 @@ class ForkServer:
 
 
 class ForkedProcess:
-    """A forked command, as much of subprocess.Popen as the tests use: pid, poll, wait,
-    returncode, send_signal, kill, and communicate where its output went to files of its own
-    (`popen`)."""
+    """A forked command, as much of subprocess.Popen as the tests use: pid, returncode, poll,
+    wait, send_signal, kill, and communicate (its output is in files: `stdout`, `stderr`)."""
 
-    def __init__(self, server: ForkServer, pid: int, output: Path | None = None) -> None:
-        self.server, self.pid, self.output = server, pid, output
+    def __init__(self, server: ForkServer, stdout: Path, stderr: Path) -> None:
+        self.server, self.stdout, self.stderr = server, stdout, stderr
+        self.pid: int | None = None  # once the server said it started
+        self.returncode: int | None = None  # once the server said it ended
 
     def send_signal(self, signum: int) -> None:
         if self.poll() is None:  # as Popen: an ended process is sent nothing
@@ -156,11 +163,7 @@ class ForkedProcess:
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         """Its stdout and stderr once it has ended (subprocess.TimeoutExpired if it has not by then)."""
         self.wait(timeout)
-        return tuple((self.output / name).read_text(errors="replace") for name in ("stdout", "stderr"))
-
-    @property
-    def returncode(self) -> int | None:
-        return self.server.exits.get(self.pid)
+        return self.stdout.read_text(errors="replace"), self.stderr.read_text(errors="replace")
 
     def poll(self) -> int | None:
         while self.returncode is None and self.server.read(time.monotonic()):
@@ -206,9 +209,7 @@ def popen(command: Sequence[str], cwd: Path, env: dict[str, str] | None = None, 
     communicate(), goes to files outside cwd (removed with the test process's temporary files)."""
     output = Path(tempfile.mkdtemp(prefix="forked-"))
     atexit.register(shutil.rmtree, output, True)
-    forked = _server("commands").spawn(command, cwd, env, output / "stdout", output / "stderr", session)
-    forked.output = output
-    return forked
+    return _server("commands").spawn(command, cwd, env, output / "stdout", output / "stderr", session)
 
 
 def spawn(command: Sequence[str], env: dict[str, str], log: Path, session: bool = False, cwd: Path | None = None) -> ForkedProcess:
