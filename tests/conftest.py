@@ -89,9 +89,9 @@ def sweeper_cli(tmp_path):
 @pytest.fixture(scope="session")
 def empty_mlflow_store(tmp_path_factory) -> Path:
     """An embedded MLflow store as a new sweep makes it (sweeper.records.mlflow_store), made once
-    a test process: the tests that need a store, not its making, start from a copy (its
-    schema's migrations are ~2 s of a core each time). Its making is tested in
-    test_records_safety.py and by every sweep run in a fresh folder."""
+    a test process: the tests that need a store, not its making, start from a copy. Its making
+    is tested in test_records_safety.py, test_mlflow_schema.py and by every sweep run in a
+    fresh folder."""
     from sweeper.records.mlflow_store import _make_whole
 
     path = tmp_path_factory.mktemp("empty-mlflow-store") / "mlflow.db"

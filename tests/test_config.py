@@ -212,6 +212,9 @@ def test_configs_ship_inside_the_wheel_and_are_found_there(tmp_path):
     wheel = next(tmp_path.glob("sweeper-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         assert "sweeper/conf/config.yaml" in archive.namelist()
+        # the kept schemas of new MLflow stores (sweeper/records/mlflow_schema.py)
+        kept = sorted(f"sweeper/records/mlflow_schemas/{path.name}" for path in (root / "sweeper/records/mlflow_schemas").glob("*.sql"))
+        assert kept and set(kept) <= set(archive.namelist())
         archive.extractall(tmp_path / "site")
     found = subprocess.run(
         [

@@ -264,29 +264,47 @@ def test_two_sweeps_started_together_make_one_study_and_one_parent_run(tmp_path)
     assert sorted(int(r.data.tags["trial"]) for r in trial_runs) == sorted(t.number for t in study.trials)
 
 
-def test_a_command_stopped_while_it_makes_a_new_store_leaves_none_and_the_next_makes_it(tmp_path, monkeypatch):
-    """A new sweep makes its embedded MLflow store (MLflow's schema migrations) beside its first
-    trials; a Ctrl-C in the middle of the migrations left a half-made store, which the resume
-    then refused as damaged. The store is made beside its place and moved there whole."""
+@pytest.mark.parametrize("made_by", ["migrations", "kept schema"])
+def test_a_command_stopped_while_it_makes_a_new_store_leaves_none_and_the_next_makes_it(made_by, tmp_path, monkeypatch):
+    """A new sweep makes its embedded MLflow store beside its first trials; a Ctrl-C in the middle
+    of MLflow's schema migrations left a half-made store, which the resume then refused as
+    damaged. The store is made beside its place and moved there whole, whether MLflow's
+    migrations make it or the package's SQL of its schema (sweeper.records.mlflow_schema)."""
     import mlflow.store.db.utils as db_utils
     from omegaconf import OmegaConf
 
+    from sweeper.records import mlflow_schema, mlflow_store
     from sweeper.records.mlflow_store import connect, tracking_settings
 
     store = tmp_path / "results" / "mlflow.db"
     settings = tracking_settings(OmegaConf.create({"tracking": {"enabled": True, "uri": f"sqlite:///{store}", "experiment": "e"}}))
-    upgrade = db_utils._upgrade_db
+    with monkeypatch.context() as stopping:
+        if made_by == "migrations":
+            stopping.setattr(mlflow_schema, "SCHEMAS", tmp_path / "no-kept-schemas")
 
-    def ctrl_c_half_way(engine):  # the first tables are made, the migrations not yet run
-        raise KeyboardInterrupt
+            def ctrl_c_half_way(engine):  # the first tables are made, the migrations not yet run
+                raise KeyboardInterrupt
 
-    monkeypatch.setattr(db_utils, "_upgrade_db", ctrl_c_half_way)
-    with pytest.raises(KeyboardInterrupt):
-        connect(settings)
+            stopping.setattr(db_utils, "_upgrade_db", ctrl_c_half_way)
+        else:
+            from make_mlflow_schema import migrated_store_sql
+
+            kept = tmp_path / "kept-schemas"  # this MLflow's, whichever it is
+            kept.mkdir()
+            (kept / f"{mlflow_schema.head_revision()}.sql").write_text(migrated_store_sql())
+            stopping.setattr(mlflow_schema, "SCHEMAS", kept)
+            write_schema = mlflow_store.write_schema
+
+            def ctrl_c_half_way(path):  # the schema written, MLflow not yet told
+                assert write_schema(path)
+                raise KeyboardInterrupt
+
+            stopping.setattr(mlflow_store, "write_schema", ctrl_c_half_way)
+        with pytest.raises(KeyboardInterrupt):
+            connect(settings)
     assert sorted(p.name for p in store.parent.iterdir()) == ["mlflow.db.lock"]  # no store, no half-made file
     for killed in (".mlflow.db.0a1b.partial", ".mlflow.db.0a1b.partial-journal"):  # what a kill -9 half way leaves
         (store.parent / killed).write_bytes(b"half made")
-    monkeypatch.setattr(db_utils, "_upgrade_db", upgrade)
     client, experiment = connect(settings)  # the next command makes it whole
     assert client.get_experiment(experiment).name == "e"
     assert sorted(p.name for p in store.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]

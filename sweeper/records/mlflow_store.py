@@ -28,6 +28,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from sweeper.config import ConfigError, error_line
 from sweeper.config.errors import disk_full
+from sweeper.records.mlflow_schema import write_schema
 from sweeper.secrets import mask_text, mask_url
 
 if TYPE_CHECKING:
@@ -198,8 +199,9 @@ def _reach(settings: TrackingSettings, create: bool, first_call: Callable[[Mlflo
 
 @contextmanager
 def _embedded_store_lock(settings: TrackingSettings, create: bool) -> Iterator[None]:
-    """An embedded SQLite store is created (schema migrations) by the first process that opens
-    it; two that do so at once fail. One at a time, under a file lock beside it."""
+    """An embedded SQLite store is created (its schema, then MLflow's Default experiment) by the
+    first process that opens it; two that do so at once fail. One at a time, under a file lock
+    beside it."""
     if not settings.uri.startswith("sqlite:///"):
         yield
         return
@@ -221,10 +223,13 @@ def _embedded_store_lock(settings: TrackingSettings, create: bool) -> Iterator[N
 
 
 def _make_whole(path: Path) -> None:
-    """A new embedded store, made as MLflow makes it (its schema's migrations, ~1.5 s of a core) in
-    a file beside `path`, then moved into place whole. A sweep makes its store beside its first
-    trials, and a Ctrl-C or a kill in the middle of the migrations left a half-made store that
-    every later command refused as damaged (a resume included); now it leaves none."""
+    """A new embedded store, made in a file beside `path`, then moved into place whole: its schema
+    as MLflow's migrations leave it (written from the package's SQL of it, ~20 ms, or by the
+    migrations themselves, ~1.5 s of a core, for a schema revision the package keeps no SQL of:
+    sweeper.records.mlflow_schema), then opened by MLflow, which adds its Default experiment. A
+    sweep makes its store beside its first trials, and a Ctrl-C or a kill in the middle of the
+    migrations left a half-made store that every later command refused as damaged (a resume
+    included); now it leaves none."""
     # What a command killed while it made one left (its file, SQLite's journal of it): under the
     # store's lock, no other is being made.
     for stale in path.parent.glob(f".{path.name}.*.partial*"):
@@ -234,6 +239,7 @@ def _make_whole(path: Path) -> None:
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
+        write_schema(partial)  # or, without the package's SQL of it, MLflow's migrations below
         mlflow_client(f"sqlite:///{partial}").search_experiments(max_results=1)
         os.replace(partial, path)
     finally:
