@@ -99,3 +99,15 @@ def test_the_kept_sql_of_this_mlflows_revision_makes_its_store_and_without_it_th
 @pytest.mark.parametrize("revision", ["../../etc/passwd", "a/b", "", None])
 def test_a_revision_that_is_no_plain_name_names_no_file(revision):
     assert mlflow_schema.schema_file(revision) is None
+
+
+def test_an_mlflow_that_cannot_say_its_revision_makes_the_store_itself(tmp_path, monkeypatch):
+    import mlflow.store.db.utils as db_utils
+
+    def unsaid():
+        raise RuntimeError("no migrations here")
+
+    monkeypatch.setattr(db_utils, "_get_latest_schema_revision", unsaid)
+    assert mlflow_schema.head_revision() is None
+    assert not mlflow_schema.write_schema(tmp_path / "unwritten.db")
+    assert not (tmp_path / "unwritten.db").exists()
