@@ -171,7 +171,6 @@ def faulty_sweep(tmp_path_factory):
         # worker is killed: the victim is mid-trial however slowly the test looks.
         "TRIAL_GATES": str(gates), "TRIAL_HOLD_AFTER": "0", "TRIAL_HOLD_MAX": "1",
         "STAND_IN_MODULES": str(modules),  # what each trial's process had loaded of MLflow
-        "REAL_WARM_SERVER": "1",  # what the workers load is read: their server as the product starts it (helpers.forked_warm)
     }  # fmt: skip
     sweep = start_sweep(
         tmp_path, "sweep.trainer=helpers.trainers.StandInTrainer", *STAND_IN, "sweep.workers=2", "sweep.n_trials=8",

@@ -3,17 +3,13 @@ command forked from it sees what the same command line started by subprocess see
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from helpers.forked_cli import ForkServer
-
-TESTS = Path(__file__).resolve().parent
 
 # What a command sees of how it was started; it says something on each stream and exits 3.
 SHOW = """
@@ -65,34 +61,3 @@ def test_a_command_past_its_timeout_is_killed_as_subprocess_kills_it(server, tmp
         server.run([sys.executable, str(tmp_path / "hang.py")], tmp_path, None, timeout=1)
     assert [forked.returncode for forked in server.ended[before:]] == [-signal.SIGKILL]
     assert server.run([sys.executable, str(tmp_path / "quick.py")], tmp_path, None, timeout=60).returncode == 0
-
-
-# A warm server started in a process of one thread, as a forked sweep starts its own
-# (helpers.forked_warm), against the same started as the product starts it (REAL_WARM_SERVER):
-# a worker's exit code, the server's own end once its input ends, its process and its argv.
-WARM = """
-import json, os, sys
-from pathlib import Path
-from helpers.forked_warm import install
-install()
-from sweeper.sweep.warm import WarmServer
-server = WarmServer(["json"])
-log = Path(sys.argv[1])
-assert server.start(0, [sys.executable, "-m", "json.tool", "no-such-file"], dict(os.environ), log)
-worker = server.worker_pid(0)
-code = server.wait_exit(0, 120)
-argv = open(f"/proc/{server.pid}/cmdline", "rb").read().split(b"\\0")
-server.close()
-print(json.dumps([code, server.process.wait(), worker != server.pid, argv[1:3] == [b"-m", b"sweeper.sweep.warm"], "no-such-file" in log.read_text()]))
-"""
-
-
-@pytest.mark.parametrize("real", ["1", ""])
-def test_a_warm_server_forked_in_a_one_thread_process_serves_as_a_started_one(real, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "REAL_WARM_SERVER": real}
-    done = subprocess.run([sys.executable, "-c", WARM, str(tmp_path / "worker.log")], env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    code, server_code, own_pid, started_argv, logged = json.loads(done.stdout)
-    # json.tool refuses a missing file (argparse: exit 2), and says so in the worker's log
-    assert (code, server_code, own_pid, logged) == (2, 0, True, True)
-    assert started_argv == bool(real)  # forked: the argv of the process it was forked from

@@ -113,9 +113,7 @@ class GatedSweep:
             sys.executable, "-m", "sweeper.cli", "sweep", "sweep.trainer=test_processes.GatedTrainer", *STAND_IN,
             *overrides,
         ]  # fmt: skip
-        # The processes are what these tests are about: the warm server starts as the product
-        # starts it, not forked from the sweep's (helpers.forked_warm).
-        env = {**os.environ, "PYTHONPATH": with_tests_on_path(), GATE: str(self.gate), "REAL_WARM_SERVER": "1"}
+        env = {**os.environ, "PYTHONPATH": with_tests_on_path(), GATE: str(self.gate)}
         self.process = popen(command, folder, env, session=True)  # helpers.forked_cli
 
     def workers_in_trials(self, count: int) -> list[int]:

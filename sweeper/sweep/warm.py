@@ -93,25 +93,18 @@ class WarmServer:
     """The sweep's side of the server: starts it, asks it for workers, follows their exits."""
 
     def __init__(self, preload: Sequence[str]) -> None:
-        self.process = self.launch(json.dumps([os.getpid(), list(preload)]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sweeper.sweep.warm", json.dumps([os.getpid(), list(preload)])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         self.taken = False  # by a sweep's workers: they end it (see early_server)
         self._pids: dict[int, int] = {}  # worker index -> pid
         self._exits: dict[int, int] = {}  # pid -> exit code
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, name="warm server", daemon=True)
         self._reader.start()
-
-    @staticmethod
-    def launch(argument: str) -> subprocess.Popen:
-        """The server's process: `python -m sweeper.sweep.warm ARGUMENT`, its requests on its stdin
-        and its answers on its stdout. A seam: the tests fork it from a process that has loaded
-        what it loads (tests/helpers/forked_warm.py)."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "sweeper.sweep.warm", argument],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
 
     @property
     def pid(self) -> int:

@@ -20,8 +20,6 @@ The commands' server loads no torch: a sweep's own process never loads it
 warm server does before it forks its workers (sweeper.sweep.warm): nothing that must not cross a
 fork. Tests about the process itself (signals sent to it, its argv, what it has loaded, the
 console script, the packages it can import at its start) start it as a process of its own.
-A forked sweep forks its warm server in turn (helpers.forked_warm), which then has all of this
-loaded too.
 
 Protocol, one line each: a JSON request {"module" or "script", "argv", "cwd", "env", "stdout",
 "stderr", "session"} on the server's stdin, answered on its stdout `started PID`; `exit PID
@@ -238,9 +236,6 @@ def serve(parent: int, loads: Sequence[str]) -> int:
     from sweeper.config.compose import compose_config
 
     compose_config()  # the default config, composed once for every command (sweeper.config.compose)
-    from helpers.forked_warm import install
-
-    install()  # a forked sweep forks its warm server in turn (helpers.forked_warm)
     leave_loaded_alone()
     # An ended command wakes the loop at once: SIGCHLD writes a byte to this pipe.
     woken, wake = os.pipe()
