@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweeper.records.mlflow_schema import SCHEMAS, head_revision  # noqa: E402
 
+LATER = ("CREATE INDEX", "CREATE UNIQUE INDEX", "CREATE TRIGGER", "CREATE VIEW")  # after every table
+
 
 def migrated_store_sql() -> str:
     """The SQL of an empty store as MLflow's own migrations leave it (no experiment in it yet)."""
@@ -40,13 +42,10 @@ def migrated_store_sql() -> str:
         finally:
             store.close()
     # iterdump gives the tables (each with its rows) by name, then the indexes in the order the
-    # migrations made them, which differs from run to run: by name too, so the file changes only
-    # when the schema does.
+    # migrations made them, which differs from run to run: by name too. (The order of a table's
+    # constraints in its CREATE TABLE may still differ between two runs: the same schema.)
     tables = [s for s in statements if not s.startswith(LATER) and s != "COMMIT;"]
     return "\n".join([*tables, *sorted(s for s in statements if s.startswith(LATER)), "COMMIT;"]) + "\n"
-
-
-LATER = ("CREATE INDEX", "CREATE UNIQUE INDEX", "CREATE TRIGGER", "CREATE VIEW")  # after every table
 
 
 def main() -> int:

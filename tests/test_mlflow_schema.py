@@ -96,8 +96,15 @@ def test_the_kept_sql_of_this_mlflows_revision_makes_its_store_and_without_it_th
     assert schema_of(written) == schema_of(tmp_path / "migrated.db") == made_by_mlflow
 
 
-@pytest.mark.parametrize("revision", ["../../etc/passwd", "a/b", "", None])
-def test_a_revision_that_is_no_plain_name_names_no_file(revision):
+@pytest.mark.parametrize(
+    ("revision", "there"), [("../outside", "outside.sql"), ("sub/head", "kept/sub/head.sql"), ("", "kept/.sql"), (None, None)]
+)
+def test_a_revision_that_is_no_plain_name_names_no_file(revision, there, tmp_path, monkeypatch):
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setattr(mlflow_schema, "SCHEMAS", tmp_path / "kept")
+    if there:  # a file where that name, taken as a path, would lead
+        (tmp_path / there).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / there).write_text("SELECT 1;")
     assert mlflow_schema.schema_file(revision) is None
 
 

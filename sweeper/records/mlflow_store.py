@@ -225,7 +225,7 @@ def _embedded_store_lock(settings: TrackingSettings, create: bool) -> Iterator[N
 def _make_whole(path: Path) -> None:
     """A new embedded store, made in a file beside `path`, then moved into place whole: its schema
     as MLflow's migrations leave it (written from the package's SQL of it, ~20 ms, or by the
-    migrations themselves, ~1.5 s of a core, for a schema revision the package keeps no SQL of:
+    migrations themselves, ~1.2 s of a core, for a schema revision the package keeps no SQL of:
     sweeper.records.mlflow_schema), then opened by MLflow, which adds its Default experiment. A
     sweep makes its store beside its first trials, and a Ctrl-C or a kill in the middle of the
     migrations left a half-made store that every later command refused as damaged (a resume
