@@ -224,7 +224,7 @@ def test_hooks_see_the_trial_and_every_epoch_before_the_next(trial_config):
 
 REAL = [
     *SMALL, "train.epochs=3", "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none",
-    "sampler.seed=0", "sweep.trainer=helpers.trainers.GatedTrainer", "sweep.workers=2", "sweep.n_trials=2",
+    "sampler.seed=0", "sweep.trainer=helpers.gated_trainer.GatedTrainer", "sweep.workers=2", "sweep.n_trials=2",
     # the killed worker's trial is failed and queued again by the sweep, which sees the worker
     # die, not by a heartbeat check (10 minutes after the kill, past the test's limits)
     "storage.heartbeat_interval=1", "storage.grace_period=600",

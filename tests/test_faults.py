@@ -44,12 +44,12 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # so no test here depends on the points drawn.
 STAND_IN = ["sweep.poll=0.2", "sweep.live=false", "pruner=none", "train.epochs=3", "sweep.cpu_threads=1", "sampler.seed=0"]
 # The real trainer, small: the digits in 11 batches an epoch. The tests that pace its trials run
-# it behind the test's gates (helpers.trainers.GatedTrainer, tests/ on PYTHONPATH).
+# it behind the test's gates (helpers.gated_trainer.GatedTrainer, tests/ on PYTHONPATH).
 REAL = [
     "data=digits", "train.batch_size=128", "train.epochs=2", "train.threads=1",
     "sweep.cpu_threads=1", "sweep.poll=0.2", "sweep.live=false", "pruner=none", "sampler.seed=0",
 ]  # fmt: skip
-GATED = "sweep.trainer=helpers.trainers.GatedTrainer"
+GATED = "sweep.trainer=helpers.gated_trainer.GatedTrainer"
 
 
 _STARTED: list[ForkedProcess] = []

@@ -1,6 +1,6 @@
 """Trainers that sweeps load by name (`sweep.trainer=helpers.trainers.StandInTrainer`): a fast
-deterministic stand-in, one that fills its disk mid-trial, and the real trainer paced by the
-test's gates."""
+deterministic stand-in and one that fills its disk mid-trial; they load no torch (the real trainer
+paced by the test's gates is helpers.gated_trainer)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from helpers.gates import Gates
@@ -69,52 +68,6 @@ class StandInTrainer:
         for reporter in reporters:
             reporter.on_end(result)
         return result
-
-
-class GatedTrainer:
-    """sweeper.training.trainer itself, each trial starting when the TRIAL_* gates (Gates) let it: real
-    training, paced by the test. Workers load it by name (sweep.trainer=helpers.trainers.GatedTrainer)."""
-
-    @staticmethod
-    def available_metrics(cfg) -> tuple[str, ...]:
-        from sweeper.training import trainer
-
-        return trainer.available_metrics(cfg)
-
-    @staticmethod
-    def prepare(cfg):
-        from sweeper.training import trainer
-
-        return trainer.prepare(cfg)
-
-    @staticmethod
-    def resolve_device(name: str):
-        from sweeper.training import trainer
-
-        return trainer.resolve_device(name)
-
-    @staticmethod
-    def train(cfg, reporters=()) -> TrialResult:
-        from sweeper.training import trainer
-
-        gates = Gates.from_env()
-        if not gates:
-            return trainer.train(cfg, reporters)
-        ticket = gates.enter()
-        reporters = list(reporters)
-        return trainer.train(cfg, [*reporters, _HoldInSecondEpoch(gates, ticket, reporters)])
-
-
-class _HoldInSecondEpoch(Reporter):
-    """GatedTrainer's TRIAL_HOLD_AFTER: holds at the first step of the second epoch it hears of."""
-
-    def __init__(self, gates: Gates, ticket: int, reporters: Sequence) -> None:
-        self.gates, self.ticket, self.reporters, self.held = gates, ticket, reporters, False
-
-    def on_step(self, event) -> None:
-        if event.epoch >= 1 and not self.held:
-            self.held = True
-            self.gates.hold(self.ticket, self.reporters)
 
 
 class DiskFillingTrainer(StandInTrainer):
