@@ -211,6 +211,27 @@ def test_a_load_asked_for_comes_next_and_before_the_workers_asked_for_after_it(t
     assert (tmp_path / "serving.log").read_text().split() == ["told,asked,warm,asked"]
 
 
+def test_an_early_request_waits_for_the_loads_asked_for_before_it_not_for_the_preloads(tmp_path, monkeypatch):
+    """The sweep's check of its trainer (early) is asked for after the trainer (WarmServer.load):
+    it is forked once the trainer is loaded, before the preloads not begun; forked before it,
+    it would import the trainer (torch) itself, beside the server."""
+    go = tmp_path / "go"
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
+    monkeypatch.setenv("WARM_GO", str(go))
+    report = [sys.executable, "-m", "helpers.warm_report"]
+    server = WarmServer(["helpers.warm_marks:when_told", "helpers.warm_marks:warm"])
+    try:
+        assert server.load("helpers.warm_marks:asked")  # all three read once the first load has ended
+        assert server.start(0, report, dict(os.environ), tmp_path / "early.log", early=True)
+        assert server.start(1, report, dict(os.environ), tmp_path / "worker.log")
+        go.write_text("go")
+        assert server.wait_exit(0, 300) == 0 and server.wait_exit(1, 300) == 0
+    finally:
+        server.kill()
+    assert (tmp_path / "early.log").read_text().split() == ["told,asked"]
+    assert (tmp_path / "worker.log").read_text().split() == ["told,asked,warm"]
+
+
 @pytest.fixture
 def servers_made(monkeypatch) -> list[WarmServer]:
     """Every warm server made from here on (sweeper.sweep.warm's, as early_server and the

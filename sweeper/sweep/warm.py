@@ -121,7 +121,7 @@ class WarmServer:
     def start(self, index: int, command: Sequence[str], env: dict[str, str], log: Path, *, early: bool = False) -> bool:
         """Ask for worker `index`, to run `command` (`python -m MODULE ARGS...`, as a started worker
         would); False when the server is gone (the caller starts the worker cold). `early`: it
-        may be forked before the server has loaded everything (it needs only the first loads)."""
+        may be forked before the server has loaded everything (it needs only the loads asked for)."""
         python, option, module, *argv = command
         if option != "-m":
             raise ValueError(f"the warm server runs modules (python -m MODULE ...), not {list(command)}")
@@ -130,7 +130,7 @@ class WarmServer:
     def load(self, name: str) -> bool:
         """Ask the server to load one more module (or `module:function`, as a preload), next
         after the load under way (before the preloads not begun, after those asked for before):
-        every worker asked for after this waits for it, an early request does not."""
+        every worker asked for after this waits for it, an early request too (not for the preloads)."""
         return self._ask({"load": name})
 
     def prepare(self, function: str, env: dict[str, str]) -> bool:
@@ -205,18 +205,19 @@ def serve(requests: IO[bytes], answers: IO[bytes], sweep: int, preload: Sequence
     with (the interpreter then ends as a started process does: threads joined, atexit run).
 
     A request marked `early` that comes while the server is still loading is served between two
-    loads (the sweep's check of its trainer, which needs only the first ones); the others wait
-    for every load, those asked for (`load`) included."""
+    loads, once those asked for (`load`: the sweep's trainer) are done: the sweep's check of its
+    trainer needs the trainer, not the warm-ups; forked before it, the check imported torch
+    itself beside the server. The others wait for every load."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the sweep and its workers
     end_with_parent(sweep)
     # The server only imports: no collection runs here, and what it loaded is left out of the
     # workers' (which would otherwise walk, and copy, every page they share with it).
     gc.disable()
     serving = _Serving(requests, answers, preload)
-    while serving.loads or serving.waiting or not serving.ended:
+    while serving.loads or serving.waiting or serving.early or not serving.ended:
         if serving.loads:
             _load(serving.next_load())
-        job = serving.fork_waiting() if not serving.loads else None
+        job = serving.fork_waiting()
         if job is None:
             job = serving.step(0 if serving.loads else REAP_SECONDS)
         if job is not None:
@@ -235,6 +236,7 @@ class _Serving:
         self.running: set[int] = set()
         self.pending = b""  # read, not yet a whole line
         self.waiting: list[dict] = []  # requests read while loading, to fork once loaded
+        self.early: list[dict] = []  # early requests read before the loads asked for were done
         self.ended = False  # the sweep closed the server's input
 
     def next_load(self) -> str:
@@ -243,8 +245,9 @@ class _Serving:
 
     def step(self, timeout: float) -> Callable[[], int] | None:
         """Take what was asked for within `timeout`: a load joins the loads; while any is left,
-        only the early requests are served (the others wait); then reap ended workers. In a
-        forked worker, its job."""
+        only the early requests are served, once the loads asked for before them are done (the
+        sweep's trainer, which its check needs), and the others wait; then reap ended workers.
+        In a forked worker, its job."""
         ready, _, _ = select.select([self.requests], [], [], timeout)
         if ready:
             chunk = os.read(self.requests.fileno(), 1 << 16)
@@ -255,7 +258,9 @@ class _Serving:
                 if "load" in request:
                     self.loads.insert(self.asked, request["load"])
                     self.asked += 1
-                elif (self.loads or self.waiting) and not request.get("early"):
+                elif request.get("early") and (self.asked or self.early):
+                    self.early.append(request)
+                elif not request.get("early") and (self.loads or self.waiting):
                     self.waiting.append(request)
                 else:
                     job = self._serve(request)
@@ -265,10 +270,12 @@ class _Serving:
         return None
 
     def fork_waiting(self) -> Callable[[], int] | None:
-        while self.waiting:
-            job = self._serve(self.waiting.pop(0))
-            if job is not None:
-                return job
+        """Serve the early requests once the loads asked for are done, the others once every load is."""
+        for queue, ready in ((self.early, not self.asked), (self.waiting, not self.loads)):
+            while ready and queue:
+                job = self._serve(queue.pop(0))
+                if job is not None:
+                    return job
         return None
 
     def _serve(self, request: dict) -> Callable[[], int] | None:
