@@ -28,7 +28,7 @@ import pytest
 from helpers.forked_cli import ForkedProcess, popen
 from helpers.processes import with_tests_on_path
 from helpers.servers import MlflowServer
-from helpers.waiting import wait_for_file
+from helpers.waiting import wait_for_file, wait_until
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
@@ -309,8 +309,10 @@ def test_a_sweep_goes_on_while_the_mlflow_server_is_down_and_records_everything(
         wait_for(sweep, storage, name, lambda trials: finished(trials) >= 2)
         server.stop()
         (gates / "down").touch()
-        # Trials go on while it is down: two more finish.
+        # Trials go on while it is down: two more finish, and the sweep says it is down once its
+        # recorder has tried to send their records (on a busy machine, seconds after they end).
         wait_for(sweep, storage, name, lambda trials: finished(trials) >= 4)
+        wait_until(lambda: "cannot be reached" in sweep.stderr.read_text(errors="replace"), "the outage said", sweep)
         server.start()  # back, on the same port and store
         (gates / "up").touch()
         code, out, err = finish(sweep)
