@@ -30,15 +30,15 @@ def timed(code_root: Path, scratch: Path, trials: int, epochs: int) -> dict[str,
     for variable in ("SWEEPER_STORAGE_URL", "MLFLOW_TRACKING_URI", "SWEEPER_CONFIG_PATH"):
         env.pop(variable, None)
     argv = ["sweep", f"sweep.n_trials={trials}", "sweep.live=false", *([f"train.epochs={epochs}"] if epochs else [])]
-    started = time.time()
+    started, busy = time.time(), benchlib.machine_busy_seconds()
     done = subprocess.run([sys.executable, "-m", "sweeper.cli", *argv], cwd=work, env=env, capture_output=True, text=True)
-    ended = time.time()
+    ended, busy = time.time(), benchlib.machine_busy_seconds() - busy
     if done.returncode != 0:
         raise SystemExit(f"{code_root}: `sweeper {' '.join(argv)}` exited {done.returncode}:\n{done.stderr[-2000:]}")
     study = optuna.load_study(study_name="mlp-digits", storage=f"sqlite:///{work}/results/studies.db")
     first = min(trial.datetime_start.timestamp() for trial in study.trials)
     last = max(trial.datetime_complete.timestamp() for trial in study.trials)
-    return {"wall_s": ended - started, "before_first_s": first - started, "after_last_s": ended - last}
+    return {"wall_s": ended - started, "before_first_s": first - started, "after_last_s": ended - last, "machine_cpu_s": busy}
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     notes = [
         f"`sweeper sweep sweep.n_trials={trials} sweep.live=false`{f' train.epochs={epochs}' if epochs else ''} in a fresh folder, "
         f"{rounds} rounds interleaving the checkouts; medians, seconds from spawn to exit, cut by the study's "
-        "first trial start and last trial end.",
+        "first trial start and last trial end; `machine_cpu_s`: the seconds the machine's cores were busy meanwhile (/proc/stat: the command's processes, and anything else running).",
         *([f"against: {args.against}"] if args.against else []),
         "The machine may be shared with other work (see the load average): compare the rows of one table.",
     ]

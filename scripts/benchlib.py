@@ -116,6 +116,19 @@ def interleave(variants: Mapping[str, Callable[[], float]], repeats: int, warmup
     return samples
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the machine's cores have been busy since boot (user, nice, system, irq,
+    softirq: /proc/stat, Linux; 0 elsewhere). Read before and after a command, the difference is
+    what it cost the machine: its own processes and those it started, whoever reaped them (and
+    anything else running then, which a quiet machine keeps small)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
