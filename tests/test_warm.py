@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers.processes import with_tests_on_path
@@ -20,6 +21,8 @@ from helpers.waiting import wait_until
 from sweeper.sweep.warm import WarmServer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the warm server forks")
+
+REPORT = [sys.executable, "-m", "helpers.warm_report"]  # prints what the warm-ups did before its fork
 
 
 @pytest.fixture
@@ -55,7 +58,7 @@ def test_warm_ups_run_before_the_fork_and_one_that_fails_stops_nothing(tmp_path,
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
     server = WarmServer(["helpers.warm_marks:fail", "helpers.warm_marks:warm"])
     try:
-        assert server.start(0, [sys.executable, "-m", "helpers.warm_report"], dict(os.environ), tmp_path / "w.log")
+        assert server.start(0, REPORT, dict(os.environ), tmp_path / "w.log")
         assert server.wait_exit(0, 300) == 0
     finally:
         server.kill()
@@ -120,8 +123,7 @@ def test_an_early_request_is_served_between_two_loads_and_the_others_once_all_ar
     monkeypatch.setenv("EARLY_DONE", str(done))
     server = WarmServer(["helpers.warm_marks:warm", "helpers.warm_marks:after_the_early_one"])
     try:
-        report = [sys.executable, "-m", "helpers.warm_report"]
-        assert server.start(0, report, dict(os.environ), tmp_path / "worker.log")  # waits for every load
+        assert server.start(0, REPORT, dict(os.environ), tmp_path / "worker.log")  # waits for every load
         touch = [sys.executable, "-m", "helpers.warm_touch", str(done)]
         assert server.start(1, touch, dict(os.environ), tmp_path / "early.log", early=True)
         assert server.wait_exit(1, 300) == 0 and server.wait_exit(0, 300) == 0
@@ -141,7 +143,7 @@ def test_a_call_runs_in_the_server_with_the_environment_given_and_its_workers_ha
         assert server.prepare("helpers.warm_marks:fail", dict(os.environ))
         assert server.prepare("helpers.warm_marks:mark_from_environment", {**os.environ, "WARM_MARK": "prepared"})
         assert server.prepare("helpers.warm_marks:mark_from_environment", dict(os.environ))  # the server's own, put back
-        assert server.start(0, [sys.executable, "-m", "helpers.warm_report"], dict(os.environ), tmp_path / "w.log")
+        assert server.start(0, REPORT, dict(os.environ), tmp_path / "w.log")
         assert server.wait_exit(0, 300) == 0
     finally:
         server.kill()
@@ -187,23 +189,28 @@ def test_a_sweeps_workers_take_the_plan_the_server_composed_for_their_command_li
     assert checked[-1] is not prepared and len(composed) == 2
 
 
+def held_at_its_first_load(tmp_path, monkeypatch) -> tuple[WarmServer, Path]:
+    """A server whose first load lasts until the file `go` exists (helpers.warm_marks.when_told),
+    then loads `warm`: what is asked of it meanwhile is read once that first load has ended."""
+    go = tmp_path / "go"
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
+    monkeypatch.setenv("WARM_GO", str(go))
+    return WarmServer(["helpers.warm_marks:when_told", "helpers.warm_marks:warm"]), go
+
+
 def test_a_load_asked_for_comes_next_and_before_the_workers_asked_for_after_it(tmp_path, monkeypatch):
     """WarmServer.load: one more module (the sweep's trainer, named once its config is read) is
     loaded after the load under way and before the preloads not begun (torch, the longest, is
     what the trainer's check and the workers wait for), and before every worker asked for after
     it; once everything is loaded, at once."""
-    go = tmp_path / "go"
-    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
-    monkeypatch.setenv("WARM_GO", str(go))
-    report = [sys.executable, "-m", "helpers.warm_report"]
-    server = WarmServer(["helpers.warm_marks:when_told", "helpers.warm_marks:warm"])
+    server, go = held_at_its_first_load(tmp_path, monkeypatch)
     try:
         assert server.load("helpers.warm_marks:asked")  # read once the first load has ended
-        assert server.start(0, report, dict(os.environ), tmp_path / "loading.log")
+        assert server.start(0, REPORT, dict(os.environ), tmp_path / "loading.log")
         go.write_text("go")
         assert server.wait_exit(0, 300) == 0
         assert server.load("helpers.warm_marks:asked")  # every load done: it serves
-        assert server.start(1, report, dict(os.environ), tmp_path / "serving.log")
+        assert server.start(1, REPORT, dict(os.environ), tmp_path / "serving.log")
         assert server.wait_exit(1, 300) == 0
     finally:
         server.kill()
@@ -215,15 +222,11 @@ def test_an_early_request_waits_for_the_loads_asked_for_before_it_not_for_the_pr
     """The sweep's check of its trainer (early) is asked for after the trainer (WarmServer.load):
     it is forked once the trainer is loaded, before the preloads not begun; forked before it,
     it would import the trainer (torch) itself, beside the server."""
-    go = tmp_path / "go"
-    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
-    monkeypatch.setenv("WARM_GO", str(go))
-    report = [sys.executable, "-m", "helpers.warm_report"]
-    server = WarmServer(["helpers.warm_marks:when_told", "helpers.warm_marks:warm"])
+    server, go = held_at_its_first_load(tmp_path, monkeypatch)
     try:
         assert server.load("helpers.warm_marks:asked")  # all three read once the first load has ended
-        assert server.start(0, report, dict(os.environ), tmp_path / "early.log", early=True)
-        assert server.start(1, report, dict(os.environ), tmp_path / "worker.log")
+        assert server.start(0, REPORT, dict(os.environ), tmp_path / "early.log", early=True)
+        assert server.start(1, REPORT, dict(os.environ), tmp_path / "worker.log")
         go.write_text("go")
         assert server.wait_exit(0, 300) == 0 and server.wait_exit(1, 300) == 0
     finally:

@@ -236,7 +236,7 @@ class _Serving:
         self.running: set[int] = set()
         self.pending = b""  # read, not yet a whole line
         self.waiting: list[dict] = []  # requests read while loading, to fork once loaded
-        self.early: list[dict] = []  # early requests read before the loads asked for were done
+        self.early: list[dict] = []  # early requests, to serve once the loads asked for are done
         self.ended = False  # the sweep closed the server's input
 
     def next_load(self) -> str:
@@ -258,12 +258,9 @@ class _Serving:
                 if "load" in request:
                     self.loads.insert(self.asked, request["load"])
                     self.asked += 1
-                elif request.get("early") and (self.asked or self.early):
-                    self.early.append(request)
-                elif not request.get("early") and (self.loads or self.waiting):
-                    self.waiting.append(request)
                 else:
-                    job = self._serve(request)
+                    (self.early if request.get("early") else self.waiting).append(request)
+                    job = self.fork_waiting()  # at once, if what it waits for is loaded
                     if job is not None:
                         return job
         _reap(self.answers, self.running, block=False)

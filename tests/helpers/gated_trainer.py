@@ -3,7 +3,8 @@
 A module of its own that imports sweeper.training.trainer (and torch) at its top, as the default
 trainer's module does: a sweep's warm server loads the trainer's module before it forks the
 workers (sweeper.sweep.warm), so each worker starts with torch loaded instead of importing it
-itself (2-3 s of a core each, paid by every worker of the eight-worker fault test)."""
+itself (test_faults' eight-worker test and test_checkpoints' killed-worker test took 79-89 s of
+the machine's CPU that way, 54-59 s this way, side by side)."""
 
 from __future__ import annotations
 
