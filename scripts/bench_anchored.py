@@ -10,7 +10,8 @@ low_ratio; the config's shape; TPE as configured, its seed the sweep seed; train
 the task and its best are the same for every sweep): `fixed` samples the head lr from the default
 `tag(log, interval(3e-4, 3e-2))`, `anchored` from each strategy's range set by lr_find
 (`search.lr.high=auto`). A sweep is one worker loop (`run_worker`, in-process, SQLite), so a seed
-gives the same sweep again; sweeps run side by side, one per core (`--processes`).
+gives the same sweep again; sweeps run side by side, one per core (`--processes`; --quick runs them one
+after another in its own process).
 
 lr_find depends on the model, data and train.seed, not on the sweep's seed: it runs once (in its
 own process, as a sweep runs it) and every anchored sweep is charged its seconds, as trials
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import math
-import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12, help="trials per sweep, the same for both arms")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--name", default="anchored", help="results/bench/<name>.md, .csv and <name>_trials.csv")
-    parser.add_argument("--processes", type=int, default=0, help="sweeps side by side (0: one per core)")
+    parser.add_argument("--processes", type=int, default=0, help="sweeps side by side (0: one per core; --quick: one after another, here)")
     parser.add_argument("--margin", type=float, default=0.005, help="within this of the best known (0.005: half a point)")
     parser.add_argument("--merge", nargs="+", default=None, help="run nothing: these earlier runs (their names) in one table")
     parser.add_argument("overrides", nargs="*", help="more overrides for every sweep (model=..., data=...)")
@@ -224,15 +224,14 @@ def main() -> None:
         return
     from sweeper.sweep.workers import usable_cores
 
-    processes = args.processes or usable_cores()
+    processes = args.processes or (1 if args.quick else usable_cores())
     with tempfile.TemporaryDirectory() as folder:
         overrides = base_overrides(args, folder)
         started = time.perf_counter()
         record = find_anchor(overrides, folder)
         lr_find_seconds = time.perf_counter() - started
         jobs = [(arm, seed, overrides, record, folder) for seed in args.seeds for arm in ARMS]
-        with multiprocessing.get_context("spawn").Pool(min(len(jobs), processes)) as pool:
-            trials = [row for rows in pool.map(run_arm, jobs, chunksize=1) for row in rows]
+        trials = [row for rows in benchlib.map_side_by_side(run_arm, jobs, processes) for row in rows]
     trial_seconds = benchlib.median(t["seconds"] for t in trials if not math.isnan(t["seconds"]))
     ranges = "; ".join(
         f"{s}: [{f['range'][0]:.3g}, {f['range'][1]:.3g})" if f["range"] else f"{s}: fallback ({f['reason']})"

@@ -6,7 +6,8 @@ Each sweep is the default one (MLP on digits, 6 epochs a trial, the slices_and_s
 TPE) with the same number of trials and the sampler seeded; only the pruner differs:
 `pruner=none`, `pruner=median`, `pruner=successive_halving` (their configs' settings). A sweep
 runs one worker loop (`sweeper.sweep.workers.run_worker`, in-process, on a SQLite study) so trials
-end in trial order and a seed gives the same sweep again; sweeps run side by side, one per core.
+end in trial order and a seed gives the same sweep again; sweeps run side by side, one per core
+(--quick: one after another, in its own process).
 
 Written: pruning.csv (one row per sweep), pruning_curves.csv (best-so-far after every trial)
 and pruning.png (best-so-far accuracy against cumulative epochs trained).
@@ -15,7 +16,6 @@ and pruning.png (best-so-far accuracy against cumulative epochs trained).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -143,10 +143,11 @@ def main() -> None:
         args.pruners, args.seeds, args.trials, args.epochs = ["none", "median"], [0], 5, 3
     from sweeper.sweep.workers import usable_cores
 
+    processes = 1 if args.quick else usable_cores()
     with tempfile.TemporaryDirectory() as folder:
         jobs = [(pruner, seed, args.trials, args.epochs, folder) for seed in args.seeds for pruner in args.pruners]
-        with multiprocessing.get_context("spawn").Pool(min(len(jobs), usable_cores())) as pool:
-            curves = {(job[0], job[1]): rows for job, rows in zip(jobs, pool.map(run_pruned_sweep, jobs, chunksize=1))}
+        runs = benchlib.map_side_by_side(run_pruned_sweep, jobs, processes)
+        curves = {(job[0], job[1]): rows for job, rows in zip(jobs, runs)}
     rows = summarise(curves)
     benchlib.write_csv(args.out_dir / "pruning_curves.csv", [row for curve in curves.values() for row in curve])
     plot(curves, args.out_dir / "pruning.png")

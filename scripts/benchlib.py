@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import multiprocessing
 import os
 import platform
 import shlex
@@ -127,6 +128,17 @@ def machine_busy_seconds() -> float:
         return 0.0
     user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def map_side_by_side(function: Callable[[Any], Any], jobs: Sequence[Any], processes: int) -> list[Any]:
+    """`function` over `jobs`, `processes` at a time, each in a fresh process (spawn: no torch
+    thread pool or open database of this one crosses into it); with one process asked for, here,
+    one after another. A job started afresh first spends seconds of a core importing torch and
+    the rest again: --quick's runs (the tests' smoke runs of the scripts) take them here."""
+    if processes <= 1:
+        return [function(job) for job in jobs]
+    with multiprocessing.get_context("spawn").Pool(min(len(jobs), processes)) as pool:
+        return pool.map(function, jobs, chunksize=1)
 
 
 def median(values: Iterable[float]) -> float:

@@ -63,6 +63,7 @@ COMMAND_LOADS = (
     "sweeper.analysis.report",
     "sweeper.analysis.live_report",
     "matplotlib.pyplot",
+    "optuna.visualization.matplotlib",  # what a sweep's report thread imports as the trials begin
     "mlflow.cli",
 )
 # The scripts' (scripts/bench_*.py): the commands' and what a sweep's warm server loads.
