@@ -23,6 +23,7 @@ from sweeper.sweep import workers
 from sweeper.sweep.counts import Counts, Move, count_trials
 from sweeper.sweep.live import LiveView, read_status
 from sweeper.sweep.plan import plan_sweep
+from sweeper.sweep.storage import StorageSpec
 from sweeper.sweep.study import open_study
 from sweeper.sweep.workers import Slot, plan_slots, run_worker, visible_gpus
 
@@ -315,15 +316,16 @@ def test_a_waiting_worker_wakes_when_its_studys_file_changes(tmp_path):
     the sweep ends with its last worker. A change before the wait began counts too."""
     study_file = tmp_path / "studies.db"
     study_file.write_bytes(b"as counted")
-    counted = workers._file_state(study_file)
-    waiting = threading.Thread(target=workers._sleep_until_changed, args=(study_file, 600.0, counted), daemon=True)
+    storage = StorageSpec(f"sqlite:///{study_file}")
+    counted = storage.file_state()
+    waiting = threading.Thread(target=workers._sleep_until_changed, args=(storage, 600.0, counted), daemon=True)
     waiting.start()
     with open(study_file, "ab") as study:
         study.write(b", a trial told")
     waiting.join(120)  # it wakes within a look (CHANGE_LOOK_SECONDS); 600 s if it slept on
     assert not waiting.is_alive()
     began = time.monotonic()
-    workers._sleep_until_changed(study_file, 600.0, counted)  # changed already: no sleep at all
+    workers._sleep_until_changed(storage, 600.0, counted)  # changed already: no sleep at all
     assert time.monotonic() - began < 300
 
 
@@ -354,6 +356,6 @@ def test_a_waiting_worker_sleeps_its_poll_when_nothing_changes(tmp_path, has_fil
     study_file = tmp_path / "studies.db"
     study_file.write_bytes(b"as it is")
     began = time.monotonic()
-    path = study_file if has_file else None  # None: a server's study
-    workers._sleep_until_changed(path, 0.3, workers._file_state(path))
+    storage = StorageSpec(f"sqlite:///{study_file}" if has_file else "postgresql://sweeper@127.0.0.1/sweeper")  # a server's: no file
+    workers._sleep_until_changed(storage, 0.3, storage.file_state())
     assert time.monotonic() - began >= 0.3

@@ -51,6 +51,17 @@ class StorageSpec:
             return Path(self.url.removeprefix("sqlite:///"))
         return None
 
+    def file_state(self) -> tuple[int, int] | None:
+        """The embedded storage's file as its modification time and size (None: a server's
+        storage, or no file yet): a trial told, made or beating its heartbeat changes it."""
+        if self.path is None:
+            return None
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
     def label(self) -> str:
         """The URL as it may be shown and recorded: password masked."""
         return mask_url(self.url)

@@ -46,6 +46,7 @@ from sweeper.sweep.counts import Counts, Move, count_trials, fail_stale_trials, 
 from sweeper.sweep.lr_anchor import recorded_plan
 from sweeper.sweep.plan import SweepPlan
 from sweeper.sweep.sampling import PruningReporter
+from sweeper.sweep.storage import StorageSpec
 from sweeper.sweep.study import open_study
 from sweeper.sweep.trainer import load_trainer
 from sweeper.training.checkpoints import checkpoint_every, checkpoints_on, for_sweep_trial
@@ -429,7 +430,7 @@ def run_worker(
     worker = _Worker(plan, index, train, stop or StopRequest())
     while not worker.stop.requested:
         with worker.claim:  # each move lets go of the claim as soon as others may count again
-            worker.counted = _file_state(worker.plan.storage.path)  # before the count: see Worker.wait
+            worker.counted = worker.plan.storage.file_state()  # before the count: see Worker.wait
             counts = count_trials(worker.study)
             out_of_time = deadline is not None and time.time() >= deadline
             failed_too_often = counts.failed - worker.failed_before >= worker.plan.max_failures
@@ -500,7 +501,7 @@ class _Worker:
         self.claim.release()
         # Until the study is no longer as it was counted: a trial that ended after the count (the
         # last one, most often) wakes the worker at once, not a poll later.
-        _sleep_until_changed(self.plan.storage.path, float(self.plan.cfg.sweep.poll), self.counted)
+        _sleep_until_changed(self.plan.storage, float(self.plan.cfg.sweep.poll), self.counted)
         return True
 
     def finish(self, counts: Counts) -> bool:
@@ -523,29 +524,17 @@ _MOVES: dict[Move, Callable[[_Worker, Counts], bool]] = {
 }
 
 
-def _sleep_until_changed(path: Path | None, seconds: float, since: tuple[int, int] | None) -> None:
+def _sleep_until_changed(storage: StorageSpec, seconds: float, since: tuple[int, int] | None) -> None:
     """Sleep `seconds`, or less once the embedded study's file is no longer as it was `since` (its
     state when the worker counted the trials: a trial ended, most likely, and the worker stops,
     or runs it again, at once). The sweep ends when its last worker has: a waiting worker that
     slept on after the last trial held the command up by up to sweep.poll."""
-    if path is None:  # a server's study: no file to look at
+    if storage.path is None:  # a server's study: no file to look at
         time.sleep(seconds)
         return
     deadline = time.monotonic() + seconds
-    while _file_state(path) == since and (left := deadline - time.monotonic()) > 0:
+    while storage.file_state() == since and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, CHANGE_LOOK_SECONDS))
-
-
-def _file_state(path: Path | None) -> tuple[int, int] | None:
-    """An embedded study's file as its modification time and size (None: no file, or a server's
-    study): a trial told, made or beating its heartbeat changes it."""
-    if path is None:
-        return None
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
 
 
 def _finished_meanwhile(study: optuna.Study, trial: optuna.Trial) -> bool:
