@@ -5,14 +5,16 @@ composed or changed, and a file changed on disk is read again."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
 from sweeper.config import compose
 from sweeper.config.compose import compose_config, config_dir
-from sweeper.config.loaded import KeptConfigFiles
+from sweeper.config.loaded import KeptConfigFiles, copy_config
 
 GROUPS = ["model", "data", "lr", "shape"]  # options with defaults lists of their own, packages and interpolations
 
@@ -57,6 +59,19 @@ def test_every_option_composes_as_hydra_composes_it_afresh():
         OmegaConf.set_struct(kept, False)
         kept.model.clear()
         assert OmegaConf.to_container(compose_config(overrides), resolve=False) == expected, overrides
+
+
+def test_a_kept_config_is_copied_as_omegaconfs_deepcopy_copies_it():
+    composed = compose_config(["model=cnn", "lr=geometric"])
+    copied, reference = copy_config(composed), copy.deepcopy(composed)
+    assert OmegaConf.to_yaml(copied) == OmegaConf.to_yaml(reference) == OmegaConf.to_yaml(composed)
+    for config in (copied, reference):
+        assert OmegaConf.is_struct(config)  # Hydra's flag: a mistyped key is refused, not added
+        with pytest.raises(ConfigAttributeError):
+            config.train.epochz = 3
+        assert config.train._get_parent() is config  # its nodes are its own, not the kept one's
+    copied.train.epochs = 999
+    assert composed.train.epochs == reference.train.epochs != 999
 
 
 def test_a_config_file_changed_on_disk_is_read_again(tmp_path: Path):

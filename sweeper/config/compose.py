@@ -17,7 +17,6 @@ Overrides are Hydra's, with two readings of ours (`hydra_overrides`), the same o
 from __future__ import annotations
 
 import collections
-import copy
 import difflib
 import functools
 import inspect
@@ -39,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeper.config.errors import ConfigError, error_line
-from sweeper.config.loaded import KeptConfigFiles
+from sweeper.config.loaded import KeptConfigFiles, copy_config
 from sweeper.config.schema import ConfigFiles, Schema, check_keys, config_files, schema_of
 from sweeper.config.values import check_values
 from sweeper.schedules.shapes import Shape, ShapeError
@@ -148,7 +147,7 @@ class _Compositions:
                     self.composed.popitem(last=False)
             else:
                 self.composed.move_to_end(key)
-            return copy.deepcopy(composed)  # what a caller changes reaches no later copy
+            return copy_config(composed)  # what a caller changes reaches no later copy
 
 
 _COMPOSED = _Compositions()
