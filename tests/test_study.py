@@ -311,3 +311,18 @@ def test_opening_studies_reads_optunas_migration_scripts_once_a_process(tmp_path
         optuna.create_study(storage=opened, study_name="s", load_if_exists=True)
         opened.engine.dispose()
     assert len(reads) == 1  # Optuna's own check reads them at every open: 3
+
+
+def test_the_storage_warm_up_finds_the_schema_head_without_reading_the_scripts_again(monkeypatch):
+    from alembic.script import ScriptDirectory
+
+    from sweeper.sweep import storage as storage_module
+
+    monkeypatch.setattr(storage_module, "_schema_head", None)  # as a process that opened none yet
+    reads = []
+    original = ScriptDirectory.from_config.__func__
+    monkeypatch.setattr(ScriptDirectory, "from_config", classmethod(lambda cls, *a, **k: reads.append(1) or original(cls, *a, **k)))
+    storage_module.load_rdb_storage()
+    assert len(reads) == 2  # Optuna's own, as it makes the in-memory database: its head, then its stamp
+    made = optuna.storages.RDBStorage("sqlite:///:memory:", skip_compatibility_check=True)
+    assert storage_module._schema_head == made.get_head_version()  # what the scripts say
