@@ -121,9 +121,8 @@ def run_sweep(begun: _Begun) -> int:
     # This machine's workers hand their records to this process (and any left by an earlier run
     # of the sweep that was killed are sent now): MLflow is loaded and its store opened here alone.
     recorder = MachineRecorder(records, spool).start() if records.settings is not None else None
-    live = LiveReport(
-        records, study, plan.n_trials, recorder.settled if recorder else None, plan.storage
-    )  # the report, written as the trials finish
+    # The report, written as the trials finish.
+    live = LiveReport(records, study, plan.n_trials, recorder.settled if recorder else None, plan.storage)
     for note in [plan.arms.shares(plan.n_trials), _pruning(plan)] if plan.arms else []:
         if note:
             print(f"note: {note}", flush=True)

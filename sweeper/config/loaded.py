@@ -66,8 +66,9 @@ class KeptConfigFiles:
 def copy_config(config: Any) -> Any:
     """A config's deep copy, made by pickling it: OmegaConf keeps the same nodes, flags and types
     both ways, and its __deepcopy__ takes ~2.5x as long (4.1 against 1.6 ms for the composed
-    default config). Every composition pays it: the copy of a kept composition (sweeper.config.
-    compose: 9.9 -> 7.5 ms a trial's config, medians of 3 runs), the copies of the kept files a new one reads."""
+    default config). Every composition pays it: a trial's config is a kept composition's copy
+    (9.9 -> 7.5 ms with this, medians of 3 runs), and a new composition copies each kept file it
+    reads (93 -> 87 ms)."""
     return pickle.loads(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301 - a config this process built
 
 

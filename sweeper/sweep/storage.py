@@ -136,7 +136,7 @@ def load_rdb_storage() -> None:
     global _schema_head
     storage = optuna.storages.RDBStorage("sqlite:///:memory:", skip_compatibility_check=True)
     # A new database is stamped with the head as it is made: read back, not found again in the
-    # migration scripts (~35 ms a reading).
+    # migration scripts (~30 ms a reading).
     _schema_head = _schema_head or storage.get_current_version()
     storage.engine.dispose()
 
