@@ -179,7 +179,8 @@ class LiveReport:
         """(finished, running) trials of the sweep. An embedded study whose file is as it was
         when they were last counted, less than LOOK_SECONDS ago, has the same counts: the looks
         of the sweep's tail (every TAIL_LOOK_SECONDS) and a drawing's checks between its plots
-        read its trials (~3.6 ms each for a small study) no more often than the looks elsewhere."""
+        read its trials (~1 ms each here, for a study of 20 or of 200 finished trials) no more
+        often than the looks elsewhere."""
         from optuna.trial import TrialState
 
         file, now = self.storage.file_state() if self.storage is not None else None, time.monotonic()
