@@ -183,7 +183,8 @@ class LiveReport:
         often than the looks elsewhere."""
         from optuna.trial import TrialState
 
-        file, now = self.storage.file_state() if self.storage is not None else None, time.monotonic()
+        file = self.storage.file_state() if self.storage is not None else None
+        now = time.monotonic()
         if file is not None and self._counted is not None:
             counted_file, when, counts = self._counted
             if counted_file == file and now - when < LOOK_SECONDS:

@@ -118,13 +118,15 @@ class StorageSpec:
 _schema_head: str | None = None  # the installed Optuna's schema version, once read
 
 
-def optuna_schema_head(storage: optuna.storages.RDBStorage) -> str:
+def optuna_schema_head(storage: optuna.storages.RDBStorage, *, new: bool = False) -> str:
     """The schema version the installed Optuna writes, read once a process. Optuna's own check
     at every open reads each of its migration scripts to find it (~20-60 ms an open; a test
-    process opens hundreds of studies, a worker several)."""
+    process opens hundreds of studies, a worker several). `new`: `storage` is a database Optuna
+    has just made, stamped with that version as it was made: read back, not found again in the
+    scripts (~30 ms a reading)."""
     global _schema_head
     if _schema_head is None:
-        _schema_head = storage.get_head_version()
+        _schema_head = storage.get_current_version() if new else storage.get_head_version()
     return _schema_head
 
 
@@ -133,11 +135,8 @@ def load_rdb_storage() -> None:
     and Optuna's storage (~0.3 s of a core; a worker's ~0.8 s before its first trial), and the
     schema version of Optuna's studies, by an in-memory SQLite study storage made and closed
     again: no file, nothing left open."""
-    global _schema_head
     storage = optuna.storages.RDBStorage("sqlite:///:memory:", skip_compatibility_check=True)
-    # A new database is stamped with the head as it is made: read back, not found again in the
-    # migration scripts (~30 ms a reading).
-    _schema_head = _schema_head or storage.get_current_version()
+    optuna_schema_head(storage, new=True)
     storage.engine.dispose()
 
 
